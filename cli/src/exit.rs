@@ -1,0 +1,26 @@
+//! Exit codes, one per failure class, so that a CI pipeline can tell "fix
+//! your config" from "the CA is down" without parsing messages.
+//!
+//! These numbers are part of certsmith's interface (README.md lists them);
+//! never renumber one.
+
+#![allow(dead_code)] // until every subcommand exists
+
+/// Success.
+pub(crate) const OK: u8 = 0;
+/// An unexpected internal error (a bug).
+pub(crate) const INTERNAL: u8 = 1;
+/// Bad command line, config file, identifiers or state directory: fix the input.
+pub(crate) const USAGE: u8 = 2;
+/// A solver plugin could not be found, loaded, configured, or it failed.
+pub(crate) const SOLVER: u8 = 3;
+/// The CA refused a validation or the order (its problem document is shown).
+pub(crate) const CA_REFUSED: u8 = 4;
+/// The CA rate-limited the request (the retry-after time is shown).
+pub(crate) const RATE_LIMITED: u8 = 5;
+/// A DNS record did not reach every authoritative nameserver in time.
+pub(crate) const PROPAGATION_TIMEOUT: u8 = 6;
+/// The CA or network could not be reached.
+pub(crate) const NETWORK: u8 = 7;
+/// `run`/`renew`: some certificates succeeded and some failed.
+pub(crate) const PARTIAL: u8 = 8;

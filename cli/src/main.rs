@@ -1,0 +1,99 @@
+//! The `certsmith` command.
+//!
+//! This binary only parses arguments, wires the engine to a terminal, and maps
+//! failures to exit codes ([`exit`]). Everything else lives in
+//! `certsmith-core`.
+
+mod exit;
+mod issue;
+mod output;
+mod solvers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// certsmith: obtains and renews TLS certificates from an ACME CA, with
+/// challenge solvers loaded as plugins.
+#[derive(Debug, Parser)]
+#[command(name = "certsmith", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GlobalArgs {
+    /// Config file (TOML).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where accounts, certificates and the journal live
+    /// [default: $XDG_DATA_HOME/certsmith, or /var/lib/certsmith as root].
+    #[arg(long, global = true, value_name = "DIR", env = "CERTSMITH_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// A directory searched for solver plugins before the standard ones
+    /// (repeatable).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub(crate) plugin_dirs: Vec<PathBuf>,
+    /// Result format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub(crate) output: OutputFormat,
+    /// More detail on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    /// For people.
+    Text,
+    /// One JSON object per result, for scripts and CI.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Obtain a certificate now.
+    Issue(issue::IssueArgs),
+    /// List and describe the solver plugins found.
+    #[command(subcommand)]
+    Solvers(solvers::SolversCommand),
+    /// Check plugin libraries.
+    #[command(subcommand)]
+    Plugin(solvers::PluginCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_logging(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Issue(args) => issue::run(&cli.global, args).await,
+            Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,
+            Command::Plugin(cmd) => solvers::run_plugin(&cli.global, cmd).await,
+        }
+    });
+    // Plugins may hold runtime threads of their own; leaving without waiting
+    // for background tasks keeps a stuck plugin from hanging the exit.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}

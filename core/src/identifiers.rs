@@ -1,0 +1,478 @@
+//! Domain names as the CA will see them, checked before any request is sent.
+//!
+//! Why this module exists: a name the CA rejects costs a round trip, an order
+//! and, at Let's Encrypt, a slot in the failed-validation rate limit. Every
+//! rule the CA would apply to the *syntax* of a name is applied here first,
+//! and each error names the domain and what is wrong with it, so that the
+//! operator can fix the command line without reading a problem document.
+//!
+//! Rules (a DNS identifier of [RFC 8555 §7.1.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.4)):
+//!
+//! * host name syntax of [RFC 1123 §2.1](https://www.rfc-editor.org/rfc/rfc1123#section-2.1)
+//!   ("LDH": letters, digits, hyphen), labels of 1-63 octets, at most 253
+//!   octets in all ([RFC 1035 §2.3.4](https://www.rfc-editor.org/rfc/rfc1035#section-2.3.4)),
+//!   no label starting or ending with `-`, at least two labels;
+//! * a wildcard only as the whole leftmost label, once (`*.example.com`;
+//!   [RFC 8555 §7.1.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.3));
+//! * internationalized names are converted to their A-label (punycode) form
+//!   with UTS #46 ([RFC 5891](https://www.rfc-editor.org/rfc/rfc5891)), as the
+//!   CA only accepts ASCII;
+//! * everything is lowercased, and duplicates are dropped (keeping the
+//!   first occurrence, whose position decides the default certificate name).
+
+use std::fmt;
+
+use certsmith_plugin_api::{ChallengeType, Manifest};
+
+/// Longest DNS name, in octets, without the trailing dot.
+const MAX_NAME_LEN: usize = 253;
+/// Longest DNS label, in octets.
+const MAX_LABEL_LEN: usize = 63;
+
+/// A checked DNS identifier: lowercase ASCII, possibly `*.`-prefixed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identifier {
+    /// The full ASCII form, `*.example.com` for a wildcard.
+    name: String,
+    /// What the user typed, for messages (differs for IDNs and case).
+    input: String,
+}
+
+impl Identifier {
+    /// The ASCII form sent to the CA, e.g. `*.xn--bcher-kva.example`.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is a `*.` wildcard.
+    pub fn is_wildcard(&self) -> bool {
+        self.name.starts_with("*.")
+    }
+
+    /// The name without a `*.` prefix: what the CA validates.
+    pub fn base(&self) -> &str {
+        self.name.strip_prefix("*.").unwrap_or(&self.name)
+    }
+
+    /// What the user typed.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Why a domain was rejected. Each message names the domain as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentifierError {
+    /// No domain was given at all.
+    #[error("no domain given: pass at least one -d/--domain")]
+    Empty,
+    /// The name is empty or only dots.
+    #[error("invalid domain '{domain}': the name is empty")]
+    EmptyName {
+        /// The domain as given.
+        domain: String,
+    },
+    /// A label (between dots) is empty, e.g. `a..b` or `.a.b`.
+    #[error("invalid domain '{domain}': it has an empty label (two dots in a row, or a leading dot)")]
+    EmptyLabel {
+        /// The domain as given.
+        domain: String,
+    },
+    /// A label is longer than 63 octets.
+    #[error(
+        "invalid domain '{domain}': label '{label}' is {len} characters long; a label may have at most 63"
+    )]
+    LabelTooLong {
+        /// The domain as given.
+        domain: String,
+        /// The label (ASCII form).
+        label: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The whole name is longer than 253 octets.
+    #[error(
+        "invalid domain '{}': it is {len} characters long; a DNS name may have at most 253",
+        shorten(.domain)
+    )]
+    NameTooLong {
+        /// The domain as given.
+        domain: String,
+        /// Its length (ASCII form).
+        len: usize,
+    },
+    /// A label has a character outside letters, digits and `-`.
+    #[error(
+        "invalid domain '{domain}': label '{label}' contains {}; only letters, digits and '-' are allowed",
+        describe_char(*.ch)
+    )]
+    BadCharacter {
+        /// The domain as given.
+        domain: String,
+        /// The offending label.
+        label: String,
+        /// The offending character.
+        ch: char,
+    },
+    /// A label starts or ends with `-`.
+    #[error("invalid domain '{domain}': label '{label}' must not start or end with '-'")]
+    BadHyphen {
+        /// The domain as given.
+        domain: String,
+        /// The offending label.
+        label: String,
+    },
+    /// A single label, e.g. `localhost` or `com`.
+    #[error(
+        "invalid domain '{domain}': a certificate name needs at least two labels (like example.com)"
+    )]
+    SingleLabel {
+        /// The domain as given.
+        domain: String,
+    },
+    /// The name is an IP address.
+    #[error(
+        "invalid domain '{domain}': IP address identifiers are not supported; give a DNS name"
+    )]
+    IpAddress {
+        /// The domain as given.
+        domain: String,
+    },
+    /// `*` anywhere but as the whole leftmost label, or more than once.
+    #[error(
+        "invalid domain '{domain}': a wildcard is allowed only once, as the whole leftmost label ('*.example.com')"
+    )]
+    BadWildcard {
+        /// The domain as given.
+        domain: String,
+    },
+    /// The internationalized name could not be converted to punycode.
+    #[error("invalid domain '{domain}': it is not a valid internationalized name ({reason})")]
+    Idna {
+        /// The domain as given.
+        domain: String,
+        /// The converter's reason.
+        reason: String,
+    },
+    /// A wildcard with a solver that cannot answer dns-01.
+    #[error(
+        "'{domain}' needs dns-01; solver '{solver}' offers {offers}; use a DNS solver such as cloudflare, route53, rfc2136"
+    )]
+    WildcardNeedsDns {
+        /// The wildcard domain.
+        domain: String,
+        /// The solver code.
+        solver: String,
+        /// The challenge types it offers, comma-separated.
+        offers: String,
+    },
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 60 {
+        let head: String = s.chars().take(40).collect();
+        format!("{head}...")
+    } else {
+        s.to_owned()
+    }
+}
+
+fn describe_char(c: char) -> String {
+    match c {
+        ' ' => "a space".to_owned(),
+        '_' => "'_' (underscore)".to_owned(),
+        c if c.is_control() => format!("the control character U+{:04X}", c as u32),
+        c => format!("'{c}'"),
+    }
+}
+
+/// Parses and checks one domain.
+pub fn parse_domain(input: &str) -> Result<Identifier, IdentifierError> {
+    let domain = || input.to_owned();
+    let trimmed = input.strip_suffix('.').unwrap_or(input);
+    if trimmed.is_empty() || trimmed.chars().all(|c| c == '.') {
+        return Err(IdentifierError::EmptyName { domain: domain() });
+    }
+    if trimmed.parse::<std::net::IpAddr>().is_ok()
+        || (trimmed.starts_with('[') && trimmed.ends_with(']'))
+    {
+        return Err(IdentifierError::IpAddress { domain: domain() });
+    }
+
+    let (wildcard, rest) = match trimmed.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, trimmed),
+    };
+    if rest.contains('*') {
+        return Err(IdentifierError::BadWildcard { domain: domain() });
+    }
+
+    // Check the ASCII labels as given first, so that messages quote what
+    // the user typed; only non-ASCII names go through UTS #46.
+    let ascii = if rest.is_ascii() {
+        let lower = rest.to_ascii_lowercase();
+        check_labels(input, &lower)?;
+        if lower.split('.').any(|l| l.starts_with("xn--")) {
+            // Validate A-labels by round-tripping them.
+            let (_, result) = idna::domain_to_unicode(&lower);
+            if let Err(e) = result {
+                return Err(IdentifierError::Idna {
+                    domain: domain(),
+                    reason: format!("{e:?}"),
+                });
+            }
+        }
+        lower
+    } else {
+        let converted = idna::domain_to_ascii_cow(rest.as_bytes(), idna::AsciiDenyList::STD3)
+            .map_err(|e| IdentifierError::Idna {
+                domain: domain(),
+                reason: format!("{e:?}"),
+            })?
+            .into_owned();
+        check_labels(input, &converted)?;
+        converted
+    };
+
+    let name = if wildcard {
+        format!("*.{ascii}")
+    } else {
+        ascii
+    };
+    if name.len() > MAX_NAME_LEN {
+        return Err(IdentifierError::NameTooLong {
+            domain: domain(),
+            len: name.len(),
+        });
+    }
+    Ok(Identifier {
+        name,
+        input: input.to_owned(),
+    })
+}
+
+/// Checks the labels of a lowercase ASCII name (without `*.`).
+fn check_labels(input: &str, ascii: &str) -> Result<(), IdentifierError> {
+    let domain = || input.to_owned();
+    if ascii.len() > MAX_NAME_LEN {
+        return Err(IdentifierError::NameTooLong {
+            domain: domain(),
+            len: ascii.len(),
+        });
+    }
+    let labels: Vec<&str> = ascii.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err(IdentifierError::EmptyLabel { domain: domain() });
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(IdentifierError::LabelTooLong {
+                domain: domain(),
+                label: (*label).to_owned(),
+                len: label.len(),
+            });
+        }
+        if let Some(ch) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(IdentifierError::BadCharacter {
+                domain: domain(),
+                label: (*label).to_owned(),
+                ch,
+            });
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(IdentifierError::BadHyphen {
+                domain: domain(),
+                label: (*label).to_owned(),
+            });
+        }
+    }
+    if labels.len() < 2 {
+        return Err(IdentifierError::SingleLabel { domain: domain() });
+    }
+    // An all-numeric last label is never a valid TLD; such names are IPv4
+    // addresses in disguise (e.g. 10.1.2.3 with a typo).
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(IdentifierError::IpAddress { domain: domain() });
+    }
+    Ok(())
+}
+
+/// Parses, checks and dedupes a list of domains, keeping the order of first
+/// occurrence.
+pub fn parse_domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Identifier>, IdentifierError> {
+    if inputs.is_empty() {
+        return Err(IdentifierError::Empty);
+    }
+    let mut out: Vec<Identifier> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let id = parse_domain(input.as_ref())?;
+        if !out.iter().any(|o| o.name == id.name) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that a solver can answer what the identifiers need: a wildcard
+/// can only be validated with dns-01
+/// ([RFC 8555 §8.4](https://www.rfc-editor.org/rfc/rfc8555#section-8.4)).
+pub fn check_solver(ids: &[Identifier], manifest: &Manifest) -> Result<(), IdentifierError> {
+    if manifest.supports(ChallengeType::Dns01) {
+        return Ok(());
+    }
+    if let Some(w) = ids.iter().find(|i| i.is_wildcard()) {
+        let offers: Vec<&str> = manifest
+            .challenge_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        return Err(IdentifierError::WildcardNeedsDns {
+            domain: w.as_str().to_owned(),
+            solver: manifest.code.clone(),
+            offers: offers.join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The default certificate name for a set of identifiers: the first one,
+/// without a `*.` prefix.
+pub fn default_cert_name(ids: &[Identifier]) -> Option<String> {
+    ids.first().map(|i| i.base().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> String {
+        match parse_domain(s) {
+            Ok(id) => id.as_str().to_owned(),
+            Err(e) => panic!("{s:?} should be accepted: {e}"),
+        }
+    }
+
+    fn err(s: &str) -> IdentifierError {
+        match parse_domain(s) {
+            Ok(id) => panic!("{s:?} should be rejected, got {id}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn accepts_and_normalizes() {
+        assert_eq!(ok("Example.COM"), "example.com");
+        assert_eq!(ok("example.com."), "example.com");
+        assert_eq!(ok("a-b.c0.example"), "a-b.c0.example");
+        assert_eq!(ok("*.Example.com"), "*.example.com");
+        assert_eq!(ok("xn--bcher-kva.example"), "xn--bcher-kva.example");
+    }
+
+    #[test]
+    fn idn_to_punycode() {
+        assert_eq!(ok("Bücher.example"), "xn--bcher-kva.example");
+        assert_eq!(ok("*.bücher.example"), "*.xn--bcher-kva.example");
+        let id = parse_domain("bücher.example").expect("idn");
+        assert_eq!(id.input(), "bücher.example");
+    }
+
+    #[test]
+    fn rejects_bad_syntax_naming_the_domain() {
+        let e = err("ex ample.com");
+        assert!(matches!(e, IdentifierError::BadCharacter { ch: ' ', .. }));
+        let msg = e.to_string();
+        assert!(msg.contains("'ex ample.com'") && msg.contains("a space"), "{msg}");
+
+        assert!(matches!(err("a_b.example"), IdentifierError::BadCharacter { ch: '_', .. }));
+        assert!(matches!(err("a..example"), IdentifierError::EmptyLabel { .. }));
+        assert!(matches!(err(".example.com"), IdentifierError::EmptyLabel { .. }));
+        assert!(matches!(err("-a.example"), IdentifierError::BadHyphen { .. }));
+        assert!(matches!(err("a-.example"), IdentifierError::BadHyphen { .. }));
+        assert!(matches!(err("localhost"), IdentifierError::SingleLabel { .. }));
+        assert!(matches!(err(""), IdentifierError::EmptyName { .. }));
+        assert!(matches!(err("."), IdentifierError::EmptyName { .. }));
+        assert!(matches!(err("192.0.2.1"), IdentifierError::IpAddress { .. }));
+        assert!(matches!(err("::1"), IdentifierError::IpAddress { .. }));
+        assert!(matches!(err("10.1.2.300"), IdentifierError::IpAddress { .. }));
+    }
+
+    #[test]
+    fn lengths() {
+        let label63 = "a".repeat(63);
+        assert!(parse_domain(&format!("{label63}.example")).is_ok());
+        let e = err(&format!("{}a.example", label63));
+        assert!(matches!(e, IdentifierError::LabelTooLong { len: 64, .. }), "{e}");
+
+        // 4 * 63 + 3 dots = 255 > 253
+        let long = [label63.as_str(); 4].join(".");
+        assert!(matches!(err(&long), IdentifierError::NameTooLong { .. }));
+        // a 300-character name, as in the test list
+        let n300 = format!("{}.example.com", vec!["a".repeat(50); 6].join("."));
+        assert!(n300.len() > 253);
+        let msg = err(&n300).to_string();
+        assert!(msg.contains("at most 253"), "{msg}");
+        assert!(msg.len() < 200, "the long name is shortened in the message: {msg}");
+
+        // exactly 253
+        let l61 = "b".repeat(61);
+        let exact = format!("{label63}.{label63}.{label63}.{l61}");
+        assert_eq!(exact.len(), 253);
+        assert!(parse_domain(&exact).is_ok());
+        assert!(matches!(err(&format!("*.{exact}")), IdentifierError::NameTooLong { .. }));
+    }
+
+    #[test]
+    fn wildcards() {
+        for bad in ["*.*.example.com", "a.*.example.com", "a*.example.com", "*example.com", "*"] {
+            let e = err(bad);
+            assert!(
+                matches!(e, IdentifierError::BadWildcard { .. } | IdentifierError::BadCharacter { ch: '*', .. } | IdentifierError::SingleLabel { .. }),
+                "{bad}: {e}"
+            );
+        }
+        assert!(matches!(err("*.*.example.com"), IdentifierError::BadWildcard { .. }));
+        assert!(matches!(err("*.com"), IdentifierError::SingleLabel { .. }));
+        let id = parse_domain("*.example.com").expect("wildcard");
+        assert!(id.is_wildcard());
+        assert_eq!(id.base(), "example.com");
+    }
+
+    #[test]
+    fn dedupes_keeping_first() {
+        let ids = parse_domains(&["B.example", "a.example", "b.example.", "*.a.example"])
+            .expect("valid");
+        let names: Vec<&str> = ids.iter().map(Identifier::as_str).collect();
+        assert_eq!(names, ["b.example", "a.example", "*.a.example"]);
+        assert_eq!(default_cert_name(&ids).as_deref(), Some("b.example"));
+        assert_eq!(parse_domains::<&str>(&[]), Err(IdentifierError::Empty));
+    }
+
+    #[test]
+    fn wildcard_needs_dns_solver() {
+        let manifest = Manifest::parse(
+            "code = \"standalone\"\nname = \"S\"\nversion = \"0.1.0\"\nchallenge_types = [\"http-01\", \"tls-alpn-01\"]\n",
+        )
+        .expect("manifest");
+        let ids = parse_domains(&["x.example", "*.x.example"]).expect("valid");
+        let e = check_solver(&ids, &manifest).expect_err("wildcard with http-01 solver");
+        assert_eq!(
+            e.to_string(),
+            "'*.x.example' needs dns-01; solver 'standalone' offers http-01, tls-alpn-01; use a DNS solver such as cloudflare, route53, rfc2136"
+        );
+        let plain = parse_domains(&["x.example"]).expect("valid");
+        assert!(check_solver(&plain, &manifest).is_ok());
+    }
+}

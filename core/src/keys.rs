@@ -1,0 +1,245 @@
+//! Certificate private keys and the CSR that asks the CA to certify them.
+//!
+//! Why this module exists: it is the only place that touches a certificate's
+//! private key before it reaches `privkey.pem`. The key lives in a
+//! [`PrivateKeyPem`], whose `Debug` prints `[redacted]`, so that no log line,
+//! error or panic message can carry it. The CSR
+//! ([RFC 2986](https://www.rfc-editor.org/rfc/rfc2986), sent at finalization,
+//! [RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)) lists
+//! the order's identifiers as subjectAltNames; the CA ignores everything else
+//! in it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, RsaKeySize};
+use serde::{Deserialize, Serialize};
+
+/// A certificate key algorithm and size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256: small, fast, accepted everywhere that matters.
+    #[default]
+    EcP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcP384,
+    /// RSA 2048-bit, for old clients.
+    Rsa2048,
+    /// RSA 3072-bit.
+    Rsa3072,
+    /// RSA 4096-bit (slow to generate: about a second).
+    Rsa4096,
+}
+
+impl KeyType {
+    /// Every key type, in the order they are documented.
+    pub const ALL: [KeyType; 5] = [
+        KeyType::EcP256,
+        KeyType::EcP384,
+        KeyType::Rsa2048,
+        KeyType::Rsa3072,
+        KeyType::Rsa4096,
+    ];
+
+    /// The name used on the command line and in `lineage.toml`, e.g. `ec-p256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcP256 => "ec-p256",
+            KeyType::EcP384 => "ec-p384",
+            KeyType::Rsa2048 => "rsa2048",
+            KeyType::Rsa3072 => "rsa3072",
+            KeyType::Rsa4096 => "rsa4096",
+        }
+    }
+
+    /// Whether generating this key takes long enough to belong on a blocking
+    /// thread.
+    pub fn is_slow(self) -> bool {
+        matches!(self, KeyType::Rsa3072 | KeyType::Rsa4096)
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyType {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyType::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| KeyError::UnknownKeyType(s.to_owned()))
+    }
+}
+
+/// A PEM-encoded PKCS#8 private key. `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKeyPem(String);
+
+impl PrivateKeyPem {
+    /// Wraps a PEM string.
+    pub fn new(pem: String) -> Self {
+        PrivateKeyPem(pem)
+    }
+
+    /// The PEM text, for writing to `privkey.pem` and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKeyPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A fresh key and a CSR for it.
+#[derive(Debug)]
+pub struct KeyAndCsr {
+    /// The key type.
+    pub key_type: KeyType,
+    /// The private key.
+    pub private_key: PrivateKeyPem,
+    /// The DER-encoded CSR.
+    pub csr_der: Vec<u8>,
+}
+
+/// Why a key or CSR could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key type name is not one of [`KeyType::ALL`].
+    #[error("unknown key type '{0}'; use one of ec-p256, ec-p384, rsa2048, rsa3072, rsa4096")]
+    UnknownKeyType(String),
+    /// The crypto library failed to generate a key.
+    #[error("cannot generate a {key_type} key: {reason}")]
+    Generate {
+        /// The key type.
+        key_type: KeyType,
+        /// The library's reason.
+        reason: String,
+    },
+    /// The CSR could not be built (e.g. a name rcgen refuses).
+    #[error("cannot build the certificate request: {0}")]
+    Csr(String),
+}
+
+/// Generates a key of `key_type`. RSA keys of 3072 bits and more take long:
+/// call this from a blocking thread ([`KeyType::is_slow`]).
+pub fn generate_key(key_type: KeyType) -> Result<KeyPair, KeyError> {
+    let result = match key_type {
+        KeyType::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::EcP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
+        KeyType::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
+        KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096),
+    };
+    result.map_err(|e| KeyError::Generate {
+        key_type,
+        reason: e.to_string(),
+    })
+}
+
+/// Generates a key of `key_type` and a CSR whose subjectAltNames are
+/// `domains` (ASCII, `*.` allowed). The first domain is also the subject's
+/// common name when it fits the 64-character limit of
+/// [RFC 5280](https://www.rfc-editor.org/rfc/rfc5280#appendix-A.1).
+pub fn key_and_csr(key_type: KeyType, domains: &[String]) -> Result<KeyAndCsr, KeyError> {
+    let key = generate_key(key_type)?;
+    let csr_der = csr_for(&key, domains)?;
+    Ok(KeyAndCsr {
+        key_type,
+        private_key: PrivateKeyPem(key.serialize_pem()),
+        csr_der,
+    })
+}
+
+fn csr_for(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, KeyError> {
+    let mut params =
+        CertificateParams::new(domains.to_vec()).map_err(|e| KeyError::Csr(e.to_string()))?;
+    let mut dn = DistinguishedName::new();
+    if let Some(first) = domains.first().filter(|d| d.len() <= 64) {
+        dn.push(DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(key)
+        .map_err(|e| KeyError::Csr(e.to_string()))?;
+    Ok(csr.der().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    use x509_parser::x509::X509CertificationRequest;
+
+    fn sans(csr_der: &[u8]) -> Vec<String> {
+        let (_, csr) = X509CertificationRequest::from_der(csr_der).expect("CSR parses");
+        let mut out = Vec::new();
+        for ext in csr.requested_extensions().expect("has extensions") {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    if let GeneralName::DNSName(d) = name {
+                        out.push((*d).to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_key_type_makes_a_parseable_csr_with_the_sans() {
+        let domains = vec!["a.example".to_owned(), "*.b.example".to_owned()];
+        for kt in KeyType::ALL {
+            let out = key_and_csr(kt, &domains).unwrap_or_else(|e| panic!("{kt}: {e}"));
+            assert_eq!(sans(&out.csr_der), domains, "{kt}");
+            let (_, csr) = X509CertificationRequest::from_der(&out.csr_der).expect("parses");
+            let spki = &csr.certification_request_info.subject_pki;
+            let alg = spki.algorithm.algorithm.to_id_string();
+            let expect_alg = if kt.as_str().starts_with("rsa") {
+                "1.2.840.113549.1.1.1"
+            } else {
+                "1.2.840.10045.2.1"
+            };
+            assert_eq!(alg, expect_alg, "{kt}");
+            if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() {
+                let bits = rsa.key_size();
+                let want = match kt {
+                    KeyType::Rsa2048 => 2048,
+                    KeyType::Rsa3072 => 3072,
+                    _ => 4096,
+                };
+                assert_eq!(bits, want, "{kt}");
+            }
+            assert!(out.private_key.expose().starts_with("-----BEGIN PRIVATE KEY-----"));
+            // The key round-trips through rcgen.
+            KeyPair::from_pem(out.private_key.expose()).expect("key parses");
+        }
+    }
+
+    #[test]
+    fn private_key_debug_is_redacted() {
+        let out = key_and_csr(KeyType::EcP256, &["a.example".to_owned()]).expect("key");
+        let dbg = format!("{out:?}");
+        assert!(dbg.contains("[redacted]"), "{dbg}");
+        assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
+    }
+
+    #[test]
+    fn key_type_names_round_trip() {
+        for kt in KeyType::ALL {
+            assert_eq!(kt.as_str().parse::<KeyType>().expect("parses"), kt);
+        }
+        assert!("rsa1024".parse::<KeyType>().is_err());
+        assert_eq!(KeyType::default(), KeyType::EcP256);
+    }
+}

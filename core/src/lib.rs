@@ -1,0 +1,7 @@
+//! certsmith's engine.
+//!
+//! Data flows one way: the CLI calls this crate, and this crate reaches
+//! challenge solvers only through [`plugin`], the host side of the
+//! `certsmith-plugin-api` ABI. No solver crate is a dependency of this one.
+
+pub mod plugin;

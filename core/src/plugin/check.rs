@@ -1,0 +1,233 @@
+//! The plugin conformance run behind `certsmith plugin check`.
+//!
+//! A plugin author's fastest feedback loop: before any CA is involved, run
+//! the solver contract (DESIGN.md §3) on synthetic challenges: present,
+//! present again (idempotent), cleanup, cleanup again (missing is success),
+//! and for http-01 fetch the token over HTTP to prove it is really served.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certsmith_plugin_api::{ChallengeRequest, ChallengeType, DnsTarget, Presented};
+use serde::Serialize;
+
+use super::error::CallError;
+use super::instance::SolverInstance;
+
+/// What to check against.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// The identifier used in the synthetic challenges.
+    pub domain: String,
+    /// Where http-01 tokens should be reachable, e.g. `http://127.0.0.1:5002`.
+    pub http_base: String,
+    /// The deadline given to each call.
+    pub call_timeout: Duration,
+}
+
+/// The outcome of one step.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckStep {
+    /// The challenge type exercised.
+    pub challenge_type: String,
+    /// What was done, e.g. "present (again)".
+    pub step: String,
+    /// Whether it met the contract.
+    pub ok: bool,
+    /// Details: what was observed, or what went wrong.
+    pub detail: String,
+}
+
+/// The `http_base` implied by a configuration: its first `listen` address
+/// with wildcard hosts mapped to loopback, else `http://127.0.0.1`.
+pub fn default_http_base(instance: &SolverInstance) -> String {
+    let first = instance
+        .config()
+        .get("listen")
+        .and_then(|v| v.as_array())
+        .and_then(|a| a.first())
+        .and_then(|v| v.as_str());
+    match first {
+        Some(addr) => {
+            let addr = addr
+                .replace("0.0.0.0", "127.0.0.1")
+                .replace("[::]", "[::1]");
+            let addr = if addr.starts_with(':') {
+                format!("127.0.0.1{addr}")
+            } else {
+                addr
+            };
+            format!("http://{addr}")
+        }
+        None => "http://127.0.0.1".to_owned(),
+    }
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    // An all-zero token would still exercise the contract; the RNG failing
+    // is not worth aborting a check for.
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn synthetic_request(ty: ChallengeType, opts: &CheckOptions, ttl: u32) -> ChallengeRequest {
+    let token = random_token();
+    let thumbprint = URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"certsmith plugin check").as_ref(),
+    );
+    let key_authorization = format!("{token}.{thumbprint}");
+    let deadline = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        + opts.call_timeout.as_millis() as u64;
+    let dns = (ty == ChallengeType::Dns01).then(|| DnsTarget {
+        zone: opts.domain.clone(),
+        name: "_acme-challenge".to_owned(),
+        fqdn: format!("_acme-challenge.{}", opts.domain),
+        value: URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes())
+                .as_ref(),
+        ),
+        ttl,
+        primary_ns: None,
+    });
+    ChallengeRequest {
+        challenge_type: ty,
+        identifier: opts.domain.clone(),
+        wildcard: false,
+        token,
+        key_authorization,
+        deadline_unix_ms: deadline,
+        dns,
+    }
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
+    let resp = client.get(url).send().await.map_err(|e| {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(inner) = src {
+            s.push_str(&format!(": {inner}"));
+            src = inner.source();
+        }
+        s
+    })?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+fn call_detail(e: &CallError) -> String {
+    match e {
+        CallError::Plugin(b) => format!("{} error: {}", b.kind, b.message),
+        other => other.to_string(),
+    }
+}
+
+/// Runs the contract for every challenge type the plugin declares.
+pub async fn run_checks(instance: &SolverInstance, opts: &CheckOptions) -> Vec<CheckStep> {
+    let mut steps = Vec::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .ok();
+    for &ty in &instance.manifest().challenge_types {
+        let req = synthetic_request(ty, opts, instance.manifest().defaults.ttl);
+        let url = format!(
+            "{}/.well-known/acme-challenge/{}",
+            opts.http_base.trim_end_matches('/'),
+            req.token
+        );
+        let mut push = |step: &str, ok: bool, detail: String| {
+            steps.push(CheckStep {
+                challenge_type: ty.to_string(),
+                step: step.to_owned(),
+                ok,
+                detail,
+            });
+        };
+
+        let mut presented = Presented::default();
+        let mut present_ok = true;
+        for step in ["present", "present (again, must be idempotent)"] {
+            match instance.present(&req).await {
+                Ok(p) => {
+                    push(step, true, format!("handle {}", p.handle));
+                    presented = p;
+                }
+                Err(e) => {
+                    push(step, false, call_detail(&e));
+                    present_ok = false;
+                    break;
+                }
+            }
+            if ty == ChallengeType::Http01 {
+                match &client {
+                    Some(c) => match fetch(c, &url).await {
+                        Ok((200, body)) if body.trim_end() == req.key_authorization => {
+                            push("token served over HTTP", true, format!("GET {url} → 200"))
+                        }
+                        Ok((200, _)) => push(
+                            "token served over HTTP",
+                            false,
+                            format!("GET {url} → 200 but the body is not the key authorization"),
+                        ),
+                        Ok((status, _)) => push(
+                            "token served over HTTP",
+                            false,
+                            format!(
+                                "GET {url} → {status}; the token is not served there (pass --http-base with the URL where this plugin's files are served)"
+                            ),
+                        ),
+                        Err(e) => push(
+                            "token served over HTTP",
+                            false,
+                            format!(
+                                "GET {url} failed: {e} (pass --http-base with the URL where this plugin's files are served)"
+                            ),
+                        ),
+                    },
+                    None => push(
+                        "token served over HTTP",
+                        false,
+                        "no HTTP client could be built".to_owned(),
+                    ),
+                }
+            }
+        }
+
+        // Clean up even after a failed present: that is the contract too.
+        for step in ["cleanup", "cleanup (again, missing must be success)"] {
+            match instance.cleanup(&req, &presented).await {
+                Ok(()) => push(step, true, String::new()),
+                Err(e) => push(step, false, call_detail(&e)),
+            }
+        }
+        if present_ok && ty == ChallengeType::Http01 {
+            if let Some(c) = &client {
+                match fetch(c, &url).await {
+                    Ok((200, _)) => push(
+                        "token gone after cleanup",
+                        false,
+                        format!("GET {url} still answers 200"),
+                    ),
+                    Ok((status, _)) => push(
+                        "token gone after cleanup",
+                        true,
+                        format!("GET {url} → {status}"),
+                    ),
+                    Err(_) => push(
+                        "token gone after cleanup",
+                        true,
+                        format!("GET {url} → nothing listening"),
+                    ),
+                }
+            }
+        }
+    }
+    steps
+}

@@ -1,0 +1,50 @@
+//! Test plugin: panics in `present`, `cleanup` or `new` on request, and can
+//! sleep past its deadline, so the tests can show that the SDK turns panics
+//! into errors and enforces deadlines, and that the host keeps working.
+
+use certsmith_plugin_api::{ChallengeRequest, PluginError, Presented, Solver, async_trait};
+
+#[derive(serde::Deserialize)]
+struct Config {
+    panic_in: String,
+    sleep_ms: u64,
+}
+
+struct Panicky {
+    config: Config,
+}
+
+#[async_trait]
+impl Solver for Panicky {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, PluginError> {
+        if config.panic_in == "new" {
+            panic!("deliberate panic in new");
+        }
+        Ok(Panicky { config })
+    }
+
+    async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
+        certsmith_plugin_api::log::info!("presenting {}", req.identifier);
+        if self.config.sleep_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.config.sleep_ms)).await;
+        }
+        if self.config.panic_in == "present" {
+            panic!("deliberate panic in present for {}", req.identifier);
+        }
+        Ok(Presented {
+            handle: serde_json::json!({"token": req.token}),
+            ttl: None,
+        })
+    }
+
+    async fn cleanup(&self, _: &ChallengeRequest, _: &Presented) -> Result<(), PluginError> {
+        if self.config.panic_in == "cleanup" {
+            panic!("deliberate panic in cleanup");
+        }
+        Ok(())
+    }
+}
+
+certsmith_plugin_api::export_solver!(Panicky, manifest = include_str!("plugin.toml"));

@@ -1,0 +1,313 @@
+//! Test harness for certsmith's end-to-end tests.
+//!
+//! Starts real servers on loopback, each on free ports chosen at run time so
+//! that many tests run in parallel (threads under `cargo test`, processes
+//! under `cargo nextest`):
+//!
+//! - [`Pebble`]: Let's Encrypt's test CA (`/usr/bin/pebble`, Debian package
+//!   `pebble`), with its own local HTTPS CA and, unless told otherwise, its
+//!   own [`ChallTestSrv`] as DNS server.
+//! - [`ChallTestSrv`]: `pebble-challtestsrv` as a mock DNS server with an
+//!   HTTP API to add TXT and A records.
+//!
+//! Every child process is killed when its owner is dropped, and by the
+//! kernel (`PR_SET_PDEATHSIG`) when the test process dies, so a killed test
+//! run leaks nothing.
+//!
+//! A missing server binary is an error, never a skip: tests fail and the
+//! message says how to install it.
+//!
+//! Set `CERTSMITH_TEST_KEEP=1` to keep the temporary directories (configs,
+//! certificates, server logs) after the test; their paths are printed.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), certsmith_tests::HarnessError> {
+//! use certsmith_tests::{Pebble, PebbleOpts};
+//! let pebble = Pebble::start(PebbleOpts::default())?;
+//! let root = pebble.root_pem().await?; // verify issued chains against this
+//! let cts = pebble.challtestsrv().expect("started with its own DNS");
+//! cts.set_txt("_acme-challenge.a.test", "value")?;
+//! # let _ = root; Ok(()) }
+//! ```
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+mod challtestsrv;
+pub mod dns;
+mod http;
+mod pebble;
+mod process;
+mod tls;
+
+pub use challtestsrv::ChallTestSrv;
+pub use pebble::{CertStatus, Pebble, PebbleOpts};
+pub use tls::TestCa;
+
+/// Where the Debian package puts Pebble. Override with `PEBBLE_BIN`.
+pub const PEBBLE_BIN: &str = "/usr/bin/pebble";
+/// Where the Debian package puts pebble-challtestsrv. Override with
+/// `PEBBLE_CHALLTESTSRV_BIN`.
+pub const CHALLTESTSRV_BIN: &str = "/usr/bin/pebble-challtestsrv";
+
+/// Everything that can go wrong while setting up a test. Each message says
+/// what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A server binary is missing.
+    #[error(
+        "{program} is not installed: run `apt-get install pebble` (or scripts/test, which installs it); looked for {}",
+        path.display()
+    )]
+    NotInstalled {
+        /// `pebble` or `pebble-challtestsrv`.
+        program: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The certsmith binary has not been built.
+    #[error(
+        "the certsmith binary is not built ({}): run `cargo build -p certsmith` first (scripts/test builds the whole workspace before testing), or point CERTSMITH_BIN at it",
+        path.display()
+    )]
+    CertsmithNotBuilt {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Could not start a process.
+    #[error("could not start {program}: {source}; check that it is executable and that /tmp is writable")]
+    Spawn {
+        /// The program.
+        program: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A server exited while starting.
+    #[error("{program} exited during start-up ({status}); its log {} ends with:\n{log_tail}", log_path.display())]
+    Exited {
+        /// The program.
+        program: &'static str,
+        /// How it exited.
+        status: String,
+        /// Its full log.
+        log_path: PathBuf,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// A server did not become ready in time.
+    #[error("{program} did not answer {what} within {secs} s; the machine may be overloaded (run fewer tests at once: --test-threads / -j). Its log {} ends with:\n{log_tail}", log_path.display())]
+    NotReady {
+        /// The program.
+        program: &'static str,
+        /// What was polled.
+        what: String,
+        /// How long we waited.
+        secs: u64,
+        /// Its full log.
+        log_path: PathBuf,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// Every attempt to start a server hit ports that another process took.
+    #[error("{program}: ports kept being taken by other processes ({attempts} attempts); rerun, or run fewer tests at once (--test-threads / -j)")]
+    PortsExhausted {
+        /// The program.
+        program: &'static str,
+        /// How many starts were tried.
+        attempts: u32,
+    },
+    /// File system or socket error during set-up.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Generating the local TLS CA failed.
+    #[error("could not generate the test TLS certificates with rcgen: {0}")]
+    CertGen(#[from] rcgen::Error),
+    /// TLS client set-up failed.
+    #[error("could not set up a TLS client trusting the test CA: {0}")]
+    Tls(String),
+    /// An HTTP request to a server's management API failed.
+    #[error("{method} {url} failed: {message}; is the server still running? (see its log {})", log_path.display())]
+    Http {
+        /// The method.
+        method: &'static str,
+        /// The URL.
+        url: String,
+        /// What went wrong (transport error or status and body).
+        message: String,
+        /// The server's log.
+        log_path: PathBuf,
+    },
+    /// A DNS query failed.
+    #[error("DNS query for {name} to {server} failed: {message}")]
+    Dns {
+        /// The server asked.
+        server: SocketAddr,
+        /// The name asked for.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Ports handed out by this process, never handed out twice.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+fn claim(port: u16) -> bool {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    guard.get_or_insert_with(HashSet::new).insert(port)
+}
+
+/// A TCP port on 127.0.0.1 that is free right now (bind port 0, read it,
+/// close). Another process can still take it before it is used: servers
+/// started by this crate retry on collision. Never returns the same port
+/// twice within one process.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            && let Ok(addr) = l.local_addr()
+            && claim(addr.port())
+        {
+            return addr.port();
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 after 1000 tries");
+}
+
+/// A port on 127.0.0.1 free for both TCP and UDP right now, for DNS servers.
+pub fn free_udp_tcp_port() -> u16 {
+    for _ in 0..1000 {
+        let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        if UdpSocket::bind(addr).is_ok() && claim(addr.port()) {
+            return addr.port();
+        }
+    }
+    panic!("no port free for both TCP and UDP on 127.0.0.1 after 1000 tries");
+}
+
+/// The `certsmith` binary built next to this test executable
+/// (`target/<profile>/certsmith`; the test runs from `target/<profile>/deps`).
+/// `CERTSMITH_BIN` overrides it. The file may not exist: see
+/// [`try_certsmith_bin`].
+pub fn certsmith_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CERTSMITH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir.join(format!("certsmith{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// [`certsmith_bin`], or an error telling how to build it.
+pub fn try_certsmith_bin() -> Result<PathBuf, HarnessError> {
+    let path = certsmith_bin();
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::CertsmithNotBuilt { path })
+    }
+}
+
+pub(crate) fn keep_temp() -> bool {
+    std::env::var_os("CERTSMITH_TEST_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, HarnessError> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|source| HarnessError::Io {
+            context: "creating a temporary directory (is TMPDIR writable?)".into(),
+            source,
+        })?;
+    if keep_temp() {
+        dir.disable_cleanup(true);
+        eprintln!("certsmith-tests: keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
+/// A temporary directory for one test: `path()` is an empty state directory
+/// (mode 0700) for `--state-dir`; `root()` is its parent, for config files,
+/// webroots and the like. Removed on drop (unless `CERTSMITH_TEST_KEEP=1`).
+#[derive(Debug)]
+pub struct TempState {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+}
+
+impl TempState {
+    /// Create the directories.
+    pub fn new() -> Result<Self, HarnessError> {
+        let dir = temp_dir("certsmith-test-")?;
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).map_err(|source| HarnessError::Io {
+            context: format!("creating {}", state.display()),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| HarnessError::Io {
+                    context: format!("chmod 0700 {}", state.display()),
+                    source,
+                },
+            )?;
+        }
+        Ok(Self { dir, state })
+    }
+
+    /// The state directory (pass as `--state-dir`).
+    pub fn path(&self) -> &Path {
+        &self.state
+    }
+
+    /// The temporary root that contains the state directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `root().join(name)`.
+    pub fn file(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Keep the directory after the test (for debugging); returns the root.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+/// Look up a server binary: `$env_var`, else `default`.
+pub(crate) fn find_bin(
+    program: &'static str,
+    env_var: &str,
+    default: &str,
+) -> Result<PathBuf, HarnessError> {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::NotInstalled { program, path })
+    }
+}
+
+/// Whether a start-up log shows a port collision, to retry on other ports.
+pub(crate) fn log_shows_port_collision(log: &str) -> bool {
+    log.contains("address already in use")
+}
