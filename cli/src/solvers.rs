@@ -56,7 +56,11 @@ pub(crate) struct CheckArgs {
 }
 
 fn host_error_code(e: &PluginHostError) -> u8 {
-    if e.is_usage() { exit::USAGE } else { exit::SOLVER }
+    if e.is_usage() {
+        exit::USAGE
+    } else {
+        exit::SOLVER
+    }
 }
 
 fn search_path(global: &GlobalArgs) -> SearchPath {
@@ -105,8 +109,11 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                 })),
                 OutputFormat::Text => {
                     if plugins.is_empty() {
-                        let dirs: Vec<String> =
-                            host.searched().iter().map(|d| d.display().to_string()).collect();
+                        let dirs: Vec<String> = host
+                            .searched()
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect();
                         println!("no solver plugins found in: {}", dirs.join(", "));
                     } else {
                         println!(
@@ -135,7 +142,10 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
             let p = match host.get(&code) {
                 Ok(p) => p,
                 Err(e) => {
-                    print_error(&e.to_string(), Some("`certsmith solvers list` shows what was found"));
+                    print_error(
+                        &e.to_string(),
+                        Some("`certsmith solvers list` shows what was found"),
+                    );
                     return host_error_code(&e);
                 }
             };
@@ -145,18 +155,26 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                     let mut v = plugin_json(&p);
                     v["description"] = json!(m.description);
                     v["url"] = json!(m.url);
-                    v["config"] = json!(m.config.iter().map(|(k, c)| {
-                        let env_file = c.env.as_ref().map(|e| format!("{e}_FILE"));
-                        (k.clone(), json!({
-                            "type": c.ty.as_str(),
-                            "required": c.required,
-                            "secret": c.secret,
-                            "env": c.env,
-                            "env_file": env_file,
-                            "default": c.default,
-                            "description": c.description,
-                        }))
-                    }).collect::<serde_json::Map<_, _>>());
+                    v["config"] = json!(
+                        m.config
+                            .iter()
+                            .map(|(k, c)| {
+                                let env_file = c.env.as_ref().map(|e| format!("{e}_FILE"));
+                                (
+                                    k.clone(),
+                                    json!({
+                                        "type": c.ty.as_str(),
+                                        "required": c.required,
+                                        "secret": c.secret,
+                                        "env": c.env,
+                                        "env_file": env_file,
+                                        "default": c.default,
+                                        "description": c.description,
+                                    }),
+                                )
+                            })
+                            .collect::<serde_json::Map<_, _>>()
+                    );
                     v["defaults"] = json!(m.defaults);
                     print_json(&v);
                 }
@@ -173,7 +191,10 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                     println!("library:    {}", p.path().display());
                     println!("abi:        {}", p.abi_version());
                     println!("sha256:     {}", p.sha256());
-                    println!("\noptions (--solver-opt KEY=VALUE, env, or [solvers.{}] in the config file):", m.code);
+                    println!(
+                        "\noptions (--solver-opt KEY=VALUE, env, or [solvers.{}] in the config file):",
+                        m.code
+                    );
                     if m.config.is_empty() {
                         println!("  (none)");
                     }
@@ -199,7 +220,11 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                     let d = &m.defaults;
                     println!(
                         "\ndefaults: ttl {}s, propagation timeout {}s, polling interval {}s, max concurrency {}, call timeout {}s",
-                        d.ttl, d.propagation_timeout_s, d.polling_interval_s, d.max_concurrency, d.call_timeout_s
+                        d.ttl,
+                        d.propagation_timeout_s,
+                        d.polling_interval_s,
+                        d.max_concurrency,
+                        d.call_timeout_s
                     );
                 }
             }
@@ -212,7 +237,9 @@ pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
     let PluginCommand::Check(args) = cmd;
     let mut policy = LoadPolicy::default();
     if let Some(pin) = &args.sha256 {
-        policy.pins.insert(args.path.display().to_string(), pin.clone());
+        policy
+            .pins
+            .insert(args.path.display().to_string(), pin.clone());
     }
     let json = global.output == OutputFormat::Json;
     let fail = |e: &PluginHostError| {

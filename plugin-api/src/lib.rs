@@ -20,7 +20,7 @@
 //!
 //! A whole plugin:
 //!
-//! ```ignore
+//! ```text
 //! use certsmith_plugin_api::{async_trait, ChallengeRequest, PluginError, Presented, Solver};
 //!
 //! struct Echo;

@@ -145,8 +145,7 @@ impl Manifest {
         let m: Manifest = toml::from_str(text)?;
         let code_ok = !m.code.is_empty()
             && m.code.len() <= 32
-            && m
-                .code
+            && m.code
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !code_ok {
@@ -223,7 +222,10 @@ propagation_timeout_s = 300
         assert!(!m.supports(ChallengeType::Http01));
         assert!(m.config["api_token"].secret);
         assert_eq!(m.defaults.propagation_timeout_s, 300);
-        assert_eq!(m.defaults.polling_interval_s, 2, "unset defaults keep theirs");
+        assert_eq!(
+            m.defaults.polling_interval_s, 2,
+            "unset defaults keep theirs"
+        );
     }
 
     #[test]

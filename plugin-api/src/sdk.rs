@@ -59,8 +59,11 @@ pub trait Solver: Send + Sync + Sized + 'static {
 
     /// Removes exactly what `present` created. Must be idempotent: cleaning up
     /// something already gone is success.
-    async fn cleanup(&self, req: &ChallengeRequest, presented: &Presented)
-    -> Result<(), PluginError>;
+    async fn cleanup(
+        &self,
+        req: &ChallengeRequest,
+        presented: &Presented,
+    ) -> Result<(), PluginError>;
 }
 
 /// The plugin's runtime, started on first use and never shut down.
@@ -329,10 +332,8 @@ unsafe extern "C" fn create<S: Solver>(config_json: Bytes, on_error: Completion)
             std::ptr::null_mut()
         }
         Err(panic) => {
-            let e = ErrorBody::internal(format!(
-                "the plugin panicked while starting: {}",
-                panic_message(&*panic)
-            ));
+            // The host adds "panicked"; the body carries the message only.
+            let e = ErrorBody::internal(panic_message(&*panic));
             guard.complete(STATUS_PANICKED, &error_json(&e));
             std::ptr::null_mut()
         }
@@ -395,8 +396,7 @@ unsafe extern "C" fn invoke<S: Solver>(
                 Ok(Err(Failure::Error(e))) => guard.complete(STATUS_ERROR, &error_json(&e)),
                 Ok(Err(Failure::Unsupported)) => guard.complete(STATUS_UNSUPPORTED, b""),
                 Err(join) if join.is_panic() => {
-                    let msg = panic_message(&*join.into_panic());
-                    let e = ErrorBody::internal(format!("the plugin panicked: {msg}"));
+                    let e = ErrorBody::internal(panic_message(&*join.into_panic()));
                     guard.complete(STATUS_PANICKED, &error_json(&e));
                 }
                 Err(_) => guard.complete(STATUS_CANCELLED, b""),
@@ -425,7 +425,7 @@ unsafe extern "C" fn cancel<S: Solver>(inst: *mut c_void, op_id: u64) {
 
 /// Exports a [`Solver`] implementation as a certsmith plugin.
 ///
-/// ```ignore
+/// ```text
 /// certsmith_plugin_api::export_solver!(MySolver, manifest = include_str!("../plugin.toml"));
 /// ```
 ///

@@ -174,7 +174,9 @@ fn parse_text(
     };
     Ok(match spec.ty {
         ConfigType::String => serde_json::Value::String(text.to_owned()),
-        ConfigType::Integer => serde_json::Value::from(text.trim().parse::<i64>().map_err(|_| wrong())?),
+        ConfigType::Integer => {
+            serde_json::Value::from(text.trim().parse::<i64>().map_err(|_| wrong())?)
+        }
         ConfigType::Boolean => match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => serde_json::Value::Bool(true),
             "false" | "0" | "no" | "off" => serde_json::Value::Bool(false),
@@ -462,9 +464,15 @@ type = "string_list"
         .expect("valid");
         assert_eq!(cfg.get("ttl"), Some(&serde_json::json!(120)));
         assert_eq!(cfg.get("proxied"), Some(&serde_json::json!(true)));
-        assert_eq!(cfg.get("listen"), Some(&serde_json::json!(["a:1", "b:2", "c:3"])));
+        assert_eq!(
+            cfg.get("listen"),
+            Some(&serde_json::json!(["a:1", "b:2", "c:3"]))
+        );
         let public = cfg.public_options();
-        assert!(!public.contains_key("api_token"), "secret must not be public");
+        assert!(
+            !public.contains_key("api_token"),
+            "secret must not be public"
+        );
         assert_eq!(public.get("ttl"), Some(&toml::Value::Integer(120)));
         assert!(!format!("{cfg:?}").contains("tok-1234"));
     }
@@ -519,7 +527,10 @@ type = "string_list"
             },
         )
         .expect("valid");
-        assert_eq!(cfg.get("api_token"), Some(&serde_json::json!("from-file-secret")));
+        assert_eq!(
+            cfg.get("api_token"),
+            Some(&serde_json::json!("from-file-secret"))
+        );
         assert_eq!(
             cfg.redactor().redact("bad token from-file-secret!"),
             "bad token [redacted]!"
@@ -528,8 +539,8 @@ type = "string_list"
 
     #[test]
     fn precedence_cli_then_env_then_file() {
-        let file: toml::Table = toml::from_str("api_token = \"file-secret\"\nzone_id = \"z-file\"")
-            .expect("toml");
+        let file: toml::Table =
+            toml::from_str("api_token = \"file-secret\"\nzone_id = \"z-file\"").expect("toml");
         let env = |k: &str| (k == "TEST_CF_TOKEN").then(|| "env-secret".to_owned());
         let env: &dyn Fn(&str) -> Option<String> = &env;
         let cfg = resolve(

@@ -117,10 +117,7 @@ impl SolverInstance {
         // SAFETY: `create` borrows the JSON for the call only; `ctx` is a
         // leaked box reclaimed by `on_done` if the plugin reports an error.
         let ptr = unsafe {
-            (plugin.vtable.create)(
-                Bytes::from_slice(&json),
-                Completion { ctx, done: on_done },
-            )
+            (plugin.vtable.create)(Bytes::from_slice(&json), Completion { ctx, done: on_done })
         };
         let code = plugin.manifest().code.clone();
         if ptr.is_null() {

@@ -13,11 +13,11 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use certsmith_plugin_api::Manifest;
 use certsmith_plugin_api::abi::{
     ABI_MAJOR, ABI_MINOR, Bytes, ENTRY_SYMBOL_V1, EntryV1, FLAG_PANIC_UNWIND, HostApi, LOG_DEBUG,
     LOG_ERROR, LOG_INFO, LOG_WARN, MAGIC, PluginHeader, SolverVTable,
 };
-use certsmith_plugin_api::Manifest;
 
 use super::config::redact_global;
 use super::error::PluginHostError;
@@ -195,7 +195,11 @@ pub fn load_plugin(path: &Path, policy: &LoadPolicy) -> Result<LoadedPlugin, Plu
         path: path.to_owned(),
         reason: e.to_string().replace(&fd_path, &path.display().to_string()),
     })?;
-    drop(file);
+    // The descriptor stays open for the life of the process, like the
+    // library itself: the loader identifies libraries by name, and a closed
+    // descriptor's number (hence `/proc/self/fd/N`) would be reused by the
+    // next plugin, which `dlopen` would then take for this one.
+    let _ = std::os::unix::io::IntoRawFd::into_raw_fd(file);
 
     let symbol = format!("{ENTRY_SYMBOL_V1}\0");
     // SAFETY: the symbol's type is fixed by ABI v1 (`EntryV1`). A library
@@ -221,11 +225,10 @@ pub fn load_plugin(path: &Path, policy: &LoadPolicy) -> Result<LoadedPlugin, Plu
     // SAFETY: handshake reads of plugin-owned 'static memory, as documented
     // in `handshake`.
     let (manifest_text, abi_minor, vtable) = unsafe { handshake(path, header)? };
-    let manifest =
-        Manifest::parse(&manifest_text).map_err(|source| PluginHostError::Manifest {
-            path: path.to_owned(),
-            source,
-        })?;
+    let manifest = Manifest::parse(&manifest_text).map_err(|source| PluginHostError::Manifest {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(LoadedPlugin {
         path: path.to_owned(),
         manifest,

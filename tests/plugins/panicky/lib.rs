@@ -8,6 +8,8 @@ use certsmith_plugin_api::{ChallengeRequest, PluginError, Presented, Solver, asy
 struct Config {
     panic_in: String,
     sleep_ms: u64,
+    token: String,
+    leak_secret: bool,
 }
 
 struct Panicky {
@@ -27,6 +29,13 @@ impl Solver for Panicky {
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
         certsmith_plugin_api::log::info!("presenting {}", req.identifier);
+        if self.config.leak_secret {
+            certsmith_plugin_api::log::warn!("careless log line with token {}", self.config.token);
+            return Err(PluginError::auth(format!(
+                "the API rejected token {}",
+                self.config.token
+            )));
+        }
         if self.config.sleep_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.config.sleep_ms)).await;
         }

@@ -1,0 +1,533 @@
+//! The plugin ABI and host, exercised as a user does: through the built
+//! `certsmith` binary and real shared libraries (the solvers and the test
+//! plugins under tests/plugins/), never through mocks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use certsmith_tests::certsmith_bin;
+
+fn build_dir() -> PathBuf {
+    certsmith_bin()
+        .parent()
+        .expect("the binary has a directory")
+        .to_path_buf()
+}
+
+/// A library built by `cargo build --workspace`, e.g. `libcsmtest_hang.so`.
+fn lib(name: &str) -> PathBuf {
+    let p = build_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// The panic = "abort" plugin lives outside the workspace (profiles are
+/// per workspace); build it here if scripts/test has not.
+fn abort_plugin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target/abort-plugin");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(root.join("tests/plugins/abort/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building tests/plugins/abort failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("debug/libcsmtest_abort.so")
+}
+
+fn certsmith(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.args(args)
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env_remove("CSMTEST_TOKEN")
+        .env_remove("CSMTEST_TOKEN_FILE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run certsmith")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn check_plugin(path: &Path, extra: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let p = path.to_str().expect("utf-8 path");
+    let mut args = vec!["plugin", "check", p];
+    args.extend_from_slice(extra);
+    let o = certsmith(&args, envs);
+    let (out, err) = text(&o);
+    (o.status.code().unwrap_or(-1), out, err)
+}
+
+/// A private directory (0700) holding a copy of `src` named `name`, with `mode`.
+fn copy_plugin(src: &Path, name: &str, mode: u32) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let dst = dir.path().join(name);
+    std::fs::copy(src, &dst).expect("copy plugin");
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    (dir, dst)
+}
+
+#[test]
+fn solvers_list_finds_the_built_plugins_next_to_the_binary() {
+    let o = certsmith(&["solvers", "list", "--output", "json"], &[]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let solvers = v["solvers"].as_array().expect("solvers array");
+    for code in ["standalone", "webroot"] {
+        let s = solvers
+            .iter()
+            .find(|s| s["code"] == code)
+            .unwrap_or_else(|| panic!("{code} not listed: {v}"));
+        let path = s["path"].as_str().expect("path");
+        assert!(
+            Path::new(path).starts_with(build_dir().canonicalize().expect("canon")),
+            "{path} should come from the build directory"
+        );
+        assert_eq!(s["abi_version"], "1.0");
+    }
+    let standalone = solvers
+        .iter()
+        .find(|s| s["code"] == "standalone")
+        .expect("listed");
+    assert_eq!(
+        standalone["challenge_types"],
+        serde_json::json!(["http-01", "tls-alpn-01"])
+    );
+    // Test plugins are not named libcertsmith_*, so they are not discovered.
+    assert!(solvers.iter().all(|s| s["code"] != "panicky"));
+
+    let o = certsmith(&["solvers", "list"], &[]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("standalone") && out.contains("webroot"),
+        "{out}"
+    );
+}
+
+#[test]
+fn solvers_info_describes_options() {
+    let o = certsmith(&["solvers", "info", "webroot", "--output", "json"], &[]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["code"], "webroot");
+    assert_eq!(v["config"]["path"]["required"], true);
+    assert_eq!(v["config"]["path"]["type"], "string");
+    assert!(
+        v["path"]
+            .as_str()
+            .expect("path")
+            .ends_with("libcertsmith_webroot.so")
+    );
+
+    let o = certsmith(&["solvers", "info", "standalon"], &[]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("did you mean 'standalone'?"), "{err}");
+    assert!(err.contains("available: "), "{err}");
+}
+
+#[test]
+fn handshake_failures_are_specific_and_not_fatal() {
+    let cases: [(PathBuf, &str); 4] = [
+        (lib("libcsmtest_bad_magic.so"), "wrong magic bytes"),
+        (
+            lib("libcsmtest_abi_v2.so"),
+            "built for plugin ABI v2, this certsmith speaks v1",
+        ),
+        (
+            lib("libcsmtest_small_struct.so"),
+            "its PluginHeader is 16 bytes, ABI v1 needs at least 48",
+        ),
+        (abort_plugin(), "built with panic = \"abort\""),
+    ];
+    for (path, expected) in &cases {
+        let (code, _, err) = check_plugin(path, &[], &[]);
+        assert_eq!(code, 3, "{}: {err}", path.display());
+        assert!(
+            err.contains(expected),
+            "{}: expected {expected:?} in {err}",
+            path.display()
+        );
+    }
+
+    // In a plugin directory, the bad ones are skipped with a warning and the
+    // good one next to them still loads: one broken file breaks nothing else.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    for (i, (path, _)) in cases.iter().enumerate() {
+        std::fs::copy(path, dir.path().join(format!("libcertsmith_bad{i}.so"))).expect("copy");
+    }
+    std::fs::copy(
+        lib("libcsmtest_panicky.so"),
+        dir.path().join("libcertsmith_panicky.so"),
+    )
+    .expect("copy");
+    let d = dir.path().to_str().expect("utf-8");
+    let o = certsmith(
+        &["solvers", "list", "--plugin-dir", d, "--output", "json"],
+        &[],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        v["solvers"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|s| s["code"] == "panicky")
+    );
+    assert_eq!(v["problems"].as_array().expect("array").len(), 4, "{v}");
+    let (_, err) = text(&certsmith(&["solvers", "list", "--plugin-dir", d], &[]));
+    assert!(
+        err.contains("libcertsmith_bad0.so") && err.contains("wrong magic"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_the_entry_symbol_is_exported() {
+    for name in ["libcertsmith_standalone.so", "libcertsmith_webroot.so"] {
+        let out = Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(lib(name))
+            .output()
+            .expect("nm (binutils) must be installed: apt-get install binutils");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let exported: Vec<&str> = listing
+            .lines()
+            .filter(|l| l.contains(" T ") || l.contains(" D ") || l.contains(" B "))
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        assert_eq!(
+            exported,
+            vec!["certsmith_solver_plugin_v1"],
+            "{name}: {listing}"
+        );
+    }
+}
+
+#[test]
+fn a_panicking_plugin_is_reported_and_the_host_keeps_working() {
+    let p = lib("libcsmtest_panicky.so");
+    let (code, out, err) = check_plugin(&p, &[], &[("CSMTEST_TOKEN", "tok-abcdef")]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("FAIL  http-01: present (the plugin panicked: deliberate panic in present for check.certsmith.test)"),
+        "{out}"
+    );
+    // After the panic the same instance still answers: cleanup is called
+    // and succeeds, and the next challenge type is tried.
+    assert!(out.contains("ok    http-01: cleanup"), "{out}");
+    assert!(
+        out.contains("FAIL  dns-01: present (the plugin panicked"),
+        "{out}"
+    );
+    assert!(out.contains("ok    dns-01: cleanup (again"), "{out}");
+
+    let (code, out, err) = check_plugin(
+        &p,
+        &["--solver-opt", "panic_in=new"],
+        &[("CSMTEST_TOKEN", "tok-abcdef")],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.contains("solver 'panicky' could not start: it panicked: deliberate panic in new"),
+        "{err}"
+    );
+
+    let (code, out, _) = check_plugin(
+        &p,
+        &["--solver-opt", "panic_in=cleanup"],
+        &[("CSMTEST_TOKEN", "tok-abcdef")],
+    );
+    assert_eq!(code, 3);
+    assert!(out.contains("ok    http-01: present (handle"), "{out}");
+    assert!(
+        out.contains("FAIL  http-01: cleanup (the plugin panicked: deliberate panic in cleanup)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_sdk_enforces_the_request_deadline() {
+    let (code, out, _) = check_plugin(
+        &lib("libcsmtest_panicky.so"),
+        &[
+            "--solver-opt",
+            "sleep_ms=60000",
+            "--solver-opt",
+            "panic_in=none",
+            "--timeout",
+            "1",
+        ],
+        &[("CSMTEST_TOKEN", "tok-abcdef")],
+    );
+    assert_eq!(code, 3);
+    assert!(
+        out.contains("FAIL  http-01: present (transient error: the operation did not finish before its deadline)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_plugin_that_never_completes_is_cancelled_at_the_host_timeout() {
+    let started = std::time::Instant::now();
+    let (code, out, err) = check_plugin(&lib("libcsmtest_hang.so"), &["--timeout", "1"], &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains(
+            "FAIL  http-01: present (the plugin did not answer within 6s and was cancelled)"
+        ),
+        "{out}"
+    );
+    // Every call of the contract timed out on its own; the host went on.
+    assert!(out.contains("FAIL  http-01: cleanup (again"), "{out}");
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the host must not wait forever"
+    );
+}
+
+#[test]
+fn writable_files_and_directories_are_refused() {
+    let src = lib("libcertsmith_standalone.so");
+    let (_d1, world_file) = copy_plugin(&src, "libcertsmith_standalone.so", 0o666);
+    let (code, _, err) = check_plugin(&world_file, &[], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("the file is 0666, writable by group or others"),
+        "{err}"
+    );
+    assert!(err.contains("chmod go-w"), "{err}");
+
+    let (d2, in_open_dir) = copy_plugin(&src, "libcertsmith_standalone.so", 0o644);
+    std::fs::set_permissions(d2.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (code, _, err) = check_plugin(&in_open_dir, &[], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("its directory is 0777"), "{err}");
+
+    // Refused during discovery too: the code is then unknown.
+    let o = certsmith(
+        &[
+            "solvers",
+            "info",
+            "standalone",
+            "--plugin-dir",
+            d2.path().to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let (_, err) = text(&o);
+    assert!(err.contains("its directory is 0777"), "{err}");
+}
+
+#[test]
+fn sha256_pins_are_enforced() {
+    let src = lib("libcertsmith_webroot.so");
+    let webroot = tempfile::tempdir().expect("tempdir");
+    let opt = format!("path={}", webroot.path().display());
+    let bad = "0".repeat(64);
+    let (code, _, err) = check_plugin(&src, &["--sha256", &bad], &[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("its sha256 is") && err.contains(&bad), "{err}");
+
+    let o = certsmith(&["solvers", "info", "webroot", "--output", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let good = v["sha256"].as_str().expect("sha256").to_owned();
+    let (code, out, err) = check_plugin(
+        &src,
+        &[
+            "--sha256",
+            &good,
+            "--solver-opt",
+            &opt,
+            "--http-base",
+            "http://127.0.0.1:9",
+        ],
+        &[],
+    );
+    // Loads and creates; the HTTP fetch fails since nothing serves the webroot.
+    assert!(out.contains("ok    handshake"), "{out}{err}");
+    assert!(out.contains("ok    http-01: present"), "{out}");
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn config_errors_name_the_key_the_fix_and_never_the_secret() {
+    let p = lib("libcsmtest_panicky.so");
+    // Unknown key, with the nearest valid one.
+    let (code, _, err) = check_plugin(&p, &["--solver-opt", "tokn=x"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("solver 'panicky' has no option 'tokn': did you mean 'token'?"),
+        "{err}"
+    );
+
+    // Missing required: names the option and both env vars.
+    let (code, _, err) = check_plugin(&p, &[], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("needs option 'token': set CSMTEST_TOKEN (or CSMTEST_TOKEN_FILE"),
+        "{err}"
+    );
+
+    // Wrong type.
+    let (code, _, err) = check_plugin(
+        &p,
+        &["--solver-opt", "sleep_ms=soon"],
+        &[("CSMTEST_TOKEN", "tok-abcdef")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("option 'sleep_ms' from --solver-opt must be an integer, got 'soon'"),
+        "{err}"
+    );
+
+    // The _FILE variant is read; a careless plugin that logs the secret and
+    // puts it in an error message is redacted by the host, in every output.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "sk-live-9f8e7d6c5b4a";
+    let f = dir.path().join("token");
+    std::fs::write(&f, format!("{secret}\n")).expect("write");
+    let f = f.to_str().expect("utf-8");
+    let (code, out, err) = check_plugin(
+        &p,
+        &[
+            "-v",
+            "--solver-opt",
+            "leak_secret=true",
+            "--solver-opt",
+            "panic_in=none",
+        ],
+        &[("CSMTEST_TOKEN_FILE", f)],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("the API rejected token [redacted]"), "{out}");
+    assert!(
+        err.contains("careless log line with token [redacted]"),
+        "{err}"
+    );
+    assert!(
+        !out.contains(secret) && !err.contains(secret),
+        "secret leaked:\n{out}\n{err}"
+    );
+
+    let (code, out, err) = check_plugin(
+        &p,
+        &[
+            "--output",
+            "json",
+            "--solver-opt",
+            "leak_secret=true",
+            "--solver-opt",
+            "panic_in=none",
+        ],
+        &[("CSMTEST_TOKEN", secret)],
+    );
+    assert_eq!(code, 3);
+    assert!(
+        !out.contains(secret) && !err.contains(secret),
+        "secret leaked:\n{out}\n{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["ok"], false);
+}
+
+#[test]
+fn plugin_check_passes_on_the_built_in_http_solvers() {
+    let port = certsmith_tests::free_port();
+    let tls_port = certsmith_tests::free_port();
+    let listen = format!("listen=127.0.0.1:{port}");
+    let tls = format!("tls_listen=127.0.0.1:{tls_port}");
+    let (code, out, err) = check_plugin(
+        &lib("libcertsmith_standalone.so"),
+        &["--solver-opt", &listen, "--solver-opt", &tls],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    http-01: token served over HTTP"),
+        "{out}"
+    );
+    assert!(out.contains("ok    tls-alpn-01: present"), "{out}");
+    assert!(out.contains("plugin check passed"), "{out}");
+}
+
+/// A static file server over a directory (Python's, as a web server in
+/// front of a webroot would be), killed on drop.
+struct StaticServer(std::process::Child);
+
+impl StaticServer {
+    fn start(dir: &Path, port: u16) -> StaticServer {
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 is needed for the static file server: apt-get install python3");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return StaticServer(child);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("python3 -m http.server did not start on port {port}");
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn plugin_check_passes_on_webroot_behind_a_web_server() {
+    let webroot = tempfile::tempdir().expect("tempdir");
+    let port = certsmith_tests::free_port();
+    let _server = StaticServer::start(webroot.path(), port);
+    let opt = format!("path={}", webroot.path().display());
+    let base = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = check_plugin(
+        &lib("libcertsmith_webroot.so"),
+        &["--solver-opt", &opt, "--http-base", &base],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    http-01: token served over HTTP"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok    http-01: token gone after cleanup"),
+        "{out}"
+    );
+    // Cleanup removed what it created and nothing else.
+    assert_eq!(std::fs::read_dir(webroot.path()).expect("read").count(), 0);
+}
