@@ -4,4 +4,6 @@
 //! challenge solvers only through [`plugin`], the host side of the
 //! `certsmith-plugin-api` ABI. No solver crate is a dependency of this one.
 
+pub mod dns;
+pub mod journal;
 pub mod plugin;

@@ -30,7 +30,7 @@
 //!     type Config = serde_json::Value;
 //!     fn new(_: Self::Config) -> Result<Self, PluginError> { Ok(Echo) }
 //!     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-//!         log::info!("presenting {}", req.identifier);
+//!         certsmith_plugin_api::log::info!("presenting {}", req.identifier);
 //!         Ok(Presented::default())
 //!     }
 //!     async fn cleanup(&self, _: &ChallengeRequest, _: &Presented) -> Result<(), PluginError> {

@@ -43,6 +43,10 @@ pub use async_trait::async_trait;
 /// A challenge solver. One instance is created per configuration and is
 /// shared by all concurrent calls, so `present` and `cleanup` take `&self`
 /// and must be safe to run concurrently.
+///
+/// The instance is dropped when the host destroys it and the last call in
+/// flight has ended. Tasks or listeners the solver started itself are not
+/// known to the SDK: stop them in `Drop`, or they outlive the instance.
 #[async_trait]
 pub trait Solver: Send + Sync + Sized + 'static {
     /// The configuration, deserialized from the JSON object the host built
@@ -182,7 +186,9 @@ pub mod __private {
         HOST.store(host.cast_mut(), Ordering::Release);
         static LOGGER: HostLogger = HostLogger;
         if log::set_logger(&LOGGER).is_ok() {
-            log::set_max_level(log::LevelFilter::Info);
+            // Debug and above cross the boundary; the host filters by its own
+            // verbosity. Trace stays inside (HTTP stacks trace every byte).
+            log::set_max_level(log::LevelFilter::Debug);
         }
     }
 }
