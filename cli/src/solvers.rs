@@ -50,9 +50,18 @@ pub(crate) struct CheckArgs {
     /// `listen` address, else http://127.0.0.1].
     #[arg(long, value_name = "URL")]
     http_base: Option<String>,
+    /// For dns-01 plugins: a DNS server (IP[:PORT]) to ask whether the record
+    /// is served after present and gone after cleanup.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server)]
+    dns_server: Option<std::net::SocketAddr>,
     /// Seconds each plugin call may take.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     timeout: u64,
+}
+
+fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    certsmith_core::dns::parse_server(s)
+        .ok_or_else(|| format!("'{s}' is not IP or IP:PORT (e.g. 127.0.0.1:53)"))
 }
 
 fn host_error_code(e: &PluginHostError) -> u8 {
@@ -116,21 +125,41 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                             .collect();
                         println!("no solver plugins found in: {}", dirs.join(", "));
                     } else {
-                        println!(
-                            "{:<14} {:<28} {:<9} {:<26} FILE",
-                            "CODE", "NAME", "VERSION", "CHALLENGES"
-                        );
-                        for p in plugins {
-                            let m = p.manifest();
-                            let types: Vec<&str> =
-                                m.challenge_types.iter().map(|t| t.as_str()).collect();
+                        let rows: Vec<[String; 5]> = plugins
+                            .iter()
+                            .map(|p| {
+                                let m = p.manifest();
+                                let types: Vec<&str> =
+                                    m.challenge_types.iter().map(|t| t.as_str()).collect();
+                                [
+                                    m.code.clone(),
+                                    m.name.clone(),
+                                    m.version.clone(),
+                                    types.join(","),
+                                    p.path().display().to_string(),
+                                ]
+                            })
+                            .collect();
+                        let header =
+                            ["CODE", "NAME", "VERSION", "CHALLENGES", "FILE"].map(String::from);
+                        let mut w = [0usize; 4];
+                        for r in std::iter::once(&header).chain(rows.iter()) {
+                            for (i, wi) in w.iter_mut().enumerate() {
+                                *wi = (*wi).max(r[i].chars().count());
+                            }
+                        }
+                        for r in std::iter::once(&header).chain(rows.iter()) {
                             println!(
-                                "{:<14} {:<28} {:<9} {:<26} {}",
-                                m.code,
-                                m.name,
-                                m.version,
-                                types.join(","),
-                                p.path().display()
+                                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+                                r[0],
+                                r[1],
+                                r[2],
+                                r[3],
+                                r[4],
+                                w0 = w[0],
+                                w1 = w[1],
+                                w2 = w[2],
+                                w3 = w[3]
                             );
                         }
                     }
@@ -289,6 +318,7 @@ pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
             .clone()
             .unwrap_or_else(|| default_http_base(&instance)),
         call_timeout: Duration::from_secs(args.timeout),
+        dns_server: args.dns_server,
     };
     let steps = run_checks(&instance, &check).await;
     let failed = steps.iter().filter(|s| !s.ok).count();

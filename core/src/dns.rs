@@ -491,6 +491,16 @@ async fn zone_nameservers(
     Ok(out)
 }
 
+/// The TXT values `server` serves at `fqdn`, asked without recursion.
+pub async fn txt_values_at(
+    server: SocketAddr,
+    fqdn: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let name = to_name(fqdn).map_err(|e| e.to_string())?;
+    served_values(server, &name, timeout).await
+}
+
 /// The TXT values one server serves at `fqdn`, asked without recursion.
 async fn served_values(
     server: SocketAddr,

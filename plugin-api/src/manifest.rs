@@ -252,3 +252,92 @@ propagation_timeout_s = 300
         ));
     }
 }
+
+impl Manifest {
+    /// The plugin's reference page in Markdown, generated from the manifest
+    /// alone so that the docs cannot drift from what the host enforces.
+    pub fn to_markdown(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "# `{}`: {}\n", self.code, self.name);
+        let _ = writeln!(
+            s,
+            "<!-- Generated from {}'s plugin.toml; do not edit. Regenerate with `CERTSMITH_BLESS=1 cargo test -p certsmith-tests --test e2e docs`. -->\n",
+            self.code
+        );
+        if !self.description.is_empty() {
+            let _ = writeln!(s, "{}\n", self.description.trim());
+        }
+        let types: Vec<&str> = self.challenge_types.iter().map(|t| t.as_str()).collect();
+        let _ = writeln!(s, "- Challenge types: {}", types.join(", "));
+        let _ = writeln!(s, "- Plugin version: {}", self.version);
+        if let Some(url) = &self.url {
+            let _ = writeln!(s, "- Reference: <{url}>");
+        }
+        let _ = writeln!(s, "\n## Options\n");
+        if self.config.is_empty() {
+            let _ = writeln!(s, "This solver takes no options.");
+        } else {
+            let _ = writeln!(
+                s,
+                "Give them as `--solver-opt KEY=VALUE`, in the environment variable shown, in a file named by `<VAR>_FILE`, or in the config file's `[solvers.{}]` table (in that order of precedence).\n",
+                self.code
+            );
+            let _ = writeln!(
+                s,
+                "| option | type | required | secret | environment | default | description |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            for (k, c) in &self.config {
+                let env = c
+                    .env
+                    .as_ref()
+                    .map(|e| format!("`{e}`, `{e}_FILE`"))
+                    .unwrap_or_default();
+                let default = c
+                    .default
+                    .as_ref()
+                    .map(|d| format!("`{d}`"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "| `{k}` | {} | {} | {} | {env} | {default} | {} |",
+                    c.ty.as_str(),
+                    if c.required { "yes" } else { "no" },
+                    if c.secret { "yes" } else { "no" },
+                    c.description.replace('|', "\\|").replace('\n', " ")
+                );
+            }
+        }
+        let d = &self.defaults;
+        let _ = writeln!(s, "\n## Host defaults\n");
+        let _ = writeln!(s, "| setting | value |\n|---|---|");
+        let _ = writeln!(s, "| record TTL | {} s |", d.ttl);
+        let _ = writeln!(s, "| propagation timeout | {} s |", d.propagation_timeout_s);
+        let _ = writeln!(
+            s,
+            "| longest polling interval | {} s |",
+            d.polling_interval_s
+        );
+        let _ = writeln!(s, "| challenges at once | {} |", d.max_concurrency);
+        let _ = writeln!(s, "| timeout of one call | {} s |", d.call_timeout_s);
+        let _ = writeln!(s, "\n## Example\n\n```sh");
+        let mut cmd = String::from("certsmith issue -d example.com");
+        if self.supports(ChallengeType::Dns01) {
+            cmd.push_str(" -d '*.example.com'");
+        }
+        let _ = write!(cmd, " --solver {}", self.code);
+        for (k, c) in &self.config {
+            if c.required && c.env.is_none() {
+                let _ = write!(cmd, " --solver-opt {k}=...");
+            }
+        }
+        for c in self.config.values() {
+            if let (true, Some(e)) = (c.required, &c.env) {
+                cmd = format!("{e}=... {cmd}");
+            }
+        }
+        let _ = writeln!(s, "{cmd}\n```");
+        s
+    }
+}

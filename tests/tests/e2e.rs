@@ -1,1 +1,12 @@
-//! e2e
+//! End-to-end tests of certsmith against real servers on loopback.
+//!
+//! This is the one integration-test binary of `certsmith-tests` (Cargo.toml
+//! sets `autotests = false`): each area is a module in a file next to this
+//! one (`tests/tests/<area>.rs`), declared below. Servers come from the
+//! `certsmith_tests` harness library; the certsmith binary is
+//! `certsmith_tests::certsmith_bin()` (build it first: `cargo build
+//! --workspace`, as scripts/test does).
+
+mod docs;
+mod harness;
+mod plugin_host;

@@ -24,6 +24,9 @@ pub struct CheckOptions {
     pub http_base: String,
     /// The deadline given to each call.
     pub call_timeout: Duration,
+    /// For dns-01: a server to ask (without recursion) whether the record is
+    /// really served after present and gone after cleanup.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// The outcome of one step.
@@ -165,6 +168,22 @@ pub async fn run_checks(instance: &SolverInstance, opts: &CheckOptions) -> Vec<C
                     break;
                 }
             }
+            if let (Some(server), Some(d)) = (opts.dns_server, &req.dns) {
+                let step = "TXT record served by the DNS server";
+                match crate::dns::txt_values_at(server, &d.fqdn, Duration::from_secs(2)).await {
+                    Ok(v) if v.contains(&d.value) => push(
+                        step,
+                        true,
+                        format!("{server} serves {} at {}", d.value, d.fqdn),
+                    ),
+                    Ok(v) => push(
+                        step,
+                        false,
+                        format!("{server} serves {:?} at {}, not {}", v, d.fqdn, d.value),
+                    ),
+                    Err(e) => push(step, false, format!("asking {server}: {e}")),
+                }
+            }
             if ty == ChallengeType::Http01 {
                 match &client {
                     Some(c) => match fetch(c, &url).await {
@@ -205,6 +224,18 @@ pub async fn run_checks(instance: &SolverInstance, opts: &CheckOptions) -> Vec<C
             match instance.cleanup(&req, &presented).await {
                 Ok(()) => push(step, true, String::new()),
                 Err(e) => push(step, false, call_detail(&e)),
+            }
+        }
+        if let (true, Some(server), Some(d)) = (present_ok, opts.dns_server, &req.dns) {
+            let step = "TXT record gone after cleanup";
+            match crate::dns::txt_values_at(server, &d.fqdn, Duration::from_secs(2)).await {
+                Ok(v) if v.contains(&d.value) => push(
+                    step,
+                    false,
+                    format!("{server} still serves {} at {}", d.value, d.fqdn),
+                ),
+                Ok(_) => push(step, true, format!("{server} no longer serves it")),
+                Err(e) => push(step, false, format!("asking {server}: {e}")),
             }
         }
         if present_ok && ty == ChallengeType::Http01 {
