@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::process::ManagedChild;
+use crate::ServerProcess;
 use crate::{CHALLTESTSRV_BIN, HarnessError, dns, find_bin, free_port, free_udp_tcp_port, http};
 
 const PROGRAM: &str = "pebble-challtestsrv";
@@ -26,7 +26,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Killed on drop.
 #[derive(Debug)]
 pub struct ChallTestSrv {
-    child: ManagedChild,
+    child: ServerProcess,
     dns: SocketAddr,
     mgmt: SocketAddr,
     dir: Option<tempfile::TempDir>,
@@ -57,18 +57,23 @@ impl ChallTestSrv {
         let bin = find_bin(PROGRAM, "PEBBLE_CHALLTESTSRV_BIN", CHALLTESTSRV_BIN)?;
         for attempt in 1..=ATTEMPTS {
             let log = dir.join(format!("challtestsrv-{attempt}.log"));
-            match Self::try_start(&bin, &log, ip)? {
+            match Self::try_start(&bin, dir, &log, ip)? {
                 Attempt::Ready(srv) => return Ok(srv),
                 Attempt::Collision => continue,
             }
         }
         Err(HarnessError::PortsExhausted {
-            program: PROGRAM,
+            program: PROGRAM.into(),
             attempts: ATTEMPTS,
         })
     }
 
-    fn try_start(bin: &Path, log: &Path, ip: Ipv4Addr) -> Result<Attempt, HarnessError> {
+    fn try_start(
+        bin: &Path,
+        dir: &Path,
+        log: &Path,
+        ip: Ipv4Addr,
+    ) -> Result<Attempt, HarnessError> {
         let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_tcp_port()));
         let mgmt = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
         let mut cmd = Command::new(bin);
@@ -79,8 +84,11 @@ impl ChallTestSrv {
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .arg("-defaultIPv4")
             .arg(ip.to_string())
-            .args(["-defaultIPv6", ""]);
-        let child = ManagedChild::spawn(PROGRAM, cmd, log)?;
+            .args(["-defaultIPv6", ""])
+            // Its working directory marks it as ours (scripts/test looks for
+            // leftovers by their temporary directory).
+            .current_dir(dir);
+        let child = ServerProcess::spawn(PROGRAM, cmd, log)?;
         let mut srv = ChallTestSrv {
             child,
             dns,
@@ -89,11 +97,7 @@ impl ChallTestSrv {
         };
         // Ready when a record set through *this* management port resolves
         // through *this* DNS port: proves both belong to our process.
-        let probe_host = format!(
-            "_probe.{}-{}.harness.test",
-            std::process::id(),
-            mgmt.port()
-        );
+        let probe_host = format!("_probe.{}-{}.harness.test", std::process::id(), mgmt.port());
         let probe_value = format!("ready-{}-{}", dns.port(), mgmt.port());
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -103,7 +107,7 @@ impl ChallTestSrv {
             }
             if let Some(status) = srv.child.exited() {
                 return Err(HarnessError::Exited {
-                    program: PROGRAM,
+                    program: PROGRAM.into(),
                     status: status.to_string(),
                     log_path: srv.child.log_path().to_path_buf(),
                     log_tail: srv.child.log_tail(20),
@@ -117,7 +121,7 @@ impl ChallTestSrv {
             }
             if Instant::now() >= deadline {
                 return Err(HarnessError::NotReady {
-                    program: PROGRAM,
+                    program: PROGRAM.into(),
                     what: format!("a probe TXT record on DNS {dns} set through {mgmt}"),
                     secs: READY_TIMEOUT.as_secs(),
                     log_path: srv.child.log_path().to_path_buf(),
@@ -176,7 +180,10 @@ impl ChallTestSrv {
 
     /// Add a TXT value at `host` (appended: several values can coexist, as
     /// for `example.com` + `*.example.com`). The trailing dot challtestsrv
-    /// needs is added here; the name is lower-cased.
+    /// needs is added here (without it the record never resolves), and the
+    /// name is lower-cased: challtestsrv matches query names
+    /// case-sensitively, so query it in lower case too. Its answers carry
+    /// TTL 0 and no AA flag.
     pub fn set_txt(&self, host: &str, value: &str) -> Result<(), HarnessError> {
         self.post("/set-txt", json!({ "host": fqdn(host), "value": value }))
     }

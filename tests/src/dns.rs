@@ -153,10 +153,6 @@ impl Reader<'_> {
         }
     }
 
-    fn u8(&mut self) -> Result<u8, ParseError> {
-        Ok(self.take(1)?[0])
-    }
-
     fn u16(&mut self) -> Result<u16, ParseError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
@@ -330,7 +326,10 @@ fn query_udp(server: SocketAddr, msg: &[u8]) -> io::Result<Vec<u8>> {
     sock.send(msg)?;
     let mut buf = vec![0u8; 65535];
     let n = sock.recv(&mut buf).map_err(|e| {
-        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
             io::Error::new(io::ErrorKind::TimedOut, "no answer over UDP within 3 s")
         } else {
             e
@@ -395,7 +394,10 @@ mod tests {
         assert_eq!(r.answers[0].name, "a.test");
         assert_eq!(r.answers[0].ttl, 60);
         assert_eq!(r.answers[2].data, RData::Cname("b.test".into()));
-        assert!(parse_response(8, &m).is_err(), "ID mismatch must be refused");
+        assert!(
+            parse_response(8, &m).is_err(),
+            "ID mismatch must be refused"
+        );
         // A pointer loop must not hang.
         let mut looped = m[..12].to_vec();
         looped[5] = 1;

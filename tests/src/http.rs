@@ -89,7 +89,12 @@ fn read_all(r: &mut impl Read) -> io::Result<Vec<u8>> {
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<Response> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad HTTP response: {what}"));
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad HTTP response: {what}"),
+        )
+    };
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -35,15 +35,19 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+pub mod bind;
 mod challtestsrv;
+pub mod cloudflare;
 pub mod dns;
 mod http;
 mod pebble;
 mod process;
 mod tls;
 
+pub use bind::{Bind, ZoneSpec};
 pub use challtestsrv::ChallTestSrv;
 pub use pebble::{CertStatus, Pebble, PebbleOpts};
+pub use process::{ServerProcess, spawn_guarded};
 pub use tls::TestCa;
 
 /// Where the Debian package puts Pebble. Override with `PEBBLE_BIN`.
@@ -53,8 +57,9 @@ pub const PEBBLE_BIN: &str = "/usr/bin/pebble";
 pub const CHALLTESTSRV_BIN: &str = "/usr/bin/pebble-challtestsrv";
 
 /// Everything that can go wrong while setting up a test. Each message says
-/// what to do about it.
-#[derive(Debug, thiserror::Error)]
+/// what to do about it. `Debug` prints the message too, so a test that
+/// returns `Result<(), HarnessError>` fails with a readable reason.
+#[derive(thiserror::Error)]
 pub enum HarnessError {
     /// A server binary is missing.
     #[error(
@@ -63,7 +68,7 @@ pub enum HarnessError {
     )]
     NotInstalled {
         /// `pebble` or `pebble-challtestsrv`.
-        program: &'static str,
+        program: String,
         /// Where it was looked for.
         path: PathBuf,
     },
@@ -77,10 +82,12 @@ pub enum HarnessError {
         path: PathBuf,
     },
     /// Could not start a process.
-    #[error("could not start {program}: {source}; check that it is executable and that /tmp is writable")]
+    #[error(
+        "could not start {program}: {source}; check that it is executable and that /tmp is writable"
+    )]
     Spawn {
         /// The program.
-        program: &'static str,
+        program: String,
         /// The OS error.
         source: std::io::Error,
     },
@@ -88,7 +95,7 @@ pub enum HarnessError {
     #[error("{program} exited during start-up ({status}); its log {} ends with:\n{log_tail}", log_path.display())]
     Exited {
         /// The program.
-        program: &'static str,
+        program: String,
         /// How it exited.
         status: String,
         /// Its full log.
@@ -100,7 +107,7 @@ pub enum HarnessError {
     #[error("{program} did not answer {what} within {secs} s; the machine may be overloaded (run fewer tests at once: --test-threads / -j). Its log {} ends with:\n{log_tail}", log_path.display())]
     NotReady {
         /// The program.
-        program: &'static str,
+        program: String,
         /// What was polled.
         what: String,
         /// How long we waited.
@@ -111,10 +118,12 @@ pub enum HarnessError {
         log_tail: String,
     },
     /// Every attempt to start a server hit ports that another process took.
-    #[error("{program}: ports kept being taken by other processes ({attempts} attempts); rerun, or run fewer tests at once (--test-threads / -j)")]
+    #[error(
+        "{program}: ports kept being taken by other processes ({attempts} attempts); rerun, or run fewer tests at once (--test-threads / -j)"
+    )]
     PortsExhausted {
         /// The program.
-        program: &'static str,
+        program: String,
         /// How many starts were tried.
         attempts: u32,
     },
@@ -154,6 +163,12 @@ pub enum HarnessError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl std::fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Ports handed out by this process, never handed out twice.
@@ -293,7 +308,7 @@ impl TempState {
 
 /// Look up a server binary: `$env_var`, else `default`.
 pub(crate) fn find_bin(
-    program: &'static str,
+    program: &str,
     env_var: &str,
     default: &str,
 ) -> Result<PathBuf, HarnessError> {
@@ -303,7 +318,10 @@ pub(crate) fn find_bin(
     if path.is_file() {
         Ok(path)
     } else {
-        Err(HarnessError::NotInstalled { program, path })
+        Err(HarnessError::NotInstalled {
+            program: program.to_owned(),
+            path,
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::process::ManagedChild;
+use crate::ServerProcess;
 use crate::tls::TestCa;
 use crate::{ChallTestSrv, HarnessError, PEBBLE_BIN, find_bin, free_port, http};
 
@@ -89,7 +89,7 @@ impl CertStatus {
 pub struct Pebble {
     // Field order is drop order: Pebble first, then its DNS server, then
     // the directory holding their configs and logs.
-    child: ManagedChild,
+    child: ServerProcess,
     challtestsrv: Option<ChallTestSrv>,
     listen: SocketAddr,
     mgmt: SocketAddr,
@@ -104,7 +104,7 @@ pub struct Pebble {
 }
 
 enum Attempt {
-    Ready(Box<ManagedChild>, SocketAddr, SocketAddr),
+    Ready(Box<ServerProcess>, SocketAddr, SocketAddr),
     Collision,
 }
 
@@ -182,7 +182,7 @@ impl Pebble {
                 cmd.env(k, v);
             }
             let log = dir.path().join(format!("pebble-{attempt}.log"));
-            let child = ManagedChild::spawn(PROGRAM, cmd, &log)?;
+            let child = ServerProcess::spawn(PROGRAM, cmd, &log)?;
             match wait_ready(child, listen, mgmt, &tls)? {
                 Attempt::Collision => continue,
                 Attempt::Ready(child, listen, mgmt) => {
@@ -204,7 +204,7 @@ impl Pebble {
             }
         }
         Err(HarnessError::PortsExhausted {
-            program: PROGRAM,
+            program: PROGRAM.into(),
             attempts: ATTEMPTS,
         })
     }
@@ -378,7 +378,10 @@ impl Pebble {
         if status == 200 && body.contains("-----BEGIN CERTIFICATE-----") {
             Ok(body)
         } else {
-            Err(self.http_err(path, format!("status {status}, expected a PEM certificate: {body}")))
+            Err(self.http_err(
+                path,
+                format!("status {status}, expected a PEM certificate: {body}"),
+            ))
         }
     }
 
@@ -396,7 +399,7 @@ impl Pebble {
 /// our CA: that proves both listeners belong to this process, not to
 /// another test's Pebble that took the port.
 fn wait_ready(
-    mut child: ManagedChild,
+    mut child: ServerProcess,
     listen: SocketAddr,
     mgmt: SocketAddr,
     tls: &Arc<rustls::ClientConfig>,
@@ -409,7 +412,7 @@ fn wait_ready(
         }
         if let Some(status) = child.exited() {
             return Err(HarnessError::Exited {
-                program: child.program(),
+                program: child.program().to_owned(),
                 status: status.to_string(),
                 log_path: child.log_path().to_path_buf(),
                 log_tail: child.log_tail(20),
@@ -425,7 +428,7 @@ fn wait_ready(
         }
         if Instant::now() >= deadline {
             return Err(HarnessError::NotReady {
-                program: child.program(),
+                program: child.program().to_owned(),
                 what: format!("https://{listen}/dir and https://{mgmt}/roots/0"),
                 secs: READY_TIMEOUT.as_secs(),
                 log_path: child.log_path().to_path_buf(),
@@ -455,7 +458,11 @@ fn normalize_serial(serial: &str) -> String {
         .map(|c| c.to_ascii_lowercase())
         .collect();
     let s = s.trim_start_matches('0');
-    if s.is_empty() { "0".to_owned() } else { s.to_owned() }
+    if s.is_empty() {
+        "0".to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 #[cfg(test)]
@@ -463,7 +470,10 @@ mod tests {
     #[test]
     fn serials_are_normalized() {
         assert_eq!(super::normalize_serial("0x00AB:CD"), "abcd");
-        assert_eq!(super::normalize_serial("66317D2E02F5D3D6\n"), "66317d2e02f5d3d6");
+        assert_eq!(
+            super::normalize_serial("66317D2E02F5D3D6\n"),
+            "66317d2e02f5d3d6"
+        );
         assert_eq!(super::normalize_serial("00"), "0");
     }
 }

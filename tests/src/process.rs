@@ -42,8 +42,10 @@ fn spawner() -> Option<&'static mpsc::Sender<SpawnRequest>> {
         .as_ref()
 }
 
-/// Spawn `cmd` so that it dies with this process.
-fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
+/// Spawn `cmd` so that the kernel kills it (SIGKILL) when this test process
+/// dies, however it dies. Use it for any long-running child a test starts;
+/// [`ServerProcess`] adds a log file and kill-on-drop.
+pub fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
     #[cfg(target_os = "linux")]
     {
         let parent = libc::pid_t::try_from(std::process::id())
@@ -80,21 +82,25 @@ fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
     }
 }
 
-/// A server process whose stdout and stderr go to a log file. Killed (SIGKILL)
-/// and reaped on drop.
+/// A server process started with [`spawn_guarded`], its stdout and stderr
+/// going to a log file. Killed (SIGKILL) and reaped on drop. For servers
+/// the harness has no type for yet (BIND9's `named`, `moto_server`, ...).
 #[derive(Debug)]
-pub(crate) struct ManagedChild {
-    program: &'static str,
+pub struct ServerProcess {
+    program: String,
     child: Option<Child>,
     log_path: PathBuf,
 }
 
-impl ManagedChild {
-    pub(crate) fn spawn(
-        program: &'static str,
+impl ServerProcess {
+    /// Start `cmd` (stdin from /dev/null, stdout and stderr to `log_path`,
+    /// created or truncated); `program` names it in errors.
+    pub fn spawn(
+        program: impl Into<String>,
         mut cmd: Command,
         log_path: &Path,
     ) -> Result<Self, HarnessError> {
+        let program = program.into();
         let log = File::create(log_path).map_err(|source| HarnessError::Io {
             context: format!("creating log file {}", log_path.display()),
             source,
@@ -106,7 +112,10 @@ impl ManagedChild {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
-        let child = spawn_guarded(cmd).map_err(|source| HarnessError::Spawn { program, source })?;
+        let child = match spawn_guarded(cmd) {
+            Ok(child) => child,
+            Err(source) => return Err(HarnessError::Spawn { program, source }),
+        };
         Ok(Self {
             program,
             child: Some(child),
@@ -114,20 +123,23 @@ impl ManagedChild {
         })
     }
 
-    pub(crate) fn program(&self) -> &'static str {
-        self.program
+    /// The name given at spawn.
+    pub fn program(&self) -> &str {
+        &self.program
     }
 
-    pub(crate) fn log_path(&self) -> &Path {
+    /// The log file.
+    pub fn log_path(&self) -> &Path {
         &self.log_path
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
+    /// The process id; `None` once killed.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// `Some(status)` once the process has exited.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         match self.child.as_mut() {
             Some(child) => child.try_wait().ok().flatten(),
             None => None,
@@ -135,12 +147,12 @@ impl ManagedChild {
     }
 
     /// The whole log so far (lossy UTF-8).
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         read_lossy(&self.log_path, usize::MAX)
     }
 
     /// The last `lines` lines of the log.
-    pub(crate) fn log_tail(&self, lines: usize) -> String {
+    pub fn log_tail(&self, lines: usize) -> String {
         let text = read_lossy(&self.log_path, 64 * 1024);
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
@@ -148,7 +160,7 @@ impl ManagedChild {
     }
 
     /// Kill and reap the process. Idempotent.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -156,7 +168,7 @@ impl ManagedChild {
     }
 }
 
-impl Drop for ManagedChild {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }

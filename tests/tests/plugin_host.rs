@@ -476,7 +476,7 @@ struct StaticServer(std::process::Child);
 
 impl StaticServer {
     fn start(dir: &Path, port: u16) -> StaticServer {
-        let child = Command::new("python3")
+        let mut child = Command::new("python3")
             .args([
                 "-m",
                 "http.server",
@@ -496,6 +496,8 @@ impl StaticServer {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("python3 -m http.server did not start on port {port}");
     }
 }
