@@ -7,11 +7,11 @@
 //! `present` of their challenge type and close after the last `cleanup`, so
 //! the ports are held only while a validation is in flight.
 //!
-//! * [`listen`]: parsing and binding `listen` / `tls_listen`, with errors an
+//! * `listen`: parsing and binding `listen` / `tls_listen`, with errors an
 //!   operator can act on;
-//! * [`service`]: the shared, lazily started, refcounted listener set;
-//! * [`http`]: the minimal HTTP/1.1 responder for http-01;
-//! * [`tls`]: the RFC 8737 certificates and TLS listener for tls-alpn-01.
+//! * `service`: the shared, lazily started, refcounted listener set;
+//! * `http`: the minimal HTTP/1.1 responder for http-01;
+//! * `tls`: the RFC 8737 certificates and TLS listener for tls-alpn-01.
 
 use std::sync::Arc;
 

@@ -70,6 +70,19 @@ impl<E> fmt::Debug for Service<E> {
     }
 }
 
+/// A host that destroys the instance without cleaning up (it should not, but
+/// it may be shutting down) must not leave port 80 held for the life of the
+/// process: the accept loops are detached tasks that would outlive us.
+impl<E> Drop for Service<E> {
+    fn drop(&mut self) {
+        if let Some(loops) = self.running.get_mut().take() {
+            for l in loops {
+                l.abort();
+            }
+        }
+    }
+}
+
 impl<E: Send + Sync + 'static> Service<E> {
     pub(crate) fn new(name: &'static str, setting: Setting, addrs: Vec<SocketAddr>) -> Self {
         Service {

@@ -108,9 +108,10 @@ async fn fifty_concurrent_challenges_share_one_listener_that_closes_after_the_la
     }
 
     // All but the last: the listener stays and still serves the last one.
-    let (last, rest) = reqs.split_last().expect("50 requests");
+    let mut rest = reqs;
+    let last = rest.pop().expect("50 requests");
     let mut tasks = Vec::new();
-    for req in rest.iter().cloned() {
+    for req in rest {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             s.cleanup(&req, &Presented::default()).await
@@ -129,7 +130,7 @@ async fn fifty_concurrent_challenges_share_one_listener_that_closes_after_the_la
     .await;
     assert_eq!(r.status, 200);
 
-    s.cleanup(last, &Presented::default())
+    s.cleanup(&last, &Presented::default())
         .await
         .expect("cleanup");
     assert!(
@@ -176,6 +177,24 @@ async fn cleanup_of_an_unknown_token_is_success_and_opens_nothing() {
     s.cleanup(&other, &Presented::default())
         .await
         .expect("cleanup");
+}
+
+#[tokio::test]
+async fn dropping_the_solver_closes_its_listeners() {
+    let (s, addr, _) = solver();
+    s.present(&request(HTTP01, "example.test", "orphan"))
+        .await
+        .expect("present");
+    drop(s);
+    // The accept loop is aborted on drop; its listener closes when the
+    // runtime next drops the task.
+    for _ in 0..100 {
+        if !is_open(addr).await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{addr} still accepts connections after the solver was dropped");
 }
 
 #[tokio::test]
@@ -273,4 +292,28 @@ async fn dns01_is_refused() {
     s.cleanup(&req, &Presented::default())
         .await
         .expect("cleanup of dns-01 is a no-op");
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (s, addr, _) = solver();
+    let req = request(HTTP01, "example.test", "tok");
+    s.present(&req).await.expect("present");
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let big = format!(
+        "GET /.well-known/acme-challenge/tok HTTP/1.1\r\nX-Padding: {}\r\n",
+        "a".repeat(9 * 1024)
+    );
+    conn.write_all(big.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.expect("read");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+    assert!(!out.contains(&req.key_authorization));
+
+    s.cleanup(&req, &Presented::default())
+        .await
+        .expect("cleanup");
 }

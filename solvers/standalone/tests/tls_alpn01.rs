@@ -236,7 +236,6 @@ async fn refuses_clients_without_acme_tls_1() {
             Err(e) => e.to_string(),
         };
         assert!(e.contains("alert"), "{why}: the server refuses: {e}");
-        eprintln!("{why}: {e}");
     }
     handshake(addr, "alpn.example.test", &[b"h2", ACME_TLS_1])
         .await
