@@ -1,0 +1,67 @@
+//! Helpers shared by the Cloudflare solver's integration tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use certsmith_cloudflare::{Cloudflare, CloudflareConfig};
+use certsmith_plugin_api::{ChallengeRequest, ChallengeType, DnsTarget, Solver};
+use certsmith_tests::cloudflare::{CloudflareStandIn, LoggedRequest};
+
+/// A solver talking to `cf` with its full-access token.
+pub fn solver(cf: &CloudflareStandIn) -> Cloudflare {
+    solver_with_token(cf, cf.token())
+}
+
+/// A solver talking to `cf` with `token`.
+pub fn solver_with_token(cf: &CloudflareStandIn, token: &str) -> Cloudflare {
+    Cloudflare::new(config(cf, token)).expect("valid config")
+}
+
+/// The configuration for `cf` with `token`.
+pub fn config(cf: &CloudflareStandIn, token: &str) -> CloudflareConfig {
+    let mut c = CloudflareConfig::new(token);
+    c.api_base = cf.api_base();
+    c
+}
+
+/// `_acme-challenge.<zone>`.
+pub fn fqdn(zone: &str) -> String {
+    format!("_acme-challenge.{zone}")
+}
+
+/// A dns-01 request for `value` at `_acme-challenge.<zone>`, due in 30 s.
+pub fn request(zone: &str, value: &str) -> ChallengeRequest {
+    request_due_in(zone, value, Duration::from_secs(30))
+}
+
+/// A dns-01 request whose deadline is `due` from now.
+pub fn request_due_in(zone: &str, value: &str, due: Duration) -> ChallengeRequest {
+    let deadline = SystemTime::now() + due;
+    ChallengeRequest {
+        challenge_type: ChallengeType::Dns01,
+        identifier: zone.to_owned(),
+        wildcard: false,
+        token: "tok".to_owned(),
+        key_authorization: "tok.thumbprint".to_owned(),
+        deadline_unix_ms: deadline
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64,
+        dns: Some(DnsTarget {
+            zone: zone.to_owned(),
+            name: "_acme-challenge".to_owned(),
+            fqdn: fqdn(zone),
+            value: value.to_owned(),
+            ttl: 120,
+            primary_ns: None,
+        }),
+    }
+}
+
+/// "METHOD /path" of each request, in order.
+pub fn calls(log: &[LoggedRequest]) -> Vec<String> {
+    log.iter()
+        .map(|r| format!("{} {} → {}", r.method, r.path, r.status))
+        .collect()
+}
