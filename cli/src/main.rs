@@ -7,6 +7,7 @@
 mod exit;
 mod issue;
 mod output;
+mod progress;
 mod solvers;
 
 use std::path::PathBuf;

@@ -80,7 +80,9 @@ pub enum IdentifierError {
         domain: String,
     },
     /// A label (between dots) is empty, e.g. `a..b` or `.a.b`.
-    #[error("invalid domain '{domain}': it has an empty label (two dots in a row, or a leading dot)")]
+    #[error(
+        "invalid domain '{domain}': it has an empty label (two dots in a row, or a leading dot)"
+    )]
     EmptyLabel {
         /// The domain as given.
         domain: String,
@@ -138,9 +140,7 @@ pub enum IdentifierError {
         domain: String,
     },
     /// The name is an IP address.
-    #[error(
-        "invalid domain '{domain}': IP address identifiers are not supported; give a DNS name"
-    )]
+    #[error("invalid domain '{domain}': IP address identifiers are not supported; give a DNS name")]
     IpAddress {
         /// The domain as given.
         domain: String,
@@ -394,19 +394,46 @@ mod tests {
         let e = err("ex ample.com");
         assert!(matches!(e, IdentifierError::BadCharacter { ch: ' ', .. }));
         let msg = e.to_string();
-        assert!(msg.contains("'ex ample.com'") && msg.contains("a space"), "{msg}");
+        assert!(
+            msg.contains("'ex ample.com'") && msg.contains("a space"),
+            "{msg}"
+        );
 
-        assert!(matches!(err("a_b.example"), IdentifierError::BadCharacter { ch: '_', .. }));
-        assert!(matches!(err("a..example"), IdentifierError::EmptyLabel { .. }));
-        assert!(matches!(err(".example.com"), IdentifierError::EmptyLabel { .. }));
-        assert!(matches!(err("-a.example"), IdentifierError::BadHyphen { .. }));
-        assert!(matches!(err("a-.example"), IdentifierError::BadHyphen { .. }));
-        assert!(matches!(err("localhost"), IdentifierError::SingleLabel { .. }));
+        assert!(matches!(
+            err("a_b.example"),
+            IdentifierError::BadCharacter { ch: '_', .. }
+        ));
+        assert!(matches!(
+            err("a..example"),
+            IdentifierError::EmptyLabel { .. }
+        ));
+        assert!(matches!(
+            err(".example.com"),
+            IdentifierError::EmptyLabel { .. }
+        ));
+        assert!(matches!(
+            err("-a.example"),
+            IdentifierError::BadHyphen { .. }
+        ));
+        assert!(matches!(
+            err("a-.example"),
+            IdentifierError::BadHyphen { .. }
+        ));
+        assert!(matches!(
+            err("localhost"),
+            IdentifierError::SingleLabel { .. }
+        ));
         assert!(matches!(err(""), IdentifierError::EmptyName { .. }));
         assert!(matches!(err("."), IdentifierError::EmptyName { .. }));
-        assert!(matches!(err("192.0.2.1"), IdentifierError::IpAddress { .. }));
+        assert!(matches!(
+            err("192.0.2.1"),
+            IdentifierError::IpAddress { .. }
+        ));
         assert!(matches!(err("::1"), IdentifierError::IpAddress { .. }));
-        assert!(matches!(err("10.1.2.300"), IdentifierError::IpAddress { .. }));
+        assert!(matches!(
+            err("10.1.2.300"),
+            IdentifierError::IpAddress { .. }
+        ));
     }
 
     #[test]
@@ -414,7 +441,10 @@ mod tests {
         let label63 = "a".repeat(63);
         assert!(parse_domain(&format!("{label63}.example")).is_ok());
         let e = err(&format!("{}a.example", label63));
-        assert!(matches!(e, IdentifierError::LabelTooLong { len: 64, .. }), "{e}");
+        assert!(
+            matches!(e, IdentifierError::LabelTooLong { len: 64, .. }),
+            "{e}"
+        );
 
         // 4 * 63 + 3 dots = 255 > 253
         let long = [label63.as_str(); 4].join(".");
@@ -424,26 +454,46 @@ mod tests {
         assert!(n300.len() > 253);
         let msg = err(&n300).to_string();
         assert!(msg.contains("at most 253"), "{msg}");
-        assert!(msg.len() < 200, "the long name is shortened in the message: {msg}");
+        assert!(
+            msg.len() < 200,
+            "the long name is shortened in the message: {msg}"
+        );
 
         // exactly 253
         let l61 = "b".repeat(61);
         let exact = format!("{label63}.{label63}.{label63}.{l61}");
         assert_eq!(exact.len(), 253);
         assert!(parse_domain(&exact).is_ok());
-        assert!(matches!(err(&format!("*.{exact}")), IdentifierError::NameTooLong { .. }));
+        assert!(matches!(
+            err(&format!("*.{exact}")),
+            IdentifierError::NameTooLong { .. }
+        ));
     }
 
     #[test]
     fn wildcards() {
-        for bad in ["*.*.example.com", "a.*.example.com", "a*.example.com", "*example.com", "*"] {
+        for bad in [
+            "*.*.example.com",
+            "a.*.example.com",
+            "a*.example.com",
+            "*example.com",
+            "*",
+        ] {
             let e = err(bad);
             assert!(
-                matches!(e, IdentifierError::BadWildcard { .. } | IdentifierError::BadCharacter { ch: '*', .. } | IdentifierError::SingleLabel { .. }),
+                matches!(
+                    e,
+                    IdentifierError::BadWildcard { .. }
+                        | IdentifierError::BadCharacter { ch: '*', .. }
+                        | IdentifierError::SingleLabel { .. }
+                ),
                 "{bad}: {e}"
             );
         }
-        assert!(matches!(err("*.*.example.com"), IdentifierError::BadWildcard { .. }));
+        assert!(matches!(
+            err("*.*.example.com"),
+            IdentifierError::BadWildcard { .. }
+        ));
         assert!(matches!(err("*.com"), IdentifierError::SingleLabel { .. }));
         let id = parse_domain("*.example.com").expect("wildcard");
         assert!(id.is_wildcard());
@@ -452,8 +502,8 @@ mod tests {
 
     #[test]
     fn dedupes_keeping_first() {
-        let ids = parse_domains(&["B.example", "a.example", "b.example.", "*.a.example"])
-            .expect("valid");
+        let ids =
+            parse_domains(&["B.example", "a.example", "b.example.", "*.a.example"]).expect("valid");
         let names: Vec<&str> = ids.iter().map(Identifier::as_str).collect();
         assert_eq!(names, ["b.example", "a.example", "*.a.example"]);
         assert_eq!(default_cert_name(&ids).as_deref(), Some("b.example"));

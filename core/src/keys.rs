@@ -177,9 +177,9 @@ fn csr_for(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use x509_parser::certification_request::X509CertificationRequest;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
     use x509_parser::prelude::FromDer;
-    use x509_parser::x509::X509CertificationRequest;
 
     fn sans(csr_der: &[u8]) -> Vec<String> {
         let (_, csr) = X509CertificationRequest::from_der(csr_der).expect("CSR parses");
@@ -220,7 +220,11 @@ mod tests {
                 };
                 assert_eq!(bits, want, "{kt}");
             }
-            assert!(out.private_key.expose().starts_with("-----BEGIN PRIVATE KEY-----"));
+            assert!(
+                out.private_key
+                    .expose()
+                    .starts_with("-----BEGIN PRIVATE KEY-----")
+            );
             // The key round-trips through rcgen.
             KeyPair::from_pem(out.private_key.expose()).expect("key parses");
         }

@@ -4,6 +4,13 @@
 //! challenge solvers only through [`plugin`], the host side of the
 //! `certsmith-plugin-api` ABI. No solver crate is a dependency of this one.
 
+pub mod acme;
 pub mod dns;
+pub mod engine;
+pub mod error;
+pub mod identifiers;
 pub mod journal;
+pub mod keys;
 pub mod plugin;
+pub mod progress;
+pub mod store;

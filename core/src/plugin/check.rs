@@ -238,25 +238,26 @@ pub async fn run_checks(instance: &SolverInstance, opts: &CheckOptions) -> Vec<C
                 Err(e) => push(step, false, format!("asking {server}: {e}")),
             }
         }
-        if present_ok && ty == ChallengeType::Http01 {
-            if let Some(c) = &client {
-                match fetch(c, &url).await {
-                    Ok((200, _)) => push(
-                        "token gone after cleanup",
-                        false,
-                        format!("GET {url} still answers 200"),
-                    ),
-                    Ok((status, _)) => push(
-                        "token gone after cleanup",
-                        true,
-                        format!("GET {url} → {status}"),
-                    ),
-                    Err(_) => push(
-                        "token gone after cleanup",
-                        true,
-                        format!("GET {url} → nothing listening"),
-                    ),
-                }
+        if present_ok
+            && ty == ChallengeType::Http01
+            && let Some(c) = &client
+        {
+            match fetch(c, &url).await {
+                Ok((200, _)) => push(
+                    "token gone after cleanup",
+                    false,
+                    format!("GET {url} still answers 200"),
+                ),
+                Ok((status, _)) => push(
+                    "token gone after cleanup",
+                    true,
+                    format!("GET {url} → {status}"),
+                ),
+                Err(_) => push(
+                    "token gone after cleanup",
+                    true,
+                    format!("GET {url} → nothing listening"),
+                ),
             }
         }
     }

@@ -1,0 +1,1151 @@
+//! The ACME protocol ([RFC 8555](https://www.rfc-editor.org/rfc/rfc8555)):
+//! directory, account, order, authorizations, finalization.
+//!
+//! Why this module exists: it is the only place that names `instant-acme`
+//! (pinned to 0.8.x). Everything the rest of certsmith needs from the
+//! protocol is here as certsmith types, so a future switch of library, or an
+//! instant-acme release that changes its API, touches one file.
+//!
+//! It also owns the HTTP transport. instant-acme's default client leaves
+//! Nagle's algorithm on, which costs about 40 ms per request on a keep-alive
+//! connection (delayed ACK meets a small second write); an order takes ten
+//! requests or so. [`AcmeClient`] hands instant-acme a `reqwest` client
+//! instead, with `TCP_NODELAY`, one keep-alive pool shared by every order,
+//! `User-Agent: certsmith/<version>`
+//! ([RFC 8555 §6.1](https://www.rfc-editor.org/rfc/rfc8555#section-6.1)) and
+//! an optional extra CA bundle (`--ca-cert`, for private CAs and Pebble).
+//!
+//! Two robustness measures sit on top of instant-acme:
+//!
+//! * `badNonce` ([RFC 8555 §6.5](https://www.rfc-editor.org/rfc/rfc8555#section-6.5)):
+//!   instant-acme retries a rejected nonce three times; a busy CA (or Pebble
+//!   with `PEBBLE_WFE_NONCEREJECT`) can reject more, so every operation is
+//!   retried a few more times when the final error is still `badNonce`.
+//!   A request refused for its nonce was not processed, so this is safe.
+//! * `Retry-After` ([RFC 8555 §6.6](https://www.rfc-editor.org/rfc/rfc8555#section-6.6)):
+//!   polling honours it (instant-acme's `RetryPolicy`), and the value sent
+//!   with a rate-limit response is kept for the error message.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use certsmith_plugin_api::ChallengeType;
+use http_body::Body as _;
+use instant_acme as ia;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AuthzFailure, CaProblem, CaSubproblem, IssueError};
+use crate::store::Store;
+
+/// Let's Encrypt's production directory.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (untrusted certificates, high limits).
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// ZeroSSL's directory (requires EAB).
+pub const ZEROSSL: &str = "https://acme.zerossl.com/v2/DV90";
+
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("certsmith/", env!("CARGO_PKG_VERSION"));
+
+/// How many more times an operation is retried after instant-acme's own
+/// three attempts all met `badNonce`.
+const NONCE_RETRIES: u32 = 8;
+/// First wait before polling an order for validation; validation on a
+/// local CA takes a few milliseconds, on Let's Encrypt a second or two.
+const POLL_INITIAL_DELAY: Duration = Duration::from_millis(10);
+/// First wait before polling a finalized order; issuance is usually done
+/// by the time the finalize response arrives or very soon after.
+const FINALIZE_POLL_INITIAL_DELAY: Duration = Duration::from_millis(5);
+/// Growth of the wait between polls (unbounded, but the CA's Retry-After
+/// overrides it, and the timeout ends it).
+const POLL_BACKOFF: f32 = 1.6;
+
+/// Retries an instant-acme operation while its error is `badNonce`.
+macro_rules! retry_bad_nonce {
+    ($op:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            match $op {
+                Err(e) if is_bad_nonce(&e) && attempt < NONCE_RETRIES => {
+                    attempt += 1;
+                    log::debug!("bad nonce, retrying (attempt {attempt})");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// Maps a `--server` value to a directory URL: a shortcut
+/// (`letsencrypt`, `letsencrypt-staging`, `zerossl`) or an https URL.
+pub fn resolve_server(server: &str) -> Result<String, IssueError> {
+    let bad = |reason: &str| IssueError::BadServer {
+        server: server.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match server {
+        "letsencrypt" | "le" => return Ok(LETSENCRYPT.to_owned()),
+        "letsencrypt-staging" | "le-staging" => return Ok(LETSENCRYPT_STAGING.to_owned()),
+        "zerossl" => return Ok(ZEROSSL.to_owned()),
+        _ => {}
+    }
+    let url = reqwest::Url::parse(server).map_err(|_| bad("not a known shortcut and not a URL"))?;
+    if url.scheme() != "https" {
+        return Err(bad(
+            "an ACME directory must be an https URL (RFC 8555 §6.1)",
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("the URL has no host"));
+    }
+    Ok(url.to_string())
+}
+
+/// Shared between the client handed to instant-acme and ours.
+#[derive(Default)]
+struct Shared {
+    /// Bodies of GET responses fetched already (the directory), so that
+    /// instant-acme does not fetch them again.
+    cache: Mutex<HashMap<String, Bytes>>,
+    /// The last `Retry-After` seen on a 429/503 response.
+    retry_after: Mutex<Option<SystemTime>>,
+}
+
+impl Shared {
+    fn cached(&self, url: &str) -> Option<Bytes> {
+        self.cache.lock().ok()?.get(url).cloned()
+    }
+
+    fn take_retry_after(&self) -> Option<SystemTime> {
+        self.retry_after.lock().ok()?.take()
+    }
+}
+
+/// An ACME server and the HTTP connection pool to it. Cheap to clone; all
+/// clones share one pool.
+#[derive(Clone)]
+pub struct AcmeClient {
+    directory_url: String,
+    http: reqwest::Client,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for AcmeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeClient")
+            .field("directory_url", &self.directory_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the directory says about the CA
+/// ([RFC 8555 §7.1.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.1)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryInfo {
+    /// The directory URL.
+    pub url: String,
+    /// `meta.termsOfService`: must be agreed to before creating an account.
+    pub terms_of_service: Option<String>,
+    /// `meta.website`.
+    pub website: Option<String>,
+    /// `meta.externalAccountRequired`.
+    pub external_account_required: bool,
+    /// Whether the CA offers ACME Renewal Information
+    /// ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)).
+    pub renewal_info: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DirectoryDoc {
+    #[allow(dead_code)]
+    new_nonce: String,
+    #[allow(dead_code)]
+    new_account: String,
+    #[allow(dead_code)]
+    new_order: String,
+    #[serde(default)]
+    renewal_info: Option<String>,
+    #[serde(default)]
+    meta: DirectoryMeta,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DirectoryMeta {
+    #[serde(default)]
+    terms_of_service: Option<String>,
+    #[serde(default)]
+    website: Option<String>,
+    #[serde(default)]
+    external_account_required: bool,
+}
+
+impl AcmeClient {
+    /// A client for `server` (a shortcut or URL, see [`resolve_server`]),
+    /// trusting the system roots plus the certificates in `ca_cert` (PEM).
+    /// Sends nothing yet.
+    pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<AcmeClient, IssueError> {
+        let directory_url = resolve_server(server)?;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = ca_cert {
+            let ca_err = |reason: String| IssueError::CaCert {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(format!("not a PEM certificate bundle ({e})")))?;
+            if certs.is_empty() {
+                return Err(ca_err("it contains no PEM certificate".to_owned()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| match ca_cert {
+            Some(path) => IssueError::CaCert {
+                path: path.display().to_string(),
+                reason: error_chain(&e),
+            },
+            None => IssueError::Internal(format!("cannot set up HTTPS: {}", error_chain(&e))),
+        })?;
+        Ok(AcmeClient {
+            directory_url,
+            http,
+            shared: Arc::new(Shared::default()),
+        })
+    }
+
+    /// The directory URL.
+    pub fn directory_url(&self) -> &str {
+        &self.directory_url
+    }
+
+    /// The CA's host (and port, if not 443), as used for the accounts
+    /// directory of the store, e.g. `acme-v02.api.letsencrypt.org` or
+    /// `localhost_14000`.
+    pub fn ca_host(&self) -> String {
+        match reqwest::Url::parse(&self.directory_url) {
+            Ok(u) => {
+                let host = u.host_str().unwrap_or("unknown");
+                match u.port() {
+                    Some(p) => format!("{host}_{p}"),
+                    None => host.to_owned(),
+                }
+            }
+            Err(_) => "unknown".to_owned(),
+        }
+    }
+
+    fn shim(&self) -> Box<dyn ia::HttpClient> {
+        Box::new(HttpShim {
+            http: self.http.clone(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Fetches the directory. The first request to the CA: a wrong URL or
+    /// an unreachable CA fails here, before anything else happens.
+    pub async fn directory(&self) -> Result<DirectoryInfo, IssueError> {
+        let action = "fetch the ACME directory";
+        let net = |message: String| IssueError::Network {
+            action: action.to_owned(),
+            server: self.directory_url.clone(),
+            message,
+        };
+        let rsp = self
+            .http
+            .get(&self.directory_url)
+            .send()
+            .await
+            .map_err(|e| net(error_chain(&e)))?;
+        let status = rsp.status();
+        let body = rsp.bytes().await.map_err(|e| net(error_chain(&e)))?;
+        if !status.is_success() {
+            return Err(net(format!(
+                "the server answered HTTP {status}; is this the URL of an ACME directory?"
+            )));
+        }
+        let doc: DirectoryDoc = serde_json::from_slice(&body).map_err(|e| {
+            net(format!(
+                "the answer is not an ACME directory ({e}); check the URL"
+            ))
+        })?;
+        if let Ok(mut cache) = self.shared.cache.lock() {
+            cache.insert(self.directory_url.clone(), body);
+        }
+        Ok(DirectoryInfo {
+            url: self.directory_url.clone(),
+            terms_of_service: doc.meta.terms_of_service,
+            website: doc.meta.website,
+            external_account_required: doc.meta.external_account_required,
+            renewal_info: doc.renewal_info.is_some(),
+        })
+    }
+
+    /// Loads the account for (this directory, `opts` contact) from `store`,
+    /// or creates it at the CA and stores it. Returns whether it was created.
+    /// Fetches the directory first (see [`AcmeClient::directory`]).
+    pub async fn account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<(Account, bool), IssueError> {
+        let dir = self.directory().await?;
+        let contact = opts.contact()?;
+        let id = account_id(&self.directory_url, &contact);
+        if let Some(bytes) = store.load_account(&self.ca_host(), &id)? {
+            let path = store.account_path(&self.ca_host(), &id);
+            let stored: StoredAccount =
+                serde_json::from_slice(&bytes).map_err(|e| crate::store::StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            let creds: ia::AccountCredentials = serde_json::from_value(stored.credentials)
+                .map_err(|e| crate::store::StoreError::Corrupt {
+                    path,
+                    reason: format!("credentials: {e}"),
+                })?;
+            let inner = ia::Account::builder_with_http(self.shim())
+                .from_credentials(creds)
+                .await
+                .map_err(|e| self.map_error(e, "load the account"))?;
+            return Ok((
+                Account {
+                    url: inner.id().to_owned(),
+                    inner,
+                    client: self.clone(),
+                },
+                false,
+            ));
+        }
+        let account = self.create_account(store, &dir, opts).await?;
+        Ok((account, true))
+    }
+
+    /// Creates a new account at the CA and stores it, replacing any stored
+    /// one for the same (directory, contact).
+    pub async fn create_account(
+        &self,
+        store: &Store,
+        dir: &DirectoryInfo,
+        opts: &AccountOptions,
+    ) -> Result<Account, IssueError> {
+        if let Some(url) = &dir.terms_of_service
+            && !opts.agree_tos
+        {
+            return Err(IssueError::TermsNotAgreed { url: url.clone() });
+        }
+        if dir.external_account_required && opts.eab.is_none() {
+            return Err(IssueError::EabRequired {
+                server: self.directory_url.clone(),
+            });
+        }
+        let contact = opts.contact()?;
+        let contact_refs: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let new = ia::NewAccount {
+            contact: &contact_refs,
+            terms_of_service_agreed: opts.agree_tos,
+            only_return_existing: false,
+        };
+        let eab = opts
+            .eab
+            .as_ref()
+            .map(|e| ia::ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+        let (inner, creds) = retry_bad_nonce!(
+            ia::Account::builder_with_http(self.shim())
+                .create(&new, self.directory_url.clone(), eab.as_ref())
+                .await
+        )
+        .map_err(|e| self.map_error(e, "create the account"))?;
+        let stored = StoredAccount {
+            directory: self.directory_url.clone(),
+            contact,
+            account_url: inner.id().to_owned(),
+            created_at: now_rfc3339(),
+            credentials: serde_json::to_value(&creds)
+                .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?,
+        };
+        let json = serde_json::to_vec_pretty(&stored)
+            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
+        let (store2, host, id) = (
+            store.clone(),
+            self.ca_host(),
+            account_id(&self.directory_url, &stored.contact),
+        );
+        tokio::task::spawn_blocking(move || store2.save_account(&host, &id, &json))
+            .await
+            .map_err(|e| IssueError::Internal(format!("account writer: {e}")))??;
+        Ok(Account {
+            url: inner.id().to_owned(),
+            inner,
+            client: self.clone(),
+        })
+    }
+
+    /// Turns an instant-acme error into an [`IssueError`].
+    fn map_error(&self, e: ia::Error, action: &str) -> IssueError {
+        let net = |message: String| IssueError::Network {
+            action: action.to_owned(),
+            server: self.directory_url.clone(),
+            message,
+        };
+        match e {
+            ia::Error::Api(p) => {
+                let problem = convert_problem(&p);
+                if problem.is("rateLimited") {
+                    IssueError::RateLimited {
+                        action: action.to_owned(),
+                        problem,
+                        retry_after: self.shared.take_retry_after(),
+                    }
+                } else if problem.is("serverInternal") {
+                    net(problem.to_string())
+                } else {
+                    IssueError::CaRefused {
+                        action: action.to_owned(),
+                        problem,
+                    }
+                }
+            }
+            ia::Error::Other(inner) => net(error_chain(inner.as_ref())),
+            ia::Error::Json(e) => net(format!(
+                "the CA's answer is not the ACME JSON expected: {e}"
+            )),
+            ia::Error::Str(s) => net(format!("unexpected answer from the CA: {s}")),
+            ia::Error::Http(e) => net(e.to_string()),
+            ia::Error::InvalidUri(e) => net(format!("the CA sent an invalid URL: {e}")),
+            ia::Error::Timeout(_) => IssueError::Timeout {
+                what: action.to_owned(),
+                after: Duration::ZERO,
+            },
+            ia::Error::Unsupported(what) => {
+                IssueError::InvalidRequest(format!("the CA does not support {what}"))
+            }
+            ia::Error::Crypto | ia::Error::KeyRejected => IssueError::Internal(format!(
+                "account key operation failed while trying to {action}"
+            )),
+            other => IssueError::Internal(format!("{action}: {other}")),
+        }
+    }
+}
+
+fn is_bad_nonce(e: &ia::Error) -> bool {
+    matches!(e, ia::Error::Api(p) if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce"))
+}
+
+fn convert_problem(p: &ia::Problem) -> CaProblem {
+    CaProblem {
+        problem_type: p.r#type.clone(),
+        detail: p.detail.clone(),
+        status: p.status,
+        subproblems: p
+            .subproblems
+            .iter()
+            .map(|s| CaSubproblem {
+                identifier: s
+                    .identifier
+                    .as_ref()
+                    .map(|i| i.authorized(false).to_string()),
+                problem_type: s.r#type.clone(),
+                detail: s.detail.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// An error and its sources, joined with ": ", without repeats.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The store's id of an account: a digest of the directory URL and contact.
+pub fn account_id(directory_url: &str, contact: &[String]) -> String {
+    let mut input = directory_url.as_bytes().to_vec();
+    input.push(b'\n');
+    input.extend_from_slice(contact.join(",").as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `account.json`. Holds the account's private key: never `Debug`.
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory: String,
+    contact: Vec<String>,
+    account_url: String,
+    created_at: String,
+    credentials: serde_json::Value,
+}
+
+/// External account binding credentials
+/// ([RFC 8555 §7.3.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4)).
+/// `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Eab {
+    kid: String,
+    hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for Eab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Eab {
+    /// Builds EAB credentials from the key id and the base64url HMAC key the
+    /// CA gave (padding and the standard alphabet are accepted too).
+    pub fn new(kid: &str, hmac_key_b64: &str) -> Result<Eab, IssueError> {
+        use base64::Engine as _;
+        if kid.trim().is_empty() {
+            return Err(IssueError::Eab(
+                "the key id (--eab-kid) is empty".to_owned(),
+            ));
+        }
+        let trimmed = hmac_key_b64.trim().trim_end_matches('=');
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+            .map_err(|_| {
+                IssueError::Eab("the HMAC key (--eab-hmac-key) is not base64url".to_owned())
+            })?;
+        if key.is_empty() {
+            return Err(IssueError::Eab(
+                "the HMAC key (--eab-hmac-key) is empty".to_owned(),
+            ));
+        }
+        Ok(Eab {
+            kid: kid.trim().to_owned(),
+            hmac_key: key,
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// How to find or create the account.
+#[derive(Clone, Debug, Default)]
+pub struct AccountOptions {
+    /// Contact e-mail address (without `mailto:`).
+    pub email: Option<String>,
+    /// Whether the operator agreed to the CA's terms of service.
+    pub agree_tos: bool,
+    /// External account binding, if the CA needs it.
+    pub eab: Option<Eab>,
+}
+
+impl AccountOptions {
+    /// The contact URLs ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3)).
+    pub fn contact(&self) -> Result<Vec<String>, IssueError> {
+        let Some(email) = &self.email else {
+            return Ok(Vec::new());
+        };
+        let email = email.trim().trim_start_matches("mailto:");
+        let valid = email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        }) && !email
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, ',' | '<' | '>' | '?'));
+        if !valid {
+            return Err(IssueError::InvalidRequest(format!(
+                "invalid --email '{email}': give one address like admin@example.com"
+            )));
+        }
+        Ok(vec![format!("mailto:{email}")])
+    }
+}
+
+/// An ACME account, ready to place orders. Cheap to clone.
+#[derive(Clone)]
+pub struct Account {
+    inner: ia::Account,
+    url: String,
+    client: AcmeClient,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    /// The account URL at the CA.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Places an order for `identifiers` (ASCII, `*.` allowed)
+    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)).
+    pub async fn new_order(&self, identifiers: &[String]) -> Result<Order, IssueError> {
+        let ids: Vec<ia::Identifier> = identifiers
+            .iter()
+            .map(|d| ia::Identifier::Dns(d.clone()))
+            .collect();
+        let new = ia::NewOrder::new(&ids);
+        let inner = retry_bad_nonce!(self.inner.new_order(&new).await)
+            .map_err(|e| self.client.map_error(e, "create the order"))?;
+        Ok(Order {
+            inner,
+            thumbprint: self.inner.key_thumbprint().to_owned(),
+            client: self.client.clone(),
+        })
+    }
+}
+
+/// The state of an authorization
+/// ([RFC 8555 §7.1.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.6)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthzStatus {
+    /// A challenge must be answered.
+    Pending,
+    /// Already validated (e.g. reused from an earlier order).
+    Valid,
+    /// Validation failed.
+    Invalid,
+    /// Revoked by the CA.
+    Revoked,
+    /// Expired.
+    Expired,
+    /// Deactivated by the client.
+    Deactivated,
+}
+
+impl AuthzStatus {
+    fn from_ia(s: ia::AuthorizationStatus) -> Self {
+        match s {
+            ia::AuthorizationStatus::Pending => AuthzStatus::Pending,
+            ia::AuthorizationStatus::Valid => AuthzStatus::Valid,
+            ia::AuthorizationStatus::Invalid => AuthzStatus::Invalid,
+            ia::AuthorizationStatus::Revoked => AuthzStatus::Revoked,
+            ia::AuthorizationStatus::Expired => AuthzStatus::Expired,
+            ia::AuthorizationStatus::Deactivated => AuthzStatus::Deactivated,
+        }
+    }
+}
+
+/// One challenge the CA offers for an authorization.
+#[derive(Clone)]
+pub struct ChallengeInfo {
+    /// The type, if it is one certsmith knows.
+    pub challenge_type: Option<ChallengeType>,
+    /// The type as the CA wrote it.
+    pub type_name: String,
+    /// The challenge URL.
+    pub url: String,
+    /// The token.
+    pub token: String,
+    /// `token.thumbprint` ([RFC 8555 §8.1](https://www.rfc-editor.org/rfc/rfc8555#section-8.1)).
+    pub key_authorization: String,
+}
+
+impl fmt::Debug for ChallengeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChallengeInfo")
+            .field("type", &self.type_name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One authorization of an order.
+#[derive(Clone, Debug)]
+pub struct AuthzInfo {
+    /// The authorization URL.
+    pub url: String,
+    /// The identifier without `*.`.
+    pub identifier: String,
+    /// Whether the order asked for `*.<identifier>`.
+    pub wildcard: bool,
+    /// Its state.
+    pub status: AuthzStatus,
+    /// The challenges offered.
+    pub challenges: Vec<ChallengeInfo>,
+}
+
+impl AuthzInfo {
+    /// The identifier as ordered (`*.`-prefixed for a wildcard).
+    pub fn domain(&self) -> String {
+        if self.wildcard {
+            format!("*.{}", self.identifier)
+        } else {
+            self.identifier.clone()
+        }
+    }
+}
+
+fn challenge_type_from_ia(t: &ia::ChallengeType) -> (Option<ChallengeType>, String) {
+    match t {
+        ia::ChallengeType::Http01 => (Some(ChallengeType::Http01), "http-01".to_owned()),
+        ia::ChallengeType::Dns01 => (Some(ChallengeType::Dns01), "dns-01".to_owned()),
+        ia::ChallengeType::TlsAlpn01 => (Some(ChallengeType::TlsAlpn01), "tls-alpn-01".to_owned()),
+        ia::ChallengeType::DeviceAttest01 => (None, "device-attest-01".to_owned()),
+        ia::ChallengeType::Unknown(s) => (None, s.clone()),
+        other => (None, format!("{other:?}")),
+    }
+}
+
+fn challenge_type_to_ia(t: ChallengeType) -> ia::ChallengeType {
+    match t {
+        ChallengeType::Http01 => ia::ChallengeType::Http01,
+        ChallengeType::Dns01 => ia::ChallengeType::Dns01,
+        ChallengeType::TlsAlpn01 => ia::ChallengeType::TlsAlpn01,
+    }
+}
+
+fn identifier_name(id: &ia::Identifier) -> String {
+    match id {
+        ia::Identifier::Dns(d) => d.clone(),
+        other => other.authorized(false).to_string(),
+    }
+}
+
+/// An order in progress.
+pub struct Order {
+    inner: ia::Order,
+    thumbprint: String,
+    client: AcmeClient,
+}
+
+impl fmt::Debug for Order {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Order")
+            .field("url", &self.inner.url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Order {
+    /// The order URL.
+    pub fn url(&self) -> &str {
+        self.inner.url()
+    }
+
+    /// Whether the CA considers every authorization done.
+    pub fn is_ready(&mut self) -> bool {
+        matches!(
+            self.inner.state().status,
+            ia::OrderStatus::Ready | ia::OrderStatus::Processing | ia::OrderStatus::Valid
+        )
+    }
+
+    /// Fetches every authorization of the order
+    /// ([RFC 8555 §7.5](https://www.rfc-editor.org/rfc/rfc8555#section-7.5)).
+    pub async fn authorizations(&mut self) -> Result<Vec<AuthzInfo>, IssueError> {
+        let mut attempt = 0u32;
+        'retry: loop {
+            let mut out = Vec::new();
+            let mut stream = self.inner.authorizations();
+            while let Some(item) = stream.next().await {
+                let handle = match item {
+                    Ok(h) => h,
+                    Err(e) if is_bad_nonce(&e) && attempt < NONCE_RETRIES => {
+                        attempt += 1;
+                        continue 'retry;
+                    }
+                    Err(e) => return Err(self.client.map_error(e, "fetch an authorization")),
+                };
+                let challenges = handle
+                    .challenges
+                    .iter()
+                    .map(|c| {
+                        let (challenge_type, type_name) = challenge_type_from_ia(&c.r#type);
+                        ChallengeInfo {
+                            challenge_type,
+                            type_name,
+                            url: c.url.clone(),
+                            token: c.token.clone(),
+                            key_authorization: format!("{}.{}", c.token, self.thumbprint),
+                        }
+                    })
+                    .collect();
+                let id = handle.identifier();
+                out.push(AuthzInfo {
+                    url: handle.url().to_owned(),
+                    identifier: identifier_name(id.identifier),
+                    wildcard: id.wildcard,
+                    status: AuthzStatus::from_ia(handle.status),
+                    challenges,
+                });
+            }
+            return Ok(out);
+        }
+    }
+
+    /// Tells the CA that the challenge of `challenge_type` in the
+    /// authorization at `authz_url` is ready to be validated
+    /// ([RFC 8555 §7.5.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1)).
+    pub async fn set_ready(
+        &mut self,
+        authz_url: &str,
+        challenge_type: ChallengeType,
+    ) -> Result<(), IssueError> {
+        let result = retry_bad_nonce!(
+            set_ready_once(
+                &mut self.inner,
+                authz_url,
+                challenge_type_to_ia(challenge_type)
+            )
+            .await
+        );
+        result.map_err(|e| self.client.map_error(e, "start the validation"))
+    }
+
+    /// Polls the order until the CA has validated every authorization,
+    /// honouring `Retry-After`. On failure the error lists each failed
+    /// authorization with the CA's problem document.
+    pub async fn poll_ready(&mut self, timeout: Duration) -> Result<(), IssueError> {
+        let policy = ia::RetryPolicy::new()
+            .initial_delay(POLL_INITIAL_DELAY)
+            .backoff(POLL_BACKOFF)
+            .timeout(timeout);
+        let result = retry_bad_nonce!(self.inner.poll_ready(&policy).await);
+        match result {
+            Ok(ia::OrderStatus::Ready) => Ok(()),
+            Ok(ia::OrderStatus::Invalid) => Err(self.validation_failure(None).await),
+            Ok(other) => Err(IssueError::Internal(format!(
+                "the order is {other:?} while waiting for validation"
+            ))),
+            Err(ia::Error::Timeout(_)) => Err(IssueError::Timeout {
+                what: "validate the challenges".to_owned(),
+                after: timeout,
+            }),
+            Err(ia::Error::Api(p))
+                if self.inner.state().error.is_some()
+                    || self.inner.state().status == ia::OrderStatus::Invalid =>
+            {
+                Err(self.validation_failure(Some(convert_problem(&p))).await)
+            }
+            Err(e) => Err(self.client.map_error(e, "check the order")),
+        }
+    }
+
+    /// Builds the error for a failed validation from the authorizations'
+    /// challenge errors.
+    async fn validation_failure(&mut self, order_problem: Option<CaProblem>) -> IssueError {
+        let mut failures = Vec::new();
+        let mut stream = self.inner.authorizations();
+        while let Some(item) = stream.next().await {
+            let Ok(mut handle) = item else { continue };
+            // The cached state predates validation: fetch it again.
+            let mut attempt = 0u32;
+            let state = loop {
+                match handle.refresh().await {
+                    Err(e) if is_bad_nonce(&e) && attempt < NONCE_RETRIES => attempt += 1,
+                    other => break other,
+                }
+            };
+            let Ok(state) = state else { continue };
+            if state.status == ia::AuthorizationStatus::Valid {
+                continue;
+            }
+            let id = state.identifier();
+            let domain = id.to_string();
+            let failed = state
+                .challenges
+                .iter()
+                .find(|c| c.error.is_some())
+                .or_else(|| {
+                    state
+                        .challenges
+                        .iter()
+                        .find(|c| c.status == ia::ChallengeStatus::Invalid)
+                });
+            failures.push(AuthzFailure {
+                domain,
+                challenge: failed.map(|c| challenge_type_from_ia(&c.r#type).1),
+                problem: failed.and_then(|c| c.error.as_ref()).map(convert_problem),
+            });
+        }
+        match (failures.is_empty(), order_problem) {
+            (true, Some(problem)) => IssueError::CaRefused {
+                action: "validate the order".to_owned(),
+                problem,
+            },
+            _ => IssueError::ValidationFailed { failures },
+        }
+    }
+
+    /// Sends the CSR and waits for the certificate chain (PEM, leaf first)
+    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)).
+    pub async fn finalize(
+        &mut self,
+        csr_der: &[u8],
+        timeout: Duration,
+    ) -> Result<String, IssueError> {
+        retry_bad_nonce!(self.inner.finalize_csr(csr_der).await)
+            .map_err(|e| self.client.map_error(e, "finalize the order"))?;
+        if self.inner.state().status == ia::OrderStatus::Valid {
+            let chain = retry_bad_nonce!(self.inner.certificate().await)
+                .map_err(|e| self.client.map_error(e, "download the certificate"))?;
+            if let Some(chain) = chain {
+                return Ok(chain);
+            }
+        }
+        let policy = ia::RetryPolicy::new()
+            .initial_delay(FINALIZE_POLL_INITIAL_DELAY)
+            .backoff(POLL_BACKOFF)
+            .timeout(timeout);
+        match retry_bad_nonce!(self.inner.poll_certificate(&policy).await) {
+            Ok(chain) => Ok(chain),
+            Err(ia::Error::Timeout(_)) => Err(IssueError::Timeout {
+                what: "issue the certificate".to_owned(),
+                after: timeout,
+            }),
+            Err(e) => Err(self.client.map_error(e, "issue the certificate")),
+        }
+    }
+}
+
+async fn set_ready_once(
+    order: &mut ia::Order,
+    authz_url: &str,
+    ty: ia::ChallengeType,
+) -> Result<(), ia::Error> {
+    let mut stream = order.authorizations();
+    while let Some(item) = stream.next().await {
+        let mut handle = item?;
+        if handle.url() != authz_url {
+            continue;
+        }
+        let Some(mut challenge) = handle.challenge(ty) else {
+            return Err(ia::Error::Str(
+                "the challenge vanished from the authorization",
+            ));
+        };
+        return challenge.set_ready().await;
+    }
+    Err(ia::Error::Str("the authorization vanished from the order"))
+}
+
+/// The HTTP client handed to instant-acme: our `reqwest` pool.
+struct HttpShim {
+    http: reqwest::Client,
+    shared: Arc<Shared>,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<ia::BytesResponse, ia::Error>> + Send>>;
+
+impl ia::HttpClient for HttpShim {
+    fn request(&self, req: http::Request<ia::BodyWrapper<Bytes>>) -> ResponseFuture {
+        let http = self.http.clone();
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (parts, mut body) = req.into_parts();
+            let url = parts.uri.to_string();
+            if parts.method == http::Method::GET
+                && let Some(cached) = shared.cached(&url)
+            {
+                log::debug!("GET {url} (cached)");
+                return Ok(bytes_response(
+                    http::StatusCode::OK,
+                    http::HeaderMap::new(),
+                    cached,
+                ));
+            }
+            let mut data = Vec::new();
+            while let Some(frame) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                if let Ok(chunk) = frame.map(|f| f.into_data())
+                    && let Ok(chunk) = chunk
+                {
+                    data.extend_from_slice(&chunk);
+                }
+            }
+            let mut headers = parts.headers;
+            // instant-acme sets its own; ours is the client default.
+            headers.remove(http::header::USER_AGENT);
+            let started = std::time::Instant::now();
+            let rsp = http
+                .request(parts.method.clone(), &url)
+                .headers(headers)
+                .body(data)
+                .send()
+                .await
+                .map_err(|e| ia::Error::Other(Box::new(e)))?;
+            let status = rsp.status();
+            let headers = rsp.headers().clone();
+            let body = rsp
+                .bytes()
+                .await
+                .map_err(|e| ia::Error::Other(Box::new(e)))?;
+            log::debug!(
+                "{} {url} -> {status} in {:.1} ms",
+                parts.method,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            if (status == http::StatusCode::TOO_MANY_REQUESTS
+                || status == http::StatusCode::SERVICE_UNAVAILABLE)
+                && let Some(at) = headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after)
+                && let Ok(mut slot) = shared.retry_after.lock()
+            {
+                *slot = Some(at);
+            }
+            Ok(bytes_response(status, headers, body))
+        })
+    }
+}
+
+fn bytes_response(
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> ia::BytesResponse {
+    let mut rsp = http::Response::new(());
+    *rsp.status_mut() = status;
+    *rsp.headers_mut() = headers;
+    let (parts, ()) = rsp.into_parts();
+    ia::BytesResponse {
+        parts,
+        body: Box::new(body),
+    }
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP-date
+/// ([RFC 9110 §10.2.3](https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3)).
+fn parse_retry_after(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(SystemTime::now() + Duration::from_secs(secs));
+    }
+    let dt =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    Some(SystemTime::from(dt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_shortcuts_and_urls() {
+        assert_eq!(resolve_server("letsencrypt").expect("ok"), LETSENCRYPT);
+        assert_eq!(
+            resolve_server("letsencrypt-staging").expect("ok"),
+            LETSENCRYPT_STAGING
+        );
+        assert_eq!(resolve_server("zerossl").expect("ok"), ZEROSSL);
+        assert_eq!(
+            resolve_server("https://localhost:14000/dir").expect("ok"),
+            "https://localhost:14000/dir"
+        );
+        let e = resolve_server("http://localhost:14000/dir").expect_err("http");
+        assert!(e.to_string().contains("https"), "{e}");
+        assert!(resolve_server("letsencrypt-prod").is_err());
+    }
+
+    #[test]
+    fn ca_host_includes_port() {
+        let c = AcmeClient::new("https://localhost:14000/dir", None).expect("client");
+        assert_eq!(c.ca_host(), "localhost_14000");
+        let c = AcmeClient::new("letsencrypt", None).expect("client");
+        assert_eq!(c.ca_host(), "acme-v02.api.letsencrypt.org");
+    }
+
+    #[test]
+    fn account_ids_differ_by_contact() {
+        let a = account_id(LETSENCRYPT, &[]);
+        let b = account_id(LETSENCRYPT, &["mailto:a@example.com".to_owned()]);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, account_id(LETSENCRYPT, &[]));
+    }
+
+    #[test]
+    fn eab_key_never_in_debug() {
+        let e = Eab::new("kid-1", "c2VjcmV0LWhtYWMta2V5").expect("valid");
+        let dbg = format!("{e:?}");
+        assert!(dbg.contains("kid-1") && dbg.contains("[redacted]"), "{dbg}");
+        assert!(
+            !dbg.contains("c2VjcmV0") && !dbg.contains("secret"),
+            "{dbg}"
+        );
+        let err = Eab::new("kid", "not base64 !!").expect_err("bad key");
+        assert!(!err.to_string().contains("!!"), "{err}");
+    }
+
+    #[test]
+    fn contact_validation() {
+        let o = AccountOptions {
+            email: Some("admin@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(o.contact().expect("ok"), ["mailto:admin@example.com"]);
+        let o = AccountOptions {
+            email: Some("not an email".into()),
+            ..Default::default()
+        };
+        assert!(o.contact().is_err());
+        assert!(AccountOptions::default().contact().expect("ok").is_empty());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let t = parse_retry_after("120").expect("seconds");
+        assert!(t > SystemTime::now() + Duration::from_secs(100));
+        let t = parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT").expect("date");
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after epoch")
+                .as_secs(),
+            1_445_412_480
+        );
+        assert!(parse_retry_after("soon").is_none());
+    }
+
+    #[test]
+    fn bad_ca_cert_is_a_usage_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("ca.pem");
+        std::fs::write(&p, "not a certificate").expect("write");
+        let e = AcmeClient::new("letsencrypt", Some(&p)).expect_err("no cert");
+        assert_eq!(e.class(), crate::error::ErrorClass::Usage);
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+        let e = AcmeClient::new("letsencrypt", Some(&dir.path().join("missing.pem")))
+            .expect_err("missing");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Progress events of the engine, for whoever shows them.
+//!
+//! Why this module exists: the engine must not know whether it talks to a
+//! terminal, a CI log or a JSON consumer. It only reports what happened, as
+//! [`ProgressEvent`]s on a channel; the CLI turns them into lines on stderr
+//! (or JSON), a library user into whatever it likes. Sending never blocks
+//! and never fails the run: a dropped receiver just silences the events.
+
+use std::path::PathBuf;
+
+use certsmith_plugin_api::ChallengeType;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::CaProblem;
+
+/// Something the engine did or saw. `name` is the certificate name.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProgressEvent {
+    /// The ACME account is ready to use.
+    AccountReady {
+        /// The directory URL.
+        server: String,
+        /// The account URL at the CA.
+        account_url: String,
+        /// Whether it was created now (else loaded from the store).
+        created: bool,
+    },
+    /// An order was created at the CA.
+    OrderCreated {
+        /// Certificate name.
+        name: String,
+        /// The identifiers ordered.
+        domains: Vec<String>,
+        /// How many authorizations the CA asks for.
+        authorizations: usize,
+    },
+    /// An authorization needs a challenge answered.
+    AuthorizationPending {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// The challenge type chosen.
+        challenge: ChallengeType,
+    },
+    /// An authorization was already valid (the CA reused a recent one).
+    AuthorizationReused {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+    },
+    /// The solver presented the challenge response.
+    ChallengePresented {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// The challenge type.
+        challenge: ChallengeType,
+    },
+    /// The CA was told the challenges are ready and is validating.
+    Validating {
+        /// Certificate name.
+        name: String,
+        /// How many challenges it is validating.
+        challenges: usize,
+    },
+    /// The CA validated an identifier.
+    Valid {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+    },
+    /// The CA did not validate an identifier.
+    Invalid {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// Its problem document, if any.
+        problem: Option<CaProblem>,
+    },
+    /// A presented challenge was removed.
+    CleanedUp {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// The challenge type.
+        challenge: ChallengeType,
+    },
+    /// Removing a presented challenge failed (the run goes on).
+    CleanupFailed {
+        /// Certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// The challenge type.
+        challenge: ChallengeType,
+        /// What went wrong (redacted).
+        error: String,
+    },
+    /// The CSR was sent; the CA is issuing.
+    Finalizing {
+        /// Certificate name.
+        name: String,
+    },
+    /// The certificate was stored.
+    Saved {
+        /// Certificate name.
+        name: String,
+        /// The version number.
+        version: u32,
+        /// The directory of this version.
+        path: PathBuf,
+    },
+    /// This certificate failed; others go on.
+    Failed {
+        /// Certificate name.
+        name: String,
+        /// The error message.
+        error: String,
+    },
+}
+
+impl ProgressEvent {
+    /// The certificate name the event is about, if any.
+    pub fn cert_name(&self) -> Option<&str> {
+        match self {
+            ProgressEvent::AccountReady { .. } => None,
+            ProgressEvent::OrderCreated { name, .. }
+            | ProgressEvent::AuthorizationPending { name, .. }
+            | ProgressEvent::AuthorizationReused { name, .. }
+            | ProgressEvent::ChallengePresented { name, .. }
+            | ProgressEvent::Validating { name, .. }
+            | ProgressEvent::Valid { name, .. }
+            | ProgressEvent::Invalid { name, .. }
+            | ProgressEvent::CleanedUp { name, .. }
+            | ProgressEvent::CleanupFailed { name, .. }
+            | ProgressEvent::Finalizing { name }
+            | ProgressEvent::Saved { name, .. }
+            | ProgressEvent::Failed { name, .. } => Some(name),
+        }
+    }
+}
+
+/// Where the engine sends events; cheap to clone. The default sends nowhere.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    tx: Option<UnboundedSender<ProgressEvent>>,
+}
+
+impl Progress {
+    /// Sends events to `tx`.
+    pub fn new(tx: UnboundedSender<ProgressEvent>) -> Self {
+        Progress { tx: Some(tx) }
+    }
+
+    /// Drops every event.
+    pub fn none() -> Self {
+        Progress { tx: None }
+    }
+
+    /// Reports an event; never blocks, never fails.
+    pub fn emit(&self, event: ProgressEvent) {
+        log::debug!("{event:?}");
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(event);
+        }
+    }
+}
