@@ -137,6 +137,8 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    #[command(flatten)]
+    dns: crate::dns_args::DnsArgs,
 }
 
 /// A failure before or around the engine, with its exit code.
@@ -199,6 +201,7 @@ fn exit_code(class: ErrorClass) -> u8 {
         ErrorClass::RateLimited => exit::RATE_LIMITED,
         ErrorClass::Network => exit::NETWORK,
         ErrorClass::Cancelled => INTERRUPTED,
+        ErrorClass::PropagationTimeout => exit::PROPAGATION_TIMEOUT,
         _ => exit::INTERNAL,
     }
 }
@@ -245,6 +248,9 @@ struct Prepared {
     client: AcmeClient,
     store: Store,
     account: AccountOptions,
+    host: PluginHost,
+    journal: certsmith_core::journal::Journal,
+    solver_tables: toml::Table,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -279,6 +285,12 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         None => store::default_root().map_err(IssueError::from)?,
     };
     let store = Store::open(root).map_err(IssueError::from)?;
+    let journal = certsmith_core::journal::Journal::open(store.root()).map_err(|e| {
+        Failure::usage(
+            e.to_string(),
+            Some("the state directory must be writable (--state-dir)"),
+        )
+    })?;
 
     // 4. The solver: found, loaded, configured.
     let host = PluginHost::discover(&SearchPath::standard(
@@ -332,6 +344,9 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         client,
         store,
         account,
+        host,
+        journal,
+        solver_tables: config.solvers,
     })
 }
 
@@ -386,8 +401,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     let cancel = CancelToken::new();
     let signals = watch_signals(cancel.clone(), global.quiet);
 
+    crate::dns_args::sweep_journal(&prepared.journal, &prepared.host, &prepared.solver_tables)
+        .await;
     let options = EngineOptions {
         cancel: cancel.clone(),
+        dns: args.dns.options(),
+        journal: Some(prepared.journal.clone()),
         ..EngineOptions::default()
     };
     let connected = tokio::select! {

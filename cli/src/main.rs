@@ -4,6 +4,7 @@
 //! failures to exit codes ([`exit`]). Everything else lives in
 //! `certsmith-core`.
 
+mod dns_args;
 mod exit;
 mod issue;
 mod output;

@@ -119,6 +119,25 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
             version,
             path,
         } => format!("{name}: saved version {version} in {}", path.display()),
+        ProgressEvent::DnsRecord {
+            domain,
+            fqdn,
+            zone,
+            cname_chain,
+            ..
+        } => {
+            if cname_chain.len() > 1 {
+                format!(
+                    "{domain}: TXT record goes to {fqdn} in zone {zone} (via CNAME {})",
+                    cname_chain.join(" → ")
+                )
+            } else {
+                format!("{domain}: TXT record {fqdn} in zone {zone}")
+            }
+        }
+        ProgressEvent::Propagation {
+            fqdn, ready, total, ..
+        } => format!("{fqdn}: {ready}/{total} nameservers serve the record"),
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
         _ => return None,

@@ -36,8 +36,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::acme::{AccountOptions, AcmeClient, AuthzInfo, AuthzStatus, ChallengeInfo};
+use crate::dns::{self, DnsOptions, PropagationTarget, ResolvedName};
 use crate::error::{CaProblem, IssueError};
 use crate::identifiers::{self, Identifier};
+use crate::journal::Journal;
 use crate::keys::{self, KeyType};
 use crate::plugin::SolverInstance;
 use crate::progress::{Progress, ProgressEvent};
@@ -137,6 +139,11 @@ pub struct EngineOptions {
     pub finalize_timeout: Duration,
     /// Cancels the engine's runs.
     pub cancel: CancelToken,
+    /// How dns-01 records are located and checked.
+    pub dns: DnsOptions,
+    /// Where presented challenges are recorded until cleaned up; `None`
+    /// keeps no journal (tests of the engine alone).
+    pub journal: Option<Journal>,
 }
 
 impl Default for EngineOptions {
@@ -145,6 +152,8 @@ impl Default for EngineOptions {
             validation_timeout: Duration::from_secs(180),
             finalize_timeout: Duration::from_secs(120),
             cancel: CancelToken::new(),
+            dns: DnsOptions::default(),
+            journal: None,
         }
     }
 }
@@ -193,11 +202,6 @@ pub fn check_request(req: &CertRequest) -> Result<(), IssueError> {
     }
     let manifest = req.solver.manifest();
     identifiers::check_solver(&req.domains, manifest)?;
-    for id in &req.domains {
-        if planned_challenge(manifest, id.is_wildcard()) == Some(ChallengeType::Dns01) {
-            dns_supported(id.as_str(), &manifest.code)?;
-        }
-    }
     Ok(())
 }
 
@@ -216,47 +220,22 @@ fn preference(wildcard: bool) -> &'static [ChallengeType] {
     }
 }
 
-fn planned_challenge(manifest: &Manifest, wildcard: bool) -> Option<ChallengeType> {
-    preference(wildcard)
-        .iter()
-        .copied()
-        .find(|t| manifest.supports(*t))
-}
-
-/// Whether the engine can drive dns-01 for `domain`. dns-01 needs the DNS
-/// logic of DESIGN.md §3 (zone discovery, CNAME following, propagation
-/// checks, journal), which is not in the core yet.
-fn dns_supported(domain: &str, solver: &str) -> Result<(), IssueError> {
-    Err(IssueError::DnsUnsupported {
-        domain: domain.to_owned(),
-        solver: solver.to_owned(),
-    })
-}
-
-/// The one place a dns-01 [`DnsTarget`] is computed (DESIGN.md §3 steps 1-3).
-/// The value and the default name are known here; following a CNAME to a
-/// delegated validation zone and finding the zone's apex and primary need
-/// the DNS resolver of DESIGN.md §3, which the core does not have yet, so
-/// [`dns_supported`] refuses first.
+/// The one place a dns-01 [`DnsTarget`] is computed (DESIGN.md §3 steps
+/// 1-3): the value from the key authorization, the name after CNAMEs, the
+/// zone and its primary from the SOA walk.
 fn dns_target(
-    authz: &AuthzInfo,
+    resolved: &ResolvedName,
     challenge: &ChallengeInfo,
     manifest: &Manifest,
-) -> Result<DnsTarget, IssueError> {
-    use base64::Engine as _;
-    dns_supported(&authz.domain(), &manifest.code)?;
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        challenge.key_authorization.as_bytes(),
-    );
-    Ok(DnsTarget {
-        zone: authz.identifier.clone(),
-        name: "_acme-challenge".to_owned(),
-        fqdn: format!("_acme-challenge.{}", authz.identifier),
-        value: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref()),
+) -> DnsTarget {
+    DnsTarget {
+        zone: resolved.zone.clone(),
+        name: resolved.relative.clone(),
+        fqdn: resolved.effective.clone(),
+        value: dns::txt_value(&challenge.key_authorization),
         ttl: manifest.defaults.ttl,
-        primary_ns: None,
-    })
+        primary_ns: resolved.primary_ns.clone(),
+    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -304,16 +283,24 @@ fn choose_challenge<'a>(
     })
 }
 
-/// Builds what the solver receives for one challenge.
+/// Builds what the solver receives for one challenge; `resolved` is where
+/// the dns-01 record goes (required for dns-01).
 fn challenge_request(
     authz: &AuthzInfo,
     challenge_type: ChallengeType,
     challenge: &ChallengeInfo,
     manifest: &Manifest,
+    resolved: Option<&ResolvedName>,
 ) -> Result<ChallengeRequest, IssueError> {
-    let dns = match challenge_type {
-        ChallengeType::Dns01 => Some(dns_target(authz, challenge, manifest)?),
-        ChallengeType::Http01 | ChallengeType::TlsAlpn01 => None,
+    let dns = match (challenge_type, resolved) {
+        (ChallengeType::Dns01, Some(r)) => Some(dns_target(r, challenge, manifest)),
+        (ChallengeType::Dns01, None) => {
+            return Err(IssueError::Internal(format!(
+                "no DNS target resolved for '{}'",
+                authz.domain()
+            )));
+        }
+        (ChallengeType::Http01 | ChallengeType::TlsAlpn01, _) => None,
     };
     Ok(ChallengeRequest {
         challenge_type,
@@ -446,8 +433,12 @@ impl Engine {
             tokio::task::spawn_blocking(move || keys::key_and_csr(key_type, &domains))
         };
 
-        let cleanup =
-            CleanupList::new(req.solver.clone(), req.name.clone(), inner.progress.clone());
+        let cleanup = CleanupList::new(
+            req.solver.clone(),
+            req.name.clone(),
+            inner.progress.clone(),
+            inner.options.journal.clone(),
+        );
         let validated = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(IssueError::Cancelled),
@@ -568,6 +559,116 @@ impl Engine {
         }
     }
 
+    /// Where the record for `identifier` goes; cached per order, since an
+    /// identifier and its wildcard share the name.
+    async fn resolve_dns(
+        &self,
+        name: &str,
+        domain: &str,
+        identifier: &str,
+        cache: &mut HashMap<String, ResolvedName>,
+    ) -> Result<ResolvedName, IssueError> {
+        if let Some(r) = cache.get(identifier) {
+            return Ok(r.clone());
+        }
+        let resolved = dns::resolve_challenge_name(&self.inner.options.dns, identifier)
+            .await
+            .map_err(|source| IssueError::Dns {
+                domain: domain.to_owned(),
+                source,
+            })?;
+        self.inner.progress.emit(ProgressEvent::DnsRecord {
+            name: name.to_owned(),
+            domain: domain.to_owned(),
+            fqdn: resolved.effective.clone(),
+            zone: resolved.zone.clone(),
+            cname_chain: if resolved.chain.len() > 1 {
+                resolved.chain.clone()
+            } else {
+                Vec::new()
+            },
+        });
+        cache.insert(identifier.to_owned(), resolved.clone());
+        Ok(resolved)
+    }
+
+    /// Waits until every authoritative nameserver serves every dns-01 value
+    /// of this order (DESIGN.md §3.6), one check per record name.
+    async fn wait_for_dns(
+        &self,
+        req: &CertRequest,
+        requests: &[&ChallengeRequest],
+        targets: &[(ResolvedName, String)],
+    ) -> Result<(), IssueError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let manifest = req.solver.manifest();
+        let opts = &self.inner.options.dns;
+        let timeout = opts
+            .propagation_timeout
+            .unwrap_or(Duration::from_secs(manifest.defaults.propagation_timeout_s));
+        let max_interval = Duration::from_secs(manifest.defaults.polling_interval_s.max(1));
+        // One target per record name, with every value expected there.
+        let mut by_name: Vec<(PropagationTarget, Vec<String>)> = Vec::new();
+        for (resolved, domain) in targets {
+            let values: Vec<String> = requests
+                .iter()
+                .filter_map(|r| r.dns.as_ref())
+                .filter(|d| d.fqdn == resolved.effective)
+                .map(|d| d.value.clone())
+                .collect();
+            match by_name
+                .iter_mut()
+                .find(|(t, _)| t.fqdn == resolved.effective)
+            {
+                Some((_, domains)) => domains.push(domain.clone()),
+                None => {
+                    let mut values = values;
+                    values.sort();
+                    values.dedup();
+                    by_name.push((
+                        PropagationTarget {
+                            fqdn: resolved.effective.clone(),
+                            values,
+                            nameservers: resolved.nameservers.clone(),
+                        },
+                        vec![domain.clone()],
+                    ));
+                }
+            }
+        }
+        let waits = by_name.iter().map(|(target, domains)| {
+            let progress = self.inner.progress.clone();
+            let name = req.name.clone();
+            async move {
+                dns::wait_for_propagation(
+                    target,
+                    timeout,
+                    max_interval,
+                    opts.query_timeout,
+                    |ready, total| {
+                        progress.emit(ProgressEvent::Propagation {
+                            name: name.clone(),
+                            fqdn: target.fqdn.clone(),
+                            ready,
+                            total,
+                        })
+                    },
+                )
+                .await
+                .map_err(|source| IssueError::Propagation {
+                    domain: domains.join(", "),
+                    source,
+                })
+            }
+        });
+        for r in futures_util::future::join_all(waits).await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// Creates the order and gets every authorization validated. Challenges
     /// presented are on `cleanup` when this returns, whatever the outcome.
     async fn validate(
@@ -596,6 +697,10 @@ impl Engine {
             request: ChallengeRequest,
         }
         let mut work = Vec::new();
+        // `example.com` and `*.example.com` share one TXT name: resolve it
+        // once, and wait for both values before marking either ready.
+        let mut resolved_names: HashMap<String, ResolvedName> = HashMap::new();
+        let mut dns_targets: Vec<(ResolvedName, String)> = Vec::new();
         for authz in &authzs {
             match authz.status {
                 AuthzStatus::Pending => {}
@@ -620,7 +725,29 @@ impl Engine {
                 }
             }
             let (challenge_type, challenge) = choose_challenge(authz, manifest)?;
-            let request = challenge_request(authz, challenge_type, challenge, manifest)?;
+            let resolved = if challenge_type == ChallengeType::Dns01 {
+                Some(
+                    self.resolve_dns(
+                        name,
+                        &authz.domain(),
+                        &authz.identifier,
+                        &mut resolved_names,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let request = challenge_request(
+                authz,
+                challenge_type,
+                challenge,
+                manifest,
+                resolved.as_ref(),
+            )?;
+            if let Some(r) = resolved {
+                dns_targets.push((r, authz.domain()));
+            }
             progress.emit(ProgressEvent::AuthorizationPending {
                 name: name.clone(),
                 domain: authz.domain(),
@@ -637,7 +764,7 @@ impl Engine {
         // Present everything, in parallel, before marking anything ready
         // (DESIGN.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
-            let slot = cleanup.register(w.request.clone(), w.domain.clone());
+            let slot = cleanup.register(w.request.clone(), w.domain.clone())?;
             match req.solver.present(&w.request).await {
                 Ok(presented) => {
                     cleanup.presented(slot, presented);
@@ -661,6 +788,12 @@ impl Engine {
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(e);
         }
+        self.wait_for_dns(
+            req,
+            &work.iter().map(|w| &w.request).collect::<Vec<_>>(),
+            &dns_targets,
+        )
+        .await?;
 
         for w in &work {
             order.set_ready(&w.authz_url, w.challenge_type).await?;
@@ -704,6 +837,8 @@ struct CleanupEntry {
     request: ChallengeRequest,
     domain: String,
     presented: Presented,
+    /// The journal entry recording it, removed once cleaned up.
+    journal_entry: Option<crate::journal::JournalEntry>,
 }
 
 /// The challenges of one order that need `cleanup`. Entries are added before
@@ -713,15 +848,22 @@ struct CleanupList {
     solver: SolverInstance,
     name: String,
     progress: Progress,
+    journal: Option<Journal>,
     entries: Mutex<Vec<Option<CleanupEntry>>>,
 }
 
 impl CleanupList {
-    fn new(solver: SolverInstance, name: String, progress: Progress) -> Self {
+    fn new(
+        solver: SolverInstance,
+        name: String,
+        progress: Progress,
+        journal: Option<Journal>,
+    ) -> Self {
         CleanupList {
             solver,
             name,
             progress,
+            journal,
             entries: Mutex::new(Vec::new()),
         }
     }
@@ -733,20 +875,39 @@ impl CleanupList {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a challenge about to be presented; returns its slot.
-    fn register(&self, request: ChallengeRequest, domain: String) -> usize {
+    /// Adds a challenge about to be presented and writes its journal entry
+    /// (DESIGN.md §3.5: before `present`, so a crash during or after it
+    /// leaves a trace the next run cleans up); returns its slot.
+    fn register(&self, request: ChallengeRequest, domain: String) -> Result<usize, IssueError> {
+        let journal_entry = match &self.journal {
+            Some(j) => Some(
+                j.record(self.solver.code(), self.solver.public_options(), &request)
+                    .map_err(|e| {
+                        IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
         let mut entries = self.lock();
         entries.push(Some(CleanupEntry {
             request,
             domain,
             presented: Presented::default(),
+            journal_entry,
         }));
-        entries.len() - 1
+        Ok(entries.len() - 1)
     }
 
-    /// Records what `present` returned for a slot.
+    /// Records what `present` returned for a slot (also in the journal, as
+    /// cleanup may need the handle).
     fn presented(&self, slot: usize, presented: Presented) {
-        if let Some(Some(entry)) = self.lock().get_mut(slot) {
+        let mut entries = self.lock();
+        if let Some(Some(entry)) = entries.get_mut(slot) {
+            if let (Some(j), Some(je)) = (&self.journal, entry.journal_entry.as_mut())
+                && let Err(e) = j.set_presented(je, &presented)
+            {
+                log::warn!("cannot update the cleanup journal: {e}");
+            }
             entry.presented = presented;
         }
     }
@@ -759,7 +920,14 @@ impl CleanupList {
     /// reported as progress events and logged; they do not fail the order.
     async fn run(&self) {
         let entries = self.take();
-        clean_entries(&self.solver, &self.name, &self.progress, entries).await;
+        clean_entries(
+            &self.solver,
+            &self.name,
+            &self.progress,
+            self.journal.as_ref(),
+            entries,
+        )
+        .await;
     }
 }
 
@@ -767,6 +935,7 @@ async fn clean_entries(
     solver: &SolverInstance,
     name: &str,
     progress: &Progress,
+    journal: Option<&Journal>,
     entries: Vec<CleanupEntry>,
 ) {
     for mut entry in entries {
@@ -775,11 +944,18 @@ async fn clean_entries(
         entry.request.deadline_unix_ms = call_deadline(solver.manifest());
         let challenge = entry.request.challenge_type;
         match solver.cleanup(&entry.request, &entry.presented).await {
-            Ok(()) => progress.emit(ProgressEvent::CleanedUp {
-                name: name.to_owned(),
-                domain: entry.domain,
-                challenge,
-            }),
+            Ok(()) => {
+                if let (Some(j), Some(je)) = (journal, &entry.journal_entry)
+                    && let Err(e) = j.remove(&je.id)
+                {
+                    log::warn!("cannot update the cleanup journal: {e}");
+                }
+                progress.emit(ProgressEvent::CleanedUp {
+                    name: name.to_owned(),
+                    domain: entry.domain,
+                    challenge,
+                })
+            }
             Err(e) => {
                 let error = solver.redact(&e.to_string());
                 log::warn!(
@@ -808,13 +984,15 @@ impl Drop for CleanupList {
         // entries to a task, if a runtime is still there to run it.
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                let (solver, name, progress) = (
+                let (solver, name, progress, journal) = (
                     self.solver.clone(),
                     self.name.clone(),
                     self.progress.clone(),
+                    self.journal.clone(),
                 );
-                handle
-                    .spawn(async move { clean_entries(&solver, &name, &progress, entries).await });
+                handle.spawn(async move {
+                    clean_entries(&solver, &name, &progress, journal.as_ref(), entries).await
+                });
             }
             Err(_) => log::warn!(
                 "{} presented challenge(s) for '{}' could not be cleaned up: no runtime",
@@ -955,7 +1133,7 @@ mod tests {
         let a = authz(false, &ALL);
         let (t, c) = choose_challenge(&a, &m).expect("choice");
         let before = now_unix_ms();
-        let r = challenge_request(&a, t, c, &m).expect("request");
+        let r = challenge_request(&a, t, c, &m, None).expect("request");
         assert_eq!(r.challenge_type, ChallengeType::Http01);
         assert_eq!(r.identifier, "a.example");
         assert_eq!(r.key_authorization, "tok.thumb");
@@ -966,27 +1144,29 @@ mod tests {
                 && r.deadline_unix_ms <= now_unix_ms() + timeout_ms
         );
 
+        // dns-01: the target comes from the resolved name, the value from
+        // the key authorization.
         let d = manifest("\"dns-01\"");
-        let e = challenge_request(&a, ChallengeType::Dns01, c, &d).expect_err("dns-01");
-        assert!(
-            e.to_string()
-                .contains("dns-01 is not supported yet by the core"),
-            "{e}"
-        );
-        assert_eq!(e.class(), crate::error::ErrorClass::Usage);
-    }
-
-    #[test]
-    fn plan_without_ca() {
-        assert_eq!(
-            planned_challenge(&manifest("\"dns-01\", \"http-01\""), false),
-            Some(ChallengeType::Http01)
-        );
-        assert_eq!(
-            planned_challenge(&manifest("\"dns-01\""), false),
-            Some(ChallengeType::Dns01)
-        );
-        assert_eq!(planned_challenge(&manifest("\"http-01\""), true), None);
+        let resolved = ResolvedName {
+            requested: "_acme-challenge.a.example".into(),
+            effective: "_acme-challenge.v.example.net".into(),
+            chain: vec![
+                "_acme-challenge.a.example".into(),
+                "_acme-challenge.v.example.net".into(),
+            ],
+            zone: "example.net".into(),
+            relative: "_acme-challenge.v".into(),
+            primary_ns: Some("ns1.example.net".into()),
+            nameservers: Vec::new(),
+        };
+        let r = challenge_request(&a, ChallengeType::Dns01, c, &d, Some(&resolved)).expect("dns");
+        let target = r.dns.expect("dns target");
+        assert_eq!(target.fqdn, "_acme-challenge.v.example.net");
+        assert_eq!(target.zone, "example.net");
+        assert_eq!(target.name, "_acme-challenge.v");
+        assert_eq!(target.value, dns::txt_value("tok.thumb"));
+        assert_eq!(target.primary_ns.as_deref(), Some("ns1.example.net"));
+        assert!(challenge_request(&a, ChallengeType::Dns01, c, &d, None).is_err());
     }
 
     #[test]

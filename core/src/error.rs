@@ -39,6 +39,8 @@ pub enum ErrorClass {
     Internal,
     /// The run was cancelled (Ctrl-C).
     Cancelled,
+    /// A dns-01 record did not reach every authoritative nameserver in time.
+    PropagationTimeout,
 }
 
 impl ErrorClass {
@@ -53,6 +55,7 @@ impl ErrorClass {
             ErrorClass::Store => "store",
             ErrorClass::Internal => "internal",
             ErrorClass::Cancelled => "cancelled",
+            ErrorClass::PropagationTimeout => "propagation_timeout",
         }
     }
 }
@@ -255,15 +258,22 @@ pub enum IssueError {
         /// What the solver supports.
         supported: Vec<String>,
     },
-    /// The order needs dns-01, which the engine cannot drive yet.
-    #[error(
-        "'{domain}' needs dns-01 with solver '{solver}', but dns-01 is not supported yet by the core"
-    )]
-    DnsUnsupported {
+    /// Finding where a dns-01 record goes failed (CNAME loop, no zone, DNS
+    /// unreachable).
+    #[error("dns-01 for '{domain}': {source}")]
+    Dns {
         /// The identifier.
         domain: String,
-        /// The solver code.
-        solver: String,
+        /// What went wrong.
+        source: crate::dns::DnsError,
+    },
+    /// A dns-01 record did not reach every authoritative nameserver in time.
+    #[error("dns-01 for '{domain}': {source}")]
+    Propagation {
+        /// The identifier(s) sharing the record name.
+        domain: String,
+        /// The per-nameserver report.
+        source: crate::dns::DnsError,
     },
     /// The plugin host failed (unknown solver, bad options, load error).
     #[error(transparent)]
@@ -364,8 +374,14 @@ impl IssueError {
             | IssueError::TermsNotAgreed { .. }
             | IssueError::EabRequired { .. }
             | IssueError::InvalidRequest(_)
-            | IssueError::NoUsableChallenge { .. }
-            | IssueError::DnsUnsupported { .. } => ErrorClass::Usage,
+            | IssueError::NoUsableChallenge { .. } => ErrorClass::Usage,
+            IssueError::Dns { source, .. } => match source {
+                crate::dns::DnsError::NoResolvers | crate::dns::DnsError::Lookup { .. } => {
+                    ErrorClass::Network
+                }
+                _ => ErrorClass::Usage,
+            },
+            IssueError::Propagation { .. } => ErrorClass::PropagationTimeout,
             IssueError::Plugin(e) if e.is_usage() => ErrorClass::Usage,
             IssueError::Plugin(_) | IssueError::Solver { .. } => ErrorClass::Solver,
             IssueError::ValidationFailed { .. } | IssueError::CaRefused { .. } => {
@@ -413,8 +429,12 @@ impl IssueError {
             IssueError::NoUsableChallenge { .. } => {
                 "choose a solver for a challenge type this CA offers".to_owned()
             }
-            IssueError::DnsUnsupported { .. } => {
-                "for names without a wildcard, use an http-01 or tls-alpn-01 solver such as standalone or webroot"
+            IssueError::Dns { .. } => {
+                "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
+                    .to_owned()
+            }
+            IssueError::Propagation { .. } => {
+                "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync"
                     .to_owned()
             }
             IssueError::Plugin(e) if e.is_usage() => {

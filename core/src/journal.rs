@@ -192,8 +192,10 @@ impl Journal {
         self.write(entry)
     }
 
-    /// Removes an entry after a successful cleanup.
+    /// Removes an entry after a successful cleanup (and the temp file of a
+    /// write a crash interrupted, if any).
     pub fn remove(&self, id: &str) -> Result<(), JournalError> {
+        let _ = std::fs::remove_file(self.dir.join(format!(".{id}.tmp")));
         let path = self.path(id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

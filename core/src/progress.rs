@@ -19,6 +19,31 @@ use crate::error::CaProblem;
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProgressEvent {
+    /// Where a dns-01 record goes, after CNAMEs and zone discovery.
+    DnsRecord {
+        /// The certificate name.
+        name: String,
+        /// The identifier.
+        domain: String,
+        /// The record name written (after following CNAMEs).
+        fqdn: String,
+        /// The zone it is written in.
+        zone: String,
+        /// The CNAME chain followed, when there was one (first is the
+        /// `_acme-challenge` name).
+        cname_chain: Vec<String>,
+    },
+    /// How many nameservers serve a dns-01 record so far.
+    Propagation {
+        /// The certificate name.
+        name: String,
+        /// The record name.
+        fqdn: String,
+        /// Servers serving every expected value.
+        ready: usize,
+        /// Servers asked.
+        total: usize,
+    },
     /// The ACME account is ready to use.
     AccountReady {
         /// The directory URL.
@@ -144,7 +169,9 @@ impl ProgressEvent {
             | ProgressEvent::CleanupFailed { name, .. }
             | ProgressEvent::Finalizing { name }
             | ProgressEvent::Saved { name, .. }
-            | ProgressEvent::Failed { name, .. } => Some(name),
+            | ProgressEvent::Failed { name, .. }
+            | ProgressEvent::DnsRecord { name, .. }
+            | ProgressEvent::Propagation { name, .. } => Some(name),
         }
     }
 }

@@ -129,6 +129,24 @@ impl Bind {
     /// Like [`start`](Self::start), with a key of `algorithm` (one of
     /// [`TSIG_ALGORITHMS`]).
     pub fn start_with_algorithm(zones: &[ZoneSpec], algorithm: &str) -> Result<Bind, HarnessError> {
+        Self::start_inner(zones, algorithm, false)
+    }
+
+    /// Like [`start`](Self::start), but `named` also answers recursive
+    /// queries, from its own zones only: it is made authoritative for the
+    /// root too, so nothing ever leaves the machine. A resolver that
+    /// validates through it then sees a CNAME from one of its zones into
+    /// another followed, as a real recursive resolver would (an
+    /// authoritative-only server returns the CNAME alone).
+    pub fn start_resolving(zones: &[ZoneSpec]) -> Result<Bind, HarnessError> {
+        Self::start_inner(zones, "hmac-sha256", true)
+    }
+
+    fn start_inner(
+        zones: &[ZoneSpec],
+        algorithm: &str,
+        resolving: bool,
+    ) -> Result<Bind, HarnessError> {
         let bin = named_bin()?;
         let algorithm = algorithm.to_ascii_lowercase();
         let secret_len = match algorithm.as_str() {
@@ -155,12 +173,25 @@ impl Bind {
             write(&path, &zone.zone_file())?;
             names.push(apex);
         }
+        if resolving {
+            write(
+                &dir.path().join("root.zone"),
+                "$TTL 60\n@ IN SOA ns1.root.invalid. hostmaster.root.invalid. 1 60 60 600 60\n@ IN NS ns1.root.invalid.\n",
+            )?;
+        }
         for attempt in 1..=ATTEMPTS {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_tcp_port()));
             let conf = dir.path().join(format!("named-{attempt}.conf"));
             write(
                 &conf,
-                &named_conf(dir.path(), addr.port(), &names, &algorithm, &secret_b64),
+                &named_conf(
+                    dir.path(),
+                    addr.port(),
+                    &names,
+                    &algorithm,
+                    &secret_b64,
+                    resolving,
+                ),
             )?;
             let log = dir.path().join(format!("named-{attempt}.log"));
             match try_start(&bin, &conf, &log, addr, &names)? {
@@ -264,8 +295,20 @@ fn named_bin() -> Result<PathBuf, HarnessError> {
     })
 }
 
-fn named_conf(dir: &Path, port: u16, zones: &[String], algorithm: &str, secret: &str) -> String {
+fn named_conf(
+    dir: &Path,
+    port: u16,
+    zones: &[String],
+    algorithm: &str,
+    secret: &str,
+    resolving: bool,
+) -> String {
     let d = dir.display();
+    let recursion = if resolving {
+        "recursion yes;\n\tallow-recursion { 127.0.0.1; };"
+    } else {
+        "recursion no;"
+    };
     let mut conf = format!(
         "options {{\n\
          \tdirectory \"{d}\";\n\
@@ -273,7 +316,7 @@ fn named_conf(dir: &Path, port: u16, zones: &[String], algorithm: &str, secret: 
          \tsession-keyfile none;\n\
          \tlisten-on port {port} {{ 127.0.0.1; }};\n\
          \tlisten-on-v6 {{ none; }};\n\
-         \trecursion no;\n\
+         \t{recursion}\n\
          \tallow-query {{ any; }};\n\
          \tdnssec-validation no;\n\
          \tnotify no;\n\

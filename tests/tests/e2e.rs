@@ -7,6 +7,7 @@
 //! `certsmith_tests::certsmith_bin()` (build it first: `cargo build
 //! --workspace`, as scripts/test does).
 
+mod dns01;
 mod docs;
 mod harness;
 mod plugin_host;

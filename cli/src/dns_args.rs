@@ -1,0 +1,69 @@
+//! The DNS flags shared by every command that may answer dns-01
+//! challenges, and the stale-journal sweep every such command starts with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use certsmith_core::dns::{DnsOptions, parse_server};
+use certsmith_core::journal::{self, Journal};
+use certsmith_core::plugin::PluginHost;
+
+/// How dns-01 records are located and checked.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DnsArgs {
+    /// A resolver for SOA/NS/CNAME discovery, IP[:PORT] (repeatable)
+    /// [default: those of /etc/resolv.conf].
+    #[arg(long = "dns-resolver", value_name = "IP[:PORT]", value_parser = parse_addr)]
+    pub(crate) dns_resolvers: Vec<SocketAddr>,
+    /// Ask these servers, IP[:PORT], whether a record has propagated,
+    /// instead of the zone's authoritative nameservers (repeatable; for
+    /// split-horizon DNS and tests).
+    #[arg(long = "propagation-server", value_name = "IP[:PORT]", value_parser = parse_addr)]
+    pub(crate) propagation_servers: Vec<SocketAddr>,
+    /// Give up waiting for a record to reach every nameserver after SECS
+    /// [default: the solver's propagation_timeout_s].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) propagation_timeout: Option<u64>,
+    /// Write the record at _acme-challenge.<domain> even if it is a CNAME.
+    #[arg(long)]
+    pub(crate) no_follow_cname: bool,
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    parse_server(s)
+        .ok_or_else(|| format!("'{s}' is not IP or IP:PORT (e.g. 192.0.2.53 or 127.0.0.1:5353)"))
+}
+
+impl DnsArgs {
+    /// The engine's DNS options.
+    pub(crate) fn options(&self) -> DnsOptions {
+        DnsOptions {
+            resolvers: self.dns_resolvers.clone(),
+            propagation_servers: self.propagation_servers.clone(),
+            follow_cname: !self.no_follow_cname,
+            propagation_timeout: self.propagation_timeout.map(Duration::from_secs),
+            ..DnsOptions::default()
+        }
+    }
+}
+
+/// Cleans up what an earlier run that died left presented, and says so.
+pub(crate) async fn sweep_journal(journal: &Journal, host: &PluginHost, solvers: &toml::Table) {
+    let stale = journal.stale();
+    if stale.is_empty() {
+        return;
+    }
+    eprintln!(
+        "[certsmith] {} challenge(s) left by an earlier run that did not finish: cleaning up",
+        stale.len()
+    );
+    for done in journal::clean_stale(journal, host, Some(solvers)).await {
+        match done.result {
+            Ok(()) => eprintln!("[certsmith] removed {}", done.entry.describe()),
+            Err(e) => eprintln!(
+                "[certsmith] warning: could not remove {}: {e}; will retry on the next run",
+                done.entry.describe()
+            ),
+        }
+    }
+}
