@@ -1,0 +1,465 @@
+//! The Route53 client: credentials, one retry policy bounded by the call's
+//! deadline, and the translation of AWS errors into certsmith's classes.
+//!
+//! The SDK's own retries are off. Its standard retry strategy knows nothing
+//! of the deadline the host gave the call, and a change batch that failed
+//! because the record set moved under it must be *recomputed* (read again),
+//! not resent. So every request goes through [`Aws::call`], which retries
+//! throttling (`Throttling`, `PriorRequestNotComplete`, HTTP 429), 5xx and
+//! transport failures with jittered exponential backoff for as long as the
+//! deadline allows, and hands everything else to the caller classified.
+
+use std::error::Error as StdError;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_route53::Client;
+use aws_sdk_route53::config::{Credentials, ProvideCredentials, Region};
+use aws_sdk_route53::error::{ProvideErrorMetadata, SdkError};
+use certsmith_plugin_api::{PluginError, log};
+
+use crate::Settings;
+
+/// What the solver's credentials must allow; part of every auth error.
+pub(crate) const PERMISSIONS: &str = "route53:ChangeResourceRecordSets, \
+route53:ListResourceRecordSets, route53:GetChange and route53:ListHostedZonesByName \
+(the last only without hosted_zone_id)";
+
+/// First backoff step; doubled per attempt up to [`BACKOFF_CAP`], jittered.
+const BACKOFF_BASE: Duration = Duration::from_millis(400);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Stop retrying when less than this would remain after the next sleep, so
+/// the caller gets the real reason instead of the SDK's generic timeout.
+pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
+
+/// Error codes that mean the credentials, the signature or the permissions
+/// were refused.
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthFailure",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "IncompleteSignature",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "MissingAuthenticationToken",
+    "NotAuthorizedException",
+    "RequestExpired",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+];
+
+/// Error codes that mean "slow down". `PriorRequestNotComplete` is
+/// Route53's answer to a change sent while an earlier one to the same
+/// record set is still being applied.
+const THROTTLE_CODES: &[&str] = &[
+    "PriorRequestNotComplete",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+];
+
+const TRANSIENT_CODES: &[&str] = &[
+    "InternalError",
+    "InternalFailure",
+    "RequestTimeout",
+    "ServiceUnavailable",
+];
+
+/// When the host stops waiting for the current call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline(Instant);
+
+impl Deadline {
+    pub(crate) fn from_unix_ms(deadline_unix_ms: u64) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Deadline(Instant::now() + Duration::from_millis(deadline_unix_ms.saturating_sub(now_ms)))
+    }
+
+    pub(crate) fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether sleeping `d` still leaves time for another request.
+    pub(crate) fn allows(&self, d: Duration) -> bool {
+        self.remaining() > d + DEADLINE_MARGIN
+    }
+}
+
+/// Jittered exponential backoff.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The next pause, or `None` when it would leave no time for another
+    /// request before `deadline`.
+    pub(crate) fn next(&mut self, deadline: &Deadline) -> Option<Duration> {
+        let full = BACKOFF_BASE
+            .saturating_mul(1u32 << self.attempt.min(8))
+            .min(BACKOFF_CAP);
+        self.attempt += 1;
+        // "Equal jitter": half fixed, half random, so that concurrent callers
+        // hitting one throttle spread out but still back off.
+        let half = full / 2;
+        let random = RandomState::new().hash_one(self.attempt) % (half.as_millis() as u64 + 1);
+        let d = half + Duration::from_millis(random);
+        deadline.allows(d).then_some(d)
+    }
+}
+
+/// Why a request failed, once retries are over.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// `InvalidChangeBatch` because the record set is not what the batch
+    /// assumed (changed by someone else since we read it): read it again.
+    Race(String),
+    /// Anything else, ready for the host.
+    Fatal(PluginError),
+}
+
+impl From<Failure> for PluginError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Race(msg) => PluginError::transient(format!(
+                "Route53 refused the change because the record set changed meanwhile: {msg}"
+            )),
+            Failure::Fatal(e) => e,
+        }
+    }
+}
+
+enum Class {
+    Throttled(String),
+    Transient(String),
+    Race(String),
+    Fatal(PluginError),
+}
+
+/// A Route53 client and where its credentials come from (for messages).
+#[derive(Debug)]
+pub(crate) struct Aws {
+    pub(crate) client: Client,
+    /// e.g. "the access_key_id/secret_access_key options".
+    creds_source: String,
+}
+
+impl Aws {
+    /// Builds the client. For the standard chain the credentials are
+    /// resolved once here, so that "no credentials anywhere" is reported as
+    /// such, not as a failed request.
+    pub(crate) async fn connect(s: &Settings) -> Result<Aws, PluginError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(s.region.clone()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            );
+        if let Some(p) = &s.profile {
+            loader = loader.profile_name(p);
+        }
+        let creds_source = match (&s.static_keys, &s.profile) {
+            (Some(_), _) => "the access_key_id/secret_access_key options".to_owned(),
+            (None, Some(p)) => format!("the AWS credential chain with profile {p:?}"),
+            (None, None) => "the AWS credential chain".to_owned(),
+        };
+        if let Some(k) = &s.static_keys {
+            loader = loader.credentials_provider(Credentials::new(
+                k.access_key_id.clone(),
+                k.secret_access_key.clone(),
+                k.session_token.clone(),
+                None,
+                "certsmith-route53-options",
+            ));
+        }
+        let sdk = loader.load().await;
+        if s.static_keys.is_none() {
+            let provider = sdk.credentials_provider().ok_or_else(|| {
+                PluginError::internal("aws-config produced no credentials provider")
+            })?;
+            provider
+                .provide_credentials()
+                .await
+                .map_err(|e| credentials_error(&e, &creds_source))?;
+        }
+        // The endpoint override is Route53's only: STS (web identity) and
+        // the metadata services keep theirs.
+        let mut conf = aws_sdk_route53::config::Builder::from(&sdk);
+        if let Some(url) = &s.endpoint_url {
+            conf = conf.endpoint_url(url);
+        }
+        Ok(Aws {
+            client: Client::from_conf(conf.build()),
+            creds_source,
+        })
+    }
+
+    /// Runs one request (`send` builds and sends it afresh each time),
+    /// retrying throttling and transient failures until `deadline`.
+    pub(crate) async fn call<T, E, Fut>(
+        &self,
+        deadline: &Deadline,
+        op: &'static str,
+        mut send: impl FnMut() -> Fut,
+    ) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        let mut backoff = Backoff { attempt: 0 };
+        loop {
+            let err = match send().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let (msg, throttled) = match self.classify(op, &err) {
+                Class::Throttled(msg) => (msg, true),
+                Class::Transient(msg) => (msg, false),
+                Class::Race(msg) => return Err(Failure::Race(msg)),
+                Class::Fatal(e) => return Err(Failure::Fatal(e)),
+            };
+            match backoff.next(deadline) {
+                Some(d) => {
+                    log::debug!("route53: {msg}; retrying in {} ms", d.as_millis());
+                    tokio::time::sleep(d).await;
+                }
+                None if throttled => {
+                    return Err(Failure::Fatal(PluginError::rate_limited(
+                        format!(
+                            "{msg}; Route53 kept throttling until the call's deadline \
+                             (Route53 allows 5 requests per second per account: other \
+                             tools using the same account compete for them)"
+                        ),
+                        None,
+                    )));
+                }
+                None => {
+                    return Err(Failure::Fatal(PluginError::transient(format!(
+                        "{msg}; retried until the call's deadline"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn classify<E>(&self, op: &str, err: &SdkError<E>) -> Class
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        match err {
+            SdkError::ServiceError(ctx) => {
+                let status = ctx.raw().status().as_u16();
+                let e = ctx.err();
+                match e.code() {
+                    Some(code) => self.classify_service(op, status, Some(code), e.message()),
+                    // Not Route53's `<ErrorResponse><Error>` shape (moto,
+                    // LocalStack, a proxy): take the first Code/Message.
+                    None => {
+                        let body = ctx.raw().body().bytes().unwrap_or_default();
+                        let code = xml_text(body, "Code");
+                        let message = xml_text(body, "Message");
+                        self.classify_service(
+                            op,
+                            status,
+                            code.as_deref(),
+                            message.as_deref().or(e.message()),
+                        )
+                    }
+                }
+            }
+            SdkError::ResponseError(ctx) => {
+                let status = ctx.raw().status().as_u16();
+                self.classify_service(op, status, None, Some("an unreadable response"))
+            }
+            SdkError::TimeoutError(_) => Class::Transient(format!("Route53 {op} timed out")),
+            SdkError::DispatchFailure(d) if d.is_user() => Class::Fatal(PluginError::config(
+                format!("Route53 {op} could not be sent: {}", error_chain(err)),
+            )),
+            SdkError::DispatchFailure(_) => Class::Transient(format!(
+                "Route53 {op} could not reach the endpoint: {}",
+                error_chain(err)
+            )),
+            _ => Class::Fatal(PluginError::internal(format!(
+                "Route53 {op} failed: {}",
+                error_chain(err)
+            ))),
+        }
+    }
+
+    fn classify_service(
+        &self,
+        op: &str,
+        status: u16,
+        code: Option<&str>,
+        message: Option<&str>,
+    ) -> Class {
+        let code = code.unwrap_or_default();
+        let message = message.unwrap_or_default();
+        let what = match (code.is_empty(), message.is_empty()) {
+            (false, false) => format!("{code}: {message}"),
+            (false, true) => code.to_owned(),
+            (true, false) => format!("HTTP {status}: {message}"),
+            (true, true) => format!("HTTP {status} without an error code"),
+        };
+        let source = &self.creds_source;
+        if THROTTLE_CODES.contains(&code) || status == 429 {
+            return Class::Throttled(format!("Route53 {op}: {what}"));
+        }
+        if code == "AccessDenied" || code == "AccessDeniedException" {
+            return Class::Fatal(PluginError::auth(format!(
+                "AWS rejected the credentials for {op} ({what}); they come from {source} and \
+                 need {PERMISSIONS}"
+            )));
+        }
+        if AUTH_CODES.contains(&code) || status == 401 || status == 403 {
+            return Class::Fatal(PluginError::auth(format!(
+                "AWS rejected the credentials ({what}); they come from {source}: check the \
+                 access key and its secret (and the clock, for RequestExpired). The Route53 \
+                 solver needs {PERMISSIONS}"
+            )));
+        }
+        if code == "NoSuchHostedZone" {
+            return Class::Fatal(PluginError::not_found(format!(
+                "Route53 {op}: {what}; check hosted_zone_id, or leave it unset to look the \
+                 zone up by name"
+            )));
+        }
+        if code == "InvalidChangeBatch" {
+            let m = message.to_ascii_lowercase();
+            if m.contains("not found") || m.contains("do not match") || m.contains("already exists")
+            {
+                return Class::Race(what);
+            }
+            return Class::Fatal(PluginError::config(format!(
+                "Route53 refused the change: {what}"
+            )));
+        }
+        if TRANSIENT_CODES.contains(&code) || status >= 500 {
+            return Class::Transient(format!("Route53 {op}: {what}"));
+        }
+        if code == "InvalidInput" || code == "InvalidArgument" {
+            return Class::Fatal(PluginError::config(format!(
+                "Route53 {op} rejected its input: {what}"
+            )));
+        }
+        Class::Fatal(PluginError::internal(format!(
+            "Route53 {op} failed: {what}"
+        )))
+    }
+}
+
+/// A credential provider failure as a certsmith error. Never includes a
+/// secret: the providers' errors name files, profiles and variables only.
+fn credentials_error(
+    e: &aws_credential_types::provider::error::CredentialsError,
+    source: &str,
+) -> PluginError {
+    use aws_credential_types::provider::error::CredentialsError as C;
+    let detail = error_chain(e);
+    match e {
+        C::CredentialsNotLoaded(_) => PluginError::auth(format!(
+            "no AWS credentials found in {source} ({detail}). Give access_key_id and \
+             secret_access_key (or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), a profile in \
+             ~/.aws/credentials or ~/.aws/config (option profile or AWS_PROFILE), a web \
+             identity token (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), or run with an \
+             ECS task role or EC2 instance profile. The credentials need {PERMISSIONS}"
+        )),
+        C::ProviderTimedOut(_) => PluginError::transient(format!(
+            "timed out fetching AWS credentials from {source}: {detail}"
+        )),
+        C::InvalidConfiguration(_) => PluginError::config(format!(
+            "the AWS credentials configuration is invalid ({source}): {detail}"
+        )),
+        _ => PluginError::auth(format!(
+            "could not get AWS credentials from {source}: {detail}. The credentials need \
+             {PERMISSIONS}"
+        )),
+    }
+}
+
+/// An error and its sources, by their `Display` only (the SDK's
+/// `DisplayErrorContext` appends a `Debug` dump), skipping a source whose
+/// text the previous ones already contain.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The text of the first `<tag>...</tag>` in an XML body.
+fn xml_text(body: &[u8], tag: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&format!("</{tag}>"))?;
+    let inner = text[start..start + len].trim();
+    (!inner.is_empty() && !inner.contains('<')).then(|| {
+        inner
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_text_finds_codes_in_other_shapes() {
+        let moto = b"<?xml version=\"1.0\"?><ErrorResponse><Errors><Error><Code>InvalidClientTokenId</Code><Message>The token &amp; co</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(
+            xml_text(moto, "Code").as_deref(),
+            Some("InvalidClientTokenId")
+        );
+        assert_eq!(xml_text(moto, "Message").as_deref(), Some("The token & co"));
+        assert_eq!(xml_text(b"<a><Code></Code></a>", "Code"), None);
+        assert_eq!(xml_text(b"not xml", "Code"), None);
+    }
+
+    #[test]
+    fn backoff_stays_within_the_deadline() {
+        let deadline = Deadline(Instant::now() + Duration::from_secs(3));
+        let mut b = Backoff { attempt: 0 };
+        let mut total = Duration::ZERO;
+        while let Some(d) = b.next(&deadline) {
+            assert!(d <= BACKOFF_CAP);
+            total += d;
+            assert!(total < Duration::from_secs(3), "{total:?}");
+            if b.attempt > 50 {
+                break;
+            }
+        }
+        let first = Backoff { attempt: 0 }
+            .next(&deadline)
+            .expect("time for one");
+        assert!(
+            first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE,
+            "{first:?}"
+        );
+    }
+}
