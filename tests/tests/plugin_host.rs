@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use certsmith_tests::certsmith_bin;
+use certsmith_tests::{StaticServer, certsmith_bin};
 
 fn build_dir() -> PathBuf {
     certsmith_bin()
@@ -470,50 +470,11 @@ fn plugin_check_passes_on_the_built_in_http_solvers() {
     assert!(out.contains("plugin check passed"), "{out}");
 }
 
-/// A static file server over a directory (Python's, as a web server in
-/// front of a webroot would be), killed on drop.
-struct StaticServer(std::process::Child);
-
-impl StaticServer {
-    fn start(dir: &Path, port: u16) -> StaticServer {
-        let mut child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 is needed for the static file server: apt-get install python3");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return StaticServer(child);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("python3 -m http.server did not start on port {port}");
-    }
-}
-
-impl Drop for StaticServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn plugin_check_passes_on_webroot_behind_a_web_server() {
     let webroot = tempfile::tempdir().expect("tempdir");
     let port = certsmith_tests::free_port();
-    let _server = StaticServer::start(webroot.path(), port);
+    let _server = StaticServer::start(webroot.path(), port).expect("static file server");
     let opt = format!("path={}", webroot.path().display());
     let base = format!("http://127.0.0.1:{port}");
     let (code, out, err) = check_plugin(
@@ -532,4 +493,93 @@ fn plugin_check_passes_on_webroot_behind_a_web_server() {
     );
     // Cleanup removed what it created and nothing else.
     assert_eq!(std::fs::read_dir(webroot.path()).expect("read").count(), 0);
+}
+
+/// In-process, through the core's host API: when the host stops waiting for
+/// a call (its future is dropped, or it times out), it calls the plugin's
+/// `cancel`, and the SDK drops the operation's future inside the plugin.
+#[tokio::test]
+async fn dropping_a_call_cancels_the_operation_inside_the_plugin() {
+    use certsmith_core::plugin::{CallError, ConfigSources, LoadPolicy, PluginHost};
+    use certsmith_plugin_api::{ChallengeRequest, ChallengeType};
+    use std::time::Duration;
+
+    let plugin = PluginHost::load_file(&lib("libcsmtest_panicky.so"), &LoadPolicy::default())
+        .expect("load the panicky test plugin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let instance = |sleep_ms: &str, marker: &Path| {
+        let cli = vec![
+            ("token".to_owned(), "tok-abcdef".to_owned()),
+            ("panic_in".to_owned(), "none".to_owned()),
+            ("sleep_ms".to_owned(), sleep_ms.to_owned()),
+            ("cancel_marker".to_owned(), marker.display().to_string()),
+        ];
+        let no_env = |_: &str| None;
+        plugin
+            .instantiate(&ConfigSources {
+                cli: &cli,
+                file: None,
+                env: Some(&no_env),
+            })
+            .expect("create")
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let req = ChallengeRequest {
+        challenge_type: ChallengeType::Http01,
+        identifier: "cancel.test".into(),
+        wildcard: false,
+        token: "tok".into(),
+        key_authorization: "tok.x".into(),
+        deadline_unix_ms: now_ms + 120_000,
+        dns: None,
+    };
+    let wait_for = |p: &Path| {
+        let p = p.to_path_buf();
+        async move {
+            for _ in 0..100 {
+                if p.exists() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+
+    // 1. The caller drops the future (as Ctrl-C or a failed sibling does).
+    let marker1 = dir.path().join("dropped");
+    let slow = instance("60000", &marker1);
+    let r = tokio::time::timeout(Duration::from_millis(300), slow.present(&req)).await;
+    assert!(r.is_err(), "present should still be sleeping");
+    assert!(
+        wait_for(&marker1).await,
+        "the plugin's operation was not cancelled"
+    );
+
+    // 2. The host's own timeout fires.
+    let marker2 = dir.path().join("timed-out");
+    let slow = instance("60000", &marker2);
+    let r = slow
+        .call(
+            certsmith_plugin_api::METHOD_PRESENT,
+            &serde_json::to_vec(&req).expect("json"),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(matches!(r, Err(CallError::TimedOut(_))), "{r:?}");
+    assert!(
+        wait_for(&marker2).await,
+        "the timed-out operation was not cancelled"
+    );
+
+    // The plugin keeps working afterwards.
+    let marker3 = dir.path().join("never");
+    let fast = instance("0", &marker3);
+    fast.present(&req)
+        .await
+        .expect("present after cancellations");
+    assert!(!marker3.exists());
 }

@@ -48,7 +48,11 @@ pub struct LoadedPlugin {
     path: PathBuf,
     manifest: Manifest,
     abi_minor: u16,
-    sha256: String,
+    /// Computed when a pin asks for it, else on first use: hashing every
+    /// library on the search path would dominate start-up.
+    sha256: std::sync::OnceLock<String>,
+    /// The descriptor the library was loaded through (kept open for life).
+    fd: std::os::unix::io::RawFd,
     pub(super) vtable: &'static SolverVTable,
 }
 
@@ -65,9 +69,19 @@ impl LoadedPlugin {
     pub fn abi_version(&self) -> String {
         format!("{ABI_MAJOR}.{}", self.abi_minor)
     }
-    /// SHA-256 of the file, lowercase hex (what a pin must say).
+    /// SHA-256 of the loaded file, lowercase hex (what a pin must say).
+    /// Read through the descriptor it was loaded from, so it describes the
+    /// bytes in memory even if the file was replaced since.
     pub fn sha256(&self) -> &str {
-        &self.sha256
+        self.sha256.get_or_init(|| {
+            std::fs::File::open(format!("/proc/self/fd/{}", self.fd))
+                .map_err(|source| PluginHostError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+                .and_then(|mut f| sha256_hex(&self.path, &mut f))
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        })
     }
 }
 
@@ -169,15 +183,17 @@ pub fn load_plugin(path: &Path, policy: &LoadPolicy) -> Result<LoadedPlugin, Plu
         source,
     })?;
     check_file_policy(path, &file)?;
-    let sha256 = sha256_hex(path, &mut file)?;
-    if let Some(expected) = policy.pin_for(path)
-        && !expected.eq_ignore_ascii_case(&sha256)
-    {
-        return Err(PluginHostError::PinMismatch {
-            path: path.to_owned(),
-            expected: expected.clone(),
-            actual: sha256,
-        });
+    let sha256 = std::sync::OnceLock::new();
+    if let Some(expected) = policy.pin_for(path) {
+        let actual = sha256_hex(path, &mut file)?;
+        if !expected.eq_ignore_ascii_case(&actual) {
+            return Err(PluginHostError::PinMismatch {
+                path: path.to_owned(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let _ = sha256.set(actual);
     }
 
     let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
@@ -199,7 +215,7 @@ pub fn load_plugin(path: &Path, policy: &LoadPolicy) -> Result<LoadedPlugin, Plu
     // library itself: the loader identifies libraries by name, and a closed
     // descriptor's number (hence `/proc/self/fd/N`) would be reused by the
     // next plugin, which `dlopen` would then take for this one.
-    let _ = std::os::unix::io::IntoRawFd::into_raw_fd(file);
+    let fd = std::os::unix::io::IntoRawFd::into_raw_fd(file);
 
     let symbol = format!("{ENTRY_SYMBOL_V1}\0");
     // SAFETY: the symbol's type is fixed by ABI v1 (`EntryV1`). A library
@@ -234,6 +250,7 @@ pub fn load_plugin(path: &Path, policy: &LoadPolicy) -> Result<LoadedPlugin, Plu
         manifest,
         abi_minor,
         sha256,
+        fd,
         vtable,
     })
 }

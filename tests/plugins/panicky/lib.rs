@@ -10,6 +10,23 @@ struct Config {
     sleep_ms: u64,
     token: String,
     leak_secret: bool,
+    #[serde(default)]
+    cancel_marker: Option<String>,
+}
+
+/// Writes the marker file when dropped before `done` is set: the SDK drops
+/// an operation's future when the host cancels it.
+struct CancelMarker {
+    path: Option<String>,
+    done: bool,
+}
+
+impl Drop for CancelMarker {
+    fn drop(&mut self) {
+        if let (false, Some(p)) = (self.done, &self.path) {
+            let _ = std::fs::write(p, "cancelled");
+        }
+    }
 }
 
 struct Panicky {
@@ -36,9 +53,14 @@ impl Solver for Panicky {
                 self.config.token
             )));
         }
+        let mut marker = CancelMarker {
+            path: self.config.cancel_marker.clone(),
+            done: false,
+        };
         if self.config.sleep_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.config.sleep_ms)).await;
         }
+        marker.done = true;
         if self.config.panic_in == "present" {
             panic!("deliberate panic in present for {}", req.identifier);
         }
