@@ -455,3 +455,25 @@ fn sigterm_during_an_order_cleans_up_before_exiting() {
     assert_no_challenge_txt(&bind, &["_acme-challenge.example.test"]);
     assert_eq!(journal_entries(state.path()), 0);
 }
+
+#[test]
+fn no_follow_cname_writes_at_the_challenge_name_itself() {
+    let bind = bind();
+    let pebble = pebble_on(&bind);
+    let state = TempState::new().expect("state");
+    let mut args = issue_args(&pebble, state.path(), &["app.example.test"], "rfc2136");
+    args.extend(rfc2136_opts(&bind));
+    args.extend(s(&["--no-follow-cname", "--propagation-timeout", "1"]));
+    let o = run(&args, &[("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())]);
+    let (out, err) = texts(&o);
+    // BIND keeps a CNAME alone at its name (RFC 1034 §3.6.2), so the value
+    // never appears there: the point is where certsmith put it.
+    assert!(
+        err.contains(
+            "app.example.test: TXT record _acme-challenge.app.example.test in zone example.test"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("via CNAME"), "{err}");
+    assert_eq!(o.status.code(), Some(6), "{out}\n{err}");
+}

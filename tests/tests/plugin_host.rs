@@ -583,3 +583,114 @@ async fn dropping_a_call_cancels_the_operation_inside_the_plugin() {
         .expect("present after cancellations");
     assert!(!marker3.exists());
 }
+
+#[test]
+fn the_search_path_is_walked_in_order() {
+    // An installed layout: <prefix>/bin/certsmith and
+    // <prefix>/lib/certsmith/plugins/libcertsmith_*.so.
+    let prefix = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(prefix.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = prefix.path().join("bin");
+    let plugins = prefix.path().join("lib/certsmith/plugins");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    for d in [
+        &bin,
+        &plugins,
+        &prefix.path().join("lib"),
+        &prefix.path().join("lib/certsmith"),
+    ] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::fs::copy(certsmith_bin(), bin.join("certsmith")).expect("copy binary");
+    std::fs::copy(
+        lib("libcertsmith_webroot.so"),
+        plugins.join("libcertsmith_webroot.so"),
+    )
+    .expect("copy plugin");
+    let list = |envs: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = Command::new(bin.join("certsmith"));
+        cmd.args(["solvers", "list", "--output", "json"])
+            .args(extra)
+            .env_remove("CERTSMITH_PLUGIN_PATH");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run the installed binary");
+        assert!(o.status.success(), "{:?}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
+    };
+    let path_of = |v: &serde_json::Value, code: &str| {
+        v["solvers"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|s| s["code"] == code)
+            .and_then(|s| s["path"].as_str().map(str::to_owned))
+    };
+
+    // 1. <exe>/../lib/certsmith/plugins.
+    let v = list(&[], &[]);
+    let p = path_of(&v, "webroot").expect("webroot found under lib/certsmith/plugins");
+    assert!(p.contains("lib/certsmith/plugins"), "{p}");
+    assert!(
+        path_of(&v, "standalone").is_none(),
+        "only what is installed"
+    );
+
+    // 2. CERTSMITH_PLUGIN_PATH comes before it.
+    let (d1, _) = copy_plugin(
+        &lib("libcertsmith_webroot.so"),
+        "libcertsmith_webroot.so",
+        0o644,
+    );
+    let env_dir = d1.path().to_str().expect("utf-8").to_owned();
+    let v = list(&[("CERTSMITH_PLUGIN_PATH", &env_dir)], &[]);
+    assert_eq!(
+        path_of(&v, "webroot").as_deref(),
+        Some(
+            d1.path()
+                .join("libcertsmith_webroot.so")
+                .to_str()
+                .expect("utf-8")
+        )
+    );
+
+    // 3. --plugin-dir comes before both.
+    let (d2, _) = copy_plugin(
+        &lib("libcertsmith_webroot.so"),
+        "libcertsmith_webroot.so",
+        0o644,
+    );
+    let cli_dir = d2.path().to_str().expect("utf-8").to_owned();
+    let v = list(
+        &[("CERTSMITH_PLUGIN_PATH", &env_dir)],
+        &["--plugin-dir", &cli_dir],
+    );
+    assert_eq!(
+        path_of(&v, "webroot").as_deref(),
+        Some(
+            d2.path()
+                .join("libcertsmith_webroot.so")
+                .to_str()
+                .expect("utf-8")
+        )
+    );
+}
+
+#[test]
+fn solvers_info_marks_secrets_and_names_their_env_vars() {
+    let o = certsmith(&["solvers", "info", "cloudflare"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("api_token"))
+        .unwrap_or_else(|| panic!("no api_token line in {out}"));
+    assert!(line.contains("required"), "{line}");
+    assert!(line.contains("secret"), "{line}");
+    assert!(
+        line.contains("env CLOUDFLARE_API_TOKEN or CLOUDFLARE_API_TOKEN_FILE"),
+        "{line}"
+    );
+}
