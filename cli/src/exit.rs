@@ -22,5 +22,12 @@ pub(crate) const RATE_LIMITED: u8 = 5;
 pub(crate) const PROPAGATION_TIMEOUT: u8 = 6;
 /// The CA or network could not be reached.
 pub(crate) const NETWORK: u8 = 7;
-/// `run`/`renew`: some certificates succeeded and some failed.
+/// `run`/`renew`: some certificates succeeded and some failed, or they
+/// failed for different reasons. When every certificate that failed did so
+/// for one class, and none succeeded, that class's code is used instead.
 pub(crate) const PARTIAL: u8 = 8;
+/// A deploy hook failed or timed out. The new certificate is in place and
+/// valid; only the hook (e.g. the web server reload) needs attention.
+/// Like every class, `run`/`renew` return it only when no certificate
+/// succeeded and all failed this way; otherwise [`PARTIAL`].
+pub(crate) const DEPLOY_HOOK: u8 = 9;

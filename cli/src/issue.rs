@@ -13,7 +13,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
 use certsmith_core::engine::{self, CancelToken, CertRequest, Engine, EngineOptions, IssuedCert};
 use certsmith_core::error::{ErrorClass, IssueError};
@@ -28,7 +27,7 @@ use crate::progress;
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// Exit code after Ctrl-C (128 + SIGINT), as shells do.
-const INTERRUPTED: u8 = 130;
+pub(crate) const INTERRUPTED: u8 = 130;
 
 /// `--key-type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -137,6 +136,14 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Run this shell command after the certificate is stored; it gets
+    /// CERTSMITH_CERT_NAME, CERTSMITH_DOMAINS, CERTSMITH_CERT_DIR,
+    /// CERTSMITH_FULLCHAIN and CERTSMITH_PRIVKEY. Recorded for `renew`.
+    #[arg(long, value_name = "CMD")]
+    deploy_hook: Option<String>,
+    /// Kill the deploy hook after SECS.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    deploy_hook_timeout: u64,
     #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
 }
@@ -193,7 +200,7 @@ impl From<IssueError> for Failure {
 }
 
 /// The exit code of a failure class.
-fn exit_code(class: ErrorClass) -> u8 {
+pub(crate) fn exit_code(class: ErrorClass) -> u8 {
     match class {
         ErrorClass::Usage | ErrorClass::Store => exit::USAGE,
         ErrorClass::Solver => exit::SOLVER,
@@ -213,33 +220,15 @@ struct ConfigFile {
     solvers: toml::Table,
 }
 
+/// Reads `plugin_dirs` and `[solvers.*]` through the one config model
+/// (`certsmith_core::config`): the same checks and line/column errors as
+/// `run` and `config check`.
 fn load_config(path: &Path) -> anyhow::Result<ConfigFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("the config file {} is not valid TOML", path.display()))?;
-    let mut cfg = ConfigFile::default();
-    if let Some(dirs) = table.get("plugin_dirs") {
-        let list = dirs.as_array().with_context(|| {
-            format!(
-                "{}: plugin_dirs must be a list of directories",
-                path.display()
-            )
-        })?;
-        for d in list {
-            let s = d.as_str().with_context(|| {
-                format!("{}: plugin_dirs must be a list of strings", path.display())
-            })?;
-            cfg.plugin_dirs.push(PathBuf::from(s));
-        }
-    }
-    if let Some(solvers) = table.get("solvers") {
-        cfg.solvers = solvers
-            .as_table()
-            .with_context(|| format!("{}: [solvers] must be a table", path.display()))?
-            .clone();
-    }
-    Ok(cfg)
+    let config = certsmith_core::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ConfigFile {
+        plugin_dirs: config.defaults.plugin_dirs.clone(),
+        solvers: config.solvers_table(),
+    })
 }
 
 /// Everything checked and ready, before any network traffic.
@@ -324,6 +313,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         domains,
         solver,
         key_type: args.key_type.into(),
+        replaces: None,
     };
     engine::check_request(&request)?;
 
@@ -366,7 +356,7 @@ async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 /// Cancels `token` on SIGINT/SIGTERM; a second signal exits at once.
-fn watch_signals(token: CancelToken, quiet: bool) -> tokio::task::JoinHandle<()> {
+pub(crate) fn watch_signals(token: CancelToken, quiet: bool) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -389,6 +379,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         Err(f) => return f.report(global, args.cert_name.as_deref()),
     };
     let name = prepared.request.name.clone();
+    let store = prepared.store.clone();
 
     let verbosity = if global.quiet {
         progress::Verbosity::Quiet
@@ -438,7 +429,29 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     let mut failed = 0;
     for result in results {
         match result {
-            Ok(cert) => print_cert(global, &cert),
+            Ok(cert) => {
+                print_cert(global, &cert);
+                crate::common::record_issue(
+                    &store,
+                    &cert,
+                    args.ca_cert.as_deref(),
+                    args.email.as_deref(),
+                    args.deploy_hook.as_deref(),
+                )
+                .await;
+                if let Some(cmd) = &args.deploy_hook
+                    && let Err(f) = crate::common::run_hook(
+                        cmd,
+                        &cert,
+                        Duration::from_secs(args.deploy_hook_timeout),
+                        global.quiet,
+                    )
+                    .await
+                {
+                    failed += 1;
+                    code = f.report(global);
+                }
+            }
             Err(e) => {
                 failed += 1;
                 code = Failure::from_issue(&e).report(global, Some(&name));

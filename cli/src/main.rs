@@ -4,11 +4,18 @@
 //! failures to exit codes ([`exit`]). Everything else lives in
 //! `certsmith-core`.
 
+mod account;
+mod common;
+mod config_cmd;
 mod dns_args;
 mod exit;
 mod issue;
+mod list;
 mod output;
 mod progress;
+mod renew;
+mod revoke;
+mod run;
 mod solvers;
 
 use std::path::PathBuf;
@@ -65,6 +72,21 @@ pub(crate) enum OutputFormat {
 enum Command {
     /// Obtain a certificate now.
     Issue(issue::IssueArgs),
+    /// Issue or renew every certificate of the config file that needs it
+    /// (for cron, systemd timers and CI).
+    Run(run::RunArgs),
+    /// Renew stored certificates from their lineage.
+    Renew(renew::RenewArgs),
+    /// Revoke a stored certificate.
+    Revoke(revoke::RevokeArgs),
+    /// List stored certificates: expiry, next renewal and why, state.
+    List(list::ListArgs),
+    /// Show, deactivate or re-key the ACME account.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
+    /// Check the config file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// List and describe the solver plugins found.
     #[command(subcommand)]
     Solvers(solvers::SolversCommand),
@@ -90,6 +112,12 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Issue(args) => issue::run(&cli.global, args).await,
+            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Renew(args) => renew::run(&cli.global, args).await,
+            Command::Revoke(args) => revoke::run(&cli.global, args).await,
+            Command::List(args) => list::run(&cli.global, args).await,
+            Command::Account(cmd) => account::run(&cli.global, cmd).await,
+            Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,
             Command::Plugin(cmd) => solvers::run_plugin(&cli.global, cmd).await,
         }
@@ -98,4 +126,14 @@ fn main() -> ExitCode {
     // for background tasks keeps a stuck plugin from hanging the exit.
     runtime.shutdown_background();
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

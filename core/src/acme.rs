@@ -164,7 +164,6 @@ pub struct DirectoryInfo {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DirectoryDoc {
-    #[allow(dead_code)]
     new_nonce: String,
     #[allow(dead_code)]
     new_account: String,
@@ -172,6 +171,10 @@ struct DirectoryDoc {
     new_order: String,
     #[serde(default)]
     renewal_info: Option<String>,
+    #[serde(default)]
+    revoke_cert: Option<String>,
+    #[serde(default)]
+    key_change: Option<String>,
     #[serde(default)]
     meta: DirectoryMeta,
 }
@@ -312,6 +315,13 @@ impl AcmeClient {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
+            if let Some(at) = stored.deactivated_at {
+                return Err(IssueError::AccountDeactivated {
+                    url: stored.account_url,
+                    at,
+                    path,
+                });
+            }
             let creds: ia::AccountCredentials = serde_json::from_value(stored.credentials)
                 .map_err(|e| crate::store::StoreError::Corrupt {
                     path,
@@ -376,6 +386,8 @@ impl AcmeClient {
             created_at: now_rfc3339(),
             credentials: serde_json::to_value(&creds)
                 .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?,
+            deactivated_at: None,
+            key_changed_at: None,
         };
         let json = serde_json::to_vec_pretty(&stored)
             .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
@@ -505,6 +517,12 @@ struct StoredAccount {
     account_url: String,
     created_at: String,
     credentials: serde_json::Value,
+    /// Set by `certsmith account deactivate`: the account is unusable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deactivated_at: Option<String>,
+    /// Set by `certsmith account rollover`: when the key last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_changed_at: Option<String>,
 }
 
 /// External account binding credentials
@@ -1056,6 +1074,842 @@ fn parse_retry_after(value: &str) -> Option<SystemTime> {
     Some(SystemTime::from(dt))
 }
 
+// ---------------------------------------------------------------------------
+// Certificate lifecycle: renewal information, revocation, account changes.
+//
+// instant-acme covers revocation with the account key and key rollover; the
+// rest is done here with a small JWS signer (RFC 7515, flattened JSON
+// serialization, RFC 8555 §6.2): revocation signed with the certificate's
+// own key (RFC 8555 §7.6, for a lost account) and deactivation (§7.3.6),
+// whose answer instant-acme does not check.
+
+/// The CA's suggested renewal window for one certificate
+/// ([RFC 9773 §4.2](https://www.rfc-editor.org/rfc/rfc9773#section-4.2)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenewalInfo {
+    /// Window start.
+    pub start: time::OffsetDateTime,
+    /// Window end.
+    pub end: time::OffsetDateTime,
+    /// `explanationURL`, if the CA gave one.
+    pub explanation_url: Option<String>,
+    /// When to ask again (`Retry-After`), if the CA said.
+    pub retry_after: Option<SystemTime>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RenewalInfoDoc {
+    suggested_window: WindowDoc,
+    #[serde(default, rename = "explanationURL")]
+    explanation_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WindowDoc {
+    #[serde(with = "time::serde::rfc3339")]
+    start: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    end: time::OffsetDateTime,
+}
+
+/// Why a certificate is revoked
+/// ([RFC 5280 §5.3.1](https://www.rfc-editor.org/rfc/rfc5280#section-5.3.1));
+/// the reasons a subscriber may give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RevocationReason {
+    /// No reason given (code 0).
+    Unspecified,
+    /// The private key was exposed (code 1).
+    KeyCompromise,
+    /// The subscriber's affiliation changed (code 3).
+    AffiliationChanged,
+    /// A newer certificate replaces it (code 4).
+    Superseded,
+    /// The names are no longer in use (code 5).
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    /// Every reason, as documented.
+    pub const ALL: [RevocationReason; 5] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::AffiliationChanged,
+    ];
+
+    /// The CRL reason code.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+        }
+    }
+
+    /// The name on the command line and in `lineage.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "key-compromise",
+            RevocationReason::AffiliationChanged => "affiliation-changed",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessation-of-operation",
+        }
+    }
+
+    fn to_ia(self) -> ia::RevocationReason {
+        match self {
+            RevocationReason::Unspecified => ia::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => ia::RevocationReason::KeyCompromise,
+            RevocationReason::AffiliationChanged => ia::RevocationReason::AffiliationChanged,
+            RevocationReason::Superseded => ia::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => ia::RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
+/// A stored account, as `certsmith account show` describes it. Holds no key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccountSummary {
+    /// The account URL at the CA.
+    pub url: String,
+    /// The directory URL.
+    pub server: String,
+    /// Contact URLs (`mailto:`).
+    pub contact: Vec<String>,
+    /// The account key's type, e.g. `ec-p256`.
+    pub key_type: String,
+    /// The account key's JWK thumbprint
+    /// ([RFC 7638](https://www.rfc-editor.org/rfc/rfc7638)), base64url.
+    pub key_thumbprint: String,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+    /// When its key last changed, RFC 3339.
+    pub key_changed_at: Option<String>,
+    /// When it was deactivated, RFC 3339.
+    pub deactivated_at: Option<String>,
+    /// Its `account.json`.
+    pub path: std::path::PathBuf,
+}
+
+/// Every account in `store`, sorted by server then contact.
+pub fn stored_accounts(store: &Store) -> Result<Vec<AccountSummary>, IssueError> {
+    let dir = store.root().join("accounts");
+    let mut out = Vec::new();
+    let hosts = match std::fs::read_dir(&dir) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(crate::store::StoreError::Io {
+                action: "read",
+                path: dir,
+                source: e,
+            }
+            .into());
+        }
+    };
+    for host in hosts.flatten() {
+        let Ok(ids) = std::fs::read_dir(host.path()) else {
+            continue;
+        };
+        for id in ids.flatten() {
+            let path = id.path().join("account.json");
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            out.push(summarize(&bytes, path)?);
+        }
+    }
+    out.sort_by(|a, b| (&a.server, &a.contact).cmp(&(&b.server, &b.contact)));
+    Ok(out)
+}
+
+fn parse_stored(bytes: &[u8], path: &Path) -> Result<StoredAccount, IssueError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        crate::store::StoreError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn stored_key(stored: &StoredAccount, path: &Path) -> Result<JwsKey, IssueError> {
+    let corrupt = |reason: String| -> IssueError {
+        crate::store::StoreError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        }
+        .into()
+    };
+    let creds: ia::AccountCredentials = serde_json::from_value(stored.credentials.clone())
+        .map_err(|e| corrupt(format!("credentials: {e}")))?;
+    JwsKey::from_der(creds.private_key().secret_pkcs8_der())
+        .map_err(|e| corrupt(format!("account key: {e}")))
+}
+
+fn summarize(bytes: &[u8], path: std::path::PathBuf) -> Result<AccountSummary, IssueError> {
+    let stored = parse_stored(bytes, &path)?;
+    let key = stored_key(&stored, &path)?;
+    Ok(AccountSummary {
+        url: stored.account_url,
+        server: stored.directory,
+        contact: stored.contact,
+        key_type: key.key_type().to_owned(),
+        key_thumbprint: key.thumbprint(),
+        created_at: stored.created_at,
+        key_changed_at: stored.key_changed_at,
+        deactivated_at: stored.deactivated_at,
+        path,
+    })
+}
+
+impl AcmeClient {
+    /// The directory, from the cache when [`AcmeClient::directory`] ran.
+    async fn directory_doc(&self) -> Result<DirectoryDoc, IssueError> {
+        if self.shared.cached(&self.directory_url).is_none() {
+            self.directory().await?;
+        }
+        let body = self.shared.cached(&self.directory_url).unwrap_or_default();
+        serde_json::from_slice(&body).map_err(|e| IssueError::Network {
+            action: "read the ACME directory".to_owned(),
+            server: self.directory_url.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Whether the CA offers renewal information (RFC 9773).
+    pub async fn offers_renewal_info(&self) -> Result<bool, IssueError> {
+        Ok(self.directory_doc().await?.renewal_info.is_some())
+    }
+
+    /// Fetches the suggested renewal window of the certificate `cert_id`
+    /// (`base64url(AKI keyIdentifier).base64url(serial)`,
+    /// [RFC 9773 §4.1](https://www.rfc-editor.org/rfc/rfc9773#section-4.1)).
+    /// `None` when the CA's directory has no `renewalInfo`. An unsigned GET.
+    pub async fn renewal_info(&self, cert_id: &str) -> Result<Option<RenewalInfo>, IssueError> {
+        let Some(base) = self.directory_doc().await?.renewal_info else {
+            return Ok(None);
+        };
+        let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
+        let action = "fetch the renewal information";
+        let net = |message: String| IssueError::Network {
+            action: action.to_owned(),
+            server: url.clone(),
+            message,
+        };
+        let rsp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| net(error_chain(&e)))?;
+        let status = rsp.status();
+        let retry_after = rsp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = rsp.bytes().await.map_err(|e| net(error_chain(&e)))?;
+        if !status.is_success() {
+            return Err(problem_error(
+                action,
+                status.as_u16(),
+                &body,
+                retry_after,
+                &url,
+            ));
+        }
+        let doc: RenewalInfoDoc = serde_json::from_slice(&body).map_err(|e| {
+            net(format!(
+                "the answer is not RFC 9773 renewal information: {e}"
+            ))
+        })?;
+        if doc.suggested_window.end < doc.suggested_window.start {
+            return Err(net("the suggested window ends before it starts".to_owned()));
+        }
+        Ok(Some(RenewalInfo {
+            start: doc.suggested_window.start,
+            end: doc.suggested_window.end,
+            explanation_url: doc.explanation_url,
+            retry_after,
+        }))
+    }
+
+    /// The stored account for (this directory, `opts` contact), loaded
+    /// without creating one.
+    async fn stored_account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<(StoredAccount, std::path::PathBuf), IssueError> {
+        let contact = opts.contact()?;
+        let id = account_id(&self.directory_url, &contact);
+        let path = store.account_path(&self.ca_host(), &id);
+        let Some(bytes) = store.load_account(&self.ca_host(), &id)? else {
+            let who = if contact.is_empty() {
+                "without a contact".to_owned()
+            } else {
+                format!("for {}", contact.join(", "))
+            };
+            return Err(IssueError::InvalidRequest(format!(
+                "no account is stored for {} {who} (looked for {}); pass the --server and --email the account was created with",
+                self.directory_url,
+                path.display()
+            )));
+        };
+        Ok((parse_stored(&bytes, &path)?, path))
+    }
+
+    /// Describes the stored account for `opts`, without contacting the CA.
+    pub fn describe_account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<Option<AccountSummary>, IssueError> {
+        let contact = opts.contact()?;
+        let id = account_id(&self.directory_url, &contact);
+        let path = store.account_path(&self.ca_host(), &id);
+        match store.load_account(&self.ca_host(), &id)? {
+            Some(bytes) => Ok(Some(summarize(&bytes, path)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Revokes `cert_der` signed with the account key
+    /// ([RFC 8555 §7.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.6)).
+    pub async fn revoke(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+        cert_der: &[u8],
+        reason: RevocationReason,
+    ) -> Result<(), IssueError> {
+        let (stored, path) = self.stored_account(store, opts).await?;
+        if let Some(at) = stored.deactivated_at {
+            return Err(IssueError::AccountDeactivated {
+                url: stored.account_url,
+                at,
+                path,
+            });
+        }
+        let creds: ia::AccountCredentials =
+            serde_json::from_value(stored.credentials).map_err(|e| {
+                crate::store::StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("credentials: {e}"),
+                }
+            })?;
+        let account = ia::Account::builder_with_http(self.shim())
+            .from_credentials(creds)
+            .await
+            .map_err(|e| self.map_error(e, "load the account"))?;
+        let der = rustls::pki_types::CertificateDer::from(cert_der.to_vec());
+        let request = ia::RevocationRequest {
+            certificate: &der,
+            reason: Some(reason.to_ia()),
+        };
+        retry_bad_nonce!(account.revoke(&request).await)
+            .map_err(|e| self.map_error(e, "revoke the certificate"))
+    }
+
+    /// Revokes `cert_der` with a request signed by the certificate's own
+    /// private key (`key_pem`), carried as a JWK: no account needed
+    /// ([RFC 8555 §7.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.6)).
+    pub async fn revoke_with_key(
+        &self,
+        cert_der: &[u8],
+        key_pem: &str,
+        reason: RevocationReason,
+    ) -> Result<(), IssueError> {
+        use base64::Engine as _;
+        let key = JwsKey::from_pem(key_pem)
+            .map_err(|e| IssueError::InvalidRequest(format!("cannot use the key file: {e}")))?;
+        let doc = self.directory_doc().await?;
+        let Some(url) = doc.revoke_cert.clone() else {
+            return Err(IssueError::InvalidRequest(format!(
+                "the CA {} offers no revokeCert endpoint",
+                self.directory_url
+            )));
+        };
+        let payload = serde_json::json!({
+            "certificate": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cert_der),
+            "reason": reason.code(),
+        });
+        self.post_jws(
+            &doc,
+            &url,
+            &key,
+            KeyRef::Jwk,
+            Some(&payload),
+            "revoke the certificate",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Deactivates the stored account for `opts` at the CA and marks it
+    /// deactivated in the store
+    /// ([RFC 8555 §7.3.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6)).
+    /// Irreversible.
+    pub async fn deactivate_account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<AccountSummary, IssueError> {
+        let (mut stored, path) = self.stored_account(store, opts).await?;
+        if let Some(at) = &stored.deactivated_at {
+            return Err(IssueError::AccountDeactivated {
+                url: stored.account_url.clone(),
+                at: at.clone(),
+                path,
+            });
+        }
+        let key = stored_key(&stored, &path)?;
+        let doc = self.directory_doc().await?;
+        let url = stored.account_url.clone();
+        let body = self
+            .post_jws(
+                &doc,
+                &url,
+                &key,
+                KeyRef::Kid(&url),
+                Some(&serde_json::json!({"status": "deactivated"})),
+                "deactivate the account",
+            )
+            .await?;
+        let status = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_owned));
+        if status.as_deref() != Some("deactivated") {
+            return Err(IssueError::Network {
+                action: "deactivate the account".to_owned(),
+                server: url,
+                message: format!(
+                    "the CA answered status {:?}, not \"deactivated\"",
+                    status.unwrap_or_default()
+                ),
+            });
+        }
+        stored.deactivated_at = Some(now_rfc3339());
+        self.rewrite_account(store, &stored).await?;
+        let json = serde_json::to_vec(&stored)
+            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
+        summarize(&json, path)
+    }
+
+    /// Replaces the stored account's key with a new one at the CA
+    /// ([RFC 8555 §7.3.5](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.5))
+    /// and stores it. The account URL stays the same.
+    pub async fn rollover_account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<AccountSummary, IssueError> {
+        let (mut stored, path) = self.stored_account(store, opts).await?;
+        if let Some(at) = &stored.deactivated_at {
+            return Err(IssueError::AccountDeactivated {
+                url: stored.account_url.clone(),
+                at: at.clone(),
+                path,
+            });
+        }
+        if self.directory_doc().await?.key_change.is_none() {
+            return Err(IssueError::InvalidRequest(format!(
+                "the CA {} offers no keyChange endpoint: it does not support key rollover",
+                self.directory_url
+            )));
+        }
+        let creds: ia::AccountCredentials = serde_json::from_value(stored.credentials.clone())
+            .map_err(|e| crate::store::StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("credentials: {e}"),
+            })?;
+        let mut account = ia::Account::builder_with_http(self.shim())
+            .from_credentials(creds)
+            .await
+            .map_err(|e| self.map_error(e, "load the account"))?;
+        let new_creds = retry_bad_nonce!(account.update_key().await)
+            .map_err(|e| self.map_error(e, "change the account key"))?;
+        stored.credentials = serde_json::to_value(&new_creds)
+            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
+        stored.key_changed_at = Some(now_rfc3339());
+        self.rewrite_account(store, &stored).await?;
+        let json = serde_json::to_vec(&stored)
+            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
+        summarize(&json, path)
+    }
+
+    async fn rewrite_account(
+        &self,
+        store: &Store,
+        stored: &StoredAccount,
+    ) -> Result<(), IssueError> {
+        let json = serde_json::to_vec_pretty(stored)
+            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
+        let (store2, host, id) = (
+            store.clone(),
+            self.ca_host(),
+            account_id(&self.directory_url, &stored.contact),
+        );
+        tokio::task::spawn_blocking(move || store2.save_account(&host, &id, &json))
+            .await
+            .map_err(|e| IssueError::Internal(format!("account writer: {e}")))??;
+        Ok(())
+    }
+
+    /// A fresh nonce from `newNonce`.
+    async fn fresh_nonce(&self, doc: &DirectoryDoc) -> Result<String, IssueError> {
+        let rsp = self
+            .http
+            .head(&doc.new_nonce)
+            .send()
+            .await
+            .map_err(|e| IssueError::Network {
+                action: "get a nonce".to_owned(),
+                server: doc.new_nonce.clone(),
+                message: error_chain(&e),
+            })?;
+        nonce_of(rsp.headers()).ok_or_else(|| IssueError::Network {
+            action: "get a nonce".to_owned(),
+            server: doc.new_nonce.clone(),
+            message: "the answer has no Replay-Nonce header".to_owned(),
+        })
+    }
+
+    /// POSTs a JWS signed by `key`; retries on `badNonce`. Returns the body
+    /// of a successful answer.
+    async fn post_jws(
+        &self,
+        doc: &DirectoryDoc,
+        url: &str,
+        key: &JwsKey,
+        key_ref: KeyRef<'_>,
+        payload: Option<&serde_json::Value>,
+        action: &str,
+    ) -> Result<Bytes, IssueError> {
+        let mut nonce = self.fresh_nonce(doc).await?;
+        let mut attempt = 0u32;
+        loop {
+            let body = key.jws(url, &nonce, key_ref, payload).map_err(|e| {
+                IssueError::Internal(format!("cannot sign the request to {action}: {e}"))
+            })?;
+            let rsp = self
+                .http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/jose+json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| IssueError::Network {
+                    action: action.to_owned(),
+                    server: url.to_owned(),
+                    message: error_chain(&e),
+                })?;
+            let status = rsp.status();
+            let next_nonce = nonce_of(rsp.headers());
+            let retry_after = rsp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = rsp.bytes().await.map_err(|e| IssueError::Network {
+                action: action.to_owned(),
+                server: url.to_owned(),
+                message: error_chain(&e),
+            })?;
+            if status.is_success() {
+                return Ok(body);
+            }
+            let err = problem_error(action, status.as_u16(), &body, retry_after, url);
+            let bad_nonce =
+                matches!(&err, IssueError::CaRefused { problem, .. } if problem.is("badNonce"));
+            if bad_nonce && attempt < NONCE_RETRIES + 3 {
+                attempt += 1;
+                nonce = match next_nonce {
+                    Some(n) => n,
+                    None => self.fresh_nonce(doc).await?,
+                };
+                continue;
+            }
+            return Err(err);
+        }
+    }
+}
+
+fn nonce_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("replay-nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The error for a non-2xx answer with (usually) a problem document.
+fn problem_error(
+    action: &str,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<SystemTime>,
+    url: &str,
+) -> IssueError {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default, rename = "type")]
+        problem_type: Option<String>,
+        #[serde(default)]
+        detail: Option<String>,
+    }
+    match serde_json::from_slice::<Doc>(body) {
+        Ok(doc) => {
+            let problem = CaProblem {
+                problem_type: doc.problem_type,
+                detail: doc.detail,
+                status: Some(status),
+                subproblems: Vec::new(),
+            };
+            if problem.is("rateLimited") || status == 429 {
+                IssueError::RateLimited {
+                    action: action.to_owned(),
+                    problem,
+                    retry_after,
+                }
+            } else if status >= 500 {
+                IssueError::Network {
+                    action: action.to_owned(),
+                    server: url.to_owned(),
+                    message: problem.to_string(),
+                }
+            } else {
+                IssueError::CaRefused {
+                    action: action.to_owned(),
+                    problem,
+                }
+            }
+        }
+        Err(_) => IssueError::Network {
+            action: action.to_owned(),
+            server: url.to_owned(),
+            message: format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()),
+        },
+    }
+}
+
+/// The RFC 7638 thumbprint of a JWK holding only its required members:
+/// SHA-256 of its JSON with members sorted and no whitespace (serde_json
+/// objects are sorted maps), base64url.
+fn jwk_thumbprint(jwk: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let canonical = serde_json::to_vec(jwk).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// How a JWS names its key: the account URL, or the key itself.
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Kid(&'a str),
+    Jwk,
+}
+
+/// A private key that signs JWS: ES256, ES384 or RS256.
+enum JwsKey {
+    Ec {
+        pair: aws_lc_rs::signature::EcdsaKeyPair,
+        alg: &'static str,
+        crv: &'static str,
+    },
+    Rsa(aws_lc_rs::signature::RsaKeyPair),
+}
+
+impl JwsKey {
+    /// From PEM: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or PKCS#1
+    /// (`RSA PRIVATE KEY`).
+    fn from_pem(pem: &str) -> Result<JwsKey, String> {
+        for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+            let block = block.map_err(|e| format!("not PEM: {e}"))?;
+            if block.label.contains("PRIVATE KEY") {
+                return JwsKey::from_der(&block.contents);
+            }
+        }
+        Err("it holds no PEM private key (-----BEGIN PRIVATE KEY-----)".to_owned())
+    }
+
+    fn from_der(der: &[u8]) -> Result<JwsKey, String> {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
+            RsaKeyPair,
+        };
+        if let Ok(pair) = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+        {
+            return Ok(JwsKey::Ec {
+                pair,
+                alg: "ES256",
+                crv: "P-256",
+            });
+        }
+        if let Ok(pair) = EcdsaKeyPair::from_private_key_der(&ECDSA_P384_SHA384_FIXED_SIGNING, der)
+        {
+            return Ok(JwsKey::Ec {
+                pair,
+                alg: "ES384",
+                crv: "P-384",
+            });
+        }
+        if let Ok(pair) = RsaKeyPair::from_pkcs8(der).or_else(|_| RsaKeyPair::from_der(der)) {
+            return Ok(JwsKey::Rsa(pair));
+        }
+        Err("not an ECDSA P-256/P-384 or RSA private key".to_owned())
+    }
+
+    fn key_type(&self) -> &'static str {
+        match self {
+            JwsKey::Ec { crv: "P-384", .. } => "ec-p384",
+            JwsKey::Ec { .. } => "ec-p256",
+            JwsKey::Rsa(p) => match p.public_modulus_len() * 8 {
+                2048 => "rsa2048",
+                3072 => "rsa3072",
+                4096 => "rsa4096",
+                _ => "rsa",
+            },
+        }
+    }
+
+    /// The public JWK with its members in lexicographic order, as RFC 7638
+    /// hashes it.
+    fn jwk(&self) -> serde_json::Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        match self {
+            JwsKey::Ec { pair, crv, .. } => {
+                // Uncompressed point: 0x04 || X || Y.
+                let point = pair.public_key().as_ref();
+                let n = (point.len().saturating_sub(1)) / 2;
+                let (x, y) = point.get(1..).unwrap_or_default().split_at(n);
+                serde_json::json!({"crv": crv, "kty": "EC", "x": b64(x), "y": b64(y)})
+            }
+            JwsKey::Rsa(pair) => {
+                let c = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+                serde_json::json!({"e": b64(&c.e), "kty": "RSA", "n": b64(&c.n)})
+            }
+        }
+    }
+
+    fn thumbprint(&self) -> String {
+        jwk_thumbprint(&self.jwk())
+    }
+
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        match self {
+            JwsKey::Ec { pair, .. } => pair
+                .sign(&rng, data)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "ECDSA signing failed".to_owned()),
+            JwsKey::Rsa(pair) => {
+                let mut sig = vec![0u8; pair.public_modulus_len()];
+                pair.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &rng,
+                    data,
+                    &mut sig,
+                )
+                .map_err(|_| "RSA signing failed".to_owned())?;
+                Ok(sig)
+            }
+        }
+    }
+
+    /// A flattened JWS (RFC 8555 §6.2); `payload: None` is POST-as-GET.
+    fn jws(
+        &self,
+        url: &str,
+        nonce: &str,
+        key_ref: KeyRef<'_>,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let alg = match self {
+            JwsKey::Ec { alg, .. } => *alg,
+            JwsKey::Rsa(_) => "RS256",
+        };
+        let mut header = serde_json::json!({"alg": alg, "nonce": nonce, "url": url});
+        match key_ref {
+            KeyRef::Kid(kid) => header["kid"] = serde_json::Value::from(kid),
+            KeyRef::Jwk => header["jwk"] = self.jwk(),
+        }
+        let protected = b64(&serde_json::to_vec(&header).map_err(|e| e.to_string())?);
+        let payload = match payload {
+            Some(p) => b64(&serde_json::to_vec(p).map_err(|e| e.to_string())?),
+            None => String::new(),
+        };
+        let signature = self.sign(format!("{protected}.{payload}").as_bytes())?;
+        serde_json::to_vec(&serde_json::json!({
+            "protected": protected,
+            "payload": payload,
+            "signature": b64(&signature),
+        }))
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl Account {
+    /// Places an order like [`Account::new_order`], naming the certificate
+    /// it replaces (`replaces`, [RFC 9773 §5](https://www.rfc-editor.org/rfc/rfc9773#section-5))
+    /// when `replaces` is a certificate identifier and the CA offers ARI.
+    pub async fn new_order_replacing(
+        &self,
+        identifiers: &[String],
+        replaces: Option<&str>,
+    ) -> Result<Order, IssueError> {
+        let Some((aki, serial)) = replaces.and_then(|r| r.split_once('.')) else {
+            return self.new_order(identifiers).await;
+        };
+        let ids: Vec<ia::Identifier> = identifiers
+            .iter()
+            .map(|d| ia::Identifier::Dns(d.clone()))
+            .collect();
+        let cert_id = ia::CertificateIdentifier {
+            authority_key_identifier: aki.into(),
+            serial: serial.into(),
+        };
+        let new = ia::NewOrder::new(&ids).replaces(cert_id);
+        match retry_bad_nonce!(self.inner.new_order(&new).await) {
+            Ok(inner) => Ok(Order {
+                inner,
+                thumbprint: self.inner.key_thumbprint().to_owned(),
+                client: self.client.clone(),
+            }),
+            // The CA has no ARI after all, or refuses this replacement
+            // (already replaced, unknown): order without it.
+            Err(ia::Error::Unsupported(_)) => self.new_order(identifiers).await,
+            Err(ia::Error::Other(e)) if e.to_string().contains("replaces field mismatch") => {
+                log::info!("the CA ignored `replaces`; ordering without it");
+                self.new_order(identifiers).await
+            }
+            Err(ia::Error::Api(p)) if !is_rate_limit(&p) => {
+                log::info!(
+                    "the CA refused the order naming the certificate it replaces ({}); ordering without `replaces`",
+                    convert_problem(&p)
+                );
+                self.new_order(identifiers).await
+            }
+            Err(e) => Err(self.client.map_error(e, "create the order")),
+        }
+    }
+}
+
+fn is_rate_limit(p: &ia::Problem) -> bool {
+    p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1134,6 +1988,123 @@ mod tests {
             1_445_412_480
         );
         assert!(parse_retry_after("soon").is_none());
+    }
+
+    #[test]
+    fn jwk_thumbprint_matches_rfc7638() {
+        // RFC 7638 §3.1.
+        let jwk = serde_json::json!({
+            "e": "AQAB",
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+        });
+        assert_eq!(
+            jwk_thumbprint(&jwk),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    /// Every key type certsmith issues can sign a revocation: the JWS
+    /// verifies with the public key carried in its own JWK.
+    #[test]
+    fn jws_signed_with_a_certificate_key_verifies() {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, KeyPair as _,
+            RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey,
+        };
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for kt in [
+            crate::keys::KeyType::EcP256,
+            crate::keys::KeyType::EcP384,
+            crate::keys::KeyType::Rsa2048,
+        ] {
+            let pem = crate::keys::generate_key(kt).expect("key").serialize_pem();
+            let key = JwsKey::from_pem(&pem).expect("usable");
+            assert_eq!(key.key_type(), kt.as_str());
+            let payload = serde_json::json!({"certificate": "AAEC", "reason": 1});
+            let body = key
+                .jws("https://ca/revoke", "nonce-1", KeyRef::Jwk, Some(&payload))
+                .expect("signs");
+            let jws: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            let protected = jws["protected"].as_str().expect("protected");
+            let header: serde_json::Value =
+                serde_json::from_slice(&b64.decode(protected).expect("b64")).expect("json");
+            assert_eq!(header["url"], "https://ca/revoke");
+            assert_eq!(header["nonce"], "nonce-1");
+            assert!(header.get("kid").is_none());
+            assert_eq!(header["jwk"], key.jwk());
+            let signed = format!("{protected}.{}", jws["payload"].as_str().expect("payload"));
+            let sig = b64
+                .decode(jws["signature"].as_str().expect("sig"))
+                .expect("b64");
+            let ok = match &key {
+                JwsKey::Ec { pair, crv, .. } => {
+                    assert_eq!(
+                        header["alg"],
+                        if *crv == "P-256" { "ES256" } else { "ES384" }
+                    );
+                    let alg = if *crv == "P-256" {
+                        &ECDSA_P256_SHA256_FIXED
+                    } else {
+                        &ECDSA_P384_SHA384_FIXED
+                    };
+                    UnparsedPublicKey::new(alg, pair.public_key().as_ref())
+                        .verify(signed.as_bytes(), &sig)
+                }
+                JwsKey::Rsa(pair) => {
+                    assert_eq!(header["alg"], "RS256");
+                    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, pair.public_key().as_ref())
+                        .verify(signed.as_bytes(), &sig)
+                }
+            };
+            assert!(ok.is_ok(), "{kt}: signature does not verify");
+            assert_eq!(key.thumbprint().len(), 43);
+        }
+        // An account-key JWS names the account instead.
+        let pem = crate::keys::generate_key(crate::keys::KeyType::EcP256)
+            .expect("key")
+            .serialize_pem();
+        let key = JwsKey::from_pem(&pem).expect("usable");
+        let body = key
+            .jws(
+                "https://ca/acct/1",
+                "n",
+                KeyRef::Kid("https://ca/acct/1"),
+                None,
+            )
+            .expect("signs");
+        let jws: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(jws["payload"], "", "POST-as-GET has an empty payload");
+        let header: serde_json::Value = serde_json::from_slice(
+            &b64.decode(jws["protected"].as_str().expect("p"))
+                .expect("b64"),
+        )
+        .expect("json");
+        assert_eq!(header["kid"], "https://ca/acct/1");
+        assert!(header.get("jwk").is_none());
+        assert!(
+            JwsKey::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn revocation_reasons_have_their_crl_codes() {
+        let codes: Vec<(&str, u8)> = RevocationReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), r.code()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("unspecified", 0),
+                ("key-compromise", 1),
+                ("superseded", 4),
+                ("cessation-of-operation", 5),
+                ("affiliation-changed", 3),
+            ]
+        );
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct CertRequest {
     pub solver: SolverInstance,
     /// The key type of the certificate.
     pub key_type: KeyType,
+    /// The RFC 9773 identifier of the certificate this one replaces, sent
+    /// as `replaces` in the new order when the CA offers ARI.
+    pub replaces: Option<String>,
 }
 
 /// A certificate obtained and stored.
@@ -483,6 +486,7 @@ impl Engine {
             key_type: key_type.as_str().to_owned(),
             server: inner.client.directory_url().to_owned(),
             versions: Vec::new(),
+            ..Lineage::default()
         };
         let record = VersionRecord {
             version: 0,
@@ -527,13 +531,17 @@ impl Engine {
 
     /// Places an order, re-creating the account once if the CA no longer
     /// knows it (e.g. a test CA restarted).
-    async fn new_order(&self, domains: &[String]) -> Result<crate::acme::Order, IssueError> {
+    async fn new_order(
+        &self,
+        domains: &[String],
+        replaces: Option<&str>,
+    ) -> Result<crate::acme::Order, IssueError> {
         let inner = &self.inner;
         let (generation, account) = {
             let guard = inner.account.lock().await;
             (guard.0, guard.1.clone())
         };
-        match account.new_order(domains).await {
+        match account.new_order_replacing(domains, replaces).await {
             Err(IssueError::CaRefused { problem, .. }) if problem.is("accountDoesNotExist") => {
                 log::info!("the CA does not know the stored account; creating a new one");
                 let account = {
@@ -553,7 +561,7 @@ impl Engine {
                     }
                     guard.1.clone()
                 };
-                account.new_order(domains).await
+                account.new_order_replacing(domains, replaces).await
             }
             other => other,
         }
@@ -682,7 +690,7 @@ impl Engine {
         let name = &req.name;
         let manifest = req.solver.manifest();
 
-        let mut order = self.new_order(domains).await?;
+        let mut order = self.new_order(domains, req.replaces.as_deref()).await?;
         let authzs = order.authorizations().await?;
         progress.emit(ProgressEvent::OrderCreated {
             name: name.clone(),
@@ -1264,6 +1272,7 @@ mod tests {
                     .expect("names"),
                     solver: solver.clone(),
                     key_type: KeyType::EcP256,
+                    replaces: None,
                 })
                 .collect()
         };

@@ -243,6 +243,17 @@ pub enum IssueError {
     /// The certificate name is unusable or the request is inconsistent.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The stored account was deactivated (`certsmith account deactivate`);
+    /// the CA will never accept it again.
+    #[error("the account {url} was deactivated on {at} and cannot be used again")]
+    AccountDeactivated {
+        /// The account URL.
+        url: String,
+        /// When it was deactivated, RFC 3339.
+        at: String,
+        /// Its `account.json`.
+        path: std::path::PathBuf,
+    },
     /// No challenge offered by the CA is one the solver can answer.
     #[error(
         "the CA offers {} for '{domain}', but solver '{solver}' answers only {}",
@@ -374,6 +385,7 @@ impl IssueError {
             | IssueError::TermsNotAgreed { .. }
             | IssueError::EabRequired { .. }
             | IssueError::InvalidRequest(_)
+            | IssueError::AccountDeactivated { .. }
             | IssueError::NoUsableChallenge { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {
                 crate::dns::DnsError::NoResolvers | crate::dns::DnsError::Lookup { .. } => {
@@ -426,6 +438,10 @@ impl IssueError {
             IssueError::TermsNotAgreed { .. } => {
                 "read the terms, then add --agree-tos".to_owned()
             }
+            IssueError::AccountDeactivated { path, .. } => format!(
+                "to start over with a new account, remove {} (its certificates stay valid), or use another --email",
+                path.display()
+            ),
             IssueError::NoUsableChallenge { .. } => {
                 "choose a solver for a challenge type this CA offers".to_owned()
             }

@@ -5,12 +5,15 @@
 //! `certsmith-plugin-api` ABI. No solver crate is a dependency of this one.
 
 pub mod acme;
+pub mod config;
 pub mod dns;
 pub mod engine;
 pub mod error;
+pub mod hooks;
 pub mod identifiers;
 pub mod journal;
 pub mod keys;
 pub mod plugin;
 pub mod progress;
+pub mod renewal;
 pub mod store;

@@ -183,7 +183,10 @@ pub struct VersionRecord {
 }
 
 /// `certs/<name>/lineage.toml`: how to obtain this certificate again.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Never holds a secret: solver credentials and EAB keys are read from the
+/// environment or the config file each time (`certsmith renew`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Lineage {
     /// The identifiers, ASCII, in order.
     pub domains: Vec<String>,
@@ -196,9 +199,75 @@ pub struct Lineage {
     pub key_type: String,
     /// The ACME directory URL.
     pub server: String,
+    /// The extra CA bundle trusted for the server's HTTPS, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// The account's contact e-mail, which selects the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The command run after the certificate changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_hook: Option<String>,
+    /// Renew when less than this is left (e.g. `30d`); default 1/3 of the
+    /// lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+    /// When the current version is due for renewal, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalRecord>,
+    /// Set when the current version was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<RevocationRecord>,
     /// Every version stored, oldest first.
     #[serde(default)]
     pub versions: Vec<VersionRecord>,
+}
+
+/// `[renewal]` of `lineage.toml`: the next renewal of the current version
+/// (see `crate::renewal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRecord {
+    /// When to renew, RFC 3339.
+    pub next_renewal: String,
+    /// Why then: `expiry` (1/3 of the lifetime left), `renew_before` (the
+    /// configured margin) or `ari` (the CA's suggested window).
+    pub reason: String,
+    /// The serial of the version this is about, hex.
+    #[serde(default)]
+    pub serial: String,
+    /// RFC 9773 certificate identifier (`base64url(AKI).base64url(serial)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_cert_id: Option<String>,
+    /// The CA's suggested window start, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_window_start: Option<String>,
+    /// The CA's suggested window end, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_window_end: Option<String>,
+    /// The time picked at random in the CA's window, RFC 3339 (kept while
+    /// the window stays the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_renewal_at: Option<String>,
+    /// The CA's `explanationURL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation_url: Option<String>,
+    /// Not to ask the CA again before this (its `Retry-After`), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_next_check: Option<String>,
+    /// When this was computed, RFC 3339.
+    #[serde(default)]
+    pub checked_at: String,
+}
+
+/// `[revoked]` of `lineage.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// The revoked serial, hex.
+    pub serial: String,
+    /// The reason given, e.g. `key-compromise`.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
 }
 
 /// Where a stored version lives.
@@ -257,35 +326,16 @@ impl Store {
     /// Takes the store lock, waiting up to the lock timeout for another
     /// process to release it. Blocking: call from a blocking thread.
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StoreError::io("open", &path, e))?;
-        let start = Instant::now();
-        loop {
-            // SAFETY: the fd is valid for the lifetime of `file`; flock has no
-            // memory-safety preconditions.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(StoreLock { _file: file, path });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock && err.raw_os_error() != Some(libc::EINTR) {
-                return Err(StoreError::io("lock", &path, err));
-            }
-            if start.elapsed() >= self.lock_timeout {
-                return Err(StoreError::Locked {
-                    path,
-                    waited: start.elapsed(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        lock_file(self.root.join("lock"), self.lock_timeout)
+    }
+
+    /// Takes `run.lock`, which `certsmith run` and `renew` hold for a whole
+    /// batch so that two overlapping scheduled runs never order the same
+    /// certificate twice (the second waits, then finds nothing due). Waits
+    /// up to `timeout`. Independent of [`Store::lock`], which writers take
+    /// briefly while the batch runs. Blocking: call from a blocking thread.
+    pub fn run_lock(&self, timeout: Duration) -> Result<StoreLock, StoreError> {
+        lock_file(self.root.join("run.lock"), timeout)
     }
 
     /// `accounts/<ca-host>/<account-id>/account.json`.
@@ -344,6 +394,51 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read", &link, e)),
         }
+    }
+
+    /// The names of every certificate with a `lineage.toml`, sorted.
+    pub fn cert_names(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join("certs");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io("read", &dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("read", &dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if check_cert_name(&name).is_ok() && entry.path().join("lineage.toml").is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Changes `lineage.toml` of `name` under the store lock (renewal
+    /// state, revocation, settings) without storing a new version. Returns
+    /// the lineage written, or `None` when there is none. Blocking.
+    pub fn update_lineage(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut Lineage),
+    ) -> Result<Option<Lineage>, StoreError> {
+        check_cert_name(name)?;
+        let _lock = self.lock()?;
+        let Some(mut lineage) = self.load_lineage(name)? else {
+            return Ok(None);
+        };
+        change(&mut lineage);
+        let path = self.cert_dir(name).join("lineage.toml");
+        let text = toml::to_string(&lineage).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes(), 0o644)?;
+        Ok(Some(lineage))
     }
 
     /// Reads `lineage.toml`, if there is one.
@@ -421,15 +516,22 @@ impl Store {
             .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
         fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
 
-        // The lineage: the stored history plus this version.
-        let mut history = match self.load_lineage(name) {
-            Ok(Some(old)) => old.versions,
-            _ => Vec::new(),
-        };
+        // The lineage: the stored history plus this version. Settings the
+        // caller leaves unset (account, CA bundle, hook, margin) carry
+        // over; renewal state and a revocation belonged to the old version.
+        let old = self.load_lineage(name).ok().flatten();
+        let mut lineage = lineage.clone();
+        let mut history = Vec::new();
+        if let Some(old) = old {
+            history = old.versions;
+            lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
+            lineage.email = lineage.email.or(old.email);
+            lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
+            lineage.renew_before = lineage.renew_before.or(old.renew_before);
+        }
         record.version = version;
         history.retain(|v| v.version != version);
         history.push(record);
-        let mut lineage = lineage.clone();
         lineage.versions = history;
         let text = toml::to_string(&lineage).map_err(|e| StoreError::Corrupt {
             path: cert_dir.join("lineage.toml"),
@@ -443,6 +545,38 @@ impl Store {
             dir,
             current,
         })
+    }
+}
+
+/// Takes an exclusive `flock` on `path`, retrying until `timeout`.
+fn lock_file(path: PathBuf, timeout: Duration) -> Result<StoreLock, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    let start = Instant::now();
+    loop {
+        // SAFETY: the fd is valid for the lifetime of `file`; flock has no
+        // memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(StoreLock { _file: file, path });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock && err.raw_os_error() != Some(libc::EINTR) {
+            return Err(StoreError::io("lock", &path, err));
+        }
+        if start.elapsed() >= timeout {
+            return Err(StoreError::Locked {
+                path,
+                waited: start.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -596,6 +730,7 @@ mod tests {
             key_type: "ec-p256".into(),
             server: "https://localhost:14000/dir".into(),
             versions: vec![],
+            ..Lineage::default()
         }
     }
 
@@ -661,6 +796,58 @@ mod tests {
         );
         let nums: Vec<u32> = lin.versions.iter().map(|v| v.version).collect();
         assert_eq!(nums, [1, 2]);
+    }
+
+    #[test]
+    fn lineage_settings_carry_over_and_renewal_state_resets() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(tmp.path().join("state")).expect("open");
+        assert_eq!(store.cert_names().expect("list"), Vec::<String>::new());
+        store
+            .save_certificate("s.example", &files("one"), &lineage(), record())
+            .expect("save 1");
+        let updated = store
+            .update_lineage("s.example", |l| {
+                l.email = Some("a@example.com".into());
+                l.deploy_hook = Some("true".into());
+                l.renewal = Some(RenewalRecord {
+                    next_renewal: "2025-03-01T00:00:00Z".into(),
+                    reason: "ari".into(),
+                    explanation_url: Some("https://ca/why".into()),
+                    ..RenewalRecord::default()
+                });
+                l.revoked = Some(RevocationRecord {
+                    serial: "01ab".into(),
+                    reason: "superseded".into(),
+                    at: "2025-02-01T00:00:00Z".into(),
+                });
+            })
+            .expect("update")
+            .expect("exists");
+        assert_eq!(
+            store.load_lineage("s.example").expect("read"),
+            Some(updated)
+        );
+        let text =
+            fs::read_to_string(store.cert_dir("s.example").join("lineage.toml")).expect("read");
+        assert!(
+            text.contains("explanation_url = \"https://ca/why\""),
+            "{text}"
+        );
+        assert_eq!(store.update_lineage("nope", |_| {}).expect("ok"), None);
+
+        store
+            .save_certificate("s.example", &files("two"), &lineage(), record())
+            .expect("save 2");
+        let l = store
+            .load_lineage("s.example")
+            .expect("read")
+            .expect("exists");
+        assert_eq!(l.email.as_deref(), Some("a@example.com"));
+        assert_eq!(l.deploy_hook.as_deref(), Some("true"));
+        assert_eq!(l.renewal, None);
+        assert_eq!(l.revoked, None);
+        assert_eq!(store.cert_names().expect("list"), ["s.example"]);
     }
 
     #[test]

@@ -189,70 +189,6 @@ pub fn value_has_type(v: &toml::Value, ty: ConfigType) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SAMPLE: &str = r#"
-code = "cloudflare"
-name = "Cloudflare DNS"
-version = "0.1.0"
-description = "d"
-challenge_types = ["dns-01"]
-
-[config.api_token]
-type = "string"
-required = true
-secret = true
-env = "CLOUDFLARE_API_TOKEN"
-
-[config.ttl]
-type = "integer"
-default = 120
-
-[defaults]
-propagation_timeout_s = 300
-"#;
-
-    #[test]
-    fn parses_sample() {
-        let m = Manifest::parse(SAMPLE).expect("valid");
-        assert_eq!(m.code, "cloudflare");
-        assert!(m.supports(ChallengeType::Dns01));
-        assert!(!m.supports(ChallengeType::Http01));
-        assert!(m.config["api_token"].secret);
-        assert_eq!(m.defaults.propagation_timeout_s, 300);
-        assert_eq!(
-            m.defaults.polling_interval_s, 2,
-            "unset defaults keep theirs"
-        );
-    }
-
-    #[test]
-    fn rejects_bad_manifests() {
-        let bad_code = SAMPLE.replace("\"cloudflare\"", "\"Cloud Flare\"");
-        assert!(matches!(
-            Manifest::parse(&bad_code),
-            Err(ManifestError::BadCode(_))
-        ));
-        let no_types = SAMPLE.replace("[\"dns-01\"]", "[]");
-        assert!(matches!(
-            Manifest::parse(&no_types),
-            Err(ManifestError::NoChallengeTypes)
-        ));
-        let bad_default = SAMPLE.replace("default = 120", "default = \"x\"");
-        assert!(matches!(
-            Manifest::parse(&bad_default),
-            Err(ManifestError::BadDefault { .. })
-        ));
-        let bad_type = SAMPLE.replace("type = \"integer\"", "type = \"float\"");
-        assert!(matches!(
-            Manifest::parse(&bad_type),
-            Err(ManifestError::Toml(_))
-        ));
-    }
-}
-
 impl Manifest {
     /// The plugin's reference page in Markdown, generated from the manifest
     /// alone so that the docs cannot drift from what the host enforces.
@@ -339,5 +275,69 @@ impl Manifest {
         }
         let _ = writeln!(s, "{cmd}\n```");
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+code = "cloudflare"
+name = "Cloudflare DNS"
+version = "0.1.0"
+description = "d"
+challenge_types = ["dns-01"]
+
+[config.api_token]
+type = "string"
+required = true
+secret = true
+env = "CLOUDFLARE_API_TOKEN"
+
+[config.ttl]
+type = "integer"
+default = 120
+
+[defaults]
+propagation_timeout_s = 300
+"#;
+
+    #[test]
+    fn parses_sample() {
+        let m = Manifest::parse(SAMPLE).expect("valid");
+        assert_eq!(m.code, "cloudflare");
+        assert!(m.supports(ChallengeType::Dns01));
+        assert!(!m.supports(ChallengeType::Http01));
+        assert!(m.config["api_token"].secret);
+        assert_eq!(m.defaults.propagation_timeout_s, 300);
+        assert_eq!(
+            m.defaults.polling_interval_s, 2,
+            "unset defaults keep theirs"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_manifests() {
+        let bad_code = SAMPLE.replace("\"cloudflare\"", "\"Cloud Flare\"");
+        assert!(matches!(
+            Manifest::parse(&bad_code),
+            Err(ManifestError::BadCode(_))
+        ));
+        let no_types = SAMPLE.replace("[\"dns-01\"]", "[]");
+        assert!(matches!(
+            Manifest::parse(&no_types),
+            Err(ManifestError::NoChallengeTypes)
+        ));
+        let bad_default = SAMPLE.replace("default = 120", "default = \"x\"");
+        assert!(matches!(
+            Manifest::parse(&bad_default),
+            Err(ManifestError::BadDefault { .. })
+        ));
+        let bad_type = SAMPLE.replace("type = \"integer\"", "type = \"float\"");
+        assert!(matches!(
+            Manifest::parse(&bad_type),
+            Err(ManifestError::Toml(_))
+        ));
     }
 }

@@ -35,19 +35,23 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+pub mod ari_proxy;
 pub mod bind;
 mod challtestsrv;
 pub mod cloudflare;
 pub mod dns;
 mod http;
+pub mod moto;
 mod pebble;
 mod process;
+pub mod static_server;
 mod tls;
 
 pub use bind::{Bind, ZoneSpec};
 pub use challtestsrv::ChallTestSrv;
 pub use pebble::{CertStatus, Pebble, PebbleOpts};
 pub use process::{ServerProcess, spawn_guarded};
+pub use static_server::StaticServer;
 pub use tls::TestCa;
 
 /// Where the Debian package puts Pebble. Override with `PEBBLE_BIN`.

@@ -11,4 +11,6 @@ mod cloudflare;
 mod dns01;
 mod docs;
 mod harness;
+mod issue;
+mod lifecycle;
 mod plugin_host;

@@ -1,0 +1,167 @@
+//! `certsmith config check --config FILE`: everything about a config file
+//! that can be checked without the CA.
+//!
+//! Why this module exists: a config change should be validated when it is
+//! made (in review, in CI, by a deploy script), not when the timer fires.
+//! On top of what `certsmith_core::config` checks while parsing (syntax,
+//! types, unknown keys, durations, domains, names), this loads the plugins
+//! and checks each certificate's solver: that it exists (with the nearest
+//! code when it does not), that its options satisfy its manifest (unknown
+//! keys, types, required keys and their environment variables) and that it
+//! can answer the challenges the domains need (a wildcard needs dns-01).
+//! Nothing is sent to the CA, and no plugin instance is created. Every
+//! error names the file, line, column and key.
+
+use certsmith_core::config::{Config, ConfigError};
+use certsmith_core::identifiers;
+use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::common::{self, Failure};
+use crate::output::{print_error, print_json};
+use crate::{GlobalArgs, OutputFormat, exit};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate the config file (names, solvers, their options) without
+    /// contacting the CA.
+    Check,
+}
+
+pub(crate) async fn run(global: &GlobalArgs, cmd: ConfigCommand) -> u8 {
+    match cmd {
+        ConfigCommand::Check => check(global),
+    }
+}
+
+fn check(global: &GlobalArgs) -> u8 {
+    let Some(path) = &global.config else {
+        return Failure::usage(
+            "`certsmith config check` needs a config file",
+            Some("pass --config certsmith.toml"),
+        )
+        .report(global);
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return common::report_config_errors(global, &e),
+    };
+    let host = common::plugin_host(global, Some(&config));
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    for e in host.duplicate_errors() {
+        warnings.push(e.to_string());
+    }
+    for cert in &config.certificates {
+        let plugin = match host.get(&cert.solver) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(config.error_at(
+                    cert.solver_pos,
+                    cert.key("solver"),
+                    e.to_string(),
+                    Some("`certsmith solvers list` shows the solvers found; --plugin-dir adds a directory"),
+                ));
+                continue;
+            }
+        };
+        let manifest = plugin.manifest();
+        let table = config.solver_table(cert);
+        if let Err(e) = plugin::resolve(
+            manifest,
+            &ConfigSources {
+                file: Some(&table),
+                ..Default::default()
+            },
+        ) {
+            errors.push(option_error(&config, cert, &e));
+        }
+        if let Err(e) = identifiers::check_solver(&cert.domains, manifest) {
+            errors.push(config.error_at(
+                cert.domains_pos,
+                cert.key("domains"),
+                e.to_string(),
+                Some("a wildcard needs a dns-01 solver (RFC 8555 §8.4)"),
+            ));
+        }
+    }
+    for code in config.solvers.keys() {
+        if host.get(code).is_err() {
+            warnings.push(format!(
+                "[solvers.{code}] configures a solver that was not found"
+            ));
+        }
+    }
+    errors.sort_by_key(ConfigError::pos);
+
+    match global.output {
+        OutputFormat::Json => print_json(&json!({
+            "file": path,
+            "valid": errors.is_empty(),
+            "certificates": config.certificates.iter().map(|c| json!({
+                "name": c.name,
+                "domains": c.domain_names(),
+                "solver": c.solver,
+                "key_type": c.key_type.as_str(),
+            })).collect::<Vec<_>>(),
+            "errors": errors.iter().map(common::config_error_json).collect::<Vec<_>>(),
+            "warnings": warnings,
+        })),
+        OutputFormat::Text => {
+            if errors.is_empty() {
+                println!(
+                    "{}: OK, {} certificate(s): {}",
+                    path.display(),
+                    config.certificates.len(),
+                    config
+                        .certificates
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &errors {
+        print_error(&e.to_string(), e.hint());
+    }
+    if errors.is_empty() {
+        exit::OK
+    } else {
+        exit::USAGE
+    }
+}
+
+/// A solver option error, placed at the option (or the table, or the
+/// solver name).
+fn option_error(
+    config: &Config,
+    cert: &certsmith_core::config::CertificateConfig,
+    e: &PluginHostError,
+) -> ConfigError {
+    let key = match e {
+        PluginHostError::UnknownOption { key, .. }
+        | PluginHostError::MissingOption { key, .. }
+        | PluginHostError::WrongType { key, .. } => Some(key.as_str()),
+        _ => None,
+    };
+    let (pos, path) = match key {
+        Some(k) => config.option_pos(cert, k),
+        None => (cert.solver_pos, cert.key("solver")),
+    };
+    let hint = match e {
+        PluginHostError::MissingOption { .. } => Some(
+            "set it in [solvers.<code>] or the certificate's solver_options, or (for secrets) in the environment variable named",
+        ),
+        PluginHostError::UnknownOption { .. } => {
+            Some("`certsmith solvers info <CODE>` lists the options")
+        }
+        _ => None,
+    };
+    config.error_at(pos, path, e.to_string(), hint)
+}

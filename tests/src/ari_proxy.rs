@@ -1,0 +1,649 @@
+//! A stand-in for ACME Renewal Information (ARI,
+//! [RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)) in front of Pebble.
+//!
+//! Why this exists: Pebble 2.4.0 (Debian's) has no ARI. This HTTPS proxy
+//! forwards every ACME request to a [`Pebble`] and adds what ARI needs:
+//!
+//! * `GET /dir`: Pebble's directory plus `"renewalInfo"` pointing here;
+//! * `GET /renewal-info/<cert-id>`: the window set with
+//!   [`AriProxy::set_window`], with `explanationURL` and `Retry-After`
+//!   (404 while no window is set); every certificate identifier asked for
+//!   is recorded ([`AriProxy::renewal_info_requests`]);
+//! * `POST` to Pebble's `newOrder`: the JWS payload is read (not verified)
+//!   to record its `replaces` field ([`AriProxy::new_orders`]), and the
+//!   CA's answer is given the same `replaces`, as RFC 9773 §5 requires of
+//!   a server that accepts it.
+//!
+//! The `Host` header is forwarded unchanged, so Pebble builds every URL it
+//! hands out (and checks every JWS `url`) with the proxy's address: the
+//! client only ever talks to the proxy. One request per connection
+//! (`Connection: close`), which keeps the proxy small.
+//!
+//! The proxy has its own TLS CA; [`AriProxy::ca_bundle_path`] is a PEM file
+//! with it and Pebble's, for `--ca-cert`.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::tls::TestCa;
+use crate::{HarnessError, Pebble};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
+/// The path of the renewal information resource.
+pub const RENEWAL_INFO_PATH: &str = "/renewal-info";
+
+/// A suggested renewal window, as the proxy will answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Start.
+    pub start: SystemTime,
+    /// End.
+    pub end: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    window: Option<Window>,
+    explanation_url: Option<String>,
+    retry_after_secs: u64,
+    renewal_info_requests: Vec<String>,
+    new_orders: Vec<Option<String>>,
+    new_order_path: Option<String>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    server_tls: Arc<rustls::ServerConfig>,
+    state: Mutex<State>,
+    stop: AtomicBool,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The running proxy. Stopped on drop.
+#[derive(Debug)]
+pub struct AriProxy {
+    inner: Arc<Inner>,
+    accept: Option<JoinHandle<()>>,
+    bundle: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AriProxy {
+    /// Starts a proxy in front of `pebble` on a free port of 127.0.0.1,
+    /// with no window yet, `Retry-After: 0` and an explanation URL of
+    /// `https://ari.example/why`.
+    pub fn start(pebble: &Pebble) -> Result<AriProxy, HarnessError> {
+        let upstream: SocketAddr = pebble
+            .directory_url()
+            .trim_start_matches("https://")
+            .trim_end_matches("/dir")
+            .parse()
+            .map_err(|e| HarnessError::Tls(format!("Pebble's address: {e}")))?;
+        let ca = TestCa::generate()?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in pem_certs(pebble.ca_cert_pem()) {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der))
+                .map_err(|e| HarnessError::Tls(e.to_string()))?;
+        }
+        let upstream_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HarnessError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> = pem_certs(&ca.leaf_cert_pem)
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect();
+        let key = pem_blocks(&ca.leaf_key_pem, "PRIVATE KEY")
+            .into_iter()
+            .next()
+            .ok_or_else(|| HarnessError::Tls("no key in the generated PEM".into()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HarnessError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| HarnessError::Tls(e.to_string()))?;
+
+        let dir = crate::temp_dir("certsmith-ari-proxy-")?;
+        let bundle = dir.path().join("ca-bundle.pem");
+        std::fs::write(
+            &bundle,
+            format!("{}{}", pebble.ca_cert_pem(), ca.ca_cert_pem),
+        )
+        .map_err(|source| HarnessError::Io {
+            context: format!("writing {}", bundle.display()),
+            source,
+        })?;
+
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| HarnessError::Io {
+                context: "binding the ARI proxy to 127.0.0.1".into(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| HarnessError::Io {
+            context: "reading the ARI proxy's address".into(),
+            source,
+        })?;
+        let inner = Arc::new(Inner {
+            addr,
+            upstream,
+            upstream_tls: Arc::new(upstream_tls),
+            server_tls: Arc::new(server_tls),
+            state: Mutex::new(State {
+                explanation_url: Some("https://ari.example/why".into()),
+                ..State::default()
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let accept_inner = Arc::clone(&inner);
+        let accept = thread::Builder::new()
+            .name("ari-proxy".into())
+            .spawn(move || accept_loop(listener, accept_inner))
+            .map_err(|source| HarnessError::Io {
+                context: "starting the ARI proxy's thread".into(),
+                source,
+            })?;
+        Ok(AriProxy {
+            inner,
+            accept: Some(accept),
+            bundle,
+            _dir: dir,
+        })
+    }
+
+    /// The directory URL to give certsmith: `https://127.0.0.1:<port>/dir`.
+    pub fn directory_url(&self) -> String {
+        format!("https://{}/dir", self.inner.addr)
+    }
+
+    /// A PEM file trusting the proxy's and Pebble's HTTPS CAs.
+    pub fn ca_bundle_path(&self) -> &Path {
+        &self.bundle
+    }
+
+    /// The window answered from now on, for every certificate.
+    pub fn set_window(&self, start: SystemTime, end: SystemTime) {
+        self.inner.state().window = Some(Window { start, end });
+    }
+
+    /// A window from `start_from_now` to `end_from_now` seconds from now
+    /// (negative: in the past).
+    pub fn set_window_relative(&self, start_from_now: i64, end_from_now: i64) {
+        let at = |secs: i64| {
+            let now = SystemTime::now();
+            if secs >= 0 {
+                now + Duration::from_secs(secs.unsigned_abs())
+            } else {
+                now - Duration::from_secs(secs.unsigned_abs())
+            }
+        };
+        self.set_window(at(start_from_now), at(end_from_now));
+    }
+
+    /// The `explanationURL` answered (`None`: left out).
+    pub fn set_explanation_url(&self, url: Option<&str>) {
+        self.inner.state().explanation_url = url.map(str::to_owned);
+    }
+
+    /// The `Retry-After` answered with renewal information, in seconds.
+    pub fn set_retry_after(&self, secs: u64) {
+        self.inner.state().retry_after_secs = secs;
+    }
+
+    /// Every certificate identifier whose renewal information was asked
+    /// for, in order.
+    pub fn renewal_info_requests(&self) -> Vec<String> {
+        self.inner.state().renewal_info_requests.clone()
+    }
+
+    /// Every order the CA created through the proxy, in order, with the
+    /// `replaces` field of its request (requests refused, e.g. for a bad
+    /// nonce, are not counted).
+    pub fn new_orders(&self) -> Vec<Option<String>> {
+        self.inner.state().new_orders.clone()
+    }
+
+    /// Problems the proxy met (upstream unreachable, bad requests).
+    pub fn errors(&self) -> Vec<String> {
+        self.inner.state().errors.clone()
+    }
+}
+
+impl Drop for AriProxy {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.inner.addr, Duration::from_secs(1));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    for conn in listener.incoming() {
+        if inner.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = conn else {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let inner = Arc::clone(&inner);
+        let _ = thread::Builder::new()
+            .name("ari-proxy-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve(stream, &inner) {
+                    inner.state().errors.push(e.to_string());
+                }
+            });
+    }
+}
+
+/// A request as read from the client.
+struct Request {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A response to send back.
+struct Response {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = tcp.set_nodelay(true);
+    let conn =
+        rustls::ServerConnection::new(Arc::clone(&inner.server_tls)).map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let Some(req) = read_request(&mut tls)? else {
+        return Ok(());
+    };
+    let rsp = handle(req, inner)?;
+    let mut head = format!("HTTP/1.1 {} {}\r\n", rsp.status, rsp.reason);
+    for (k, v) in &rsp.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        rsp.body.len()
+    ));
+    tls.write_all(head.as_bytes())?;
+    tls.write_all(&rsp.body)?;
+    tls.flush()?;
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    let _ = tls.sock.shutdown(Shutdown::Write);
+    Ok(())
+}
+
+fn read_request(stream: &mut impl Read) -> io::Result<Option<Request>> {
+    let mut reader = BufReader::new(stream);
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        let n = match reader.read_until(b'\n', &mut line) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && head.is_empty() => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let blank = line == b"\r\n" || line == b"\n";
+        if blank && !head.is_empty() {
+            break;
+        }
+        if !blank {
+            head.extend_from_slice(&line);
+        }
+        if head.len() > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.lines();
+    let mut parts = lines.next().unwrap_or_default().split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default().to_owned();
+    let mut headers = Vec::new();
+    let mut content_length = 0usize;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_owned(), v.trim().to_owned());
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    if content_length > MAX_BODY {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "body too large"));
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    Ok(Some(Request {
+        method,
+        target,
+        headers,
+        body,
+    }))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
+    let path = req.target.split('?').next().unwrap_or_default().to_owned();
+    if req.method == "GET"
+        && let Some(id) = path
+            .strip_prefix(RENEWAL_INFO_PATH)
+            .and_then(|r| r.strip_prefix('/'))
+    {
+        return Ok(renewal_info(id, inner));
+    }
+    let is_new_order = req.method == "POST"
+        && inner
+            .state()
+            .new_order_path
+            .as_deref()
+            .is_some_and(|p| p == path);
+    let replaces = if is_new_order {
+        jws_payload(&req.body).and_then(|p| {
+            p.get("replaces")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        })
+    } else {
+        None
+    };
+    let mut rsp = forward(&req, inner)?;
+    if is_new_order && (200..300).contains(&rsp.status) {
+        // Only orders the CA created: one refused for its nonce is retried.
+        inner.state().new_orders.push(replaces.clone());
+    }
+    if req.method == "GET"
+        && path == "/dir"
+        && rsp.status == 200
+        && let Ok(mut dir) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
+    {
+        if let Some(new_order) = dir.get("newOrder").and_then(|v| v.as_str()) {
+            let p = new_order
+                .split_once("://")
+                .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_owned()));
+            inner.state().new_order_path = p;
+        }
+        dir["renewalInfo"] =
+            serde_json::Value::from(format!("https://{}{RENEWAL_INFO_PATH}", inner.addr));
+        rsp.body = serde_json::to_vec(&dir).map_err(io::Error::other)?;
+    }
+    if let Some(r) = &replaces
+        && (200..300).contains(&rsp.status)
+        && let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
+    {
+        order["replaces"] = serde_json::Value::from(r.clone());
+        rsp.body = serde_json::to_vec(&order).map_err(io::Error::other)?;
+    }
+    Ok(rsp)
+}
+
+fn renewal_info(id: &str, inner: &Inner) -> Response {
+    let mut st = inner.state();
+    st.renewal_info_requests.push(id.to_owned());
+    let Some(w) = st.window.clone() else {
+        return Response {
+            status: 404,
+            reason: "Not Found".into(),
+            headers: vec![("Content-Type".into(), "application/problem+json".into())],
+            body: br#"{"type":"urn:ietf:params:acme:error:malformed","detail":"no window set in the test proxy"}"#.to_vec(),
+        };
+    };
+    let mut doc = serde_json::json!({
+        "suggestedWindow": {"start": rfc3339(w.start), "end": rfc3339(w.end)},
+    });
+    if let Some(u) = &st.explanation_url {
+        doc["explanationURL"] = serde_json::Value::from(u.clone());
+    }
+    Response {
+        status: 200,
+        reason: "OK".into(),
+        headers: vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Retry-After".into(), st.retry_after_secs.to_string()),
+        ],
+        body: doc.to_string().into_bytes(),
+    }
+}
+
+/// Sends `req` to Pebble (HTTP/1.0, so the answer is never chunked) with
+/// the client's `Host`, and reads the whole answer.
+fn forward(req: &Request, inner: &Inner) -> io::Result<Response> {
+    let tcp = TcpStream::connect_timeout(&inner.upstream, IO_TIMEOUT)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::IpAddress(inner.upstream.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::clone(&inner.upstream_tls), name)
+        .map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut head = format!("{} {} HTTP/1.0\r\n", req.method, req.target);
+    let host = header(&req.headers, "host").map_or_else(|| inner.addr.to_string(), str::to_owned);
+    head.push_str(&format!("Host: {host}\r\n"));
+    for (k, v) in &req.headers {
+        let skip = [
+            "host",
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "accept-encoding",
+        ];
+        if !skip.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        req.body.len()
+    ));
+    tls.write_all(head.as_bytes())?;
+    tls.write_all(&req.body)?;
+    tls.flush()?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match tls.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<Response> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad upstream answer: {what}"),
+        )
+    };
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let _version = parts.next();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let reason = parts.next().unwrap_or("").to_owned();
+    let mut headers = Vec::new();
+    let mut body = raw[split + 4..].to_vec();
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            if let Ok(n) = v.parse::<usize>() {
+                body.truncate(n);
+            }
+            continue;
+        }
+        if k.eq_ignore_ascii_case("connection") || k.eq_ignore_ascii_case("transfer-encoding") {
+            continue;
+        }
+        headers.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(Response {
+        status,
+        reason,
+        headers,
+        body,
+    })
+}
+
+/// The decoded payload of a flattened JWS, if it is JSON.
+fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
+    let jws: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let payload = jws.get("payload")?.as_str()?;
+    serde_json::from_slice(&base64url_decode(payload)?).ok()
+}
+
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// The base64 bodies of every PEM block labelled `label`, decoded.
+fn pem_blocks(pem: &str, label: &str) -> Vec<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(i) = rest.find(&begin) {
+        let after = &rest[i + begin.len()..];
+        let Some(j) = after.find(&end) else { break };
+        let b64: String = after[..j].chars().filter(|c| !c.is_whitespace()).collect();
+        if let Some(der) = base64url_decode(&b64) {
+            out.push(der);
+        }
+        rest = &after[j + end.len()..];
+    }
+    out
+}
+
+fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    pem_blocks(pem, "CERTIFICATE")
+}
+
+/// RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_and_base64() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(base64url_decode("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(
+            base64url_decode("AIdlQyE"),
+            Some(vec![0, 0x87, 0x65, 0x43, 0x21])
+        );
+        let body = br#"{"protected":"x","payload":"eyJyZXBsYWNlcyI6ImEuYiJ9","signature":"y"}"#;
+        assert_eq!(
+            jws_payload(body).and_then(|p| p["replaces"].as_str().map(str::to_owned)),
+            Some("a.b".to_owned())
+        );
+    }
+}
