@@ -218,6 +218,8 @@ pub(crate) fn exit_code(class: ErrorClass) -> u8 {
 struct ConfigFile {
     plugin_dirs: Vec<PathBuf>,
     solvers: toml::Table,
+    /// The whole file, for the settings `issue` shares with `run`.
+    config: Option<certsmith_core::config::Config>,
 }
 
 /// Reads `plugin_dirs` and `[solvers.*]` through the one config model
@@ -228,6 +230,7 @@ fn load_config(path: &Path) -> anyhow::Result<ConfigFile> {
     Ok(ConfigFile {
         plugin_dirs: config.defaults.plugin_dirs.clone(),
         solvers: config.solvers_table(),
+        config: Some(config),
     })
 }
 
@@ -240,6 +243,7 @@ struct Prepared {
     host: PluginHost,
     journal: certsmith_core::journal::Journal,
     solver_tables: toml::Table,
+    dns: certsmith_core::dns::DnsOptions,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -336,6 +340,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         account,
         host,
         journal,
+        dns: crate::common::dns_options(&args.dns, config.config.as_ref()),
         solver_tables: config.solvers,
     })
 }
@@ -396,7 +401,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         .await;
     let options = EngineOptions {
         cancel: cancel.clone(),
-        dns: args.dns.options(),
+        dns: prepared.dns.clone(),
         journal: Some(prepared.journal.clone()),
         ..EngineOptions::default()
     };

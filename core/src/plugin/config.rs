@@ -232,6 +232,16 @@ pub fn resolve(
     if let Some(table) = sources.file {
         for (key, v) in table {
             let spec = manifest.config.get(key).ok_or_else(|| unknown(key))?;
+            // A single string where a list is expected is a list of one,
+            // as on the command line (`listen = "127.0.0.1:80"`).
+            let coerced;
+            let v = match (spec.ty, v) {
+                (ConfigType::StringList, toml::Value::String(one)) => {
+                    coerced = toml::Value::Array(vec![toml::Value::String(one.clone())]);
+                    &coerced
+                }
+                _ => v,
+            };
             if !value_has_type(v, spec.ty) {
                 return Err(PluginHostError::WrongType {
                     code: code.to_owned(),
@@ -601,6 +611,24 @@ type = "string_list"
         )
         .expect_err("wrong type in file");
         assert!(err.to_string().contains("[solvers.cf]"), "{err}");
+    }
+
+    #[test]
+    fn a_string_in_the_file_is_a_list_of_one() {
+        let file: toml::Table =
+            toml::from_str("api_token = \"t0k3n\"\nlisten = \"127.0.0.1:80\"").expect("toml");
+        let cfg = resolve(
+            &manifest(),
+            &ConfigSources {
+                file: Some(&file),
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(
+            cfg.get("listen"),
+            Some(&serde_json::json!(["127.0.0.1:80"]))
+        );
     }
 
     #[test]
