@@ -1,0 +1,384 @@
+//! How fast certsmith obtains certificates, and how much memory it needs:
+//! N certificates (default N = 1, 20, 100) issued concurrently from one
+//! process against a local Pebble (`PEBBLE_VA_NOSLEEP=1`, authorization
+//! reuse off, no nonce rejection), through the engine API and the
+//! standalone plugin, on a release build. Plus one `certsmith issue` run
+//! of the built binary, as a user runs it.
+//!
+//! ```text
+//! scripts/bench                       # builds release, runs this, prints the table
+//! cargo bench -p certsmith-tests --bench issue -- [--n 1,20,100] [--runs 3] [--concurrency 8]
+//! ```
+//!
+//! Orders run at most `--concurrency` at a time, by default the engine's
+//! default (`certsmith issue --concurrency`, 8).
+//!
+//! Each measurement runs in a fresh child process (this executable with
+//! `--child`), so its peak RSS (`VmHWM` from `/proc/self/status`) is that
+//! of one run alone — not of the benchmark driver, its Pebble handle or
+//! earlier runs. A run starts from an empty state directory: its time
+//! includes fetching the directory and creating the account, as a first
+//! `certsmith issue` would.
+//!
+//! Columns: `wall` = directory + account + every order until the last
+//! certificate is stored; `account` = the directory and account part of it;
+//! `per cert` = wall / N; `peak RSS` = VmHWM of the run's process. The
+//! median of `--runs` runs is shown, and the fastest wall time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use certsmith_core::acme::{AccountOptions, AcmeClient};
+use certsmith_core::engine::{CertRequest, DEFAULT_CONCURRENCY, Engine, EngineOptions};
+use certsmith_core::identifiers;
+use certsmith_core::keys::KeyType;
+use certsmith_core::plugin::{ConfigSources, PluginHost, SearchPath};
+use certsmith_core::progress::Progress;
+use certsmith_core::store::Store;
+use certsmith_tests::{Pebble, PebbleOpts, certsmith_bin};
+
+/// Targets from issue 3, shown next to the figures.
+const TARGET_ONE: Duration = Duration::from_millis(300);
+const TARGET_HUNDRED: Duration = Duration::from_secs(3);
+const TARGET_RSS_KIB: u64 = 30 * 1024;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--child") {
+        child(&args);
+    } else {
+        driver(&args);
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("bench: {msg}");
+    std::process::exit(2);
+}
+
+// ----------------------------------------------------------------- child ---
+
+/// One measured run: prints one JSON line on stdout.
+fn child(args: &[String]) {
+    let get = |name: &str| flag(args, name).unwrap_or_else(|| die(&format!("{name} missing")));
+    let n: usize = get("--n").parse().unwrap_or_else(|_| die("--n"));
+    let concurrency: usize = get("--concurrency")
+        .parse()
+        .unwrap_or_else(|_| die("--concurrency"));
+    let (server, ca_cert, listen, state, prefix, plugins) = (
+        get("--server"),
+        PathBuf::from(get("--ca-cert")),
+        get("--listen"),
+        PathBuf::from(get("--state")),
+        get("--prefix"),
+        PathBuf::from(get("--plugin-dir")),
+    );
+    // As the CLI does: a multi-threaded runtime with two workers.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(&format!("runtime: {e}")));
+    let started = Instant::now();
+    let host = PluginHost::discover(&SearchPath {
+        dirs: vec![plugins],
+        ..SearchPath::default()
+    });
+    let solver = host
+        .get("standalone")
+        .unwrap_or_else(|e| die(&e.to_string()))
+        .instantiate(&ConfigSources {
+            cli: &[("listen".to_owned(), listen.to_owned())],
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| die(&e.to_string()));
+    let (account_time, failures, first_error) = runtime.block_on(async {
+        let client =
+            AcmeClient::new(server, Some(&ca_cert)).unwrap_or_else(|e| die(&e.to_string()));
+        let store = Store::open(&state).unwrap_or_else(|e| die(&e.to_string()));
+        let engine = Engine::connect(
+            client,
+            store,
+            AccountOptions {
+                agree_tos: true,
+                ..Default::default()
+            },
+            Progress::none(),
+            EngineOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| die(&format!("connect: {e}")));
+        let account_time = started.elapsed();
+        let requests = (0..n)
+            .map(|i| {
+                let name = format!("{prefix}-{i}.bench.test");
+                CertRequest {
+                    domains: identifiers::parse_domains(std::slice::from_ref(&name))
+                        .unwrap_or_else(|e| die(&e.to_string())),
+                    name,
+                    solver: solver.clone(),
+                    key_type: KeyType::EcP256,
+                    replaces: None,
+                }
+            })
+            .collect();
+        let results = engine.issue_all(requests, concurrency).await;
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        (account_time, errors.len(), errors.into_iter().next())
+    });
+    let wall = started.elapsed();
+    println!(
+        "{}",
+        serde_json::json!({
+            "n": n,
+            "failed": failures,
+            "first_error": first_error,
+            "account_ms": account_time.as_secs_f64() * 1000.0,
+            "wall_ms": wall.as_secs_f64() * 1000.0,
+            "vmhwm_kib": vmhwm_kib(),
+        })
+    );
+    // Leave without waiting for plugin threads, as the CLI does.
+    runtime.shutdown_background();
+}
+
+/// Peak resident set size of this process, from /proc/self/status.
+fn vmhwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- driver ---
+
+struct Sample {
+    wall: Duration,
+    account: Duration,
+    rss_kib: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn driver(args: &[String]) {
+    let ns: Vec<usize> = flag(args, "--n")
+        .unwrap_or("1,20,100")
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| die("--n takes e.g. 1,20,100"))
+        })
+        .collect();
+    let runs: usize = flag(args, "--runs")
+        .unwrap_or("3")
+        .parse()
+        .unwrap_or_else(|_| die("--runs"));
+    let concurrency: Option<usize> =
+        flag(args, "--concurrency").map(|s| s.parse().unwrap_or_else(|_| die("--concurrency")));
+
+    let bin = certsmith_bin();
+    let plugins = bin.parent().map(Path::to_path_buf).unwrap_or_default();
+    if !plugins.join("libcertsmith_standalone.so").is_file() {
+        die(&format!(
+            "{} is missing: build first (scripts/bench does: cargo build --release -p certsmith -p certsmith-solver-standalone)",
+            plugins.join("libcertsmith_standalone.so").display()
+        ));
+    }
+    let profile = plugins
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
+        ..PebbleOpts::default()
+    })
+    .unwrap_or_else(|e| die(&format!("{e:?}")));
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| die(&e.to_string()));
+    let listen = format!("127.0.0.1:{}", pebble.http_port());
+    let me = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
+
+    println!(
+        "certsmith issuance benchmark: Pebble {} (PEBBLE_VA_NOSLEEP=1, PEBBLE_AUTHZREUSE=0, no nonce rejection), {} build, standalone http-01, ec-p256, one name per certificate, {} cores, median of {runs} run(s)",
+        pebble.directory_url(),
+        profile,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+    println!();
+    println!(
+        "{:>5} {:>5} {:>11} {:>11} {:>11} {:>10} {:>11}",
+        "N", "conc", "wall", "fastest", "per cert", "account", "peak RSS"
+    );
+    let mut verdicts = Vec::new();
+    for &n in &ns {
+        let conc = concurrency.unwrap_or(DEFAULT_CONCURRENCY.min(n).max(1));
+        let mut samples = Vec::new();
+        for run in 0..runs {
+            let state = tmp.path().join(format!("state-{n}-{run}"));
+            let out = Command::new(&me)
+                .args(["--child", "--n", &n.to_string()])
+                .args(["--concurrency", &conc.to_string()])
+                .args(["--server", &pebble.directory_url()])
+                .arg("--ca-cert")
+                .arg(pebble.ca_cert_path())
+                .args(["--listen", &listen])
+                .arg("--state")
+                .arg(&state)
+                .args(["--prefix", &format!("n{n}r{run}")])
+                .arg("--plugin-dir")
+                .arg(&plugins)
+                .output()
+                .unwrap_or_else(|e| die(&format!("run the child: {e}")));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+                die(&format!(
+                    "the run for N={n} failed: {}{}",
+                    stdout,
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            });
+            if v["failed"].as_u64() != Some(0) {
+                die(&format!(
+                    "{} of {n} certificates failed, e.g.: {}",
+                    v["failed"], v["first_error"]
+                ));
+            }
+            let ms = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1000.0);
+            samples.push(Sample {
+                wall: ms("wall_ms"),
+                account: ms("account_ms"),
+                rss_kib: v["vmhwm_kib"].as_u64().unwrap_or(0),
+            });
+        }
+        let wall = median(samples.iter().map(|s| s.wall.as_secs_f64()).collect());
+        let fastest = samples
+            .iter()
+            .map(|s| s.wall.as_secs_f64())
+            .fold(f64::INFINITY, f64::min);
+        let account = median(samples.iter().map(|s| s.account.as_secs_f64()).collect());
+        let rss = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        println!(
+            "{:>5} {:>5} {:>9.3} s {:>9.3} s {:>8.1} ms {:>7.1} ms {:>7.1} MiB",
+            n,
+            conc,
+            wall,
+            fastest,
+            wall * 1000.0 / n as f64,
+            account * 1000.0,
+            rss as f64 / 1024.0
+        );
+        let target = match n {
+            1 => Some(TARGET_ONE),
+            100 => Some(TARGET_HUNDRED),
+            _ => None,
+        };
+        if let Some(t) = target {
+            verdicts.push(format!(
+                "N={n}: {:.3} s, target < {:.1} s: {}",
+                wall,
+                t.as_secs_f64(),
+                if wall < t.as_secs_f64() {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            ));
+        }
+        verdicts.push(format!(
+            "N={n}: peak RSS {:.1} MiB, target < {} MiB: {}",
+            rss as f64 / 1024.0,
+            TARGET_RSS_KIB / 1024,
+            if rss < TARGET_RSS_KIB {
+                "met"
+            } else {
+                "MISSED"
+            }
+        ));
+    }
+
+    // The binary as a user runs it: process start, plugin discovery,
+    // directory, account, one order, the store; peak RSS from wait4.
+    let mut cli = Vec::new();
+    for run in 0..runs {
+        let state = tmp.path().join(format!("state-cli-{run}"));
+        let domain = format!("cli{run}.bench.test");
+        let started = Instant::now();
+        let child = Command::new(&bin)
+            .args(["issue", "-q", "-d", &domain, "--solver", "standalone"])
+            .args(["--solver-opt", &format!("listen={listen}")])
+            .args(["--server", &pebble.directory_url(), "--agree-tos"])
+            .arg("--ca-cert")
+            .arg(pebble.ca_cert_path())
+            .arg("--state-dir")
+            .arg(&state)
+            .env_remove("CERTSMITH_PLUGIN_PATH")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| die(&format!("run {}: {e}", bin.display())));
+        let (ok, rss) = wait_with_rusage(child);
+        let wall = started.elapsed();
+        if !ok {
+            die("certsmith issue failed (run it by hand with the same flags to see why)");
+        }
+        cli.push((wall.as_secs_f64(), rss));
+    }
+    let wall = median(cli.iter().map(|c| c.0).collect());
+    let rss = cli.iter().map(|c| c.1).max().unwrap_or(0);
+    println!(
+        "{:>11} {:>9.3} s {:>9.3} s {:>8.1} ms {:>10} {:>7.1} MiB   (the binary: `certsmith issue`, 1 cert)",
+        "cli",
+        wall,
+        cli.iter().map(|c| c.0).fold(f64::INFINITY, f64::min),
+        wall * 1000.0,
+        "-",
+        rss as f64 / 1024.0
+    );
+    println!();
+    for v in verdicts {
+        println!("{v}");
+    }
+}
+
+/// Waits for `child`; whether it exited 0, and its peak RSS in KiB
+/// (`ru_maxrss` from wait4: the same figure as its VmHWM at exit).
+fn wait_with_rusage(child: std::process::Child) -> (bool, u64) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap_or_else(|_| die("pid"));
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child, not yet reaped (std never waits
+        // for it: `child` is only dropped, which does not wait); `status`
+        // and `usage` are valid for writes for the duration of the call.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        die("wait4 failed");
+    }
+    drop(child);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+}
