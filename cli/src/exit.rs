@@ -4,15 +4,15 @@
 //! These numbers are part of certsmith's interface (README.md lists them);
 //! never renumber one.
 
-#![allow(dead_code)] // until every subcommand exists
-
 /// Success.
 pub(crate) const OK: u8 = 0;
 /// An unexpected internal error (a bug).
 pub(crate) const INTERNAL: u8 = 1;
-/// Bad command line, config file, identifiers or state directory: fix the input.
+/// Bad input: command line, config file, identifiers, an unknown solver
+/// code, missing or invalid solver options, an unusable state directory.
 pub(crate) const USAGE: u8 = 2;
-/// A solver plugin could not be found, loaded, configured, or it failed.
+/// A solver plugin could not be loaded (refused file, failed handshake),
+/// refused to start, or failed to present or clean up a challenge.
 pub(crate) const SOLVER: u8 = 3;
 /// The CA refused a validation or the order (its problem document is shown).
 pub(crate) const CA_REFUSED: u8 = 4;

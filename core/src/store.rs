@@ -475,12 +475,14 @@ impl Store {
         let _lock = self.lock()?;
         create_private_dir_all(&versions_dir)
             .map_err(|e| StoreError::io("create", &versions_dir, e))?;
-        // Directories are 0700 like the root: keys are inside, and the
-        // operator grants a web server access explicitly (group, ACL).
+        // `versions/` is 0700 like the root (keys are inside; the operator
+        // grants a web server access explicitly, by group or ACL); the
+        // version directories within are 0755.
 
-        // We hold the lock: no other writer is active, so any temp dir is a
-        // leftover of a crash.
+        // We hold the lock: no other writer is active, so any temp file or
+        // directory is a leftover of a crash.
         remove_stale_temps(&versions_dir);
+        remove_stale_temps(&cert_dir);
         let version = next_version(&versions_dir)?;
 
         let tmp = versions_dir.join(format!(".tmp-{version}-{}", std::process::id()));
@@ -508,14 +510,6 @@ impl Store {
         fs::rename(&tmp, &dir).map_err(|e| StoreError::io("rename", &tmp, e))?;
         fsync_dir(&versions_dir)?;
 
-        // Switch `current` atomically: a new symlink renamed over the old.
-        let current = cert_dir.join("current");
-        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
-        let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
-            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
-        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
-
         // The lineage: the stored history plus this version. Settings the
         // caller leaves unset (account, CA bundle, hook, margin) carry
         // over; renewal state and a revocation belonged to the old version.
@@ -538,6 +532,18 @@ impl Store {
             reason: e.to_string(),
         })?;
         write_atomic(&cert_dir.join("lineage.toml"), text.as_bytes(), 0o644)?;
+
+        // Then switch `current` atomically: a new symlink renamed over the
+        // old. The lineage is written first so that a crash in between
+        // leaves a stored version the lineage knows, never a `current` it
+        // does not.
+        let current = cert_dir.join("current");
+        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
+            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
+        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
+
         fsync_dir(&cert_dir)?;
 
         Ok(SavedVersion {
@@ -658,9 +664,21 @@ fn remove_stale_temps(versions_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-")
+            || name.starts_with(".current-")
+            || name.starts_with(".lineage.toml.tmp-")
+        {
             log::debug!("removing leftover {}", entry.path().display());
-            let _ = fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let _ = fs::remove_dir_all(&path);
+                }
+                _ => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
         }
     }
 }
