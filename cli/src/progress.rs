@@ -1,10 +1,10 @@
 //! Progress of `certsmith issue` on stderr.
 //!
 //! Why this module exists: the engine reports [`ProgressEvent`]s and knows
-//! nothing of terminals; this turns them into one plain line each on stderr
-//! (`[certsmith] order created for a.test (2 authorizations)`), which reads
-//! well on a terminal and in a CI log alike, and keeps stdout free for
-//! results (`--output json | jq` must see only JSON).
+//! nothing of terminals; this turns them into lines on stderr
+//! (`[certsmith] order created for a.test (2 authorizations)`), with a live
+//! status line on a terminal and plain lines in a CI log, and keeps stdout
+//! free for results (`--output json | jq` must see only JSON).
 
 use std::io::Write;
 use std::time::Instant;
@@ -26,29 +26,109 @@ pub(crate) enum Verbosity {
 
 /// Starts the printer; returns the engine's side of the channel and the
 /// task, which ends once every sender is gone.
+///
+/// On a terminal (and at normal verbosity) the printer is live: steps that
+/// only mark a wait (presented, validating, propagating) replace each other
+/// on one status line with a spinner and the time spent, and milestones
+/// stay as lines. Anywhere else (CI logs, pipes) every step is a plain line.
 pub(crate) fn spawn(verbosity: Verbosity) -> (Progress, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<ProgressEvent>();
-    let started = Instant::now();
-    let task = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            let warning = matches!(event, ProgressEvent::CleanupFailed { .. });
-            if verbosity == Verbosity::Quiet && !warning {
-                continue;
-            }
-            let Some(text) = line(&event) else { continue };
-            let mut err = std::io::stderr().lock();
-            let _ = if verbosity == Verbosity::Verbose {
-                writeln!(
-                    err,
-                    "[certsmith {:>7.3}s] {text}",
-                    started.elapsed().as_secs_f64()
-                )
-            } else {
-                writeln!(err, "[certsmith] {text}")
-            };
-        }
-    });
+    use std::io::IsTerminal;
+    let live = verbosity == Verbosity::Normal
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+    let (tx, rx) = mpsc::unbounded_channel::<ProgressEvent>();
+    let task = if live {
+        tokio::spawn(live_printer(rx))
+    } else {
+        tokio::spawn(plain_printer(rx, verbosity))
+    };
     (Progress::new(tx), task)
+}
+
+async fn plain_printer(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, verbosity: Verbosity) {
+    let started = Instant::now();
+    while let Some(event) = rx.recv().await {
+        let warning = matches!(event, ProgressEvent::CleanupFailed { .. });
+        if verbosity == Verbosity::Quiet && !warning {
+            continue;
+        }
+        let Some(text) = line(&event) else { continue };
+        let mut err = std::io::stderr().lock();
+        let _ = if verbosity == Verbosity::Verbose {
+            writeln!(
+                err,
+                "[certsmith {:>7.3}s] {text}",
+                started.elapsed().as_secs_f64()
+            )
+        } else {
+            writeln!(err, "[certsmith] {text}")
+        };
+    }
+}
+
+/// Whether an event only marks a wait, to be replaced by the next one.
+fn is_transient(event: &ProgressEvent) -> bool {
+    matches!(
+        event,
+        ProgressEvent::AuthorizationPending { .. }
+            | ProgressEvent::ChallengePresented { .. }
+            | ProgressEvent::Validating { .. }
+            | ProgressEvent::Propagation { .. }
+    )
+}
+
+/// Erases the status line: carriage return, then ANSI "erase line".
+const CLEAR: &str = "\r\x1b[2K";
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+async fn live_printer(mut rx: mpsc::UnboundedReceiver<ProgressEvent>) {
+    let mut status: Option<(String, Instant)> = None;
+    let mut frame = 0usize;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(120));
+    let draw = |status: &Option<(String, Instant)>, frame: usize| {
+        let mut err = std::io::stderr().lock();
+        match status {
+            Some((text, since)) => {
+                let _ = write!(
+                    err,
+                    "{CLEAR}{} {text} ({:.1}s)",
+                    SPINNER[frame % SPINNER.len()],
+                    since.elapsed().as_secs_f64()
+                );
+            }
+            None => {
+                let _ = write!(err, "{CLEAR}");
+            }
+        }
+        let _ = err.flush();
+    };
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let Some(text) = line(&event) else { continue };
+                if is_transient(&event) {
+                    status = Some((text, Instant::now()));
+                } else {
+                    let mut err = std::io::stderr().lock();
+                    let _ = writeln!(err, "{CLEAR}[certsmith] {text}");
+                    drop(err);
+                    // A milestone ends the wait it follows.
+                    status = None;
+                }
+                draw(&status, frame);
+            }
+            _ = tick.tick() => {
+                frame += 1;
+                if status.is_some() {
+                    draw(&status, frame);
+                }
+            }
+        }
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{CLEAR}");
+    let _ = err.flush();
 }
 
 fn plural(n: usize, word: &str) -> String {

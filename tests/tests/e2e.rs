@@ -14,3 +14,4 @@ mod harness;
 mod issue;
 mod lifecycle;
 mod plugin_host;
+mod progress;

@@ -284,22 +284,26 @@ fn dropping_pebble_kills_pebble_and_its_challtestsrv() -> TestResult {
     Ok(())
 }
 
-/// Runs `harness::helper_process` of this same test binary in a child
-/// process, in `mode`.
-fn helper(mode: &str) -> Result<std::process::Child, Box<dyn Error>> {
-    Ok(Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "harness::helper_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .args(["--test-threads", "1"])
-        .env("CERTSMITH_HARNESS_HELPER", mode)
+/// Starts `certsmith-harness-helper` (built next to the certsmith binary by
+/// `cargo build --workspace`), which holds a Pebble until it is killed.
+fn helper() -> Result<std::process::Child, Box<dyn Error>> {
+    Ok(helper_command()?
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?)
+}
+
+fn helper_command() -> Result<Command, Box<dyn Error>> {
+    let bin = certsmith_tests::certsmith_bin().with_file_name("certsmith-harness-helper");
+    if !bin.is_file() {
+        return Err(format!(
+            "{} is missing: run `cargo build --workspace` first",
+            bin.display()
+        )
+        .into());
+    }
+    Ok(Command::new(bin))
 }
 
 struct KillOnDrop(std::process::Child);
@@ -311,43 +315,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Not a test on its own: the body of the child processes of the tests
-/// below (does nothing without `CERTSMITH_HARNESS_HELPER`).
-#[test]
-#[ignore = "helper process for other harness tests"]
-fn helper_process() -> TestResult {
-    match std::env::var("CERTSMITH_HARNESS_HELPER").as_deref() {
-        Ok("hold") => {
-            let pebble = Pebble::start(PebbleOpts::default())?;
-            let cts = pebble
-                .challtestsrv()
-                .and_then(ChallTestSrv::pid)
-                .ok_or("no cts")?;
-            println!(
-                "HARNESS-PIDS {} {} {}",
-                pebble.pid().ok_or("no pid")?,
-                cts,
-                pebble.temp_dir().display()
-            );
-            std::thread::sleep(Duration::from_secs(120));
-            Ok(())
-        }
-        Ok("start") => {
-            Pebble::start(PebbleOpts::default())?;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
 #[test]
 fn a_killed_test_process_leaks_no_servers() -> TestResult {
-    let mut child = KillOnDrop(helper("hold")?);
+    let mut child = KillOnDrop(helper()?);
     let stdout = child.0.stdout.take().ok_or("no stdout")?;
     let mut found = None;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
-        // libtest may print "test name ... " on the same line first.
         if let Some((_, rest)) = line.split_once("HARNESS-PIDS ") {
             let mut fields = rest.split_whitespace();
             let pebble: u32 = fields.next().ok_or("no pid")?.parse()?;
@@ -377,16 +351,8 @@ fn a_killed_test_process_leaks_no_servers() -> TestResult {
 
 #[test]
 fn a_missing_pebble_fails_the_test_with_the_install_hint() -> TestResult {
-    let out = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "harness::helper_process",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CERTSMITH_HARNESS_HELPER", "start")
-        .env("PEBBLE_BIN", "/nonexistent/pebble")
-        .output()?;
+    let mut cmd = helper_command()?;
+    let out = cmd.env("PEBBLE_BIN", "/nonexistent/pebble").output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
