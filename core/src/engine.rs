@@ -1049,27 +1049,15 @@ fn parse_chain(pem: &str, server: &str) -> Result<ParsedChain, IssueError> {
     let Some(leaf) = blocks.first() else {
         return Err(bad("the CA sent no PEM certificate".to_owned()));
     };
-    let (_, pem_block) = x509_parser::pem::parse_x509_pem(leaf.as_bytes())
-        .map_err(|e| bad(format!("the leaf certificate is not valid PEM: {e}")))?;
-    let cert = pem_block
-        .parse_x509()
-        .map_err(|e| bad(format!("the leaf certificate does not parse: {e}")))?;
-    let validity = cert.validity();
-    let raw_serial = cert.tbs_certificate.raw_serial();
-    let significant = raw_serial
-        .iter()
-        .position(|&b| b != 0)
-        .map_or(&raw_serial[raw_serial.len().saturating_sub(1)..], |i| {
-            &raw_serial[i..]
-        });
-    let serial: String = significant.iter().map(|b| format!("{b:02x}")).collect();
+    let facts = crate::renewal::read_cert_pem(leaf, "the leaf certificate")
+        .map_err(|e| bad(e.to_string()))?;
     Ok(ParsedChain {
         cert_pem: leaf.clone(),
         chain_pem: blocks[1..].concat(),
         fullchain_pem: blocks.concat(),
-        not_before: validity.not_before.to_datetime(),
-        not_after: validity.not_after.to_datetime(),
-        serial,
+        not_before: facts.not_before,
+        not_after: facts.not_after,
+        serial: facts.serial,
     })
 }
 

@@ -9,13 +9,14 @@ use std::process::{Command, Output};
 use certsmith_tests::cloudflare::{CloudflareOpts, CloudflareStandIn, Failure};
 use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns};
 
-fn issue(
+/// `certsmith issue --solver cloudflare` against Pebble and the stand-in,
+/// with no token in its environment yet.
+fn issue_cmd(
     pebble: &Pebble,
     cf: &CloudflareStandIn,
     state: &TempState,
     domains: &[&str],
-    token: &str,
-) -> Output {
+) -> Command {
     let cts = pebble.challtestsrv().expect("challtestsrv");
     let dns_addr = cts.dns_addr().to_string();
     let mut cmd = Command::new(certsmith_bin());
@@ -43,8 +44,21 @@ fn issue(
             &dns_addr,
         ])
         .env_remove("CLOUDFLARE_API_TOKEN_FILE")
-        .env("CLOUDFLARE_API_TOKEN", token);
-    cmd.output().expect("run certsmith")
+        .env_remove("CLOUDFLARE_API_TOKEN");
+    cmd
+}
+
+fn issue(
+    pebble: &Pebble,
+    cf: &CloudflareStandIn,
+    state: &TempState,
+    domains: &[&str],
+    token: &str,
+) -> Output {
+    issue_cmd(pebble, cf, state, domains)
+        .env("CLOUDFLARE_API_TOKEN", token)
+        .output()
+        .expect("run certsmith")
 }
 
 fn texts(o: &Output) -> (String, String) {
@@ -162,30 +176,7 @@ fn the_token_can_come_from_a_file() {
     let (pebble, cf, state) = setup();
     let f = state.file("cf-token");
     std::fs::write(&f, format!("{}\n", cf.token())).expect("write token file");
-    let cts = pebble.challtestsrv().expect("challtestsrv");
-    let dns_addr = cts.dns_addr().to_string();
-    let o = Command::new(certsmith_bin())
-        .args([
-            "issue",
-            "--solver",
-            "cloudflare",
-            "--agree-tos",
-            "-d",
-            "cf.test",
-        ])
-        .args(["--solver-opt", &format!("api_base={}", cf.api_base())])
-        .args(["--server", &pebble.directory_url()])
-        .arg("--ca-cert")
-        .arg(pebble.ca_cert_path())
-        .arg("--state-dir")
-        .arg(state.path())
-        .args([
-            "--dns-resolver",
-            &dns_addr,
-            "--propagation-server",
-            &dns_addr,
-        ])
-        .env_remove("CLOUDFLARE_API_TOKEN")
+    let o = issue_cmd(&pebble, &cf, &state, &["cf.test"])
         .env("CLOUDFLARE_API_TOKEN_FILE", &f)
         .output()
         .expect("run");

@@ -4,7 +4,7 @@
 //! following CNAMEs, checking propagation and keeping its journal.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use certsmith_tests::bind::{Bind, ZoneSpec};
@@ -123,17 +123,55 @@ fn pebble_on(bind: &Bind) -> Pebble {
 }
 
 fn rfc2136_opts(bind: &Bind) -> Vec<String> {
+    rfc2136_opts_checking(bind, &[&bind.addr().to_string()])
+}
+
+/// The rfc2136 options, with propagation checked on `servers`.
+fn rfc2136_opts_checking(bind: &Bind, servers: &[&str]) -> Vec<String> {
     let a = bind.addr().to_string();
-    s(&[
+    let mut v = s(&[
         "--solver-opt",
         &format!("server={a}"),
         "--solver-opt",
         &format!("tsig_key_name={}", bind.tsig_key_name()),
         "--dns-resolver",
         &a,
-        "--propagation-server",
-        &a,
-    ])
+    ]);
+    for server in servers {
+        v.push("--propagation-server".into());
+        v.push((*server).into());
+    }
+    v
+}
+
+/// Starts `certsmith issue` for example.test with propagation checked on a
+/// server that never answers, and returns once the record is in BIND: the
+/// process is then waiting, with a presented challenge to clean up.
+fn start_stuck_issue(bind: &Bind, pebble: &Pebble, state: &TempState, silent: &str) -> Child {
+    let mut args = issue_args(pebble, state.path(), &["example.test"], "rfc2136");
+    args.extend(rfc2136_opts_checking(bind, &[silent]));
+    args.extend(s(&["--propagation-timeout", "600"]));
+    let mut child = Command::new(certsmith_bin())
+        .args(&args)
+        .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bind
+        .query_txt("_acme-challenge.example.test")
+        .expect("query")
+        .is_empty()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the record never appeared in BIND");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn assert_no_challenge_txt(bind: &Bind, names: &[&str]) {
@@ -241,22 +279,10 @@ fn a_propagation_timeout_names_the_server_and_still_cleans_up() {
     let pebble = pebble_on(&bind);
     let state = TempState::new().expect("state");
     let (_silent, silent) = silent_server();
-    let mut args = issue_args(&pebble, state.path(), &["example.test"], "rfc2136");
     let a = bind.addr().to_string();
-    args.extend(s(&[
-        "--solver-opt",
-        &format!("server={a}"),
-        "--solver-opt",
-        &format!("tsig_key_name={}", bind.tsig_key_name()),
-        "--dns-resolver",
-        &a,
-        "--propagation-server",
-        &a,
-        "--propagation-server",
-        &silent,
-        "--propagation-timeout",
-        "2",
-    ]));
+    let mut args = issue_args(&pebble, state.path(), &["example.test"], "rfc2136");
+    args.extend(rfc2136_opts_checking(&bind, &[&a, &silent]));
+    args.extend(s(&["--propagation-timeout", "2"]));
     let o = run(&args, &[("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())]);
     let (out, err) = texts(&o);
     assert_eq!(o.status.code(), Some(6), "{out}\n{err}");
@@ -281,44 +307,7 @@ fn a_killed_run_leaves_a_journal_entry_the_next_run_cleans() {
     let pebble = pebble_on(&bind);
     let state = TempState::new().expect("state");
     let (_silent, silent) = silent_server();
-    let a = bind.addr().to_string();
-    let mut args = issue_args(&pebble, state.path(), &["example.test"], "rfc2136");
-    args.extend(s(&[
-        "--solver-opt",
-        &format!("server={a}"),
-        "--solver-opt",
-        &format!("tsig_key_name={}", bind.tsig_key_name()),
-        "--dns-resolver",
-        &a,
-        "--propagation-server",
-        &silent,
-        "--propagation-timeout",
-        "600",
-    ]));
-    let mut child = Command::new(certsmith_bin())
-        .args(&args)
-        .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    // Wait until the record is in BIND (presented, now waiting forever on
-    // the silent server), then kill -9.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = bind
-            .query_txt("_acme-challenge.example.test")
-            .expect("query");
-        if !v.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the record never appeared in BIND");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_stuck_issue(&bind, &pebble, &state, &silent);
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     assert_eq!(
@@ -408,39 +397,7 @@ fn sigterm_during_an_order_cleans_up_before_exiting() {
     let pebble = pebble_on(&bind);
     let state = TempState::new().expect("state");
     let (_silent, silent) = silent_server();
-    let a = bind.addr().to_string();
-    let mut args = issue_args(&pebble, state.path(), &["example.test"], "rfc2136");
-    args.extend(s(&[
-        "--solver-opt",
-        &format!("server={a}"),
-        "--solver-opt",
-        &format!("tsig_key_name={}", bind.tsig_key_name()),
-        "--dns-resolver",
-        &a,
-        "--propagation-server",
-        &silent,
-        "--propagation-timeout",
-        "600",
-    ]));
-    let child = Command::new(certsmith_bin())
-        .args(&args)
-        .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bind
-        .query_txt("_acme-challenge.example.test")
-        .expect("query")
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the record never appeared in BIND"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = start_stuck_issue(&bind, &pebble, &state, &silent);
     let pid = libc::pid_t::try_from(child.id()).expect("pid");
     // SAFETY: sending SIGTERM to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
