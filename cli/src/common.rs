@@ -814,6 +814,23 @@ pub(crate) async fn record_issue(
 /// How long `run`/`renew` wait for another batch on the same store.
 const RUN_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
 
+/// What a batch command (`run`, `renew`) holds while it works: the store,
+/// the run lock (so overlapping timers never order twice), the journal.
+pub(crate) async fn open_batch_state(
+    global: &GlobalArgs,
+    config: Option<&Config>,
+) -> Result<(Store, store::StoreLock, certsmith_core::journal::Journal), Failure> {
+    let store = open_store(global, config)?;
+    let lock = run_lock(&store, global.quiet).await?;
+    let journal = certsmith_core::journal::Journal::open(store.root()).map_err(|e| {
+        Failure::usage(
+            e.to_string(),
+            Some("the state directory must be writable (--state-dir)"),
+        )
+    })?;
+    Ok((store, lock, journal))
+}
+
 /// Takes the store's run lock for a whole batch: two overlapping runs
 /// (a timer and an operator, two cron lines) would otherwise both order a
 /// due certificate. The second waits, then finds nothing to do.

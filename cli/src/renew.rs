@@ -18,7 +18,6 @@ use certsmith_core::config::{self, Config};
 use certsmith_core::engine::{self, CancelToken, CertRequest};
 use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
-use certsmith_core::journal::Journal;
 use certsmith_core::keys::KeyType;
 use certsmith_core::plugin::PluginHost;
 use certsmith_core::renewal;
@@ -77,23 +76,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
         Err(e) => return common::report_config_errors(global, &e),
     };
     let config = config.as_ref();
-    let store = match common::open_store(global, config) {
+    let (store, _run_lock, journal) = match common::open_batch_state(global, config).await {
         Ok(s) => s,
         Err(f) => return f.report(global),
-    };
-    let _run_lock = match common::run_lock(&store, global.quiet).await {
-        Ok(l) => l,
-        Err(f) => return f.report(global),
-    };
-    let journal = match Journal::open(store.root()) {
-        Ok(j) => j,
-        Err(e) => {
-            return Failure::usage(
-                e.to_string(),
-                Some("the state directory must be writable (--state-dir)"),
-            )
-            .report(global);
-        }
     };
     let stored = match store.cert_names() {
         Ok(n) => n,

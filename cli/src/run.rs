@@ -14,7 +14,6 @@ use certsmith_core::acme::AcmeClient;
 use certsmith_core::config::Config;
 use certsmith_core::engine::{self, CancelToken, CertRequest};
 use certsmith_core::error::IssueError;
-use certsmith_core::journal::Journal;
 use certsmith_core::renewal;
 
 use crate::common::{self, Batch, Failure, Job, Plan, Settings};
@@ -65,23 +64,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
     }
     common::jitter(args.jitter, global.quiet).await;
 
-    let store = match common::open_store(global, Some(&config)) {
+    let (store, _run_lock, journal) = match common::open_batch_state(global, Some(&config)).await {
         Ok(s) => s,
         Err(f) => return f.report(global),
-    };
-    let _run_lock = match common::run_lock(&store, global.quiet).await {
-        Ok(l) => l,
-        Err(f) => return f.report(global),
-    };
-    let journal = match Journal::open(store.root()) {
-        Ok(j) => j,
-        Err(e) => {
-            return Failure::usage(
-                e.to_string(),
-                Some("the state directory must be writable (--state-dir)"),
-            )
-            .report(global);
-        }
     };
     let server = config
         .defaults
