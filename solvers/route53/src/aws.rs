@@ -443,17 +443,22 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_the_deadline() {
-        let deadline = Deadline(Instant::now() + Duration::from_secs(3));
+        // Simulated time: after pauses adding up to `total`, the deadline is
+        // `total` nearer. No pause may run past it.
+        let budget = Duration::from_secs(3);
         let mut b = Backoff { attempt: 0 };
         let mut total = Duration::ZERO;
-        while let Some(d) = b.next(&deadline) {
+        loop {
+            let remaining = budget.saturating_sub(total);
+            let Some(d) = b.next(&Deadline(Instant::now() + remaining)) else {
+                break;
+            };
             assert!(d <= BACKOFF_CAP);
             total += d;
-            assert!(total < Duration::from_secs(3), "{total:?}");
-            if b.attempt > 50 {
-                break;
-            }
+            assert!(total < budget, "{total:?}");
+            assert!(b.attempt <= 50, "backoff never gave up");
         }
+        let deadline = Deadline(Instant::now() + budget);
         let first = Backoff { attempt: 0 }
             .next(&deadline)
             .expect("time for one");
