@@ -199,9 +199,9 @@ impl AcmeClient {
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(15))
-            .timeout(Duration::from_secs(60))
+            .timeout(ATTEMPT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = ca_cert {
             let ca_err = |reason: String| IssueError::CaCert {
@@ -255,6 +255,7 @@ impl AcmeClient {
         Box::new(HttpShim {
             http: self.http.clone(),
             shared: self.shared.clone(),
+            attempt_timeout: ATTEMPT_TIMEOUT,
         })
     }
 
@@ -979,14 +980,22 @@ async fn set_ready_once(
 struct HttpShim {
     http: reqwest::Client,
     shared: Arc<Shared>,
+    /// [`ATTEMPT_TIMEOUT`], shorter in tests.
+    attempt_timeout: Duration,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<ia::BytesResponse, ia::Error>> + Send>>;
+
+/// How long one attempt of one request may take, and how many attempts a
+/// request gets when it times out or cannot connect.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+const ATTEMPTS: u32 = 3;
 
 impl ia::HttpClient for HttpShim {
     fn request(&self, req: http::Request<ia::BodyWrapper<Bytes>>) -> ResponseFuture {
         let http = self.http.clone();
         let shared = self.shared.clone();
+        let attempt_timeout = self.attempt_timeout;
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let url = parts.uri.to_string();
@@ -1014,19 +1023,42 @@ impl ia::HttpClient for HttpShim {
             // instant-acme sets its own; ours is the client default.
             headers.remove(http::header::USER_AGENT);
             let started = std::time::Instant::now();
-            let rsp = http
-                .request(parts.method.clone(), &url)
-                .headers(headers)
-                .body(data)
-                .send()
-                .await
-                .map_err(|e| ia::Error::Other(Box::new(e)))?;
-            let status = rsp.status();
-            let headers = rsp.headers().clone();
-            let body = rsp
-                .bytes()
-                .await
-                .map_err(|e| ia::Error::Other(Box::new(e)))?;
+            let data = Bytes::from(data);
+            // A request that gets no answer is sent again on a fresh
+            // connection rather than left to hang the order: seen with a
+            // loaded local CA, where one pooled connection stopped answering.
+            // Resending the same JWS is safe: if the CA did process it, the
+            // nonce is spent and the CA answers badNonce, which instant-acme
+            // handles by signing anew.
+            let mut attempt = 0;
+            let (status, headers, body) = loop {
+                attempt += 1;
+                let sent = async {
+                    let rsp = http
+                        .request(parts.method.clone(), &url)
+                        .headers(headers.clone())
+                        .body(data.clone())
+                        .timeout(attempt_timeout)
+                        .send()
+                        .await?;
+                    let status = rsp.status();
+                    let headers = rsp.headers().clone();
+                    let body = rsp.bytes().await?;
+                    Ok::<_, reqwest::Error>((status, headers, body))
+                }
+                .await;
+                match sent {
+                    Ok(r) => break r,
+                    Err(e) if (e.is_timeout() || e.is_connect()) && attempt < ATTEMPTS => {
+                        log::warn!(
+                            "{} {url}: {} (attempt {attempt} of {ATTEMPTS}); retrying",
+                            parts.method,
+                            error_chain(&e)
+                        );
+                    }
+                    Err(e) => return Err(ia::Error::Other(Box::new(e))),
+                }
+            };
             log::debug!(
                 "{} {url} -> {status} in {:.1} ms",
                 parts.method,
@@ -2118,5 +2150,46 @@ mod tests {
         let e = AcmeClient::new("letsencrypt", Some(&dir.path().join("missing.pem")))
             .expect_err("missing");
         assert!(e.to_string().contains("missing.pem"), "{e}");
+    }
+
+    /// A connection that never answers is abandoned after the attempt
+    /// timeout and the request is sent again on a new one.
+    #[tokio::test]
+    async fn a_request_that_gets_no_answer_is_retried_on_a_new_connection() {
+        use ia::HttpClient as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            // The first connection reads the request and stays silent.
+            let (mut silent, _) = listener.accept().await.expect("accept 1");
+            let mut buf = [0u8; 4096];
+            let _ = silent.read(&mut buf).await;
+            // The second one answers.
+            let (mut s, _) = listener.accept().await.expect("accept 2");
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await
+                .expect("write");
+            drop(silent);
+        });
+        let shim = HttpShim {
+            http: reqwest::Client::builder().build().expect("client"),
+            shared: Arc::new(Shared::default()),
+            attempt_timeout: Duration::from_millis(300),
+        };
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://{addr}/acme/order"))
+            .body(ia::BodyWrapper::from(b"{}".to_vec()))
+            .expect("request");
+        let rsp = shim
+            .request(req)
+            .await
+            .expect("answered on the second attempt");
+        assert_eq!(rsp.parts.status, http::StatusCode::OK);
+        server.await.expect("server");
     }
 }

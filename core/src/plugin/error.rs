@@ -295,6 +295,6 @@ pub enum CallError {
     #[error("the plugin does not support '{0}'")]
     Unsupported(String),
     /// The plugin did not complete in time and was cancelled.
-    #[error("the plugin did not answer within {}s and was cancelled", .0.as_secs())]
+    #[error("the plugin did not answer within {:.0}s and was cancelled", .0.as_secs_f64())]
     TimedOut(Duration),
 }
