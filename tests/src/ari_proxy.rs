@@ -25,11 +25,10 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::conn_server::ConnServer;
 use crate::tls::TestCa;
 use crate::{HarnessError, Pebble};
 
@@ -66,7 +65,6 @@ struct Inner {
     upstream_tls: Arc<rustls::ClientConfig>,
     server_tls: Arc<rustls::ServerConfig>,
     state: Mutex<State>,
-    stop: AtomicBool,
 }
 
 impl Inner {
@@ -79,7 +77,7 @@ impl Inner {
 #[derive(Debug)]
 pub struct AriProxy {
     inner: Arc<Inner>,
-    accept: Option<JoinHandle<()>>,
+    _server: ConnServer,
     bundle: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -153,19 +151,16 @@ impl AriProxy {
                 explanation_url: Some("https://ari.example/why".into()),
                 ..State::default()
             }),
-            stop: AtomicBool::new(false),
         });
-        let accept_inner = Arc::clone(&inner);
-        let accept = thread::Builder::new()
-            .name("ari-proxy".into())
-            .spawn(move || accept_loop(listener, accept_inner))
-            .map_err(|source| HarnessError::Io {
-                context: "starting the ARI proxy's thread".into(),
-                source,
-            })?;
+        let conn_inner = Arc::clone(&inner);
+        let server = ConnServer::spawn(listener, "ari-proxy", move |stream| {
+            if let Err(e) = serve(stream, &conn_inner) {
+                conn_inner.state().errors.push(e.to_string());
+            }
+        })?;
         Ok(AriProxy {
             inner,
-            accept: Some(accept),
+            _server: server,
             bundle,
             _dir: dir,
         })
@@ -226,36 +221,6 @@ impl AriProxy {
     /// Problems the proxy met (upstream unreachable, bad requests).
     pub fn errors(&self) -> Vec<String> {
         self.inner.state().errors.clone()
-    }
-}
-
-impl Drop for AriProxy {
-    fn drop(&mut self) {
-        self.inner.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.inner.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
-    for conn in listener.incoming() {
-        if inner.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = conn else {
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let inner = Arc::clone(&inner);
-        let _ = thread::Builder::new()
-            .name("ari-proxy-conn".into())
-            .spawn(move || {
-                if let Err(e) = serve(stream, &inner) {
-                    inner.state().errors.push(e.to_string());
-                }
-            });
     }
 }
 

@@ -46,13 +46,13 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::conn_server::ConnServer;
 use crate::{ChallTestSrv, HarnessError, http};
 
 /// The path prefix of the API, as on `api.cloudflare.com`.
@@ -316,7 +316,6 @@ struct Inner {
     max_per_page: usize,
     mirror: Option<SocketAddr>,
     state: Mutex<State>,
-    stop: AtomicBool,
 }
 
 impl Inner {
@@ -330,7 +329,7 @@ impl Inner {
 pub struct CloudflareStandIn {
     inner: Arc<Inner>,
     addr: SocketAddr,
-    accept: Option<JoinHandle<()>>,
+    _server: ConnServer,
 }
 
 impl CloudflareStandIn {
@@ -341,10 +340,6 @@ impl CloudflareStandIn {
                 context: "binding the Cloudflare stand-in to 127.0.0.1".into(),
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| HarnessError::Io {
-            context: "reading the Cloudflare stand-in's address".into(),
-            source,
-        })?;
         let now = timestamp(SystemTime::now());
         let zones = opts
             .zones
@@ -365,20 +360,15 @@ impl CloudflareStandIn {
                 zones,
                 ..State::default()
             }),
-            stop: AtomicBool::new(false),
         });
-        let accept_inner = Arc::clone(&inner);
-        let accept = thread::Builder::new()
-            .name("cloudflare-standin".into())
-            .spawn(move || accept_loop(listener, accept_inner))
-            .map_err(|source| HarnessError::Io {
-                context: "starting the Cloudflare stand-in's thread".into(),
-                source,
-            })?;
+        let conn_inner = Arc::clone(&inner);
+        let server = ConnServer::spawn(listener, "cloudflare-standin", move |stream| {
+            let _ = serve_connection(stream, &conn_inner);
+        })?;
         Ok(CloudflareStandIn {
             inner,
-            addr,
-            accept: Some(accept),
+            addr: server.addr(),
+            _server: server,
         })
     }
 
@@ -485,36 +475,6 @@ impl CloudflareStandIn {
             mirror_set(mgmt, &fqdn, value)?;
         }
         Ok(id)
-    }
-}
-
-impl Drop for CloudflareStandIn {
-    fn drop(&mut self) {
-        self.inner.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
-    for conn in listener.incoming() {
-        if inner.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = conn else {
-            // Out of file descriptors, say: do not spin.
-            thread::sleep(Duration::from_millis(10));
-            continue;
-        };
-        let inner = Arc::clone(&inner);
-        let _ = thread::Builder::new()
-            .name("cloudflare-standin-conn".into())
-            .spawn(move || {
-                let _ = serve_connection(stream, &inner);
-            });
     }
 }
 

@@ -39,6 +39,7 @@ pub mod ari_proxy;
 pub mod bind;
 mod challtestsrv;
 pub mod cloudflare;
+mod conn_server;
 pub mod dns;
 mod http;
 pub mod moto;
