@@ -316,13 +316,7 @@ impl AcmeClient {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-            if let Some(at) = stored.deactivated_at {
-                return Err(IssueError::AccountDeactivated {
-                    url: stored.account_url,
-                    at,
-                    path,
-                });
-            }
+            stored.ensure_active(&path)?;
             let creds: ia::AccountCredentials = serde_json::from_value(stored.credentials)
                 .map_err(|e| crate::store::StoreError::Corrupt {
                     path,
@@ -524,6 +518,21 @@ struct StoredAccount {
     /// Set by `certsmith account rollover`: when the key last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_changed_at: Option<String>,
+}
+
+impl StoredAccount {
+    /// Refuses an account this store has seen deactivated: the CA would
+    /// refuse it too, with a less helpful message.
+    fn ensure_active(&self, path: &Path) -> Result<(), IssueError> {
+        match &self.deactivated_at {
+            Some(at) => Err(IssueError::AccountDeactivated {
+                url: self.account_url.clone(),
+                at: at.clone(),
+                path: path.to_path_buf(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// External account binding credentials
@@ -1424,13 +1433,7 @@ impl AcmeClient {
         reason: RevocationReason,
     ) -> Result<(), IssueError> {
         let (stored, path) = self.stored_account(store, opts).await?;
-        if let Some(at) = stored.deactivated_at {
-            return Err(IssueError::AccountDeactivated {
-                url: stored.account_url,
-                at,
-                path,
-            });
-        }
+        stored.ensure_active(&path)?;
         let creds: ia::AccountCredentials =
             serde_json::from_value(stored.credentials).map_err(|e| {
                 crate::store::StoreError::Corrupt {
@@ -1496,13 +1499,7 @@ impl AcmeClient {
         opts: &AccountOptions,
     ) -> Result<AccountSummary, IssueError> {
         let (mut stored, path) = self.stored_account(store, opts).await?;
-        if let Some(at) = &stored.deactivated_at {
-            return Err(IssueError::AccountDeactivated {
-                url: stored.account_url.clone(),
-                at: at.clone(),
-                path,
-            });
-        }
+        stored.ensure_active(&path)?;
         let key = stored_key(&stored, &path)?;
         let doc = self.directory_doc().await?;
         let url = stored.account_url.clone();
@@ -1545,13 +1542,7 @@ impl AcmeClient {
         opts: &AccountOptions,
     ) -> Result<AccountSummary, IssueError> {
         let (mut stored, path) = self.stored_account(store, opts).await?;
-        if let Some(at) = &stored.deactivated_at {
-            return Err(IssueError::AccountDeactivated {
-                url: stored.account_url.clone(),
-                at: at.clone(),
-                path,
-            });
-        }
+        stored.ensure_active(&path)?;
         if self.directory_doc().await?.key_change.is_none() {
             return Err(IssueError::InvalidRequest(format!(
                 "the CA {} offers no keyChange endpoint: it does not support key rollover",
