@@ -352,6 +352,29 @@ impl Job {
         self.plan = Err(f);
         self.request = None;
     }
+
+    /// Records the decision of [`plan_existing`]: when renewing, the order
+    /// is `request`, naming the certificate it replaces when the CA offers
+    /// ARI (RFC 9773 §5).
+    pub(crate) async fn set_plan(
+        &mut self,
+        (plan, next): (Plan, (OffsetDateTime, RenewReason)),
+        client: &AcmeClient,
+        facts: &CertFacts,
+        request: CertRequest,
+    ) {
+        self.next = Some(next);
+        if matches!(plan, Plan::Renew(_)) {
+            if client.offers_renewal_info().await.unwrap_or(false) {
+                self.replaces = facts.ari_cert_id.clone();
+            }
+            self.request = Some(CertRequest {
+                replaces: self.replaces.clone(),
+                ..request
+            });
+        }
+        self.plan = Ok(plan);
+    }
 }
 
 /// What happened to a job's order.

@@ -328,7 +328,7 @@ async fn plan(
         job.request = Some(request);
         return job;
     }
-    let (plan, next) = common::plan_existing(
+    let decision = common::plan_existing(
         store,
         client,
         &name,
@@ -338,16 +338,6 @@ async fn plan(
         args.force,
     )
     .await;
-    job.next = Some(next);
-    if matches!(plan, Plan::Renew(_)) {
-        if client.offers_renewal_info().await.unwrap_or(false) {
-            job.replaces = facts.ari_cert_id.clone();
-        }
-        job.request = Some(CertRequest {
-            replaces: job.replaces.clone(),
-            ..request
-        });
-    }
-    job.plan = Ok(plan);
+    job.set_plan(decision, client, &facts, request).await;
     job
 }

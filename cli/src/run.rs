@@ -213,7 +213,7 @@ async fn plan(
         job.request = Some(request);
         return job;
     }
-    let (plan, next) = common::plan_existing(
+    let decision = common::plan_existing(
         store,
         client,
         &cert.name,
@@ -223,18 +223,6 @@ async fn plan(
         force,
     )
     .await;
-    job.next = Some(next);
-    if matches!(plan, Plan::Renew(_)) {
-        // RFC 9773 §5: name the certificate being replaced, when the CA
-        // offers ARI.
-        if client.offers_renewal_info().await.unwrap_or(false) {
-            job.replaces = facts.ari_cert_id.clone();
-        }
-        job.request = Some(CertRequest {
-            replaces: job.replaces.clone(),
-            ..request
-        });
-    }
-    job.plan = Ok(plan);
+    job.set_plan(decision, client, &facts, request).await;
     job
 }
