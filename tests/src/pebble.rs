@@ -50,6 +50,10 @@ pub struct PebbleOpts {
     /// Extra environment variables for Pebble (`PEBBLE_AUTHZREUSE`,
     /// `PEBBLE_CHAIN_LENGTH`, ...).
     pub env: Vec<(String, String)>,
+    /// External account binding keys, (key id, base64url HMAC key). When
+    /// not empty, Pebble requires EAB for every new account
+    /// (`externalAccountBindingRequired`).
+    pub eab_keys: Vec<(String, String)>,
 }
 
 /// A certificate's status from Pebble's management API
@@ -158,8 +162,16 @@ impl Pebble {
                 "httpPort": http_port,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+                "externalAccountBindingRequired": !opts.eab_keys.is_empty(),
             });
+            if !opts.eab_keys.is_empty() {
+                pebble["externalAccountMACKeys"] = opts
+                    .eab_keys
+                    .iter()
+                    .map(|(kid, key)| (kid.clone(), serde_json::Value::from(key.clone())))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
             if let Some(secs) = opts.certificate_validity_period {
                 pebble["certificateValidityPeriod"] = secs.into();
             }

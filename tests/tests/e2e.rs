@@ -10,6 +10,7 @@
 mod cloudflare;
 mod dns01;
 mod docs;
+mod eab;
 mod harness;
 mod issue;
 mod lifecycle;
