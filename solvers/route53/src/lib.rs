@@ -55,6 +55,36 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// changed under it.
 const MAX_RACES: u32 = 5;
 
+/// Counts the `InvalidChangeBatch` races met on one name and waits before
+/// the record set is read again, up to [`MAX_RACES`] times.
+#[derive(Debug, Default)]
+struct RaceRetry {
+    races: u32,
+    backoff: Backoff,
+}
+
+impl RaceRetry {
+    /// Waits before the next read, or gives the race up as an error.
+    async fn wait(
+        &mut self,
+        msg: String,
+        fqdn: &str,
+        deadline: &Deadline,
+    ) -> Result<(), PluginError> {
+        if self.races >= MAX_RACES {
+            return Err(Failure::Race(msg).into());
+        }
+        self.races += 1;
+        // Another writer is at work on this name: let it finish.
+        let Some(pause) = self.backoff.next(deadline) else {
+            return Err(Failure::Race(msg).into());
+        };
+        log::debug!("route53: {fqdn} changed meanwhile ({msg}); reading it again");
+        tokio::time::sleep(pause).await;
+        Ok(())
+    }
+}
+
 /// How often `GetChange` is asked at most, and at least.
 const SYNC_POLL_FIRST: Duration = Duration::from_secs(1);
 const SYNC_POLL_MAX: Duration = Duration::from_secs(5);
@@ -412,8 +442,7 @@ impl Route53 {
         ttl: u32,
         deadline: &Deadline,
     ) -> Result<Option<String>, PluginError> {
-        let mut races = 0;
-        let mut backoff = Backoff::default();
+        let mut races = RaceRetry::default();
         loop {
             let mut values = match self.read_set(aws, zone_id, fqdn, deadline).await? {
                 Some(cur) => cur.values,
@@ -436,15 +465,7 @@ impl Route53 {
                     );
                     return Ok(Some(id));
                 }
-                Err(Failure::Race(msg)) if races < MAX_RACES => {
-                    races += 1;
-                    // Another writer is at work on this name: let it finish.
-                    let Some(pause) = backoff.next(deadline) else {
-                        return Err(Failure::Race(msg).into());
-                    };
-                    log::debug!("route53: {fqdn} changed meanwhile ({msg}); reading it again");
-                    tokio::time::sleep(pause).await;
-                }
+                Err(Failure::Race(msg)) => races.wait(msg, fqdn, deadline).await?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -460,8 +481,7 @@ impl Route53 {
         value: &str,
         deadline: &Deadline,
     ) -> Result<(), PluginError> {
-        let mut races = 0;
-        let mut backoff = Backoff::default();
+        let mut races = RaceRetry::default();
         loop {
             let Some(cur) = self.read_set(aws, zone_id, fqdn, deadline).await? else {
                 log::debug!("route53: no TXT record at {fqdn}; nothing to clean up");
@@ -496,15 +516,7 @@ impl Route53 {
                     );
                     return Ok(());
                 }
-                Err(Failure::Race(msg)) if races < MAX_RACES => {
-                    races += 1;
-                    // Another writer is at work on this name: let it finish.
-                    let Some(pause) = backoff.next(deadline) else {
-                        return Err(Failure::Race(msg).into());
-                    };
-                    log::debug!("route53: {fqdn} changed meanwhile ({msg}); reading it again");
-                    tokio::time::sleep(pause).await;
-                }
+                Err(Failure::Race(msg)) => races.wait(msg, fqdn, deadline).await?,
                 Err(e) => return Err(e.into()),
             }
         }
