@@ -384,16 +384,7 @@ impl AcmeClient {
             deactivated_at: None,
             key_changed_at: None,
         };
-        let json = serde_json::to_vec_pretty(&stored)
-            .map_err(|e| IssueError::Internal(format!("cannot serialize the account: {e}")))?;
-        let (store2, host, id) = (
-            store.clone(),
-            self.ca_host(),
-            account_id(&self.directory_url, &stored.contact),
-        );
-        tokio::task::spawn_blocking(move || store2.save_account(&host, &id, &json))
-            .await
-            .map_err(|e| IssueError::Internal(format!("account writer: {e}")))??;
+        self.rewrite_account(store, &stored).await?;
         Ok(Account {
             url: inner.id().to_owned(),
             inner,
@@ -1569,6 +1560,8 @@ impl AcmeClient {
         summarize(&json, path)
     }
 
+    /// Writes the stored account (0600, atomically) under its id for this
+    /// directory and contact.
     async fn rewrite_account(
         &self,
         store: &Store,
