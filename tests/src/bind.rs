@@ -30,6 +30,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::process::ServerProcess;
+use crate::write_file as write;
 use crate::{HarnessError, dns, free_udp_tcp_port};
 
 /// Where the Debian package `bind9` puts `named`. Override with `NAMED_BIN`.
@@ -388,23 +389,13 @@ fn try_start(
             }
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError::NotReady {
-                program: PROGRAM.into(),
-                what: format!("SOA queries for {zones:?} on {addr}"),
-                secs: READY_TIMEOUT.as_secs(),
-                log_path: child.log_path().to_path_buf(),
-                log_tail: child.log_tail(20),
-            });
+            return Err(child.not_ready(
+                format!("SOA queries for {zones:?} on {addr}"),
+                READY_TIMEOUT,
+            ));
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
-    std::fs::write(path, text).map_err(|source| HarnessError::Io {
-        context: format!("writing {}", path.display()),
-        source,
-    })
 }
 
 fn random_bytes(n: usize) -> Result<Vec<u8>, HarnessError> {

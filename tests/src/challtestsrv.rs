@@ -120,13 +120,10 @@ impl ChallTestSrv {
                 return Ok(Attempt::Ready(srv));
             }
             if Instant::now() >= deadline {
-                return Err(HarnessError::NotReady {
-                    program: PROGRAM.into(),
-                    what: format!("a probe TXT record on DNS {dns} set through {mgmt}"),
-                    secs: READY_TIMEOUT.as_secs(),
-                    log_path: srv.child.log_path().to_path_buf(),
-                    log_tail: srv.child.log_tail(20),
-                });
+                return Err(srv.child.not_ready(
+                    format!("a probe TXT record on DNS {dns} set through {mgmt}"),
+                    READY_TIMEOUT,
+                ));
             }
             thread::sleep(Duration::from_millis(25));
         }

@@ -334,3 +334,11 @@ pub(crate) fn find_bin(
 pub(crate) fn log_shows_port_collision(log: &str) -> bool {
     log.contains("address already in use")
 }
+
+/// Writes a harness file (config, zone, certificate), naming it on failure.
+pub(crate) fn write_file(path: &Path, contents: &str) -> Result<(), HarnessError> {
+    std::fs::write(path, contents).map_err(|source| HarnessError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })
+}

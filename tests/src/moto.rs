@@ -658,13 +658,10 @@ fn try_start(bin: &Path, log: &Path, port: u16, opts: &MotoOpts) -> Result<Attem
             return Ok(Attempt::Ready(child));
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError::NotReady {
-                program: PROGRAM.into(),
-                what: format!("GET http://{addr}/moto-api/data.json"),
-                secs: READY_TIMEOUT.as_secs(),
-                log_path: child.log_path().to_path_buf(),
-                log_tail: child.log_tail(20),
-            });
+            return Err(child.not_ready(
+                format!("GET http://{addr}/moto-api/data.json"),
+                READY_TIMEOUT,
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }

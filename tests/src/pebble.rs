@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::ServerProcess;
 use crate::tls::TestCa;
+use crate::write_file as write;
 use crate::{ChallTestSrv, HarnessError, PEBBLE_BIN, find_bin, free_port, http};
 
 const PROGRAM: &str = "pebble";
@@ -439,23 +440,13 @@ fn wait_ready(
             return Ok(Attempt::Ready(Box::new(child), listen, mgmt));
         }
         if Instant::now() >= deadline {
-            return Err(HarnessError::NotReady {
-                program: child.program().to_owned(),
-                what: format!("https://{listen}/dir and https://{mgmt}/roots/0"),
-                secs: READY_TIMEOUT.as_secs(),
-                log_path: child.log_path().to_path_buf(),
-                log_tail: child.log_tail(20),
-            });
+            return Err(child.not_ready(
+                format!("https://{listen}/dir and https://{mgmt}/roots/0"),
+                READY_TIMEOUT,
+            ));
         }
         thread::sleep(Duration::from_millis(25));
     }
-}
-
-fn write(path: &Path, contents: &str) -> Result<(), HarnessError> {
-    std::fs::write(path, contents).map_err(|source| HarnessError::Io {
-        context: format!("writing {}", path.display()),
-        source,
-    })
 }
 
 /// Lower-case hex without `0x`, colons or leading zeros, as Pebble keys its

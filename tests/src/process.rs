@@ -93,6 +93,18 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The error for a server that did not become ready within `waited`:
+    /// what was waited for, and the end of its log.
+    pub(crate) fn not_ready(&self, what: String, waited: std::time::Duration) -> HarnessError {
+        HarnessError::NotReady {
+            program: self.program().to_owned(),
+            what,
+            secs: waited.as_secs(),
+            log_path: self.log_path().to_path_buf(),
+            log_tail: self.log_tail(20),
+        }
+    }
+
     /// Start `cmd` (stdin from /dev/null, stdout and stderr to `log_path`,
     /// created or truncated); `program` names it in errors.
     pub fn spawn(

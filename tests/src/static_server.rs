@@ -76,13 +76,10 @@ impl StaticServer {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(HarnessError::NotReady {
-                    program: PROGRAM.into(),
-                    what: format!("TCP connections on 127.0.0.1:{port}"),
-                    secs: READY_TIMEOUT.as_secs(),
-                    log_path: log.clone(),
-                    log_tail: child.log_tail(20),
-                });
+                return Err(child.not_ready(
+                    format!("TCP connections on 127.0.0.1:{port}"),
+                    READY_TIMEOUT,
+                ));
             }
             thread::sleep(Duration::from_millis(25));
         }
