@@ -15,7 +15,8 @@ use certsmith_core::acme::{self, AccountOptions, AccountSummary, AcmeClient};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::common::{self, Failure};
+use crate::failure::Failure;
+use crate::setup;
 use crate::output::print_json;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -53,7 +54,7 @@ pub(crate) enum AccountCommand {
 pub(crate) async fn run(global: &GlobalArgs, cmd: AccountCommand) -> u8 {
     match dispatch(global, cmd).await {
         Ok(code) => code,
-        Err(f) => f.report(global),
+        Err(f) => f.report(global, None),
     }
 }
 
@@ -65,9 +66,9 @@ fn email_of(contact: &[String]) -> Option<String> {
 }
 
 async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failure> {
-    let config = common::load_config(global)
+    let config = setup::load_config(global)
         .map_err(|e| Failure::usage(e.to_string(), e.errors.first().and_then(|f| f.hint())))?;
-    let store = common::open_store(global, config.as_ref())?;
+    let store = setup::open_store(global, config.as_ref())?;
     let stored = acme::stored_accounts(&store)?;
     let (select, action) = match &cmd {
         AccountCommand::Show(s) => (s, "show"),
@@ -97,7 +98,7 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
                     .is_none_or(|e| email_of(&a.contact).as_deref() == Some(e.as_str()))
             })
             .collect();
-        print_accounts(global, &shown, store.root());
+        print_accounts(global, &shown, &store.location());
         return Ok(exit::OK);
     }
 
@@ -111,7 +112,7 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
             ),
             [] => {
                 return Err(Failure::usage(
-                    format!("no account is stored in {}", store.root().display()),
+                    format!("no account is stored in {}", store.location()),
                     Some("an account is created by the first `certsmith issue` or `run`"),
                 ));
             }
@@ -190,7 +191,7 @@ fn account_json(a: &AccountSummary) -> serde_json::Value {
     })
 }
 
-fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], root: &std::path::Path) {
+fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &str) {
     match global.output {
         OutputFormat::Json => {
             for a in accounts {
@@ -199,7 +200,7 @@ fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], root: &std:
         }
         OutputFormat::Text => {
             if accounts.is_empty() {
-                println!("no accounts in {}", root.display());
+                println!("no accounts in {location}");
             }
             for (i, a) in accounts.iter().enumerate() {
                 if i > 0 {

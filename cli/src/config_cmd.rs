@@ -18,7 +18,8 @@ use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::common::{self, Failure};
+use crate::failure::Failure;
+use crate::setup;
 use crate::output::{print_error, print_json};
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -41,13 +42,13 @@ fn check(global: &GlobalArgs) -> u8 {
             "`certsmith config check` needs a config file",
             Some("pass --config certsmith.toml"),
         )
-        .report(global);
+        .report(global, None);
     };
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return common::report_config_errors(global, &e),
+        Err(e) => return setup::report_config_errors(global, &e),
     };
-    let host = common::plugin_host(global, Some(&config));
+    let host = setup::plugin_host(global, Some(&config));
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     for e in host.duplicate_errors() {
@@ -105,7 +106,7 @@ fn check(global: &GlobalArgs) -> u8 {
                 "solver": c.solver,
                 "key_type": c.key_type.as_str(),
             })).collect::<Vec<_>>(),
-            "errors": errors.iter().map(common::config_error_json).collect::<Vec<_>>(),
+            "errors": errors.iter().map(setup::config_error_json).collect::<Vec<_>>(),
             "warnings": warnings,
         })),
         OutputFormat::Text => {

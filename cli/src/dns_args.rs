@@ -1,12 +1,10 @@
 //! The DNS flags shared by every command that may answer dns-01
-//! challenges, and the stale-journal sweep every such command starts with.
+//! challenges.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use certsmith_core::dns::{DnsOptions, parse_server};
-use certsmith_core::journal::{self, Journal};
-use certsmith_core::plugin::PluginHost;
 
 /// How dns-01 records are located and checked.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,27 +41,6 @@ impl DnsArgs {
             follow_cname: !self.no_follow_cname,
             propagation_timeout: self.propagation_timeout.map(Duration::from_secs),
             ..DnsOptions::default()
-        }
-    }
-}
-
-/// Cleans up what an earlier run that died left presented, and says so.
-pub(crate) async fn sweep_journal(journal: &Journal, host: &PluginHost, solvers: &toml::Table) {
-    let stale = journal.stale();
-    if stale.is_empty() {
-        return;
-    }
-    eprintln!(
-        "[certsmith] {} challenge(s) left by an earlier run that did not finish: cleaning up",
-        stale.len()
-    );
-    for done in journal::clean_stale(journal, host, Some(solvers)).await {
-        match done.result {
-            Ok(()) => eprintln!("[certsmith] removed {}", done.entry.describe()),
-            Err(e) => eprintln!(
-                "[certsmith] warning: could not remove {}: {e}; will retry on the next run",
-                done.entry.describe()
-            ),
         }
     }
 }

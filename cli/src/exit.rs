@@ -31,3 +31,5 @@ pub(crate) const PARTIAL: u8 = 8;
 /// Like every class, `run`/`renew` return it only when no certificate
 /// succeeded and all failed this way; otherwise [`PARTIAL`].
 pub(crate) const DEPLOY_HOOK: u8 = 9;
+/// Interrupted by SIGINT (Ctrl-C) or SIGTERM: 128 + SIGINT, as shells do.
+pub(crate) const INTERRUPTED: u8 = 130;

@@ -9,25 +9,26 @@
 //! the failure class ([`crate::exit`]). Ctrl-C cancels the order, waits for
 //! the solver to clean up what it presented, and exits with 130.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
-use certsmith_core::engine::{self, CancelToken, CertRequest, Engine, EngineOptions, IssuedCert};
-use certsmith_core::error::{ErrorClass, IssueError};
+use certsmith_core::agent::{Job, Plan, Settings};
+use certsmith_core::engine::{self, CertRequest, IssuedCert};
+use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
 use certsmith_core::keys::KeyType;
-use certsmith_core::plugin::{ConfigSources, PluginHost, SearchPath, parse_solver_opt};
-use certsmith_core::store::{self, Store};
+use certsmith_core::plugin::parse_solver_opt;
+use certsmith_core::store;
+use certsmith_core::timefmt::rfc3339;
 use serde_json::json;
 
-use crate::output::{print_error, print_json};
-use crate::progress;
+use crate::failure::Failure;
+use crate::output::print_json;
+use crate::setup::{self, Session};
 use crate::{GlobalArgs, OutputFormat, exit};
-
-/// Exit code after Ctrl-C (128 + SIGINT), as shells do.
-pub(crate) const INTERRUPTED: u8 = 130;
 
 /// `--key-type` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -148,102 +149,12 @@ pub(crate) struct IssueArgs {
     dns: crate::dns_args::DnsArgs,
 }
 
-/// A failure before or around the engine, with its exit code.
-struct Failure {
-    code: u8,
-    message: String,
-    hint: Option<String>,
-    class: &'static str,
-}
-
-impl Failure {
-    fn usage(message: impl Into<String>, hint: Option<&str>) -> Self {
-        Failure {
-            code: exit::USAGE,
-            message: message.into(),
-            hint: hint.map(str::to_owned),
-            class: "usage",
-        }
-    }
-
-    fn from_issue(e: &IssueError) -> Self {
-        let class = e.class();
-        Failure {
-            code: exit_code(class),
-            message: e.to_string(),
-            hint: e.hint(),
-            class: class.as_str(),
-        }
-    }
-
-    fn report(&self, global: &GlobalArgs, name: Option<&str>) -> u8 {
-        print_error(&self.message, self.hint.as_deref());
-        if global.output == OutputFormat::Json {
-            print_json(&json!({
-                "name": name,
-                "error": {
-                    "class": self.class,
-                    "message": self.message,
-                    "hint": self.hint,
-                    "exit_code": self.code,
-                }
-            }));
-        }
-        self.code
-    }
-}
-
-impl From<IssueError> for Failure {
-    fn from(e: IssueError) -> Self {
-        Failure::from_issue(&e)
-    }
-}
-
-/// The exit code of a failure class.
-pub(crate) fn exit_code(class: ErrorClass) -> u8 {
-    match class {
-        ErrorClass::Usage | ErrorClass::Store => exit::USAGE,
-        ErrorClass::Solver => exit::SOLVER,
-        ErrorClass::CaRefused => exit::CA_REFUSED,
-        ErrorClass::RateLimited => exit::RATE_LIMITED,
-        ErrorClass::Network => exit::NETWORK,
-        ErrorClass::Cancelled => INTERRUPTED,
-        ErrorClass::PropagationTimeout => exit::PROPAGATION_TIMEOUT,
-        _ => exit::INTERNAL,
-    }
-}
-
-/// What `issue` takes from the config file.
-#[derive(Default)]
-struct ConfigFile {
-    plugin_dirs: Vec<PathBuf>,
-    solvers: toml::Table,
-    /// The whole file, for the settings `issue` shares with `run`.
-    config: Option<certsmith_core::config::Config>,
-}
-
-/// Reads `plugin_dirs` and `[solvers.*]` through the one config model
-/// (`certsmith_core::config`): the same checks and line/column errors as
-/// `run` and `config check`.
-fn load_config(path: &Path) -> anyhow::Result<ConfigFile> {
-    let config = certsmith_core::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(ConfigFile {
-        plugin_dirs: config.defaults.plugin_dirs.clone(),
-        solvers: config.solvers_table(),
-        config: Some(config),
-    })
-}
-
 /// Everything checked and ready, before any network traffic.
 struct Prepared {
     request: CertRequest,
     client: AcmeClient,
-    store: Store,
     account: AccountOptions,
-    host: PluginHost,
-    journal: certsmith_core::journal::Journal,
-    solver_tables: toml::Table,
-    dns: certsmith_core::dns::DnsOptions,
+    session: Session,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -252,7 +163,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let name = match &args.cert_name {
         Some(n) => n.clone(),
         None => identifiers::default_cert_name(&domains)
-            .ok_or_else(|| Failure::usage("no domain given", None))?,
+            .ok_or_else(|| Failure::usage("no domain given", Some("pass at least one -d/--domain")))?,
     };
     store::check_cert_name(&name).map_err(|e| {
         Failure::usage(
@@ -261,55 +172,40 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         )
     })?;
 
-    // 2. The config file.
-    let config = match &global.config {
-        Some(p) => load_config(p).map_err(|e| {
-            Failure::usage(
-                format!("{e:#}"),
-                Some("fix the config file, or leave out --config"),
-            )
-        })?,
-        None => ConfigFile::default(),
-    };
-
-    // 3. The state directory, writable.
-    let root = match &global.state_dir {
-        Some(d) => d.clone(),
-        None => store::default_root().map_err(IssueError::from)?,
-    };
-    let store = Store::open(root).map_err(IssueError::from)?;
-    let journal = certsmith_core::journal::Journal::open(store.root()).map_err(|e| {
+    // 2. The config file: its plugin_dirs and [solvers.*] (through the one
+    // config model, with the same checks and line/column errors as `run`).
+    let config = setup::load_config(global).map_err(|e| {
         Failure::usage(
             e.to_string(),
-            Some("the state directory must be writable (--state-dir)"),
+            Some("fix the config file, or leave out --config"),
         )
     })?;
 
-    // 4. The solver: found, loaded, configured.
-    let host = PluginHost::discover(&SearchPath::standard(
-        &global.plugin_dirs,
-        &config.plugin_dirs,
-    ));
-    for p in host.problems() {
-        log::info!("plugin {} not loaded: {}", p.path.display(), p.error);
-    }
-    let plugin = host.get(&args.solver).map_err(IssueError::from)?;
+    // 3. The state directory, writable.
+    let store = match &global.state_dir {
+        Some(d) => store::Store::open(d.clone())?,
+        None => store::Store::open(store::default_root()?)?,
+    };
+
+    // 4. The solver: found, loaded, configured (by the agent, with the
+    // --solver-opt values over the environment and the config file).
+    let host = setup::plugin_host(global, config.as_ref());
+    let mut options = setup::agent_options(store, host, config.as_ref(), &args.dns);
+    options.concurrency = args.concurrency as usize;
     let cli_opts: Vec<(String, String)> = args
         .solver_opts
         .iter()
         .map(|o| (o.0.clone(), o.1.clone()))
         .collect();
-    let file_table = config
-        .solvers
+    options.solver_opts = BTreeMap::from([(args.solver.clone(), cli_opts)]);
+    let table = options
+        .solver_tables
         .get(&args.solver)
-        .and_then(toml::Value::as_table);
-    let solver = plugin
-        .instantiate(&ConfigSources {
-            cli: &cli_opts,
-            file: file_table,
-            ..Default::default()
-        })
-        .map_err(IssueError::from)?;
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    let session = Session::start(global, options);
+    let solver = session.agent.solver(&args.solver, &table)?;
 
     // 5. The request as a whole (wildcards versus the solver, dns-01).
     let request = CertRequest {
@@ -336,45 +232,8 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     Ok(Prepared {
         request,
         client,
-        store,
         account,
-        host,
-        journal,
-        dns: crate::common::dns_options(&args.dns, config.config.as_ref()),
-        solver_tables: config.solvers,
-    })
-}
-
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
-    match term {
-        Some(t) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = t.recv() => {},
-            }
-        }
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Cancels `token` on SIGINT/SIGTERM; a second signal exits at once.
-pub(crate) fn watch_signals(token: CancelToken, quiet: bool) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        next_signal(&mut term).await;
-        if !quiet {
-            eprintln!(
-                "[certsmith] interrupted: removing presented challenges (press Ctrl-C again to quit now)"
-            );
-        }
-        token.cancel();
-        next_signal(&mut term).await;
-        eprintln!("error: interrupted again; some challenge responses may remain in place");
-        std::process::exit(i32::from(INTERRUPTED));
+        session,
     })
 }
 
@@ -383,95 +242,56 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         Ok(p) => p,
         Err(f) => return f.report(global, args.cert_name.as_deref()),
     };
-    let name = prepared.request.name.clone();
-    let store = prepared.store.clone();
-
-    let verbosity = if global.quiet {
-        progress::Verbosity::Quiet
-    } else if global.verbose > 0 {
-        progress::Verbosity::Verbose
-    } else {
-        progress::Verbosity::Normal
-    };
-    let (progress, printer) = progress::spawn(verbosity);
-    let cancel = CancelToken::new();
-    let signals = watch_signals(cancel.clone(), global.quiet);
-
-    crate::dns_args::sweep_journal(&prepared.journal, &prepared.host, &prepared.solver_tables)
+    let Prepared {
+        request,
+        client,
+        account,
+        session,
+    } = prepared;
+    let name = request.name.clone();
+    // What `renew` needs besides the request: recorded in the lineage.
+    let ca_cert = args
+        .ca_cert
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+    let mut job = Job::new(name.clone(), request.domains.clone());
+    job.settings = Settings::new(
+        ca_cert,
+        args.email
+            .as_ref()
+            .map(|e| e.trim().trim_start_matches("mailto:").to_owned()),
+        args.deploy_hook.clone(),
+        Some(Duration::from_secs(args.deploy_hook_timeout)),
+        None,
+    );
+    job.plan = Ok(Plan::Issue("requested".to_owned()));
+    job.request = Some(request);
+    let mut jobs = [job];
+    let interrupted = session
+        .agent
+        .execute(&client, &account, &mut jobs)
         .await;
-    let options = EngineOptions {
-        cancel: cancel.clone(),
-        dns: prepared.dns.clone(),
-        journal: Some(prepared.journal.clone()),
-        ..EngineOptions::default()
-    };
-    let connected = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => Err(IssueError::Cancelled),
-        r = Engine::connect(prepared.client, prepared.store, prepared.account, progress, options) => r,
-    };
-    let results = match connected {
-        Ok(engine) => {
-            let r = engine
-                .issue_all(vec![prepared.request], args.concurrency as usize)
-                .await;
-            drop(engine);
-            r
-        }
-        Err(e) => vec![Err(e)],
-    };
-    // Let the printer drain the last events (it ends when the engine's
-    // senders are gone).
-    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
-    signals.abort();
+    session.finish().await;
+    let [job] = jobs;
 
-    if cancel.is_cancelled() {
-        print_error("interrupted", None);
-        return INTERRUPTED;
+    if interrupted {
+        crate::output::print_error("interrupted", None);
+        return exit::INTERRUPTED;
     }
-    let mut code = exit::OK;
-    let total = results.len();
-    let mut failed = 0;
-    for result in results {
-        match result {
-            Ok(cert) => {
-                print_cert(global, &cert);
-                crate::common::record_issue(
-                    &store,
-                    &cert,
-                    args.ca_cert.as_deref(),
-                    args.email.as_deref(),
-                    args.deploy_hook.as_deref(),
-                )
-                .await;
-                if let Some(cmd) = &args.deploy_hook
-                    && let Err(f) = crate::common::run_hook(
-                        cmd,
-                        &cert,
-                        Duration::from_secs(args.deploy_hook_timeout),
-                        global.quiet,
-                    )
-                    .await
-                {
-                    failed += 1;
-                    code = f.report(global);
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                code = Failure::from_issue(&e).report(global, Some(&name));
-            }
-        }
+    let Some(outcome) = job.outcome else {
+        return Failure::from_job(&certsmith_core::agent::JobError::NotAttempted)
+            .report(global, Some(&name));
+    };
+    if let Some(e) = &outcome.error {
+        return Failure::from_job(e).report(global, Some(&name));
     }
-    if failed > 0 && failed < total {
-        code = exit::PARTIAL;
+    if let Some(cert) = &outcome.cert {
+        print_cert(global, cert);
     }
-    code
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
+    match &outcome.hook {
+        Some(Err(e)) => Failure::from_job(e).report(global, Some(&name)),
+        _ => exit::OK,
+    }
 }
 
 fn print_cert(global: &GlobalArgs, cert: &IssuedCert) {

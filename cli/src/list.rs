@@ -12,7 +12,8 @@ use certsmith_core::renewal::{self, CertState};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::common::{self, Failure};
+use crate::failure::Failure;
+use crate::setup;
 use crate::output::print_json;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -40,17 +41,17 @@ struct Row {
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
-    let config = match common::load_config(global) {
+    let config = match setup::load_config(global) {
         Ok(c) => c,
-        Err(e) => return common::report_config_errors(global, &e),
+        Err(e) => return setup::report_config_errors(global, &e),
     };
-    let store = match common::open_store(global, config.as_ref()) {
+    let store = match setup::open_store(global, config.as_ref()) {
         Ok(s) => s,
-        Err(f) => return f.report(global),
+        Err(f) => return f.report(global, None),
     };
     let names = match store.cert_names() {
         Ok(n) => n,
-        Err(e) => return Failure::from_issue(&IssueError::from(e)).report(global),
+        Err(e) => return Failure::from_issue(&IssueError::from(e)).report(global, None),
     };
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
@@ -66,7 +67,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                 continue;
             }
         };
-        let current = store.cert_dir(&name).join("current");
+        let current = store
+            .current_dir(&name)
+            .map_or_else(|| "-".to_owned(), |d| d.display().to_string());
         let facts = renewal::read_current(&store, &name);
         let row = match facts {
             Ok(Some(f)) => {
@@ -90,7 +93,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                     solver: lineage.solver.clone(),
                     state: state.as_str().to_owned(),
                     version: store.current_version(&name).ok().flatten(),
-                    path: current.display().to_string(),
+                    path: current.clone(),
                 }
             }
             Ok(None) | Err(_) => Row {
@@ -105,7 +108,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                 solver: lineage.solver.clone(),
                 state: "missing".to_owned(),
                 version: None,
-                path: current.display().to_string(),
+                path: current.clone(),
             },
         };
         rows.push(row);
@@ -113,10 +116,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
     for n in &args.names {
         if !rows.iter().any(|r| &r.name == n) {
             return Failure::usage(
-                format!("no certificate named '{n}' in {}", store.root().display()),
+                format!("no certificate named '{n}' in {}", store.location()),
                 None,
             )
-            .report(global);
+            .report(global, None);
         }
     }
     match global.output {
@@ -141,7 +144,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         }
         OutputFormat::Text => {
             if rows.is_empty() {
-                println!("no certificates in {}", store.root().display());
+                println!("no certificates in {}", store.location());
                 return exit::OK;
             }
             println!(

@@ -5,10 +5,10 @@
 //! `certsmith-core`.
 
 mod account;
-mod common;
 mod config_cmd;
 mod dns_args;
 mod exit;
+mod failure;
 mod issue;
 mod list;
 mod output;
@@ -16,7 +16,9 @@ mod progress;
 mod renew;
 mod revoke;
 mod run;
+mod setup;
 mod solvers;
+mod summary;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

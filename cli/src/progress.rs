@@ -48,7 +48,10 @@ pub(crate) fn spawn(verbosity: Verbosity) -> (Progress, JoinHandle<()>) {
 async fn plain_printer(mut rx: mpsc::UnboundedReceiver<ProgressEvent>, verbosity: Verbosity) {
     let started = Instant::now();
     while let Some(event) = rx.recv().await {
-        let warning = matches!(event, ProgressEvent::CleanupFailed { .. });
+        let warning = matches!(
+            event,
+            ProgressEvent::CleanupFailed { .. } | ProgressEvent::LeftoverKept { .. }
+        );
         if verbosity == Verbosity::Quiet && !warning {
             continue;
         }
@@ -218,6 +221,22 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
         ProgressEvent::Propagation {
             fqdn, ready, total, ..
         } => format!("{fqdn}: {ready}/{total} nameservers serve the record"),
+        ProgressEvent::WaitingForRun { holder } => {
+            format!("another certsmith run or renew holds {holder}; waiting for it")
+        }
+        ProgressEvent::LeftoversFound { count } => format!(
+            "{count} challenge(s) left by an earlier run that did not finish: cleaning up"
+        ),
+        ProgressEvent::LeftoverRemoved { description } => format!("removed {description}"),
+        ProgressEvent::LeftoverKept { description, error } => format!(
+            "warning: could not remove {description}: {error}; will retry on the next run"
+        ),
+        ProgressEvent::HookStarted { name } => format!("{name}: running the deploy hook"),
+        ProgressEvent::HookOutput { name, line } => format!("{name} hook: {line}"),
+        ProgressEvent::HookFinished { name, elapsed } => format!(
+            "{name}: deploy hook done in {:.1}s",
+            elapsed.as_secs_f64()
+        ),
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
         _ => return None,

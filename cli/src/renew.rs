@@ -14,18 +14,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient};
-use certsmith_core::config::{self, Config};
-use certsmith_core::engine::{self, CancelToken, CertRequest};
+use certsmith_core::agent::{self, Job, JobError, Settings};
+use certsmith_core::config::Config;
 use certsmith_core::error::IssueError;
-use certsmith_core::identifiers;
-use certsmith_core::keys::KeyType;
-use certsmith_core::plugin::PluginHost;
-use certsmith_core::renewal;
-use certsmith_core::store::{Lineage, Store};
+use certsmith_core::store::Lineage;
 
-use crate::common::{self, Batch, Failure, Job, Plan, Settings};
 use crate::dns_args::DnsArgs;
-use crate::{GlobalArgs, exit};
+use crate::failure::Failure;
+use crate::setup::{self, Session};
+use crate::{GlobalArgs, exit, summary};
 
 /// Renew stored certificates that are due (or all, with --force).
 #[derive(Debug, clap::Args)]
@@ -71,18 +68,35 @@ struct GroupKey {
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
-    let config = match common::load_config(global) {
+    let config = match setup::load_config(global) {
         Ok(c) => c,
-        Err(e) => return common::report_config_errors(global, &e),
+        Err(e) => return setup::report_config_errors(global, &e),
     };
     let config = config.as_ref();
-    let (store, _run_lock, journal) = match common::open_batch_state(global, config).await {
+    let store = match setup::open_store(global, config) {
         Ok(s) => s,
-        Err(f) => return f.report(global),
+        Err(f) => return f.report(global, None),
+    };
+    let host = setup::plugin_host(global, config);
+    let mut options = setup::agent_options(store.clone(), host, config, &args.dns);
+    if let Some(c) = args.concurrency {
+        options.concurrency = c as usize;
+    }
+    let session = Session::start(global, options);
+    let agent = &session.agent;
+    let _lease = match agent.lease_run().await {
+        Ok(l) => l,
+        Err(e) => {
+            session.finish().await;
+            return Failure::from(e).report(global, None);
+        }
     };
     let stored = match store.cert_names() {
         Ok(n) => n,
-        Err(e) => return Failure::from_issue(&IssueError::from(e)).report(global),
+        Err(e) => {
+            session.finish().await;
+            return Failure::from(e).report(global, None);
+        }
     };
     let names = if args.all {
         stored.clone()
@@ -90,28 +104,29 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
         for n in &args.names {
             if !stored.contains(n) {
                 let hint = if stored.is_empty() {
-                    format!("{} holds no certificate yet", store.root().display())
+                    format!("{} holds no certificate yet", store.location())
                 } else {
                     format!("stored certificates: {}", stored.join(", "))
                 };
+                session.finish().await;
                 return Failure::usage(
-                    format!("no certificate named '{n}' in {}", store.root().display()),
+                    format!("no certificate named '{n}' in {}", store.location()),
                     Some(&hint),
                 )
-                .report(global);
+                .report(global, None);
             }
         }
         args.names.clone()
     };
     if names.is_empty() {
+        session.finish().await;
         if !global.quiet {
-            eprintln!("[certsmith] no certificates in {}", store.root().display());
+            eprintln!("[certsmith] no certificates in {}", store.location());
         }
         return exit::OK;
     }
-    common::jitter(args.jitter, global.quiet).await;
+    setup::jitter(args.jitter, global.quiet).await;
 
-    let host = common::plugin_host(global, config);
     let mut groups: BTreeMap<GroupKey, Vec<(String, Lineage)>> = BTreeMap::new();
     let mut jobs: Vec<Job> = Vec::new();
     for name in names {
@@ -129,43 +144,31 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
             }
             Ok(None) => {
                 let mut job = Job::new(name.clone(), Vec::new());
-                job.failed(Failure::usage(
-                    format!("'{name}' has no lineage.toml"),
-                    None,
-                ));
+                job.fail(JobError::Invalid {
+                    message: format!("'{name}' has no lineage"),
+                });
                 jobs.push(job);
             }
             Err(e) => {
                 let mut job = Job::new(name, Vec::new());
-                job.failed(Failure::from_issue(&IssueError::from(e)));
+                job.fail(IssueError::from(e).into());
                 jobs.push(job);
             }
         }
     }
 
-    let cancel = CancelToken::new();
-    let signals = crate::issue::watch_signals(cancel.clone(), global.quiet);
     let mut interrupted = false;
-    let mut solvers = common::Solvers::default();
     for (key, members) in groups {
-        let client = match AcmeClient::new(&key.server, key.ca_cert.as_deref()) {
-            Ok(c) => c,
+        let ready = AcmeClient::new(&key.server, key.ca_cert.as_deref()).and_then(|client| {
+            eab_account(config, key.email.clone(), args.agree_tos).map(|a| (client, a))
+        });
+        let (client, account) = match ready {
+            Ok(r) => r,
             Err(e) => {
-                let f = Failure::from_issue(&e);
+                let e = JobError::from(e);
                 for (name, l) in members {
                     let mut job = Job::new(name, l.domains.clone());
-                    job.failed(f.clone());
-                    jobs.push(job);
-                }
-                continue;
-            }
-        };
-        let account = match eab_account(config, key.email.clone(), args.agree_tos) {
-            Ok(a) => a,
-            Err(f) => {
-                for (name, l) in members {
-                    let mut job = Job::new(name, l.domains.clone());
-                    job.failed(f.clone());
+                    job.fail(e.clone());
                     jobs.push(job);
                 }
                 continue;
@@ -173,47 +176,34 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
         };
         let mut group_jobs = Vec::new();
         for (name, lineage) in members {
-            let job = plan(
-                &args,
-                config,
-                &host,
-                &mut solvers,
-                &store,
-                &client,
-                &key,
-                name,
-                &lineage,
-            )
-            .await;
+            let settings = Settings::new(
+                key.ca_cert.clone(),
+                key.email.clone(),
+                args.deploy_hook
+                    .clone()
+                    .or_else(|| lineage.deploy_hook.clone()),
+                config.and_then(|c| c.defaults.deploy_hook_timeout),
+                None,
+            );
+            // Options: the config file's [solvers.<code>] (where secrets
+            // may be), then what was recorded for this certificate.
+            let table = config
+                .and_then(|c| c.solvers.get(&lineage.solver))
+                .map(|t| t.options.clone())
+                .unwrap_or_default();
+            let job = agent
+                .plan_stored(&name, &lineage, table, settings, &client, args.force)
+                .await;
             group_jobs.push(job);
         }
-        interrupted |= common::execute(
-            Batch {
-                global,
-                client,
-                store: store.clone(),
-                account,
-                journal: journal.clone(),
-                host: &host,
-                solver_tables: config.map(Config::solvers_table).unwrap_or_default(),
-                dns: common::dns_options(&args.dns, config),
-                concurrency: args
-                    .concurrency
-                    .map(|c| c as usize)
-                    .or_else(|| config.and_then(|c| c.defaults.concurrency))
-                    .unwrap_or(engine::DEFAULT_CONCURRENCY),
-                cancel: cancel.clone(),
-            },
-            &mut group_jobs,
-        )
-        .await;
+        interrupted |= agent.execute(&client, &account, &mut group_jobs).await;
         jobs.extend(group_jobs);
         if interrupted {
             break;
         }
     }
-    signals.abort();
-    common::summarize(global, &jobs, interrupted)
+    session.finish().await;
+    summary::summarize(global, &jobs, interrupted)
 }
 
 /// Account options for a lineage's contact: EAB from the environment or
@@ -222,122 +212,9 @@ fn eab_account(
     config: Option<&Config>,
     email: Option<String>,
     agree_tos: bool,
-) -> Result<AccountOptions, Failure> {
-    let mut opts = common::account_options(config, email.clone())?;
+) -> Result<AccountOptions, IssueError> {
+    let mut opts = agent::account_options(config.map(|c| &c.defaults), email.clone())?;
     opts.email = email;
     opts.agree_tos |= agree_tos;
     Ok(opts)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn plan(
-    args: &RenewArgs,
-    config: Option<&Config>,
-    host: &PluginHost,
-    solvers: &mut common::Solvers,
-    store: &Store,
-    client: &AcmeClient,
-    key: &GroupKey,
-    name: String,
-    lineage: &Lineage,
-) -> Job {
-    let mut job = Job::new(name.clone(), lineage.domains.clone());
-    let renew_before = match lineage.renew_before.as_deref().map(config::parse_duration) {
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => {
-            log::warn!("{name}: renew_before in lineage.toml: {e}; using 1/3 of the lifetime");
-            None
-        }
-        None => None,
-    };
-    job.settings = Settings {
-        ca_cert: key.ca_cert.clone(),
-        email: key.email.clone(),
-        deploy_hook: args
-            .deploy_hook
-            .clone()
-            .or_else(|| lineage.deploy_hook.clone()),
-        hook_timeout: config.and_then(|c| c.defaults.deploy_hook_timeout),
-        renew_before,
-    };
-    let domains = match identifiers::parse_domains(&lineage.domains) {
-        Ok(d) => d,
-        Err(e) => {
-            job.failed(Failure::from_issue(&e.into()));
-            return job;
-        }
-    };
-    let key_type = match lineage.key_type.parse::<KeyType>() {
-        Ok(k) => k,
-        Err(e) => {
-            job.failed(Failure::usage(
-                format!("{name}: lineage.toml: {e}"),
-                Some("fix key_type in lineage.toml"),
-            ));
-            return job;
-        }
-    };
-    // Options: the config file's [solvers.<code>] (where secrets may be),
-    // then what was recorded for this certificate.
-    let mut table = config
-        .and_then(|c| c.solvers.get(&lineage.solver))
-        .map(|t| t.options.clone())
-        .unwrap_or_default();
-    for (k, v) in &lineage.solver_options {
-        table.insert(k.clone(), v.clone());
-    }
-    let solver = match solvers.get(host, &lineage.solver, &table) {
-        Ok(s) => s,
-        Err(f) => {
-            job.failed(f);
-            return job;
-        }
-    };
-    let request = CertRequest {
-        name: name.clone(),
-        domains,
-        solver,
-        key_type,
-        replaces: None,
-    };
-    if let Err(e) = engine::check_request(&request) {
-        job.failed(Failure::from_issue(&e));
-        return job;
-    }
-    let facts = match renewal::read_current(store, &name) {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            job.plan = Ok(Plan::Issue("no current version".to_owned()));
-            job.request = Some(request);
-            return job;
-        }
-        Err(e) => {
-            log::warn!("{e}; ordering a new certificate");
-            job.plan = Ok(Plan::Issue("the current version is unreadable".to_owned()));
-            job.request = Some(request);
-            return job;
-        }
-    };
-    job.facts = Some(facts.clone());
-    if lineage
-        .revoked
-        .as_ref()
-        .is_some_and(|r| r.serial == facts.serial)
-    {
-        job.plan = Ok(Plan::Issue("the current version is revoked".to_owned()));
-        job.request = Some(request);
-        return job;
-    }
-    let decision = common::plan_existing(
-        store,
-        client,
-        &name,
-        &facts,
-        lineage,
-        renew_before,
-        args.force,
-    )
-    .await;
-    job.set_plan(decision, client, &facts, request).await;
-    job
 }

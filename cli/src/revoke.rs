@@ -16,7 +16,8 @@ use certsmith_core::renewal;
 use certsmith_core::store::RevocationRecord;
 use serde_json::json;
 
-use crate::common::{self, Failure};
+use crate::failure::Failure;
+use crate::setup;
 use crate::output::print_json;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -76,44 +77,46 @@ pub(crate) struct RevokeArgs {
 pub(crate) async fn run(global: &GlobalArgs, args: RevokeArgs) -> u8 {
     match revoke(global, &args).await {
         Ok(code) => code,
-        Err(f) => f.report(global),
+        Err(f) => f.report(global, None),
     }
 }
 
 async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
-    let config = common::load_config(global).map_err(|e| {
+    let config = setup::load_config(global).map_err(|e| {
         let first = e.errors.first();
         Failure::usage(
             e.to_string(),
             first.and_then(|f| f.hint()).or(Some("fix the config file")),
         )
     })?;
-    let store = common::open_store(global, config.as_ref())?;
+    let store = setup::open_store(global, config.as_ref())?;
     let name = &args.cert_name;
     let lineage = store
         .load_lineage(name)
         .map_err(IssueError::from)?
         .ok_or_else(|| {
             Failure::usage(
-                format!(
-                    "no certificate named '{name}' in {}",
-                    store.root().display()
-                ),
+                format!("no certificate named '{name}' in {}", store.location()),
                 Some("`certsmith list` shows the stored certificates"),
             )
         })?;
-    let dir = match args.cert_version {
-        Some(v) => store.cert_dir(name).join("versions").join(v.to_string()),
-        None => store.cert_dir(name).join("current"),
+    let version = store
+        .read_version(name, args.cert_version)
+        .map_err(IssueError::from)?
+        .ok_or_else(|| {
+            Failure::usage(
+                match args.cert_version {
+                    Some(v) => format!("'{name}' has no version {v}"),
+                    None => format!("'{name}' has no current version"),
+                },
+                Some("pass --cert-version N of a version `certsmith list` shows"),
+            )
+        })?;
+    let what = match &version.dir {
+        Some(dir) => dir.join(certsmith_core::store::CERT_FILE).display().to_string(),
+        None => format!("{name} version {}", version.version),
     };
-    let cert_path = dir.join(certsmith_core::store::CERT_FILE);
-    let pem = std::fs::read_to_string(&cert_path).map_err(|e| {
-        Failure::usage(
-            format!("cannot read {}: {e}", cert_path.display()),
-            Some("pass --cert-version N of a version listed in lineage.toml"),
-        )
-    })?;
-    let facts = renewal::read_cert_pem(&pem, &cert_path.display().to_string())
+    let facts = renewal::read_cert_pem(&version.files.cert_pem, &what)
         .map_err(|e| Failure::usage(e.to_string(), None))?;
 
     let ca_cert = args
@@ -168,7 +171,7 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
     // Mark the lineage (for the current version only: an old version's
     // revocation does not make the current one unusable).
     let current = renewal::read_current(&store, name).ok().flatten();
-    let at = renewal::rfc3339(time::OffsetDateTime::now_utc());
+    let at = certsmith_core::timefmt::now_rfc3339();
     if current.as_ref().is_some_and(|c| c.serial == facts.serial) {
         let record = RevocationRecord {
             serial: facts.serial.clone(),
@@ -176,7 +179,7 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
             at: at.clone(),
         };
         let (s, n) = (store.clone(), name.clone());
-        tokio::task::spawn_blocking(move || s.update_lineage(&n, |l| l.revoked = Some(record)))
+        tokio::task::spawn_blocking(move || s.update_lineage(&n, &mut |l| l.revoked = Some(record.clone())))
             .await
             .map_err(|e| Failure::usage(format!("the store writer failed: {e}"), None))?
             .map_err(IssueError::from)?;

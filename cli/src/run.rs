@@ -11,14 +11,13 @@
 //! worked (0) or what failed (`crate::exit`; partial failure is 8).
 
 use certsmith_core::acme::AcmeClient;
+use certsmith_core::agent;
 use certsmith_core::config::Config;
-use certsmith_core::engine::{self, CancelToken, CertRequest};
-use certsmith_core::error::IssueError;
-use certsmith_core::renewal;
 
-use crate::common::{self, Batch, Failure, Job, Plan, Settings};
 use crate::dns_args::DnsArgs;
-use crate::{GlobalArgs, exit};
+use crate::failure::Failure;
+use crate::setup::{self, Session};
+use crate::{GlobalArgs, exit, summary};
 
 /// Issue or renew every certificate of the config file that needs it.
 #[derive(Debug, clap::Args)]
@@ -42,11 +41,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
             "`certsmith run` needs a config file",
             Some("pass --config certsmith.toml (see contrib/certsmith.toml for an example)"),
         )
-        .report(global);
+        .report(global, None);
     };
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return common::report_config_errors(global, &e),
+        Err(e) => return setup::report_config_errors(global, &e),
     };
     for name in &args.only {
         if config.certificate(name).is_none() {
@@ -59,14 +58,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
                 format!("{} has no certificate named '{name}'", path.display()),
                 Some(&format!("certificates in the file: {}", names.join(", "))),
             )
-            .report(global);
+            .report(global, None);
         }
     }
-    common::jitter(args.jitter, global.quiet).await;
+    setup::jitter(args.jitter, global.quiet).await;
 
-    let (store, _run_lock, journal) = match common::open_batch_state(global, Some(&config)).await {
+    let store = match setup::open_store(global, Some(&config)) {
         Ok(s) => s,
-        Err(f) => return f.report(global),
+        Err(f) => return f.report(global, None),
     };
     let server = config
         .defaults
@@ -75,154 +74,42 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         .unwrap_or_else(|| "letsencrypt".to_owned());
     let client = match AcmeClient::new(&server, config.defaults.ca_cert.as_deref()) {
         Ok(c) => c,
-        Err(e) => return Failure::from_issue(&e).report(global),
+        Err(e) => return Failure::from_issue(&e).report(global, None),
     };
-    let account = match common::account_options(Some(&config), None) {
+    let account = match agent::account_options(Some(&config.defaults), None) {
         Ok(a) => a,
-        Err(f) => return f.report(global),
+        Err(e) => return summary::account_failure(e).report(global, None),
     };
-    let host = common::plugin_host(global, Some(&config));
+    let host = setup::plugin_host(global, Some(&config));
+    let session = Session::start(
+        global,
+        setup::agent_options(store, host, Some(&config), &args.dns),
+    );
+    let agent = &session.agent;
+    let _lease = match agent.lease_run().await {
+        Ok(l) => l,
+        Err(e) => {
+            session.finish().await;
+            return Failure::from(e).report(global, None);
+        }
+    };
 
     let mut jobs = Vec::new();
-    let mut solvers = common::Solvers::default();
     for cert in &config.certificates {
         if !args.only.is_empty() && !args.only.contains(&cert.name) {
             continue;
         }
         jobs.push(
-            plan(
-                &config,
-                cert,
-                &host,
-                &mut solvers,
-                &store,
-                &client,
-                args.force,
-            )
-            .await,
+            agent
+                .plan_configured(&config, cert, &client, args.force)
+                .await,
         );
     }
-
-    let cancel = CancelToken::new();
-    let signals = crate::issue::watch_signals(cancel.clone(), global.quiet);
-    let interrupted = common::execute(
-        Batch {
-            global,
-            client,
-            store,
-            account,
-            journal,
-            host: &host,
-            solver_tables: config.solvers_table(),
-            dns: common::dns_options(&args.dns, Some(&config)),
-            concurrency: config
-                .defaults
-                .concurrency
-                .unwrap_or(engine::DEFAULT_CONCURRENCY),
-            cancel,
-        },
-        &mut jobs,
-    )
-    .await;
-    signals.abort();
+    let interrupted = agent.execute(&client, &account, &mut jobs).await;
+    session.finish().await;
     if jobs.is_empty() {
         eprintln!("[certsmith] {} lists no certificate", path.display());
         return exit::OK;
     }
-    common::summarize(global, &jobs, interrupted)
-}
-
-/// What to do with one `[[certificate]]`.
-async fn plan(
-    config: &Config,
-    cert: &certsmith_core::config::CertificateConfig,
-    host: &certsmith_core::plugin::PluginHost,
-    solvers: &mut common::Solvers,
-    store: &certsmith_core::store::Store,
-    client: &AcmeClient,
-    force: bool,
-) -> Job {
-    let mut job = Job::new(cert.name.clone(), cert.domain_names());
-    job.settings = Settings {
-        ca_cert: config.defaults.ca_cert.clone(),
-        email: config.defaults.email.clone(),
-        deploy_hook: config.deploy_hook(cert),
-        hook_timeout: config.defaults.deploy_hook_timeout,
-        renew_before: config.renew_before(cert),
-    };
-    // The solver, configured: secrets come from the environment or the
-    // file now, never from the store.
-    let solver = match solvers.get(host, &cert.solver, &config.solver_table(cert)) {
-        Ok(s) => s,
-        Err(mut f) => {
-            f.message = format!("{} ({}): {}", cert.key("solver"), cert.solver, f.message);
-            job.failed(f);
-            return job;
-        }
-    };
-    let request = CertRequest {
-        name: cert.name.clone(),
-        domains: cert.domains.clone(),
-        solver,
-        key_type: cert.key_type,
-        replaces: None,
-    };
-    if let Err(e) = engine::check_request(&request) {
-        job.failed(Failure::from_issue(&e));
-        return job;
-    }
-
-    let lineage = match store.load_lineage(&cert.name) {
-        Ok(l) => l,
-        Err(e) => {
-            job.failed(Failure::from_issue(&IssueError::from(e)));
-            return job;
-        }
-    };
-    let facts = match renewal::read_current(store, &cert.name) {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("{e}; ordering a new certificate");
-            None
-        }
-    };
-    let (Some(lineage), Some(facts)) = (lineage, facts) else {
-        job.plan = Ok(Plan::Issue("new".to_owned()));
-        job.request = Some(request);
-        return job;
-    };
-    let changes = renewal::changes(
-        &lineage,
-        &cert.domain_names(),
-        cert.key_type,
-        client.directory_url(),
-    );
-    let revoked = lineage
-        .revoked
-        .as_ref()
-        .is_some_and(|r| r.serial == facts.serial);
-    job.facts = Some(facts.clone());
-    if !changes.is_empty() {
-        let why: Vec<String> = changes.iter().map(ToString::to_string).collect();
-        job.plan = Ok(Plan::Issue(why.join("; ")));
-        job.request = Some(request);
-        return job;
-    }
-    if revoked {
-        job.plan = Ok(Plan::Issue("the current version is revoked".to_owned()));
-        job.request = Some(request);
-        return job;
-    }
-    let decision = common::plan_existing(
-        store,
-        client,
-        &cert.name,
-        &facts,
-        &lineage,
-        config.renew_before(cert),
-        force,
-    )
-    .await;
-    job.set_plan(decision, client, &facts, request).await;
-    job
+    summary::summarize(global, &jobs, interrupted)
 }

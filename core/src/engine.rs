@@ -44,6 +44,7 @@ use crate::keys::{self, KeyType};
 use crate::plugin::SolverInstance;
 use crate::progress::{Progress, ProgressEvent};
 use crate::store::{self, CertFiles, Lineage, Store, VersionRecord};
+use crate::timefmt::rfc3339;
 
 /// The default bound on concurrent orders.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -181,7 +182,7 @@ impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("server", &self.inner.client.directory_url())
-            .field("store", &self.inner.store.root())
+            .field("store", &self.inner.store.location())
             .finish_non_exhaustive()
     }
 }
@@ -504,7 +505,7 @@ impl Engine {
         let store = inner.store.clone();
         let name = req.name.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            store.save_certificate(&name, &files, &lineage, record)
+            store.commit_version(&name, &files, &lineage, record)
         })
         .await
         .map_err(|e| IssueError::Internal(format!("the store writer failed: {e}")))??;
@@ -1059,11 +1060,6 @@ fn parse_chain(pem: &str, server: &str) -> Result<ParsedChain, IssueError> {
         not_after: facts.not_after,
         serial: facts.serial,
     })
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

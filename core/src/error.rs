@@ -210,7 +210,7 @@ pub enum IssueError {
     #[error(transparent)]
     Identifier(#[from] IdentifierError),
     /// The server argument is neither a known shortcut nor an https URL.
-    #[error("invalid --server '{server}': {reason}")]
+    #[error("invalid ACME server '{server}': {reason}")]
     BadServer {
         /// What was given.
         server: String,
@@ -218,7 +218,7 @@ pub enum IssueError {
         reason: String,
     },
     /// The extra CA bundle could not be read or holds no certificate.
-    #[error("cannot use --ca-cert {path}: {reason}")]
+    #[error("cannot use the CA bundle {path}: {reason}")]
     CaCert {
         /// The file.
         path: String,
@@ -413,83 +413,6 @@ impl IssueError {
             IssueError::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
         }
-    }
-
-    /// What the operator can do about it, when there is something specific.
-    pub fn hint(&self) -> Option<String> {
-        Some(match self {
-            IssueError::Identifier(IdentifierError::WildcardNeedsDns { .. }) => {
-                "a wildcard can only be validated through DNS (RFC 8555 §8.4)".to_owned()
-            }
-            IssueError::Identifier(_) => {
-                "domains are DNS names such as example.com or *.example.com".to_owned()
-            }
-            IssueError::BadServer { .. } => {
-                "use letsencrypt, letsencrypt-staging, zerossl, or the https URL of an ACME directory"
-                    .to_owned()
-            }
-            IssueError::CaCert { .. } => {
-                "--ca-cert takes a PEM file with one or more CA certificates".to_owned()
-            }
-            IssueError::Eab(_) | IssueError::EabRequired { .. } => {
-                "pass --eab-kid and --eab-hmac-key (or CERTSMITH_EAB_KID and CERTSMITH_EAB_HMAC_KEY) from your CA account page"
-                    .to_owned()
-            }
-            IssueError::TermsNotAgreed { .. } => {
-                "read the terms, then add --agree-tos".to_owned()
-            }
-            IssueError::AccountDeactivated { path, .. } => format!(
-                "to start over with a new account, remove {} (its certificates stay valid), or use another --email",
-                path.display()
-            ),
-            IssueError::NoUsableChallenge { .. } => {
-                "choose a solver for a challenge type this CA offers".to_owned()
-            }
-            IssueError::Dns { .. } => {
-                "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
-                    .to_owned()
-            }
-            IssueError::Propagation { .. } => {
-                "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync"
-                    .to_owned()
-            }
-            IssueError::Plugin(e) if e.is_usage() => {
-                "see `certsmith solvers info <CODE>` for the solver's options".to_owned()
-            }
-            IssueError::Plugin(_) => "see `certsmith solvers list`".to_owned(),
-            IssueError::Solver { .. } => {
-                "check the solver's options and that it can do what the challenge needs (ports, permissions, credentials)"
-                    .to_owned()
-            }
-            IssueError::ValidationFailed { failures } => {
-                let conn = failures.iter().any(|f| {
-                    f.problem
-                        .as_ref()
-                        .is_some_and(|p| p.is("connection") || p.is("dns") || p.is("tls"))
-                });
-                if conn {
-                    "the CA must reach the name over the Internet (DNS pointing here, ports 80/443 open)"
-                        .to_owned()
-                } else {
-                    "check that the name points at the server answering the challenge".to_owned()
-                }
-            }
-            IssueError::CaRefused { action, .. } if action.contains("account") => {
-                "check --email and, if the CA uses external account binding, --eab-kid and --eab-hmac-key"
-                    .to_owned()
-            }
-            IssueError::RateLimited { .. } => {
-                "wait until the retry time; use --server letsencrypt-staging while testing"
-                    .to_owned()
-            }
-            IssueError::Network { .. } | IssueError::Timeout { .. } => {
-                "check the server URL, your network, and --ca-cert for a private CA".to_owned()
-            }
-            IssueError::Store(_) => {
-                "pass a writable --state-dir (or set CERTSMITH_STATE_DIR)".to_owned()
-            }
-            _ => return None,
-        })
     }
 }
 

@@ -71,7 +71,7 @@ impl fmt::Display for Identifier {
 #[non_exhaustive]
 pub enum IdentifierError {
     /// No domain was given at all.
-    #[error("no domain given: pass at least one -d/--domain")]
+    #[error("no domain given")]
     Empty,
     /// The name is empty or only dots.
     #[error("invalid domain '{domain}': the name is empty")]

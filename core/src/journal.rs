@@ -13,33 +13,12 @@
 //! pid *and* its start time, so a recycled pid is not mistaken for it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use certsmith_plugin_api::{ChallengeRequest, Presented};
-use serde::{Deserialize, Serialize};
 
-/// One presented challenge awaiting cleanup.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JournalEntry {
-    /// The entry's id (also its file name).
-    pub id: String,
-    /// When it was written (Unix seconds).
-    pub created_unix: u64,
-    /// The process that presented it.
-    pub pid: u32,
-    /// That process's start time (clock ticks since boot), to survive pid reuse.
-    pub pid_start: u64,
-    /// The solver code.
-    pub solver: String,
-    /// The solver's non-secret options, as given.
-    #[serde(default)]
-    pub options: BTreeMap<String, toml::Value>,
-    /// The challenge.
-    pub request: ChallengeRequest,
-    /// What `present` returned, once it has.
-    #[serde(default)]
-    pub presented: Option<Presented>,
-}
+use crate::store::{Store, StoreError};
+
+pub use crate::store::JournalEntry;
 
 impl JournalEntry {
     /// A one-line description for reports: what was left and where.
@@ -61,31 +40,10 @@ impl JournalEntry {
     }
 }
 
-/// Why the journal could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum JournalError {
-    /// A file operation failed.
-    #[error("journal {path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-/// The `journal/` directory of a state dir.
+/// The cleanup journal of a store.
 #[derive(Clone, Debug)]
 pub struct Journal {
-    dir: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    store: Store,
 }
 
 /// This process's start time in clock ticks since boot (field 22 of
@@ -121,37 +79,18 @@ fn now_unix() -> u64 {
 }
 
 impl Journal {
-    /// Opens (creating, 0700) `<state_dir>/journal`.
-    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        let dir = state_dir.join("journal");
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-        Ok(Journal { dir })
+    /// The journal kept in `store`.
+    pub fn new(store: Store) -> Journal {
+        Journal { store }
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the entries are, for messages.
+    pub fn location(&self) -> String {
+        self.store.journal_location()
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    fn write(&self, entry: &JournalEntry) -> Result<(), JournalError> {
-        use std::io::Write;
-        let path = self.path(&entry.id);
-        let tmp = self.dir.join(format!(".{}.tmp", entry.id));
-        let body = serde_json::to_vec_pretty(entry).unwrap_or_default();
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+    fn write(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        self.store.put_journal_entry(entry)
     }
 
     /// Records a challenge about to be presented; returns the entry.
@@ -160,7 +99,7 @@ impl Journal {
         solver: &str,
         options: BTreeMap<String, toml::Value>,
         request: &ChallengeRequest,
-    ) -> Result<JournalEntry, JournalError> {
+    ) -> Result<JournalEntry, StoreError> {
         let mut rnd = [0u8; 8];
         let _ = aws_lc_rs::rand::fill(&mut rnd);
         let id = format!(
@@ -187,45 +126,23 @@ impl Journal {
         &self,
         entry: &mut JournalEntry,
         presented: &Presented,
-    ) -> Result<(), JournalError> {
+    ) -> Result<(), StoreError> {
         entry.presented = Some(presented.clone());
         self.write(entry)
     }
 
-    /// Removes an entry after a successful cleanup (and the temp file of a
-    /// write a crash interrupted, if any).
-    pub fn remove(&self, id: &str) -> Result<(), JournalError> {
-        let _ = std::fs::remove_file(self.dir.join(format!(".{id}.tmp")));
-        let path = self.path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
-        }
+    /// Removes an entry after a successful cleanup.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.store.remove_journal_entry(id)
     }
 
-    /// Every entry, oldest first. Unreadable files are skipped with a warning.
+    /// Every entry, oldest first. Unreadable entries are skipped with a
+    /// warning, and so is an unreadable journal.
     pub fn entries(&self) -> Vec<JournalEntry> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut out: Vec<JournalEntry> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter_map(|p| {
-                let text = std::fs::read(&p).ok()?;
-                match serde_json::from_slice::<JournalEntry>(&text) {
-                    Ok(e) => Some(e),
-                    Err(err) => {
-                        log::warn!("ignoring unreadable journal entry {}: {err}", p.display());
-                        None
-                    }
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
+        self.store.journal_entries().unwrap_or_else(|e| {
+            log::warn!("cannot read the cleanup journal: {e}");
+            Vec::new()
+        })
     }
 
     /// Entries left by processes that no longer run.
@@ -264,7 +181,7 @@ mod tests {
     #[test]
     fn record_update_remove() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(dir.path()).expect("open");
+        let j = Journal::new(Store::open(dir.path()).expect("open"));
         let mut e = j
             .record("rfc2136", BTreeMap::new(), &req())
             .expect("record");
@@ -293,7 +210,7 @@ mod tests {
     #[test]
     fn entries_of_dead_processes_are_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(dir.path()).expect("open");
+        let j = Journal::new(Store::open(dir.path()).expect("open"));
         let mut e = j.record("x", BTreeMap::new(), &req()).expect("record");
         // A pid that cannot exist, then our own pid with a wrong start time
         // (pid reuse).
@@ -332,7 +249,7 @@ pub async fn clean_stale(
             Err(e) => log::warn!(
                 "could not remove a leftover challenge ({}): {e}; it stays in {} for the next run",
                 entry.describe(),
-                journal.dir().display()
+                journal.location()
             ),
         }
         out.push(StaleCleanup { entry, result });

@@ -5,9 +5,11 @@
 //! `certsmith-plugin-api` ABI. No solver crate is a dependency of this one.
 
 pub mod acme;
+pub mod agent;
 pub mod config;
 pub mod dns;
 pub mod engine;
+pub mod envfile;
 pub mod error;
 pub mod hooks;
 pub mod identifiers;
@@ -17,3 +19,4 @@ pub mod plugin;
 pub mod progress;
 pub mod renewal;
 pub mod store;
+pub mod timefmt;

@@ -144,6 +144,49 @@ pub enum ProgressEvent {
         /// The directory of this version.
         path: PathBuf,
     },
+    /// Another batch holds the store's run lease; this one waits for it.
+    WaitingForRun {
+        /// What holds it (the lock file in the filesystem store).
+        holder: String,
+    },
+    /// Challenges left presented by an earlier run that did not finish
+    /// are being removed.
+    LeftoversFound {
+        /// How many.
+        count: usize,
+    },
+    /// A challenge left by an earlier run was removed.
+    LeftoverRemoved {
+        /// What it was (record, solver, process).
+        description: String,
+    },
+    /// A challenge left by an earlier run could not be removed; it stays
+    /// in the journal for the next run.
+    LeftoverKept {
+        /// What it was.
+        description: String,
+        /// Why it could not be removed (redacted).
+        error: String,
+    },
+    /// A certificate's deploy hook started.
+    HookStarted {
+        /// Certificate name.
+        name: String,
+    },
+    /// A line the deploy hook printed.
+    HookOutput {
+        /// Certificate name.
+        name: String,
+        /// The line.
+        line: String,
+    },
+    /// A certificate's deploy hook finished successfully.
+    HookFinished {
+        /// Certificate name.
+        name: String,
+        /// How long it ran.
+        elapsed: std::time::Duration,
+    },
     /// This certificate failed; others go on.
     Failed {
         /// Certificate name.
@@ -157,7 +200,11 @@ impl ProgressEvent {
     /// The certificate name the event is about, if any.
     pub fn cert_name(&self) -> Option<&str> {
         match self {
-            ProgressEvent::AccountReady { .. } => None,
+            ProgressEvent::AccountReady { .. }
+            | ProgressEvent::WaitingForRun { .. }
+            | ProgressEvent::LeftoversFound { .. }
+            | ProgressEvent::LeftoverRemoved { .. }
+            | ProgressEvent::LeftoverKept { .. } => None,
             ProgressEvent::OrderCreated { name, .. }
             | ProgressEvent::AuthorizationPending { name, .. }
             | ProgressEvent::AuthorizationReused { name, .. }
@@ -171,7 +218,10 @@ impl ProgressEvent {
             | ProgressEvent::Saved { name, .. }
             | ProgressEvent::Failed { name, .. }
             | ProgressEvent::DnsRecord { name, .. }
-            | ProgressEvent::Propagation { name, .. } => Some(name),
+            | ProgressEvent::Propagation { name, .. }
+            | ProgressEvent::HookStarted { name }
+            | ProgressEvent::HookOutput { name, .. }
+            | ProgressEvent::HookFinished { name, .. } => Some(name),
         }
     }
 }

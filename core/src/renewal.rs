@@ -21,14 +21,12 @@
 //! `explanation_url`, the window and the next check), so that `certsmith
 //! list` shows it and the next run need not ask the CA again.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::acme::{AcmeClient, RenewalInfo};
 use crate::keys::KeyType;
@@ -46,14 +44,9 @@ pub const MAX_ARI_RETRY: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RenewalError {
-    /// The certificate file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The stored certificate cannot be read.
+    #[error(transparent)]
+    Read(#[from] crate::store::StoreError),
     /// The certificate does not parse.
     #[error("{what} is not a usable certificate: {reason}")]
     Parse {
@@ -143,14 +136,16 @@ pub fn read_cert_der(der: &[u8], what: &str) -> Result<CertFacts, RenewalError> 
     })
 }
 
-/// Reads `certs/<name>/current/cert.pem`, if there is one.
+/// Reads the current version's certificate of `name`, if there is one.
 pub fn read_current(store: &Store, name: &str) -> Result<Option<CertFacts>, RenewalError> {
-    let path = store.cert_dir(name).join("current").join(store::CERT_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(pem) => read_cert_pem(&pem, &path.display().to_string()).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RenewalError::Read { path, source }),
-    }
+    let Some(current) = store.read_version(name, None)? else {
+        return Ok(None);
+    };
+    let what = match &current.dir {
+        Some(dir) => dir.join(store::CERT_FILE).display().to_string(),
+        None => format!("{name} version {}", current.version),
+    };
+    read_cert_pem(&current.files.cert_pem, &what).map(Some)
 }
 
 /// Why a certificate is renewed when it is.
@@ -227,19 +222,7 @@ pub fn pick_in_window(start: OffsetDateTime, end: OffsetDateTime) -> OffsetDateT
     start + random_below(span)
 }
 
-/// Formats a time as RFC 3339 (UTC, whole seconds).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap_or(t)
-        .to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
-/// Parses an RFC 3339 time.
-pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).ok()
-}
+pub use crate::timefmt::{parse_time, rfc3339};
 
 /// The outcome of [`schedule`].
 #[derive(Clone, Debug)]

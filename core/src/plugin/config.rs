@@ -261,21 +261,16 @@ pub fn resolve(
         }
         // 2. Environment, then <ENV>_FILE.
         if let Some(var) = &spec.env {
-            if let Some(text) = sources.env_var(var) {
-                values.insert(key.clone(), parse_text(code, key, spec, var, &text)?);
-                explicit.insert(key.clone());
-                continue;
-            }
-            let file_var = format!("{var}_FILE");
-            if let Some(file) = sources.env_var(&file_var) {
-                let text =
-                    std::fs::read_to_string(&file).map_err(|source| PluginHostError::EnvFile {
-                        var: file_var.clone(),
-                        path: file.clone().into(),
-                        source,
-                    })?;
-                let text = text.trim_end_matches(['\n', '\r']);
-                values.insert(key.clone(), parse_text(code, key, spec, &file_var, text)?);
+            let env = |name: &str| sources.env_var(name);
+            let found = crate::envfile::var_or_file(var, &env).map_err(|e| {
+                PluginHostError::EnvFile {
+                    var: e.var,
+                    path: e.path,
+                    source: e.source,
+                }
+            })?;
+            if let Some((from, text)) = found {
+                values.insert(key.clone(), parse_text(code, key, spec, &from, &text)?);
                 explicit.insert(key.clone());
                 continue;
             }

@@ -272,9 +272,9 @@ fn unknown_option_message(
 fn missing_option_message(code: &str, key: &str, env: Option<&str>) -> String {
     match env {
         Some(var) => format!(
-            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or pass --solver-opt {key}=..."
+            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or give it as a solver option"
         ),
-        None => format!("solver '{code}' needs option '{key}': pass --solver-opt {key}=..."),
+        None => format!("solver '{code}' needs option '{key}': give it as a solver option"),
     }
 }
 

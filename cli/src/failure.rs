@@ -1,0 +1,201 @@
+//! Failures as the CLI reports them: a message, a hint that names the
+//! flags to use, a class and an exit code.
+//!
+//! Why this module exists: core errors say what went wrong in terms of
+//! the domain (a server, a CA bundle, an account); only the CLI knows
+//! which flag or variable sets each, so the hints are made here, once,
+//! for every command.
+
+use certsmith_core::agent::JobError;
+use certsmith_core::error::{ErrorClass, IssueError};
+use certsmith_core::identifiers::IdentifierError;
+use serde_json::json;
+
+use crate::output::{print_error, print_json};
+use crate::{GlobalArgs, OutputFormat, exit};
+
+/// A failure with its exit code, message and hint.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) class: &'static str,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
+}
+
+impl Failure {
+    pub(crate) fn usage(message: impl Into<String>, hint: Option<&str>) -> Self {
+        Failure {
+            code: exit::USAGE,
+            class: "usage",
+            message: message.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+
+    pub(crate) fn from_issue(e: &IssueError) -> Self {
+        let class = e.class();
+        Failure {
+            code: exit_code(class),
+            class: class.as_str(),
+            message: e.to_string(),
+            hint: issue_hint(e),
+        }
+    }
+
+    pub(crate) fn from_job(e: &JobError) -> Self {
+        match e {
+            JobError::Hook(h) => Failure {
+                code: exit::DEPLOY_HOOK,
+                class: "deploy_hook",
+                message: e.to_string(),
+                hint: Some(h.hint().to_owned()),
+            },
+            JobError::NotAttempted => Failure {
+                code: exit::INTERRUPTED,
+                class: "cancelled",
+                message: e.to_string(),
+                hint: None,
+            },
+            _ => match e.issue_error() {
+                Some(issue) => Failure {
+                    message: e.to_string(),
+                    ..Failure::from_issue(issue)
+                },
+                None => Failure::usage(e.to_string(), None),
+            },
+        }
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        json!({
+            "class": self.class,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.code,
+        })
+    }
+
+    /// Prints it on stderr (and as JSON on stdout with `--output json`,
+    /// naming the certificate when there is one); returns the exit code.
+    pub(crate) fn report(&self, global: &GlobalArgs, name: Option<&str>) -> u8 {
+        print_error(&self.message, self.hint.as_deref());
+        if global.output == OutputFormat::Json {
+            let mut obj = json!({ "error": self.json() });
+            if let Some(n) = name {
+                obj["name"] = json!(n);
+            }
+            print_json(&obj);
+        }
+        self.code
+    }
+}
+
+impl From<IssueError> for Failure {
+    fn from(e: IssueError) -> Self {
+        Failure::from_issue(&e)
+    }
+}
+
+impl From<certsmith_core::store::StoreError> for Failure {
+    fn from(e: certsmith_core::store::StoreError) -> Self {
+        Failure::from_issue(&e.into())
+    }
+}
+
+/// The exit code of a failure class.
+pub(crate) fn exit_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Usage | ErrorClass::Store => exit::USAGE,
+        ErrorClass::Solver => exit::SOLVER,
+        ErrorClass::CaRefused => exit::CA_REFUSED,
+        ErrorClass::RateLimited => exit::RATE_LIMITED,
+        ErrorClass::Network => exit::NETWORK,
+        ErrorClass::Cancelled => exit::INTERRUPTED,
+        ErrorClass::PropagationTimeout => exit::PROPAGATION_TIMEOUT,
+        _ => exit::INTERNAL,
+    }
+}
+
+/// What the operator can do about `e`, naming the flags to use.
+pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
+    Some(match e {
+        IssueError::Identifier(IdentifierError::WildcardNeedsDns { .. }) => {
+            "a wildcard can only be validated through DNS (RFC 8555 §8.4)".to_owned()
+        }
+        IssueError::Identifier(IdentifierError::Empty) => {
+            "pass at least one -d/--domain".to_owned()
+        }
+        IssueError::Identifier(_) => {
+            "domains are DNS names such as example.com or *.example.com".to_owned()
+        }
+        IssueError::BadServer { .. } => {
+            "--server takes letsencrypt, letsencrypt-staging, zerossl, or the https URL of an ACME directory"
+                .to_owned()
+        }
+        IssueError::CaCert { .. } => {
+            "--ca-cert takes a PEM file with one or more CA certificates".to_owned()
+        }
+        IssueError::Eab(_) | IssueError::EabRequired { .. } => {
+            "pass --eab-kid and --eab-hmac-key (or CERTSMITH_EAB_KID and CERTSMITH_EAB_HMAC_KEY) from your CA account page"
+                .to_owned()
+        }
+        IssueError::TermsNotAgreed { .. } => {
+            "read the terms, then add --agree-tos".to_owned()
+        }
+        IssueError::AccountDeactivated { path, .. } => format!(
+            "to start over with a new account, remove {} (its certificates stay valid), or use another --email",
+            path.display()
+        ),
+        IssueError::NoUsableChallenge { .. } => {
+            "choose a solver for a challenge type this CA offers".to_owned()
+        }
+        IssueError::Dns { .. } => {
+            "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
+                .to_owned()
+        }
+        IssueError::Propagation { .. } => {
+            "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync"
+                .to_owned()
+        }
+        IssueError::Plugin(p) if p.is_usage() => {
+            "give solver options as --solver-opt KEY=VALUE, their environment variable, or in [solvers.<CODE>] of the config file; see `certsmith solvers info <CODE>`".to_owned()
+        }
+        IssueError::Plugin(_) => "see `certsmith solvers list`".to_owned(),
+        IssueError::Solver { .. } => {
+            "check the solver's options and that it can do what the challenge needs (ports, permissions, credentials)"
+                .to_owned()
+        }
+        IssueError::ValidationFailed { failures } => {
+            let conn = failures.iter().any(|f| {
+                f.problem
+                    .as_ref()
+                    .is_some_and(|p| p.is("connection") || p.is("dns") || p.is("tls"))
+            });
+            if conn {
+                "the CA must reach the name over the Internet (DNS pointing here, ports 80/443 open)"
+                    .to_owned()
+            } else {
+                "check that the name points at the server answering the challenge".to_owned()
+            }
+        }
+        IssueError::CaRefused { action, .. } if action.contains("account") => {
+            "check --email and, if the CA uses external account binding, --eab-kid and --eab-hmac-key"
+                .to_owned()
+        }
+        IssueError::RateLimited { .. } => {
+            "wait until the retry time; use --server letsencrypt-staging while testing"
+                .to_owned()
+        }
+        IssueError::Network { .. } | IssueError::Timeout { .. } => {
+            "check the server URL, your network, and --ca-cert for a private CA".to_owned()
+        }
+        IssueError::Store(certsmith_core::store::StoreError::NoDefaultRoot) => {
+            "pass --state-dir DIR (or set CERTSMITH_STATE_DIR)".to_owned()
+        }
+        IssueError::Store(_) => {
+            "pass a writable --state-dir (or set CERTSMITH_STATE_DIR)".to_owned()
+        }
+        _ => return None,
+    })
+}

@@ -1,0 +1,222 @@
+//! What every command that touches the store or the CA sets up the same
+//! way: the config file, the store, the plugin host, the agent, signal
+//! handling, and the progress printer.
+//!
+//! Why this module exists: each of these reads global flags and the
+//! config file's `[defaults]` in one order of precedence (flag, then
+//! environment, then file, then default), which must not differ between
+//! commands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certsmith_core::agent::{Agent, AgentOptions};
+use certsmith_core::config::{Config, ConfigError, ConfigErrors};
+use certsmith_core::dns::DnsOptions;
+use certsmith_core::engine::CancelToken;
+use certsmith_core::plugin::{PluginHost, SearchPath};
+use certsmith_core::progress::Progress;
+use certsmith_core::renewal;
+use certsmith_core::store::{self, Store};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::dns_args::DnsArgs;
+use crate::failure::Failure;
+use crate::output::{print_error, print_json};
+use crate::{GlobalArgs, OutputFormat, exit, progress};
+
+/// Prints every error of a config file; returns the usage exit code.
+pub(crate) fn report_config_errors(global: &GlobalArgs, errors: &ConfigErrors) -> u8 {
+    for e in &errors.errors {
+        print_error(&e.to_string(), e.hint());
+    }
+    if global.output == OutputFormat::Json {
+        print_json(&json!({
+            "error": {
+                "class": "usage",
+                "message": format!("the config file has {} error(s)", errors.errors.len()),
+                "exit_code": exit::USAGE,
+                "errors": errors.errors.iter().map(config_error_json).collect::<Vec<_>>(),
+            }
+        }));
+    }
+    exit::USAGE
+}
+
+pub(crate) fn config_error_json(e: &ConfigError) -> serde_json::Value {
+    json!({
+        "line": e.pos().map(|p| p.line),
+        "column": e.pos().map(|p| p.column),
+        "key": e.key(),
+        "message": e.to_string(),
+        "hint": e.hint(),
+    })
+}
+
+/// Loads `--config` when given.
+pub(crate) fn load_config(global: &GlobalArgs) -> Result<Option<Config>, ConfigErrors> {
+    match &global.config {
+        Some(p) => Config::load(p).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The state directory: `--state-dir`/`CERTSMITH_STATE_DIR`, then the
+/// config file's `state_dir`, then the default.
+pub(crate) fn open_store(global: &GlobalArgs, config: Option<&Config>) -> Result<Store, Failure> {
+    let root = match (
+        &global.state_dir,
+        config.and_then(|c| c.defaults.state_dir.clone()),
+    ) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) => d,
+        (None, None) => store::default_root()?,
+    };
+    Ok(Store::open(root)?)
+}
+
+/// Discovers the plugins on `--plugin-dir`, the config's `plugin_dirs` and
+/// the standard path.
+pub(crate) fn plugin_host(global: &GlobalArgs, config: Option<&Config>) -> PluginHost {
+    let config_dirs: Vec<PathBuf> = config
+        .map(|c| c.defaults.plugin_dirs.clone())
+        .unwrap_or_default();
+    let host = PluginHost::discover(&SearchPath::standard(&global.plugin_dirs, &config_dirs));
+    for p in host.problems() {
+        log::info!("plugin {} not loaded: {}", p.path.display(), p.error);
+    }
+    host
+}
+
+/// DNS options: command-line flags over the config file's `[defaults]`.
+pub(crate) fn dns_options(args: &DnsArgs, config: Option<&Config>) -> DnsOptions {
+    let mut o = args.options();
+    if let Some(d) = config.map(|c| &c.defaults) {
+        if o.resolvers.is_empty() {
+            o.resolvers = d.dns_resolvers.clone();
+        }
+        if o.propagation_servers.is_empty() {
+            o.propagation_servers = d.propagation_servers.clone();
+        }
+        if o.propagation_timeout.is_none() {
+            o.propagation_timeout = d.propagation_timeout;
+        }
+        if !args.no_follow_cname
+            && let Some(f) = d.follow_cname
+        {
+            o.follow_cname = f;
+        }
+    }
+    o
+}
+
+/// How much progress to print, from `-q` and `-v`.
+pub(crate) fn verbosity(global: &GlobalArgs) -> progress::Verbosity {
+    if global.quiet {
+        progress::Verbosity::Quiet
+    } else if global.verbose > 0 {
+        progress::Verbosity::Verbose
+    } else {
+        progress::Verbosity::Normal
+    }
+}
+
+/// Sleeps a random time up to `secs` (for timers that fire on many hosts
+/// at once).
+pub(crate) async fn jitter(secs: Option<u64>, quiet: bool) {
+    let Some(secs) = secs.filter(|s| *s > 0) else {
+        return;
+    };
+    let wait = renewal::random_below(Duration::from_secs(secs));
+    if !quiet {
+        eprintln!(
+            "[certsmith] waiting {:.1}s (--jitter {secs})",
+            wait.as_secs_f64()
+        );
+    }
+    tokio::time::sleep(wait).await;
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
+    match term {
+        Some(t) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = t.recv() => {},
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT/SIGTERM; a second signal exits at once.
+pub(crate) fn watch_signals(token: CancelToken, quiet: bool) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        next_signal(&mut term).await;
+        if !quiet {
+            eprintln!(
+                "[certsmith] interrupted: removing presented challenges (press Ctrl-C again to quit now)"
+            );
+        }
+        token.cancel();
+        next_signal(&mut term).await;
+        eprintln!("error: interrupted again; some challenge responses may remain in place");
+        std::process::exit(i32::from(exit::INTERRUPTED));
+    })
+}
+
+/// An agent with its progress printer and signal watcher: what `issue`,
+/// `run` and `renew` drive.
+pub(crate) struct Session {
+    pub(crate) agent: Agent,
+    printer: JoinHandle<()>,
+    signals: JoinHandle<()>,
+}
+
+impl Session {
+    /// Builds the agent from `options` (its progress and cancel token are
+    /// set here) and starts printing its progress.
+    pub(crate) fn start(global: &GlobalArgs, mut options: AgentOptions) -> Session {
+        let (progress, printer): (Progress, _) = progress::spawn(verbosity(global));
+        let cancel = CancelToken::new();
+        options.progress = progress;
+        options.cancel = cancel.clone();
+        Session {
+            agent: Agent::new(options),
+            printer,
+            signals: watch_signals(cancel, global.quiet),
+        }
+    }
+
+    /// Stops watching signals and lets the printer drain the last events
+    /// (it ends when the agent, the last sender, is gone).
+    pub(crate) async fn finish(self) {
+        self.signals.abort();
+        drop(self.agent);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.printer).await;
+    }
+}
+
+/// The options of an agent on `store` with the config file's solver
+/// tables and DNS defaults under the command line's DNS flags.
+pub(crate) fn agent_options(
+    store: Store,
+    host: PluginHost,
+    config: Option<&Config>,
+    dns: &DnsArgs,
+) -> AgentOptions {
+    let mut o = AgentOptions::new(store, Arc::new(host));
+    o.solver_tables = config.map(Config::solvers_table).unwrap_or_default();
+    o.dns = dns_options(dns, config);
+    if let Some(c) = config.and_then(|c| c.defaults.concurrency) {
+        o.concurrency = c;
+    }
+    o
+}

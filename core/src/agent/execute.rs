@@ -1,0 +1,187 @@
+//! Running a planned batch: every order on one engine (one CA, one
+//! account) with bounded concurrency, then the records and deploy hooks of
+//! each certificate obtained.
+//!
+//! Why this module exists: `issue`, `run`, `renew` and a daemon differ in
+//! where their certificates come from, not in what happens once an order
+//! is decided. One failure never stops the others; a cancelled batch
+//! still cleans up what it presented.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use super::job::{Job, JobError, Outcome};
+use super::Agent;
+use crate::acme::{AccountOptions, AcmeClient};
+use crate::config;
+use crate::engine::{CertRequest, Engine, EngineOptions, IssuedCert};
+use crate::error::IssueError;
+use crate::hooks::{self, HookContext};
+use crate::progress::ProgressEvent;
+use crate::renewal;
+
+impl Agent {
+    /// Orders every job planned to be issued or renewed (on one engine:
+    /// `client`'s CA, the account `account` selects), then records the
+    /// results in the lineages and runs the deploy hooks. Jobs that are
+    /// skipped or failed are left as they are. Returns whether the batch
+    /// was interrupted.
+    pub async fn execute(
+        &self,
+        client: &AcmeClient,
+        account: &AccountOptions,
+        jobs: &mut [Job],
+    ) -> bool {
+        let pending: Vec<usize> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| j.plan.as_ref().is_ok_and(|p| p.orders()) && j.request.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        if pending.is_empty() {
+            return false;
+        }
+        self.sweep_journal().await;
+        let options = EngineOptions {
+            cancel: self.cancel.clone(),
+            dns: self.dns.clone(),
+            journal: Some(self.journal.clone()),
+            ..EngineOptions::default()
+        };
+        let connected = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(IssueError::Cancelled),
+            r = Engine::connect(
+                client.clone(),
+                self.store.clone(),
+                account.clone(),
+                self.progress.clone(),
+                options,
+            ) => r,
+        };
+        let requests: Vec<CertRequest> = pending
+            .iter()
+            .filter_map(|&i| jobs[i].request.take())
+            .collect();
+        let results = match connected {
+            Ok(engine) => engine.issue_all(requests, self.concurrency).await,
+            Err(e) => {
+                // No account, no CA: every order of the batch fails alike.
+                let failure = JobError::from(e);
+                for &i in &pending {
+                    jobs[i].outcome = Some(Outcome {
+                        cert: None,
+                        error: Some(failure.clone()),
+                        hook: None,
+                    });
+                }
+                return self.cancel.is_cancelled();
+            }
+        };
+        for (&i, result) in pending.iter().zip(results) {
+            let job = &mut jobs[i];
+            job.outcome = Some(match result {
+                Ok(cert) => {
+                    self.after_issue(client, job, &cert).await;
+                    let hook = match &job.settings.deploy_hook {
+                        Some(cmd) if !self.cancel.is_cancelled() => {
+                            let timeout = job
+                                .settings
+                                .hook_timeout
+                                .unwrap_or(config::DEFAULT_HOOK_TIMEOUT);
+                            Some(self.run_hook(cmd, &cert, timeout).await)
+                        }
+                        _ => None,
+                    };
+                    Outcome {
+                        cert: Some(cert),
+                        error: None,
+                        hook,
+                    }
+                }
+                Err(e) => Outcome {
+                    cert: None,
+                    error: Some(e.into()),
+                    hook: None,
+                },
+            });
+        }
+        self.cancel.is_cancelled()
+    }
+
+    /// Records the settings and the next renewal in the lineage after an
+    /// order (asking the CA's ARI when it offers it).
+    async fn after_issue(&self, client: &AcmeClient, job: &mut Job, cert: &IssuedCert) {
+        let settings = job.settings.clone();
+        let (store, name) = (self.store.clone(), cert.name.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.update_lineage(&name, &mut |l| {
+                l.ca_cert = settings.ca_cert.as_ref().map(|p| p.display().to_string());
+                l.email = settings.email.clone();
+                l.deploy_hook = settings.deploy_hook.clone();
+                l.renew_before = settings.renew_before.map(config::format_duration);
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = recorded {
+            log::warn!("could not record the settings of '{}': {e}", cert.name);
+        }
+        match renewal::read_current(&self.store, &cert.name) {
+            Ok(Some(facts)) => {
+                let lineage = self.store.load_lineage(&cert.name).ok().flatten();
+                let previous = lineage.as_ref().and_then(|l| l.renewal.clone());
+                let sched = renewal::schedule(
+                    Some(client),
+                    &facts,
+                    previous.as_ref(),
+                    job.settings.renew_before,
+                    OffsetDateTime::now_utc(),
+                )
+                .await;
+                job.next = Some((sched.next, sched.reason));
+                self.persist_schedule(&cert.name, sched.record).await;
+                job.facts = Some(facts);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("cannot read the new certificate of '{}': {e}", cert.name),
+        }
+    }
+
+    /// Runs a deploy hook for `cert`, reporting its output as progress.
+    async fn run_hook(
+        &self,
+        command: &str,
+        cert: &IssuedCert,
+        timeout: std::time::Duration,
+    ) -> Result<(), JobError> {
+        let ctx = HookContext {
+            cert_name: cert.name.clone(),
+            domains: cert.domains.clone(),
+            cert_dir: cert
+                .fullchain_path
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            version: cert.version,
+        };
+        self.progress.emit(ProgressEvent::HookStarted {
+            name: cert.name.clone(),
+        });
+        let out = hooks::run_hook(command, &ctx, timeout)
+            .await
+            .map_err(|e| JobError::Hook(Arc::new(e)))?;
+        for line in out.output.lines() {
+            self.progress.emit(ProgressEvent::HookOutput {
+                name: cert.name.clone(),
+                line: line.to_owned(),
+            });
+        }
+        self.progress.emit(ProgressEvent::HookFinished {
+            name: cert.name.clone(),
+            elapsed: out.elapsed,
+        });
+        Ok(())
+    }
+}

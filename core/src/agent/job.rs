@@ -1,0 +1,218 @@
+//! One certificate of a batch: what was decided for it, and what happened.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::engine::{CertRequest, IssuedCert};
+use crate::error::IssueError;
+use crate::hooks::HookError;
+use crate::renewal::{CertFacts, RenewReason};
+
+/// What a batch does with one certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Plan {
+    /// Order it: it is missing or changed (or revoked). Says why.
+    Issue(String),
+    /// Order it: it is due (or forced). Says why.
+    Renew(String),
+    /// Nothing to do. Says why.
+    Skip(String),
+}
+
+impl Plan {
+    /// Whether the plan orders a certificate.
+    pub fn orders(&self) -> bool {
+        matches!(self, Plan::Issue(_) | Plan::Renew(_))
+    }
+}
+
+/// Why a certificate of a batch failed. Cheap to clone: one failure to
+/// reach the CA is every job's failure.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// Preparing or running the order failed; `context` says which part
+    /// of the description was at fault, when one was (`certificate[2].solver`).
+    #[error("{}{source}", context.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    Issue {
+        /// The part of the description at fault.
+        context: Option<String>,
+        /// The error.
+        #[source]
+        source: Arc<IssueError>,
+    },
+    /// The certificate was stored, but its deploy hook failed.
+    #[error(transparent)]
+    Hook(Arc<HookError>),
+    /// The stored description of the certificate cannot be used.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// Not attempted: the run was interrupted first.
+    #[error("not attempted: the run was interrupted")]
+    NotAttempted,
+}
+
+impl JobError {
+    /// Wraps an engine error with the part of the description at fault.
+    pub fn context(context: impl Into<String>, e: impl Into<IssueError>) -> JobError {
+        JobError::Issue {
+            context: Some(context.into()),
+            source: Arc::new(e.into()),
+        }
+    }
+
+    /// The engine error, when that is what it is.
+    pub fn issue_error(&self) -> Option<&IssueError> {
+        match self {
+            JobError::Issue { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<IssueError> for JobError {
+    fn from(e: IssueError) -> Self {
+        JobError::Issue {
+            context: None,
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// The settings recorded in the lineage after an order, and the hook.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The extra CA bundle for the CA's HTTPS.
+    pub ca_cert: Option<PathBuf>,
+    /// The account's contact e-mail.
+    pub email: Option<String>,
+    /// The deploy hook command.
+    pub deploy_hook: Option<String>,
+    /// The deploy hook's timeout (default [`crate::config::DEFAULT_HOOK_TIMEOUT`]).
+    pub hook_timeout: Option<Duration>,
+    /// Renew when less than this is left.
+    pub renew_before: Option<Duration>,
+}
+
+impl Settings {
+    /// Settings with every field given.
+    pub fn new(
+        ca_cert: Option<PathBuf>,
+        email: Option<String>,
+        deploy_hook: Option<String>,
+        hook_timeout: Option<Duration>,
+        renew_before: Option<Duration>,
+    ) -> Settings {
+        Settings {
+            ca_cert,
+            email,
+            deploy_hook,
+            hook_timeout,
+            renew_before,
+        }
+    }
+}
+
+/// What happened to a job's order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The certificate, when it was obtained and stored.
+    pub cert: Option<IssuedCert>,
+    /// Why the order failed.
+    pub error: Option<JobError>,
+    /// The deploy hook's result, when one ran.
+    pub hook: Option<Result<(), JobError>>,
+}
+
+/// One certificate of a batch.
+#[non_exhaustive]
+pub struct Job {
+    /// The certificate name.
+    pub name: String,
+    /// Its identifiers.
+    pub domains: Vec<String>,
+    /// The decision, or why none could be made (bad solver options...).
+    pub plan: Result<Plan, JobError>,
+    /// The order to place, when the plan orders one.
+    pub request: Option<CertRequest>,
+    /// What to record and run after the order.
+    pub settings: Settings,
+    /// The current version, when there is one.
+    pub facts: Option<CertFacts>,
+    /// When it is next due, and why.
+    pub next: Option<(OffsetDateTime, RenewReason)>,
+    /// The RFC 9773 identifier of the version a renewal replaces.
+    pub replaces: Option<String>,
+    /// Filled in by [`crate::agent::Agent::execute`].
+    pub outcome: Option<Outcome>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// A job with nothing decided yet.
+    pub fn new(name: String, domains: Vec<String>) -> Job {
+        Job {
+            name,
+            domains,
+            plan: Ok(Plan::Skip(String::new())),
+            request: None,
+            settings: Settings::default(),
+            facts: None,
+            next: None,
+            replaces: None,
+            outcome: None,
+        }
+    }
+
+    /// Marks the job failed before any order.
+    pub fn fail(&mut self, e: JobError) {
+        self.plan = Err(e);
+        self.request = None;
+    }
+
+    /// Plans an order of `request` for `why`.
+    pub(crate) fn order(&mut self, plan: Plan, request: CertRequest) {
+        self.plan = Ok(plan);
+        self.request = Some(request);
+    }
+
+    /// What the batch did with it, as one word: `issued`, `renewed`,
+    /// `skipped` or `failed`, with the detail and the failure, if any.
+    pub fn result(&self) -> (&'static str, String, Option<&JobError>) {
+        static NOT_ATTEMPTED: JobError = JobError::NotAttempted;
+        match (&self.plan, &self.outcome) {
+            (Err(f), _) => ("failed", String::new(), Some(f)),
+            (Ok(Plan::Skip(why)), _) => ("skipped", why.clone(), None),
+            (Ok(plan), Some(o)) => {
+                let (verb, why) = match plan {
+                    Plan::Issue(w) => ("issued", w),
+                    Plan::Renew(w) | Plan::Skip(w) => ("renewed", w),
+                };
+                match (&o.error, &o.hook) {
+                    (Some(f), _) => ("failed", why.clone(), Some(f)),
+                    (None, Some(Err(f))) => (verb, format!("{why}; deploy hook failed"), Some(f)),
+                    _ => (verb, why.clone(), None),
+                }
+            }
+            (Ok(_), None) => ("failed", String::new(), Some(&NOT_ATTEMPTED)),
+        }
+    }
+}

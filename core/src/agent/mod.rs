@@ -1,0 +1,227 @@
+//! The agent: the one place that turns certificate requests into outcomes.
+//!
+//! Why this module exists: `certsmith issue` (a batch of one), `run` (the
+//! config file), `renew` (the stored lineages) and a long-running daemon
+//! all do the same things once they know which certificates they look
+//! at: plan what is due and why ([`Agent::plan_configured`],
+//! [`Agent::plan_stored`]), hold the store's run lease so overlapping
+//! timers never order twice ([`Agent::lease_run`]), clean up what a dead
+//! run left presented, execute the orders with bounded concurrency, record
+//! the renewal schedule and settings, and run deploy hooks
+//! ([`Agent::execute`]). A front end parses its input, builds an [`Agent`],
+//! renders the [`ProgressEvent`]s it emits and the [`Job`]s it returns, and
+//! maps their [`JobError`]s to whatever it reports (the CLI: exit codes).
+
+mod execute;
+mod job;
+mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use job::{Job, JobError, Outcome, Plan, Settings};
+pub use plan::reason_words;
+
+use crate::dns::DnsOptions;
+use crate::engine::{CancelToken, DEFAULT_CONCURRENCY};
+use crate::error::IssueError;
+use crate::journal::{self, Journal};
+use crate::plugin::{ConfigSources, PluginHost, SolverInstance};
+use crate::progress::{Progress, ProgressEvent};
+use crate::store::{Lease, Store, StoreError};
+
+/// How long a batch waits for another batch's run lease.
+pub const RUN_LEASE_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// What an [`Agent`] is built from.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AgentOptions {
+    /// The store.
+    pub store: Store,
+    /// The solver plugins found.
+    pub host: Arc<PluginHost>,
+    /// The config file's `[solvers.<code>]` tables (where secrets may be),
+    /// used for the cleanup of leftovers.
+    pub solver_tables: toml::Table,
+    /// `--solver-opt` style options per solver code, which win over the
+    /// tables and the environment (for `issue`).
+    pub solver_opts: BTreeMap<String, Vec<(String, String)>>,
+    /// How dns-01 records are located and checked.
+    pub dns: DnsOptions,
+    /// At most this many orders at once.
+    pub concurrency: usize,
+    /// Cancels the batch (Ctrl-C, SIGTERM).
+    pub cancel: CancelToken,
+    /// Where progress goes.
+    pub progress: Progress,
+}
+
+impl AgentOptions {
+    /// Options with the defaults: no solver tables or options, default DNS
+    /// handling and concurrency, a fresh cancel token, no progress.
+    pub fn new(store: Store, host: Arc<PluginHost>) -> AgentOptions {
+        AgentOptions {
+            store,
+            host,
+            solver_tables: toml::Table::new(),
+            solver_opts: BTreeMap::new(),
+            dns: DnsOptions::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+            cancel: CancelToken::new(),
+            progress: Progress::none(),
+        }
+    }
+}
+
+/// Plans and executes batches of certificates on one store.
+#[derive(Debug)]
+pub struct Agent {
+    store: Store,
+    journal: Journal,
+    host: Arc<PluginHost>,
+    solver_tables: toml::Table,
+    solver_opts: BTreeMap<String, Vec<(String, String)>>,
+    dns: DnsOptions,
+    concurrency: usize,
+    cancel: CancelToken,
+    progress: Progress,
+    /// Solver instances shared between certificates with the same solver
+    /// and options: one standalone listener set, one API client and rate
+    /// limiter per DNS provider, however many certificates use it.
+    solvers: Mutex<BTreeMap<String, SolverInstance>>,
+}
+
+impl Agent {
+    /// An agent on `options.store`.
+    pub fn new(options: AgentOptions) -> Agent {
+        Agent {
+            journal: Journal::new(options.store.clone()),
+            store: options.store,
+            host: options.host,
+            solver_tables: options.solver_tables,
+            solver_opts: options.solver_opts,
+            dns: options.dns,
+            concurrency: options.concurrency.max(1),
+            cancel: options.cancel,
+            progress: options.progress,
+            solvers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The token that cancels this agent's work.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
+    }
+
+    /// Takes the store's run lease for a whole batch: two overlapping runs
+    /// (a timer and an operator, two cron lines) would otherwise both order
+    /// a due certificate. The second waits (up to [`RUN_LEASE_WAIT`],
+    /// reporting [`ProgressEvent::WaitingForRun`]), then finds nothing to do.
+    pub async fn lease_run(&self) -> Result<Lease, StoreError> {
+        let store = self.store.clone();
+        let first = tokio::task::spawn_blocking(move || store.lease("run", Duration::ZERO)).await;
+        match first {
+            Ok(Ok(lease)) => return Ok(lease),
+            Ok(Err(StoreError::Locked { path, .. })) => {
+                self.progress.emit(ProgressEvent::WaitingForRun {
+                    holder: path.display().to_string(),
+                });
+            }
+            Ok(Err(e)) => return Err(e),
+            // The blocking task panicked: try once more, waiting.
+            Err(e) => log::warn!("the lease task failed: {e}"),
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.lease("run", RUN_LEASE_WAIT))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Io {
+                    action: "lock",
+                    path: "run".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    /// The instance of solver `code` configured with `table` (plus this
+    /// agent's options for it and the environment), created on first use.
+    pub fn solver(&self, code: &str, table: &toml::Table) -> Result<SolverInstance, IssueError> {
+        let key = format!("{code}\n{table}");
+        let mut made = self
+            .solvers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = made.get(&key) {
+            return Ok(s.clone());
+        }
+        let plugin = self.host.get(code)?;
+        let cli = self.solver_opts.get(code).map(Vec::as_slice).unwrap_or(&[]);
+        let solver = plugin.instantiate(&ConfigSources {
+            cli,
+            file: Some(table),
+            ..Default::default()
+        })?;
+        made.insert(key, solver.clone());
+        Ok(solver)
+    }
+
+    /// Cleans up what an earlier run that died left presented, reporting
+    /// each removal (or why not) as progress.
+    pub async fn sweep_journal(&self) {
+        let stale = self.journal.stale();
+        if stale.is_empty() {
+            return;
+        }
+        self.progress.emit(ProgressEvent::LeftoversFound { count: stale.len() });
+        let tables = Some(&self.solver_tables);
+        for done in journal::clean_stale(&self.journal, &self.host, tables).await {
+            let description = done.entry.describe();
+            self.progress.emit(match done.result {
+                Ok(()) => ProgressEvent::LeftoverRemoved { description },
+                Err(error) => ProgressEvent::LeftoverKept { description, error },
+            });
+        }
+    }
+}
+
+/// Account options from the config file's `[defaults]` and the
+/// environment (`CERTSMITH_EAB_KID`, `CERTSMITH_EAB_HMAC_KEY`, each also as
+/// `*_FILE`), the environment winning; `email` wins over the config's.
+pub fn account_options(
+    defaults: Option<&crate::config::Defaults>,
+    email: Option<String>,
+) -> Result<crate::acme::AccountOptions, IssueError> {
+    use crate::envfile::{process_env, var_or_file};
+    let env = |name: &str| -> Result<Option<String>, IssueError> {
+        var_or_file(name, &process_env)
+            .map(|v| v.map(|(_, value)| value))
+            .map_err(|e| IssueError::Eab(e.to_string()))
+    };
+    let kid = env("CERTSMITH_EAB_KID")?.or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
+    let key = env("CERTSMITH_EAB_HMAC_KEY")?.or_else(|| {
+        defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned()))
+    });
+    let eab = match (kid, key) {
+        (Some(kid), Some(key)) => Some(crate::acme::Eab::new(&kid, &key)?),
+        (None, None) => None,
+        _ => {
+            return Err(IssueError::Eab(
+                "it needs both a key id and an HMAC key".to_owned(),
+            ));
+        }
+    };
+    let opts = crate::acme::AccountOptions {
+        email: email.or_else(|| defaults.and_then(|d| d.email.clone())),
+        agree_tos: defaults.is_some_and(|d| d.agree_tos),
+        eab,
+    };
+    opts.contact()?;
+    Ok(opts)
+}

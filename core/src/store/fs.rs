@@ -1,0 +1,482 @@
+//! The filesystem backend of [`Storage`](super::Storage): the state
+//! directory, the embedded default.
+//!
+//! Why this module exists: a web server reads `fullchain.pem` and
+//! `privkey.pem` at any moment, and certsmith may be killed at any moment.
+//! Everything here is written so that a reader only ever sees a complete,
+//! matching set, and a crash leaves the previous set in place. It is the
+//! only module that knows the layout (see the parent module's doc).
+//!
+//! * Files are written to a temporary name, fsynced, renamed, and the
+//!   directory fsynced (the rename is what makes them appear atomically).
+//! * A version is written completely into `versions/.tmp-*`, then renamed to
+//!   `versions/<n>`, and only then does `current` move, by renaming a new
+//!   symlink over it. Leftover `.tmp-*` directories from a crash are never
+//!   mistaken for versions and are removed by the next writer.
+//! * The `lock` file is held (`flock`) only while writing, not during an ACME
+//!   order, so two `certsmith issue` processes on one store both finish.
+//!   `run.lock` is the lease a whole batch holds.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::fsio::{
+    FileLock, create_private_dir_all, fsync_dir, lock_file, parent, read_optional,
+    remove_stale_temps, sanitize, write_atomic, write_new,
+};
+use super::{
+    AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry,
+    Lease, Lineage, PRIVKEY_FILE, SavedVersion, Storage, StoreError, StoredAccountDoc,
+    VersionFiles, VersionRecord, check_cert_name,
+};
+use crate::keys::PrivateKeyPem;
+
+/// How long a writer waits for the store lock before giving up.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default state directory when none is given: `/var/lib/certsmith` as
+/// root, else `$XDG_DATA_HOME/certsmith`, else `~/.local/share/certsmith`
+/// ([XDG base directories](https://specifications.freedesktop.org/basedir-spec/latest/)).
+pub fn default_root() -> Result<PathBuf, StoreError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        return Ok(PathBuf::from("/var/lib/certsmith"));
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from)
+        && xdg.is_absolute()
+    {
+        return Ok(xdg.join("certsmith"));
+    }
+    match std::env::var_os("HOME").map(PathBuf::from) {
+        Some(home) if home.is_absolute() => Ok(home.join(".local/share/certsmith")),
+        _ => Err(StoreError::NoDefaultRoot),
+    }
+}
+
+/// The state directory, opened and known to be writable.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    lock_timeout: Duration,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) the state directory at `root` and checks
+    /// that it is writable, so that an unusable directory fails before any
+    /// request reaches the CA.
+    pub fn open(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
+        let root = root.into();
+        let unwritable = |source| StoreError::Unwritable {
+            path: root.clone(),
+            source,
+        };
+        create_private_dir_all(&root).map_err(unwritable)?;
+        for sub in ["accounts", "certs", "journal"] {
+            create_private_dir_all(&root.join(sub)).map_err(|source| StoreError::Unwritable {
+                path: root.join(sub),
+                source,
+            })?;
+        }
+        // Probe: a directory can exist and be unwritable (read-only mount,
+        // another user's directory).
+        let probe = root.join(format!(".probe-{}", std::process::id()));
+        File::create(&probe).map_err(unwritable)?;
+        let _ = fs::remove_file(&probe);
+        // Paths handed out (to JSON output, to web server configs) must not
+        // depend on the current directory.
+        let root = fs::canonicalize(&root).unwrap_or(root);
+        Ok(FsStore {
+            root,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        })
+    }
+
+    /// Changes how long a writer waits for the store lock.
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> FsStore {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The state directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the store lock, waiting up to the lock timeout for another
+    /// process to release it.
+    pub(super) fn lock(&self) -> Result<FileLock, StoreError> {
+        lock_file(self.root.join("lock"), self.lock_timeout)
+    }
+
+    fn account_dir(&self, key: &AccountKey) -> PathBuf {
+        self.root
+            .join("accounts")
+            .join(sanitize(&key.ca_host))
+            .join(sanitize(&key.id))
+    }
+
+    pub(super) fn cert_dir(&self, name: &str) -> PathBuf {
+        self.root.join("certs").join(name)
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+
+    fn write_lineage(&self, name: &str, lineage: &Lineage) -> Result<(), StoreError> {
+        let path = self.cert_dir(name).join("lineage.toml");
+        let text = toml::to_string(lineage).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes(), 0o644)
+    }
+
+    fn write_account(&self, key: &AccountKey, json: &[u8]) -> Result<StoredAccountDoc, StoreError> {
+        let path = self.account_location(key);
+        let dir = parent(&path)?;
+        create_private_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        write_atomic(&path, json, 0o600)?;
+        Ok(StoredAccountDoc {
+            key: key.clone(),
+            json: json.to_vec(),
+            location: path,
+        })
+    }
+}
+
+fn read_pem(path: &Path) -> Result<String, StoreError> {
+    fs::read_to_string(path).map_err(|e| StoreError::io("read", path, e))
+}
+
+/// The next version number: one more than the largest numeric directory.
+fn next_version(versions_dir: &Path) -> Result<u32, StoreError> {
+    let mut max = 0u32;
+    let entries =
+        fs::read_dir(versions_dir).map_err(|e| StoreError::io("read", versions_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("read", versions_dir, e))?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            max = max.max(n);
+        }
+    }
+    Ok(max.saturating_add(1))
+}
+
+/// Sorted directory entries of `dir` (empty when it does not exist).
+fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("read", dir, e)),
+    };
+    let mut out = entries
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::io("read", dir, e))?;
+    out.sort_by_key(fs::DirEntry::file_name);
+    Ok(out)
+}
+
+impl Storage for FsStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn load_account(&self, key: &AccountKey) -> Result<Option<StoredAccountDoc>, StoreError> {
+        let path = self.account_location(key);
+        Ok(read_optional(&path)?.map(|json| StoredAccountDoc {
+            key: key.clone(),
+            json,
+            location: path,
+        }))
+    }
+
+    fn create_account(&self, key: &AccountKey, json: &[u8]) -> Result<AccountSlot, StoreError> {
+        let _lock = self.lock()?;
+        // Re-read under the lock: another process may have stored it while
+        // this one talked to the CA.
+        if let Some(existing) = self.load_account(key)? {
+            return Ok(AccountSlot::Existing(existing));
+        }
+        self.write_account(key, json).map(AccountSlot::Created)
+    }
+
+    fn replace_account(
+        &self,
+        key: &AccountKey,
+        json: &[u8],
+    ) -> Result<StoredAccountDoc, StoreError> {
+        let _lock = self.lock()?;
+        self.write_account(key, json)
+    }
+
+    fn accounts(&self) -> Result<Vec<StoredAccountDoc>, StoreError> {
+        let mut out = Vec::new();
+        for host in list_dir(&self.root.join("accounts"))? {
+            for id in list_dir(&host.path())? {
+                let path = id.path().join("account.json");
+                if let Some(json) = read_optional(&path)? {
+                    out.push(StoredAccountDoc {
+                        key: AccountKey {
+                            ca_host: host.file_name().to_string_lossy().into_owned(),
+                            id: id.file_name().to_string_lossy().into_owned(),
+                        },
+                        json,
+                        location: path,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn account_location(&self, key: &AccountKey) -> PathBuf {
+        self.account_dir(key).join("account.json")
+    }
+
+    fn cert_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        for entry in list_dir(&self.root.join("certs"))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if check_cert_name(&name).is_ok() && entry.path().join("lineage.toml").is_file() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn load_lineage(&self, name: &str) -> Result<Option<Lineage>, StoreError> {
+        check_cert_name(name)?;
+        let path = self.cert_dir(name).join("lineage.toml");
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    fn update_lineage(
+        &self,
+        name: &str,
+        change: &mut dyn FnMut(&mut Lineage),
+    ) -> Result<Option<Lineage>, StoreError> {
+        check_cert_name(name)?;
+        let _lock = self.lock()?;
+        let Some(mut lineage) = self.load_lineage(name)? else {
+            return Ok(None);
+        };
+        change(&mut lineage);
+        self.write_lineage(name, &lineage)?;
+        Ok(Some(lineage))
+    }
+
+    fn commit_version(
+        &self,
+        name: &str,
+        files: &CertFiles,
+        lineage: &Lineage,
+        mut record: VersionRecord,
+    ) -> Result<SavedVersion, StoreError> {
+        check_cert_name(name)?;
+        let cert_dir = self.cert_dir(name);
+        let versions_dir = cert_dir.join("versions");
+        let _lock = self.lock()?;
+        // `versions/` is 0700 like the root (keys are inside; the operator
+        // grants a web server access explicitly, by group or ACL); the
+        // version directories within are 0755.
+        create_private_dir_all(&versions_dir)
+            .map_err(|e| StoreError::io("create", &versions_dir, e))?;
+
+        // We hold the lock: no other writer is active, so any temp file or
+        // directory is a leftover of a crash.
+        remove_stale_temps(&versions_dir);
+        remove_stale_temps(&cert_dir);
+        let version = next_version(&versions_dir)?;
+
+        let tmp = versions_dir.join(format!(".tmp-{version}-{}", std::process::id()));
+        if tmp.exists() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&tmp)
+            .map_err(|e| StoreError::io("create", &tmp, e))?;
+        for (file, data, mode) in [
+            (CERT_FILE, files.cert_pem.as_str(), 0o644),
+            (CHAIN_FILE, files.chain_pem.as_str(), 0o644),
+            (FULLCHAIN_FILE, files.fullchain_pem.as_str(), 0o644),
+            (PRIVKEY_FILE, files.privkey_pem.expose(), 0o600),
+        ] {
+            write_new(&tmp.join(file), data.as_bytes(), mode)?;
+        }
+        fsync_dir(&tmp)?;
+        let dir = versions_dir.join(version.to_string());
+        fs::rename(&tmp, &dir).map_err(|e| StoreError::io("rename", &tmp, e))?;
+        fsync_dir(&versions_dir)?;
+
+        // The lineage: the stored history plus this version. Settings the
+        // caller leaves unset (account, CA bundle, hook, margin) carry
+        // over; renewal state and a revocation belonged to the old version.
+        let old = self.load_lineage(name).ok().flatten();
+        let mut lineage = lineage.clone();
+        let mut history = Vec::new();
+        if let Some(old) = old {
+            history = old.versions;
+            lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
+            lineage.email = lineage.email.or(old.email);
+            lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
+            lineage.renew_before = lineage.renew_before.or(old.renew_before);
+        }
+        record.version = version;
+        history.retain(|v| v.version != version);
+        history.push(record);
+        lineage.versions = history;
+        self.write_lineage(name, &lineage)?;
+
+        // Then switch `current` atomically: a new symlink renamed over the
+        // old. The lineage is written first so that a crash in between
+        // leaves a stored version the lineage knows, never a `current` it
+        // does not.
+        let current = cert_dir.join("current");
+        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
+            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
+        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
+        fsync_dir(&cert_dir)?;
+
+        Ok(SavedVersion {
+            version,
+            dir,
+            current,
+        })
+    }
+
+    fn current_version(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        check_cert_name(name)?;
+        let link = self.cert_dir(name).join("current");
+        match fs::read_link(&link) {
+            Ok(target) => Ok(target
+                .file_name()
+                .and_then(OsStr::to_str)
+                .and_then(|s| s.parse().ok())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read", &link, e)),
+        }
+    }
+
+    fn read_version(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<VersionFiles>, StoreError> {
+        // The current version is read through its own directory, not the
+        // `current` link: a switch between two reads would mix versions.
+        let Some(version) = (match version {
+            Some(v) => Some(v),
+            None => self.current_version(name)?,
+        }) else {
+            return Ok(None);
+        };
+        check_cert_name(name)?;
+        let dir = self
+            .cert_dir(name)
+            .join("versions")
+            .join(version.to_string());
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        let files = CertFiles {
+            cert_pem: read_pem(&dir.join(CERT_FILE))?,
+            chain_pem: read_pem(&dir.join(CHAIN_FILE))?,
+            fullchain_pem: read_pem(&dir.join(FULLCHAIN_FILE))?,
+            privkey_pem: PrivateKeyPem::new(read_pem(&dir.join(PRIVKEY_FILE))?),
+        };
+        Ok(Some(VersionFiles {
+            version,
+            files,
+            dir: Some(dir),
+        }))
+    }
+
+    fn current_dir(&self, name: &str) -> Option<PathBuf> {
+        check_cert_name(name)
+            .ok()
+            .map(|()| self.cert_dir(name).join("current"))
+    }
+
+    fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError> {
+        let path = self.journal_dir().join(format!("{}.json", sanitize(&entry.id)));
+        let body = serde_json::to_vec_pretty(entry).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &body, 0o600)
+    }
+
+    fn remove_journal_entry(&self, id: &str) -> Result<(), StoreError> {
+        let dir = self.journal_dir();
+        let id = sanitize(id);
+        // The temp file of a write a crash interrupted, if any (the naming
+        // of releases up to 0.1 first).
+        let _ = fs::remove_file(dir.join(format!(".{id}.tmp")));
+        let _ = fs::remove_file(dir.join(format!(".{id}.json.tmp-{}", std::process::id())));
+        let path = dir.join(format!("{id}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
+        }
+    }
+
+    fn journal_entries(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut out = Vec::new();
+        for entry in list_dir(&self.journal_dir())? {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(bytes) = read_optional(&path)? else {
+                continue;
+            };
+            match serde_json::from_slice::<JournalEntry>(&bytes) {
+                Ok(e) => out.push(e),
+                Err(err) => {
+                    log::warn!("ignoring unreadable journal entry {}: {err}", path.display());
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn journal_location(&self) -> String {
+        self.journal_dir().display().to_string()
+    }
+
+    fn lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {
+        let mut lock = lock_file(self.root.join(format!("{}.lock", sanitize(scope))), wait)?;
+        let token = lock.next_token()?;
+        let holder = lock.path().display().to_string();
+        Ok(Lease::new(token, holder, Box::new(lock)))
+    }
+}

@@ -1,0 +1,197 @@
+//! File operations the filesystem store is built from: atomic replacement,
+//! exclusive creation with exact modes, directory fsync, `flock`.
+//!
+//! Why this module exists: crash safety lives in these few functions (a
+//! file appears complete or not at all; a rename is made durable by
+//! fsyncing its directory), and `fs.rs` should read as the layout alone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// An exclusive `flock` on a file; released when dropped (closing the file
+/// releases the lock).
+#[derive(Debug)]
+pub(super) struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// The lock file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Increments the counter kept in the lock file and returns it: the
+    /// fencing token of a lease. Only the holder writes it.
+    pub(super) fn next_token(&mut self) -> Result<u64, StoreError> {
+        let mut text = String::new();
+        self.file
+            .rewind()
+            .and_then(|()| self.file.read_to_string(&mut text))
+            .map_err(|e| StoreError::io("read", &self.path, e))?;
+        let token = text.trim().parse::<u64>().unwrap_or(0).saturating_add(1);
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.rewind())
+            .and_then(|()| writeln!(self.file, "{token}"))
+            .map_err(|e| StoreError::io("write", &self.path, e))?;
+        Ok(token)
+    }
+}
+
+/// Takes an exclusive `flock` on `path`, retrying until `timeout`.
+pub(super) fn lock_file(path: PathBuf, timeout: Duration) -> Result<FileLock, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    let start = Instant::now();
+    loop {
+        // SAFETY: the fd is valid for the lifetime of `file`; flock has no
+        // memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(FileLock { file, path });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::WouldBlock && err.raw_os_error() != Some(libc::EINTR) {
+            return Err(StoreError::io("lock", &path, err));
+        }
+        if start.elapsed() >= timeout {
+            return Err(StoreError::Locked {
+                path,
+                waited: start.elapsed(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Replaces characters that do not belong in a path component.
+pub(super) fn sanitize(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        format!("_{out}")
+    } else {
+        out
+    }
+}
+
+pub(super) fn parent(path: &Path) -> Result<&Path, StoreError> {
+    path.parent().ok_or_else(|| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: "has no parent directory".to_owned(),
+    })
+}
+
+/// Creates `dir` and its parents with mode 0700.
+pub(super) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a file; `None` when it does not exist.
+pub(super) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("read", path, e)),
+    }
+}
+
+/// Removes leftovers of writes a crash interrupted (`.tmp-*` version
+/// directories, `.current-*` links, `.<file>.tmp-*` files) from `dir`.
+/// Only for a caller holding the store lock: then no write is in flight.
+pub(super) fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-")
+            || name.starts_with(".current-")
+            || name.starts_with(".lineage.toml.tmp-")
+        {
+            log::debug!("removing leftover {}", entry.path().display());
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let _ = fs::remove_dir_all(&path);
+                }
+                _ => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+}
+
+/// Writes a file that does not exist yet, with `mode`, and fsyncs it.
+pub(super) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| StoreError::io("create", path, e))?;
+    // The umask may have removed bits from `mode`; the key must be exactly
+    // 0600 and the others exactly what was asked.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("chmod", path, e))?;
+    f.write_all(data)
+        .map_err(|e| StoreError::io("write", path, e))?;
+    f.sync_all().map_err(|e| StoreError::io("fsync", path, e))?;
+    Ok(())
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+    let dir = parent(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, data, mode)?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::io("rename", &tmp, e)
+    })?;
+    fsync_dir(dir)
+}
+
+pub(super) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync", dir, e))
+}

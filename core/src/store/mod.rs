@@ -1,0 +1,482 @@
+//! Where certsmith keeps what it must remember: accounts, certificates and
+//! their history, the renewal schedule, the cleanup journal.
+//!
+//! Why this module exists: every other module talks about *what* is stored
+//! (an account for a CA, a new version of a certificate, a journal entry),
+//! never about *where*. [`Storage`] is that contract, at the level of the
+//! domain rather than a key-value store (as certmagic's `Storage` is not):
+//! committing a certificate version is one call, atomic in every backend,
+//! so that a reader never sees a mixed set. Only a backend knows paths,
+//! tables or keys. The embedded default is [`FsStore`], a state directory
+//! laid out as `docs/design.md` §4 describes:
+//!
+//! ```text
+//! <root>/accounts/<ca-host>/<account-id>/account.json     0600
+//! <root>/certs/<name>/current -> versions/<n>              switched atomically
+//! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem
+//! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
+//! <root>/journal/<id>.json                                 presented challenges not yet cleaned up
+//! <root>/lock                                              one writer at a time
+//! <root>/run.lock                                          one batch (run, renew) at a time
+//! ```
+//!
+//! Every method is blocking (a backend may do file or database I/O): call
+//! it from a blocking thread inside async code.
+
+mod fs;
+mod fsio;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certsmith_plugin_api::{ChallengeRequest, Presented};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::PrivateKeyPem;
+
+pub use fs::{DEFAULT_LOCK_TIMEOUT, FsStore, default_root};
+
+/// File names inside a version directory.
+pub const CERT_FILE: &str = "cert.pem";
+/// The intermediates, without the leaf.
+pub const CHAIN_FILE: &str = "chain.pem";
+/// The leaf followed by the intermediates: what most servers want.
+pub const FULLCHAIN_FILE: &str = "fullchain.pem";
+/// The private key, mode 0600.
+pub const PRIVKEY_FILE: &str = "privkey.pem";
+
+/// Why the store could not be read or written. Each message names the
+/// place (file, directory, table) concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No state directory was given and none can be derived: neither
+    /// `XDG_DATA_HOME` nor `HOME` is set.
+    #[error("cannot choose a state directory: neither XDG_DATA_HOME nor HOME is set")]
+    NoDefaultRoot,
+    /// The state directory (or a directory in it) cannot be created or written.
+    #[error("state directory {path} is not usable: {source}")]
+    Unwritable {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Reading or writing a file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// "write", "read", "rename", ...
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Another process held the lock for longer than the timeout.
+    #[error(
+        "another certsmith process holds {path}; wait for it or remove a stale lock (waited {}s)",
+        .waited.as_secs()
+    )]
+    Locked {
+        /// The lock (a file in the filesystem backend).
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The certificate name cannot be a directory name.
+    #[error(
+        "invalid certificate name '{0}': use letters, digits, '.', '-' and '_' (at most 128, not starting with '.')"
+    )]
+    BadName(String),
+    /// Something stored does not parse.
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file (or record) concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: io::Error) -> Self {
+        StoreError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Checks that `name` is usable as a certificate name (in every backend:
+/// the filesystem one makes it a directory name).
+pub fn check_cert_name(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+/// What to write for one new certificate version.
+#[derive(Debug)]
+pub struct CertFiles {
+    /// The leaf certificate (PEM).
+    pub cert_pem: String,
+    /// The intermediates (PEM), possibly empty.
+    pub chain_pem: String,
+    /// Leaf followed by intermediates (PEM).
+    pub fullchain_pem: String,
+    /// The private key (PEM), written 0600.
+    pub privkey_pem: PrivateKeyPem,
+}
+
+/// One stored version, read back.
+#[derive(Debug)]
+pub struct VersionFiles {
+    /// The version number.
+    pub version: u32,
+    /// The files as stored.
+    pub files: CertFiles,
+    /// Where the files are, for a backend that keeps them as files.
+    pub dir: Option<PathBuf>,
+}
+
+/// One issued version, as recorded in `lineage.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The version number (the directory name under `versions/`).
+    pub version: u32,
+    /// The certificate's serial number, hex.
+    pub serial: String,
+    /// notBefore, RFC 3339.
+    pub not_before: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// When certsmith stored it, RFC 3339.
+    pub issued_at: String,
+}
+
+/// `certs/<name>/lineage.toml`: how to obtain this certificate again.
+///
+/// Never holds a secret: solver credentials and EAB keys are read from the
+/// environment or the config file each time (`certsmith renew`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The identifiers, ASCII, in order.
+    pub domains: Vec<String>,
+    /// The solver code.
+    pub solver: String,
+    /// The solver options that were set explicitly and are not secret.
+    #[serde(default)]
+    pub solver_options: BTreeMap<String, toml::Value>,
+    /// The key type name, e.g. `ec-p256`.
+    pub key_type: String,
+    /// The ACME directory URL.
+    pub server: String,
+    /// The extra CA bundle trusted for the server's HTTPS, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
+    /// The account's contact e-mail, which selects the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The command run after the certificate changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_hook: Option<String>,
+    /// Renew when less than this is left (e.g. `30d`); default 1/3 of the
+    /// lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+    /// When the current version is due for renewal, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalRecord>,
+    /// Set when the current version was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<RevocationRecord>,
+    /// Every version stored, oldest first.
+    #[serde(default)]
+    pub versions: Vec<VersionRecord>,
+}
+
+/// `[renewal]` of `lineage.toml`: the next renewal of the current version
+/// (see `crate::renewal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewalRecord {
+    /// When to renew, RFC 3339.
+    pub next_renewal: String,
+    /// Why then: `expiry` (1/3 of the lifetime left), `renew_before` (the
+    /// configured margin) or `ari` (the CA's suggested window).
+    pub reason: String,
+    /// The serial of the version this is about, hex.
+    #[serde(default)]
+    pub serial: String,
+    /// RFC 9773 certificate identifier (`base64url(AKI).base64url(serial)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_cert_id: Option<String>,
+    /// The CA's suggested window start, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_window_start: Option<String>,
+    /// The CA's suggested window end, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_window_end: Option<String>,
+    /// The time picked at random in the CA's window, RFC 3339 (kept while
+    /// the window stays the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_renewal_at: Option<String>,
+    /// The CA's `explanationURL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation_url: Option<String>,
+    /// Not to ask the CA again before this (its `Retry-After`), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ari_next_check: Option<String>,
+    /// When this was computed, RFC 3339.
+    #[serde(default)]
+    pub checked_at: String,
+}
+
+/// `[revoked]` of `lineage.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// The revoked serial, hex.
+    pub serial: String,
+    /// The reason given, e.g. `key-compromise`.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// Where a committed version can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedVersion {
+    /// The version number.
+    pub version: u32,
+    /// The version's own files (`certs/<name>/versions/<n>`).
+    pub dir: PathBuf,
+    /// The stable place to hand to a web server (`certs/<name>/current`).
+    pub current: PathBuf,
+}
+
+/// Which ACME account: the CA (its host, `host_port`) and the account id
+/// (see `crate::acme::account_id`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountKey {
+    /// The CA's host and port, e.g. `acme-v02.api.letsencrypt.org`.
+    pub ca_host: String,
+    /// The account id derived from the directory URL and contact.
+    pub id: String,
+}
+
+/// A stored account document (JSON; it holds the account's private key).
+#[derive(Clone)]
+pub struct StoredAccountDoc {
+    /// Which account.
+    pub key: AccountKey,
+    /// The document.
+    pub json: Vec<u8>,
+    /// Where it is, for messages (a path in the filesystem backend).
+    pub location: PathBuf,
+}
+
+impl fmt::Debug for StoredAccountDoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The document holds a private key.
+        f.debug_struct("StoredAccountDoc")
+            .field("key", &self.key)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Storage::create_account`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AccountSlot {
+    /// The document was stored.
+    Created(StoredAccountDoc),
+    /// Another writer stored one first; this is theirs, and nothing was
+    /// written.
+    Existing(StoredAccountDoc),
+}
+
+/// One presented challenge awaiting cleanup (see `crate::journal`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The entry's id (also its file name).
+    pub id: String,
+    /// When it was written (Unix seconds).
+    pub created_unix: u64,
+    /// The process that presented it.
+    pub pid: u32,
+    /// That process's start time (clock ticks since boot), to survive pid reuse.
+    pub pid_start: u64,
+    /// The solver code.
+    pub solver: String,
+    /// The solver's non-secret options, as given.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+    /// The challenge.
+    pub request: ChallengeRequest,
+    /// What `present` returned, once it has.
+    #[serde(default)]
+    pub presented: Option<Presented>,
+}
+
+/// A held lease: exclusive work on a scope (`run` for a whole batch) until
+/// dropped. Its fencing token grows with every lease taken on the scope,
+/// so a backend shared by several machines can refuse a commit from a
+/// holder whose lease has since passed to another.
+#[derive(Debug)]
+pub struct Lease {
+    token: u64,
+    holder: String,
+    _guard: Box<dyn fmt::Debug + Send + Sync>,
+}
+
+impl Lease {
+    /// Makes a lease; `guard` releases it when dropped.
+    pub fn new(token: u64, holder: String, guard: Box<dyn fmt::Debug + Send + Sync>) -> Lease {
+        Lease {
+            token,
+            holder,
+            _guard: guard,
+        }
+    }
+
+    /// The fencing token.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// What holds it, for messages (the lock file in the filesystem backend).
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+}
+
+/// The contract every store backend fulfils. Methods are blocking.
+///
+/// Atomicity: [`Storage::commit_version`] publishes a version's four files
+/// and its lineage record together, or not at all; [`Storage::read_version`]
+/// returns one version's files, never a mix of two.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Where the store is, for messages (a directory, a database URL
+    /// without credentials).
+    fn location(&self) -> String;
+
+    /// A stored account, if there is one.
+    fn load_account(&self, key: &AccountKey) -> Result<Option<StoredAccountDoc>, StoreError>;
+
+    /// Stores an account unless one is already stored under `key`, in one
+    /// step: of two processes creating the same account, one stores and
+    /// the other gets [`AccountSlot::Existing`].
+    fn create_account(&self, key: &AccountKey, json: &[u8]) -> Result<AccountSlot, StoreError>;
+
+    /// Replaces a stored account (after a key rollover or deactivation).
+    fn replace_account(&self, key: &AccountKey, json: &[u8])
+    -> Result<StoredAccountDoc, StoreError>;
+
+    /// Every stored account, in a stable order.
+    fn accounts(&self) -> Result<Vec<StoredAccountDoc>, StoreError>;
+
+    /// Where the account under `key` is or would be, for messages.
+    fn account_location(&self, key: &AccountKey) -> PathBuf;
+
+    /// The names of every certificate with a lineage, sorted.
+    fn cert_names(&self) -> Result<Vec<String>, StoreError>;
+
+    /// A certificate's lineage, if there is one.
+    fn load_lineage(&self, name: &str) -> Result<Option<Lineage>, StoreError>;
+
+    /// Changes a lineage (renewal state, revocation, settings) without a
+    /// new version; returns the lineage written, or `None` when there is
+    /// none.
+    fn update_lineage(
+        &self,
+        name: &str,
+        change: &mut dyn FnMut(&mut Lineage),
+    ) -> Result<Option<Lineage>, StoreError>;
+
+    /// Stores a new version of `name` and makes it current, atomically.
+    /// `lineage` describes the certificate; its `versions` are replaced by
+    /// the stored history plus `record` (whose `version` is set here).
+    /// Settings `lineage` leaves unset (account, CA bundle, hook, margin)
+    /// carry over from the stored lineage.
+    fn commit_version(
+        &self,
+        name: &str,
+        files: &CertFiles,
+        lineage: &Lineage,
+        record: VersionRecord,
+    ) -> Result<SavedVersion, StoreError>;
+
+    /// The number of the current version, if any.
+    fn current_version(&self, name: &str) -> Result<Option<u32>, StoreError>;
+
+    /// Version `version` of `name`, or the current one when `None`; `None`
+    /// when there is no such version.
+    fn read_version(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<VersionFiles>, StoreError>;
+
+    /// The stable place where a web server reads `name`'s current files,
+    /// for a backend that keeps files.
+    fn current_dir(&self, name: &str) -> Option<PathBuf>;
+
+    /// Writes (or overwrites) a journal entry, durably.
+    fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError>;
+
+    /// Removes a journal entry; a missing one is not an error.
+    fn remove_journal_entry(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Every journal entry, oldest first; unreadable ones are skipped with
+    /// a warning.
+    fn journal_entries(&self) -> Result<Vec<JournalEntry>, StoreError>;
+
+    /// Where the journal is, for messages.
+    fn journal_location(&self) -> String;
+
+    /// Takes the lease on `scope`, waiting up to `wait` for its holder to
+    /// release it ([`StoreError::Locked`] after that).
+    fn lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError>;
+}
+
+/// A handle on a store backend: cheap to clone, shared by every task.
+/// Dereferences to [`Storage`].
+#[derive(Clone, Debug)]
+pub struct Store(Arc<dyn Storage>);
+
+impl Store {
+    /// Wraps a backend.
+    pub fn new(backend: impl Storage + 'static) -> Store {
+        Store(Arc::new(backend))
+    }
+
+    /// Opens (creating if needed) the state directory at `root`: the
+    /// filesystem backend, see [`FsStore::open`].
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        FsStore::open(root).map(Store::new)
+    }
+}
+
+impl Deref for Store {
+    type Target = dyn Storage;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}

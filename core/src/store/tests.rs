@@ -1,0 +1,403 @@
+//! The filesystem store: layout, atomicity, permissions, locks.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use super::fsio::sanitize;
+use super::*;
+use crate::keys::PrivateKeyPem;
+
+fn files(tag: &str) -> CertFiles {
+    CertFiles {
+        cert_pem: format!("CERT {tag}\n"),
+        chain_pem: format!("CHAIN {tag}\n"),
+        fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
+        privkey_pem: PrivateKeyPem::new(format!("KEY {tag}\n")),
+    }
+}
+
+fn lineage() -> Lineage {
+    let mut opts = BTreeMap::new();
+    opts.insert("port".to_owned(), toml::Value::Integer(5002));
+    Lineage {
+        domains: vec!["a.example".into(), "b.example".into()],
+        solver: "standalone".into(),
+        solver_options: opts,
+        key_type: "ec-p256".into(),
+        server: "https://localhost:14000/dir".into(),
+        versions: vec![],
+        ..Lineage::default()
+    }
+}
+
+fn record() -> VersionRecord {
+    VersionRecord {
+        version: 0,
+        serial: "01ab".into(),
+        not_before: "2025-01-01T00:00:00Z".into(),
+        not_after: "2025-04-01T00:00:00Z".into(),
+        issued_at: "2025-01-01T00:00:01Z".into(),
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn versions_increment_and_current_switches() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    assert_eq!(store.current_version("a.example").expect("read"), None);
+
+    let v1 = store
+        .commit_version("a.example", &files("one"), &lineage(), record())
+        .expect("save 1");
+    assert_eq!(v1.version, 1);
+    assert_eq!(store.current_version("a.example").expect("read"), Some(1));
+    let cur = store.cert_dir("a.example").join("current");
+    assert_eq!(
+        fs::read_to_string(cur.join(CERT_FILE)).expect("read"),
+        "CERT one\n"
+    );
+
+    let v2 = store
+        .commit_version("a.example", &files("two"), &lineage(), record())
+        .expect("save 2");
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.current, cur);
+    assert_eq!(
+        fs::read_link(&cur).expect("symlink"),
+        PathBuf::from("versions/2"),
+        "the link is relative, so the store can move"
+    );
+    assert_eq!(
+        fs::read_to_string(cur.join(PRIVKEY_FILE)).expect("read"),
+        "KEY two\n"
+    );
+    // Version 1 is still there, intact.
+    assert_eq!(
+        fs::read_to_string(v1.dir.join(FULLCHAIN_FILE)).expect("read"),
+        "CERT one\nCHAIN one\n"
+    );
+
+    let lin = store
+        .load_lineage("a.example")
+        .expect("read")
+        .expect("exists");
+    assert_eq!(lin.domains, ["a.example", "b.example"]);
+    assert_eq!(
+        lin.solver_options.get("port"),
+        Some(&toml::Value::Integer(5002))
+    );
+    let nums: Vec<u32> = lin.versions.iter().map(|v| v.version).collect();
+    assert_eq!(nums, [1, 2]);
+}
+
+#[test]
+fn lineage_settings_carry_over_and_renewal_state_resets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    assert_eq!(store.cert_names().expect("list"), Vec::<String>::new());
+    store
+        .commit_version("s.example", &files("one"), &lineage(), record())
+        .expect("save 1");
+    let updated = store
+        .update_lineage("s.example", &mut |l| {
+            l.email = Some("a@example.com".into());
+            l.deploy_hook = Some("true".into());
+            l.renewal = Some(RenewalRecord {
+                next_renewal: "2025-03-01T00:00:00Z".into(),
+                reason: "ari".into(),
+                explanation_url: Some("https://ca/why".into()),
+                ..RenewalRecord::default()
+            });
+            l.revoked = Some(RevocationRecord {
+                serial: "01ab".into(),
+                reason: "superseded".into(),
+                at: "2025-02-01T00:00:00Z".into(),
+            });
+        })
+        .expect("update")
+        .expect("exists");
+    assert_eq!(
+        store.load_lineage("s.example").expect("read"),
+        Some(updated)
+    );
+    let text =
+        fs::read_to_string(store.cert_dir("s.example").join("lineage.toml")).expect("read");
+    assert!(
+        text.contains("explanation_url = \"https://ca/why\""),
+        "{text}"
+    );
+    assert_eq!(store.update_lineage("nope", &mut |_| {}).expect("ok"), None);
+
+    store
+        .commit_version("s.example", &files("two"), &lineage(), record())
+        .expect("save 2");
+    let l = store
+        .load_lineage("s.example")
+        .expect("read")
+        .expect("exists");
+    assert_eq!(l.email.as_deref(), Some("a@example.com"));
+    assert_eq!(l.deploy_hook.as_deref(), Some("true"));
+    assert_eq!(l.renewal, None);
+    assert_eq!(l.revoked, None);
+    assert_eq!(store.cert_names().expect("list"), ["s.example"]);
+}
+
+#[test]
+fn permissions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let v = store
+        .commit_version("p.example", &files("x"), &lineage(), record())
+        .expect("save");
+    assert_eq!(mode(&v.dir.join(PRIVKEY_FILE)), 0o600);
+    assert_eq!(mode(&v.dir.join(CERT_FILE)), 0o644);
+    assert_eq!(mode(&v.dir.join(FULLCHAIN_FILE)), 0o644);
+    assert_eq!(mode(store.root()), 0o700);
+
+    let key = AccountKey {
+        ca_host: "localhost_14000".into(),
+        id: "abcd".into(),
+    };
+    let AccountSlot::Created(acct) = store
+        .create_account(&key, b"{\"secret\":1}")
+        .expect("save account")
+    else {
+        panic!("a new account must be created");
+    };
+    assert_eq!(mode(&acct.location), 0o600);
+    assert_eq!(mode(acct.location.parent().expect("dir")), 0o700);
+    assert_eq!(
+        store.load_account(&key).expect("read").map(|d| d.json),
+        Some(b"{\"secret\":1}".to_vec())
+    );
+    let nope = AccountKey {
+        id: "nope".into(),
+        ..key
+    };
+    assert!(store.load_account(&nope).expect("read").is_none());
+}
+
+#[test]
+fn crashed_temp_version_is_ignored_and_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    store
+        .commit_version("c.example", &files("one"), &lineage(), record())
+        .expect("save 1");
+    // Simulate a run killed while writing version 2: a half-written
+    // temp dir, `current` untouched.
+    let versions = store.cert_dir("c.example").join("versions");
+    let crashed = versions.join(".tmp-2-99999");
+    fs::create_dir(&crashed).expect("mkdir");
+    fs::write(crashed.join(CERT_FILE), "half").expect("write");
+    assert_eq!(store.current_version("c.example").expect("read"), Some(1));
+    let cur = store.cert_dir("c.example").join("current");
+    assert_eq!(
+        fs::read_to_string(cur.join(CERT_FILE)).expect("read"),
+        "CERT one\n"
+    );
+
+    let v = store
+        .commit_version("c.example", &files("two"), &lineage(), record())
+        .expect("save 2");
+    assert_eq!(v.version, 2);
+    assert!(!crashed.exists(), "the leftover is cleaned up");
+    assert_eq!(
+        fs::read_to_string(cur.join(CERT_FILE)).expect("read"),
+        "CERT two\n"
+    );
+}
+
+#[test]
+fn lock_contention_waits_then_fails_clearly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state"))
+        .expect("open")
+        .with_lock_timeout(Duration::from_millis(200));
+    let held = store.lock().expect("first lock");
+    let err = store.lock().expect_err("second lock must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Locked { .. }));
+    assert!(msg.contains("another certsmith process holds"), "{msg}");
+    assert!(
+        msg.contains(&store.root().join("lock").display().to_string()),
+        "{msg}"
+    );
+    drop(held);
+    store.lock().expect("free again");
+
+    // A writer waiting for a lock released within the timeout succeeds.
+    let store = store.with_lock_timeout(Duration::from_secs(5));
+    let held = store.lock().expect("lock");
+    let barrier = Arc::new(Barrier::new(2));
+    let (s2, b2) = (store.clone(), barrier.clone());
+    let t = std::thread::spawn(move || {
+        b2.wait();
+        s2.commit_version("l.example", &files("x"), &lineage(), record())
+    });
+    barrier.wait();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(held);
+    let saved = t.join().expect("thread").expect("save after wait");
+    assert_eq!(saved.version, 1);
+}
+
+#[test]
+fn concurrent_writers_get_distinct_versions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                s.commit_version("w.example", &files(&i.to_string()), &lineage(), record())
+            })
+        })
+        .collect();
+    let mut versions: Vec<u32> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread").expect("save").version)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    let lin = store
+        .load_lineage("w.example")
+        .expect("read")
+        .expect("exists");
+    assert_eq!(lin.versions.len(), 4);
+}
+
+#[test]
+fn unwritable_root_is_reported_with_its_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "x").expect("write");
+    let err = FsStore::open(file.join("state")).expect_err("cannot create under a file");
+    assert!(matches!(err, StoreError::Unwritable { .. }));
+    assert!(err.to_string().contains("a-file"), "{err}");
+}
+
+#[test]
+fn cert_names() {
+    assert!(check_cert_name("example.com").is_ok());
+    assert!(check_cert_name("my_cert-1").is_ok());
+    for bad in ["", ".hidden", "a/b", "..", "*.x", "a b"] {
+        assert!(check_cert_name(bad).is_err(), "{bad}");
+    }
+    assert_eq!(sanitize("localhost:14000"), "localhost_14000");
+    assert_eq!(sanitize(".."), "_..");
+}
+
+#[test]
+fn account_creation_keeps_the_first_of_two_writers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let key = AccountKey {
+        ca_host: "ca_443".into(),
+        id: "0123".into(),
+    };
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = store.clone();
+            let key = key.clone();
+            std::thread::spawn(move || s.create_account(&key, format!("{{\"n\":{i}}}").as_bytes()))
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut existing = Vec::new();
+    for h in handles {
+        match h.join().expect("thread").expect("create") {
+            AccountSlot::Created(d) => created.push(d.json),
+            AccountSlot::Existing(d) => existing.push(d.json),
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one writer stores the account");
+    assert!(existing.iter().all(|j| *j == created[0]), "the others see it");
+    let stored = store.load_account(&key).expect("read").expect("stored");
+    assert_eq!(stored.json, created[0]);
+    let replaced = store.replace_account(&key, b"{}").expect("replace");
+    assert_eq!(replaced.json, b"{}");
+    let all = store.accounts().expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].key, key);
+    assert!(!format!("{:?}", all[0]).contains("{}"), "Debug shows no document");
+}
+
+#[test]
+fn read_version_gives_one_whole_version() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    assert!(store.read_version("r.example", None).expect("read").is_none());
+    store
+        .commit_version("r.example", &files("one"), &lineage(), record())
+        .expect("save 1");
+    store
+        .commit_version("r.example", &files("two"), &lineage(), record())
+        .expect("save 2");
+    let cur = store.read_version("r.example", None).expect("read").expect("current");
+    assert_eq!(cur.version, 2);
+    assert_eq!(cur.files.cert_pem, "CERT two\n");
+    assert_eq!(cur.files.privkey_pem.expose(), "KEY two\n");
+    let one = store.read_version("r.example", Some(1)).expect("read").expect("v1");
+    assert_eq!(one.files.fullchain_pem, "CERT one\nCHAIN one\n");
+    assert!(store.read_version("r.example", Some(9)).expect("read").is_none());
+    assert_eq!(
+        store.current_dir("r.example"),
+        Some(store.root().join("certs/r.example/current"))
+    );
+}
+
+#[test]
+fn journal_entries_round_trip_private() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let entry = JournalEntry {
+        id: "1700000000-00ff".into(),
+        created_unix: 1_700_000_000,
+        pid: 1,
+        pid_start: 0,
+        solver: "webroot".into(),
+        options: BTreeMap::new(),
+        request: certsmith_plugin_api::ChallengeRequest {
+            challenge_type: certsmith_plugin_api::ChallengeType::Http01,
+            identifier: "j.example".into(),
+            wildcard: false,
+            token: "tok".into(),
+            key_authorization: "tok.x".into(),
+            deadline_unix_ms: 1,
+            dns: None,
+        },
+        presented: None,
+    };
+    store.put_journal_entry(&entry).expect("put");
+    let path = store.root().join("journal/1700000000-00ff.json");
+    assert_eq!(mode(&path), 0o600);
+    let all = store.journal_entries().expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].id, entry.id);
+    store.remove_journal_entry(&entry.id).expect("remove");
+    store.remove_journal_entry(&entry.id).expect("removing twice is fine");
+    assert!(store.journal_entries().expect("list").is_empty());
+}
+
+#[test]
+fn leases_exclude_each_other_and_tokens_grow() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let first = store.lease("run", Duration::ZERO).expect("lease");
+    assert!(first.holder().ends_with("run.lock"), "{}", first.holder());
+    let err = store.lease("run", Duration::ZERO).expect_err("held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    let t1 = first.token();
+    drop(first);
+    let second = store.lease("run", Duration::ZERO).expect("free again");
+    assert!(second.token() > t1, "{} > {t1}", second.token());
+}
