@@ -1,0 +1,414 @@
+//! The meaning of each value in `certsmith.toml`, checked.
+//!
+//! `parse.rs` has made sure every key is known and every value has the
+//! right type; this pass checks what the values say: a server shortcut or
+//! an https URL, an e-mail address, key types, durations, addresses,
+//! domain names, certificate names and their uniqueness, that each
+//! certificate has a solver. It reports every error it finds, each at its
+//! value, with the defaults applied to the certificates on the way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diagnostics::Diagnostics;
+use super::parse::{RawCert, RawFile, RawOptions};
+use super::{
+    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, Pos, SecretString, SolverTable,
+    parse_duration,
+};
+use crate::identifiers::{self, Identifier};
+use crate::keys::KeyType;
+
+/// Checks `raw`, read from `path`, into a [`Config`]. Errors go to
+/// `diagnostics`; the `Config` is only meaningful when there are none.
+pub(super) fn check(raw: RawFile, path: &Path, diagnostics: &mut Diagnostics<'_>) -> Config {
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Checker {
+        path: path.to_owned(),
+        diag: diagnostics,
+        base,
+    }
+    .check(raw)
+}
+
+/// Solver options, with the position of each key.
+fn solver_table(raw: Spanned<RawOptions>, diag: &Diagnostics<'_>) -> SolverTable {
+    let mut t = SolverTable {
+        pos: diag.pos(raw.span()),
+        ..SolverTable::default()
+    };
+    for (k, v) in raw.into_inner() {
+        t.positions.insert(k.get_ref().clone(), diag.pos(k.span()));
+        t.options.insert(k.into_inner(), v);
+    }
+    t
+}
+
+struct Checker<'d, 'a> {
+    path: PathBuf,
+    diag: &'d mut Diagnostics<'a>,
+    base: PathBuf,
+}
+
+impl Checker<'_, '_> {
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: String, hint: &str) {
+        self.diag.invalid(span, key, message, hint);
+    }
+
+    fn path_value(&self, s: &str) -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
+        match parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    key,
+                    format!("invalid duration '{}': {e}", v.get_ref()),
+                    "write a duration such as \"30d\", \"12h\", \"90m\" or \"45s\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn key_type(&mut self, v: &Spanned<String>, key: &str) -> Option<KeyType> {
+        match v.get_ref().parse::<KeyType>() {
+            Ok(k) => Some(k),
+            Err(_) => {
+                let names: Vec<&str> = KeyType::ALL.iter().map(|k| k.as_str()).collect();
+                let near = crate::plugin::nearest(v.get_ref(), names.iter().copied());
+                let mut msg = format!("unknown key type '{}'", v.get_ref());
+                if let Some(n) = near {
+                    msg.push_str(&format!(": did you mean '{n}'?"));
+                }
+                self.err(
+                    v.span(),
+                    key,
+                    msg,
+                    "use one of ec-p256, ec-p384, rsa2048, rsa3072, rsa4096",
+                );
+                None
+            }
+        }
+    }
+
+    fn servers(&mut self, list: &[Spanned<String>], key: &str) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for s in list {
+            match crate::dns::parse_server(s.get_ref()) {
+                Some(a) => out.push(a),
+                None => self.err(
+                    s.span(),
+                    key,
+                    format!("'{}' is not IP or IP:PORT", s.get_ref()),
+                    "write an address such as \"192.0.2.53\" or \"127.0.0.1:8053\"",
+                ),
+            }
+        }
+        out
+    }
+
+    fn check(&mut self, raw: RawFile) -> Config {
+        let d = raw.defaults;
+        let mut defaults = Defaults {
+            agree_tos: d.agree_tos,
+            follow_cname: d.follow_cname,
+            ..Defaults::default()
+        };
+        if let Some(s) = &d.server {
+            match crate::acme::resolve_server(s.get_ref()) {
+                Ok(url) => defaults.server = Some(url),
+                Err(e) => self.err(
+                    s.span(),
+                    "defaults.server",
+                    e.to_string(),
+                    "use letsencrypt, letsencrypt-staging, zerossl, or the https URL of an ACME directory",
+                ),
+            }
+        }
+        if let Some(p) = &d.ca_cert {
+            let path = self.path_value(p.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                self.err(
+                    p.span(),
+                    "defaults.ca_cert",
+                    format!("cannot read {}: {e}", path.display()),
+                    "give the path of a PEM file (relative paths start at the config file's directory)",
+                );
+            }
+            defaults.ca_cert = Some(path);
+        }
+        if let Some(e) = &d.email {
+            let opts = crate::acme::AccountOptions {
+                email: Some(e.get_ref().clone()),
+                ..Default::default()
+            };
+            match opts.contact() {
+                Ok(_) => defaults.email = Some(e.get_ref().trim().to_owned()),
+                Err(_) => self.err(
+                    e.span(),
+                    "defaults.email",
+                    format!("'{}' is not an e-mail address", e.get_ref()),
+                    "give one address such as admin@example.com",
+                ),
+            }
+        }
+        defaults.eab_kid = d.eab_kid.map(Spanned::into_inner);
+        defaults.eab_hmac_key = d.eab_hmac_key.map(|k| SecretString(k.into_inner()));
+        if let Some(k) = &d.key_type {
+            defaults.key_type = self.key_type(k, "defaults.key_type");
+        }
+        if let Some(s) = &d.state_dir {
+            defaults.state_dir = Some(self.path_value(s.get_ref()));
+        }
+        for list in [raw.plugin_dirs.as_ref(), d.plugin_dirs.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for p in list.get_ref() {
+                defaults.plugin_dirs.push(self.path_value(p.get_ref()));
+            }
+        }
+        if let Some(c) = &d.concurrency {
+            let n = *c.get_ref();
+            if n < 1 || n > MAX_CONCURRENCY as i128 {
+                self.err(
+                    c.span(),
+                    "defaults.concurrency",
+                    format!("{n} is out of range"),
+                    "use a number from 1 to 1024",
+                );
+            } else {
+                defaults.concurrency = usize::try_from(n).ok();
+            }
+        }
+        if let Some(r) = &d.renew_before {
+            defaults.renew_before = self.duration(r, "defaults.renew_before");
+        }
+        if let Some(t) = &d.deploy_hook_timeout {
+            defaults.deploy_hook_timeout = self.duration(t, "defaults.deploy_hook_timeout");
+            if defaults.deploy_hook_timeout == Some(Duration::ZERO) {
+                self.err(
+                    t.span(),
+                    "defaults.deploy_hook_timeout",
+                    "the timeout is zero".to_owned(),
+                    "give the hook some time, e.g. \"120s\"",
+                );
+            }
+        }
+        if let Some(t) = &d.propagation_timeout {
+            defaults.propagation_timeout = self.duration(t, "defaults.propagation_timeout");
+        }
+        if let Some(h) = &d.deploy_hook {
+            if h.get_ref().trim().is_empty() {
+                self.err(
+                    h.span(),
+                    "defaults.deploy_hook",
+                    "the command is empty".to_owned(),
+                    "remove deploy_hook or give a shell command",
+                );
+            } else {
+                defaults.deploy_hook = Some(h.get_ref().clone());
+            }
+        }
+        if let Some(list) = &d.dns_resolvers {
+            defaults.dns_resolvers = self.servers(list.get_ref(), "defaults.dns_resolvers");
+        }
+        if let Some(list) = &d.propagation_servers {
+            defaults.propagation_servers =
+                self.servers(list.get_ref(), "defaults.propagation_servers");
+        }
+        if let Some(s) = &d.solver {
+            defaults.solver = Some(Located {
+                value: s.get_ref().trim().to_owned(),
+                pos: self.diag.pos(s.span()),
+            });
+        }
+
+        let mut solvers = BTreeMap::new();
+        for (code, table) in raw.solvers {
+            solvers.insert(code, solver_table(table, self.diag));
+        }
+
+        let mut certificates: Vec<CertificateConfig> = Vec::new();
+        let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+        for raw_cert in raw.certificate {
+            let span = raw_cert.span();
+            let pos = self.diag.pos(span.clone());
+            let raw_cert = raw_cert.into_inner();
+            let index = raw_cert.index;
+            let (name, checked) = self.check_cert(pos, raw_cert, &defaults);
+            // Names must be unique, whether or not the rest is valid.
+            if !name.is_empty() {
+                if let Some(first) = seen.get(&name) {
+                    let msg = format!(
+                        "two certificates are named '{name}' (the other at line {})",
+                        first.line
+                    );
+                    self.err(
+                        span,
+                        format!("certificate[{index}].name"),
+                        msg,
+                        "give each [[certificate]] its own name = \"...\"",
+                    );
+                    continue;
+                }
+                seen.insert(name, pos);
+            }
+            if let Some(c) = checked {
+                certificates.push(c);
+            }
+        }
+        Config {
+            path: self.path.clone(),
+            defaults,
+            solvers,
+            certificates,
+        }
+    }
+
+    fn check_cert(
+        &mut self,
+        pos: Pos,
+        raw: RawCert,
+        defaults: &Defaults,
+    ) -> (String, Option<CertificateConfig>) {
+        let index = raw.index;
+        let key = |f: &str| format!("certificate[{index}].{f}");
+        let errors_before = self.diag.count();
+
+        let mut domains = Vec::new();
+        if raw.domains.get_ref().is_empty() {
+            self.err(
+                raw.domains.span(),
+                key("domains"),
+                "the list is empty".to_owned(),
+                "list at least one domain: domains = [\"example.com\"]",
+            );
+        }
+        for d in raw.domains.get_ref() {
+            match identifiers::parse_domains(std::slice::from_ref(d.get_ref())) {
+                Ok(mut ids) => domains.append(&mut ids),
+                Err(e) => self.err(
+                    d.span(),
+                    key("domains"),
+                    e.to_string(),
+                    "domains are DNS names such as example.com or *.example.com",
+                ),
+            }
+        }
+        // Duplicates are dropped, keeping the first.
+        let mut unique: Vec<Identifier> = Vec::with_capacity(domains.len());
+        for d in domains {
+            if !unique.iter().any(|u| u.as_str() == d.as_str()) {
+                unique.push(d);
+            }
+        }
+        let domains = unique;
+
+        let name = match &raw.name {
+            Some(n) => {
+                if let Err(e) = crate::store::check_cert_name(n.get_ref()) {
+                    self.err(
+                        n.span(),
+                        key("name"),
+                        e.to_string(),
+                        "use a plain name such as example.com",
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => identifiers::default_cert_name(&domains).unwrap_or_default(),
+        };
+
+        let (solver, solver_pos) = match (&raw.solver, &defaults.solver) {
+            (Some(s), _) => (s.get_ref().trim().to_owned(), self.diag.pos(s.span())),
+            (None, Some(d)) => (d.value.clone(), d.pos),
+            (None, None) => {
+                self.err(
+                    raw.domains.span(),
+                    key("solver"),
+                    "no solver: neither this certificate nor [defaults] names one".to_owned(),
+                    "add solver = \"CODE\" (see `certsmith solvers list`)",
+                );
+                (String::new(), pos)
+            }
+        };
+        if raw
+            .solver
+            .as_ref()
+            .is_some_and(|s| s.get_ref().trim().is_empty())
+            && let Some(s) = &raw.solver
+        {
+            self.err(
+                s.span(),
+                key("solver"),
+                "the solver code is empty".to_owned(),
+                "name a solver (see `certsmith solvers list`)",
+            );
+        }
+
+        let key_type = match &raw.key_type {
+            Some(k) => self.key_type(k, &key("key_type")),
+            None => Some(defaults.key_type.unwrap_or_default()),
+        };
+        let renew_before = match &raw.renew_before {
+            Some(r) => self.duration(r, &key("renew_before")),
+            None => None,
+        };
+        let deploy_hook = match &raw.deploy_hook {
+            Some(h) if h.get_ref().trim().is_empty() => {
+                self.err(
+                    h.span(),
+                    key("deploy_hook"),
+                    "the command is empty".to_owned(),
+                    "remove deploy_hook or give a shell command",
+                );
+                None
+            }
+            Some(h) => Some(h.get_ref().clone()),
+            None => None,
+        };
+        let solver_options = match raw.solver_options {
+            Some(t) => solver_table(t, self.diag),
+            None => SolverTable {
+                pos,
+                ..SolverTable::default()
+            },
+        };
+        if self.diag.count() > errors_before {
+            return (name, None);
+        }
+        let config = CertificateConfig {
+            index,
+            name: name.clone(),
+            domains,
+            solver,
+            solver_options,
+            key_type: key_type.unwrap_or_default(),
+            deploy_hook,
+            renew_before,
+            pos,
+            domains_pos: self.diag.pos(raw.domains.span()),
+            solver_pos,
+        };
+        (name, Some(config))
+    }
+}
