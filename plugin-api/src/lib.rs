@@ -16,7 +16,8 @@
 //! * `sdk` (default feature `sdk`): what a plugin author uses: the
 //!   [`Solver`] trait and the [`export_solver!`] macro, which together hide
 //!   every `unsafe` line, catch panics, enforce deadlines, handle
-//!   cancellation and forward `log` records to the host.
+//!   cancellation and forward `log` records to the host; and [`Deadline`]
+//!   (from [`ChallengeRequest::deadline`]), the time a call has left.
 //!
 //! A whole plugin:
 //!
@@ -58,7 +59,7 @@ pub use wire::{
 };
 
 #[cfg(feature = "sdk")]
-pub use sdk::{Solver, async_trait};
+pub use sdk::{Deadline, Solver, async_trait};
 
 /// The `log` crate, re-exported so plugins log through the same instance the
 /// SDK forwards to the host.

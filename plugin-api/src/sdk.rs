@@ -15,7 +15,8 @@
 //!   calls it on drop if nothing else did, so no code path can lose it.
 //! * **Deadlines and cancellation.** `deadline_unix_ms` in a request bounds the
 //!   solver's future; `cancel` aborts the task, which completes the operation
-//!   with [`STATUS_CANCELLED`].
+//!   with [`STATUS_CANCELLED`]. Inside the solver, [`ChallengeRequest::deadline`]
+//!   gives the same deadline as a [`Deadline`], to size timeouts and retries.
 //! * **Logs go to the host.** A [`log`] logger forwards records to
 //!   [`HostApi::log`](crate::abi::HostApi), so `log::info!` in a plugin shows up
 //!   in certsmith's output with the right level.
@@ -25,7 +26,6 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 
@@ -39,6 +39,9 @@ use crate::wire::{
 };
 
 pub use async_trait::async_trait;
+pub use deadline::Deadline;
+
+mod deadline;
 
 /// A challenge solver. One instance is created per configuration and is
 /// shared by all concurrent calls, so `present` and `cleanup` take `&self`
@@ -264,19 +267,11 @@ fn invalid_params(e: serde_json::Error) -> Failure {
     )))
 }
 
-fn remaining(deadline_unix_ms: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Duration::from_millis(deadline_unix_ms.saturating_sub(now))
-}
-
 async fn with_deadline<T>(
-    deadline_unix_ms: u64,
+    deadline: Deadline,
     fut: impl Future<Output = Result<T, PluginError>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(remaining(deadline_unix_ms), fut).await {
+    match tokio::time::timeout(deadline.remaining(), fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Failure::Error(e)),
         Err(_) => Err(Failure::Error(ErrorBody::transient(
@@ -293,14 +288,14 @@ async fn run_method<S: Solver>(
     match method.as_str() {
         METHOD_PRESENT => {
             let req: ChallengeRequest = serde_json::from_slice(&params).map_err(invalid_params)?;
-            let p = with_deadline(req.deadline_unix_ms, solver.present(&req)).await?;
+            let p = with_deadline(req.deadline(), solver.present(&req)).await?;
             serde_json::to_value(p)
                 .map_err(|e| Failure::Error(ErrorBody::internal(format!("bad result: {e}"))))
         }
         METHOD_CLEANUP => {
             let p: CleanupParams = serde_json::from_slice(&params).map_err(invalid_params)?;
             with_deadline(
-                p.request.deadline_unix_ms,
+                p.request.deadline(),
                 solver.cleanup(&p.request, &p.presented),
             )
             .await?;

@@ -72,6 +72,8 @@ pub struct ChallengeRequest {
     pub key_authorization: String,
     /// When the host stops waiting for this call, in milliseconds since the
     /// Unix epoch. The SDK fails the call with a `transient` error then.
+    /// With the SDK (feature `sdk`), `ChallengeRequest::deadline()` reads it
+    /// as a `Deadline`.
     pub deadline_unix_ms: u64,
     /// Where to put the record, for dns-01 (filled by the core).
     #[serde(default)]

@@ -23,7 +23,7 @@
 //! queries are not case-sensitive: `_acme-challenge.example.test` (no dot)
 //! is accepted and never served.
 //!
-//! The solver contract (DESIGN.md §3) asks for "append one value, delete
+//! The solver contract (docs/design.md §3) asks for "append one value, delete
 //! exactly that value": `example.test` and `*.example.test` put two values
 //! at `_acme-challenge.example.test` at the same time. So the plugin
 //! remembers, per name, the values it added; cleanup clears the name and
@@ -35,10 +35,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as _;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
+    async_trait, log,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -119,7 +120,12 @@ impl ChallTestSrv {
     }
 
     /// Adds `value` at `host` (appends).
-    async fn set_txt(&self, host: &str, value: &str, deadline: u64) -> Result<(), PluginError> {
+    async fn set_txt(
+        &self,
+        host: &str,
+        value: &str,
+        deadline: Deadline,
+    ) -> Result<(), PluginError> {
         self.post(
             "/set-txt",
             json!({ "host": host, "value": value }),
@@ -129,7 +135,7 @@ impl ChallTestSrv {
     }
 
     /// Removes every value at `host`.
-    async fn clear_txt(&self, host: &str, deadline: u64) -> Result<(), PluginError> {
+    async fn clear_txt(&self, host: &str, deadline: Deadline) -> Result<(), PluginError> {
         self.post("/clear-txt", json!({ "host": host }), deadline)
             .await
     }
@@ -139,7 +145,7 @@ impl ChallTestSrv {
         &self,
         host: &str,
         values: &BTreeSet<String>,
-        deadline: u64,
+        deadline: Deadline,
     ) -> Result<(), PluginError> {
         self.clear_txt(host, deadline).await?;
         for v in values {
@@ -154,16 +160,17 @@ impl ChallTestSrv {
         &self,
         path: &str,
         body: serde_json::Value,
-        deadline: u64,
+        deadline: Deadline,
     ) -> Result<(), PluginError> {
         let url = format!("{}{path}", self.base);
         let mut attempt = 1;
         loop {
-            let Some(left) = remaining(deadline) else {
+            let left = deadline.remaining();
+            if left.is_zero() {
                 return Err(PluginError::transient(format!(
                     "the call's deadline passed before POST {url} could be sent"
                 )));
-            };
+            }
             let sent = self
                 .client
                 .post(&url)
@@ -190,7 +197,7 @@ impl ChallTestSrv {
                 .retry_after_ms
                 .map(Duration::from_millis)
                 .unwrap_or(Duration::from_millis(100 << attempt));
-            if !retry || attempt >= ATTEMPTS || remaining(deadline).is_none_or(|l| l <= wait) {
+            if !retry || attempt >= ATTEMPTS || deadline.remaining() <= wait {
                 return Err(err);
             }
             log::debug!("challtestsrv: {err}; retrying in {} ms", wait.as_millis());
@@ -229,7 +236,7 @@ impl Solver for ChallTestSrv {
         let key = (self.base.clone(), host.clone());
         let lock = name_lock(&key);
         let mut state = lock.lock().await;
-        let deadline = req.deadline_unix_ms;
+        let deadline = req.deadline();
         let written = if state.dirty {
             // An earlier write failed half way: rewrite the whole name.
             state.values.insert(target.value.clone());
@@ -289,9 +296,7 @@ impl Solver for ChallTestSrv {
                 target.value
             );
         }
-        let written = self
-            .rewrite(&host, &state.values, req.deadline_unix_ms)
-            .await;
+        let written = self.rewrite(&host, &state.values, req.deadline()).await;
         if let Err(e) = &written
             && !state.values.is_empty()
         {
@@ -363,16 +368,6 @@ fn normalize_url(raw: &str) -> Result<String, PluginError> {
         return Err(bad("has a query or fragment".to_owned()));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-/// Time left before the call's deadline, `None` once it has passed.
-fn remaining(deadline_unix_ms: u64) -> Option<Duration> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let left = deadline_unix_ms.saturating_sub(now);
-    (left > 0).then(|| Duration::from_millis(left))
 }
 
 /// An error for a non-2xx answer, and whether to retry it here.

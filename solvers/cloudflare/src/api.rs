@@ -19,9 +19,9 @@
 //! answer, in case a proxy echoes it back.
 
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use certsmith_plugin_api::{PluginError, log};
+use certsmith_plugin_api::{Deadline, PluginError, log};
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -71,28 +71,9 @@ impl fmt::Debug for ApiToken {
     }
 }
 
-/// When the plugin call that owns a request stops being useful.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Deadline(Instant);
-
-impl Deadline {
-    /// From the request's `deadline_unix_ms`.
-    pub(crate) fn from_unix_ms(ms: u64) -> Self {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Deadline(Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms)))
-    }
-
-    fn remaining(self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
-    }
-
-    /// Whether waiting `d` still leaves time for one more try.
-    fn allows_wait(self, d: Duration) -> bool {
-        d + RESERVE <= self.remaining()
-    }
+/// Whether waiting `d` before the next try still leaves [`RESERVE`] for it.
+fn allows_wait(deadline: Deadline, d: Duration) -> bool {
+    d + RESERVE <= deadline.remaining()
 }
 
 /// One entry of `errors` or `messages`.
@@ -423,7 +404,7 @@ impl Api {
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         let why = format!("HTTP 429{}", codes_suffix(envelope.as_ref()));
                         match retry_after {
-                            Some(wait) if !deadline.allows_wait(wait) => {
+                            Some(wait) if !allows_wait(deadline, wait) => {
                                 return Err(ApiError::Failed(PluginError::rate_limited(
                                     format!(
                                         "Cloudflare is rate-limiting this token ({request} answered {why}, retry after {} s, later than the call's deadline); retry later or spread the requests",
@@ -474,7 +455,7 @@ impl Api {
         deadline: Deadline,
         tries: u32,
     ) -> Result<(), ApiError> {
-        if !deadline.allows_wait(*backoff) {
+        if !allows_wait(deadline, *backoff) {
             return Err(ApiError::Failed(PluginError::transient(format!(
                 "Cloudflare API {request} failed {tries} time(s) before the call's deadline; last: {why}"
             ))));

@@ -3,7 +3,7 @@
 //!
 //! The core has already found the zone and the record name; this plugin
 //! only *adds one TXT value* and later *deletes exactly that value*
-//! (DESIGN.md §3), so `example.com` and `*.example.com` can have their two
+//! (docs/design.md §3), so `example.com` and `*.example.com` can have their two
 //! values at `_acme-challenge.example.com` at once, and any other TXT value
 //! there (a site verification, another client's challenge) is never
 //! touched:
@@ -35,7 +35,8 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
+    async_trait, log,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -44,7 +45,7 @@ use serde_json::json;
 mod api;
 
 pub use api::ApiToken;
-use api::{Api, ApiError, Deadline, Record, Zone};
+use api::{Api, ApiError, Record, Zone};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
@@ -334,7 +335,7 @@ impl Solver for Cloudflare {
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
         let target = target(req)?;
-        let deadline = Deadline::from_unix_ms(req.deadline_unix_ms);
+        let deadline = req.deadline();
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
         let zone_id = self.zone_id(&zone, deadline).await?;
@@ -409,7 +410,7 @@ impl Solver for Cloudflare {
             // Never presented (present refuses it), so nothing to remove.
             return Ok(());
         };
-        let deadline = Deadline::from_unix_ms(req.deadline_unix_ms);
+        let deadline = req.deadline();
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
         let handle_str = |key: &str| {

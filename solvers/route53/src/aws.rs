@@ -11,7 +11,7 @@
 
 use std::error::Error as StdError;
 use std::hash::{BuildHasher, RandomState};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -19,7 +19,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_route53::Client;
 use aws_sdk_route53::config::{Credentials, ProvideCredentials, Region};
 use aws_sdk_route53::error::{ProvideErrorMetadata, SdkError};
-use certsmith_plugin_api::{PluginError, log};
+use certsmith_plugin_api::{Deadline, PluginError, log};
 
 use crate::Settings;
 
@@ -73,27 +73,10 @@ const TRANSIENT_CODES: &[&str] = &[
     "ServiceUnavailable",
 ];
 
-/// When the host stops waiting for the current call.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Deadline(Instant);
-
-impl Deadline {
-    pub(crate) fn from_unix_ms(deadline_unix_ms: u64) -> Self {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Deadline(Instant::now() + Duration::from_millis(deadline_unix_ms.saturating_sub(now_ms)))
-    }
-
-    pub(crate) fn remaining(&self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
-    }
-
-    /// Whether sleeping `d` still leaves time for another request.
-    pub(crate) fn allows(&self, d: Duration) -> bool {
-        self.remaining() > d + DEADLINE_MARGIN
-    }
+/// Whether sleeping `d` still leaves time for another request before
+/// `deadline` (more than [`DEADLINE_MARGIN`]).
+pub(crate) fn allows(deadline: &Deadline, d: Duration) -> bool {
+    deadline.remaining() > d + DEADLINE_MARGIN
 }
 
 /// Jittered exponential backoff.
@@ -115,7 +98,7 @@ impl Backoff {
         let half = full / 2;
         let random = RandomState::new().hash_one(self.attempt) % (half.as_millis() as u64 + 1);
         let d = half + Duration::from_millis(random);
-        deadline.allows(d).then_some(d)
+        allows(deadline, d).then_some(d)
     }
 }
 
@@ -450,7 +433,7 @@ mod tests {
         let mut total = Duration::ZERO;
         loop {
             let remaining = budget.saturating_sub(total);
-            let Some(d) = b.next(&Deadline(Instant::now() + remaining)) else {
+            let Some(d) = b.next(&Deadline::from_now(remaining)) else {
                 break;
             };
             assert!(d <= BACKOFF_CAP);
@@ -458,7 +441,7 @@ mod tests {
             assert!(total < budget, "{total:?}");
             assert!(b.attempt <= 50, "backoff never gave up");
         }
-        let deadline = Deadline(Instant::now() + budget);
+        let deadline = Deadline::from_now(budget);
         let first = Backoff { attempt: 0 }
             .next(&deadline)
             .expect("time for one");

@@ -40,12 +40,13 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
+    async_trait, log,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::aws::{Aws, Backoff, Deadline, Failure};
+use crate::aws::{Aws, Backoff, Failure};
 
 /// The region used for signing when none is configured. Route53 is a global
 /// service whose API lives in us-east-1 for the `aws` partition.
@@ -541,7 +542,7 @@ impl Route53 {
                 log::debug!("route53: change {change_id} is INSYNC");
                 return Ok(());
             }
-            if !deadline.allows(delay) {
+            if !aws::allows(deadline, delay) {
                 return Err(PluginError::transient(format!(
                     "Route53 change {change_id} was still {} when the call's deadline came; \
                      Route53 usually syncs within a minute: raise the call timeout, or set \
@@ -662,7 +663,7 @@ impl Solver for Route53 {
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
         let target = dns_target(req)?;
-        let deadline = Deadline::from_unix_ms(req.deadline_unix_ms);
+        let deadline = req.deadline();
         let aws = self.aws().await?;
         let zone_id = self.zone_id(aws, &target.zone, &deadline).await?;
         let fqdn = txt::normalize_name(&target.fqdn);
@@ -696,7 +697,7 @@ impl Solver for Route53 {
             // present refuses these, so nothing was created.
             return Ok(());
         };
-        let deadline = Deadline::from_unix_ms(req.deadline_unix_ms);
+        let deadline = req.deadline();
         let aws = self.aws().await?;
         // The zone present used (it survives a restart in the host's
         // journal), else the same resolution present does.
