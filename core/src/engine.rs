@@ -1028,11 +1028,8 @@ struct ParsedChain {
 fn parse_chain(pem: &str, server: &str) -> Result<ParsedChain, IssueError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
-    let bad = |message: String| IssueError::Network {
-        action: "download the certificate".to_owned(),
-        server: server.to_owned(),
-        message,
-    };
+    const ACTION: &str = "download the certificate";
+    let bad = |message: String| IssueError::bad_answer(ACTION, server, message);
     let mut blocks = Vec::new();
     let mut rest = pem;
     while let Some(start) = rest.find(BEGIN) {
@@ -1050,7 +1047,7 @@ fn parse_chain(pem: &str, server: &str) -> Result<ParsedChain, IssueError> {
         return Err(bad("the CA sent no PEM certificate".to_owned()));
     };
     let facts = crate::renewal::read_cert_pem(leaf, "the leaf certificate")
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| IssueError::network(ACTION, server, e))?;
     Ok(ParsedChain {
         cert_pem: leaf.clone(),
         chain_pem: blocks[1..].concat(),

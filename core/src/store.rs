@@ -377,6 +377,32 @@ impl Store {
         Ok(path)
     }
 
+    /// Every stored account: the path of its `account.json` and its
+    /// contents, in no particular order. Nothing stored yet is an empty
+    /// list; an entry that is not an account directory, or whose file
+    /// cannot be read, is skipped.
+    pub fn account_files(&self) -> Result<Vec<(PathBuf, Vec<u8>)>, StoreError> {
+        let dir = self.root.join("accounts");
+        let hosts = match fs::read_dir(&dir) {
+            Ok(h) => h,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io("read", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for host in hosts.flatten() {
+            let Ok(ids) = fs::read_dir(host.path()) else {
+                continue;
+            };
+            for id in ids.flatten() {
+                let path = id.path().join("account.json");
+                if let Ok(bytes) = fs::read(&path) {
+                    out.push((path, bytes));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `certs/<name>`.
     pub fn cert_dir(&self, name: &str) -> PathBuf {
         self.root.join("certs").join(name)
