@@ -16,8 +16,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::setup;
 use crate::output::print_json;
+use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// Which account, and how to reach its CA.

@@ -19,8 +19,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::setup;
 use crate::output::{print_error, print_json};
+use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
 #[derive(Debug, Subcommand)]

@@ -162,8 +162,9 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let domains = identifiers::parse_domains(&args.domains).map_err(IssueError::from)?;
     let name = match &args.cert_name {
         Some(n) => n.clone(),
-        None => identifiers::default_cert_name(&domains)
-            .ok_or_else(|| Failure::usage("no domain given", Some("pass at least one -d/--domain")))?,
+        None => identifiers::default_cert_name(&domains).ok_or_else(|| {
+            Failure::usage("no domain given", Some("pass at least one -d/--domain"))
+        })?,
     };
     store::check_cert_name(&name).map_err(|e| {
         Failure::usage(
@@ -254,7 +255,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         .ca_cert
         .as_ref()
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let mut job = Job::new(name.clone(), request.domains.clone());
+    let domains = request
+        .domains
+        .iter()
+        .map(|d| d.as_str().to_owned())
+        .collect();
+    let mut job = Job::new(name.clone(), domains);
     job.settings = Settings::new(
         ca_cert,
         args.email
@@ -267,10 +273,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     job.plan = Ok(Plan::Issue("requested".to_owned()));
     job.request = Some(request);
     let mut jobs = [job];
-    let interrupted = session
-        .agent
-        .execute(&client, &account, &mut jobs)
-        .await;
+    let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
     session.finish().await;
     let [job] = jobs;
 

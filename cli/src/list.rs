@@ -13,8 +13,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::failure::Failure;
-use crate::setup;
 use crate::output::print_json;
+use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// List stored certificates.

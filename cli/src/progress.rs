@@ -224,19 +224,18 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
         ProgressEvent::WaitingForRun { holder } => {
             format!("another certsmith run or renew holds {holder}; waiting for it")
         }
-        ProgressEvent::LeftoversFound { count } => format!(
-            "{count} challenge(s) left by an earlier run that did not finish: cleaning up"
-        ),
+        ProgressEvent::LeftoversFound { count } => {
+            format!("{count} challenge(s) left by an earlier run that did not finish: cleaning up")
+        }
         ProgressEvent::LeftoverRemoved { description } => format!("removed {description}"),
-        ProgressEvent::LeftoverKept { description, error } => format!(
-            "warning: could not remove {description}: {error}; will retry on the next run"
-        ),
+        ProgressEvent::LeftoverKept { description, error } => {
+            format!("warning: could not remove {description}: {error}; will retry on the next run")
+        }
         ProgressEvent::HookStarted { name } => format!("{name}: running the deploy hook"),
         ProgressEvent::HookOutput { name, line } => format!("{name} hook: {line}"),
-        ProgressEvent::HookFinished { name, elapsed } => format!(
-            "{name}: deploy hook done in {:.1}s",
-            elapsed.as_secs_f64()
-        ),
+        ProgressEvent::HookFinished { name, elapsed } => {
+            format!("{name}: deploy hook done in {:.1}s", elapsed.as_secs_f64())
+        }
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
         _ => return None,

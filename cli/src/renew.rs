@@ -159,13 +159,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
 
     let mut interrupted = false;
     for (key, members) in groups {
-        let ready = AcmeClient::new(&key.server, key.ca_cert.as_deref()).and_then(|client| {
-            eab_account(config, key.email.clone(), args.agree_tos).map(|a| (client, a))
-        });
+        let ready = AcmeClient::new(&key.server, key.ca_cert.as_deref())
+            .map_err(JobError::from)
+            .and_then(|client| {
+                eab_account(config, key.email.clone(), args.agree_tos).map(|a| (client, a))
+            });
         let (client, account) = match ready {
             Ok(r) => r,
             Err(e) => {
-                let e = JobError::from(e);
                 for (name, l) in members {
                     let mut job = Job::new(name, l.domains.clone());
                     job.fail(e.clone());
@@ -212,7 +213,7 @@ fn eab_account(
     config: Option<&Config>,
     email: Option<String>,
     agree_tos: bool,
-) -> Result<AccountOptions, IssueError> {
+) -> Result<AccountOptions, JobError> {
     let mut opts = agent::account_options(config.map(|c| &c.defaults), email.clone())?;
     opts.email = email;
     opts.agree_tos |= agree_tos;

@@ -17,8 +17,8 @@ use certsmith_core::store::RevocationRecord;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::setup;
 use crate::output::print_json;
+use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// `--reason` values.
@@ -113,7 +113,10 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
             )
         })?;
     let what = match &version.dir {
-        Some(dir) => dir.join(certsmith_core::store::CERT_FILE).display().to_string(),
+        Some(dir) => dir
+            .join(certsmith_core::store::CERT_FILE)
+            .display()
+            .to_string(),
         None => format!("{name} version {}", version.version),
     };
     let facts = renewal::read_cert_pem(&version.files.cert_pem, &what)
@@ -179,10 +182,12 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
             at: at.clone(),
         };
         let (s, n) = (store.clone(), name.clone());
-        tokio::task::spawn_blocking(move || s.update_lineage(&n, &mut |l| l.revoked = Some(record.clone())))
-            .await
-            .map_err(|e| Failure::usage(format!("the store writer failed: {e}"), None))?
-            .map_err(IssueError::from)?;
+        tokio::task::spawn_blocking(move || {
+            s.update_lineage(&n, &mut |l| l.revoked = Some(record.clone()))
+        })
+        .await
+        .map_err(|e| Failure::usage(format!("the store writer failed: {e}"), None))?
+        .map_err(IssueError::from)?;
     }
     match global.output {
         OutputFormat::Json => print_json(&json!({

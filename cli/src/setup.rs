@@ -220,3 +220,66 @@ pub(crate) fn agent_options(
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        dns: DnsArgs,
+    }
+
+    fn flags(args: &[&str]) -> DnsArgs {
+        use clap::Parser as _;
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(args);
+        Flags::parse_from(argv).dns
+    }
+
+    #[test]
+    fn dns_flags_win_over_the_config() {
+        let text = "[defaults]\ndns_resolvers = [\"192.0.2.53\"]\npropagation_servers = [\"127.0.0.1:8053\"]\npropagation_timeout = \"90s\"\nfollow_cname = false\n";
+        let config = Config::parse(text, std::path::Path::new("/c/certsmith.toml")).expect("valid");
+        let o = dns_options(&flags(&[]), Some(&config));
+        assert_eq!(o.resolvers, ["192.0.2.53:53".parse().expect("addr")]);
+        assert_eq!(
+            o.propagation_servers,
+            ["127.0.0.1:8053".parse().expect("addr")]
+        );
+        assert_eq!(o.propagation_timeout, Some(Duration::from_secs(90)));
+        assert!(!o.follow_cname);
+        let o = dns_options(
+            &flags(&[
+                "--dns-resolver",
+                "198.51.100.1",
+                "--propagation-timeout",
+                "5",
+            ]),
+            Some(&config),
+        );
+        assert_eq!(o.resolvers, ["198.51.100.1:53".parse().expect("addr")]);
+        assert_eq!(o.propagation_timeout, Some(Duration::from_secs(5)));
+        assert!(dns_options(&flags(&[]), None).follow_cname);
+    }
+
+    #[test]
+    fn hints_name_the_flags() {
+        use certsmith_core::error::IssueError;
+        let e = IssueError::TermsNotAgreed {
+            url: "https://x/tos".into(),
+        };
+        let f = Failure::from_issue(&e);
+        assert_eq!(f.code, exit::USAGE);
+        assert!(f.hint.is_some_and(|h| h.contains("--agree-tos")));
+        let e = IssueError::Store(certsmith_core::store::StoreError::NoDefaultRoot);
+        let f = Failure::from_issue(&e);
+        assert!(
+            !f.message.contains("--"),
+            "core names no flag: {}",
+            f.message
+        );
+        assert!(f.hint.is_some_and(|h| h.contains("--state-dir")));
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! Why this module exists: a CI pipeline must tell "fix your input" from
 //! "the CA said no" from "the network is down" without parsing messages
-//! (DESIGN.md §5). Every failure of the engine is an [`IssueError`], and
+//! (docs/design.md §5). Every failure of the engine is an [`IssueError`], and
 //! [`IssueError::class`] maps it to one [`ErrorClass`]. Messages name what
 //! failed and, through [`IssueError::hint`], what to do; none contains a
 //! secret (account key, EAB key, solver credentials, certificate key).
@@ -330,14 +330,24 @@ pub enum IssueError {
         retry_after: Option<SystemTime>,
     },
     /// The CA could not be reached or answered nonsense.
+    ///
+    /// Inside the crate it is built with `IssueError::network` (an
+    /// underlying error) or `IssueError::bad_answer` (an answer wrong in
+    /// itself).
     #[error("cannot {action} at {server}: {message}")]
     Network {
         /// What we tried, e.g. "fetch the directory".
         action: String,
         /// The server (directory URL or request URL).
         server: String,
-        /// The cause, with its source chain.
+        /// What went wrong, in words: when there is a `source`, its message
+        /// chain (so the one line a user sees names the cause), possibly
+        /// with what it means.
         message: String,
+        /// The underlying error (connection, TLS, timeout, unparsable
+        /// answer), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The CA did not reach a final state in time.
     #[error("timed out after {}s waiting for the CA to {what}", .after.as_secs())]
@@ -361,6 +371,21 @@ pub enum IssueError {
     Internal(String),
 }
 
+/// An error and its sources, joined with ": ", without repeats (a source
+/// whose text its wrapper already shows is left out).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 fn fmt_retry(at: &Option<SystemTime>) -> String {
     match at {
         Some(t) => {
@@ -375,6 +400,38 @@ fn fmt_retry(at: &Option<SystemTime>) -> String {
 }
 
 impl IssueError {
+    /// An [`IssueError::Network`] caused by `source`; its message is the
+    /// source's message chain (see [`error_chain`]).
+    pub(crate) fn network(
+        action: impl Into<String>,
+        server: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> IssueError {
+        let source = source.into();
+        IssueError::Network {
+            action: action.into(),
+            server: server.into(),
+            message: error_chain(source.as_ref()),
+            source: Some(source),
+        }
+    }
+
+    /// An [`IssueError::Network`] for an answer that is wrong in itself
+    /// (an HTTP error status, a missing header): there is no underlying
+    /// error.
+    pub(crate) fn bad_answer(
+        action: impl Into<String>,
+        server: impl Into<String>,
+        message: impl Into<String>,
+    ) -> IssueError {
+        IssueError::Network {
+            action: action.into(),
+            server: server.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// The failure class, which decides the exit code.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -442,6 +499,38 @@ mod tests {
             "{s}"
         );
         assert!(p.is("compound"));
+    }
+
+    /// A network failure keeps its cause as its source, and the one line a
+    /// user sees still names it.
+    #[test]
+    fn network_errors_keep_their_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = IssueError::network("fetch the ACME directory", "https://ca/dir", Outer(io));
+        assert_eq!(
+            e.to_string(),
+            "cannot fetch the ACME directory at https://ca/dir: error sending request: connection refused"
+        );
+        assert_eq!(e.class(), ErrorClass::Network);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(source.downcast_ref::<Outer>().is_some(), "{source:?}");
+        let root = source.source().expect("its own source");
+        assert_eq!(root.to_string(), "connection refused");
+
+        let e = IssueError::bad_answer(
+            "get a nonce",
+            "https://ca/nonce",
+            "the answer has no Replay-Nonce header",
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot get a nonce at https://ca/nonce: the answer has no Replay-Nonce header"
+        );
+        assert_eq!(e.class(), ErrorClass::Network);
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

@@ -16,3 +16,4 @@ mod issue;
 mod lifecycle;
 mod plugin_host;
 mod progress;
+mod store_compat;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::job::{Job, JobError, Outcome};
 use super::Agent;
+use super::job::{Job, JobError, Outcome};
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::config;
 use crate::engine::{CertRequest, Engine, EngineOptions, IssuedCert};

@@ -179,7 +179,8 @@ impl Agent {
         if stale.is_empty() {
             return;
         }
-        self.progress.emit(ProgressEvent::LeftoversFound { count: stale.len() });
+        self.progress
+            .emit(ProgressEvent::LeftoversFound { count: stale.len() });
         let tables = Some(&self.solver_tables);
         for done in journal::clean_stale(&self.journal, &self.host, tables).await {
             let description = done.entry.describe();
@@ -205,9 +206,8 @@ pub fn account_options(
             .map_err(|e| IssueError::Eab(e.to_string()))
     };
     let kid = env("CERTSMITH_EAB_KID")?.or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
-    let key = env("CERTSMITH_EAB_HMAC_KEY")?.or_else(|| {
-        defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned()))
-    });
+    let key = env("CERTSMITH_EAB_HMAC_KEY")?
+        .or_else(|| defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned())));
     let eab = match (kid, key) {
         (Some(kid), Some(key)) => Some(crate::acme::Eab::new(&kid, &key)?),
         (None, None) => None,

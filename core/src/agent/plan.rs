@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::job::{Job, JobError, Plan, Settings};
 use super::Agent;
+use super::job::{Job, JobError, Plan, Settings};
 use crate::acme::AcmeClient;
 use crate::config::{self, CertificateConfig, Config};
 use crate::engine::{self, CertRequest};
@@ -222,8 +222,7 @@ impl Agent {
         e: Existing<'_>,
         request: CertRequest,
     ) {
-        if e
-            .lineage
+        if e.lineage
             .revoked
             .as_ref()
             .is_some_and(|r| r.serial == e.facts.serial)

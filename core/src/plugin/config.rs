@@ -262,13 +262,12 @@ pub fn resolve(
         // 2. Environment, then <ENV>_FILE.
         if let Some(var) = &spec.env {
             let env = |name: &str| sources.env_var(name);
-            let found = crate::envfile::var_or_file(var, &env).map_err(|e| {
-                PluginHostError::EnvFile {
+            let found =
+                crate::envfile::var_or_file(var, &env).map_err(|e| PluginHostError::EnvFile {
                     var: e.var,
                     path: e.path,
                     source: e.source,
-                }
-            })?;
+                })?;
             if let Some((from, text)) = found {
                 values.insert(key.clone(), parse_text(code, key, spec, &from, &text)?);
                 explicit.insert(key.clone());

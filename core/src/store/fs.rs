@@ -29,9 +29,9 @@ use super::fsio::{
     remove_stale_temps, sanitize, write_atomic, write_new,
 };
 use super::{
-    AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry,
-    Lease, Lineage, PRIVKEY_FILE, SavedVersion, Storage, StoreError, StoredAccountDoc,
-    VersionFiles, VersionRecord, check_cert_name,
+    AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry, Lease,
+    Lineage, PRIVKEY_FILE, SavedVersion, Storage, StoreError, StoredAccountDoc, VersionFiles,
+    VersionRecord, check_cert_name,
 };
 use crate::keys::PrivateKeyPem;
 
@@ -425,7 +425,9 @@ impl Storage for FsStore {
     }
 
     fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError> {
-        let path = self.journal_dir().join(format!("{}.json", sanitize(&entry.id)));
+        let path = self
+            .journal_dir()
+            .join(format!("{}.json", sanitize(&entry.id)));
         let body = serde_json::to_vec_pretty(entry).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
@@ -461,7 +463,10 @@ impl Storage for FsStore {
             match serde_json::from_slice::<JournalEntry>(&bytes) {
                 Ok(e) => out.push(e),
                 Err(err) => {
-                    log::warn!("ignoring unreadable journal entry {}: {err}", path.display());
+                    log::warn!(
+                        "ignoring unreadable journal entry {}: {err}",
+                        path.display()
+                    );
                 }
             }
         }

@@ -385,8 +385,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn create_account(&self, key: &AccountKey, json: &[u8]) -> Result<AccountSlot, StoreError>;
 
     /// Replaces a stored account (after a key rollover or deactivation).
-    fn replace_account(&self, key: &AccountKey, json: &[u8])
-    -> Result<StoredAccountDoc, StoreError>;
+    fn replace_account(
+        &self,
+        key: &AccountKey,
+        json: &[u8],
+    ) -> Result<StoredAccountDoc, StoreError>;
 
     /// Every stored account, in a stable order.
     fn accounts(&self) -> Result<Vec<StoredAccountDoc>, StoreError>;

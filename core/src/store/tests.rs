@@ -128,8 +128,7 @@ fn lineage_settings_carry_over_and_renewal_state_resets() {
         store.load_lineage("s.example").expect("read"),
         Some(updated)
     );
-    let text =
-        fs::read_to_string(store.cert_dir("s.example").join("lineage.toml")).expect("read");
+    let text = fs::read_to_string(store.cert_dir("s.example").join("lineage.toml")).expect("read");
     assert!(
         text.contains("explanation_url = \"https://ca/why\""),
         "{text}"
@@ -320,7 +319,10 @@ fn account_creation_keeps_the_first_of_two_writers() {
         }
     }
     assert_eq!(created.len(), 1, "exactly one writer stores the account");
-    assert!(existing.iter().all(|j| *j == created[0]), "the others see it");
+    assert!(
+        existing.iter().all(|j| *j == created[0]),
+        "the others see it"
+    );
     let stored = store.load_account(&key).expect("read").expect("stored");
     assert_eq!(stored.json, created[0]);
     let replaced = store.replace_account(&key, b"{}").expect("replace");
@@ -328,27 +330,46 @@ fn account_creation_keeps_the_first_of_two_writers() {
     let all = store.accounts().expect("list");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].key, key);
-    assert!(!format!("{:?}", all[0]).contains("{}"), "Debug shows no document");
+    assert!(
+        !format!("{:?}", all[0]).contains("{}"),
+        "Debug shows no document"
+    );
 }
 
 #[test]
 fn read_version_gives_one_whole_version() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = FsStore::open(tmp.path().join("state")).expect("open");
-    assert!(store.read_version("r.example", None).expect("read").is_none());
+    assert!(
+        store
+            .read_version("r.example", None)
+            .expect("read")
+            .is_none()
+    );
     store
         .commit_version("r.example", &files("one"), &lineage(), record())
         .expect("save 1");
     store
         .commit_version("r.example", &files("two"), &lineage(), record())
         .expect("save 2");
-    let cur = store.read_version("r.example", None).expect("read").expect("current");
+    let cur = store
+        .read_version("r.example", None)
+        .expect("read")
+        .expect("current");
     assert_eq!(cur.version, 2);
     assert_eq!(cur.files.cert_pem, "CERT two\n");
     assert_eq!(cur.files.privkey_pem.expose(), "KEY two\n");
-    let one = store.read_version("r.example", Some(1)).expect("read").expect("v1");
+    let one = store
+        .read_version("r.example", Some(1))
+        .expect("read")
+        .expect("v1");
     assert_eq!(one.files.fullchain_pem, "CERT one\nCHAIN one\n");
-    assert!(store.read_version("r.example", Some(9)).expect("read").is_none());
+    assert!(
+        store
+            .read_version("r.example", Some(9))
+            .expect("read")
+            .is_none()
+    );
     assert_eq!(
         store.current_dir("r.example"),
         Some(store.root().join("certs/r.example/current"))
@@ -384,7 +405,9 @@ fn journal_entries_round_trip_private() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].id, entry.id);
     store.remove_journal_entry(&entry.id).expect("remove");
-    store.remove_journal_entry(&entry.id).expect("removing twice is fine");
+    store
+        .remove_journal_entry(&entry.id)
+        .expect("removing twice is fine");
     assert!(store.journal_entries().expect("list").is_empty());
 }
 

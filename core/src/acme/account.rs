@@ -1,0 +1,271 @@
+//! ACME accounts ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3)):
+//! finding or creating the account an order is placed with.
+//!
+//! Why this module exists: every command starts by getting an account, and
+//! the rules for it (terms of service, external account binding, contact
+//! syntax, a stored account reused rather than created again) are the same
+//! for all of them. The stored form is in the `stored` module.
+
+use std::fmt;
+
+use instant_acme as ia;
+
+use super::AcmeClient;
+use super::stored::{StoredAccount, account_id};
+use super::transport::retry_bad_nonce;
+use crate::error::IssueError;
+use crate::store::Store;
+
+/// External account binding credentials
+/// ([RFC 8555 §7.3.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4)).
+/// `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Eab {
+    kid: String,
+    hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for Eab {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Eab {
+    /// Builds EAB credentials from the key id and the base64url HMAC key the
+    /// CA gave (padding and the standard alphabet are accepted too).
+    pub fn new(kid: &str, hmac_key_b64: &str) -> Result<Eab, IssueError> {
+        use base64::Engine as _;
+        if kid.trim().is_empty() {
+            return Err(IssueError::Eab(
+                "the key id (--eab-kid) is empty".to_owned(),
+            ));
+        }
+        let trimmed = hmac_key_b64.trim().trim_end_matches('=');
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+            .map_err(|_| {
+                IssueError::Eab("the HMAC key (--eab-hmac-key) is not base64url".to_owned())
+            })?;
+        if key.is_empty() {
+            return Err(IssueError::Eab(
+                "the HMAC key (--eab-hmac-key) is empty".to_owned(),
+            ));
+        }
+        Ok(Eab {
+            kid: kid.trim().to_owned(),
+            hmac_key: key,
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+/// How to find or create the account.
+#[derive(Clone, Debug, Default)]
+pub struct AccountOptions {
+    /// Contact e-mail address (without `mailto:`).
+    pub email: Option<String>,
+    /// Whether the operator agreed to the CA's terms of service.
+    pub agree_tos: bool,
+    /// External account binding, if the CA needs it.
+    pub eab: Option<Eab>,
+}
+
+impl AccountOptions {
+    /// The contact URLs ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3)).
+    pub fn contact(&self) -> Result<Vec<String>, IssueError> {
+        let Some(email) = &self.email else {
+            return Ok(Vec::new());
+        };
+        let email = email.trim().trim_start_matches("mailto:");
+        let valid = email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        }) && !email
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, ',' | '<' | '>' | '?'));
+        if !valid {
+            return Err(IssueError::InvalidRequest(format!(
+                "invalid --email '{email}': give one address like admin@example.com"
+            )));
+        }
+        Ok(vec![format!("mailto:{email}")])
+    }
+}
+
+/// An ACME account, ready to place orders. Cheap to clone.
+#[derive(Clone)]
+pub struct Account {
+    pub(super) inner: ia::Account,
+    url: String,
+    pub(super) client: AcmeClient,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Account {
+    fn new(inner: ia::Account, client: &AcmeClient) -> Account {
+        Account {
+            url: inner.id().to_owned(),
+            inner,
+            client: client.clone(),
+        }
+    }
+
+    /// The account URL at the CA.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl AcmeClient {
+    /// instant-acme's account for stored credentials (fetches nothing but
+    /// the directory, which is cached).
+    pub(super) async fn ia_account(
+        &self,
+        creds: ia::AccountCredentials,
+    ) -> Result<ia::Account, IssueError> {
+        ia::Account::builder_with_http(self.shim())
+            .from_credentials(creds)
+            .await
+            .map_err(|e| self.map_error(e, "load the account"))
+    }
+
+    /// Loads the account for (this directory, `opts` contact) from `store`,
+    /// or creates it at the CA and stores it. Returns whether it was created.
+    /// Fetches the directory first (see [`AcmeClient::directory`]).
+    pub async fn account(
+        &self,
+        store: &Store,
+        opts: &AccountOptions,
+    ) -> Result<(Account, bool), IssueError> {
+        let dir = self.directory().await?;
+        let contact = opts.contact()?;
+        let id = account_id(&self.directory_url, &contact);
+        if let Some((stored, path)) = self.load_stored(store, &id)? {
+            stored.ensure_active(&path)?;
+            let inner = self.ia_account(stored.credentials(&path)?).await?;
+            return Ok((Account::new(inner, self), false));
+        }
+        self.new_account(store, &dir, opts, false).await
+    }
+
+    /// Creates a new account at the CA
+    /// ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3))
+    /// and stores it, replacing any stored one for the same (directory,
+    /// contact).
+    pub async fn create_account(
+        &self,
+        store: &Store,
+        dir: &super::DirectoryInfo,
+        opts: &AccountOptions,
+    ) -> Result<Account, IssueError> {
+        self.new_account(store, dir, opts, true)
+            .await
+            .map(|(account, _)| account)
+    }
+
+    /// Creates an account at the CA and stores it. With `replace` false,
+    /// an account another process stored meanwhile for the same (directory,
+    /// contact) wins and is returned instead (with `false`: not created),
+    /// so that concurrent first runs end up with one account.
+    async fn new_account(
+        &self,
+        store: &Store,
+        dir: &super::DirectoryInfo,
+        opts: &AccountOptions,
+        replace: bool,
+    ) -> Result<(Account, bool), IssueError> {
+        if let Some(url) = &dir.terms_of_service
+            && !opts.agree_tos
+        {
+            return Err(IssueError::TermsNotAgreed { url: url.clone() });
+        }
+        if dir.external_account_required && opts.eab.is_none() {
+            return Err(IssueError::EabRequired {
+                server: self.directory_url.clone(),
+            });
+        }
+        let contact = opts.contact()?;
+        let contact_refs: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let new = ia::NewAccount {
+            contact: &contact_refs,
+            terms_of_service_agreed: opts.agree_tos,
+            only_return_existing: false,
+        };
+        let eab = opts
+            .eab
+            .as_ref()
+            .map(|e| ia::ExternalAccountKey::new(e.kid.clone(), &e.hmac_key));
+        let (inner, creds) = retry_bad_nonce!(
+            ia::Account::builder_with_http(self.shim())
+                .create(&new, self.directory_url.clone(), eab.as_ref())
+                .await
+        )
+        .map_err(|e| self.map_error(e, "create the account"))?;
+        let stored = StoredAccount::new(
+            self.directory_url.clone(),
+            contact,
+            inner.id().to_owned(),
+            &creds,
+        )?;
+        if replace {
+            self.rewrite_account(store, &stored).await?;
+        } else if let Some((theirs, path)) = self.store_new_account(store, &stored).await? {
+            log::info!(
+                "another certsmith process stored an account for this CA first; using it ({})",
+                path.display()
+            );
+            theirs.ensure_active(&path)?;
+            let inner = self.ia_account(theirs.credentials(&path)?).await?;
+            return Ok((Account::new(inner, self), false));
+        }
+        Ok((Account::new(inner, self), true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eab_key_never_in_debug() {
+        let e = Eab::new("kid-1", "c2VjcmV0LWhtYWMta2V5").expect("valid");
+        let dbg = format!("{e:?}");
+        assert!(dbg.contains("kid-1") && dbg.contains("[redacted]"), "{dbg}");
+        assert!(
+            !dbg.contains("c2VjcmV0") && !dbg.contains("secret"),
+            "{dbg}"
+        );
+        let err = Eab::new("kid", "not base64 !!").expect_err("bad key");
+        assert!(!err.to_string().contains("!!"), "{err}");
+    }
+
+    #[test]
+    fn contact_validation() {
+        let o = AccountOptions {
+            email: Some("admin@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(o.contact().expect("ok"), ["mailto:admin@example.com"]);
+        let o = AccountOptions {
+            email: Some("not an email".into()),
+            ..Default::default()
+        };
+        assert!(o.contact().is_err());
+        assert!(AccountOptions::default().contact().expect("ok").is_empty());
+    }
+}

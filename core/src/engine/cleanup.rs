@@ -1,0 +1,187 @@
+//! The cleanup list of an order: what was presented and must be removed.
+
+use std::sync::Mutex;
+
+use certsmith_plugin_api::{ChallengeRequest, Presented};
+
+use crate::error::IssueError;
+use crate::journal::Journal;
+use crate::plugin::SolverInstance;
+use crate::progress::{Progress, ProgressEvent};
+
+use super::challenge::call_deadline;
+
+/// A challenge that may have been presented and must be cleaned up.
+pub(super) struct CleanupEntry {
+    request: ChallengeRequest,
+    domain: String,
+    presented: Presented,
+    /// The journal entry recording it, removed once cleaned up.
+    journal_entry: Option<crate::journal::JournalEntry>,
+}
+
+/// The challenges of one order that need `cleanup`. Entries are added before
+/// `present` is called (a cancelled `present` may still have created
+/// something; solvers treat cleanup of nothing as success).
+pub(super) struct CleanupList {
+    solver: SolverInstance,
+    name: String,
+    progress: Progress,
+    journal: Option<Journal>,
+    entries: Mutex<Vec<Option<CleanupEntry>>>,
+}
+
+impl CleanupList {
+    pub(super) fn new(
+        solver: SolverInstance,
+        name: String,
+        progress: Progress,
+        journal: Option<Journal>,
+    ) -> Self {
+        CleanupList {
+            solver,
+            name,
+            progress,
+            journal,
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<CleanupEntry>>> {
+        // A poisoned list still holds valid entries; cleanup must go on.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a challenge about to be presented and writes its journal entry
+    /// (docs/design.md §3.5: before `present`, so a crash during or after it
+    /// leaves a trace the next run cleans up); returns its slot.
+    pub(super) fn register(
+        &self,
+        request: ChallengeRequest,
+        domain: String,
+    ) -> Result<usize, IssueError> {
+        let journal_entry = match &self.journal {
+            Some(j) => Some(
+                j.record(self.solver.code(), self.solver.public_options(), &request)
+                    .map_err(|e| {
+                        IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
+        let mut entries = self.lock();
+        entries.push(Some(CleanupEntry {
+            request,
+            domain,
+            presented: Presented::default(),
+            journal_entry,
+        }));
+        Ok(entries.len() - 1)
+    }
+
+    /// Records what `present` returned for a slot (also in the journal, as
+    /// cleanup may need the handle).
+    pub(super) fn presented(&self, slot: usize, presented: Presented) {
+        let mut entries = self.lock();
+        if let Some(Some(entry)) = entries.get_mut(slot) {
+            if let (Some(j), Some(je)) = (&self.journal, entry.journal_entry.as_mut())
+                && let Err(e) = j.set_presented(je, &presented)
+            {
+                log::warn!("cannot update the cleanup journal: {e}");
+            }
+            entry.presented = presented;
+        }
+    }
+
+    pub(super) fn take(&self) -> Vec<CleanupEntry> {
+        self.lock().drain(..).flatten().collect()
+    }
+
+    /// Cleans up every entry, one at a time (docs/design.md §3.7). Failures are
+    /// reported as progress events and logged; they do not fail the order.
+    pub(super) async fn run(&self) {
+        let entries = self.take();
+        clean_entries(
+            &self.solver,
+            &self.name,
+            &self.progress,
+            self.journal.as_ref(),
+            entries,
+        )
+        .await;
+    }
+}
+
+pub(super) async fn clean_entries(
+    solver: &SolverInstance,
+    name: &str,
+    progress: &Progress,
+    journal: Option<&Journal>,
+    entries: Vec<CleanupEntry>,
+) {
+    for mut entry in entries {
+        // A fresh deadline: the one of `present` may have passed while the
+        // CA validated.
+        entry.request.deadline_unix_ms = call_deadline(solver.manifest());
+        let challenge = entry.request.challenge_type;
+        match solver.cleanup(&entry.request, &entry.presented).await {
+            Ok(()) => {
+                if let (Some(j), Some(je)) = (journal, &entry.journal_entry)
+                    && let Err(e) = j.remove(&je.id)
+                {
+                    log::warn!("cannot update the cleanup journal: {e}");
+                }
+                progress.emit(ProgressEvent::CleanedUp {
+                    name: name.to_owned(),
+                    domain: entry.domain,
+                    challenge,
+                })
+            }
+            Err(e) => {
+                let error = solver.redact(&e.to_string());
+                log::warn!(
+                    "solver '{}' could not clean up the {challenge} challenge for '{}': {error}",
+                    solver.code(),
+                    entry.domain
+                );
+                progress.emit(ProgressEvent::CleanupFailed {
+                    name: name.to_owned(),
+                    domain: entry.domain,
+                    challenge,
+                    error,
+                });
+            }
+        }
+    }
+}
+
+impl Drop for CleanupList {
+    fn drop(&mut self) {
+        let entries = self.take();
+        if entries.is_empty() {
+            return;
+        }
+        // The order's future was dropped without running the list: hand the
+        // entries to a task, if a runtime is still there to run it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let (solver, name, progress, journal) = (
+                    self.solver.clone(),
+                    self.name.clone(),
+                    self.progress.clone(),
+                    self.journal.clone(),
+                );
+                handle.spawn(async move {
+                    clean_entries(&solver, &name, &progress, journal.as_ref(), entries).await
+                });
+            }
+            Err(_) => log::warn!(
+                "{} presented challenge(s) for '{}' could not be cleaned up: no runtime",
+                entries.len(),
+                self.name
+            ),
+        }
+    }
+}

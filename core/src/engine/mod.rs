@@ -1,0 +1,213 @@
+//! The order engine: from a set of certificate requests to stored
+//! certificates.
+//!
+//! Why this module exists: it is the one place that sequences an ACME order
+//! ([RFC 8555 §7.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.1)) and
+//! guarantees the things an operator relies on:
+//!
+//! * **Concurrency**: [`Engine::issue_all`] runs orders at once, bounded, on
+//!   one account and one HTTP pool; within an order every challenge is
+//!   presented in parallel. One failed order never stops the others.
+//! * **Cleanup, always**: every challenge is put on a cleanup list *before*
+//!   `present` is called, and the list is worked off after validation
+//!   whatever happened: success, CA refusal, solver error, timeout, or
+//!   cancellation through [`CancelToken`] (the CLI's Ctrl-C). Should the
+//!   engine's future be dropped instead, the list hands its entries to a
+//!   background task (best effort: the runtime must still be alive).
+//! * **Nothing half-written**: the certificate is stored through
+//!   [`crate::store`], which switches `current` only after a complete set is
+//!   on disk.
+//!
+//! Per order: new order → fetch authorizations → choose per authorization
+//! the challenge type the solver supports (http-01, then tls-alpn-01, then
+//! dns-01; a wildcard needs dns-01) → present all → mark them ready → poll
+//! (honouring `Retry-After`) → clean up, while finalizing with a CSR whose
+//! key was generated in parallel → download the chain → store.
+
+mod chain;
+mod challenge;
+mod cleanup;
+mod order;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::acme::{AccountOptions, AcmeClient};
+use crate::dns::DnsOptions;
+use crate::error::IssueError;
+use crate::identifiers::{self, Identifier};
+use crate::journal::Journal;
+use crate::keys::KeyType;
+use crate::plugin::SolverInstance;
+use crate::progress::Progress;
+use crate::store::{self, Store};
+
+/// The default bound on concurrent orders.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// One certificate to obtain.
+#[derive(Clone, Debug)]
+pub struct CertRequest {
+    /// The certificate name: the directory under `certs/`.
+    pub name: String,
+    /// The identifiers, checked (see [`crate::identifiers`]).
+    pub domains: Vec<Identifier>,
+    /// The configured solver that answers the challenges.
+    pub solver: SolverInstance,
+    /// The key type of the certificate.
+    pub key_type: KeyType,
+    /// The RFC 9773 identifier of the certificate this one replaces, sent
+    /// as `replaces` in the new order when the CA offers ARI.
+    pub replaces: Option<String>,
+}
+
+/// A certificate obtained and stored.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    /// The certificate name.
+    pub name: String,
+    /// The identifiers it covers (ASCII).
+    pub domains: Vec<String>,
+    /// The version number under `versions/`.
+    pub version: u32,
+    /// `certs/<name>/versions/<n>`.
+    pub version_dir: PathBuf,
+    /// `certs/<name>/current/cert.pem`.
+    pub cert_path: PathBuf,
+    /// `certs/<name>/current/chain.pem`.
+    pub chain_path: PathBuf,
+    /// `certs/<name>/current/fullchain.pem`.
+    pub fullchain_path: PathBuf,
+    /// `certs/<name>/current/privkey.pem`.
+    pub privkey_path: PathBuf,
+    /// notBefore of the leaf.
+    pub not_before: OffsetDateTime,
+    /// notAfter of the leaf.
+    pub not_after: OffsetDateTime,
+    /// The leaf's serial number, lowercase hex.
+    pub serial: String,
+    /// The key type.
+    pub key_type: KeyType,
+}
+
+/// Cancels an engine run; cheap to clone. Cancelling makes every order stop
+/// at its next step, clean up what it presented, and fail with
+/// [`IssueError::Cancelled`].
+#[derive(Clone, Debug)]
+pub struct CancelToken {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        CancelToken::new()
+    }
+}
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        CancelToken {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Cancels. Idempotent.
+    pub fn cancel(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Completes once cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives as long as `self`: wait_for cannot fail.
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// Timeouts and cancellation of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// How long the CA may take to validate an order's challenges.
+    pub validation_timeout: Duration,
+    /// How long the CA may take to issue after finalization.
+    pub finalize_timeout: Duration,
+    /// Cancels the engine's runs.
+    pub cancel: CancelToken,
+    /// How dns-01 records are located and checked.
+    pub dns: DnsOptions,
+    /// Where presented challenges are recorded until cleaned up; `None`
+    /// keeps no journal (tests of the engine alone).
+    pub journal: Option<Journal>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            validation_timeout: Duration::from_secs(180),
+            finalize_timeout: Duration::from_secs(120),
+            cancel: CancelToken::new(),
+            dns: DnsOptions::default(),
+            journal: None,
+        }
+    }
+}
+
+/// A connected engine: one CA, one account, one store. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: AcmeClient,
+    store: Store,
+    account_options: AccountOptions,
+    /// The account and a generation number, bumped when it is re-created.
+    account: tokio::sync::Mutex<(u64, crate::acme::Account)>,
+    progress: Progress,
+    options: EngineOptions,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("server", &self.inner.client.directory_url())
+            .field("store", &self.inner.store.location())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `requests` on `engine`; see [`Engine::issue_all`].
+pub async fn issue_all(
+    engine: &Engine,
+    requests: Vec<CertRequest>,
+    concurrency: usize,
+) -> Vec<Result<IssuedCert, IssueError>> {
+    engine.issue_all(requests, concurrency).await
+}
+
+/// Checks a request without contacting the CA: certificate name, wildcard
+/// versus solver, challenge types the engine can drive. Called by
+/// [`Engine::issue_all`] too; the CLI calls it before connecting.
+pub fn check_request(req: &CertRequest) -> Result<(), IssueError> {
+    store::check_cert_name(&req.name).map_err(|e| IssueError::InvalidRequest(e.to_string()))?;
+    if req.domains.is_empty() {
+        return Err(identifiers::IdentifierError::Empty.into());
+    }
+    let manifest = req.solver.manifest();
+    identifiers::check_solver(&req.domains, manifest)?;
+    Ok(())
+}

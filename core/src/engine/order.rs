@@ -1,0 +1,547 @@
+//! One order, from creation to the stored certificate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certsmith_plugin_api::{ChallengeRequest, ChallengeType};
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::acme::{AccountOptions, AcmeClient, AuthzStatus};
+use crate::dns::{self, PropagationTarget, ResolvedName};
+use crate::error::{CaProblem, IssueError};
+use crate::keys::{self};
+use crate::progress::{Progress, ProgressEvent};
+use crate::store::{self, CertFiles, Lineage, Store, VersionRecord};
+use crate::timefmt::rfc3339;
+
+use super::chain::parse_chain;
+use super::challenge::{challenge_request, choose_challenge};
+use super::cleanup::CleanupList;
+use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert, check_request};
+
+impl Engine {
+    /// Fetches the directory, then loads or creates the account (checking
+    /// the terms of service and EAB first). Reports
+    /// [`ProgressEvent::AccountReady`].
+    pub async fn connect(
+        client: AcmeClient,
+        store: Store,
+        account_options: AccountOptions,
+        progress: Progress,
+        options: EngineOptions,
+    ) -> Result<Engine, IssueError> {
+        let (account, created) = client.account(&store, &account_options).await?;
+        progress.emit(ProgressEvent::AccountReady {
+            server: client.directory_url().to_owned(),
+            account_url: account.url().to_owned(),
+            created,
+        });
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                client,
+                store,
+                account_options,
+                account: tokio::sync::Mutex::new((0, account)),
+                progress,
+                options,
+            }),
+        })
+    }
+
+    /// The token that cancels this engine's runs.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.inner.options.cancel.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The ACME client.
+    pub fn client(&self) -> &AcmeClient {
+        &self.inner.client
+    }
+
+    /// Obtains and stores every requested certificate, at most
+    /// `concurrency` orders at a time. Results are in request order; one
+    /// failure never stops the others.
+    pub async fn issue_all(
+        &self,
+        requests: Vec<CertRequest>,
+        concurrency: usize,
+    ) -> Vec<Result<IssuedCert, IssueError>> {
+        let n = requests.len();
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut set = JoinSet::new();
+        let mut index_of = HashMap::new();
+        for (i, req) in requests.into_iter().enumerate() {
+            let engine = self.clone();
+            let permits = permits.clone();
+            let handle = set.spawn(async move {
+                let name = req.name.clone();
+                let cancel = engine.inner.options.cancel.clone();
+                let permit = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    p = permits.acquire_owned() => p.ok(),
+                };
+                let result = match permit {
+                    Some(_permit) => engine.issue(req).await,
+                    None => Err(IssueError::Cancelled),
+                };
+                if let Err(e) = &result {
+                    engine.inner.progress.emit(ProgressEvent::Failed {
+                        name,
+                        error: e.to_string(),
+                    });
+                }
+                result
+            });
+            index_of.insert(handle.id(), i);
+        }
+        let mut results: Vec<Option<Result<IssuedCert, IssueError>>> =
+            (0..n).map(|_| None).collect();
+        while let Some(joined) = set.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) => (
+                    e.id(),
+                    Err(IssueError::Internal(format!("the order task failed: {e}"))),
+                ),
+            };
+            if let Some(slot) = index_of.get(&id).and_then(|&i| results.get_mut(i)) {
+                *slot = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(IssueError::Internal("an order task vanished".to_owned())))
+            })
+            .collect()
+    }
+
+    /// Obtains and stores one certificate.
+    pub async fn issue(&self, req: CertRequest) -> Result<IssuedCert, IssueError> {
+        check_request(&req)?;
+        let inner = &self.inner;
+        let cancel = &inner.options.cancel;
+        if cancel.is_cancelled() {
+            return Err(IssueError::Cancelled);
+        }
+        let domains: Vec<String> = req.domains.iter().map(|d| d.as_str().to_owned()).collect();
+
+        // The key is needed only at finalization: make it while the CA works.
+        let key_type = req.key_type;
+        let keygen = {
+            let domains = domains.clone();
+            tokio::task::spawn_blocking(move || keys::key_and_csr(key_type, &domains))
+        };
+
+        let cleanup = CleanupList::new(
+            req.solver.clone(),
+            req.name.clone(),
+            inner.progress.clone(),
+            inner.options.journal.clone(),
+        );
+        let validated = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(IssueError::Cancelled),
+            r = self.validate(&req, &domains, &cleanup) => r,
+        };
+        let mut order = match validated {
+            Ok(order) => order,
+            Err(e) => {
+                cleanup.run().await;
+                return Err(e);
+            }
+        };
+
+        // Clean up while the CA issues.
+        let finalize = async {
+            let key = keygen
+                .await
+                .map_err(|e| IssueError::Internal(format!("key generation failed: {e}")))??;
+            inner.progress.emit(ProgressEvent::Finalizing {
+                name: req.name.clone(),
+            });
+            let chain = order
+                .finalize(&key.csr_der, inner.options.finalize_timeout)
+                .await?;
+            Ok::<_, IssueError>((key, chain))
+        };
+        let finalize = async {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(IssueError::Cancelled),
+                r = finalize => r,
+            }
+        };
+        let (finalized, ()) = tokio::join!(finalize, cleanup.run());
+        let (key, chain) = finalized?;
+
+        let parsed = parse_chain(&chain, inner.client.directory_url())?;
+        let lineage = Lineage {
+            domains: domains.clone(),
+            solver: req.solver.code().to_owned(),
+            solver_options: req.solver.public_options(),
+            key_type: key_type.as_str().to_owned(),
+            server: inner.client.directory_url().to_owned(),
+            versions: Vec::new(),
+            ..Lineage::default()
+        };
+        let record = VersionRecord {
+            version: 0,
+            serial: parsed.serial.clone(),
+            not_before: rfc3339(parsed.not_before),
+            not_after: rfc3339(parsed.not_after),
+            issued_at: rfc3339(OffsetDateTime::now_utc()),
+        };
+        let files = CertFiles {
+            cert_pem: parsed.cert_pem,
+            chain_pem: parsed.chain_pem,
+            fullchain_pem: parsed.fullchain_pem,
+            privkey_pem: key.private_key,
+        };
+        let store = inner.store.clone();
+        let name = req.name.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            store.commit_version(&name, &files, &lineage, record)
+        })
+        .await
+        .map_err(|e| IssueError::Internal(format!("the store writer failed: {e}")))??;
+        inner.progress.emit(ProgressEvent::Saved {
+            name: req.name.clone(),
+            version: saved.version,
+            path: saved.dir.clone(),
+        });
+        Ok(IssuedCert {
+            name: req.name,
+            domains,
+            version: saved.version,
+            version_dir: saved.dir,
+            cert_path: saved.current.join(store::CERT_FILE),
+            chain_path: saved.current.join(store::CHAIN_FILE),
+            fullchain_path: saved.current.join(store::FULLCHAIN_FILE),
+            privkey_path: saved.current.join(store::PRIVKEY_FILE),
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+            serial: parsed.serial,
+            key_type,
+        })
+    }
+
+    /// Places an order, re-creating the account once if the CA no longer
+    /// knows it (e.g. a test CA restarted).
+    async fn new_order(
+        &self,
+        domains: &[String],
+        replaces: Option<&str>,
+    ) -> Result<crate::acme::Order, IssueError> {
+        let inner = &self.inner;
+        let (generation, account) = {
+            let guard = inner.account.lock().await;
+            (guard.0, guard.1.clone())
+        };
+        match account.new_order_replacing(domains, replaces).await {
+            Err(IssueError::CaRefused { problem, .. }) if problem.is("accountDoesNotExist") => {
+                log::info!("the CA does not know the stored account; creating a new one");
+                let account = {
+                    let mut guard = inner.account.lock().await;
+                    if guard.0 == generation {
+                        let dir = inner.client.directory().await?;
+                        let fresh = inner
+                            .client
+                            .create_account(&inner.store, &dir, &inner.account_options)
+                            .await?;
+                        inner.progress.emit(ProgressEvent::AccountReady {
+                            server: inner.client.directory_url().to_owned(),
+                            account_url: fresh.url().to_owned(),
+                            created: true,
+                        });
+                        *guard = (generation + 1, fresh);
+                    }
+                    guard.1.clone()
+                };
+                account.new_order_replacing(domains, replaces).await
+            }
+            other => other,
+        }
+    }
+
+    /// Where the record for `identifier` goes; cached per order, since an
+    /// identifier and its wildcard share the name.
+    async fn resolve_dns(
+        &self,
+        name: &str,
+        domain: &str,
+        identifier: &str,
+        cache: &mut HashMap<String, ResolvedName>,
+    ) -> Result<ResolvedName, IssueError> {
+        if let Some(r) = cache.get(identifier) {
+            return Ok(r.clone());
+        }
+        let resolved = dns::resolve_challenge_name(&self.inner.options.dns, identifier)
+            .await
+            .map_err(|source| IssueError::Dns {
+                domain: domain.to_owned(),
+                source,
+            })?;
+        self.inner.progress.emit(ProgressEvent::DnsRecord {
+            name: name.to_owned(),
+            domain: domain.to_owned(),
+            fqdn: resolved.effective.clone(),
+            zone: resolved.zone.clone(),
+            cname_chain: if resolved.chain.len() > 1 {
+                resolved.chain.clone()
+            } else {
+                Vec::new()
+            },
+        });
+        cache.insert(identifier.to_owned(), resolved.clone());
+        Ok(resolved)
+    }
+
+    /// Waits until every authoritative nameserver serves every dns-01 value
+    /// of this order (docs/design.md §3.6), one check per record name.
+    async fn wait_for_dns(
+        &self,
+        req: &CertRequest,
+        requests: &[&ChallengeRequest],
+        targets: &[(ResolvedName, String)],
+    ) -> Result<(), IssueError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let manifest = req.solver.manifest();
+        let opts = &self.inner.options.dns;
+        let timeout = opts
+            .propagation_timeout
+            .unwrap_or(Duration::from_secs(manifest.defaults.propagation_timeout_s));
+        let max_interval = Duration::from_secs(manifest.defaults.polling_interval_s.max(1));
+        // One target per record name, with every value expected there.
+        let mut by_name: Vec<(PropagationTarget, Vec<String>)> = Vec::new();
+        for (resolved, domain) in targets {
+            let values: Vec<String> = requests
+                .iter()
+                .filter_map(|r| r.dns.as_ref())
+                .filter(|d| d.fqdn == resolved.effective)
+                .map(|d| d.value.clone())
+                .collect();
+            match by_name
+                .iter_mut()
+                .find(|(t, _)| t.fqdn == resolved.effective)
+            {
+                Some((_, domains)) => domains.push(domain.clone()),
+                None => {
+                    let mut values = values;
+                    values.sort();
+                    values.dedup();
+                    by_name.push((
+                        PropagationTarget {
+                            fqdn: resolved.effective.clone(),
+                            values,
+                            nameservers: resolved.nameservers.clone(),
+                        },
+                        vec![domain.clone()],
+                    ));
+                }
+            }
+        }
+        let waits = by_name.iter().map(|(target, domains)| {
+            let progress = self.inner.progress.clone();
+            let name = req.name.clone();
+            async move {
+                dns::wait_for_propagation(
+                    target,
+                    timeout,
+                    max_interval,
+                    opts.query_timeout,
+                    |ready, total| {
+                        progress.emit(ProgressEvent::Propagation {
+                            name: name.clone(),
+                            fqdn: target.fqdn.clone(),
+                            ready,
+                            total,
+                        })
+                    },
+                )
+                .await
+                .map_err(|source| IssueError::Propagation {
+                    domain: domains.join(", "),
+                    source,
+                })
+            }
+        });
+        for r in futures_util::future::join_all(waits).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Creates the order and gets every authorization validated. Challenges
+    /// presented are on `cleanup` when this returns, whatever the outcome.
+    async fn validate(
+        &self,
+        req: &CertRequest,
+        domains: &[String],
+        cleanup: &CleanupList,
+    ) -> Result<crate::acme::Order, IssueError> {
+        let inner = &self.inner;
+        let progress = &inner.progress;
+        let name = &req.name;
+        let manifest = req.solver.manifest();
+
+        let mut order = self.new_order(domains, req.replaces.as_deref()).await?;
+        let authzs = order.authorizations().await?;
+        progress.emit(ProgressEvent::OrderCreated {
+            name: name.clone(),
+            domains: domains.to_vec(),
+            authorizations: authzs.len(),
+        });
+
+        struct Work {
+            authz_url: String,
+            domain: String,
+            challenge_type: ChallengeType,
+            request: ChallengeRequest,
+        }
+        let mut work = Vec::new();
+        // `example.com` and `*.example.com` share one TXT name: resolve it
+        // once, and wait for both values before marking either ready.
+        let mut resolved_names: HashMap<String, ResolvedName> = HashMap::new();
+        let mut dns_targets: Vec<(ResolvedName, String)> = Vec::new();
+        for authz in &authzs {
+            match authz.status {
+                AuthzStatus::Pending => {}
+                AuthzStatus::Valid => {
+                    progress.emit(ProgressEvent::AuthorizationReused {
+                        name: name.clone(),
+                        domain: authz.domain(),
+                    });
+                    continue;
+                }
+                other => {
+                    return Err(IssueError::CaRefused {
+                        action: format!("authorize '{}'", authz.domain()),
+                        problem: CaProblem {
+                            detail: Some(format!(
+                                "the new authorization is already {}",
+                                format!("{other:?}").to_lowercase()
+                            )),
+                            ..CaProblem::default()
+                        },
+                    });
+                }
+            }
+            let (challenge_type, challenge) = choose_challenge(authz, manifest)?;
+            let resolved = if challenge_type == ChallengeType::Dns01 {
+                Some(
+                    self.resolve_dns(
+                        name,
+                        &authz.domain(),
+                        &authz.identifier,
+                        &mut resolved_names,
+                    )
+                    .await?,
+                )
+            } else {
+                None
+            };
+            let request = challenge_request(
+                authz,
+                challenge_type,
+                challenge,
+                manifest,
+                resolved.as_ref(),
+            )?;
+            if let Some(r) = resolved {
+                dns_targets.push((r, authz.domain()));
+            }
+            progress.emit(ProgressEvent::AuthorizationPending {
+                name: name.clone(),
+                domain: authz.domain(),
+                challenge: challenge_type,
+            });
+            work.push(Work {
+                authz_url: authz.url.clone(),
+                domain: authz.domain(),
+                challenge_type,
+                request,
+            });
+        }
+
+        // Present everything, in parallel, before marking anything ready
+        // (docs/design.md §3.4: values sharing a DNS name must all be there).
+        let presents = work.iter().map(|w| async move {
+            let slot = cleanup.register(w.request.clone(), w.domain.clone())?;
+            match req.solver.present(&w.request).await {
+                Ok(presented) => {
+                    cleanup.presented(slot, presented);
+                    progress.emit(ProgressEvent::ChallengePresented {
+                        name: name.clone(),
+                        domain: w.domain.clone(),
+                        challenge: w.challenge_type,
+                    });
+                    Ok(())
+                }
+                Err(source) => Err(IssueError::Solver {
+                    solver: req.solver.code().to_owned(),
+                    operation: "present",
+                    challenge: w.challenge_type.to_string(),
+                    domain: w.domain.clone(),
+                    source: Box::new(source),
+                }),
+            }
+        });
+        let results = futures_util::future::join_all(presents).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        self.wait_for_dns(
+            req,
+            &work.iter().map(|w| &w.request).collect::<Vec<_>>(),
+            &dns_targets,
+        )
+        .await?;
+
+        for w in &work {
+            order.set_ready(&w.authz_url, w.challenge_type).await?;
+        }
+        if !work.is_empty() {
+            progress.emit(ProgressEvent::Validating {
+                name: name.clone(),
+                challenges: work.len(),
+            });
+        }
+        if work.is_empty() && order.is_ready() {
+            return Ok(order);
+        }
+        match order.poll_ready(inner.options.validation_timeout).await {
+            Ok(()) => {
+                for w in &work {
+                    progress.emit(ProgressEvent::Valid {
+                        name: name.clone(),
+                        domain: w.domain.clone(),
+                    });
+                }
+                Ok(order)
+            }
+            Err(IssueError::ValidationFailed { failures }) => {
+                for f in &failures {
+                    progress.emit(ProgressEvent::Invalid {
+                        name: name.clone(),
+                        domain: f.domain.clone(),
+                        problem: f.problem.clone(),
+                    });
+                }
+                Err(IssueError::ValidationFailed { failures })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
