@@ -20,10 +20,17 @@
 //! when `--propagation-server` names the servers to check: the zone is then
 //! taken to be the challenge name's parent, with a warning.
 //!
-//! Queries are built with `hickory-proto` and sent over our own UDP socket,
-//! with a TCP retry when the answer is truncated: the checks need exact
-//! control over the recursion bit and the server asked, which a caching
-//! resolver is designed to hide.
+//! Two kinds of queries, two mechanisms (see docs/design.md §3):
+//!
+//! * the **recursive lookups** before anything is written (CNAME, SOA, NS,
+//!   nameserver addresses) go through `hickory-resolver`: the resolvers given
+//!   with `--dns-resolver`, else those of the system configuration
+//!   (`/etc/resolv.conf`). One resolver is built per [`resolve_challenge_name`]
+//!   call, so its cache lives for one resolution and never serves an answer
+//!   from before a record was written;
+//! * the **propagation checks** are built with `hickory-proto` and sent over
+//!   our own UDP socket (TCP when truncated) to one exact server with the
+//!   recursion bit off: a resolver is designed to hide both.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -33,7 +40,15 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::rdata::SOA;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::lookup::Lookup;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as NetDnsError, NetError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// At most this many CNAMEs are followed from `_acme-challenge.<domain>`.
@@ -42,7 +57,8 @@ pub const MAX_CNAME_HOPS: usize = 16;
 /// How certsmith talks to DNS.
 #[derive(Clone, Debug)]
 pub struct DnsOptions {
-    /// Resolvers for SOA/NS/CNAME discovery; empty: those of `/etc/resolv.conf`.
+    /// Resolvers for SOA/NS/CNAME discovery; empty: those of the system
+    /// configuration (`/etc/resolv.conf`).
     pub resolvers: Vec<SocketAddr>,
     /// Servers asked for propagation instead of the zone's nameservers
     /// (split horizon, tests); empty: the zone's authoritative nameservers.
@@ -74,18 +90,38 @@ pub enum DnsError {
     /// No resolver is configured and `/etc/resolv.conf` names none.
     #[error("no DNS resolver: /etc/resolv.conf lists none; pass --dns-resolver IP[:PORT]")]
     NoResolvers,
+    /// The system DNS configuration (`/etc/resolv.conf`) could not be read
+    /// or names no resolver.
+    #[error(
+        "no usable DNS resolver in the system configuration (/etc/resolv.conf): {source}; pass --dns-resolver IP[:PORT]"
+    )]
+    SystemConfig {
+        /// Why reading it failed.
+        #[source]
+        source: Box<NetError>,
+    },
+    /// The resolver could not be set up from its configuration.
+    #[error("setting up the DNS resolver: {source}")]
+    Resolver {
+        /// What the resolver reported.
+        #[source]
+        source: Box<NetError>,
+    },
     /// A name is not a valid DNS name.
     #[error("'{0}' is not a valid DNS name")]
     BadName(String),
-    /// No resolver answered.
-    #[error("looking up {name} {rtype}: {reason}")]
+    /// No resolver gave a usable answer (timeout, SERVFAIL, REFUSED, ...).
+    #[error("looking up {name} {rtype} through {resolvers}: {source}")]
     Lookup {
         /// The name queried.
         name: String,
         /// The record type.
         rtype: String,
-        /// What the resolvers said, per server.
-        reason: String,
+        /// The resolvers asked, `IP:PORT, ...`.
+        resolvers: String,
+        /// What the resolver reported.
+        #[source]
+        source: Box<NetError>,
     },
     /// The CNAME chain loops.
     #[error("CNAME loop at the challenge name: {}; fix the records or pass --no-follow-cname", .0.join(" → "))]
@@ -198,19 +234,26 @@ fn plain(name: &Name) -> String {
     name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// The resolvers of `/etc/resolv.conf`.
+/// The resolvers of the system configuration (`/etc/resolv.conf`), as
+/// `hickory-resolver` reads it; empty when it cannot be read.
 pub fn system_resolvers() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .map(|text| parse_resolv_conf(&text))
+    hickory_resolver::system_conf::read_system_conf()
+        .map(|(config, _)| server_addrs(&config))
         .unwrap_or_default()
 }
 
-fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
+/// Every (address, port) a resolver configuration sends to, each once.
+fn server_addrs(config: &ResolverConfig) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for ns in config.name_servers() {
+        for conn in &ns.connections {
+            let addr = SocketAddr::new(ns.ip, conn.port);
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    out
 }
 
 /// Parses `IP` or `IP:PORT` (`[v6]:PORT`), port 53 by default.
@@ -220,16 +263,16 @@ pub fn parse_server(s: &str) -> Option<SocketAddr> {
         .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
-/// One DNS query to one server, UDP first, TCP when truncated.
-async fn query(
+/// One non-recursive DNS query to exactly `server`, UDP first, TCP when
+/// truncated: the propagation checks' view of one authoritative server.
+async fn query_direct(
     server: SocketAddr,
     name: &Name,
     rtype: RecordType,
-    recursion: bool,
     timeout: Duration,
 ) -> Result<Message, String> {
     let mut msg = Message::query();
-    msg.metadata.recursion_desired = recursion;
+    msg.metadata.recursion_desired = false;
     msg.add_query(Query::query(name.clone(), rtype));
     let id = msg.metadata.id;
     let bytes = msg.to_vec().map_err(|e| e.to_string())?;
@@ -280,49 +323,162 @@ async fn query(
         .map_err(|_| format!("no TCP answer within {}ms", timeout.as_millis()))?
 }
 
-/// Asks the resolvers in turn until one gives an answer that is not a
-/// server failure.
-async fn resolve(opts: &DnsOptions, name: &Name, rtype: RecordType) -> Result<Message, DnsError> {
-    let resolvers = if opts.resolvers.is_empty() {
-        system_resolvers()
-    } else {
-        opts.resolvers.clone()
-    };
-    if resolvers.is_empty() {
-        return Err(DnsError::NoResolvers);
-    }
-    let mut reasons = Vec::new();
-    for attempt in 0..2 {
-        for server in &resolvers {
-            match query(*server, name, rtype, true, opts.query_timeout).await {
-                Ok(m)
-                    if matches!(
-                        m.metadata.response_code,
-                        ResponseCode::NoError | ResponseCode::NXDomain | ResponseCode::NotImp
-                    ) =>
-                {
-                    return Ok(m);
+/// The recursive side: one `hickory-resolver` built for one resolution.
+struct Recursive {
+    resolver: TokioResolver,
+    /// The resolvers asked, for error messages.
+    servers: String,
+}
+
+/// What a recursive lookup found.
+enum Answer {
+    /// Records of the type asked (after any CNAMEs the resolver followed,
+    /// which are kept in the answer section).
+    Records(Lookup),
+    /// None: NXDOMAIN or NODATA (or NOTIMP, which some test servers answer
+    /// for types they do not serve).
+    Empty {
+        /// The name the final query asked: not the one looked up when the
+        /// resolver followed a CNAME from it.
+        queried: Name,
+        /// The SOA of the negative answer's authority section, if any.
+        soa: Option<Box<Record<SOA>>>,
+    },
+}
+
+/// At most this many responses are cached by one resolution's resolver.
+/// The cache only spares repeated questions within one walk; it is dropped
+/// with the resolver at the end of [`resolve_challenge_name`].
+const RESOLUTION_CACHE_SIZE: u64 = 64;
+
+impl Recursive {
+    /// A resolver on `opts.resolvers` (UDP and TCP, nothing else), or on the
+    /// system configuration when there are none.
+    fn new(opts: &DnsOptions) -> Result<Self, DnsError> {
+        let (config, mut ropts) = if opts.resolvers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+                DnsError::SystemConfig {
+                    source: Box::new(e),
                 }
-                Ok(m) => reasons.push(format!("{server}: {}", m.metadata.response_code)),
-                Err(e) => reasons.push(format!("{server}: {e}")),
-            }
+            })?
+        } else {
+            (user_config(&opts.resolvers), ResolverOpts::default())
+        };
+        if config.name_servers().is_empty() {
+            return Err(DnsError::NoResolvers);
         }
-        if attempt == 0 {
-            reasons.clear();
+        let servers = server_addrs(&config)
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        ropts.timeout = opts.query_timeout;
+        ropts.cache_size = RESOLUTION_CACHE_SIZE;
+        // DNS answers only: a nameserver's address from /etc/hosts is not
+        // where the zone is served.
+        ropts.use_hosts_file = ResolveHosts::Never;
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(ropts)
+            .build()
+            .map_err(|e| DnsError::Resolver {
+                source: Box::new(e),
+            })?;
+        Ok(Recursive { resolver, servers })
+    }
+
+    /// Looks `name` up; NXDOMAIN and NODATA are answers, not errors.
+    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Answer, DnsError> {
+        match self.resolver.lookup(name.clone(), rtype).await {
+            Ok(lookup) => Ok(Answer::Records(lookup)),
+            Err(NetError::Dns(NetDnsError::NoRecordsFound(none))) => Ok(Answer::Empty {
+                queried: none.query.name().clone(),
+                soa: none.soa,
+            }),
+            Err(NetError::Dns(NetDnsError::ResponseCode(ResponseCode::NotImp))) => {
+                Ok(Answer::Empty {
+                    queried: name.clone(),
+                    soa: None,
+                })
+            }
+            Err(e) => Err(DnsError::Lookup {
+                name: plain(name),
+                rtype: rtype.to_string(),
+                resolvers: self.servers.clone(),
+                source: Box::new(e),
+            }),
         }
     }
-    Err(DnsError::Lookup {
-        name: plain(name),
-        rtype: rtype.to_string(),
-        reason: reasons.join("; "),
+}
+
+/// `resolvers` exactly, each over UDP and TCP on its own port.
+fn user_config(resolvers: &[SocketAddr]) -> ResolverConfig {
+    let on_port = |mut conn: ConnectionConfig, port: u16| {
+        conn.port = port;
+        conn
+    };
+    ResolverConfig::from_name_servers(
+        resolvers
+            .iter()
+            .map(|a| {
+                NameServerConfig::new(
+                    a.ip(),
+                    true,
+                    vec![
+                        on_port(ConnectionConfig::udp(), a.port()),
+                        on_port(ConnectionConfig::tcp(), a.port()),
+                    ],
+                )
+            })
+            .collect(),
+    )
+}
+
+fn same_name(a: &Name, b: &Name) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
+fn cname_target(answers: &[Record], name: &Name) -> Option<Name> {
+    answers.iter().find_map(|r| match &r.data {
+        RData::CNAME(c) if same_name(&r.name, name) => Some(c.0.clone()),
+        _ => None,
     })
 }
 
-fn cname_target(msg: &Message, name: &Name) -> Option<Name> {
-    msg.answers.iter().find_map(|r| match &r.data {
-        RData::CNAME(c) if r.name.to_lowercase() == name.to_lowercase() => Some(c.0.clone()),
-        _ => None,
-    })
+/// The zone apex and SOA MNAME an SOA answer for `candidate` names, if it
+/// is the zone of `name` (the record's name).
+fn soa_of(answer: &Answer, candidate: &Name, name: &Name) -> Option<(Name, Name)> {
+    match answer {
+        Answer::Records(lookup) => {
+            if let Some(found) = lookup.answers().iter().find_map(|r| match &r.data {
+                RData::SOA(s) if same_name(&r.name, candidate) => {
+                    Some((r.name.clone(), s.mname.clone()))
+                }
+                _ => None,
+            }) {
+                return Some(found);
+            }
+            // An SOA in the authority section belongs to the answer's last
+            // name: after a CNAME, that is some other zone.
+            if lookup
+                .answers()
+                .iter()
+                .any(|r| matches!(r.data, RData::CNAME(_)))
+            {
+                return None;
+            }
+            lookup.authorities().iter().find_map(|r| match &r.data {
+                RData::SOA(s) if r.name.zone_of(name) => Some((r.name.clone(), s.mname.clone())),
+                _ => None,
+            })
+        }
+        // A negative answer carries the zone's SOA in its authority
+        // section, unless the resolver followed a CNAME away from
+        // `candidate`.
+        Answer::Empty { queried, soa } => soa
+            .as_ref()
+            .filter(|rec| same_name(queried, candidate) && rec.name.zone_of(name))
+            .map(|rec| (rec.name.clone(), rec.data.mname.clone())),
+    }
 }
 
 /// Follows CNAMEs from `_acme-challenge.<identifier>`, finds the zone, its
@@ -333,11 +489,14 @@ pub async fn resolve_challenge_name(
 ) -> Result<ResolvedName, DnsError> {
     let requested = challenge_name(identifier).to_ascii_lowercase();
     let mut name = to_name(&requested)?;
+    let recursive = Recursive::new(opts)?;
     let mut chain = vec![requested.clone()];
     if opts.follow_cname {
         loop {
-            let m = resolve(opts, &name, RecordType::CNAME).await?;
-            let Some(target) = cname_target(&m, &name) else {
+            let Answer::Records(m) = recursive.lookup(&name, RecordType::CNAME).await? else {
+                break;
+            };
+            let Some(target) = cname_target(m.answers(), &name) else {
                 break;
             };
             let t = plain(&target);
@@ -359,30 +518,9 @@ pub async fn resolve_challenge_name(
     // the walk at the first step.
     let mut candidate = name.clone();
     let (zone, mname) = loop {
-        let m = resolve(opts, &candidate, RecordType::SOA).await?;
-        let is_cname = m.answers.iter().any(|r| matches!(r.data, RData::CNAME(_)));
-        let soa = m
-            .answers
-            .iter()
-            .find(|r| {
-                matches!(r.data, RData::SOA(_)) && r.name.to_lowercase() == candidate.to_lowercase()
-            })
-            .or_else(|| {
-                (!is_cname)
-                    .then(|| {
-                        m.authorities
-                            .iter()
-                            .find(|r| matches!(r.data, RData::SOA(_)))
-                    })
-                    .flatten()
-                    .filter(|r| r.name.zone_of(&name))
-            });
-        if let Some(rec) = soa {
-            let mname = match &rec.data {
-                RData::SOA(s) => Some(plain(&s.mname)),
-                _ => None,
-            };
-            break (plain(&rec.name), mname);
+        let answer = recursive.lookup(&candidate, RecordType::SOA).await?;
+        if let Some((apex, mname)) = soa_of(&answer, &candidate, &name) {
+            break (plain(&apex), Some(plain(&mname)));
         }
         if candidate.num_labels() <= 1 {
             // Test DNS servers such as pebble-challtestsrv serve records but
@@ -418,7 +556,7 @@ pub async fn resolve_challenge_name(
             .map(|a| (a.to_string(), *a))
             .collect()
     } else {
-        zone_nameservers(opts, &zone).await?
+        zone_nameservers(&recursive, &zone).await?
     };
     Ok(ResolvedName {
         requested,
@@ -431,51 +569,48 @@ pub async fn resolve_challenge_name(
     })
 }
 
+/// The IP addresses among `records`.
+fn addresses(records: &[Record], owner: Option<&Name>) -> impl Iterator<Item = IpAddr> {
+    records
+        .iter()
+        .filter(move |r| owner.is_none_or(|o| same_name(&r.name, o)))
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+}
+
 /// Every address of every NS of `zone`, on port 53.
 async fn zone_nameservers(
-    opts: &DnsOptions,
+    recursive: &Recursive,
     zone: &str,
 ) -> Result<Vec<(String, SocketAddr)>, DnsError> {
     let zname = to_name(zone)?;
-    let m = resolve(opts, &zname, RecordType::NS).await?;
-    let ns_names: Vec<Name> = m
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::NS(ns) => Some(ns.0.clone()),
-            _ => None,
-        })
-        .collect();
+    let (ns_names, glue): (Vec<Name>, Vec<Record>) =
+        match recursive.lookup(&zname, RecordType::NS).await? {
+            Answer::Records(m) => (
+                m.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::NS(ns) => Some(ns.0.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                m.additionals().to_vec(),
+            ),
+            Answer::Empty { .. } => (Vec::new(), Vec::new()),
+        };
     let mut out = Vec::new();
     for ns in &ns_names {
-        let mut addrs = BTreeSet::new();
-        // Glue first, then a lookup for each address family.
-        for r in &m.additionals {
-            if r.name.to_lowercase() == ns.to_lowercase() {
-                match &r.data {
-                    RData::A(a) => {
-                        addrs.insert(IpAddr::V4(a.0));
-                    }
-                    RData::AAAA(a) => {
-                        addrs.insert(IpAddr::V6(a.0));
-                    }
-                    _ => {}
-                }
-            }
-        }
+        // Glue first, then a lookup for each address family; a failed
+        // lookup only means fewer addresses.
+        let mut addrs: BTreeSet<IpAddr> = addresses(&glue, Some(ns)).collect();
         for rtype in [RecordType::A, RecordType::AAAA] {
-            if let Ok(a) = resolve(opts, ns, rtype).await {
-                for r in &a.answers {
-                    match &r.data {
-                        RData::A(x) => {
-                            addrs.insert(IpAddr::V4(x.0));
-                        }
-                        RData::AAAA(x) => {
-                            addrs.insert(IpAddr::V6(x.0));
-                        }
-                        _ => {}
-                    }
-                }
+            match recursive.lookup(ns, rtype).await {
+                Ok(Answer::Records(a)) => addrs.extend(addresses(a.answers(), None)),
+                Ok(Answer::Empty { .. }) => {}
+                Err(e) => log::debug!("{e}"),
             }
         }
         for ip in addrs {
@@ -507,7 +642,7 @@ async fn served_values(
     fqdn: &Name,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
-    let m = query(server, fqdn, RecordType::TXT, false, timeout).await?;
+    let m = query_direct(server, fqdn, RecordType::TXT, timeout).await?;
     match m.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => {}
         other => return Err(other.to_string()),
@@ -627,6 +762,7 @@ pub async fn wait_for_propagation(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS};
 
     #[test]
     fn names_and_values() {
@@ -653,16 +789,7 @@ mod tests {
     }
 
     #[test]
-    fn resolv_conf_and_server_syntax() {
-        let text =
-            "# c\nnameserver 10.0.0.1\nnameserver fe80::1%eth0\nsearch x\nnameserver bogus\n";
-        assert_eq!(
-            parse_resolv_conf(text),
-            vec![
-                "10.0.0.1:53".parse::<SocketAddr>().expect("addr"),
-                "[fe80::1]:53".parse::<SocketAddr>().expect("addr")
-            ]
-        );
+    fn server_syntax() {
         assert_eq!(parse_server("127.0.0.1"), "127.0.0.1:53".parse().ok());
         assert_eq!(
             parse_server("127.0.0.1:5353"),
@@ -670,6 +797,252 @@ mod tests {
         );
         assert_eq!(parse_server("[::1]:54"), "[::1]:54".parse().ok());
         assert_eq!(parse_server("ns1.example.com"), None);
+    }
+
+    /// What the fake resolver answers for one question.
+    #[derive(Default)]
+    struct Reply {
+        code: Option<ResponseCode>,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+        additionals: Vec<Record>,
+    }
+
+    fn n(s: &str) -> Name {
+        to_name(s).expect("name")
+    }
+
+    fn rec(name: &str, data: RData) -> Record {
+        Record::from_rdata(n(name), 60, data)
+    }
+
+    fn soa(zone: &str) -> Record {
+        rec(
+            zone,
+            RData::SOA(SOA::new(
+                n(&format!("ns1.{zone}")),
+                n(&format!("hostmaster.{zone}")),
+                1,
+                3600,
+                600,
+                86400,
+                60,
+            )),
+        )
+    }
+
+    /// A recursive resolver on 127.0.0.1 answering from `answer`, over UDP.
+    async fn fake_resolver(
+        answer: impl Fn(&str, RecordType) -> Reply + Send + 'static,
+    ) -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let Some(query) = q.queries.first().cloned() else {
+                    continue;
+                };
+                let r = answer(&plain(query.name()), query.query_type());
+                let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+                m.metadata.recursion_desired = q.metadata.recursion_desired;
+                m.metadata.recursion_available = true;
+                m.metadata.response_code = r.code.unwrap_or(ResponseCode::NoError);
+                m.add_query(query);
+                m.add_answers(r.answers);
+                m.add_authorities(r.authorities);
+                m.add_additionals(r.additionals);
+                if let Ok(bytes) = m.to_vec() {
+                    let _ = sock.send_to(&bytes, peer).await;
+                }
+            }
+        });
+        addr
+    }
+
+    fn on(resolver: SocketAddr) -> DnsOptions {
+        DnsOptions {
+            resolvers: vec![resolver],
+            ..DnsOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn cname_zone_and_nameservers_through_the_resolver() {
+        let resolver = fake_resolver(|name, rtype| match (name, rtype) {
+            ("_acme-challenge.app.example.test", RecordType::CNAME) => Reply {
+                answers: vec![rec(
+                    "_acme-challenge.app.example.test",
+                    RData::CNAME(CNAME(n("_acme-challenge.App.Validation.test"))),
+                )],
+                ..Reply::default()
+            },
+            ("_acme-challenge.app.validation.test", _) => Reply {
+                code: Some(ResponseCode::NXDomain),
+                authorities: vec![soa("validation.test")],
+                ..Reply::default()
+            },
+            ("validation.test", RecordType::NS) => Reply {
+                answers: vec![
+                    rec("validation.test", RData::NS(NS(n("ns1.validation.test")))),
+                    rec("validation.test", RData::NS(NS(n("ns2.other.test")))),
+                ],
+                additionals: vec![rec("ns1.validation.test", RData::A(A::new(192, 0, 2, 1)))],
+                ..Reply::default()
+            },
+            ("ns1.validation.test", RecordType::A) => Reply {
+                answers: vec![rec("ns1.validation.test", RData::A(A::new(192, 0, 2, 1)))],
+                ..Reply::default()
+            },
+            ("ns2.other.test", RecordType::A) => Reply {
+                answers: vec![rec("ns2.other.test", RData::A(A::new(192, 0, 2, 2)))],
+                ..Reply::default()
+            },
+            ("ns2.other.test", RecordType::AAAA) => Reply {
+                answers: vec![rec(
+                    "ns2.other.test",
+                    RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+                )],
+                ..Reply::default()
+            },
+            (_, _) => Reply {
+                authorities: vec![soa("test")],
+                ..Reply::default()
+            },
+        })
+        .await;
+        let r = resolve_challenge_name(&on(resolver), "*.app.example.test")
+            .await
+            .expect("resolve");
+        assert_eq!(r.effective, "_acme-challenge.app.validation.test");
+        assert_eq!(
+            r.chain,
+            vec![
+                "_acme-challenge.app.example.test",
+                "_acme-challenge.app.validation.test"
+            ]
+        );
+        assert_eq!(r.zone, "validation.test");
+        assert_eq!(r.relative, "_acme-challenge.app");
+        assert_eq!(r.primary_ns.as_deref(), Some("ns1.validation.test"));
+        let ns: Vec<String> = r
+            .nameservers
+            .iter()
+            .map(|(label, addr)| format!("{label} {addr}"))
+            .collect();
+        assert_eq!(
+            ns,
+            vec![
+                "ns1.validation.test (192.0.2.1) 192.0.2.1:53",
+                "ns2.other.test (192.0.2.2) 192.0.2.2:53",
+                "ns2.other.test (2001:db8::2) [2001:db8::2]:53",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn cname_loops_and_long_chains_are_reported() {
+        let resolver = fake_resolver(|name, rtype| {
+            let target = match name {
+                "_acme-challenge.loop1.test" => "_acme-challenge.loop2.test".to_owned(),
+                "_acme-challenge.loop2.test" => "_acme-challenge.loop1.test".to_owned(),
+                long => match long.strip_prefix("hop").and_then(|r| r.split_once('.')) {
+                    Some((i, _)) => format!("hop{}.test", i.parse::<u32>().unwrap_or(0) + 1),
+                    None => "hop0.test".to_owned(),
+                },
+            };
+            match rtype {
+                RecordType::CNAME => Reply {
+                    answers: vec![rec(name, RData::CNAME(CNAME(n(&target))))],
+                    ..Reply::default()
+                },
+                _ => Reply::default(),
+            }
+        })
+        .await;
+        let e = resolve_challenge_name(&on(resolver), "loop1.test")
+            .await
+            .expect_err("loop");
+        let DnsError::CnameLoop(chain) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            chain,
+            &vec![
+                "_acme-challenge.loop1.test",
+                "_acme-challenge.loop2.test",
+                "_acme-challenge.loop1.test"
+            ]
+        );
+        let e = resolve_challenge_name(&on(resolver), "long.test")
+            .await
+            .expect_err("too long");
+        let DnsError::TooManyCnames(chain) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(chain.len(), MAX_CNAME_HOPS + 2, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_soa_needs_propagation_servers() {
+        // Like pebble-challtestsrv: no SOA anywhere, NOTIMP for SOA.
+        let resolver = fake_resolver(|_, rtype| Reply {
+            code: (rtype == RecordType::SOA).then_some(ResponseCode::NotImp),
+            ..Reply::default()
+        })
+        .await;
+        let e = resolve_challenge_name(&on(resolver), "a.b.test")
+            .await
+            .expect_err("no zone");
+        assert!(
+            matches!(&e, DnsError::NoZone(n) if n == "_acme-challenge.a.b.test"),
+            "{e}"
+        );
+
+        let check: SocketAddr = "127.0.0.1:8053".parse().expect("addr");
+        let opts = DnsOptions {
+            propagation_servers: vec![check],
+            ..on(resolver)
+        };
+        let r = resolve_challenge_name(&opts, "a.b.test")
+            .await
+            .expect("tolerated");
+        assert_eq!(r.zone, "a.b.test");
+        assert_eq!(r.relative, "_acme-challenge");
+        assert_eq!(r.primary_ns, None);
+        assert_eq!(r.nameservers, vec![(check.to_string(), check)]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_resolver_is_a_lookup_error_naming_it() {
+        let resolver = fake_resolver(|_, _| Reply {
+            code: Some(ResponseCode::ServFail),
+            ..Reply::default()
+        })
+        .await;
+        let e = resolve_challenge_name(&on(resolver), "a.test")
+            .await
+            .expect_err("servfail");
+        assert!(matches!(e, DnsError::Lookup { .. }), "{e}");
+        let s = e.to_string();
+        assert!(
+            s.starts_with("looking up _acme-challenge.a.test CNAME through "),
+            "{s}"
+        );
+        assert!(s.contains(&resolver.to_string()), "{s}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn user_resolvers_keep_their_ports() {
+        let a: SocketAddr = "127.0.0.1:5353".parse().expect("addr");
+        let b: SocketAddr = "[::1]:54".parse().expect("addr");
+        assert_eq!(server_addrs(&user_config(&[a, b])), vec![a, b]);
     }
 
     #[test]

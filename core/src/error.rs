@@ -445,9 +445,9 @@ impl IssueError {
             | IssueError::AccountDeactivated { .. }
             | IssueError::NoUsableChallenge { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {
-                crate::dns::DnsError::NoResolvers | crate::dns::DnsError::Lookup { .. } => {
-                    ErrorClass::Network
-                }
+                crate::dns::DnsError::NoResolvers
+                | crate::dns::DnsError::SystemConfig { .. }
+                | crate::dns::DnsError::Lookup { .. } => ErrorClass::Network,
                 _ => ErrorClass::Usage,
             },
             IssueError::Propagation { .. } => ErrorClass::PropagationTimeout,
