@@ -3,7 +3,7 @@
 // include this file and set the header fields they want to get wrong, so the
 // host's handshake checks are exercised against real shared libraries.
 //
-// Layouts mirror DESIGN.md §2 / certsmith_plugin_api::abi, written out
+// Layouts mirror docs/design.md §2 / certsmith_plugin_api::abi, written out
 // independently on purpose: if the crate's layout drifted, these plugins
 // would stop loading and the tests would say so.
 

@@ -46,7 +46,7 @@ pub(super) struct StoredAccount {
 
 /// Now, as the timestamps of `account.json` are written.
 fn now() -> String {
-    crate::renewal::rfc3339(time::OffsetDateTime::now_utc())
+    crate::timefmt::now_rfc3339()
 }
 
 fn corrupt(path: &Path, reason: String) -> IssueError {
@@ -337,7 +337,7 @@ mod tests {
         assert_eq!(summary.url, "https://localhost:14000/acct/1");
         assert_eq!(summary.contact, ["mailto:admin@example.com"]);
         assert_eq!(summary.key_type, "ec-p256");
-        assert!(crate::renewal::parse_time(&summary.created_at).is_some());
+        assert!(crate::timefmt::parse_time(&summary.created_at).is_some());
         assert_eq!(
             client.describe_account(&store, &opts).expect("described"),
             Some(summary.clone())

@@ -1,7 +1,7 @@
 //! The plugin conformance run behind `certsmith plugin check`.
 //!
 //! A plugin author's fastest feedback loop: before any CA is involved, run
-//! the solver contract (DESIGN.md §3) on synthetic challenges: present,
+//! the solver contract (docs/design.md §3) on synthetic challenges: present,
 //! present again (idempotent), cleanup, cleanup again (missing is success),
 //! and for http-01 fetch the token over HTTP to prove it is really served.
 

@@ -3,7 +3,7 @@
 //!
 //! Every authoritative server worth running (BIND, Knot, PowerDNS, ...)
 //! accepts signed updates, so this one plugin covers every self-hosted zone.
-//! What it does, per DESIGN.md §3:
+//! What it does, per docs/design.md §3:
 //!
 //! * **present** sends one UPDATE for `DnsTarget.zone` with no prerequisite
 //!   and one TXT record to add (`fqdn`, `ttl`, `value`), RFC 2136 §2.5.1. A
