@@ -96,20 +96,32 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                     path: current.clone(),
                 }
             }
-            Ok(None) | Err(_) => Row {
-                name: name.clone(),
-                domains: lineage.domains.clone(),
-                issuer: String::new(),
-                serial: String::new(),
-                not_after: None,
-                days_left: None,
-                next: None,
-                explanation_url: None,
-                solver: lineage.solver.clone(),
-                state: "missing".to_owned(),
-                version: None,
-                path: current.clone(),
-            },
+            Ok(None) | Err(_) => {
+                // A damaged current version is due (`run`/`renew` replace
+                // it); a missing one was never stored.
+                let damaged = matches!(&facts, Err(renewal::RenewalError::Damaged { .. }));
+                if let Err(e) = &facts {
+                    log::warn!("{e}");
+                }
+                Row {
+                    name: name.clone(),
+                    domains: lineage.domains.clone(),
+                    issuer: String::new(),
+                    serial: String::new(),
+                    not_after: None,
+                    days_left: None,
+                    next: None,
+                    explanation_url: None,
+                    solver: lineage.solver.clone(),
+                    state: if damaged { "damaged" } else { "missing" }.to_owned(),
+                    version: if damaged {
+                        store.current_version(&name).ok().flatten()
+                    } else {
+                        None
+                    },
+                    path: current.clone(),
+                }
+            }
         };
         rows.push(row);
     }

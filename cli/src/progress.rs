@@ -194,6 +194,9 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
             error,
             ..
         } => format!("warning: {domain}: could not remove the {challenge} response: {error}"),
+        ProgressEvent::OrderResumed { name, order_url } => format!(
+            "{name}: picked up order {order_url}, finalized by an earlier run; downloading its certificate"
+        ),
         ProgressEvent::Finalizing { name } => {
             format!("{name}: validated; requesting the certificate")
         }

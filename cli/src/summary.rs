@@ -166,6 +166,7 @@ pub(crate) fn batch_exit_code(failure_codes: &[u8], successes: usize, interrupte
 fn short_reason(r: RenewReason) -> &'static str {
     match r {
         RenewReason::Ari => "(ari)",
+        RenewReason::Damaged => "(damaged)",
         RenewReason::RenewBefore => "(renew_before)",
         _ => "(expiry)",
     }

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, RsaKeySize};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData, RsaKeySize};
 use serde::{Deserialize, Serialize};
 
 /// A certificate key algorithm and size.
@@ -128,6 +128,17 @@ pub enum KeyError {
     /// The CSR could not be built (e.g. a name rcgen refuses).
     #[error("cannot build the certificate request: {0}")]
     Csr(String),
+    /// A stored private key does not parse (the reason never quotes it).
+    #[error("the private key does not parse: {0}")]
+    Unreadable(String),
+}
+
+/// Whether the private key `privkey_pem` belongs to `public_key`, the raw
+/// public key bits of a certificate (its SubjectPublicKeyInfo's BIT STRING).
+pub fn key_matches(privkey_pem: &PrivateKeyPem, public_key: &[u8]) -> Result<bool, KeyError> {
+    let key =
+        KeyPair::from_pem(privkey_pem.expose()).map_err(|e| KeyError::Unreadable(e.to_string()))?;
+    Ok(key.der_bytes() == public_key)
 }
 
 /// Generates a key of `key_type`. RSA keys of 3072 bits and more take long:

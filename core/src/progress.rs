@@ -130,6 +130,14 @@ pub enum ProgressEvent {
         /// What went wrong (redacted).
         error: String,
     },
+    /// An order an earlier run finalized was picked up instead of ordering
+    /// again.
+    OrderResumed {
+        /// Certificate name.
+        name: String,
+        /// The order's URL.
+        order_url: String,
+    },
     /// The CSR was sent; the CA is issuing.
     Finalizing {
         /// Certificate name.
@@ -215,6 +223,7 @@ impl ProgressEvent {
             | ProgressEvent::CleanedUp { name, .. }
             | ProgressEvent::CleanupFailed { name, .. }
             | ProgressEvent::Finalizing { name }
+            | ProgressEvent::OrderResumed { name, .. }
             | ProgressEvent::Saved { name, .. }
             | ProgressEvent::Failed { name, .. }
             | ProgressEvent::DnsRecord { name, .. }

@@ -47,6 +47,17 @@ pub enum RenewalError {
     /// The stored certificate cannot be read.
     #[error(transparent)]
     Read(#[from] crate::store::StoreError),
+    /// The current version of a certificate cannot be served as it is:
+    /// a file missing, empty or garbled, a key that is not the
+    /// certificate's, a full chain that does not match. It is due; nothing
+    /// is deleted.
+    #[error("the current version of '{name}' is damaged: {reason}")]
+    Damaged {
+        /// The certificate name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The certificate does not parse.
     #[error("{what} is not a usable certificate: {reason}")]
     Parse {
@@ -136,16 +147,92 @@ pub fn read_cert_der(der: &[u8], what: &str) -> Result<CertFacts, RenewalError> 
     })
 }
 
-/// Reads the current version's certificate of `name`, if there is one.
+/// Reads the current version of `name`, if there is one, and checks that
+/// it can be served: the certificate parses, the key is its key, and the
+/// full chain is the certificate followed by the chain
+/// ([`RenewalError::Damaged`] otherwise).
 pub fn read_current(store: &Store, name: &str) -> Result<Option<CertFacts>, RenewalError> {
-    let Some(current) = store.read_version(name, None)? else {
-        return Ok(None);
+    let damaged = |reason: String| RenewalError::Damaged {
+        name: name.to_owned(),
+        reason,
+    };
+    let current = match store.read_version(name, None) {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(store::StoreError::Io { path, source, .. }) => {
+            return Err(damaged(format!("cannot read {}: {source}", path.display())));
+        }
+        Err(e) => return Err(e.into()),
     };
     let what = match &current.dir {
         Some(dir) => dir.join(store::CERT_FILE).display().to_string(),
         None => format!("{name} version {}", current.version),
     };
-    read_cert_pem(&current.files.cert_pem, &what).map(Some)
+    let facts =
+        read_cert_pem(&current.files.cert_pem, &what).map_err(|e| damaged(e.to_string()))?;
+    if let Some(reason) = damage(&current.files, &facts) {
+        return Err(damaged(reason));
+    }
+    Ok(Some(facts))
+}
+
+/// What makes a stored set unusable, if anything.
+fn damage(files: &store::CertFiles, facts: &CertFacts) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&facts.der) else {
+        return Some(format!("{} does not parse", store::CERT_FILE));
+    };
+    match crate::keys::key_matches(
+        &files.privkey_pem,
+        &cert.public_key().subject_public_key.data,
+    ) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Some(format!(
+                "{} is not the key of {}",
+                store::PRIVKEY_FILE,
+                store::CERT_FILE
+            ));
+        }
+        Err(e) => return Some(format!("{}: {e}", store::PRIVKEY_FILE)),
+    }
+    let chain = match pem_certificates(&files.chain_pem) {
+        Ok(c) => c,
+        Err(reason) => return Some(format!("{}: {reason}", store::CHAIN_FILE)),
+    };
+    let full = match pem_certificates(&files.fullchain_pem) {
+        Ok(c) => c,
+        Err(reason) => return Some(format!("{}: {reason}", store::FULLCHAIN_FILE)),
+    };
+    let expected: Vec<&[u8]> = std::iter::once(facts.der.as_slice())
+        .chain(chain.iter().map(Vec::as_slice))
+        .collect();
+    let got: Vec<&[u8]> = full.iter().map(Vec::as_slice).collect();
+    (got != expected).then(|| {
+        format!(
+            "{} is not {} followed by {}",
+            store::FULLCHAIN_FILE,
+            store::CERT_FILE,
+            store::CHAIN_FILE
+        )
+    })
+}
+
+/// The DER certificates of a PEM text; an error when a block is not a
+/// certificate or does not parse, or text is left that is not PEM.
+fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| format!("not PEM ({e})"))?;
+        if block.label != "CERTIFICATE" {
+            return Err(format!("holds a {} block", block.label));
+        }
+        out.push(block.contents);
+    }
+    if out.is_empty() && !pem.trim().is_empty() {
+        return Err("holds no certificate".to_owned());
+    }
+    Ok(out)
 }
 
 /// Why a certificate is renewed when it is.
@@ -159,6 +246,8 @@ pub enum RenewReason {
     RenewBefore,
     /// The CA's suggested window (ARI) says so.
     Ari,
+    /// The current version is damaged (see [`RenewalError::Damaged`]).
+    Damaged,
 }
 
 impl RenewReason {
@@ -168,6 +257,7 @@ impl RenewReason {
             RenewReason::Expiry => "expiry",
             RenewReason::RenewBefore => "renew_before",
             RenewReason::Ari => "ari",
+            RenewReason::Damaged => "damaged",
         }
     }
 

@@ -1392,3 +1392,71 @@ fn the_contrib_example_config_is_valid() {
     let help = certsmith(&["run", "--help"], &[]);
     assert!(help.stdout.contains("--jitter") && help.stdout.contains("--config"));
 }
+
+// ------------------------------------------------------ damaged current ---
+
+/// Six ways a `current` set can be damaged (by a disk, an operator, a
+/// script): each is listed as `damaged`, is due for `run` with the reason
+/// `damaged`, and is replaced by a new version; the damaged version stays.
+#[test]
+fn a_damaged_current_version_is_listed_damaged_and_replaced() {
+    let pebble = pebble();
+    let state = TempState::new().expect("state");
+    let names = ["d1", "d2", "d3", "d4", "d5", "d6"];
+    let mut text = pebble_defaults(&pebble, state.path(), "");
+    for n in names {
+        text.push_str(&cert_entry(n, &[&format!("{n}.test")], "standalone", ""));
+    }
+    let config = write_config(&state, &text);
+    let r = run_config(&config, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let file = |n: &str, f: &str| current(state.path(), n).join(f);
+    let read = |n: &str, f: &str| fs::read_to_string(file(n, f)).expect("read");
+    let (key6, cert5, full6) = (
+        read("d6", "privkey.pem"),
+        read("d5", "cert.pem"),
+        read("d6", "fullchain.pem"),
+    );
+    fs::write(file("d1", "privkey.pem"), "").expect("empty key");
+    fs::write(file("d2", "cert.pem"), "garbage\n").expect("garbled cert");
+    fs::write(file("d3", "privkey.pem"), key6).expect("another certificate's key");
+    fs::remove_file(file("d4", "chain.pem")).expect("chain missing");
+    fs::write(file("d5", "fullchain.pem"), full6).expect("another full chain");
+    fs::write(file("d6", "cert.pem"), cert5).expect("another certificate");
+
+    for n in names {
+        let row = listed(state.path(), n);
+        assert_eq!(row["state"], "damaged", "{n}: {row}");
+    }
+    let r = run_config(&config, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    for n in names {
+        let result = r.result(n);
+        assert_eq!(result["action"], "renewed", "{n}: {result}");
+        assert!(
+            result["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("damaged")),
+            "{n}: {result}"
+        );
+        assert_eq!(result["version"], 2, "{n}: {result}");
+        assert_eq!(listed(state.path(), n)["state"], "valid", "{n}");
+        assert!(
+            state
+                .path()
+                .join("certs")
+                .join(n)
+                .join("versions/1")
+                .is_dir(),
+            "{n}: nothing is deleted"
+        );
+    }
+    // Now whole again: nothing to do.
+    let r = run_config(&config, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(
+        r.results().iter().all(|v| v["action"] == "skipped"),
+        "{}",
+        r.describe()
+    );
+}

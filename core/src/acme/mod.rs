@@ -38,12 +38,14 @@ mod account;
 mod jws;
 mod lifecycle;
 mod order;
+mod resume;
 mod stored;
 mod transport;
 
 pub use account::{Account, AccountOptions, Eab};
 pub use lifecycle::{RenewalInfo, RevocationReason};
 pub use order::{AuthzInfo, AuthzStatus, ChallengeInfo, Order};
+pub use resume::Resumable;
 pub use stored::{AccountSummary, account_id, stored_accounts};
 
 /// Let's Encrypt's production directory.

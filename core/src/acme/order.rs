@@ -24,10 +24,10 @@ use crate::error::{AuthzFailure, CaProblem, IssueError};
 const POLL_INITIAL_DELAY: Duration = Duration::from_millis(10);
 /// First wait before polling a finalized order; issuance is usually done
 /// by the time the finalize response arrives or very soon after.
-const FINALIZE_POLL_INITIAL_DELAY: Duration = Duration::from_millis(5);
+pub(super) const FINALIZE_POLL_INITIAL_DELAY: Duration = Duration::from_millis(5);
 /// Growth of the wait between polls (unbounded, but the CA's Retry-After
 /// overrides it, and the timeout ends it).
-const POLL_BACKOFF: f32 = 1.6;
+pub(super) const POLL_BACKOFF: f32 = 1.6;
 
 impl Account {
     /// Places an order for `identifiers` (ASCII, `*.` allowed)
@@ -40,7 +40,7 @@ impl Account {
         Ok(self.order(inner))
     }
 
-    fn order(&self, inner: ia::Order) -> Order {
+    pub(super) fn order(&self, inner: ia::Order) -> Order {
         Order {
             inner,
             thumbprint: self.inner.key_thumbprint().to_owned(),
@@ -207,9 +207,9 @@ fn identifier_name(id: &ia::Identifier) -> String {
 
 /// An order in progress.
 pub struct Order {
-    inner: ia::Order,
+    pub(super) inner: ia::Order,
     thumbprint: String,
-    client: AcmeClient,
+    pub(super) client: AcmeClient,
 }
 
 impl fmt::Debug for Order {

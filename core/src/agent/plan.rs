@@ -26,7 +26,23 @@ pub fn reason_words(r: RenewReason) -> &'static str {
         RenewReason::Expiry => "1/3 of the lifetime left",
         RenewReason::RenewBefore => "renew_before",
         RenewReason::Ari => "the CA's renewal window (ARI)",
+        RenewReason::Damaged => "the current version is damaged",
     }
+}
+
+/// Plans the replacement of a current version that cannot be served
+/// (due at once, reason `damaged`); nothing is deleted, the next version
+/// takes its place.
+fn damaged(job: &mut Job, e: renewal::RenewalError, request: CertRequest) {
+    log::warn!("{e}; ordering a replacement");
+    let why = match &e {
+        renewal::RenewalError::Damaged { reason, .. } => {
+            format!("the current version is damaged: {reason}")
+        }
+        other => format!("the current version is unreadable: {other}"),
+    };
+    job.next = Some((OffsetDateTime::now_utc(), RenewReason::Damaged));
+    job.order(Plan::Renew(why), request);
 }
 
 /// Where a renewal's order comes from: the whole description of the
@@ -89,8 +105,8 @@ impl Agent {
         let facts = match renewal::read_current(&self.store, &cert.name) {
             Ok(f) => f,
             Err(e) => {
-                log::warn!("{e}; ordering a new certificate");
-                None
+                damaged(&mut job, e, request);
+                return job;
             }
         };
         let (Some(lineage), Some(facts)) = (lineage, facts) else {
@@ -190,11 +206,7 @@ impl Agent {
                 return job;
             }
             Err(e) => {
-                log::warn!("{e}; ordering a new certificate");
-                job.order(
-                    Plan::Issue("the current version is unreadable".to_owned()),
-                    request,
-                );
+                damaged(&mut job, e, request);
                 return job;
             }
         };

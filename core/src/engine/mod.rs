@@ -28,6 +28,7 @@ mod chain;
 mod challenge;
 mod cleanup;
 mod order;
+mod resume;
 #[cfg(test)]
 mod tests;
 

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::acme::{AccountOptions, AcmeClient, AuthzStatus};
 use crate::dns::{self, PropagationTarget, ResolvedName};
 use crate::error::{CaProblem, IssueError};
-use crate::keys::{self};
+use crate::keys::{self, KeyType};
 use crate::progress::{Progress, ProgressEvent};
 use crate::store::{self, CertFiles, Lineage, Store, VersionRecord};
 use crate::timefmt::rfc3339;
@@ -134,6 +134,11 @@ impl Engine {
             return Err(IssueError::Cancelled);
         }
         let domains: Vec<String> = req.domains.iter().map(|d| d.as_str().to_owned()).collect();
+        // An order an earlier run finalized and did not see through: its
+        // certificate, rather than a new order.
+        if let Some(cert) = self.resume_pending(&req, &domains).await? {
+            return Ok(cert);
+        }
 
         // The key is needed only at finalization: make it while the CA works.
         let key_type = req.key_type;
@@ -166,13 +171,21 @@ impl Engine {
             let key = keygen
                 .await
                 .map_err(|e| IssueError::Internal(format!("key generation failed: {e}")))??;
+            // From here on the CA may issue whatever happens to this run:
+            // record the order first, so a later run downloads the
+            // certificate instead of ordering again.
+            self.record_pending(&req.name, &order, &domains, &key)
+                .await?;
             inner.progress.emit(ProgressEvent::Finalizing {
                 name: req.name.clone(),
             });
             let chain = order
                 .finalize(&key.csr_der, inner.options.finalize_timeout)
-                .await?;
-            Ok::<_, IssueError>((key, chain))
+                .await;
+            if let Err(e) = &chain {
+                self.forget_pending_unless_resumable(&req.name, e).await;
+            }
+            Ok::<_, IssueError>((key, chain?))
         };
         let finalize = async {
             tokio::select! {
@@ -183,8 +196,22 @@ impl Engine {
         };
         let (finalized, ()) = tokio::join!(finalize, cleanup.run());
         let (key, chain) = finalized?;
+        self.store_issued(&req, domains, key_type, key.private_key, &chain)
+            .await
+    }
 
-        let parsed = parse_chain(&chain, inner.client.directory_url())?;
+    /// Stores an issued chain with its key as the new current version of
+    /// `req.name`, and forgets the pending order.
+    pub(super) async fn store_issued(
+        &self,
+        req: &CertRequest,
+        domains: Vec<String>,
+        key_type: KeyType,
+        private_key: keys::PrivateKeyPem,
+        chain: &str,
+    ) -> Result<IssuedCert, IssueError> {
+        let inner = &self.inner;
+        let parsed = parse_chain(chain, inner.client.directory_url())?;
         let lineage = Lineage {
             domains: domains.clone(),
             solver: req.solver.code().to_owned(),
@@ -205,12 +232,16 @@ impl Engine {
             cert_pem: parsed.cert_pem,
             chain_pem: parsed.chain_pem,
             fullchain_pem: parsed.fullchain_pem,
-            privkey_pem: key.private_key,
+            privkey_pem: private_key,
         };
         let store = inner.store.clone();
         let name = req.name.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            store.commit_version(&name, &files, &lineage, record)
+            let saved = store.commit_version(&name, &files, &lineage, record)?;
+            if let Err(e) = store.remove_pending_order(&name) {
+                log::warn!("{e}");
+            }
+            Ok::<_, crate::store::StoreError>(saved)
         })
         .await
         .map_err(|e| IssueError::Internal(format!("the store writer failed: {e}")))??;
@@ -220,7 +251,7 @@ impl Engine {
             path: saved.dir.clone(),
         });
         Ok(IssuedCert {
-            name: req.name,
+            name: req.name.clone(),
             domains,
             version: saved.version,
             version_dir: saved.dir,

@@ -30,10 +30,13 @@ use super::fsio::{
 };
 use super::{
     AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry, Lease,
-    Lineage, PRIVKEY_FILE, SavedVersion, Storage, StoreError, StoredAccountDoc, VersionFiles,
-    VersionRecord, check_cert_name,
+    Lineage, PRIVKEY_FILE, PendingOrder, SavedVersion, Storage, StoreError, StoredAccountDoc,
+    VersionFiles, VersionRecord, check_cert_name,
 };
 use crate::keys::PrivateKeyPem;
+
+/// `certs/<name>/pending-order.json`: an order finalized and not yet stored.
+const PENDING_FILE: &str = "pending-order.json";
 
 /// How long a writer waits for the store lock before giving up.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -422,6 +425,42 @@ impl Storage for FsStore {
         check_cert_name(name)
             .ok()
             .map(|()| self.cert_dir(name).join("current"))
+    }
+
+    fn put_pending_order(&self, name: &str, order: &PendingOrder) -> Result<(), StoreError> {
+        check_cert_name(name)?;
+        let dir = self.cert_dir(name);
+        create_private_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        let path = dir.join(PENDING_FILE);
+        let body = serde_json::to_vec_pretty(order).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &body, 0o600)
+    }
+
+    fn pending_order(&self, name: &str) -> Result<Option<PendingOrder>, StoreError> {
+        check_cert_name(name)?;
+        let path = self.cert_dir(name).join(PENDING_FILE);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    fn remove_pending_order(&self, name: &str) -> Result<(), StoreError> {
+        check_cert_name(name)?;
+        let path = self.cert_dir(name).join(PENDING_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
+        }
     }
 
     fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError> {

@@ -140,6 +140,7 @@ pub(super) fn remove_stale_temps(dir: &Path) {
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")
+            || name.starts_with(".pending-order.json.tmp-")
         {
             log::debug!("removing leftover {}", entry.path().display());
             let path = entry.path();

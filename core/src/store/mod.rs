@@ -15,6 +15,7 @@
 //! <root>/certs/<name>/current -> versions/<n>              switched atomically
 //! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem
 //! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
+//! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored
 //! <root>/journal/<id>.json                                 presented challenges not yet cleaned up
 //! <root>/lock                                              one writer at a time
 //! <root>/run.lock                                          one batch (run, renew) at a time
@@ -334,6 +335,39 @@ pub struct JournalEntry {
     pub presented: Option<Presented>,
 }
 
+/// An order whose certificate was requested (finalized) and not yet
+/// stored: enough to download it in a later run instead of ordering again
+/// (the CA has issued it, or is issuing it, under this key).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PendingOrder {
+    /// The ACME directory URL.
+    pub server: String,
+    /// The order's URL at the CA.
+    pub order_url: String,
+    /// The identifiers ordered, ASCII, in order.
+    pub domains: Vec<String>,
+    /// The key type name, e.g. `ec-p256`.
+    pub key_type: String,
+    /// The certificate's private key (PEM).
+    pub privkey_pem: String,
+    /// The CSR sent (DER, base64url), to finalize again if the CA did not
+    /// get it.
+    pub csr_der_b64: String,
+    /// When the order was finalized, RFC 3339.
+    pub finalized_at: String,
+}
+
+impl fmt::Debug for PendingOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The private key is never shown.
+        f.debug_struct("PendingOrder")
+            .field("server", &self.server)
+            .field("order_url", &self.order_url)
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A held lease: exclusive work on a scope (`run` for a whole batch) until
 /// dropped. Its fencing token grows with every lease taken on the scope,
 /// so a backend shared by several machines can refuse a commit from a
@@ -439,6 +473,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The stable place where a web server reads `name`'s current files,
     /// for a backend that keeps files.
     fn current_dir(&self, name: &str) -> Option<PathBuf>;
+
+    /// Records, durably, an order about to be finalized for `name` (one per
+    /// certificate; a newer one replaces it). The record holds a private key.
+    fn put_pending_order(&self, name: &str, order: &PendingOrder) -> Result<(), StoreError>;
+
+    /// The pending order of `name`, if there is one.
+    fn pending_order(&self, name: &str) -> Result<Option<PendingOrder>, StoreError>;
+
+    /// Forgets the pending order of `name` (stored, or gone at the CA); a
+    /// missing one is not an error.
+    fn remove_pending_order(&self, name: &str) -> Result<(), StoreError>;
 
     /// Writes (or overwrites) a journal entry, durably.
     fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError>;

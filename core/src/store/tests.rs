@@ -424,3 +424,39 @@ fn leases_exclude_each_other_and_tokens_grow() {
     let second = store.lease("run", Duration::ZERO).expect("free again");
     assert!(second.token() > t1, "{} > {t1}", second.token());
 }
+
+#[test]
+fn a_pending_order_is_kept_private_until_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    assert!(store.pending_order("p.example").expect("read").is_none());
+    let order = PendingOrder {
+        server: "https://ca/dir".into(),
+        order_url: "https://ca/order/1".into(),
+        domains: vec!["p.example".into()],
+        key_type: "ec-p256".into(),
+        privkey_pem: "KEY SECRET\n".into(),
+        csr_der_b64: "AAEC".into(),
+        finalized_at: "2026-01-01T00:00:00Z".into(),
+    };
+    store.put_pending_order("p.example", &order).expect("put");
+    let path = store.root().join("certs/p.example/pending-order.json");
+    assert_eq!(mode(&path), 0o600);
+    let back = store
+        .pending_order("p.example")
+        .expect("read")
+        .expect("there");
+    assert_eq!(back.order_url, order.order_url);
+    assert_eq!(back.privkey_pem, order.privkey_pem);
+    assert!(
+        !format!("{back:?}").contains("SECRET"),
+        "Debug hides the key"
+    );
+    // A certificate directory holding only a pending order is no certificate yet.
+    assert!(store.cert_names().expect("names").is_empty());
+    store.remove_pending_order("p.example").expect("remove");
+    store
+        .remove_pending_order("p.example")
+        .expect("removing twice is fine");
+    assert!(store.pending_order("p.example").expect("read").is_none());
+}
