@@ -126,6 +126,9 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Identifier(IdentifierError::Empty) => {
             "pass at least one -d/--domain".to_owned()
         }
+        IssueError::Identifier(IdentifierError::TooMany { .. }) => {
+            "split the names over several certificates (each with its own --cert-name)".to_owned()
+        }
         IssueError::Identifier(_) => {
             "domains are DNS names such as example.com or *.example.com".to_owned()
         }

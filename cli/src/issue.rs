@@ -17,6 +17,7 @@ use std::time::Duration;
 use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
 use certsmith_core::agent::{Job, Plan, Settings};
 use certsmith_core::engine::{self, CertRequest, IssuedCert};
+use certsmith_core::envfile::{process_env, var_or_file};
 use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
 use certsmith_core::keys::KeyType;
@@ -113,12 +114,7 @@ pub(crate) struct IssueArgs {
     #[arg(long)]
     agree_tos: bool,
     /// External account binding key id (ZeroSSL, commercial CAs).
-    #[arg(
-        long,
-        value_name = "ID",
-        env = "CERTSMITH_EAB_KID",
-        requires = "eab_hmac_key"
-    )]
+    #[arg(long, value_name = "ID", env = "CERTSMITH_EAB_KID")]
     eab_kid: Option<String>,
     /// External account binding HMAC key, base64url.
     #[arg(
@@ -126,7 +122,6 @@ pub(crate) struct IssueArgs {
         value_name = "KEY",
         env = "CERTSMITH_EAB_HMAC_KEY",
         hide_env_values = true,
-        requires = "eab_kid",
         value_parser = |s: &str| Ok::<_, String>(Secret(s.to_owned()))
     )]
     eab_hmac_key: Option<Secret>,
@@ -193,6 +188,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let host = setup::plugin_host(global, config.as_ref());
     let mut options = setup::agent_options(store, host, config.as_ref(), &args.dns);
     options.concurrency = args.concurrency as usize;
+    let max_names = options.max_names;
     let cli_opts: Vec<(String, String)> = args
         .solver_opts
         .iter()
@@ -216,12 +212,32 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         key_type: args.key_type.into(),
         replaces: None,
     };
-    engine::check_request(&request)?;
+    engine::check_request(&request, max_names)?;
 
     // 6. The account options and the server.
-    let eab = match (&args.eab_kid, &args.eab_hmac_key) {
-        (Some(kid), Some(key)) => Some(Eab::new(kid, &key.0)?),
-        _ => None,
+    // Each EAB value from its flag (or variable), else from the file its
+    // `*_FILE` variable names.
+    let from_file = |name: &str| {
+        var_or_file(name, &process_env)
+            .map(|v| v.map(|(_, value)| value))
+            .map_err(|e| IssueError::Eab(e.to_string()))
+    };
+    let kid = match &args.eab_kid {
+        Some(k) => Some(k.clone()),
+        None => from_file("CERTSMITH_EAB_KID")?,
+    };
+    let key = match &args.eab_hmac_key {
+        Some(k) => Some(k.0.clone()),
+        None => from_file("CERTSMITH_EAB_HMAC_KEY")?,
+    };
+    let eab = match (kid, key) {
+        (Some(kid), Some(key)) => Some(Eab::new(&kid, &key)?),
+        (None, None) => None,
+        _ => {
+            return Err(
+                IssueError::Eab("it needs both a key id and an HMAC key".to_owned()).into(),
+            );
+        }
     };
     let account = AccountOptions {
         email: args.email.clone(),

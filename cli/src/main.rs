@@ -98,8 +98,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    output::init_logging(&cli.global);
+    // The runtime and the signal handlers come first: a SIGTERM at any
+    // moment from here on ends certsmith as an interruption (exit 130).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -111,6 +111,13 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
+    if let Err(e) = runtime.block_on(async { setup::install_signal_handlers() }) {
+        eprintln!("error: cannot install the signal handlers: {e}");
+        return ExitCode::from(exit::INTERNAL);
+    }
+    let cli = Cli::parse();
+    setup::set_quiet(cli.global.quiet);
+    output::init_logging(&cli.global);
     let code = runtime.block_on(async {
         match cli.command {
             Command::Issue(args) => issue::run(&cli.global, args).await,

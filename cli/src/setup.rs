@@ -8,7 +8,8 @@
 //! commands.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use certsmith_core::agent::{Agent, AgentOptions};
@@ -139,45 +140,64 @@ pub(crate) async fn jitter(secs: Option<u64>, quiet: bool) {
     tokio::time::sleep(wait).await;
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn next_signal(term: &mut Option<tokio::signal::unix::Signal>) {
-    match term {
-        Some(t) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = t.recv() => {},
-            }
-        }
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+/// The process's cancel token: cancelled by the first SIGINT or SIGTERM.
+static CANCEL: OnceLock<CancelToken> = OnceLock::new();
+/// Whether a batch that cleans up on cancellation is running; without one,
+/// a signal ends the process at once.
+static BATCH: AtomicBool = AtomicBool::new(false);
+/// `-q`: the signal handler's notice is not printed.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Records `-q` for the signal handler.
+pub(crate) fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::SeqCst);
 }
 
-/// Cancels `token` on SIGINT/SIGTERM; a second signal exits at once.
-pub(crate) fn watch_signals(token: CancelToken, quiet: bool) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        next_signal(&mut term).await;
-        if !quiet {
+/// The token the first SIGINT or SIGTERM cancels.
+pub(crate) fn cancel_token() -> CancelToken {
+    CANCEL.get_or_init(CancelToken::new).clone()
+}
+
+/// Installs the SIGINT and SIGTERM handlers. Called first thing in the
+/// runtime, so that a signal at any moment ends certsmith as an
+/// interruption (exit 130), never by the signal's default action: during a
+/// batch the first signal cancels it (presented challenges are removed),
+/// a second one exits at once; outside a batch the first one exits.
+pub(crate) fn install_signal_handlers() -> std::io::Result<JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Registered here, synchronously: from now on the default action is off.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let token = cancel_token();
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        if !BATCH.load(Ordering::SeqCst) {
+            eprintln!("error: interrupted");
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+        if !QUIET.load(Ordering::SeqCst) {
             eprintln!(
                 "[certsmith] interrupted: removing presented challenges (press Ctrl-C again to quit now)"
             );
         }
         token.cancel();
-        next_signal(&mut term).await;
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
         eprintln!("error: interrupted again; some challenge responses may remain in place");
         std::process::exit(i32::from(exit::INTERRUPTED));
-    })
+    }))
 }
 
-/// An agent with its progress printer and signal watcher: what `issue`,
-/// `run` and `renew` drive.
+/// An agent with its progress printer, cancelled by the signal handlers:
+/// what `issue`, `run` and `renew` drive.
 pub(crate) struct Session {
     pub(crate) agent: Agent,
     printer: JoinHandle<()>,
-    signals: JoinHandle<()>,
 }
 
 impl Session {
@@ -185,20 +205,19 @@ impl Session {
     /// set here) and starts printing its progress.
     pub(crate) fn start(global: &GlobalArgs, mut options: AgentOptions) -> Session {
         let (progress, printer): (Progress, _) = progress::spawn(verbosity(global));
-        let cancel = CancelToken::new();
         options.progress = progress;
-        options.cancel = cancel.clone();
+        options.cancel = cancel_token();
+        BATCH.store(true, Ordering::SeqCst);
         Session {
             agent: Agent::new(options),
             printer,
-            signals: watch_signals(cancel, global.quiet),
         }
     }
 
-    /// Stops watching signals and lets the printer drain the last events
-    /// (it ends when the agent, the last sender, is gone).
+    /// Lets the printer drain the last events (it ends when the agent, the
+    /// last sender, is gone); a signal from now on ends the process.
     pub(crate) async fn finish(self) {
-        self.signals.abort();
+        BATCH.store(false, Ordering::SeqCst);
         drop(self.agent);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.printer).await;
     }

@@ -153,6 +153,14 @@ pub enum IdentifierError {
         /// The domain as given.
         domain: String,
     },
+    /// More names than the CA accepts in one certificate.
+    #[error("{count} names in one certificate; the CA accepts at most {max}")]
+    TooMany {
+        /// How many were given.
+        count: usize,
+        /// The CA's limit.
+        max: usize,
+    },
     /// The internationalized name could not be converted to punycode.
     #[error("invalid domain '{domain}': it is not a valid internationalized name ({reason})")]
     Idna {
@@ -222,19 +230,19 @@ pub fn parse_domain(input: &str) -> Result<Identifier, IdentifierError> {
         if lower.split('.').any(|l| l.starts_with("xn--")) {
             // Validate A-labels by round-tripping them.
             let (_, result) = idna::domain_to_unicode(&lower);
-            if let Err(e) = result {
+            if result.is_err() {
                 return Err(IdentifierError::Idna {
                     domain: domain(),
-                    reason: format!("{e:?}"),
+                    reason: idna_reason(&lower),
                 });
             }
         }
         lower
     } else {
         let converted = idna::domain_to_ascii_cow(rest.as_bytes(), idna::AsciiDenyList::STD3)
-            .map_err(|e| IdentifierError::Idna {
+            .map_err(|_| IdentifierError::Idna {
                 domain: domain(),
-                reason: format!("{e:?}"),
+                reason: idna_reason(rest),
             })?
             .into_owned();
         check_labels(input, &converted)?;
@@ -354,6 +362,42 @@ pub fn default_cert_name(ids: &[Identifier]) -> Option<String> {
     ids.first().map(|i| i.base().to_owned())
 }
 
+/// Why `name` is not a valid internationalized domain name, in words
+/// (the idna crate's error says only that it is not).
+fn idna_reason(name: &str) -> String {
+    let allowed = |c: char| {
+        let mut buf = [0u8; 4];
+        idna::domain_to_ascii_cow(
+            c.encode_utf8(&mut buf).as_bytes(),
+            idna::AsciiDenyList::STD3,
+        )
+        .is_ok()
+    };
+    for label in name.split('.') {
+        let unicode = match label.get(..4) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("xn--") => {
+                match idna::punycode::decode_to_string(&label[4..]) {
+                    Some(u) => u,
+                    None => return format!("label '{label}' is not valid punycode"),
+                }
+            }
+            _ => label.to_owned(),
+        };
+        if let Some(c) = unicode.chars().find(|&c| !allowed(c)) {
+            return format!(
+                "'{c}' (U+{:04X}) in label '{label}' is not allowed in a domain name",
+                u32::from(c)
+            );
+        }
+        if idna::domain_to_ascii_cow(unicode.as_bytes(), idna::AsciiDenyList::STD3).is_err() {
+            return format!(
+                "label '{label}' breaks the rules for internationalized names (UTS #46: e.g. a leading combining mark, a misplaced joiner, or mixed right-to-left text)"
+            );
+        }
+    }
+    "it breaks the rules for internationalized names (UTS #46)".to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +423,19 @@ mod tests {
         assert_eq!(ok("a-b.c0.example"), "a-b.c0.example");
         assert_eq!(ok("*.Example.com"), "*.example.com");
         assert_eq!(ok("xn--bcher-kva.example"), "xn--bcher-kva.example");
+    }
+
+    #[test]
+    fn idn_errors_say_why() {
+        for (input, want) in [
+            ("\u{0301}abc.example", "label"),
+            ("b\u{00fc}\u{2028}cher.example", "U+2028"),
+            ("xn--a-ecp.example", "xn--a-ecp"),
+        ] {
+            let e = parse_domain(input).expect_err(input).to_string();
+            assert!(!e.contains("Errors"), "{input}: {e}");
+            assert!(e.contains(want), "{input}: {e}");
+        }
     }
 
     #[test]

@@ -46,19 +46,26 @@ pub struct Journal {
     store: Store,
 }
 
-/// This process's start time in clock ticks since boot (field 22 of
+/// Fields 3 and following of `/proc/<pid>/stat` (after the command name,
+/// which is in parentheses and may contain spaces); `None` when the process
+/// does not exist or this is not Linux.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), or 0 where unavailable.
 fn start_time(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) is in parentheses and may contain spaces.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|v| v.parse().ok())
+    stat_fields(pid)
+        .and_then(|f| f.get(19).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
+/// Whether the process that wrote an entry still runs: it exists, is not
+/// a zombie (dead, only not yet reaped by its parent), and started when
+/// the entry says (so a recycled pid is not mistaken for it).
 fn process_alive(pid: u32, recorded_start: u64) -> bool {
     let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
@@ -66,6 +73,14 @@ fn process_alive(pid: u32, recorded_start: u64) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     let rc = unsafe { libc::kill(pid_t, 0) };
     if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    let fields = stat_fields(pid);
+    if fields
+        .as_ref()
+        .and_then(|f| f.first())
+        .is_some_and(|state| state == "Z" || state == "X")
+    {
         return false;
     }
     recorded_start == 0 || start_time(pid) == recorded_start
@@ -222,6 +237,31 @@ mod tests {
         j.write(&e).expect("write");
         assert_eq!(j.stale().len(), 1);
     }
+
+    #[test]
+    fn entries_of_zombies_are_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::new(Store::open(dir.path()).expect("open"));
+        let mut e = j.record("x", BTreeMap::new(), &req()).expect("record");
+        // A child that exits and is not reaped (yet): a zombie, killed
+        // while its parent was busy.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        e.pid = child.id();
+        e.pid_start = start_time(child.id());
+        j.write(&e).expect("write");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stat_fields(child.id()).and_then(|f| f.first().cloned()) != Some("Z".to_owned()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(j.stale().len(), 1, "a zombie is dead");
+        child.wait().expect("reap");
+    }
 }
 
 /// The outcome of cleaning one stale entry.
@@ -233,17 +273,28 @@ pub struct StaleCleanup {
     pub result: Result<(), String>,
 }
 
-/// Cleans every stale entry with its plugin and options; `solver_tables`
-/// gives the config file's `[solvers.<code>]` tables (secrets come from the
-/// environment or there). Entries that fail stay for the next run.
+/// Where the options of a stale entry's solver come from, besides what the
+/// entry recorded: the config file's `[solvers.<code>]` tables and this
+/// run's own solver options (`--solver-opt`) per code — secrets are never
+/// recorded, so they come from these or the environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CleanupSources<'a> {
+    /// `[solvers.<code>]` tables.
+    pub solver_tables: Option<&'a toml::Table>,
+    /// This run's options per solver code.
+    pub solver_opts: Option<&'a BTreeMap<String, Vec<(String, String)>>>,
+}
+
+/// Cleans every stale entry with its plugin and options. Entries that fail
+/// stay for the next run.
 pub async fn clean_stale(
     journal: &Journal,
     host: &crate::plugin::PluginHost,
-    solver_tables: Option<&toml::Table>,
+    sources: CleanupSources<'_>,
 ) -> Vec<StaleCleanup> {
     let mut out = Vec::new();
     for entry in journal.stale() {
-        let result = clean_one(journal, host, solver_tables, &entry).await;
+        let result = clean_one(journal, host, sources, &entry).await;
         match &result {
             Ok(()) => log::warn!("removed a leftover challenge: {}", entry.describe()),
             Err(e) => log::warn!(
@@ -260,11 +311,12 @@ pub async fn clean_stale(
 async fn clean_one(
     journal: &Journal,
     host: &crate::plugin::PluginHost,
-    solver_tables: Option<&toml::Table>,
+    sources: CleanupSources<'_>,
     entry: &JournalEntry,
 ) -> Result<(), String> {
     let plugin = host.get(&entry.solver).map_err(|e| e.to_string())?;
-    let mut table = solver_tables
+    let mut table = sources
+        .solver_tables
         .and_then(|t| t.get(&entry.solver))
         .and_then(|v| v.as_table())
         .cloned()
@@ -272,9 +324,19 @@ async fn clean_one(
     for (k, v) in &entry.options {
         table.insert(k.clone(), v.clone());
     }
+    // This run's options fill in what the entry did not record (secrets);
+    // what it recorded (where the record went) wins.
+    let cli: Vec<(String, String)> = sources
+        .solver_opts
+        .and_then(|o| o.get(&entry.solver))
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !entry.options.contains_key(k))
+        .cloned()
+        .collect();
     let instance = plugin
         .instantiate(&crate::plugin::ConfigSources {
-            cli: &[],
+            cli: &cli,
             file: Some(&table),
             env: None,
         })

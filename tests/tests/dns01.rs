@@ -148,12 +148,32 @@ fn rfc2136_opts_checking(bind: &Bind, servers: &[&str]) -> Vec<String> {
 /// server that never answers, and returns once the record is in BIND: the
 /// process is then waiting, with a presented challenge to clean up.
 fn start_stuck_issue(bind: &Bind, pebble: &Pebble, state: &TempState, silent: &str) -> Child {
+    start_stuck_issue_with(bind, pebble, state, silent, false)
+}
+
+/// Like [`start_stuck_issue`]; with `secret_flag` the TSIG secret is given
+/// only as `--solver-opt`, not in the environment.
+fn start_stuck_issue_with(
+    bind: &Bind,
+    pebble: &Pebble,
+    state: &TempState,
+    silent: &str,
+    secret_flag: bool,
+) -> Child {
     let mut args = issue_args(pebble, state.path(), &["example.test"], "rfc2136");
     args.extend(rfc2136_opts_checking(bind, &[silent]));
     args.extend(s(&["--propagation-timeout", "600"]));
-    let mut child = Command::new(certsmith_bin())
-        .args(&args)
-        .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.args(&args).env_remove("RFC2136_TSIG_SECRET");
+    if secret_flag {
+        cmd.args([
+            "--solver-opt",
+            &format!("tsig_secret={}", bind.tsig_secret_b64()),
+        ]);
+    } else {
+        cmd.env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64());
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -333,6 +353,36 @@ fn a_killed_run_leaves_a_journal_entry_the_next_run_cleans() {
         err.contains("removed TXT _acme-challenge.example.test = "),
         "{err}"
     );
+    assert_no_challenge_txt(&bind, &["_acme-challenge.example.test"]);
+    assert_eq!(journal_entries(state.path()), 0);
+}
+
+#[test]
+fn a_leftover_presented_with_a_flag_given_secret_is_cleaned_with_this_runs_flags() {
+    let bind = bind();
+    let pebble = pebble_on(&bind);
+    let state = TempState::new().expect("state");
+    let (_silent, silent) = silent_server();
+    let mut child = start_stuck_issue_with(&bind, &pebble, &state, &silent, true);
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    assert_eq!(journal_entries(state.path()), 1);
+
+    // The secret was never stored; this run gives it the same way.
+    let mut args = issue_args(&pebble, state.path(), &["other.example.test"], "rfc2136");
+    args.extend(rfc2136_opts(&bind));
+    args.extend(s(&[
+        "--solver-opt",
+        &format!("tsig_secret={}", bind.tsig_secret_b64()),
+    ]));
+    let o = run(&args, &[]);
+    let (out, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("removed TXT _acme-challenge.example.test = "),
+        "{err}"
+    );
+    assert!(!err.contains("needs option"), "{err}");
     assert_no_challenge_txt(&bind, &["_acme-challenge.example.test"]);
     assert_eq!(journal_entries(state.path()), 0);
 }

@@ -37,7 +37,9 @@ fn issue(
     .arg(state.path())
     .args(extra)
     .env_remove("CERTSMITH_EAB_KID")
-    .env_remove("CERTSMITH_EAB_HMAC_KEY");
+    .env_remove("CERTSMITH_EAB_HMAC_KEY")
+    .env_remove("CERTSMITH_EAB_KID_FILE")
+    .env_remove("CERTSMITH_EAB_HMAC_KEY_FILE");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -127,4 +129,37 @@ fn a_ca_that_requires_eab_gets_it_from_flags_or_the_environment() {
     let text = texts(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
     assert!(!text.contains(HMAC), "the key leaked: {text}");
+
+    // The key from a file (`*_FILE`, as container secrets are mounted), on a
+    // fresh state dir; only one of the pair is refused before any request.
+    let state = TempState::new().expect("state");
+    let key_file = state.file("eab-hmac-key");
+    std::fs::write(&key_file, format!("{HMAC}\n")).expect("write the key file");
+    let key_path = key_file.to_str().expect("UTF-8 path");
+    let o = issue(
+        &pebble,
+        &state,
+        "eab4.test",
+        &[],
+        &[
+            ("CERTSMITH_EAB_KID", KID),
+            ("CERTSMITH_EAB_HMAC_KEY_FILE", key_path),
+        ],
+    );
+    let text = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(!text.contains(HMAC), "the key leaked: {text}");
+    let o = issue(
+        &pebble,
+        &state,
+        "eab5.test",
+        &[],
+        &[("CERTSMITH_EAB_HMAC_KEY_FILE", key_path)],
+    );
+    let text = texts(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("needs both a key id and an HMAC key"),
+        "{text}"
+    );
 }

@@ -666,6 +666,45 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     assert_eq!(entries, ["current", "lineage.toml", "versions"]);
 }
 
+/// Eight first runs at once on an empty state directory: one account is
+/// created at the CA and stored, and every run uses it.
+#[test]
+fn concurrent_first_runs_create_one_account() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let tmp = TempState::new().expect("temp state");
+    let state = tmp.path();
+    let docroot = tmp.file("www");
+    fs::create_dir(&docroot).expect("mkdir www");
+    let _server = StaticServer::start(&docroot, pebble.http_port()).expect("static server");
+    let children: Vec<Child> = (0..8)
+        .map(|i| {
+            command(&with(
+                issue_args(&pebble, state, &[&format!("race{i}.test")]),
+                webroot(&docroot),
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn certsmith")
+        })
+        .collect();
+    for c in children {
+        let r = Run::from_output(c.wait_with_output().expect("wait"));
+        assert_eq!(r.code, Some(0), "{}", r.describe());
+    }
+    let log = fs::read_to_string(pebble.log_path()).unwrap_or_default();
+    let created = log
+        .lines()
+        .filter(|l| l.contains("There are now") && l.contains("accounts in memory"))
+        .count();
+    assert_eq!(created, 1, "accounts created at the CA:\n{log}");
+    let accounts: Vec<PathBuf> = walk(&state.join("accounts"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "account.json"))
+        .collect();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+}
+
 #[test]
 fn two_processes_on_one_state_dir_both_succeed() {
     let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
@@ -1090,8 +1129,23 @@ fn bad_input_never_reaches_the_ca() {
     unwritable_args.extend(strings(&["--output", "json", "-d", "ok.test"]));
     unwritable_args.extend(strings(&standalone));
 
+    let many: Vec<String> = (0..101).map(|i| format!("n{i}.example.com")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+
     // (what, arguments, expected in stderr, error class in the JSON).
     let cases: Vec<(&str, Vec<String>, Vec<String>, &str)> = vec![
+        (
+            "101 names, one more than the CA accepts",
+            args(&many, &standalone),
+            strings(&["101 names in one certificate", "at most 100"]),
+            "usage",
+        ),
+        (
+            "an internationalized name with a disallowed character",
+            args(&["b\u{fc}\u{2028}cher.example"], &standalone),
+            strings(&["not a valid internationalized name", "U+2028"]),
+            "usage",
+        ),
         (
             "a space in a name",
             args(&["ex ample.com"], &standalone),

@@ -1460,3 +1460,63 @@ fn a_damaged_current_version_is_listed_damaged_and_replaced() {
         r.describe()
     );
 }
+
+// ------------------------------------------------------------- signals ---
+
+/// Whether `pid` catches SIGTERM yet (`SigCgt` of /proc/<pid>/status).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// SIGTERM as soon as certsmith handles it — here while `run --jitter`
+/// waits, before any batch — ends it as an interruption (exit 130), not by
+/// the signal.
+#[test]
+fn sigterm_before_the_batch_exits_130() {
+    let pebble = pebble();
+    let state = TempState::new().expect("state");
+    let mut text = pebble_defaults(&pebble, state.path(), "");
+    text.push_str(&cert_entry("sig", &["sig.test"], "standalone", ""));
+    let config = write_config(&state, &text);
+    let mut child = Command::new(certsmith_bin())
+        .args(["run", "--config", p(&config), "--jitter", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn certsmith");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !catches_sigterm(child.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "certsmith never installed its SIGTERM handler"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: sending SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("certsmith did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{status:?}: {err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(
+        !current(state.path(), "sig").exists(),
+        "nothing was ordered"
+    );
+}

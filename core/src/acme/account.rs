@@ -131,6 +131,9 @@ impl Account {
     }
 }
 
+/// How long a first run waits for another one creating the same account.
+const ACCOUNT_LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl AcmeClient {
     /// instant-acme's account for stored credentials (fetches nothing but
     /// the directory, which is cached).
@@ -155,12 +158,30 @@ impl AcmeClient {
         let dir = self.directory().await?;
         let contact = opts.contact()?;
         let id = account_id(&self.directory_url, &contact);
-        if let Some((stored, path)) = self.load_stored(store, &id)? {
-            stored.ensure_active(&path)?;
-            let inner = self.ia_account(stored.credentials(&path)?).await?;
-            return Ok((Account::new(inner, self), false));
+        if let Some(found) = self.load_stored(store, &id)? {
+            return self.use_stored(found).await;
+        }
+        // None yet: create it under the store's account lease, so that
+        // concurrent first runs create one account at the CA; the others
+        // wait, then find it stored.
+        let s = store.clone();
+        let _lease = tokio::task::spawn_blocking(move || s.lease("account", ACCOUNT_LEASE_WAIT))
+            .await
+            .map_err(|e| IssueError::Internal(format!("the account lease task failed: {e}")))??;
+        if let Some(found) = self.load_stored(store, &id)? {
+            return self.use_stored(found).await;
         }
         self.new_account(store, &dir, opts, false).await
+    }
+
+    /// An account loaded from the store, checked to be active.
+    async fn use_stored(
+        &self,
+        (stored, path): (StoredAccount, std::path::PathBuf),
+    ) -> Result<(Account, bool), IssueError> {
+        stored.ensure_active(&path)?;
+        let inner = self.ia_account(stored.credentials(&path)?).await?;
+        Ok((Account::new(inner, self), false))
     }
 
     /// Creates a new account at the CA
@@ -224,14 +245,12 @@ impl AcmeClient {
         )?;
         if replace {
             self.rewrite_account(store, &stored).await?;
-        } else if let Some((theirs, path)) = self.store_new_account(store, &stored).await? {
+        } else if let Some(theirs) = self.store_new_account(store, &stored).await? {
             log::info!(
                 "another certsmith process stored an account for this CA first; using it ({})",
-                path.display()
+                theirs.1.display()
             );
-            theirs.ensure_active(&path)?;
-            let inner = self.ia_account(theirs.credentials(&path)?).await?;
-            return Ok((Account::new(inner, self), false));
+            return self.use_stored(theirs).await;
         }
         Ok((Account::new(inner, self), true))
     }

@@ -48,6 +48,7 @@ impl Agent {
             cancel: self.cancel.clone(),
             dns: self.dns.clone(),
             journal: Some(self.journal.clone()),
+            max_names: self.max_names,
             ..EngineOptions::default()
         };
         let connected = tokio::select! {

@@ -24,7 +24,7 @@ pub use job::{Job, JobError, Outcome, Plan, Settings};
 pub use plan::reason_words;
 
 use crate::dns::DnsOptions;
-use crate::engine::{CancelToken, DEFAULT_CONCURRENCY};
+use crate::engine::{CancelToken, DEFAULT_CONCURRENCY, DEFAULT_MAX_NAMES};
 use crate::error::IssueError;
 use crate::journal::{self, Journal};
 use crate::plugin::{ConfigSources, PluginHost, SolverInstance};
@@ -52,6 +52,8 @@ pub struct AgentOptions {
     pub dns: DnsOptions,
     /// At most this many orders at once.
     pub concurrency: usize,
+    /// The most names one certificate may have (the CA's limit).
+    pub max_names: usize,
     /// Cancels the batch (Ctrl-C, SIGTERM).
     pub cancel: CancelToken,
     /// Where progress goes.
@@ -69,6 +71,7 @@ impl AgentOptions {
             solver_opts: BTreeMap::new(),
             dns: DnsOptions::default(),
             concurrency: DEFAULT_CONCURRENCY,
+            max_names: DEFAULT_MAX_NAMES,
             cancel: CancelToken::new(),
             progress: Progress::none(),
         }
@@ -85,6 +88,7 @@ pub struct Agent {
     solver_opts: BTreeMap<String, Vec<(String, String)>>,
     dns: DnsOptions,
     concurrency: usize,
+    max_names: usize,
     cancel: CancelToken,
     progress: Progress,
     /// Solver instances shared between certificates with the same solver
@@ -104,6 +108,7 @@ impl Agent {
             solver_opts: options.solver_opts,
             dns: options.dns,
             concurrency: options.concurrency.max(1),
+            max_names: options.max_names,
             cancel: options.cancel,
             progress: options.progress,
             solvers: Mutex::new(BTreeMap::new()),
@@ -181,8 +186,11 @@ impl Agent {
         }
         self.progress
             .emit(ProgressEvent::LeftoversFound { count: stale.len() });
-        let tables = Some(&self.solver_tables);
-        for done in journal::clean_stale(&self.journal, &self.host, tables).await {
+        let sources = journal::CleanupSources {
+            solver_tables: Some(&self.solver_tables),
+            solver_opts: Some(&self.solver_opts),
+        };
+        for done in journal::clean_stale(&self.journal, &self.host, sources).await {
             let description = done.entry.describe();
             self.progress.emit(match done.result {
                 Ok(()) => ProgressEvent::LeftoverRemoved { description },

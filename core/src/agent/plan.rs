@@ -91,7 +91,7 @@ impl Agent {
             key_type: cert.key_type,
             replaces: None,
         };
-        if let Err(e) = engine::check_request(&request) {
+        if let Err(e) = engine::check_request(&request, self.max_names) {
             job.fail(e.into());
             return job;
         }
@@ -195,7 +195,7 @@ impl Agent {
             key_type,
             replaces: None,
         };
-        if let Err(e) = engine::check_request(&request) {
+        if let Err(e) = engine::check_request(&request, self.max_names) {
             job.fail(e.into());
             return job;
         }

@@ -152,6 +152,8 @@ pub struct EngineOptions {
     /// Where presented challenges are recorded until cleaned up; `None`
     /// keeps no journal (tests of the engine alone).
     pub journal: Option<Journal>,
+    /// The most names one certificate may have at this CA.
+    pub max_names: usize,
 }
 
 impl Default for EngineOptions {
@@ -162,6 +164,7 @@ impl Default for EngineOptions {
             cancel: CancelToken::new(),
             dns: DnsOptions::default(),
             journal: None,
+            max_names: DEFAULT_MAX_NAMES,
         }
     }
 }
@@ -200,13 +203,25 @@ pub async fn issue_all(
     engine.issue_all(requests, concurrency).await
 }
 
-/// Checks a request without contacting the CA: certificate name, wildcard
-/// versus solver, challenge types the engine can drive. Called by
-/// [`Engine::issue_all`] too; the CLI calls it before connecting.
-pub fn check_request(req: &CertRequest) -> Result<(), IssueError> {
+/// How many names a certificate may have unless told otherwise: Let's
+/// Encrypt's limit, and a common one.
+pub const DEFAULT_MAX_NAMES: usize = 100;
+
+/// Checks a request without contacting the CA: certificate name, number
+/// of names (at most `max_names`), wildcard versus solver, challenge types
+/// the engine can drive. Called by [`Engine::issue_all`] too; front ends
+/// call it before connecting.
+pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueError> {
     store::check_cert_name(&req.name).map_err(|e| IssueError::InvalidRequest(e.to_string()))?;
     if req.domains.is_empty() {
         return Err(identifiers::IdentifierError::Empty.into());
+    }
+    if req.domains.len() > max_names {
+        return Err(identifiers::IdentifierError::TooMany {
+            count: req.domains.len(),
+            max: max_names,
+        }
+        .into());
     }
     let manifest = req.solver.manifest();
     identifiers::check_solver(&req.domains, manifest)?;

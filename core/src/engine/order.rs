@@ -127,7 +127,7 @@ impl Engine {
 
     /// Obtains and stores one certificate.
     pub async fn issue(&self, req: CertRequest) -> Result<IssuedCert, IssueError> {
-        check_request(&req)?;
+        check_request(&req, self.inner.options.max_names)?;
         let inner = &self.inner;
         let cancel = &inner.options.cancel;
         if cancel.is_cancelled() {

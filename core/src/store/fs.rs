@@ -175,6 +175,29 @@ fn next_version(versions_dir: &Path) -> Result<u32, StoreError> {
     Ok(max.saturating_add(1))
 }
 
+/// How old a temporary file must be before it is taken for the leftover of
+/// a write that died (a write takes milliseconds).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
+/// Removes a temporary file of an atomic write (`.<name>.tmp…`) that a
+/// killed process left behind.
+fn remove_if_stale_temp(entry: &fs::DirEntry) {
+    let name = entry.file_name().to_string_lossy().into_owned();
+    if !name.contains(".tmp") {
+        return;
+    }
+    let old = entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_TEMP_AGE);
+    if old {
+        log::debug!("removing leftover {}", entry.path().display());
+        let _ = fs::remove_file(entry.path());
+    }
+}
+
 /// Sorted directory entries of `dir` (empty when it does not exist).
 fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
     let entries = match fs::read_dir(dir) {
@@ -493,6 +516,10 @@ impl Storage for FsStore {
         let mut out = Vec::new();
         for entry in list_dir(&self.journal_dir())? {
             let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                remove_if_stale_temp(&entry);
+                continue;
+            }
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }

@@ -19,6 +19,7 @@
 //! <root>/journal/<id>.json                                 presented challenges not yet cleaned up
 //! <root>/lock                                              one writer at a time
 //! <root>/run.lock                                          one batch (run, renew) at a time
+//! <root>/account.lock                                      one account creation at a time
 //! ```
 //!
 //! Every method is blocking (a backend may do file or database I/O): call

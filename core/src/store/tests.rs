@@ -460,3 +460,26 @@ fn a_pending_order_is_kept_private_until_removed() {
         .expect("removing twice is fine");
     assert!(store.pending_order("p.example").expect("read").is_none());
 }
+
+#[test]
+fn leftover_journal_temp_files_are_swept_once_old() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let journal = store.root().join("journal");
+    let old = journal.join(".1700000000-00ff.tmp");
+    let fresh = journal.join(".1700000001-00ff.json.tmp-4242");
+    fs::write(&old, "half").expect("write");
+    fs::write(&fresh, "half").expect("write");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .and_then(|f| f.set_modified(long_ago))
+        .expect("age it");
+    assert!(store.journal_entries().expect("list").is_empty());
+    assert!(!old.exists(), "a leftover of a killed write is removed");
+    assert!(
+        fresh.exists(),
+        "a write that may be in progress is left alone"
+    );
+}
