@@ -220,7 +220,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let from_file = |name: &str| {
         var_or_file(name, &process_env)
             .map(|v| v.map(|(_, value)| value))
-            .map_err(|e| IssueError::Eab(e.to_string()))
+            .map_err(|e| Failure::from(IssueError::Eab(e.to_string())))
     };
     let kid = match &args.eab_kid {
         Some(k) => Some(k.clone()),
