@@ -16,7 +16,7 @@ use super::Agent;
 use super::job::{Job, JobError, Outcome};
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::config;
-use crate::engine::{CertRequest, Engine, EngineOptions, IssuedCert};
+use crate::engine::{CertRequest, Engine, EngineOptions, IssuedCert, RateLimits};
 use crate::error::IssueError;
 use crate::hooks::{self, HookContext};
 use crate::progress::ProgressEvent;
@@ -44,7 +44,20 @@ impl Agent {
             return false;
         }
         self.sweep_journal().await;
+        let store = self.store.clone();
+        let limits = match tokio::task::spawn_blocking(move || store.rate_limits()).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => {
+                log::warn!("cannot read the rate limits remembered: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                log::warn!("the store reader failed: {e}");
+                Vec::new()
+            }
+        };
         let options = EngineOptions {
+            rate_limits: RateLimits::new(limits),
             cancel: self.cancel.clone(),
             dns: self.dns.clone(),
             journal: Some(self.journal.clone()),

@@ -24,10 +24,13 @@
 //! (honouring `Retry-After`) → clean up, while finalizing with a CSR whose
 //! key was generated in parallel → download the chain → store.
 
+pub use ratelimit::{RateLimits, registered_domain};
+
 mod chain;
 mod challenge;
 mod cleanup;
 mod order;
+mod ratelimit;
 mod resume;
 #[cfg(test)]
 mod tests;
@@ -154,6 +157,8 @@ pub struct EngineOptions {
     pub journal: Option<Journal>,
     /// The most names one certificate may have at this CA.
     pub max_names: usize,
+    /// The rate limits in force (shared by the engine's orders).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for EngineOptions {
@@ -165,6 +170,7 @@ impl Default for EngineOptions {
             dns: DnsOptions::default(),
             journal: None,
             max_names: DEFAULT_MAX_NAMES,
+            rate_limits: RateLimits::default(),
         }
     }
 }

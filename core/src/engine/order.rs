@@ -20,7 +20,7 @@ use crate::timefmt::rfc3339;
 use super::chain::parse_chain;
 use super::challenge::{challenge_request, choose_challenge};
 use super::cleanup::CleanupList;
-use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert, check_request};
+use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert};
 
 impl Engine {
     /// Fetches the directory, then loads or creates the account (checking
@@ -125,9 +125,9 @@ impl Engine {
             .collect()
     }
 
-    /// Obtains and stores one certificate.
-    pub async fn issue(&self, req: CertRequest) -> Result<IssuedCert, IssueError> {
-        check_request(&req, self.inner.options.max_names)?;
+    /// Obtains and stores one certificate (behind the rate-limit gate of
+    /// [`Engine::issue`]).
+    pub(super) async fn order_and_store(&self, req: CertRequest) -> Result<IssuedCert, IssueError> {
         let inner = &self.inner;
         let cancel = &inner.options.cancel;
         if cancel.is_cancelled() {

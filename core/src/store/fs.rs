@@ -30,10 +30,13 @@ use super::fsio::{
 };
 use super::{
     AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry, Lease,
-    Lineage, PRIVKEY_FILE, PendingOrder, SavedVersion, Storage, StoreError, StoredAccountDoc,
-    VersionFiles, VersionRecord, check_cert_name,
+    Lineage, PRIVKEY_FILE, PendingOrder, RateLimitRecord, SavedVersion, Storage, StoreError,
+    StoredAccountDoc, VersionFiles, VersionRecord, check_cert_name,
 };
 use crate::keys::PrivateKeyPem;
+
+/// `rate-limits.json`: the rate limits the CA reported, until they lift.
+const RATE_LIMITS_FILE: &str = "rate-limits.json";
 
 /// `certs/<name>/pending-order.json`: an order finalized and not yet stored.
 const PENDING_FILE: &str = "pending-order.json";
@@ -484,6 +487,35 @@ impl Storage for FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("remove", &path, e)),
         }
+    }
+
+    fn record_rate_limit(&self, record: &RateLimitRecord) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut all: Vec<RateLimitRecord> = self
+            .rate_limits()?
+            .into_iter()
+            .filter(|r| crate::timefmt::parse_time(&r.until).is_some_and(|t| t > now))
+            .filter(|r| r != record)
+            .collect();
+        all.push(record.clone());
+        let path = self.root.join(RATE_LIMITS_FILE);
+        let body = serde_json::to_vec_pretty(&all).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&path, &body, 0o644)
+    }
+
+    fn rate_limits(&self) -> Result<Vec<RateLimitRecord>, StoreError> {
+        let path = self.root.join(RATE_LIMITS_FILE);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
     }
 
     fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@
 //! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem
 //! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
 //! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored
+//! <root>/rate-limits.json                                 rate limits the CA reported, until they lift
 //! <root>/journal/<id>.json                                 presented challenges not yet cleaned up
 //! <root>/lock                                              one writer at a time
 //! <root>/run.lock                                          one batch (run, renew) at a time
@@ -369,6 +370,24 @@ impl fmt::Debug for PendingOrder {
     }
 }
 
+/// A rate limit the CA reported, remembered until it lifts so that no
+/// order it would refuse is sent meanwhile (by this run or a later one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitRecord {
+    /// The ACME directory URL.
+    pub server: String,
+    /// The registered domains it covers; empty when it covers every order
+    /// at this CA (a limit on the account's new orders).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Until when, RFC 3339.
+    pub until: String,
+    /// The CA's words.
+    pub detail: String,
+    /// When it was recorded, RFC 3339.
+    pub recorded_at: String,
+}
+
 /// A held lease: exclusive work on a scope (`run` for a whole batch) until
 /// dropped. Its fencing token grows with every lease taken on the scope,
 /// so a backend shared by several machines can refuse a commit from a
@@ -485,6 +504,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Forgets the pending order of `name` (stored, or gone at the CA); a
     /// missing one is not an error.
     fn remove_pending_order(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Remembers a rate limit (and forgets those that have lifted).
+    fn record_rate_limit(&self, record: &RateLimitRecord) -> Result<(), StoreError>;
+
+    /// The rate limits remembered, lifted ones included until the next
+    /// [`Storage::record_rate_limit`].
+    fn rate_limits(&self) -> Result<Vec<RateLimitRecord>, StoreError>;
 
     /// Writes (or overwrites) a journal entry, durably.
     fn put_journal_entry(&self, entry: &JournalEntry) -> Result<(), StoreError>;

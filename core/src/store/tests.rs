@@ -483,3 +483,25 @@ fn leftover_journal_temp_files_are_swept_once_old() {
         "a write that may be in progress is left alone"
     );
 }
+
+#[test]
+fn rate_limits_are_remembered_until_they_lift() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    assert!(store.rate_limits().expect("read").is_empty());
+    let lifted = RateLimitRecord {
+        server: "https://ca/dir".into(),
+        domains: vec!["example.com".into()],
+        until: "2000-01-01T00:00:00Z".into(),
+        detail: "too many certificates".into(),
+        recorded_at: "2000-01-01T00:00:00Z".into(),
+    };
+    store.record_rate_limit(&lifted).expect("record");
+    let current = RateLimitRecord {
+        until: "2999-01-01T00:00:00Z".into(),
+        domains: vec![],
+        ..lifted.clone()
+    };
+    store.record_rate_limit(&current).expect("record");
+    assert_eq!(store.rate_limits().expect("read"), [current], "the lifted one is gone");
+}
