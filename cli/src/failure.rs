@@ -9,6 +9,7 @@
 use certsmith_core::agent::JobError;
 use certsmith_core::error::{ErrorClass, IssueError};
 use certsmith_core::identifiers::IdentifierError;
+use certsmith_core::plugin::PluginHostError;
 use serde_json::json;
 
 use crate::output::{print_error, print_json};
@@ -160,6 +161,17 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Propagation { .. } => {
             "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync"
                 .to_owned()
+        }
+        IssueError::Plugin(PluginHostError::UnknownSolver { available, .. })
+            if available.is_empty() =>
+        {
+            "add --plugin-dir DIR or set CERTSMITH_PLUGIN_PATH to where the plugins are".to_owned()
+        }
+        IssueError::Plugin(PluginHostError::UnknownSolver { .. }) => {
+            "`certsmith solvers list` shows the solvers found and why any was refused".to_owned()
+        }
+        IssueError::NoStoredAccount { .. } => {
+            "pass the --server and --email the account was created with".to_owned()
         }
         IssueError::Plugin(p) if p.is_usage() => {
             "give solver options as --solver-opt KEY=VALUE, their environment variable, or in [solvers.<CODE>] of the config file; see `certsmith solvers info <CODE>`".to_owned()

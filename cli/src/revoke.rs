@@ -161,7 +161,7 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
         Err(_) if already => "already revoked",
         Err(e) => {
             let mut f = Failure::from_issue(&e);
-            if args.key_file.is_none() && matches!(e, IssueError::InvalidRequest(_)) {
+            if args.key_file.is_none() && matches!(e, IssueError::NoStoredAccount { .. }) {
                 f.hint = Some(
                     "without the account, pass --key-file with the certificate's private key"
                         .to_owned(),

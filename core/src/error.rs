@@ -243,6 +243,17 @@ pub enum IssueError {
     /// The certificate name is unusable or the request is inconsistent.
     #[error("{0}")]
     InvalidRequest(String),
+    /// An operation needs the stored account of a (server, contact), and
+    /// none is stored.
+    #[error("no account is stored for {server} {who} (looked for {})", location.display())]
+    NoStoredAccount {
+        /// The ACME directory URL.
+        server: String,
+        /// "for mailto:…" or "without a contact".
+        who: String,
+        /// Where it was looked for.
+        location: std::path::PathBuf,
+    },
     /// The stored account was deactivated (`certsmith account deactivate`);
     /// the CA will never accept it again.
     #[error("the account {url} was deactivated on {at} and cannot be used again")]
@@ -442,6 +453,7 @@ impl IssueError {
             | IssueError::TermsNotAgreed { .. }
             | IssueError::EabRequired { .. }
             | IssueError::InvalidRequest(_)
+            | IssueError::NoStoredAccount { .. }
             | IssueError::AccountDeactivated { .. }
             | IssueError::NoUsableChallenge { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {

@@ -57,7 +57,7 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 /// A process's start time in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), or 0 where unavailable.
-fn start_time(pid: u32) -> u64 {
+pub(crate) fn start_time(pid: u32) -> u64 {
     stat_fields(pid)
         .and_then(|f| f.get(19).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
@@ -66,7 +66,7 @@ fn start_time(pid: u32) -> u64 {
 /// Whether the process that wrote an entry still runs: it exists, is not
 /// a zombie (dead, only not yet reaped by its parent), and started when
 /// the entry says (so a recycled pid is not mistaken for it).
-fn process_alive(pid: u32, recorded_start: u64) -> bool {
+pub(crate) fn process_alive(pid: u32, recorded_start: u64) -> bool {
     let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
     };

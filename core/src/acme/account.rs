@@ -40,21 +40,15 @@ impl Eab {
     pub fn new(kid: &str, hmac_key_b64: &str) -> Result<Eab, IssueError> {
         use base64::Engine as _;
         if kid.trim().is_empty() {
-            return Err(IssueError::Eab(
-                "the key id (--eab-kid) is empty".to_owned(),
-            ));
+            return Err(IssueError::Eab("the key id is empty".to_owned()));
         }
         let trimmed = hmac_key_b64.trim().trim_end_matches('=');
         let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(trimmed)
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-            .map_err(|_| {
-                IssueError::Eab("the HMAC key (--eab-hmac-key) is not base64url".to_owned())
-            })?;
+            .map_err(|_| IssueError::Eab("the HMAC key is not base64url".to_owned()))?;
         if key.is_empty() {
-            return Err(IssueError::Eab(
-                "the HMAC key (--eab-hmac-key) is empty".to_owned(),
-            ));
+            return Err(IssueError::Eab("the HMAC key is empty".to_owned()));
         }
         Ok(Eab {
             kid: kid.trim().to_owned(),
@@ -93,7 +87,7 @@ impl AccountOptions {
             .any(|c| c.is_whitespace() || matches!(c, ',' | '<' | '>' | '?'));
         if !valid {
             return Err(IssueError::InvalidRequest(format!(
-                "invalid --email '{email}': give one address like admin@example.com"
+                "invalid contact e-mail '{email}': give one address like admin@example.com"
             )));
         }
         Ok(vec![format!("mailto:{email}")])

@@ -218,11 +218,11 @@ impl AcmeClient {
         } else {
             format!("for {}", contact.join(", "))
         };
-        Err(IssueError::InvalidRequest(format!(
-            "no account is stored for {} {who} (looked for {}); pass the --server and --email the account was created with",
-            self.directory_url,
-            store.account_location(&self.account_key(&id)).display()
-        )))
+        Err(IssueError::NoStoredAccount {
+            server: self.directory_url.clone(),
+            who,
+            location: store.account_location(&self.account_key(&id)),
+        })
     }
 
     /// Describes the stored account for `opts`, without contacting the CA.

@@ -76,7 +76,7 @@ impl ConfigError {
     /// How to fix it, when there is something specific to say.
     pub fn hint(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } => Some("pass --config FILE with a readable file"),
+            ConfigError::Read { .. } => Some("check that the file exists and is readable"),
             ConfigError::Syntax { hint, .. } | ConfigError::Invalid { hint, .. } => hint.as_deref(),
         }
     }

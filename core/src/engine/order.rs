@@ -183,9 +183,10 @@ impl Engine {
                 .finalize(&key.csr_der, inner.options.finalize_timeout)
                 .await;
             if let Err(e) = &chain {
-                self.forget_pending_unless_resumable(&req.name, e).await;
+                self.forget_pending_unless_resumable(&req.name, order.url(), e)
+                    .await;
             }
-            Ok::<_, IssueError>((key, chain?))
+            Ok::<_, IssueError>((key, chain?, order.url().to_owned()))
         };
         let finalize = async {
             tokio::select! {
@@ -195,8 +196,8 @@ impl Engine {
             }
         };
         let (finalized, ()) = tokio::join!(finalize, cleanup.run());
-        let (key, chain) = finalized?;
-        self.store_issued(&req, domains, key_type, key.private_key, &chain)
+        let (key, chain, order_url) = finalized?;
+        self.store_issued(&req, domains, key_type, key.private_key, &chain, &order_url)
             .await
     }
 
@@ -209,6 +210,7 @@ impl Engine {
         key_type: KeyType,
         private_key: keys::PrivateKeyPem,
         chain: &str,
+        order_url: &str,
     ) -> Result<IssuedCert, IssueError> {
         let inner = &self.inner;
         let parsed = parse_chain(chain, inner.client.directory_url())?;
@@ -236,9 +238,10 @@ impl Engine {
         };
         let store = inner.store.clone();
         let name = req.name.clone();
+        let order_url = order_url.to_owned();
         let saved = tokio::task::spawn_blocking(move || {
             let saved = store.commit_version(&name, &files, &lineage, record)?;
-            if let Err(e) = store.remove_pending_order(&name) {
+            if let Err(e) = store.remove_pending_order(&name, &order_url) {
                 log::warn!("{e}");
             }
             Ok::<_, crate::store::StoreError>(saved)

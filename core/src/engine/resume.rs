@@ -34,6 +34,8 @@ impl Engine {
             privkey_pem: key.private_key.expose().to_owned(),
             csr_der_b64: URL_SAFE_NO_PAD.encode(&key.csr_der),
             finalized_at: now_rfc3339(),
+            pid: std::process::id(),
+            pid_start: crate::journal::start_time(std::process::id()),
         };
         let (store, name) = (self.inner.store.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || store.put_pending_order(&name, &pending))
@@ -45,20 +47,30 @@ impl Engine {
     /// After a failed finalization: the record stays when a later run may
     /// still find the certificate (the CA or the network failed us, or the
     /// run was interrupted), and goes when the CA refused the order.
-    pub(super) async fn forget_pending_unless_resumable(&self, name: &str, e: &IssueError) {
+    pub(super) async fn forget_pending_unless_resumable(
+        &self,
+        name: &str,
+        order_url: &str,
+        e: &IssueError,
+    ) {
         let resumable = matches!(
             e.class(),
             ErrorClass::Network | ErrorClass::Cancelled | ErrorClass::Store | ErrorClass::Internal
         );
         if !resumable {
-            self.forget_pending(name).await;
+            self.forget_pending(name, order_url).await;
         }
     }
 
-    async fn forget_pending(&self, name: &str) {
-        let (store, name) = (self.inner.store.clone(), name.to_owned());
+    /// Forgets the pending order of `name` at `order_url`.
+    pub(super) async fn forget_pending(&self, name: &str, order_url: &str) {
+        let (store, name, url) = (
+            self.inner.store.clone(),
+            name.to_owned(),
+            order_url.to_owned(),
+        );
         if let Ok(Err(e)) =
-            tokio::task::spawn_blocking(move || store.remove_pending_order(&name)).await
+            tokio::task::spawn_blocking(move || store.remove_pending_order(&name, &url)).await
         {
             log::warn!("{e}");
         }
@@ -78,11 +90,17 @@ impl Engine {
             .await
             .map_err(|e| IssueError::Internal(format!("the store reader failed: {e}")))?;
         let pending = match pending {
+            // Another process is finalizing this certificate right now: its
+            // order is its own.
+            Ok(Some(p)) if p.pid != 0 && crate::journal::process_alive(p.pid, p.pid_start) => {
+                return Ok(None);
+            }
             Ok(Some(p)) => p,
             Ok(None) => return Ok(None),
             Err(e) => {
+                // A record that does not parse: ordering anew is all that
+                // can be done, and the next commit replaces it.
                 log::warn!("{e}; ordering anew");
-                self.forget_pending(&req.name).await;
                 return Ok(None);
             }
         };
@@ -92,7 +110,7 @@ impl Engine {
                 req.name,
                 pending.order_url
             );
-            self.forget_pending(&req.name).await;
+            self.forget_pending(&req.name, &pending.order_url).await;
             return Ok(None);
         }
         let (Ok(key_type), Ok(csr_der)) = (
@@ -103,7 +121,7 @@ impl Engine {
                 "{}: the pending order record is damaged; ordering anew",
                 req.name
             );
-            self.forget_pending(&req.name).await;
+            self.forget_pending(&req.name, &pending.order_url).await;
             return Ok(None);
         };
         let account = self.inner.account.lock().await.1.clone();
@@ -114,7 +132,7 @@ impl Engine {
                     "{}: the pending order is gone at the CA ({e}); ordering anew",
                     req.name
                 );
-                self.forget_pending(&req.name).await;
+                self.forget_pending(&req.name, &pending.order_url).await;
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -128,7 +146,7 @@ impl Engine {
                     "{}: the pending order can no longer be completed; ordering anew",
                     req.name
                 );
-                self.forget_pending(&req.name).await;
+                self.forget_pending(&req.name, &pending.order_url).await;
                 return Ok(None);
             }
         };
@@ -137,8 +155,15 @@ impl Engine {
             order_url: pending.order_url.clone(),
         });
         let key = PrivateKeyPem::new(pending.privkey_pem);
-        self.store_issued(req, domains.to_vec(), key_type, key, &chain)
-            .await
-            .map(Some)
+        self.store_issued(
+            req,
+            domains.to_vec(),
+            key_type,
+            key,
+            &chain,
+            &pending.order_url,
+        )
+        .await
+        .map(Some)
     }
 }

@@ -186,7 +186,7 @@ pub enum PluginHostError {
         hint: String,
     },
     /// A `--solver-opt` argument is not `KEY=VALUE`.
-    #[error("--solver-opt expects KEY=VALUE, got '{0}'")]
+    #[error("a solver option is KEY=VALUE, got '{0}'")]
     BadOptionSyntax(String),
     /// A `<ENV>_FILE` file could not be read.
     #[error("cannot read {var}={path}: {source}")]
@@ -244,7 +244,6 @@ fn unknown_solver_message(
         s.push_str("; no solver plugins were found in ");
         let dirs: Vec<String> = searched.iter().map(|p| p.display().to_string()).collect();
         s.push_str(&dirs.join(", "));
-        s.push_str(" (add --plugin-dir DIR or set CERTSMITH_PLUGIN_PATH)");
     } else {
         s.push_str(&format!("; available: {}", available.join(", ")));
     }

@@ -479,8 +479,15 @@ impl Storage for FsStore {
             })
     }
 
-    fn remove_pending_order(&self, name: &str) -> Result<(), StoreError> {
+    fn remove_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
         check_cert_name(name)?;
+        let _lock = self.lock()?;
+        match self.pending_order(name) {
+            Ok(Some(p)) if p.order_url != order_url => return Ok(()),
+            Ok(None) => return Ok(()),
+            // A record that does not parse is removed all the same.
+            _ => {}
+        }
         let path = self.cert_dir(name).join(PENDING_FILE);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),

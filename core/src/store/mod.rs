@@ -357,6 +357,13 @@ pub struct PendingOrder {
     pub csr_der_b64: String,
     /// When the order was finalized, RFC 3339.
     pub finalized_at: String,
+    /// The process that finalized it, and its start time: a process still
+    /// at work on it is left alone.
+    #[serde(default)]
+    pub pid: u32,
+    /// That process's start time (clock ticks since boot).
+    #[serde(default)]
+    pub pid_start: u64,
 }
 
 impl fmt::Debug for PendingOrder {
@@ -501,9 +508,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The pending order of `name`, if there is one.
     fn pending_order(&self, name: &str) -> Result<Option<PendingOrder>, StoreError>;
 
-    /// Forgets the pending order of `name` (stored, or gone at the CA); a
-    /// missing one is not an error.
-    fn remove_pending_order(&self, name: &str) -> Result<(), StoreError>;
+    /// Forgets the pending order of `name` (stored, or gone at the CA) if
+    /// it is the one at `order_url` (another process may have recorded its
+    /// own since); a missing one is not an error.
+    fn remove_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError>;
 
     /// Remembers a rate limit (and forgets those that have lifted).
     fn record_rate_limit(&self, record: &RateLimitRecord) -> Result<(), StoreError>;

@@ -438,6 +438,8 @@ fn a_pending_order_is_kept_private_until_removed() {
         privkey_pem: "KEY SECRET\n".into(),
         csr_der_b64: "AAEC".into(),
         finalized_at: "2026-01-01T00:00:00Z".into(),
+        pid: 1,
+        pid_start: 0,
     };
     store.put_pending_order("p.example", &order).expect("put");
     let path = store.root().join("certs/p.example/pending-order.json");
@@ -454,9 +456,18 @@ fn a_pending_order_is_kept_private_until_removed() {
     );
     // A certificate directory holding only a pending order is no certificate yet.
     assert!(store.cert_names().expect("names").is_empty());
-    store.remove_pending_order("p.example").expect("remove");
     store
-        .remove_pending_order("p.example")
+        .remove_pending_order("p.example", "https://ca/order/2")
+        .expect("another order's removal");
+    assert!(
+        store.pending_order("p.example").expect("read").is_some(),
+        "a record of another order stays"
+    );
+    store
+        .remove_pending_order("p.example", &order.order_url)
+        .expect("remove");
+    store
+        .remove_pending_order("p.example", &order.order_url)
         .expect("removing twice is fine");
     assert!(store.pending_order("p.example").expect("read").is_none());
 }
@@ -503,5 +514,9 @@ fn rate_limits_are_remembered_until_they_lift() {
         ..lifted.clone()
     };
     store.record_rate_limit(&current).expect("record");
-    assert_eq!(store.rate_limits().expect("read"), [current], "the lifted one is gone");
+    assert_eq!(
+        store.rate_limits().expect("read"),
+        [current],
+        "the lifted one is gone"
+    );
 }
