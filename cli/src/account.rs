@@ -25,21 +25,23 @@ use crate::{GlobalArgs, OutputFormat, exit};
 pub(crate) struct AccountSelect {
     /// The CA: letsencrypt, letsencrypt-staging, zerossl, or an ACME
     /// directory URL [default: the config's server, else the only stored account's].
-    #[arg(long, value_name = "NAME|URL")]
+    #[arg(long, value_name = "NAME|URL", env = "CERTSMITH_SERVER")]
     server: Option<String>,
     /// The account's contact e-mail [default: the config's email].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "CERTSMITH_EMAIL")]
     email: Option<String>,
     /// Extra CA certificates (PEM) for the CA's HTTPS.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "CERTSMITH_CA_CERT")]
     ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AccountCommand {
     /// Show stored accounts: URL, contact, key type and thumbprint.
+    #[command(after_help = crate::help::ACCOUNT_SHOW)]
     Show(AccountSelect),
     /// Deactivate the account at the CA, for good.
+    #[command(after_help = crate::help::ACCOUNT_DEACTIVATE)]
     Deactivate {
         #[command(flatten)]
         select: AccountSelect,
@@ -48,6 +50,7 @@ pub(crate) enum AccountCommand {
         yes: bool,
     },
     /// Replace the account key with a new one (RFC 8555 §7.3.5).
+    #[command(after_help = crate::help::ACCOUNT_ROLLOVER)]
     Rollover(AccountSelect),
 }
 
@@ -68,13 +71,19 @@ fn email_of(contact: &[String]) -> Option<String> {
 async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failure> {
     let config = setup::load_config(global)
         .map_err(|e| Failure::usage(e.to_string(), e.errors.first().and_then(|f| f.hint())))?;
-    let store = setup::open_store(global, config.as_ref())?;
-    let stored = acme::stored_accounts(&store)?;
     let (select, action) = match &cmd {
         AccountCommand::Show(s) => (s, "show"),
         AccountCommand::Deactivate { select, .. } => (select, "deactivate"),
         AccountCommand::Rollover(s) => (s, "rollover"),
     };
+    // `show` only reads; the others change the account at the CA and must
+    // be able to store the result, which `open_store` checks first.
+    let store = if action == "show" {
+        setup::open_store_read_only(global, config.as_ref())?
+    } else {
+        setup::open_store(global, config.as_ref())?
+    };
+    let stored = acme::stored_accounts(&store)?;
     let server = match select
         .server
         .clone()

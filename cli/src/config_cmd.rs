@@ -1,5 +1,5 @@
-//! `certsmith config check --config FILE`: everything about a config file
-//! that can be checked without the CA.
+//! `certsmith config check [--config FILE]`: everything about a config
+//! file that can be checked without the CA.
 //!
 //! Why this module exists: a config change should be validated when it is
 //! made (in review, in CI, by a deploy script), not when the timer fires.
@@ -9,8 +9,9 @@
 //! code when it does not), that its options satisfy its manifest (unknown
 //! keys, types, required keys and their environment variables) and that it
 //! can answer the challenges the domains need (a wildcard needs dns-01).
-//! Nothing is sent to the CA, and no plugin instance is created. Every
-//! error names the file, line, column and key.
+//! Nothing is sent to the CA, no plugin instance is created, and the state
+//! directory is not touched (it need not exist yet). Every error names the
+//! file, line, column and key.
 
 use certsmith_core::config::{Config, ConfigError};
 use certsmith_core::identifiers;
@@ -18,7 +19,6 @@ use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::failure::Failure;
 use crate::output::{print_error, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
@@ -27,6 +27,7 @@ use crate::{GlobalArgs, OutputFormat, exit};
 pub(crate) enum ConfigCommand {
     /// Validate the config file (names, solvers, their options) without
     /// contacting the CA.
+    #[command(after_help = crate::help::CONFIG)]
     Check,
 }
 
@@ -37,17 +38,11 @@ pub(crate) async fn run(global: &GlobalArgs, cmd: ConfigCommand) -> u8 {
 }
 
 fn check(global: &GlobalArgs) -> u8 {
-    let Some(path) = &global.config else {
-        return Failure::usage(
-            "`certsmith config check` needs a config file",
-            Some("pass --config certsmith.toml"),
-        )
-        .report(global, None);
+    let (path, config) = match setup::require_config(global, "config check") {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return setup::report_config_errors(global, &e),
-    };
+    let path = &path;
     let host = setup::plugin_host(global, Some(&config));
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();

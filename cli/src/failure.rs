@@ -205,6 +205,11 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Network { .. } | IssueError::Timeout { .. } => {
             "check the server URL, your network, and --ca-cert for a private CA".to_owned()
         }
+        IssueError::Store(certsmith_core::store::StoreError::Missing { .. }) => {
+            "check --state-dir (or CERTSMITH_STATE_DIR, or state_dir in the config file); \
+             the directory is created by the first `certsmith issue` or `certsmith run`"
+                .to_owned()
+        }
         IssueError::Store(certsmith_core::store::StoreError::NoDefaultRoot) => {
             "pass --state-dir DIR (or set CERTSMITH_STATE_DIR)".to_owned()
         }

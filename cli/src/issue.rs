@@ -92,7 +92,7 @@ pub(crate) struct IssueArgs {
     #[arg(short = 'd', long = "domain", value_name = "DOMAIN", required = true)]
     domains: Vec<String>,
     /// The solver plugin that answers the challenges (`certsmith solvers list`).
-    #[arg(long, value_name = "CODE")]
+    #[arg(long, value_name = "CODE", env = "CERTSMITH_SOLVER")]
     solver: String,
     /// A solver option (repeatable); see `certsmith solvers info CODE`.
     #[arg(long = "solver-opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
@@ -101,17 +101,26 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "NAME")]
     cert_name: Option<String>,
     /// The CA: letsencrypt, letsencrypt-staging, zerossl, or an ACME directory URL.
-    #[arg(long, value_name = "NAME|URL", default_value = "letsencrypt")]
+    #[arg(
+        long,
+        value_name = "NAME|URL",
+        default_value = "letsencrypt",
+        env = "CERTSMITH_SERVER"
+    )]
     server: String,
     /// Extra CA certificates (PEM) to trust for the ACME server's HTTPS,
     /// e.g. for a private CA or Pebble.
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", env = "CERTSMITH_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Contact address for the account.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "CERTSMITH_EMAIL")]
     email: Option<String>,
     /// Agree to the CA's terms of service (needed to create an account).
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "CERTSMITH_AGREE_TOS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     agree_tos: bool,
     /// External account binding key id (ZeroSSL, commercial CAs).
     #[arg(long, value_name = "ID", env = "CERTSMITH_EAB_KID")]
@@ -126,7 +135,13 @@ pub(crate) struct IssueArgs {
     )]
     eab_hmac_key: Option<Secret>,
     /// The certificate's key type.
-    #[arg(long, value_enum, value_name = "TYPE", default_value_t = KeyTypeArg::EcP256)]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "TYPE",
+        default_value_t = KeyTypeArg::EcP256,
+        env = "CERTSMITH_KEY_TYPE"
+    )]
     key_type: KeyTypeArg,
     /// At most this many orders at once.
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,

@@ -7,8 +7,10 @@
 mod account;
 mod config_cmd;
 mod dns_args;
+mod envvars;
 mod exit;
 mod failure;
+mod help;
 mod issue;
 mod list;
 mod output;
@@ -19,16 +21,26 @@ mod run;
 mod setup;
 mod solvers;
 mod summary;
+mod term;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
+};
 
 /// certsmith: obtains and renews TLS certificates from an ACME CA, with
 /// challenge solvers loaded as plugins.
 #[derive(Debug, Parser)]
-#[command(name = "certsmith", version, about, propagate_version = true)]
+#[command(
+    name = "certsmith",
+    version,
+    about,
+    propagate_version = true,
+    after_help = help::ROOT
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -36,28 +48,55 @@ struct Cli {
     command: Command,
 }
 
-/// Options every subcommand takes.
+/// Options every subcommand takes, each also from a `CERTSMITH_*`
+/// variable (the command line wins).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = help::GLOBAL_HEADING)]
 pub(crate) struct GlobalArgs {
-    /// Config file (TOML).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file (TOML) [default: $XDG_CONFIG_HOME/certsmith/certsmith.toml
+    /// or ~/.config/certsmith/certsmith.toml, else /etc/certsmith/certsmith.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "CERTSMITH_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// Where accounts, certificates and the journal live
-    /// [default: $XDG_DATA_HOME/certsmith, or /var/lib/certsmith as root].
+    /// Where `config` came from, for the message saying which file is used
+    /// (set after parsing).
+    #[arg(skip)]
+    pub(crate) config_from_env: bool,
+    /// Where accounts, certificates and the journal live [default: the
+    /// config's state_dir, else $XDG_DATA_HOME/certsmith, or /var/lib/certsmith as root]
     #[arg(long, global = true, value_name = "DIR", env = "CERTSMITH_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
     /// A directory searched for solver plugins before the standard ones
-    /// (repeatable).
+    /// (repeatable) [env: CERTSMITH_PLUGIN_PATH: more directories, colon-separated, searched after these]
+    // Not `env = ...`: CERTSMITH_PLUGIN_PATH adds to --plugin-dir instead of
+    // replacing it, and the plugin host (in core) reads it itself.
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
     pub(crate) plugin_dirs: Vec<PathBuf>,
     /// Result format on stdout.
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Text,
+        env = "CERTSMITH_OUTPUT"
+    )]
     pub(crate) output: OutputFormat,
-    /// More detail on stderr (-v, -vv).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More detail on stderr (-v, -vv; the variable takes the count).
+    #[arg(
+        short,
+        long,
+        global = true,
+        action = clap::ArgAction::Count,
+        env = "CERTSMITH_VERBOSE"
+    )]
     pub(crate) verbose: u8,
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CERTSMITH_QUIET",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub(crate) quiet: bool,
 }
 
@@ -73,28 +112,97 @@ pub(crate) enum OutputFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Obtain a certificate now.
+    #[command(after_help = help::ISSUE)]
     Issue(issue::IssueArgs),
     /// Issue or renew every certificate of the config file that needs it
     /// (for cron, systemd timers and CI).
+    #[command(after_help = help::RUN)]
     Run(run::RunArgs),
     /// Renew stored certificates from their lineage.
+    #[command(after_help = help::RENEW)]
     Renew(renew::RenewArgs),
     /// Revoke a stored certificate.
+    #[command(after_help = help::REVOKE)]
     Revoke(revoke::RevokeArgs),
     /// List stored certificates: expiry, next renewal and why, state.
+    #[command(after_help = help::LIST)]
     List(list::ListArgs),
     /// Show, deactivate or re-key the ACME account.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::ACCOUNT)]
     Account(account::AccountCommand),
     /// Check the config file.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::CONFIG)]
     Config(config_cmd::ConfigCommand),
     /// List and describe the solver plugins found.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::SOLVERS)]
     Solvers(solvers::SolversCommand),
     /// Check plugin libraries.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::PLUGIN)]
     Plugin(solvers::PluginCommand),
+}
+
+/// The whole command line, as parsed and as `--help` shows it.
+pub(crate) fn command() -> clap::Command {
+    help::same_help_for_short_and_long(Cli::command())
+}
+
+/// Parses the command line; warns about unknown `CERTSMITH_*` variables
+/// (unless quiet), also when the command line is wrong.
+fn parse() -> Cli {
+    let mut cmd = command();
+    let warnings =
+        envvars::unknown_variable_warnings(std::env::vars_os(), &envvars::known_names(&cmd));
+    let matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+            }
+            e.exit()
+        }
+    };
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.with_cmd(&cmd).exit(),
+    };
+    cli.global.config_from_env = value_source(&matches, "config") == Some(ValueSource::EnvVariable);
+    // -q and -v conflict on the command line; a variable gives way to the
+    // command line instead, so that `CERTSMITH_QUIET=1 certsmith -v ...`
+    // shows detail.
+    if cli.global.quiet && cli.global.verbose > 0 {
+        let from_env = |id| value_source(&matches, id) == Some(ValueSource::EnvVariable);
+        match (from_env("quiet"), from_env("verbose")) {
+            (true, false) => cli.global.quiet = false,
+            (false, true) => cli.global.verbose = 0,
+            _ => clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-q/--quiet cannot be used with -v/--verbose\n",
+            )
+            .with_cmd(&cmd)
+            .exit(),
+        }
+    }
+    if !cli.global.quiet {
+        for w in &warnings {
+            eprintln!("{w}");
+        }
+    }
+    cli
+}
+
+/// Where the value of the global argument `id` came from (clap records
+/// it in the matches of the subcommand that was used).
+fn value_source(matches: &ArgMatches, id: &str) -> Option<ValueSource> {
+    let mut m = matches;
+    let mut source = m.value_source(id);
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+        source = m.value_source(id).or(source);
+    }
+    source
 }
 
 fn main() -> ExitCode {
@@ -115,7 +223,7 @@ fn main() -> ExitCode {
         eprintln!("error: cannot install the signal handlers: {e}");
         return ExitCode::from(exit::INTERNAL);
     }
-    let cli = Cli::parse();
+    let cli = parse();
     setup::set_quiet(cli.global.quiet);
     output::init_logging(&cli.global);
     let code = runtime.block_on(async {
@@ -139,10 +247,8 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory as _;
-
     #[test]
     fn cli_is_consistent() {
-        super::Cli::command().debug_assert();
+        super::command().debug_assert();
     }
 }

@@ -50,7 +50,11 @@ pub(crate) struct RenewArgs {
     ca_cert: Option<PathBuf>,
     /// Agree to the CA's terms of service, should the account have to be
     /// created again.
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "CERTSMITH_AGREE_TOS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     agree_tos: bool,
     /// At most this many orders at once [default: the config's concurrency, else 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]

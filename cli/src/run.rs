@@ -1,5 +1,6 @@
-//! `certsmith run --config certsmith.toml`: bring every certificate in the
-//! file to the state the file describes.
+//! `certsmith run`: bring every certificate in the config file (see
+//! `setup::find_config` for where it is found) to the state the file
+//! describes.
 //!
 //! Why this module exists: it is what cron, systemd timers and CI call. It
 //! must be safe to run at any time and as often as wanted: a certificate is
@@ -12,7 +13,6 @@
 
 use certsmith_core::acme::AcmeClient;
 use certsmith_core::agent;
-use certsmith_core::config::Config;
 
 use crate::dns_args::DnsArgs;
 use crate::failure::Failure;
@@ -36,17 +36,16 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
-    let Some(path) = &global.config else {
-        return Failure::usage(
-            "`certsmith run` needs a config file",
-            Some("pass --config certsmith.toml (see contrib/certsmith.toml for an example)"),
-        )
-        .report(global, None);
+    let (path, config) = match setup::require_config(global, "run") {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => return setup::report_config_errors(global, &e),
-    };
+    let path = &path;
+    if !global.quiet {
+        for w in issue_only_variables(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty())) {
+            eprintln!("{w}");
+        }
+    }
     for name in &args.only {
         if config.certificate(name).is_none() {
             let names: Vec<&str> = config
@@ -112,4 +111,43 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         return exit::OK;
     }
     summary::summarize(global, &jobs, interrupted)
+}
+
+/// Warnings for the variables of `issue` options that are set (`is_set`)
+/// although `run` takes those settings from the config file only: a
+/// variable that changed the CA or the account of every certificate in
+/// the file would reissue them all, so it is not applied, but neither is
+/// it ignored silently.
+fn issue_only_variables(is_set: impl Fn(&str) -> bool) -> Vec<String> {
+    [
+        ("CERTSMITH_SERVER", "server"),
+        ("CERTSMITH_EMAIL", "email"),
+        ("CERTSMITH_AGREE_TOS", "agree_tos"),
+        ("CERTSMITH_CA_CERT", "ca_cert"),
+        ("CERTSMITH_KEY_TYPE", "key_type"),
+        ("CERTSMITH_SOLVER", "solver"),
+    ]
+    .into_iter()
+    .filter(|(var, _)| is_set(var))
+    .map(|(var, key)| {
+        format!(
+            "warning: {var} is not used by `certsmith run`, which takes `{key}` from the config file"
+        )
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn issue_variables_set_for_run_are_named() {
+        let w = super::issue_only_variables(|k| k == "CERTSMITH_SERVER");
+        assert_eq!(
+            w,
+            [
+                "warning: CERTSMITH_SERVER is not used by `certsmith run`, which takes `server` from the config file"
+            ]
+        );
+        assert!(super::issue_only_variables(|_| false).is_empty());
+    }
 }

@@ -5,7 +5,9 @@
 //! Why this module exists: each of these reads global flags and the
 //! config file's `[defaults]` in one order of precedence (flag, then
 //! environment, then file, then default), which must not differ between
-//! commands.
+//! commands; likewise the config file is found in one order
+//! ([`find_config`]) and named, and the commands that only read open the
+//! store without creating it ([`open_store_read_only`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,26 +58,154 @@ pub(crate) fn config_error_json(e: &ConfigError) -> serde_json::Value {
     })
 }
 
-/// Loads `--config` when given.
+/// The system-wide config file, the last place looked.
+pub(crate) const SYSTEM_CONFIG: &str = "/etc/certsmith/certsmith.toml";
+
+/// Where the config file in use was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConfigOrigin {
+    /// `--config`.
+    Flag,
+    /// `CERTSMITH_CONFIG`.
+    Env,
+    /// `$XDG_CONFIG_HOME/certsmith/certsmith.toml` (or `~/.config/...`).
+    User,
+    /// [`SYSTEM_CONFIG`].
+    System,
+}
+
+impl ConfigOrigin {
+    fn describe(self) -> &'static str {
+        match self {
+            ConfigOrigin::Flag => "from --config",
+            ConfigOrigin::Env => "from CERTSMITH_CONFIG",
+            ConfigOrigin::User => "the user default",
+            ConfigOrigin::System => "the system default",
+        }
+    }
+}
+
+/// The user's config file: `$XDG_CONFIG_HOME/certsmith/certsmith.toml`,
+/// else `~/.config/certsmith/certsmith.toml` (an unset or relative
+/// variable is ignored, as the XDG base directory specification says).
+fn user_config() -> Option<PathBuf> {
+    let absolute = |v: &str| {
+        std::env::var_os(v)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    absolute("XDG_CONFIG_HOME")
+        .or_else(|| absolute("HOME").map(|h| h.join(".config")))
+        .map(|d| d.join("certsmith/certsmith.toml"))
+}
+
+/// The config file to use, in order: `--config`, `CERTSMITH_CONFIG`, the
+/// user's, the system's; `Err` lists the files looked for when there is
+/// none.
+pub(crate) fn find_config(global: &GlobalArgs) -> Result<(PathBuf, ConfigOrigin), Vec<String>> {
+    if let Some(p) = &global.config {
+        let origin = if global.config_from_env {
+            ConfigOrigin::Env
+        } else {
+            ConfigOrigin::Flag
+        };
+        return Ok((p.clone(), origin));
+    }
+    let mut looked = Vec::new();
+    let candidates = [
+        (user_config(), ConfigOrigin::User),
+        (Some(PathBuf::from(SYSTEM_CONFIG)), ConfigOrigin::System),
+    ];
+    for (path, origin) in candidates {
+        let Some(path) = path else { continue };
+        // A file that exists but cannot be read is used, so that loading
+        // it reports why rather than silently falling through.
+        if path.try_exists().unwrap_or(true) {
+            return Ok((path, origin));
+        }
+        looked.push(path.display().to_string());
+    }
+    Err(looked)
+}
+
+/// Says on stderr which config file is used (unless `-q`).
+fn announce(global: &GlobalArgs, path: &std::path::Path, origin: ConfigOrigin) {
+    if !global.quiet {
+        eprintln!(
+            "[certsmith] using config {} ({})",
+            path.display(),
+            origin.describe()
+        );
+    }
+}
+
+/// Loads the config file [`find_config`] finds, if any, saying which.
 pub(crate) fn load_config(global: &GlobalArgs) -> Result<Option<Config>, ConfigErrors> {
-    match &global.config {
-        Some(p) => Config::load(p).map(Some),
-        None => Ok(None),
+    match find_config(global) {
+        Ok((path, origin)) => {
+            announce(global, &path, origin);
+            Config::load(&path).map(Some)
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// The config file for a command that cannot work without one (`run`,
+/// `config check`): its path and contents, or the exit code after
+/// reporting that there is none (naming where certsmith looked) or its
+/// errors.
+pub(crate) fn require_config(global: &GlobalArgs, command: &str) -> Result<(PathBuf, Config), u8> {
+    let (path, origin) = match find_config(global) {
+        Ok(found) => found,
+        Err(looked) => {
+            return Err(Failure::usage(
+                format!(
+                    "`certsmith {command}` needs a config file: none was given (--config, CERTSMITH_CONFIG) and none exists at {}",
+                    looked.join(" or ")
+                ),
+                Some(&format!(
+                    "pass --config FILE, set CERTSMITH_CONFIG, or create {} (contrib/certsmith.toml is an example)",
+                    user_config()
+                        .map_or_else(|| SYSTEM_CONFIG.to_owned(), |p| p.display().to_string())
+                )),
+            )
+            .report(global, None));
+        }
+    };
+    announce(global, &path, origin);
+    match Config::load(&path) {
+        Ok(c) => Ok((path, c)),
+        Err(e) => Err(report_config_errors(global, &e)),
     }
 }
 
 /// The state directory: `--state-dir`/`CERTSMITH_STATE_DIR`, then the
 /// config file's `state_dir`, then the default.
+fn state_root(global: &GlobalArgs, config: Option<&Config>) -> Result<PathBuf, Failure> {
+    Ok(
+        match (
+            &global.state_dir,
+            config.and_then(|c| c.defaults.state_dir.clone()),
+        ) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => d,
+            (None, None) => store::default_root()?,
+        },
+    )
+}
+
+/// The store, created if needed and checked writable (see [`state_root`]).
 pub(crate) fn open_store(global: &GlobalArgs, config: Option<&Config>) -> Result<Store, Failure> {
-    let root = match (
-        &global.state_dir,
-        config.and_then(|c| c.defaults.state_dir.clone()),
-    ) {
-        (Some(d), _) => d.clone(),
-        (None, Some(d)) => d,
-        (None, None) => store::default_root()?,
-    };
-    Ok(Store::open(root)?)
+    Ok(Store::open(state_root(global, config)?)?)
+}
+
+/// The store of a command that only reads: it must exist, and nothing is
+/// created or written (see [`state_root`]).
+pub(crate) fn open_store_read_only(
+    global: &GlobalArgs,
+    config: Option<&Config>,
+) -> Result<Store, Failure> {
+    Ok(Store::open_existing(state_root(global, config)?)?)
 }
 
 /// Discovers the plugins on `--plugin-dir`, the config's `plugin_dirs` and

@@ -18,8 +18,10 @@ use crate::{GlobalArgs, OutputFormat, exit};
 #[derive(Debug, Subcommand)]
 pub(crate) enum SolversCommand {
     /// List every solver plugin found on the search path.
+    #[command(after_help = crate::help::SOLVERS_LIST)]
     List,
     /// Describe one solver: its options, defaults and library.
+    #[command(after_help = crate::help::SOLVERS_INFO)]
     Info {
         /// The solver code, as given to --solver.
         code: String,
@@ -30,6 +32,7 @@ pub(crate) enum SolversCommand {
 pub(crate) enum PluginCommand {
     /// Load one plugin library and run the solver contract on synthetic
     /// challenges: present, present again, cleanup, cleanup again.
+    #[command(after_help = crate::help::PLUGIN)]
     Check(CheckArgs),
 }
 

@@ -102,6 +102,33 @@ impl FsStore {
         })
     }
 
+    /// Opens the state directory at `root` only if it exists, creating and
+    /// writing nothing (not even the probe file of [`FsStore::open`]): for
+    /// commands that only read, so that a mistyped path is an error rather
+    /// than a new, empty store. Writing through the result works as with
+    /// [`FsStore::open`] but nothing checked beforehand that it can.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::Unwritable {
+                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                    path: root,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing { path: root });
+            }
+            Err(e) => return Err(StoreError::io("read", &root, e)),
+        }
+        let root = fs::canonicalize(&root).unwrap_or(root);
+        Ok(FsStore {
+            root,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        })
+    }
+
     /// Changes how long a writer waits for the store lock.
     pub fn with_lock_timeout(mut self, timeout: Duration) -> FsStore {
         self.lock_timeout = timeout;

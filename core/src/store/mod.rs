@@ -64,6 +64,13 @@ pub enum StoreError {
     /// `XDG_DATA_HOME` nor `HOME` is set.
     #[error("cannot choose a state directory: neither XDG_DATA_HOME nor HOME is set")]
     NoDefaultRoot,
+    /// The state directory does not exist, and was opened read-only
+    /// ([`Store::open_existing`]), which creates nothing.
+    #[error("state directory {path} does not exist")]
+    Missing {
+        /// The directory that was expected.
+        path: PathBuf,
+    },
     /// The state directory (or a directory in it) cannot be created or written.
     #[error("state directory {path} is not usable: {source}")]
     Unwritable {
@@ -553,6 +560,13 @@ impl Store {
     /// filesystem backend, see [`FsStore::open`].
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         FsStore::open(root).map(Store::new)
+    }
+
+    /// Opens the existing state directory at `root` for reading: the
+    /// filesystem backend, see [`FsStore::open_existing`]. Creates and
+    /// writes nothing; [`StoreError::Missing`] when it does not exist.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        FsStore::open_existing(root).map(Store::new)
     }
 }
 

@@ -285,6 +285,40 @@ fn unwritable_root_is_reported_with_its_path() {
 }
 
 #[test]
+fn open_existing_creates_nothing_and_names_a_missing_root() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nope");
+    let err = Store::open_existing(&missing).expect_err("missing");
+    assert!(matches!(err, StoreError::Missing { .. }), "{err:?}");
+    assert!(err.to_string().contains("nope"), "{err}");
+    assert!(!missing.exists(), "nothing created");
+
+    // An existing, empty directory reads as an empty store and stays empty
+    // (no subdirectories, no probe file, no lock).
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    let store = Store::open_existing(&empty).expect("open");
+    assert!(store.cert_names().expect("names").is_empty());
+    assert!(store.accounts().expect("accounts").is_empty());
+    assert!(store.journal_entries().expect("journal").is_empty());
+    assert_eq!(fs::read_dir(&empty).expect("read").count(), 0);
+
+    // What a writer stored is read back.
+    let full = tmp.path().join("full");
+    FsStore::open(&full)
+        .expect("open rw")
+        .commit_version("a.example", &files("one"), &lineage(), record())
+        .expect("save");
+    let store = Store::open_existing(&full).expect("open");
+    assert_eq!(store.cert_names().expect("names"), ["a.example"]);
+
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "x").expect("write");
+    let err = Store::open_existing(&file).expect_err("a file");
+    assert!(err.to_string().contains("a-file"), "{err}");
+}
+
+#[test]
 fn cert_names() {
     assert!(check_cert_name("example.com").is_ok());
     assert!(check_cert_name("my_cert-1").is_ok());
