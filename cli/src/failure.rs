@@ -7,6 +7,7 @@
 //! for every command.
 
 use certsmith_core::agent::JobError;
+use certsmith_core::dns::DnsError;
 use certsmith_core::error::{ErrorClass, IssueError};
 use certsmith_core::identifiers::IdentifierError;
 use certsmith_core::plugin::PluginHostError;
@@ -158,8 +159,17 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
                 .to_owned()
         }
+        IssueError::Propagation {
+            source: DnsError::PropagationTimeout {
+                recursive: true, ..
+            },
+            ..
+        } => {
+            "the record was removed again; rerun with a longer --propagation-timeout (a resolver may keep a cached \"no such record\" up to the zone's SOA minimum TTL), or --propagation-check wait:SECS if no resolver here sees the public records"
+                .to_owned()
+        }
         IssueError::Propagation { .. } => {
-            "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync"
+            "the record was removed again; rerun with a longer --propagation-timeout, or check that the zone's nameservers are in sync; if they cannot be reached from here, use --propagation-check recursive or wait:SECS"
                 .to_owned()
         }
         IssueError::Plugin(PluginHostError::UnknownSolver { available, .. })

@@ -226,6 +226,8 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         solver,
         key_type: args.key_type.into(),
         replaces: None,
+        // --propagation-check is in the engine's options and wins.
+        propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
     };
     engine::check_request(&request, max_names)?;
 

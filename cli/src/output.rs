@@ -11,11 +11,22 @@ struct StderrLogger {
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        if metadata.level() > self.level {
+            return false;
+        }
+        if is_ours(metadata.target()) {
+            return true;
+        }
+        match metadata.level() {
+            // A dependency's error is an operation failing (a TLS
+            // certificate not trusted, a connection refused) whose error
+            // certsmith returns and the command prints, with its hint:
+            // logged too, it would be said twice. Shown from -v on.
+            log::Level::Error => self.level >= log::LevelFilter::Info,
+            log::Level::Warn => true,
             // Dependencies' debug chatter (HTTP internals) only at -vvv.
-            && (metadata.target().starts_with("certsmith")
-                || metadata.level() <= log::Level::Warn
-                || self.level >= log::LevelFilter::Trace)
+            _ => self.level >= log::LevelFilter::Trace,
+        }
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -27,11 +38,24 @@ impl log::Log for StderrLogger {
                 log::Level::Debug => "debug",
                 log::Level::Trace => "trace",
             };
-            let _ = writeln!(std::io::stderr().lock(), "{level}: {}", record.args());
+            let mut err = std::io::stderr().lock();
+            let _ = if is_ours(record.target()) {
+                writeln!(err, "{level}: {}", record.args())
+            } else {
+                // Say whose it is: the words are not certsmith's.
+                let krate = record.target().split("::").next().unwrap_or_default();
+                writeln!(err, "{level}: [{krate}] {}", record.args())
+            };
         }
     }
 
     fn flush(&self) {}
+}
+
+/// Whether a log target is certsmith's own (the core, the CLI, and plugins
+/// through the host, which logs them as `certsmith::plugin`).
+fn is_ours(target: &str) -> bool {
+    target.starts_with("certsmith")
 }
 
 /// Sends `log` records to stderr at the level `-v`/`-q` ask for.
@@ -64,5 +88,40 @@ pub(crate) fn print_error(message: &str, hint: Option<&str>) {
     let _ = writeln!(err, "error: {message}");
     if let Some(h) = hint {
         let _ = writeln!(err, "hint: {h}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(level: log::LevelFilter, target: &str, record: log::Level) -> bool {
+        let logger = StderrLogger { level };
+        log::Log::enabled(
+            &logger,
+            &log::Metadata::builder()
+                .level(record)
+                .target(target)
+                .build(),
+        )
+    }
+
+    #[test]
+    fn a_dependency_error_is_left_to_the_error_certsmith_returns() {
+        use log::{Level, LevelFilter};
+        let dep = "rustls_platform_verifier::verification::others";
+        assert!(!shown(LevelFilter::Warn, dep, Level::Error));
+        assert!(shown(LevelFilter::Info, dep, Level::Error));
+        assert!(shown(LevelFilter::Warn, dep, Level::Warn));
+        assert!(!shown(LevelFilter::Debug, dep, Level::Debug));
+        assert!(shown(LevelFilter::Trace, dep, Level::Debug));
+        assert!(shown(
+            LevelFilter::Warn,
+            "certsmith_core::dns",
+            Level::Error
+        ));
+        assert!(shown(LevelFilter::Error, "certsmith::plugin", Level::Error));
+        assert!(!shown(LevelFilter::Error, "certsmith_core", Level::Warn));
+        assert!(shown(LevelFilter::Debug, "certsmith_core", Level::Debug));
     }
 }

@@ -77,6 +77,7 @@ fn is_transient(event: &ProgressEvent) -> bool {
             | ProgressEvent::ChallengePresented { .. }
             | ProgressEvent::Validating { .. }
             | ProgressEvent::Propagation { .. }
+            | ProgressEvent::PropagationWait { .. }
     )
 }
 
@@ -134,114 +135,16 @@ async fn live_printer(mut rx: mpsc::UnboundedReceiver<ProgressEvent>) {
     let _ = err.flush();
 }
 
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("{n} {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
-/// The line for an event, if it gets one.
+/// The line for an event, if it gets one: the event's own sentence, with
+/// `warning:` before the failures that do not stop the run.
 pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
     Some(match event {
-        ProgressEvent::AccountReady {
-            server,
-            account_url,
-            created,
-        } => {
-            if *created {
-                format!("account created at {server} ({account_url})")
-            } else {
-                format!("using account {account_url}")
-            }
-        }
-        ProgressEvent::OrderCreated {
-            domains,
-            authorizations,
-            ..
-        } => format!(
-            "order created for {} ({})",
-            domains.join(", "),
-            plural(*authorizations, "authorization")
-        ),
-        ProgressEvent::AuthorizationPending {
-            domain, challenge, ..
-        } => format!("{domain}: answering the {challenge} challenge"),
-        ProgressEvent::AuthorizationReused { domain, .. } => {
-            format!("{domain}: already authorized")
-        }
-        ProgressEvent::ChallengePresented {
-            domain, challenge, ..
-        } => format!("{domain}: {challenge} response in place"),
-        ProgressEvent::Validating { name, challenges } => format!(
-            "{name}: the CA is validating {}",
-            plural(*challenges, "challenge")
-        ),
-        ProgressEvent::Valid { domain, .. } => format!("{domain}: valid"),
-        ProgressEvent::Invalid {
-            domain, problem, ..
-        } => match problem {
-            Some(p) => format!("{domain}: invalid: {p}"),
-            None => format!("{domain}: invalid"),
-        },
-        ProgressEvent::CleanedUp {
-            domain, challenge, ..
-        } => format!("{domain}: {challenge} response removed"),
-        ProgressEvent::CleanupFailed {
-            domain,
-            challenge,
-            error,
-            ..
-        } => format!("warning: {domain}: could not remove the {challenge} response: {error}"),
-        ProgressEvent::OrderResumed { name, order_url } => format!(
-            "{name}: picked up order {order_url}, finalized by an earlier run; downloading its certificate"
-        ),
-        ProgressEvent::Finalizing { name } => {
-            format!("{name}: validated; requesting the certificate")
-        }
-        ProgressEvent::Saved {
-            name,
-            version,
-            path,
-        } => format!("{name}: saved version {version} in {}", path.display()),
-        ProgressEvent::DnsRecord {
-            domain,
-            fqdn,
-            zone,
-            cname_chain,
-            ..
-        } => {
-            if cname_chain.len() > 1 {
-                format!(
-                    "{domain}: TXT record goes to {fqdn} in zone {zone} (via CNAME {})",
-                    cname_chain.join(" → ")
-                )
-            } else {
-                format!("{domain}: TXT record {fqdn} in zone {zone}")
-            }
-        }
-        ProgressEvent::Propagation {
-            fqdn, ready, total, ..
-        } => format!("{fqdn}: {ready}/{total} nameservers serve the record"),
-        ProgressEvent::WaitingForRun { holder } => {
-            format!("another certsmith run or renew holds {holder}; waiting for it")
-        }
-        ProgressEvent::LeftoversFound { count } => {
-            format!("{count} challenge(s) left by an earlier run that did not finish: cleaning up")
-        }
-        ProgressEvent::LeftoverRemoved { description } => format!("removed {description}"),
-        ProgressEvent::LeftoverKept { description, error } => {
-            format!("warning: could not remove {description}: {error}; will retry on the next run")
-        }
-        ProgressEvent::HookStarted { name } => format!("{name}: running the deploy hook"),
-        ProgressEvent::HookOutput { name, line } => format!("{name} hook: {line}"),
-        ProgressEvent::HookFinished { name, elapsed } => {
-            format!("{name}: deploy hook done in {:.1}s", elapsed.as_secs_f64())
-        }
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
-        _ => return None,
+        ProgressEvent::CleanupFailed { .. } | ProgressEvent::LeftoverKept { .. } => {
+            format!("warning: {event}")
+        }
+        _ => event.to_string(),
     })
 }
 

@@ -86,6 +86,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
     if let Some(c) = args.concurrency {
         options.concurrency = c as usize;
     }
+    // A stored certificate has no entry of its own in the config file: the
+    // file's default check applies to all of them (the flag still wins).
+    if options.dns.propagation_check.is_none() {
+        options.dns.propagation_check = config.and_then(|c| c.defaults.propagation_check);
+    }
     let session = Session::start(global, options);
     let agent = &session.agent;
     let _lease = match agent.lease_run().await {

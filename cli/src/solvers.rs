@@ -265,6 +265,10 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
     }
 }
 
+/// The steps `plugin check` prints before the contract run: the handshake
+/// and the configuration.
+const PRELUDE_STEPS: usize = 2;
+
 pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
     let PluginCommand::Check(args) = cmd;
     let mut policy = LoadPolicy::default();
@@ -325,6 +329,9 @@ pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
     };
     let steps = run_checks(&instance, &check).await;
     let failed = steps.iter().filter(|s| !s.ok).count();
+    // The handshake and the configuration were steps too: printed above
+    // (or the check stopped there), they count in the total.
+    let total = PRELUDE_STEPS + steps.len();
     if json {
         print_json(&json!({
             "path": plugin.path(),
@@ -342,9 +349,9 @@ pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
             }
         }
         if failed == 0 {
-            println!("plugin check passed: {} steps", steps.len());
+            println!("plugin check passed: {total} steps");
         } else {
-            println!("plugin check FAILED: {failed} of {} steps", steps.len());
+            println!("plugin check FAILED: {failed} of {total} steps");
         }
     }
     if failed == 0 { exit::OK } else { exit::SOLVER }

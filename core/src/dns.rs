@@ -15,6 +15,10 @@
 //! * **propagation**: instead of sleeping a fixed time, ask *every address of
 //!   every authoritative nameserver* directly (recursion off, so no cache is
 //!   in the way) until all of them serve every value expected at the name.
+//!   That is the default [`PropagationCheck::Authoritative`]; where the
+//!   authoritative servers cannot be reached from this host (firewalled
+//!   nameservers, split-horizon DNS), [`PropagationCheck::Recursive`] asks
+//!   the resolvers instead, and [`PropagationCheck::Wait`] only waits.
 //!
 //! A server that answers no SOA at all (pebble-challtestsrv) is tolerated
 //! when `--propagation-server` names the servers to check: the zone is then
@@ -54,6 +58,94 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// At most this many CNAMEs are followed from `_acme-challenge.<domain>`.
 pub const MAX_CNAME_HOPS: usize = 16;
 
+/// The longest fixed wait [`PropagationCheck::Wait`] accepts: an hour is
+/// far beyond any DNS provider's propagation delay, and a pending
+/// authorization should not be held longer.
+pub const MAX_PROPAGATION_WAIT: Duration = Duration::from_secs(3600);
+
+/// How certsmith decides that a dns-01 record can be seen before it asks
+/// the CA to validate.
+///
+/// The CA validates through its own resolvers, which certsmith cannot ask;
+/// what it can ask is the next best thing, and each mode trades certainty
+/// for reach:
+///
+/// * `Authoritative` (the default): every address of every authoritative
+///   nameserver of the zone (or the configured propagation servers), asked
+///   without recursion, must serve every value. Exact, and no cache is in
+///   the way; needs the nameservers reachable from this host.
+/// * `Recursive`: every configured resolver (or every resolver of the system
+///   configuration), asked *with* recursion, must serve every value. For
+///   hosts that can only reach a resolver (firewalled nameservers, split
+///   horizon). A resolver may have cached the name's absence from before the
+///   record was written (the lookups that found the zone): the check then
+///   lasts until that negative answer expires (the zone's SOA minimum TTL).
+/// * `Wait(d)`: no query at all; wait `d` after the records are written.
+///   For when no server that sees the public records is reachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PropagationCheck {
+    /// Ask every authoritative nameserver directly, without recursion.
+    #[default]
+    Authoritative,
+    /// Ask the resolvers, with recursion.
+    Recursive,
+    /// Do not check: wait this long after the records are written.
+    Wait(Duration),
+}
+
+/// A propagation check that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PropagationCheckError {
+    /// Not one of the modes.
+    #[error("'{0}' is not a propagation check: use authoritative, recursive or wait:SECONDS")]
+    Unknown(String),
+    /// `wait:` without a number of seconds.
+    #[error("'{0}': wait takes a whole number of seconds, e.g. wait:30")]
+    BadSeconds(String),
+    /// A wait longer than [`MAX_PROPAGATION_WAIT`].
+    #[error("'{0}': a fixed wait can be at most {secs} seconds", secs = MAX_PROPAGATION_WAIT.as_secs())]
+    TooLong(String),
+}
+
+impl std::str::FromStr for PropagationCheck {
+    type Err = PropagationCheckError;
+
+    /// `authoritative`, `recursive` or `wait:SECONDS` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "authoritative" => return Ok(PropagationCheck::Authoritative),
+            "recursive" => return Ok(PropagationCheck::Recursive),
+            _ => {}
+        }
+        let Some(secs) = t.strip_prefix("wait:") else {
+            return Err(PropagationCheckError::Unknown(s.to_owned()));
+        };
+        let secs: u64 = secs
+            .trim()
+            .parse()
+            .map_err(|_| PropagationCheckError::BadSeconds(s.to_owned()))?;
+        let wait = Duration::from_secs(secs);
+        if wait > MAX_PROPAGATION_WAIT {
+            return Err(PropagationCheckError::TooLong(s.to_owned()));
+        }
+        Ok(PropagationCheck::Wait(wait))
+    }
+}
+
+impl fmt::Display for PropagationCheck {
+    /// The form [`str::parse`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropagationCheck::Authoritative => f.write_str("authoritative"),
+            PropagationCheck::Recursive => f.write_str("recursive"),
+            PropagationCheck::Wait(d) => write!(f, "wait:{}", d.as_secs()),
+        }
+    }
+}
+
 /// How certsmith talks to DNS.
 #[derive(Clone, Debug)]
 pub struct DnsOptions {
@@ -62,7 +154,13 @@ pub struct DnsOptions {
     pub resolvers: Vec<SocketAddr>,
     /// Servers asked for propagation instead of the zone's nameservers
     /// (split horizon, tests); empty: the zone's authoritative nameservers.
+    /// Only [`PropagationCheck::Authoritative`] asks them.
     pub propagation_servers: Vec<SocketAddr>,
+    /// How propagation is checked, for every request. `None`: as each
+    /// request says ([`crate::engine::CertRequest::propagation_check`]),
+    /// else [`PropagationCheck::Authoritative`]. Set by whoever speaks for
+    /// the whole run (the command line), so it wins over the requests.
+    pub propagation_check: Option<PropagationCheck>,
     /// Follow CNAMEs at `_acme-challenge.<domain>`.
     pub follow_cname: bool,
     /// Overrides the plugin's `propagation_timeout_s`.
@@ -76,6 +174,7 @@ impl Default for DnsOptions {
         DnsOptions {
             resolvers: Vec::new(),
             propagation_servers: Vec::new(),
+            propagation_check: None,
             follow_cname: true,
             propagation_timeout: None,
             query_timeout: Duration::from_secs(2),
@@ -144,11 +243,14 @@ pub enum DnsError {
         /// The NS names found.
         ns: String,
     },
-    /// Not every nameserver served every value in time.
-    #[error("{}", propagation_message(.fqdn, .waited, .servers))]
+    /// Not every nameserver (or resolver) served every value in time.
+    #[error("{}", propagation_message(.fqdn, .waited, .servers, *.recursive))]
     PropagationTimeout {
         /// The record name.
         fqdn: String,
+        /// Whether resolvers were asked ([`PropagationCheck::Recursive`]),
+        /// not authoritative nameservers.
+        recursive: bool,
         /// How long certsmith waited.
         waited: Duration,
         /// What each server returned last.
@@ -167,10 +269,20 @@ pub struct ServerState {
     pub observed: String,
 }
 
-fn propagation_message(fqdn: &str, waited: &Duration, servers: &[ServerState]) -> String {
+fn propagation_message(
+    fqdn: &str,
+    waited: &Duration,
+    servers: &[ServerState],
+    recursive: bool,
+) -> String {
     let ready = servers.iter().filter(|s| s.ready).count();
+    let asked = if recursive {
+        "resolver"
+    } else {
+        "authoritative nameserver"
+    };
     let mut s = format!(
-        "the TXT record {fqdn} did not reach every authoritative nameserver within {}s ({ready}/{} serve it):",
+        "the TXT record {fqdn} did not reach every {asked} within {}s ({ready}/{} serve it):",
         waited.as_secs(),
         servers.len()
     );
@@ -183,7 +295,7 @@ fn propagation_message(fqdn: &str, waited: &Duration, servers: &[ServerState]) -
         ));
     }
     s.push_str(
-        "\nraise --propagation-timeout, or check that the plugin writes to the zone these servers serve",
+        "\nthe propagation timeout may be too short, or the plugin writes to a zone these servers do not serve",
     );
     s
 }
@@ -217,7 +329,10 @@ pub struct ResolvedName {
     pub relative: String,
     /// The zone's SOA MNAME.
     pub primary_ns: Option<String>,
-    /// Servers to ask for propagation: (label, address).
+    /// Servers to ask for propagation: (label, address). The authoritative
+    /// nameservers (or the configured propagation servers), the resolvers
+    /// for [`PropagationCheck::Recursive`], none for
+    /// [`PropagationCheck::Wait`].
     pub nameservers: Vec<(String, SocketAddr)>,
 }
 
@@ -263,16 +378,19 @@ pub fn parse_server(s: &str) -> Option<SocketAddr> {
         .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
-/// One non-recursive DNS query to exactly `server`, UDP first, TCP when
-/// truncated: the propagation checks' view of one authoritative server.
+/// One DNS query to exactly `server`, UDP first, TCP when truncated: the
+/// propagation checks' view of one server. `recursion` off asks an
+/// authoritative server what it serves itself; on, asks a resolver what it
+/// would tell a client.
 async fn query_direct(
     server: SocketAddr,
     name: &Name,
     rtype: RecordType,
     timeout: Duration,
+    recursion: bool,
 ) -> Result<Message, String> {
     let mut msg = Message::query();
-    msg.metadata.recursion_desired = false;
+    msg.metadata.recursion_desired = recursion;
     msg.add_query(Query::query(name.clone(), rtype));
     let id = msg.metadata.id;
     let bytes = msg.to_vec().map_err(|e| e.to_string())?;
@@ -328,6 +446,8 @@ struct Recursive {
     resolver: TokioResolver,
     /// The resolvers asked, for error messages.
     servers: String,
+    /// The resolvers' addresses, for [`PropagationCheck::Recursive`].
+    addrs: Vec<SocketAddr>,
 }
 
 /// What a recursive lookup found.
@@ -367,7 +487,8 @@ impl Recursive {
         if config.name_servers().is_empty() {
             return Err(DnsError::NoResolvers);
         }
-        let servers = server_addrs(&config)
+        let addrs = server_addrs(&config);
+        let servers = addrs
             .iter()
             .map(SocketAddr::to_string)
             .collect::<Vec<_>>()
@@ -383,7 +504,11 @@ impl Recursive {
             .map_err(|e| DnsError::Resolver {
                 source: Box::new(e),
             })?;
-        Ok(Recursive { resolver, servers })
+        Ok(Recursive {
+            resolver,
+            servers,
+            addrs,
+        })
     }
 
     /// Looks `name` up; NXDOMAIN and NODATA are answers, not errors.
@@ -482,7 +607,8 @@ fn soa_of(answer: &Answer, candidate: &Name, name: &Name) -> Option<(Name, Name)
 }
 
 /// Follows CNAMEs from `_acme-challenge.<identifier>`, finds the zone, its
-/// primary and the servers to check.
+/// primary and the servers to check for `opts`' propagation check (the
+/// zone's nameservers are looked up only when they are to be asked).
 pub async fn resolve_challenge_name(
     opts: &DnsOptions,
     identifier: &str,
@@ -550,13 +676,19 @@ pub async fn resolve_challenge_name(
             .to_owned()
     };
 
-    let nameservers = if !opts.propagation_servers.is_empty() {
-        opts.propagation_servers
+    let nameservers = match opts.propagation_check.unwrap_or_default() {
+        PropagationCheck::Wait(_) => Vec::new(),
+        PropagationCheck::Recursive => recursive
+            .addrs
+            .iter()
+            .map(|a| (format!("resolver {a}"), *a))
+            .collect(),
+        PropagationCheck::Authoritative if !opts.propagation_servers.is_empty() => opts
+            .propagation_servers
             .iter()
             .map(|a| (a.to_string(), *a))
-            .collect()
-    } else {
-        zone_nameservers(&recursive, &zone).await?
+            .collect(),
+        PropagationCheck::Authoritative => zone_nameservers(&recursive, &zone).await?,
     };
     Ok(ResolvedName {
         requested,
@@ -633,16 +765,18 @@ pub async fn txt_values_at(
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
     let name = to_name(fqdn).map_err(|e| e.to_string())?;
-    served_values(server, &name, timeout).await
+    served_values(server, &name, timeout, false).await
 }
 
-/// The TXT values one server serves at `fqdn`, asked without recursion.
+/// The TXT values one server serves at `fqdn`, asked with or without
+/// recursion.
 async fn served_values(
     server: SocketAddr,
     fqdn: &Name,
     timeout: Duration,
+    recursion: bool,
 ) -> Result<Vec<String>, String> {
-    let m = query_direct(server, fqdn, RecordType::TXT, timeout).await?;
+    let m = query_direct(server, fqdn, RecordType::TXT, timeout, recursion).await?;
     match m.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => {}
         other => return Err(other.to_string()),
@@ -670,6 +804,9 @@ pub struct PropagationTarget {
     pub values: Vec<String>,
     /// The servers to ask.
     pub nameservers: Vec<(String, SocketAddr)>,
+    /// Whether they are resolvers, asked with recursion
+    /// ([`PropagationCheck::Recursive`]), rather than authoritative servers.
+    pub recursive: bool,
 }
 
 impl fmt::Display for PropagationTarget {
@@ -688,8 +825,9 @@ pub async fn check_once(target: &PropagationTarget, timeout: Duration) -> Vec<Se
     for (i, (label, addr)) in target.nameservers.iter().enumerate() {
         let (name, label, addr) = (name.clone(), label.clone(), *addr);
         let values = target.values.clone();
+        let recursion = target.recursive;
         set.spawn(async move {
-            let state = match served_values(addr, &name, timeout).await {
+            let state = match served_values(addr, &name, timeout, recursion).await {
                 Ok(got) => {
                     let missing = values.iter().filter(|v| !got.contains(v)).count();
                     ServerState {
@@ -750,6 +888,7 @@ pub async fn wait_for_propagation(
         if elapsed >= timeout {
             return Err(DnsError::PropagationTimeout {
                 fqdn: target.fqdn.clone(),
+                recursive: target.recursive,
                 waited: elapsed,
                 servers: states,
             });
@@ -1039,6 +1178,174 @@ mod tests {
     }
 
     #[test]
+    fn propagation_checks_parse_and_print_back() {
+        for (text, check) in [
+            ("authoritative", PropagationCheck::Authoritative),
+            ("Recursive", PropagationCheck::Recursive),
+            ("wait:30", PropagationCheck::Wait(Duration::from_secs(30))),
+            ("wait:0", PropagationCheck::Wait(Duration::ZERO)),
+        ] {
+            assert_eq!(text.parse::<PropagationCheck>(), Ok(check), "{text}");
+            assert_eq!(
+                check.to_string().parse::<PropagationCheck>(),
+                Ok(check),
+                "{check}"
+            );
+        }
+        assert_eq!(PropagationCheck::default(), PropagationCheck::Authoritative);
+        assert!(matches!(
+            "wait".parse::<PropagationCheck>(),
+            Err(PropagationCheckError::Unknown(_))
+        ));
+        assert!(matches!(
+            "wait:30s".parse::<PropagationCheck>(),
+            Err(PropagationCheckError::BadSeconds(_))
+        ));
+        assert!(matches!(
+            "wait:3601".parse::<PropagationCheck>(),
+            Err(PropagationCheckError::TooLong(_))
+        ));
+    }
+
+    /// A zone whose nameserver has an address: what an authoritative check
+    /// would ask.
+    fn zone_with_a_nameserver(name: &str, rtype: RecordType) -> Reply {
+        match (name, rtype) {
+            ("example.test", RecordType::NS) => Reply {
+                answers: vec![rec("example.test", RData::NS(NS(n("ns1.example.test"))))],
+                ..Reply::default()
+            },
+            ("ns1.example.test", RecordType::A) => Reply {
+                answers: vec![rec("ns1.example.test", RData::A(A::new(192, 0, 2, 1)))],
+                ..Reply::default()
+            },
+            (_, _) => Reply {
+                code: Some(ResponseCode::NXDomain),
+                authorities: vec![soa("example.test")],
+                ..Reply::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn each_check_asks_its_own_servers() {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<RecordType>::new()));
+        let log = asked.clone();
+        let resolver = fake_resolver(move |name, rtype| {
+            if let Ok(mut l) = log.lock() {
+                l.push(rtype);
+            }
+            zone_with_a_nameserver(name, rtype)
+        })
+        .await;
+        let with = |check| DnsOptions {
+            propagation_check: Some(check),
+            ..on(resolver)
+        };
+        let r = resolve_challenge_name(&with(PropagationCheck::Authoritative), "a.example.test")
+            .await
+            .expect("authoritative");
+        assert_eq!(
+            r.nameservers,
+            vec![(
+                "ns1.example.test (192.0.2.1)".to_owned(),
+                "192.0.2.1:53".parse().expect("addr")
+            )]
+        );
+        let ns_lookups = |asked: &std::sync::Mutex<Vec<RecordType>>| {
+            asked
+                .lock()
+                .map(|l| l.iter().filter(|t| **t == RecordType::NS).count())
+                .unwrap_or(usize::MAX)
+        };
+        assert_eq!(ns_lookups(&asked), 1);
+
+        // The recursive check asks the resolvers, the wait asks nobody:
+        // neither looks the nameservers up.
+        let r = resolve_challenge_name(&with(PropagationCheck::Recursive), "a.example.test")
+            .await
+            .expect("recursive");
+        assert_eq!(
+            r.nameservers,
+            vec![(format!("resolver {resolver}"), resolver)]
+        );
+        assert_eq!(r.zone, "example.test");
+        let wait = PropagationCheck::Wait(Duration::from_secs(5));
+        let r = resolve_challenge_name(&with(wait), "a.example.test")
+            .await
+            .expect("wait");
+        assert!(r.nameservers.is_empty());
+        assert_eq!(ns_lookups(&asked), 1, "no NS lookup but the first");
+    }
+
+    #[tokio::test]
+    async fn the_recursive_check_asks_with_recursion() {
+        // A resolver that only answers clients asking for recursion, as a
+        // resolver in front of unreachable nameservers would; an
+        // authoritative-style query gets REFUSED.
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let Some(query) = q.queries.first().cloned() else {
+                    continue;
+                };
+                let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+                m.metadata.recursion_available = true;
+                if q.metadata.recursion_desired {
+                    m.add_answer(rec(
+                        &plain(query.name()),
+                        RData::TXT(hickory_proto::rr::rdata::TXT::new(vec!["v1".to_owned()])),
+                    ));
+                } else {
+                    m.metadata.response_code = ResponseCode::Refused;
+                }
+                m.add_query(query);
+                if let Ok(bytes) = m.to_vec() {
+                    let _ = sock.send_to(&bytes, peer).await;
+                }
+            }
+        });
+        let target = |recursive| PropagationTarget {
+            fqdn: "_acme-challenge.a.test".to_owned(),
+            values: vec!["v1".to_owned()],
+            nameservers: vec![(format!("resolver {addr}"), addr)],
+            recursive,
+        };
+        let states = check_once(&target(true), Duration::from_secs(2)).await;
+        assert!(states.iter().all(|s| s.ready), "{states:?}");
+        let e = wait_for_propagation(
+            &target(false),
+            Duration::ZERO,
+            Duration::from_millis(10),
+            Duration::from_secs(2),
+            |_, _| {},
+        )
+        .await
+        .expect_err("refused without recursion");
+        assert!(
+            e.to_string().contains("every authoritative nameserver"),
+            "{e}"
+        );
+        let e = DnsError::PropagationTimeout {
+            fqdn: "x".into(),
+            recursive: true,
+            waited: Duration::ZERO,
+            servers: Vec::new(),
+        };
+        assert!(
+            e.to_string().contains("did not reach every resolver"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn user_resolvers_keep_their_ports() {
         let a: SocketAddr = "127.0.0.1:5353".parse().expect("addr");
         let b: SocketAddr = "[::1]:54".parse().expect("addr");
@@ -1049,6 +1356,7 @@ mod tests {
     fn timeout_message_lists_every_server() {
         let e = DnsError::PropagationTimeout {
             fqdn: "_acme-challenge.a.test".into(),
+            recursive: false,
             waited: Duration::from_secs(3),
             servers: vec![
                 ServerState {

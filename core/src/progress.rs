@@ -6,6 +6,7 @@
 //! (or JSON), a library user into whatever it likes. Sending never blocks
 //! and never fails the run: a dropped receiver just silences the events.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use certsmith_plugin_api::ChallengeType;
@@ -43,6 +44,17 @@ pub enum ProgressEvent {
         ready: usize,
         /// Servers asked.
         total: usize,
+        /// Whether the servers are resolvers (the recursive check), not
+        /// authoritative nameservers.
+        resolvers: bool,
+    },
+    /// No propagation check: waiting a fixed time after the dns-01 records
+    /// were written.
+    PropagationWait {
+        /// The certificate name.
+        name: String,
+        /// How long.
+        wait: std::time::Duration,
     },
     /// The ACME account is ready to use.
     AccountReady {
@@ -228,9 +240,153 @@ impl ProgressEvent {
             | ProgressEvent::Failed { name, .. }
             | ProgressEvent::DnsRecord { name, .. }
             | ProgressEvent::Propagation { name, .. }
+            | ProgressEvent::PropagationWait { name, .. }
             | ProgressEvent::HookStarted { name }
             | ProgressEvent::HookOutput { name, .. }
             | ProgressEvent::HookFinished { name, .. } => Some(name),
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// One sentence for a person, e.g. `order created for a.test (1
+/// authorization)`: what the CLI prints and what is logged when nobody
+/// receives the event.
+impl fmt::Display for ProgressEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProgressEvent::AccountReady {
+                server,
+                account_url,
+                created,
+            } => {
+                if *created {
+                    write!(f, "account created at {server} ({account_url})")
+                } else {
+                    write!(f, "using account {account_url}")
+                }
+            }
+            ProgressEvent::OrderCreated {
+                domains,
+                authorizations,
+                ..
+            } => write!(
+                f,
+                "order created for {} ({})",
+                domains.join(", "),
+                plural(*authorizations, "authorization")
+            ),
+            ProgressEvent::AuthorizationPending {
+                domain, challenge, ..
+            } => write!(f, "{domain}: answering the {challenge} challenge"),
+            ProgressEvent::AuthorizationReused { domain, .. } => {
+                write!(f, "{domain}: already authorized")
+            }
+            ProgressEvent::ChallengePresented {
+                domain, challenge, ..
+            } => write!(f, "{domain}: {challenge} response in place"),
+            ProgressEvent::Validating { name, challenges } => write!(
+                f,
+                "{name}: the CA is validating {}",
+                plural(*challenges, "challenge")
+            ),
+            ProgressEvent::Valid { domain, .. } => write!(f, "{domain}: valid"),
+            ProgressEvent::Invalid {
+                domain, problem, ..
+            } => match problem {
+                Some(p) => write!(f, "{domain}: invalid: {p}"),
+                None => write!(f, "{domain}: invalid"),
+            },
+            ProgressEvent::CleanedUp {
+                domain, challenge, ..
+            } => write!(f, "{domain}: {challenge} response removed"),
+            ProgressEvent::CleanupFailed {
+                domain,
+                challenge,
+                error,
+                ..
+            } => write!(
+                f,
+                "{domain}: could not remove the {challenge} response: {error}"
+            ),
+            ProgressEvent::OrderResumed { name, order_url } => write!(
+                f,
+                "{name}: picked up order {order_url}, finalized by an earlier run; downloading its certificate"
+            ),
+            ProgressEvent::Finalizing { name } => {
+                write!(f, "{name}: validated; requesting the certificate")
+            }
+            ProgressEvent::Saved {
+                name,
+                version,
+                path,
+            } => write!(f, "{name}: saved version {version} in {}", path.display()),
+            ProgressEvent::DnsRecord {
+                domain,
+                fqdn,
+                zone,
+                cname_chain,
+                ..
+            } => {
+                if cname_chain.len() > 1 {
+                    write!(
+                        f,
+                        "{domain}: TXT record goes to {fqdn} in zone {zone} (via CNAME {})",
+                        cname_chain.join(" → ")
+                    )
+                } else {
+                    write!(f, "{domain}: TXT record {fqdn} in zone {zone}")
+                }
+            }
+            ProgressEvent::Propagation {
+                fqdn,
+                ready,
+                total,
+                resolvers,
+                ..
+            } => {
+                let asked = if *resolvers {
+                    "resolvers"
+                } else {
+                    "nameservers"
+                };
+                write!(f, "{fqdn}: {ready}/{total} {asked} serve the record")
+            }
+            ProgressEvent::PropagationWait { name, wait } => write!(
+                f,
+                "{name}: waiting {}s for the TXT records to propagate (not checked)",
+                wait.as_secs()
+            ),
+            ProgressEvent::WaitingForRun { holder } => {
+                write!(
+                    f,
+                    "another certsmith run or renew holds {holder}; waiting for it"
+                )
+            }
+            ProgressEvent::LeftoversFound { count } => write!(
+                f,
+                "{count} challenge(s) left by an earlier run that did not finish: cleaning up"
+            ),
+            ProgressEvent::LeftoverRemoved { description } => write!(f, "removed {description}"),
+            ProgressEvent::LeftoverKept { description, error } => write!(
+                f,
+                "could not remove {description}: {error}; will retry on the next run"
+            ),
+            ProgressEvent::HookStarted { name } => write!(f, "{name}: running the deploy hook"),
+            ProgressEvent::HookOutput { name, line } => write!(f, "{name} hook: {line}"),
+            ProgressEvent::HookFinished { name, elapsed } => write!(
+                f,
+                "{name}: deploy hook done in {:.1}s",
+                elapsed.as_secs_f64()
+            ),
+            ProgressEvent::Failed { name, error } => write!(f, "{name}: {error}"),
         }
     }
 }
@@ -252,11 +408,16 @@ impl Progress {
         Progress { tx: None }
     }
 
-    /// Reports an event; never blocks, never fails.
+    /// Reports an event; never blocks, never fails. An event nobody
+    /// receives is logged (at debug level) instead: one that is received is
+    /// shown by the receiver, and logging it too would say it twice.
     pub fn emit(&self, event: ProgressEvent) {
-        log::debug!("{event:?}");
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(event);
+        let unreceived = match &self.tx {
+            Some(tx) => tx.send(event).err().map(|e| e.0),
+            None => Some(event),
+        };
+        if let Some(event) = unreceived {
+            log::debug!("{event}");
         }
     }
 }

@@ -6,7 +6,11 @@
 //! `list` alike:
 //!
 //! * **Expiry**: due when less than 1/3 of the lifetime is left, or less
-//!   than `renew_before` when that is configured.
+//!   than `renew_before` when that is configured. A `renew_before` that is
+//!   not shorter than the certificate's lifetime would make it due the
+//!   moment it is issued, and renewed on every run: it is ignored for that
+//!   certificate (the 1/3 rule applies) and [`Schedule::renew_before_ignored`]
+//!   says so, for the agent to warn about.
 //! * **ARI** ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)): when the
 //!   CA's directory offers `renewalInfo`, its suggested window for the
 //!   certificate (identified by `base64url(AKI keyIdentifier)
@@ -272,19 +276,31 @@ impl RenewReason {
     }
 }
 
+/// Whether `renew_before` can apply to a certificate valid from
+/// `not_before` to `not_after`: it must be shorter than the lifetime.
+pub fn renew_before_fits(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    renew_before: Duration,
+) -> bool {
+    let lifetime = (not_after - not_before).max(time::Duration::ZERO);
+    time::Duration::try_from(renew_before).is_ok_and(|margin| margin < lifetime)
+}
+
 /// When the expiry rule makes a certificate due: `not_after - renew_before`,
-/// or, without `renew_before`, when 1/3 of the lifetime is left.
+/// or, without `renew_before` or when it is not shorter than the lifetime
+/// (see [`renew_before_fits`]), when 1/3 of the lifetime is left.
 pub fn expiry_time(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     renew_before: Option<Duration>,
 ) -> (OffsetDateTime, RenewReason) {
     match renew_before {
-        Some(margin) => (
+        Some(margin) if renew_before_fits(not_before, not_after, margin) => (
             not_after - time::Duration::try_from(margin).unwrap_or(time::Duration::MAX),
             RenewReason::RenewBefore,
         ),
-        None => {
+        _ => {
             let lifetime = (not_after - not_before).max(time::Duration::ZERO);
             (not_after - lifetime / 3, RenewReason::Expiry)
         }
@@ -327,6 +343,9 @@ pub struct Schedule {
     pub ari_fetched: bool,
     /// Why ARI could not be used this time, if it failed.
     pub ari_error: Option<String>,
+    /// Whether the `renew_before` given was ignored because it is not
+    /// shorter than the certificate's lifetime (the 1/3 rule applied).
+    pub renew_before_ignored: bool,
 }
 
 impl Schedule {
@@ -437,6 +456,8 @@ pub async fn schedule(
         record,
         ari_fetched,
         ari_error,
+        renew_before_ignored: renew_before
+            .is_some_and(|m| !renew_before_fits(facts.not_before, facts.not_after, m)),
     }
 }
 
@@ -659,9 +680,16 @@ mod tests {
         let (t, r) = expiry_time(nb, na, Some(Duration::from_secs(7 * 86_400)));
         assert_eq!(r, RenewReason::RenewBefore);
         assert_eq!(t, datetime!(2025-03-25 0:00 UTC));
-        // A margin longer than the lifetime makes it due from the start.
-        let (t, _) = expiry_time(nb, na, Some(Duration::from_secs(365 * 86_400)));
-        assert!(t < nb);
+        // A margin as long as the lifetime or longer would make it due
+        // from the start, and renew it on every run: the 1/3 rule applies.
+        for days in [90, 365] {
+            let margin = Duration::from_secs(days * 86_400);
+            assert!(!renew_before_fits(nb, na, margin));
+            let (t, r) = expiry_time(nb, na, Some(margin));
+            assert_eq!(r, RenewReason::Expiry);
+            assert_eq!(t, datetime!(2025-03-02 0:00 UTC));
+        }
+        assert!(renew_before_fits(nb, na, Duration::from_secs(89 * 86_400)));
     }
 
     #[test]

@@ -127,6 +127,7 @@ fn child(args: &[String]) {
                     solver: solver.clone(),
                     key_type: KeyType::EcP256,
                     replaces: None,
+                    propagation_check: None,
                 }
             })
             .collect();

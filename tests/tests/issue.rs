@@ -868,6 +868,7 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 solver: solver.clone(),
                 key_type: KeyType::EcP256,
                 replaces: None,
+                propagation_check: None,
             };
             (names, request)
         })

@@ -154,6 +154,7 @@ impl Agent {
                     OffsetDateTime::now_utc(),
                 )
                 .await;
+                job.warn_renew_before(&sched, &facts, job.settings.renew_before);
                 job.next = Some((sched.next, sched.reason));
                 self.persist_schedule(&cert.name, sched.record).await;
                 job.facts = Some(facts);

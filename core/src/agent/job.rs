@@ -155,6 +155,9 @@ pub struct Job {
     pub replaces: Option<String>,
     /// Filled in by [`crate::agent::Agent::execute`].
     pub outcome: Option<Outcome>,
+    /// Whether the run already warned that `renew_before` does not fit
+    /// this certificate's lifetime (once per job, not per schedule).
+    pub(crate) renew_before_warned: bool,
 }
 
 impl fmt::Debug for Job {
@@ -179,7 +182,32 @@ impl Job {
             next: None,
             replaces: None,
             outcome: None,
+            renew_before_warned: false,
         }
+    }
+
+    /// Warns, once per job, when `sched` ignored `renew_before` because
+    /// it is not shorter than the lifetime of the certificate `facts`
+    /// describes.
+    pub(crate) fn warn_renew_before(
+        &mut self,
+        sched: &crate::renewal::Schedule,
+        facts: &CertFacts,
+        renew_before: Option<Duration>,
+    ) {
+        let Some(margin) = renew_before.filter(|_| sched.renew_before_ignored) else {
+            return;
+        };
+        if std::mem::replace(&mut self.renew_before_warned, true) {
+            return;
+        }
+        let lifetime = Duration::try_from(facts.not_after - facts.not_before).unwrap_or_default();
+        log::warn!(
+            "{}: renew_before ({}) is not shorter than the certificate's lifetime ({}); renewing when 1/3 of the lifetime is left instead",
+            self.name,
+            crate::config::format_duration(margin),
+            crate::config::format_duration(lifetime)
+        );
     }
 
     /// Marks the job failed before any order.

@@ -90,6 +90,7 @@ impl Agent {
             solver,
             key_type: cert.key_type,
             replaces: None,
+            propagation_check: config.propagation_check(cert),
         };
         if let Err(e) = engine::check_request(&request, self.max_names) {
             job.fail(e.into());
@@ -194,6 +195,7 @@ impl Agent {
             solver,
             key_type,
             replaces: None,
+            propagation_check: None,
         };
         if let Err(e) = engine::check_request(&request, self.max_names) {
             job.fail(e.into());
@@ -254,6 +256,7 @@ impl Agent {
             now,
         )
         .await;
+        job.warn_renew_before(&sched, &e.facts, e.renew_before);
         job.next = Some((sched.next, sched.reason));
         // Written only when something but the check time changed: a run with
         // nothing to do leaves the store alone.

@@ -18,9 +18,10 @@ use toml::Spanned;
 use super::diagnostics::Diagnostics;
 use super::parse::{RawCert, RawFile, RawOptions};
 use super::{
-    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, Pos, SecretString, SolverTable,
-    parse_duration,
+    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_RENEW_BEFORE, Pos,
+    SecretString, SolverTable, format_duration, parse_duration,
 };
+use crate::dns::PropagationCheck;
 use crate::identifiers::{self, Identifier};
 use crate::keys::KeyType;
 
@@ -82,6 +83,40 @@ impl Checker<'_, '_> {
                     key,
                     format!("invalid duration '{}': {e}", v.get_ref()),
                     "write a duration such as \"30d\", \"12h\", \"90m\" or \"45s\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// A `renew_before`: a duration shorter than [`MAX_RENEW_BEFORE`].
+    fn renew_before(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d >= MAX_RENEW_BEFORE {
+            self.err(
+                v.span(),
+                key,
+                format!(
+                    "'{}' is longer than certificates live: it must be less than {}",
+                    v.get_ref(),
+                    format_duration(MAX_RENEW_BEFORE)
+                ),
+                "Let's Encrypt certificates live 90 days; remove renew_before to renew when 1/3 of the lifetime is left, or give e.g. \"30d\"",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    fn propagation_check(&mut self, v: &Spanned<String>, key: &str) -> Option<PropagationCheck> {
+        match v.get_ref().parse::<PropagationCheck>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.err(
+                    v.span(),
+                    key,
+                    e.to_string(),
+                    "write \"authoritative\" (ask the zone's nameservers), \"recursive\" (ask the resolvers) or \"wait:30\" (wait 30 seconds, no check)",
                 );
                 None
             }
@@ -200,7 +235,7 @@ impl Checker<'_, '_> {
             }
         }
         if let Some(r) = &d.renew_before {
-            defaults.renew_before = self.duration(r, "defaults.renew_before");
+            defaults.renew_before = self.renew_before(r, "defaults.renew_before");
         }
         if let Some(t) = &d.deploy_hook_timeout {
             defaults.deploy_hook_timeout = self.duration(t, "defaults.deploy_hook_timeout");
@@ -215,6 +250,9 @@ impl Checker<'_, '_> {
         }
         if let Some(t) = &d.propagation_timeout {
             defaults.propagation_timeout = self.duration(t, "defaults.propagation_timeout");
+        }
+        if let Some(c) = &d.propagation_check {
+            defaults.propagation_check = self.propagation_check(c, "defaults.propagation_check");
         }
         if let Some(h) = &d.deploy_hook {
             if h.get_ref().trim().is_empty() {
@@ -370,7 +408,11 @@ impl Checker<'_, '_> {
             None => Some(defaults.key_type.unwrap_or_default()),
         };
         let renew_before = match &raw.renew_before {
-            Some(r) => self.duration(r, &key("renew_before")),
+            Some(r) => self.renew_before(r, &key("renew_before")),
+            None => None,
+        };
+        let propagation_check = match &raw.propagation_check {
+            Some(c) => self.propagation_check(c, &key("propagation_check")),
             None => None,
         };
         let deploy_hook = match &raw.deploy_hook {
@@ -405,6 +447,7 @@ impl Checker<'_, '_> {
             key_type: key_type.unwrap_or_default(),
             deploy_hook,
             renew_before,
+            propagation_check,
             pos,
             domains_pos: self.diag.pos(raw.domains.span()),
             solver_pos,

@@ -24,6 +24,7 @@
 //! dns_resolvers = ["192.0.2.53"]
 //! propagation_servers = ["127.0.0.1:8053"]
 //! propagation_timeout = "300s"
+//! propagation_check = "authoritative" # or "recursive", "wait:SECONDS"
 //! follow_cname = true
 //!
 //! [solvers.cloudflare]            # options of one plugin (secrets: use its env vars)
@@ -36,7 +37,8 @@
 //! solver_options = { ttl = 120 }  # overrides [solvers.cloudflare] for this one
 //! key_type = "ec-p384"
 //! deploy_hook = "..."
-//! renew_before = "20d"
+//! renew_before = "20d"            # less than MAX_RENEW_BEFORE
+//! propagation_check = "wait:30"   # overrides [defaults] for this one
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Line and column
@@ -77,6 +79,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dns::PropagationCheck;
 use crate::identifiers::Identifier;
 use crate::keys::KeyType;
 
@@ -87,6 +90,15 @@ use diagnostics::Diagnostics;
 
 /// The most orders `concurrency` may allow at once.
 pub const MAX_CONCURRENCY: usize = 1024;
+
+/// `renew_before` must be shorter than this. No certificate an ACME CA
+/// issues today lives longer than it will be allowed to by March 2027
+/// (100 days, CA/Browser Forum ballot SC-081), and Let's Encrypt's live 90
+/// days or less: a margin this long would make every certificate due as
+/// soon as it is issued. Margins shorter than this but still longer than a
+/// certificate's actual lifetime are caught at run time
+/// ([`crate::renewal::expiry_time`] falls back to 1/3 of the lifetime).
+pub const MAX_RENEW_BEFORE: Duration = Duration::from_secs(100 * 86_400);
 
 /// The default time a deploy hook may run.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -138,6 +150,8 @@ pub struct Defaults {
     pub propagation_servers: Vec<SocketAddr>,
     /// How long to wait for dns-01 propagation.
     pub propagation_timeout: Option<Duration>,
+    /// How dns-01 propagation is checked, for certificates that say nothing.
+    pub propagation_check: Option<PropagationCheck>,
     /// Whether CNAMEs at `_acme-challenge.<domain>` are followed.
     pub follow_cname: Option<bool>,
 }
@@ -199,6 +213,8 @@ pub struct CertificateConfig {
     pub deploy_hook: Option<String>,
     /// Renew when less than this is left.
     pub renew_before: Option<Duration>,
+    /// How this certificate's dns-01 propagation is checked, if it says.
+    pub propagation_check: Option<PropagationCheck>,
     /// Where the table starts.
     pub pos: Pos,
     /// Where `domains` is.
@@ -318,6 +334,12 @@ impl Config {
     /// The `renew_before` that applies to `cert`.
     pub fn renew_before(&self, cert: &CertificateConfig) -> Option<Duration> {
         cert.renew_before.or(self.defaults.renew_before)
+    }
+
+    /// The propagation check that applies to `cert`: its own, else
+    /// `[defaults]`'s; `None` leaves it to the engine.
+    pub fn propagation_check(&self, cert: &CertificateConfig) -> Option<PropagationCheck> {
+        cert.propagation_check.or(self.defaults.propagation_check)
     }
 
     /// The deploy hook that applies to `cert`.

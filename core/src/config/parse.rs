@@ -44,6 +44,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "dns_resolvers",
     "propagation_servers",
     "propagation_timeout",
+    "propagation_check",
     "follow_cname",
 ];
 
@@ -56,6 +57,7 @@ const CERT_KEYS: &[&str] = &[
     "key_type",
     "deploy_hook",
     "renew_before",
+    "propagation_check",
 ];
 
 /// A list of strings, each with its span.
@@ -98,6 +100,7 @@ pub(super) struct RawDefaults {
     pub(super) dns_resolvers: Option<RawList>,
     pub(super) propagation_servers: Option<RawList>,
     pub(super) propagation_timeout: Option<Spanned<String>>,
+    pub(super) propagation_check: Option<Spanned<String>>,
     pub(super) follow_cname: Option<bool>,
 }
 
@@ -112,6 +115,7 @@ pub(super) struct RawCert {
     pub(super) key_type: Option<Spanned<String>>,
     pub(super) deploy_hook: Option<Spanned<String>>,
     pub(super) renew_before: Option<Spanned<String>>,
+    pub(super) propagation_check: Option<Spanned<String>>,
 }
 
 /// Reads `text` into the model, reporting to `diagnostics` what does not
@@ -189,6 +193,7 @@ impl Reader<'_, '_> {
             dns_resolvers: self.strings(d, "dns_resolvers"),
             propagation_servers: self.strings(d, "propagation_servers"),
             propagation_timeout: self.string(d, "propagation_timeout"),
+            propagation_check: self.string(d, "propagation_check"),
             follow_cname: self.boolean(d, "follow_cname"),
         }
     }
@@ -282,6 +287,7 @@ impl Reader<'_, '_> {
             key_type: self.string(&t, "key_type"),
             deploy_hook: self.string(&t, "deploy_hook"),
             renew_before: self.string(&t, "renew_before"),
+            propagation_check: self.string(&t, "propagation_check"),
             domains: domains?,
         })
     }

@@ -438,3 +438,59 @@ fn solver_options_keep_their_values_and_positions() {
     assert_eq!(table.get("a").and_then(toml::Value::as_integer), Some(1));
     assert_eq!(table.get("b").and_then(toml::Value::as_integer), Some(2));
 }
+
+#[test]
+fn propagation_checks_in_defaults_and_per_certificate() {
+    use crate::dns::PropagationCheck;
+    let text = "[defaults]\nsolver = \"standalone\"\npropagation_check = \"recursive\"\n\n[[certificate]]\ndomains = [\"a.test\"]\n\n[[certificate]]\ndomains = [\"b.test\"]\npropagation_check = \"wait:30\"\n";
+    let c = parse(text).expect("valid");
+    assert_eq!(
+        c.defaults.propagation_check,
+        Some(PropagationCheck::Recursive)
+    );
+    assert_eq!(
+        c.propagation_check(&c.certificates[0]),
+        Some(PropagationCheck::Recursive)
+    );
+    assert_eq!(
+        c.propagation_check(&c.certificates[1]),
+        Some(PropagationCheck::Wait(Duration::from_secs(30)))
+    );
+    let c = parse("[[certificate]]\ndomains = [\"a.test\"]\nsolver = \"x\"\n").expect("valid");
+    assert_eq!(c.propagation_check(&c.certificates[0]), None);
+
+    let e = one_error(
+        "[defaults]\nsolver = \"x\"\n\n[[certificate]]\ndomains = [\"a.test\"]\npropagation_check = \"wait:soon\"\n",
+    );
+    assert_eq!(e.key(), Some("certificate[1].propagation_check"));
+    assert_eq!(e.pos().map(|p| (p.line, p.column)), Some((6, 21)));
+    assert!(
+        e.to_string()
+            .contains("wait takes a whole number of seconds"),
+        "{e}"
+    );
+    assert!(e.hint().is_some_and(|h| h.contains("\"recursive\"")));
+    let e = one_error("[defaults]\npropagation_check = \"recursiv\"\n");
+    assert_eq!(e.key(), Some("defaults.propagation_check"));
+    assert!(e.to_string().contains("not a propagation check"), "{e}");
+}
+
+#[test]
+fn renew_before_must_be_shorter_than_any_lifetime() {
+    let e = one_error("[defaults]\nrenew_before = \"1900d\"\n");
+    assert_eq!(e.key(), Some("defaults.renew_before"));
+    assert!(
+        e.to_string().contains("longer than certificates live"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("less than 100d"), "{e}");
+    let e = one_error(
+        "[defaults]\nsolver = \"x\"\n\n[[certificate]]\ndomains = [\"a.test\"]\nrenew_before = \"100d\"\n",
+    );
+    assert_eq!(e.key(), Some("certificate[1].renew_before"));
+    let c = parse("[defaults]\nrenew_before = \"99d23h\"\n").expect("just under the cap");
+    assert_eq!(
+        c.defaults.renew_before,
+        Some(MAX_RENEW_BEFORE - Duration::from_secs(3600))
+    );
+}

@@ -44,7 +44,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::acme::{AccountOptions, AcmeClient};
-use crate::dns::DnsOptions;
+use crate::dns::{DnsOptions, PropagationCheck};
 use crate::error::IssueError;
 use crate::identifiers::{self, Identifier};
 use crate::journal::Journal;
@@ -70,6 +70,19 @@ pub struct CertRequest {
     /// The RFC 9773 identifier of the certificate this one replaces, sent
     /// as `replaces` in the new order when the CA offers ARI.
     pub replaces: Option<String>,
+    /// How this certificate's dns-01 records are checked (its
+    /// configuration); `None`: the engine's. The engine's
+    /// [`DnsOptions::propagation_check`], when set, wins.
+    pub propagation_check: Option<PropagationCheck>,
+}
+
+impl CertRequest {
+    /// The propagation check that applies to this request under `dns`.
+    pub fn effective_propagation_check(&self, dns: &DnsOptions) -> PropagationCheck {
+        dns.propagation_check
+            .or(self.propagation_check)
+            .unwrap_or_default()
+    }
 }
 
 /// A certificate obtained and stored.

@@ -1,5 +1,6 @@
 //! One order, from creation to the stored certificate.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::acme::{AccountOptions, AcmeClient, AuthzStatus};
-use crate::dns::{self, PropagationTarget, ResolvedName};
+use crate::dns::{self, DnsOptions, PropagationCheck, PropagationTarget, ResolvedName};
 use crate::error::{CaProblem, IssueError};
 use crate::keys::{self, KeyType};
 use crate::progress::{Progress, ProgressEvent};
@@ -307,11 +308,25 @@ impl Engine {
         }
     }
 
+    /// The engine's DNS options with `req`'s propagation check in force.
+    fn dns_options(&self, req: &CertRequest) -> Cow<'_, DnsOptions> {
+        let opts = &self.inner.options.dns;
+        let check = req.effective_propagation_check(opts);
+        if opts.propagation_check == Some(check) {
+            Cow::Borrowed(opts)
+        } else {
+            Cow::Owned(DnsOptions {
+                propagation_check: Some(check),
+                ..opts.clone()
+            })
+        }
+    }
+
     /// Where the record for `identifier` goes; cached per order, since an
     /// identifier and its wildcard share the name.
     async fn resolve_dns(
         &self,
-        name: &str,
+        req: &CertRequest,
         domain: &str,
         identifier: &str,
         cache: &mut HashMap<String, ResolvedName>,
@@ -319,7 +334,8 @@ impl Engine {
         if let Some(r) = cache.get(identifier) {
             return Ok(r.clone());
         }
-        let resolved = dns::resolve_challenge_name(&self.inner.options.dns, identifier)
+        let name = &req.name;
+        let resolved = dns::resolve_challenge_name(&self.dns_options(req), identifier)
             .await
             .map_err(|source| IssueError::Dns {
                 domain: domain.to_owned(),
@@ -340,8 +356,10 @@ impl Engine {
         Ok(resolved)
     }
 
-    /// Waits until every authoritative nameserver serves every dns-01 value
-    /// of this order (docs/design.md §3.6), one check per record name.
+    /// Waits until every dns-01 value of this order can be seen, one check
+    /// per record name (docs/design.md §3.6): every authoritative
+    /// nameserver or every resolver serves it, or, without a check, a fixed
+    /// time has passed.
     async fn wait_for_dns(
         &self,
         req: &CertRequest,
@@ -353,6 +371,19 @@ impl Engine {
         }
         let manifest = req.solver.manifest();
         let opts = &self.inner.options.dns;
+        let recursive = match req.effective_propagation_check(opts) {
+            PropagationCheck::Wait(wait) => {
+                self.inner.progress.emit(ProgressEvent::PropagationWait {
+                    name: req.name.clone(),
+                    wait,
+                });
+                // Cancellation is handled by the caller's select.
+                tokio::time::sleep(wait).await;
+                return Ok(());
+            }
+            PropagationCheck::Recursive => true,
+            PropagationCheck::Authoritative => false,
+        };
         let timeout = opts
             .propagation_timeout
             .unwrap_or(Duration::from_secs(manifest.defaults.propagation_timeout_s));
@@ -380,6 +411,7 @@ impl Engine {
                             fqdn: resolved.effective.clone(),
                             values,
                             nameservers: resolved.nameservers.clone(),
+                            recursive,
                         },
                         vec![domain.clone()],
                     ));
@@ -401,6 +433,7 @@ impl Engine {
                             fqdn: target.fqdn.clone(),
                             ready,
                             total,
+                            resolvers: recursive,
                         })
                     },
                 )
@@ -475,13 +508,8 @@ impl Engine {
             let (challenge_type, challenge) = choose_challenge(authz, manifest)?;
             let resolved = if challenge_type == ChallengeType::Dns01 {
                 Some(
-                    self.resolve_dns(
-                        name,
-                        &authz.domain(),
-                        &authz.identifier,
-                        &mut resolved_names,
-                    )
-                    .await?,
+                    self.resolve_dns(req, &authz.domain(), &authz.identifier, &mut resolved_names)
+                        .await?,
                 )
             } else {
                 None

@@ -32,13 +32,11 @@ use crate::tls::{Tls, TlsEntry};
 const HTTP_SETTING: Setting = Setting {
     key: "listen",
     public_port: 80,
-    example: "127.0.0.1:5002",
 };
 
 const TLS_SETTING: Setting = Setting {
     key: "tls_listen",
     public_port: 443,
-    example: "127.0.0.1:5001",
 };
 
 /// The configuration (see `plugin.toml`). The host fills in the manifest's

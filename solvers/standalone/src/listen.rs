@@ -13,6 +13,9 @@
 //!   `EADDRINUSE`, which means "already covered", not "taken". Likewise a
 //!   host without IPv6 cannot create the IPv6 wildcard socket at all, which
 //!   is fine when the IPv4 wildcard on that port is bound.
+//!
+//! The fixes suggested are built from the address that failed, never from
+//! fixed example values, and never suggest what was already configured.
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,8 +33,13 @@ pub(crate) struct Setting {
     pub(crate) key: &'static str,
     /// The port the CA connects to, e.g. 80.
     pub(crate) public_port: u16,
-    /// An unprivileged example address for the fix, e.g. `127.0.0.1:5002`.
-    pub(crate) example: &'static str,
+}
+
+/// An unprivileged port to suggest instead of `port`: 8080 for 80, 8443
+/// for 443 (the usual alternates), `None` for a port that needs no
+/// privileges already.
+fn unprivileged(port: u16) -> Option<u16> {
+    (port < 1024).then(|| port + 8000)
 }
 
 /// Parses a configured address list. Runs in `Solver::new`, so a typo fails
@@ -39,9 +47,9 @@ pub(crate) struct Setting {
 pub(crate) fn parse(setting: Setting, list: &[String]) -> Result<Vec<SocketAddr>, PluginError> {
     if list.is_empty() {
         return Err(PluginError::config(format!(
-            "{key} is empty: give at least one address, e.g. --solver-opt {key}={ex}",
+            "{key} is empty: give at least one address, e.g. --solver-opt {key}=0.0.0.0:{port}",
             key = setting.key,
-            ex = setting.example,
+            port = setting.public_port,
         )));
     }
     let mut out: Vec<SocketAddr> = Vec::with_capacity(list.len());
@@ -49,10 +57,9 @@ pub(crate) fn parse(setting: Setting, list: &[String]) -> Result<Vec<SocketAddr>
         let addr: SocketAddr = raw.trim().parse().map_err(|_| {
             PluginError::config(format!(
                 "{key}: {raw:?} is not an IP address with a port; write e.g. \
-                 \"0.0.0.0:{port}\", \"[::]:{port}\" or \"{ex}\"",
+                 \"0.0.0.0:{port}\" or \"[::]:{port}\"",
                 key = setting.key,
                 port = setting.public_port,
-                ex = setting.example,
             ))
         })?;
         if !out.contains(&addr) {
@@ -147,28 +154,42 @@ pub(crate) fn bind_all(
 }
 
 fn bind_error(setting: Setting, addr: SocketAddr, e: &io::Error) -> PluginError {
-    let Setting {
-        key,
-        public_port,
-        example,
-    } = setting;
-    let elsewhere =
-        format!("pass --solver-opt {key}={example} and forward port {public_port} to it");
-    let fix = match e.kind() {
-        io::ErrorKind::PermissionDenied => format!(
+    let Setting { key, public_port } = setting;
+    // Another port on the same IP: only for a privileged port, since a
+    // port that needs no privileges was chosen on purpose and any other
+    // suggestion would be a guess.
+    let elsewhere = unprivileged(addr.port()).map(|port| {
+        let other = SocketAddr::new(addr.ip(), port);
+        format!("pass --solver-opt {key}={other} and forward port {public_port} to it")
+    });
+    let fix = match (e.kind(), elsewhere) {
+        (io::ErrorKind::PermissionDenied, Some(elsewhere)) => format!(
             "ports below 1024 need privileges: run as root, grant certsmith \
              CAP_NET_BIND_SERVICE, or {elsewhere}"
         ),
-        io::ErrorKind::AddrInUse => format!(
+        (io::ErrorKind::PermissionDenied, None) => {
+            "check that a firewall or security policy allows listening there".to_owned()
+        }
+        (io::ErrorKind::AddrInUse, Some(elsewhere)) => format!(
             "another program (a web server?) already listens there: stop it \
              while certificates are issued, use --solver webroot with its \
              document root, or {elsewhere}"
         ),
-        io::ErrorKind::AddrNotAvailable => format!(
-            "that IP address is not assigned to this host: pick one of its \
-             addresses or a wildcard, e.g. --solver-opt {key}=0.0.0.0:{public_port}"
+        (io::ErrorKind::AddrInUse, None) => format!(
+            "another program already listens there: stop it, or pass a free \
+             port with --solver-opt {key}=IP:PORT (where port {public_port} is \
+             forwarded to)"
         ),
-        _ => format!("check the address, or {elsewhere}"),
+        (io::ErrorKind::AddrNotAvailable, _) => {
+            let wildcard = if addr.is_ipv6() { "[::]" } else { "0.0.0.0" };
+            format!(
+                "that IP address is not assigned to this host: pick one of its \
+                 addresses or a wildcard, e.g. --solver-opt {key}={wildcard}:{}",
+                addr.port()
+            )
+        }
+        (_, Some(elsewhere)) => format!("check the address, or {elsewhere}"),
+        (_, None) => "check the address".to_owned(),
     };
     PluginError::config(format!("cannot listen on {addr} ({key}): {e}; {fix}"))
 }
@@ -180,7 +201,6 @@ mod tests {
     const HTTP: Setting = Setting {
         key: "listen",
         public_port: 80,
-        example: "127.0.0.1:5002",
     };
 
     fn strings(v: &[&str]) -> Vec<String> {
@@ -209,7 +229,57 @@ mod tests {
         let e = bind_all(HTTP, &[addr]).expect_err("in use");
         assert_eq!(e.kind, certsmith_plugin_api::ErrorKind::Config);
         assert!(e.message.contains(&addr.to_string()), "{}", e.message);
-        assert!(e.message.contains("--solver-opt listen="), "{}", e.message);
+        // A high port was chosen on purpose: no other port is made up,
+        // and the address that failed is not suggested back.
+        assert!(
+            !e.message.contains(&format!("listen={addr}")),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message
+                .contains("pass a free port with --solver-opt listen=IP:PORT"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn fixes_are_built_from_the_address_that_failed() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let v4: SocketAddr = "192.0.2.7:80".parse().expect("addr");
+        let e = bind_error(HTTP, v4, &denied);
+        assert!(
+            e.message
+                .contains("pass --solver-opt listen=192.0.2.7:8080 and forward port 80 to it"),
+            "{}",
+            e.message
+        );
+        let tls = Setting {
+            key: "tls_listen",
+            public_port: 443,
+        };
+        let v6: SocketAddr = "[::]:443".parse().expect("addr");
+        let e = bind_error(tls, v6, &io::Error::from(io::ErrorKind::AddrInUse));
+        assert!(
+            e.message
+                .contains("--solver-opt tls_listen=[::]:8443 and forward port 443"),
+            "{}",
+            e.message
+        );
+        let foreign: SocketAddr = "[2001:db8::1]:8081".parse().expect("addr");
+        let e = bind_error(
+            HTTP,
+            foreign,
+            &io::Error::from(io::ErrorKind::AddrNotAvailable),
+        );
+        assert!(e.message.contains("listen=[::]:8081"), "{}", e.message);
+        for msg in [
+            bind_error(HTTP, v4, &denied).message,
+            bind_error(tls, v6, &denied).message,
+        ] {
+            assert!(!msg.contains("5002") && !msg.contains("5001"), "{msg}");
+        }
     }
 
     #[test]

@@ -233,6 +233,13 @@ async fn an_address_in_use_is_a_config_error_naming_it_and_the_fix() {
     assert_eq!(e.kind, ErrorKind::Config);
     assert!(e.message.contains(&addr.to_string()), "{}", e.message);
     assert!(e.message.contains("--solver-opt listen="), "{}", e.message);
+    // The fix is not the address that was passed, nor a made-up one.
+    assert!(
+        !e.message.contains(&format!("listen={addr}")),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.contains("5002"), "{}", e.message);
 
     // Once the port is free, the same solver works.
     drop(taken);
