@@ -155,6 +155,20 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::NoUsableChallenge { .. } => {
             "choose a solver for a challenge type this CA offers".to_owned()
         }
+        IssueError::Dns {
+            source: DnsError::NoResolvers | DnsError::SystemConfig { .. },
+            ..
+        } => "pass --dns-resolver IP[:PORT] (or fix /etc/resolv.conf)".to_owned(),
+        IssueError::Dns {
+            source: DnsError::CnameLoop(_),
+            ..
+        } => "fix the CNAME records, or pass --no-follow-cname to write at the challenge name itself"
+            .to_owned(),
+        IssueError::Dns {
+            source: DnsError::NoNameservers { .. },
+            ..
+        } => "pass --propagation-server IP[:PORT] with servers that answer for the zone, or --propagation-check recursive"
+            .to_owned(),
         IssueError::Dns { .. } => {
             "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
                 .to_owned()

@@ -91,15 +91,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
     if options.dns.propagation_check.is_none() {
         options.dns.propagation_check = config.and_then(|c| c.defaults.propagation_check);
     }
-    let session = Session::start(global, options);
-    let agent = &session.agent;
-    let _lease = match agent.lease_run().await {
-        Ok(l) => l,
-        Err(e) => {
-            session.finish().await;
-            return Failure::from(e).report(global, None);
-        }
+    let (session, _lease) = match Session::start_batch(global, options).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    let agent = &session.agent;
     let stored = match store.cert_names() {
         Ok(n) => n,
         Err(e) => {

@@ -80,18 +80,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         Err(e) => return summary::account_failure(e).report(global, None),
     };
     let host = setup::plugin_host(global, Some(&config));
-    let session = Session::start(
-        global,
-        setup::agent_options(store, host, Some(&config), &args.dns),
-    );
-    let agent = &session.agent;
-    let _lease = match agent.lease_run().await {
-        Ok(l) => l,
-        Err(e) => {
-            session.finish().await;
-            return Failure::from(e).report(global, None);
-        }
+    let options = setup::agent_options(store, host, Some(&config), &args.dns);
+    let (session, _lease) = match Session::start_batch(global, options).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
+    let agent = &session.agent;
 
     let mut jobs = Vec::new();
     for cert in &config.certificates {

@@ -21,7 +21,7 @@ use certsmith_core::engine::CancelToken;
 use certsmith_core::plugin::{PluginHost, SearchPath};
 use certsmith_core::progress::Progress;
 use certsmith_core::renewal;
-use certsmith_core::store::{self, Store};
+use certsmith_core::store::{self, Lease, Store};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -341,6 +341,23 @@ impl Session {
         Session {
             agent: Agent::new(options),
             printer,
+        }
+    }
+
+    /// Starts a session for a batch (`run`, `renew`) holding the store's
+    /// run lease, waiting for another batch to finish first; a failure is
+    /// reported and its exit code returned.
+    pub(crate) async fn start_batch(
+        global: &GlobalArgs,
+        options: AgentOptions,
+    ) -> Result<(Session, Lease), u8> {
+        let session = Session::start(global, options);
+        match session.agent.lease_run().await {
+            Ok(lease) => Ok((session, lease)),
+            Err(e) => {
+                session.finish().await;
+                Err(Failure::from(e).report(global, None))
+            }
         }
     }
 

@@ -187,13 +187,11 @@ impl Default for DnsOptions {
 #[non_exhaustive]
 pub enum DnsError {
     /// No resolver is configured and `/etc/resolv.conf` names none.
-    #[error("no DNS resolver: /etc/resolv.conf lists none; pass --dns-resolver IP[:PORT]")]
+    #[error("no DNS resolver: /etc/resolv.conf lists none")]
     NoResolvers,
     /// The system DNS configuration (`/etc/resolv.conf`) could not be read
     /// or names no resolver.
-    #[error(
-        "no usable DNS resolver in the system configuration (/etc/resolv.conf): {source}; pass --dns-resolver IP[:PORT]"
-    )]
+    #[error("no usable DNS resolver in the system configuration (/etc/resolv.conf): {source}")]
     SystemConfig {
         /// Why reading it failed.
         #[source]
@@ -223,7 +221,7 @@ pub enum DnsError {
         source: Box<NetError>,
     },
     /// The CNAME chain loops.
-    #[error("CNAME loop at the challenge name: {}; fix the records or pass --no-follow-cname", .0.join(" → "))]
+    #[error("CNAME loop at the challenge name: {}", .0.join(" → "))]
     CnameLoop(Vec<String>),
     /// The CNAME chain is longer than [`MAX_CNAME_HOPS`].
     #[error("more than {MAX_CNAME_HOPS} CNAMEs from the challenge name: {}", .0.join(" → "))]
@@ -234,9 +232,7 @@ pub enum DnsError {
     )]
     NoZone(String),
     /// The zone's nameservers have no addresses.
-    #[error(
-        "zone {zone} lists no nameserver with an address (NS: {ns}); pass --propagation-server IP[:PORT]"
-    )]
+    #[error("zone {zone} lists no nameserver with an address (NS: {ns})")]
     NoNameservers {
         /// The zone.
         zone: String,
@@ -661,7 +657,7 @@ pub async fn resolve_challenge_name(
                 .map(|(_, p)| p.to_owned())
                 .unwrap_or_else(|| effective.clone());
             log::warn!(
-                "no SOA found above {effective}; assuming the zone is {parent} (--propagation-server is set)"
+                "no SOA found above {effective}; assuming the zone is {parent} (propagation servers are given)"
             );
             break (parent, None);
         }
