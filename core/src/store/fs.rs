@@ -482,6 +482,9 @@ impl Storage for FsStore {
 
     fn put_pending_order(&self, name: &str, order: &PendingOrder) -> Result<(), StoreError> {
         check_cert_name(name)?;
+        // Under the lock: a writer holding it sweeps the temp files of
+        // `certs/<name>/` as leftovers of dead writes.
+        let _lock = self.lock()?;
         let dir = self.cert_dir(name);
         create_private_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
         let path = dir.join(PENDING_FILE);

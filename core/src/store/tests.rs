@@ -554,3 +554,40 @@ fn rate_limits_are_remembered_until_they_lift() {
         "the lifted one is gone"
     );
 }
+
+/// A writer's sweep of leftover temp files never removes the temp file of
+/// another writer's pending-order record (both hold the store lock).
+#[test]
+fn pending_order_writes_and_commits_interleave_safely() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let order = PendingOrder {
+        server: "https://ca/dir".into(),
+        order_url: "https://ca/order/1".into(),
+        domains: vec!["i.example".into()],
+        key_type: "ec-p256".into(),
+        privkey_pem: "KEY\n".into(),
+        csr_der_b64: "AA".into(),
+        finalized_at: "2026-01-01T00:00:00Z".into(),
+        pid: 1,
+        pid_start: 0,
+    };
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (s, o) = (store.clone(), order.clone());
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    if i % 2 == 0 {
+                        s.put_pending_order("i.example", &o).expect("put");
+                    } else {
+                        s.commit_version("i.example", &files("x"), &lineage(), record())
+                            .expect("commit");
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("no writer failed");
+    }
+}
