@@ -53,6 +53,14 @@ impl Failure {
                 message: e.to_string(),
                 hint: Some(h.hint().to_owned()),
             },
+            JobError::Conflict { superset, .. } => Failure::usage(
+                e.to_string(),
+                Some(if *superset {
+                    "pass --expand to add the names to it, --replace to replace it, or another --cert-name for a separate certificate"
+                } else {
+                    "pass --replace to replace it, or another --cert-name for a separate certificate"
+                }),
+            ),
             JobError::NotAttempted => Failure {
                 code: exit::INTERRUPTED,
                 class: "cancelled",

@@ -21,7 +21,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit, term};
 
@@ -164,7 +164,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         }
         OutputFormat::Text => {
             if rows.is_empty() {
-                println!("no certificates in {}", store.location());
+                outln!("no certificates in {}", store.location());
                 return exit::OK;
             }
             let table = table(&rows);
@@ -172,7 +172,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                 Some(width) => render_aligned(&table, width),
                 None => render_tab_separated(&table),
             };
-            print!("{text}");
+            crate::output::write_stdout(format_args!("{text}"));
         }
     }
     exit::OK

@@ -17,7 +17,7 @@ use certsmith_core::store::RevocationRecord;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -201,12 +201,12 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
         })),
         OutputFormat::Text => {
             if already {
-                println!(
+                outln!(
                     "certificate '{name}' (serial {}) was already revoked",
                     facts.serial
                 );
             } else {
-                println!(
+                outln!(
                     "revoked certificate '{name}' (serial {}), reason {}, signed with the {signed_with}",
                     facts.serial,
                     reason.as_str()

@@ -11,7 +11,7 @@ use certsmith_core::timefmt::rfc3339;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::{print_error, print_json};
+use crate::output::{outln, print_error, print_json};
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// A job's failure as a batch reports it: the hints of `issue` name its
@@ -66,9 +66,12 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
             }
         }
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "{:<24} {:<8} {:<21} {:<36} DETAIL",
-                "NAME", "ACTION", "NOT AFTER", "NEXT RENEWAL"
+                "NAME",
+                "ACTION",
+                "NOT AFTER",
+                "NEXT RENEWAL"
             );
             for (job, action, detail, failure) in &rows {
                 let detail = match failure {
@@ -80,7 +83,7 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
                 let not_after = cert
                     .map(|c| c.not_after)
                     .or_else(|| job.facts.as_ref().map(|f| f.not_after));
-                println!(
+                outln!(
                     "{:<24} {:<8} {:<21} {:<36} {}",
                     job.name,
                     action,
@@ -93,7 +96,7 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
                 );
             }
             let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            println!("{} certificate(s): {}", jobs.len(), parts.join(", "));
+            outln!("{} certificate(s): {}", jobs.len(), parts.join(", "));
         }
     }
     for (name, f) in &failures {
