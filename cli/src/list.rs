@@ -82,8 +82,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         let row = match facts {
             Ok(Some(f)) => {
                 let state = renewal::state(&lineage, &f, now);
-                let next = (state != CertState::Revoked && state != CertState::Expired)
-                    .then(|| renewal::stored_schedule(&lineage, &f));
+                let live = !matches!(
+                    state,
+                    CertState::Revoked | CertState::Expired | CertState::Retired
+                );
+                let next = live.then(|| renewal::stored_schedule(&lineage, &f));
                 let explanation_url = lineage
                     .renewal
                     .as_ref()
@@ -143,6 +146,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         }
     }
     match global.output {
+        // One object per line (JSON Lines), as `run` and `renew` print;
+        // an empty store prints `[]`, so that a reader always gets a
+        // value (docs/json.md).
+        OutputFormat::Json if rows.is_empty() => print_json(&json!([])),
         OutputFormat::Json => {
             for r in &rows {
                 print_json(&json!({

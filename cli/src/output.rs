@@ -60,8 +60,9 @@ fn is_ours(target: &str) -> bool {
 
 /// Sends `log` records to stderr at the level `-v`/`-q` ask for.
 pub(crate) fn init_logging(global: &GlobalArgs) {
+    // -q: warnings and errors only.
     let level = if global.quiet {
-        log::LevelFilter::Error
+        log::LevelFilter::Warn
     } else {
         match global.verbose {
             0 => log::LevelFilter::Warn,

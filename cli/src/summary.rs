@@ -31,6 +31,12 @@ fn batch_failure(e: &JobError) -> Failure {
                     .to_owned(),
             );
         }
+        Some(IssueError::Plugin(p)) if p.is_usage() => {
+            f.hint = Some(
+                "set the option's environment variable (or its *_FILE) or its key in [solvers.<CODE>] of the config file for every scheduled run, or pass --solver-opt CODE:KEY=VALUE for this one; `certsmith solvers info <CODE>` lists them"
+                    .to_owned(),
+            );
+        }
         _ => {}
     }
     f
@@ -145,11 +151,19 @@ fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) ->
         "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
         "renewal_reason": job.next.map(|(_, r)| r.as_str()),
         "replaces": job.replaces,
-        "fullchain_path": cert.map(|c| c.fullchain_path.clone()),
-        "privkey_path": cert.map(|c| c.privkey_path.clone()),
+        // A certificate skipped (or whose renewal failed) still has its
+        // current files.
+        "fullchain_path": cert.map(|c| c.fullchain_path.clone()).or_else(|| current_file(job, certsmith_core::store::FULLCHAIN_FILE)),
+        "privkey_path": cert.map(|c| c.privkey_path.clone()).or_else(|| current_file(job, certsmith_core::store::PRIVKEY_FILE)),
         "deploy_hook": hook,
         "error": failure.map(Failure::json),
     })
+}
+
+/// A file of the job's current version, when there is one.
+fn current_file(job: &Job, file: &str) -> Option<std::path::PathBuf> {
+    job.facts.as_ref()?;
+    job.current_dir.as_ref().map(|d| d.join(file))
 }
 
 /// The exit code of a batch: 0 when nothing failed; the failure class's

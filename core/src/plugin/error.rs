@@ -291,9 +291,11 @@ fn unknown_option_message(
 fn missing_option_message(code: &str, key: &str, env: Option<&str>) -> String {
     match env {
         Some(var) => format!(
-            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or give it as a solver option"
+            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or '{key}' in [solvers.{code}] of the config file"
         ),
-        None => format!("solver '{code}' needs option '{key}': give it as a solver option"),
+        None => format!(
+            "solver '{code}' needs option '{key}': set '{key}' in [solvers.{code}] of the config file"
+        ),
     }
 }
 
