@@ -126,8 +126,10 @@ enum Command {
     #[command(after_help = help::REVOKE)]
     Revoke(revoke::RevokeArgs),
     /// Retire a stored certificate and remove it (--keep-files keeps its PEMs).
+    #[command(after_help = help::DELETE)]
     Delete(manage::DeleteArgs),
     /// Rename a stored certificate.
+    #[command(after_help = help::RENAME)]
     Rename(manage::RenameArgs),
     /// List stored certificates: expiry, next renewal and why, state.
     #[command(after_help = help::LIST)]
