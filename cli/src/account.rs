@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -173,11 +173,13 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
         })),
         OutputFormat::Text => {
             if action == "deactivate" {
-                println!("deactivated account {}", summary.url);
+                outln!("deactivated account {}", summary.url);
             } else {
-                println!(
+                outln!(
                     "new key for account {}: {} thumbprint {}",
-                    summary.url, summary.key_type, summary.key_thumbprint
+                    summary.url,
+                    summary.key_type,
+                    summary.key_thumbprint
                 );
             }
         }
@@ -209,15 +211,15 @@ fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &
         }
         OutputFormat::Text => {
             if accounts.is_empty() {
-                println!("no accounts in {location}");
+                outln!("no accounts in {location}");
             }
             for (i, a) in accounts.iter().enumerate() {
                 if i > 0 {
-                    println!();
+                    outln!();
                 }
-                println!("account {}", a.url);
-                println!("  server:     {}", a.server);
-                println!(
+                outln!("account {}", a.url);
+                outln!("  server:     {}", a.server);
+                outln!(
                     "  contact:    {}",
                     if a.contact.is_empty() {
                         "(none)".to_owned()
@@ -225,17 +227,18 @@ fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &
                         a.contact.join(", ")
                     }
                 );
-                println!(
+                outln!(
                     "  key:        {} (thumbprint {})",
-                    a.key_type, a.key_thumbprint
+                    a.key_type,
+                    a.key_thumbprint
                 );
-                println!("  created:    {}", a.created_at);
+                outln!("  created:    {}", a.created_at);
                 if let Some(t) = &a.key_changed_at {
-                    println!("  key changed: {t}");
+                    outln!("  key changed: {t}");
                 }
                 match &a.deactivated_at {
-                    Some(t) => println!("  status:     deactivated ({t})"),
-                    None => println!("  status:     valid"),
+                    Some(t) => outln!("  status:     deactivated ({t})"),
+                    None => outln!("  status:     valid"),
                 }
             }
         }

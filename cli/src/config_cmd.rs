@@ -19,7 +19,7 @@ use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::output::{print_error, print_json};
+use crate::output::{outln, print_error, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -106,7 +106,7 @@ fn check(global: &GlobalArgs) -> u8 {
         })),
         OutputFormat::Text => {
             if errors.is_empty() {
-                println!(
+                outln!(
                     "{}: OK, {} certificate(s): {}",
                     path.display(),
                     config.certificates.len(),

@@ -31,5 +31,9 @@ pub(crate) const PARTIAL: u8 = 8;
 /// Like every class, `run`/`renew` return it only when no certificate
 /// succeeded and all failed this way; otherwise [`PARTIAL`].
 pub(crate) const DEPLOY_HOOK: u8 = 9;
+/// stdout was closed before everything was printed (the reader went
+/// away, as `certsmith list | head -1` does): 128 + SIGPIPE, as shells
+/// report it. Nothing else is printed; the store work was done first.
+pub(crate) const STDOUT_CLOSED: u8 = 141;
 /// Interrupted by SIGINT (Ctrl-C) or SIGTERM: 128 + SIGINT, as shells do.
 pub(crate) const INTERRUPTED: u8 = 130;

@@ -53,6 +53,14 @@ impl Failure {
                 message: e.to_string(),
                 hint: Some(h.hint().to_owned()),
             },
+            JobError::Conflict { superset, .. } => Failure::usage(
+                e.to_string(),
+                Some(if *superset {
+                    "pass --expand to add the names to it, --replace to replace it, or another --cert-name for a separate certificate"
+                } else {
+                    "pass --replace to replace it, or another --cert-name for a separate certificate"
+                }),
+            ),
             JobError::NotAttempted => Failure {
                 code: exit::INTERRUPTED,
                 class: "cancelled",
@@ -173,6 +181,18 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             "check the _acme-challenge records with dig; --dns-resolver chooses the resolvers, --no-follow-cname ignores CNAMEs"
                 .to_owned()
         }
+        // A server that answers with an error (refused, unreachable) will
+        // not answer better given longer: say where else to look.
+        IssueError::Propagation {
+            source: DnsError::PropagationTimeout { servers, .. },
+            ..
+        } if servers
+            .iter()
+            .any(|s| !s.ready && s.observed.starts_with("error:")) =>
+        {
+            "a nameserver answered with an error, not the record: pass --propagation-server IP[:PORT] with servers that answer for the zone, or --propagation-check recursive (or wait:SECS) if the authoritative servers cannot be asked from here"
+                .to_owned()
+        }
         IssueError::Propagation {
             source: DnsError::PropagationTimeout {
                 recursive: true, ..
@@ -203,6 +223,14 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Plugin(_) => "see `certsmith solvers list`".to_owned(),
         IssueError::Solver { .. } => {
             "check the solver's options and that it can do what the challenge needs (ports, permissions, credentials)"
+                .to_owned()
+        }
+        IssueError::ValidationFailed { failures }
+            if failures
+                .iter()
+                .all(|f| f.challenge.as_deref() == Some("dns-01")) =>
+        {
+            "the CA did not find the _acme-challenge TXT record: check that the solver writes to the zone the CA asks (dig TXT _acme-challenge.<name>), and any CNAME on it"
                 .to_owned()
         }
         IssueError::ValidationFailed { failures } => {

@@ -96,6 +96,19 @@ Examples:
       --key-file /var/lib/certsmith/certs/example.com/current/privkey.pem";
 
 /// `certsmith list --help`.
+pub(crate) const DELETE: &str = "\
+Examples:
+  # Retire a certificate and remove it with its files
+  certsmith delete --cert-name old.example.com
+
+  # Stop renewing it but keep the PEM files where they are
+  certsmith delete --cert-name old.example.com --keep-files";
+
+pub(crate) const RENAME: &str = "\
+Examples:
+  # The files move with it: update the paths your servers read
+  certsmith rename _.example.com wildcard.example.com";
+
 pub(crate) const LIST: &str = "\
 Examples:
   # A table (tab-separated when stdout is not a terminal)

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
-use certsmith_core::agent::{Job, Plan, Settings};
+use certsmith_core::agent::{Job, Plan, RequestMode, Settings};
 use certsmith_core::engine::{self, CertRequest, IssuedCert};
 use certsmith_core::envfile::{process_env, var_or_file};
 use certsmith_core::error::IssueError;
@@ -27,7 +27,7 @@ use certsmith_core::timefmt::rfc3339;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup::{self, Session};
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -97,17 +97,14 @@ pub(crate) struct IssueArgs {
     /// A solver option (repeatable); see `certsmith solvers info CODE`.
     #[arg(long = "solver-opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
     solver_opts: Vec<SolverOpt>,
-    /// The certificate's name in the store [default: the first domain].
+    /// The certificate's name in the store [default: the first domain;
+    /// `_.example.com` for a wildcard `*.example.com` without its apex].
     #[arg(long, value_name = "NAME")]
     cert_name: Option<String>,
-    /// The CA: letsencrypt, letsencrypt-staging, zerossl, or an ACME directory URL.
-    #[arg(
-        long,
-        value_name = "NAME|URL",
-        default_value = "letsencrypt",
-        env = "CERTSMITH_SERVER"
-    )]
-    server: String,
+    /// The CA: letsencrypt, letsencrypt-staging, zerossl, or an ACME
+    /// directory URL [default: the config's server, else letsencrypt].
+    #[arg(long, value_name = "NAME|URL", env = "CERTSMITH_SERVER")]
+    server: Option<String>,
     /// Extra CA certificates (PEM) to trust for the ACME server's HTTPS,
     /// e.g. for a private CA or Pebble.
     #[arg(long, value_name = "PEM", env = "CERTSMITH_CA_CERT")]
@@ -143,6 +140,16 @@ pub(crate) struct IssueArgs {
         env = "CERTSMITH_KEY_TYPE"
     )]
     key_type: KeyTypeArg,
+    /// Order even when the stored certificate of this name is not due.
+    #[arg(long)]
+    force: bool,
+    /// Accept names added to those of the stored certificate of this name.
+    #[arg(long, conflicts_with = "replace")]
+    expand: bool,
+    /// Replace the stored certificate of this name although its names,
+    /// key type or CA differ.
+    #[arg(long)]
+    replace: bool,
     /// At most this many orders at once.
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -165,6 +172,7 @@ struct Prepared {
     client: AcmeClient,
     account: AccountOptions,
     session: Session,
+    ca_cert: Option<PathBuf>,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -192,11 +200,10 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         )
     })?;
 
-    // 3. The state directory, writable.
-    let store = match &global.state_dir {
-        Some(d) => store::Store::open(d.clone())?,
-        None => store::Store::open(store::default_root()?)?,
-    };
+    // 3. The state directory, writable: --state-dir, else the config's
+    // state_dir, else the default.
+    let store = setup::open_store(global, config.as_ref())?;
+    let defaults = config.as_ref().map(|c| &c.defaults);
 
     // 4. The solver: found, loaded, configured (by the agent, with the
     // --solver-opt values over the environment and the config file).
@@ -242,11 +249,13 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let kid = match &args.eab_kid {
         Some(k) => Some(k.clone()),
         None => from_file("CERTSMITH_EAB_KID")?,
-    };
+    }
+    .or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
     let key = match &args.eab_hmac_key {
         Some(k) => Some(k.0.clone()),
         None => from_file("CERTSMITH_EAB_HMAC_KEY")?,
-    };
+    }
+    .or_else(|| defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned())));
     let eab = match (kid, key) {
         (Some(kid), Some(key)) => Some(Eab::new(&kid, &key)?),
         (None, None) => None,
@@ -256,18 +265,32 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
             );
         }
     };
+    // The config's [defaults] fill in what the flags leave out.
     let account = AccountOptions {
-        email: args.email.clone(),
-        agree_tos: args.agree_tos,
+        email: args
+            .email
+            .clone()
+            .or_else(|| defaults.and_then(|d| d.email.clone())),
+        agree_tos: args.agree_tos || defaults.is_some_and(|d| d.agree_tos),
         eab,
     };
     account.contact()?;
-    let client = AcmeClient::new(&args.server, args.ca_cert.as_deref())?;
+    let server = args
+        .server
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.server.clone()))
+        .unwrap_or_else(|| "letsencrypt".to_owned());
+    let ca_cert = args
+        .ca_cert
+        .clone()
+        .or_else(|| defaults.and_then(|d| d.ca_cert.clone()));
+    let client = AcmeClient::new(&server, ca_cert.as_deref())?;
     Ok(Prepared {
         request,
         client,
         account,
         session,
+        ca_cert,
     })
 }
 
@@ -281,30 +304,27 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         client,
         account,
         session,
+        ca_cert,
     } = prepared;
     let name = request.name.clone();
-    // What `renew` needs besides the request: recorded in the lineage.
-    let ca_cert = args
-        .ca_cert
-        .as_ref()
-        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let domains = request
-        .domains
-        .iter()
-        .map(|d| d.as_str().to_owned())
-        .collect();
-    let mut job = Job::new(name.clone(), domains);
-    job.settings = Settings::new(
+    // What `renew` needs besides the request: recorded in the lineage
+    // (what is left out is kept from the stored certificate of the name).
+    let ca_cert = ca_cert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    let settings = Settings::new(
         ca_cert,
-        args.email
+        account
+            .email
             .as_ref()
             .map(|e| e.trim().trim_start_matches("mailto:").to_owned()),
         args.deploy_hook.clone(),
         Some(Duration::from_secs(args.deploy_hook_timeout)),
         None,
     );
-    job.plan = Ok(Plan::Issue("requested".to_owned()));
-    job.request = Some(request);
+    let mode = RequestMode::new(args.force, args.expand, args.replace);
+    let job = session
+        .agent
+        .plan_request(request, settings, &client, mode)
+        .await;
     let mut jobs = [job];
     let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
     session.finish().await;
@@ -314,26 +334,93 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         crate::output::print_error("interrupted", None);
         return exit::INTERRUPTED;
     }
-    let Some(outcome) = job.outcome else {
+    if let Err(e) = &job.plan {
+        return Failure::from_job(e).report(global, Some(&name));
+    }
+    if let Ok(Plan::Skip(why)) = &job.plan {
+        print_skipped(global, &job, why);
+        return exit::OK;
+    }
+    let Some(outcome) = &job.outcome else {
         return Failure::from_job(&certsmith_core::agent::JobError::NotAttempted)
             .report(global, Some(&name));
     };
     if let Some(e) = &outcome.error {
         return Failure::from_job(e).report(global, Some(&name));
     }
+    let hook_failure = match &outcome.hook {
+        Some(Err(e)) => Some(Failure::from_job(e)),
+        _ => None,
+    };
     if let Some(cert) = &outcome.cert {
-        print_cert(global, cert);
+        print_cert(global, cert, &job, hook_failure.as_ref());
     }
-    match &outcome.hook {
-        Some(Err(e)) => Failure::from_job(e).report(global, Some(&name)),
-        _ => exit::OK,
+    match hook_failure {
+        // Said on stderr; the JSON object above carries it.
+        Some(f) => {
+            crate::output::print_error(&f.message, f.hint.as_deref());
+            f.code
+        }
+        None => exit::OK,
     }
 }
 
-fn print_cert(global: &GlobalArgs, cert: &IssuedCert) {
+/// The result of an `issue` that ordered nothing: the certificate is
+/// stored and not due.
+fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
+    let dir = job.current_dir.as_ref();
+    let path = |f: &str| dir.map(|d| d.join(f));
+    let next = job.next.map(|(t, _)| rfc3339(t));
+    match global.output {
+        OutputFormat::Json => print_json(&json!({
+            "name": job.name,
+            "domains": job.domains,
+            "action": "skipped",
+            "reason": why,
+            "next_renewal": next,
+            "renewal_reason": job.next.map(|(_, r)| r.as_str()),
+            "serial": job.facts.as_ref().map(|f| f.serial.clone()),
+            "not_after": job.facts.as_ref().map(|f| rfc3339(f.not_after)),
+            "fullchain_path": path(store::FULLCHAIN_FILE),
+            "privkey_path": path(store::PRIVKEY_FILE),
+            "cert_path": path(store::CERT_FILE),
+            "chain_path": path(store::CHAIN_FILE),
+        })),
+        OutputFormat::Text => {
+            outln!(
+                "certificate '{}' not due (renews at {}); nothing ordered (--force orders anyway)",
+                job.name,
+                next.as_deref().unwrap_or("-")
+            );
+            outln!("  domains:   {}", job.domains.join(", "));
+            if let Some(p) = path(store::FULLCHAIN_FILE) {
+                outln!("  fullchain: {}", p.display());
+            }
+            if let Some(p) = path(store::PRIVKEY_FILE) {
+                outln!("  privkey:   {}", p.display());
+            }
+        }
+    }
+}
+
+fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&Failure>) {
+    let (action, reason, _) = job.result();
+    let hook_json = job
+        .outcome
+        .as_ref()
+        .and_then(|o| o.hook.as_ref())
+        .map(|_| match hook {
+            Some(f) => json!({"status": "failed", "error": f.json()}),
+            None => json!({"status": "ok"}),
+        });
     match global.output {
         OutputFormat::Json => print_json(&json!({
             "name": cert.name,
+            "action": action,
+            "reason": reason,
+            "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
+            "deploy_hook": hook_json,
+            "error": hook.map(Failure::json),
             "domains": cert.domains,
             "cert_path": cert.cert_path,
             "chain_path": cert.chain_path,
@@ -347,19 +434,19 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert) {
             "key_type": cert.key_type.as_str(),
         })),
         OutputFormat::Text => {
-            println!("certificate '{}' (version {})", cert.name, cert.version);
-            println!("  domains:   {}", cert.domains.join(", "));
-            println!("  fullchain: {}", cert.fullchain_path.display());
-            println!("  privkey:   {}", cert.privkey_path.display());
-            println!("  cert:      {}", cert.cert_path.display());
-            println!("  chain:     {}", cert.chain_path.display());
-            println!(
+            outln!("certificate '{}' (version {})", cert.name, cert.version);
+            outln!("  domains:   {}", cert.domains.join(", "));
+            outln!("  fullchain: {}", cert.fullchain_path.display());
+            outln!("  privkey:   {}", cert.privkey_path.display());
+            outln!("  cert:      {}", cert.cert_path.display());
+            outln!("  chain:     {}", cert.chain_path.display());
+            outln!(
                 "  valid:     {} to {}",
                 rfc3339(cert.not_before),
                 rfc3339(cert.not_after)
             );
-            println!("  serial:    {}", cert.serial);
-            println!("  key type:  {}", cert.key_type);
+            outln!("  serial:    {}", cert.serial);
+            outln!("  key type:  {}", cert.key_type);
         }
     }
 }

@@ -21,7 +21,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit, term};
 
@@ -82,8 +82,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         let row = match facts {
             Ok(Some(f)) => {
                 let state = renewal::state(&lineage, &f, now);
-                let next = (state != CertState::Revoked && state != CertState::Expired)
-                    .then(|| renewal::stored_schedule(&lineage, &f));
+                let live = !matches!(
+                    state,
+                    CertState::Revoked | CertState::Expired | CertState::Retired
+                );
+                let next = live.then(|| renewal::stored_schedule(&lineage, &f));
                 let explanation_url = lineage
                     .renewal
                     .as_ref()
@@ -143,6 +146,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         }
     }
     match global.output {
+        // One object per line (JSON Lines), as `run` and `renew` print;
+        // an empty store prints `[]`, so that a reader always gets a
+        // value (docs/json.md).
+        OutputFormat::Json if rows.is_empty() => print_json(&json!([])),
         OutputFormat::Json => {
             for r in &rows {
                 print_json(&json!({
@@ -164,7 +171,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         }
         OutputFormat::Text => {
             if rows.is_empty() {
-                println!("no certificates in {}", store.location());
+                outln!("no certificates in {}", store.location());
                 return exit::OK;
             }
             let table = table(&rows);
@@ -172,7 +179,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                 Some(width) => render_aligned(&table, width),
                 None => render_tab_separated(&table),
             };
-            print!("{text}");
+            crate::output::write_stdout(format_args!("{text}"));
         }
     }
     exit::OK

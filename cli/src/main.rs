@@ -13,6 +13,7 @@ mod failure;
 mod help;
 mod issue;
 mod list;
+mod manage;
 mod output;
 mod progress;
 mod renew;
@@ -89,7 +90,7 @@ pub(crate) struct GlobalArgs {
         env = "CERTSMITH_VERBOSE"
     )]
     pub(crate) verbose: u8,
-    /// Only errors on stderr.
+    /// Only warnings and errors on stderr.
     #[arg(
         short,
         long,
@@ -124,6 +125,12 @@ enum Command {
     /// Revoke a stored certificate.
     #[command(after_help = help::REVOKE)]
     Revoke(revoke::RevokeArgs),
+    /// Retire a stored certificate and remove it (--keep-files keeps its PEMs).
+    #[command(after_help = help::DELETE)]
+    Delete(manage::DeleteArgs),
+    /// Rename a stored certificate.
+    #[command(after_help = help::RENAME)]
+    Rename(manage::RenameArgs),
     /// List stored certificates: expiry, next renewal and why, state.
     #[command(after_help = help::LIST)]
     List(list::ListArgs),
@@ -160,6 +167,9 @@ fn parse() -> Cli {
                 for w in &warnings {
                     eprintln!("{w}");
                 }
+                if json_requested(std::env::args(), std::env::var("CERTSMITH_OUTPUT").ok()) {
+                    usage_error_json(&e);
+                }
             }
             e.exit()
         }
@@ -185,12 +195,45 @@ fn parse() -> Cli {
             .exit(),
         }
     }
-    if !cli.global.quiet {
-        for w in &warnings {
-            eprintln!("{w}");
-        }
+    // Warnings, shown with -q too.
+    for w in &warnings {
+        eprintln!("{w}");
     }
     cli
+}
+
+/// Whether `--output json` was asked for, on a command line clap could
+/// not parse (or by `CERTSMITH_OUTPUT`).
+fn json_requested(args: impl Iterator<Item = String>, env: Option<String>) -> bool {
+    let args: Vec<String> = args.collect();
+    let mut asked = env.map(|v| v == "json");
+    for (i, a) in args.iter().enumerate() {
+        if a == "--output" {
+            asked = Some(args.get(i + 1).is_some_and(|v| v == "json"));
+        } else if let Some(v) = a.strip_prefix("--output=") {
+            asked = Some(v == "json");
+        }
+    }
+    asked.unwrap_or(false)
+}
+
+/// A command-line error as the JSON object every usage error is, on stdout.
+fn usage_error_json(e: &clap::Error) {
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    output::print_json(&serde_json::json!({
+        "error": {
+            "class": "usage",
+            "message": message,
+            "hint": "see --help",
+            "exit_code": exit::USAGE,
+        }
+    }));
 }
 
 /// Where the value of the global argument `id` came from (clap records
@@ -233,6 +276,8 @@ fn main() -> ExitCode {
             Command::Renew(args) => renew::run(&cli.global, args).await,
             Command::Revoke(args) => revoke::run(&cli.global, args).await,
             Command::List(args) => list::run(&cli.global, args).await,
+            Command::Delete(args) => manage::delete(&cli.global, args).await,
+            Command::Rename(args) => manage::rename(&cli.global, args).await,
             Command::Account(cmd) => account::run(&cli.global, cmd).await,
             Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,

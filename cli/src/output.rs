@@ -60,8 +60,9 @@ fn is_ours(target: &str) -> bool {
 
 /// Sends `log` records to stderr at the level `-v`/`-q` ask for.
 pub(crate) fn init_logging(global: &GlobalArgs) {
+    // -q: warnings and errors only.
     let level = if global.quiet {
-        log::LevelFilter::Error
+        log::LevelFilter::Warn
     } else {
         match global.verbose {
             0 => log::LevelFilter::Warn,
@@ -75,11 +76,40 @@ pub(crate) fn init_logging(global: &GlobalArgs) {
     }
 }
 
+/// Writes to stdout. When stdout is closed (the reader went away, as
+/// `certsmith list | head -1` does), certsmith ends quietly with
+/// [`crate::exit::STDOUT_CLOSED`]: results are printed only once the
+/// store work is done, so nothing is left half-written.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+fn stdout_failed(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(i32::from(crate::exit::STDOUT_CLOSED));
+    }
+    let _ = writeln!(std::io::stderr(), "error: cannot write to stdout: {e}");
+    std::process::exit(i32::from(crate::exit::INTERNAL));
+}
+
+/// `println!` on stdout through [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
 /// Prints one JSON value as a line on stdout.
 pub(crate) fn print_json(value: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut out, value);
-    let _ = writeln!(out);
+    let line = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
+    write_stdout(format_args!("{line}\n"));
 }
 
 /// Prints an error and an optional hint on stderr.

@@ -59,6 +59,11 @@ pub(crate) struct RenewArgs {
     /// At most this many orders at once [default: the config's concurrency, else 8].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: Option<u32>,
+    /// A solver option for this run, naming its solver (repeatable): e.g.
+    /// a secret that is not stored; wins over the environment and the
+    /// config file.
+    #[arg(long = "solver-opt", value_name = "CODE:KEY=VALUE", value_parser = setup::parse_coded_opt)]
+    solver_opts: Vec<setup::CodedOpt>,
     #[command(flatten)]
     dns: DnsArgs,
 }
@@ -83,6 +88,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
     };
     let host = setup::plugin_host(global, config);
     let mut options = setup::agent_options(store.clone(), host, config, &args.dns);
+    options.solver_opts = setup::solver_opts_by_code(&args.solver_opts);
     if let Some(c) = args.concurrency {
         options.concurrency = c as usize;
     }

@@ -6,18 +6,20 @@
 //! the lineage's CA and e-mail), or, with `--key-file`, with the
 //! certificate's own private key, which RFC 8555 §7.6 accepts without any
 //! account. Afterwards the lineage is marked revoked, `list` shows it, and
-//! the next `run` orders a replacement.
+//! the next `run` orders a replacement, unless the reason says the names
+//! are no longer in use (`cessation-of-operation`, `affiliation-changed`):
+//! then the certificate is retired, and never renewed again.
 
 use std::path::PathBuf;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient, RevocationReason};
 use certsmith_core::error::IssueError;
 use certsmith_core::renewal;
-use certsmith_core::store::RevocationRecord;
+use certsmith_core::store::{RetiredRecord, RevocationRecord};
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
@@ -173,6 +175,13 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
 
     // Mark the lineage (for the current version only: an old version's
     // revocation does not make the current one unusable).
+    // Names no longer in use (cessation of operation, affiliation
+    // changed) retire the certificate: nothing renews it again. Any other
+    // reason queues a replacement.
+    let retires = matches!(
+        args.reason,
+        ReasonArg::CessationOfOperation | ReasonArg::AffiliationChanged
+    );
     let current = renewal::read_current(&store, name).ok().flatten();
     let at = certsmith_core::timefmt::now_rfc3339();
     if current.as_ref().is_some_and(|c| c.serial == facts.serial) {
@@ -181,9 +190,18 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
             reason: reason.as_str().to_owned(),
             at: at.clone(),
         };
+        let retired = retires.then(|| RetiredRecord {
+            reason: reason.as_str().to_owned(),
+            at: at.clone(),
+        });
         let (s, n) = (store.clone(), name.clone());
         tokio::task::spawn_blocking(move || {
-            s.update_lineage(&n, &mut |l| l.revoked = Some(record.clone()))
+            s.update_lineage(&n, &mut |l| {
+                l.revoked = Some(record.clone());
+                if retired.is_some() {
+                    l.retired = retired.clone();
+                }
+            })
         })
         .await
         .map_err(|e| Failure::usage(format!("the store writer failed: {e}"), None))?
@@ -198,21 +216,27 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
             "signed_with": signed_with,
             "already_revoked": already,
             "revoked_at": at,
+            "retired": retires,
         })),
         OutputFormat::Text => {
             if already {
-                println!(
+                outln!(
                     "certificate '{name}' (serial {}) was already revoked",
                     facts.serial
                 );
             } else {
-                println!(
+                outln!(
                     "revoked certificate '{name}' (serial {}), reason {}, signed with the {signed_with}",
                     facts.serial,
                     reason.as_str()
                 );
             }
-            if !global.quiet {
+            if global.quiet {
+            } else if retires {
+                eprintln!(
+                    "[certsmith] '{name}' is retired: `certsmith run` and `renew` never renew it (`certsmith delete --cert-name {name}` removes it)"
+                );
+            } else {
                 eprintln!(
                     "[certsmith] the next `certsmith run` (or `certsmith renew --cert-name {name}`) orders a replacement"
                 );

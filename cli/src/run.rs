@@ -31,6 +31,11 @@ pub(crate) struct RunArgs {
     /// Sleep a random time of up to SECS first (spreads fleets of timers).
     #[arg(long, value_name = "SECS")]
     jitter: Option<u64>,
+    /// A solver option for this run, naming its solver (repeatable): e.g.
+    /// a secret that is not stored; wins over the environment and the
+    /// config file.
+    #[arg(long = "solver-opt", value_name = "CODE:KEY=VALUE", value_parser = setup::parse_coded_opt)]
+    solver_opts: Vec<setup::CodedOpt>,
     #[command(flatten)]
     dns: DnsArgs,
 }
@@ -80,7 +85,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         Err(e) => return summary::account_failure(e).report(global, None),
     };
     let host = setup::plugin_host(global, Some(&config));
-    let options = setup::agent_options(store, host, Some(&config), &args.dns);
+    let mut options = setup::agent_options(store, host, Some(&config), &args.dns);
+    options.solver_opts = setup::solver_opts_by_code(&args.solver_opts);
     let (session, _lease) = match Session::start_batch(global, options).await {
         Ok(s) => s,
         Err(code) => return code,

@@ -370,6 +370,52 @@ impl Session {
     }
 }
 
+/// One `--solver-opt CODE:KEY=VALUE` of `run` and `renew` (a batch has
+/// several solvers, so the option names its solver); `Debug` shows no
+/// value (it may be an API token).
+#[derive(Clone)]
+pub(crate) struct CodedOpt {
+    code: String,
+    key: String,
+    value: String,
+}
+
+impl std::fmt::Debug for CodedOpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}=[redacted]", self.code, self.key)
+    }
+}
+
+/// Parses `CODE:KEY=VALUE`.
+pub(crate) fn parse_coded_opt(arg: &str) -> Result<CodedOpt, String> {
+    let (left, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("'{arg}' is not CODE:KEY=VALUE"))?;
+    match left.split_once(':') {
+        Some((code, key)) if !code.trim().is_empty() && !key.trim().is_empty() => Ok(CodedOpt {
+            code: code.trim().to_owned(),
+            key: key.trim().to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err(format!(
+            "'{left}' names no solver: give CODE:KEY=VALUE, e.g. cloudflare:api_token=..."
+        )),
+    }
+}
+
+/// `--solver-opt CODE:KEY=VALUE` options grouped by solver code.
+pub(crate) fn solver_opts_by_code(
+    opts: &[CodedOpt],
+) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let mut by = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
+    for o in opts {
+        by.entry(o.code.clone())
+            .or_default()
+            .push((o.key.clone(), o.value.clone()));
+    }
+    by
+}
+
 /// The options of an agent on `store` with the config file's solver
 /// tables and DNS defaults under the command line's DNS flags.
 pub(crate) fn agent_options(

@@ -126,7 +126,7 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                             .iter()
                             .map(|d| d.display().to_string())
                             .collect();
-                        println!("no solver plugins found in: {}", dirs.join(", "));
+                        crate::output::outln!("no solver plugins found in: {}", dirs.join(", "));
                     } else {
                         let rows: Vec<[String; 5]> = plugins
                             .iter()
@@ -152,7 +152,7 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                             }
                         }
                         for r in std::iter::once(&header).chain(rows.iter()) {
-                            println!(
+                            crate::output::outln!(
                                 "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
                                 r[0],
                                 r[1],
@@ -165,6 +165,12 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                                 w3 = w[3]
                             );
                         }
+                    }
+                    // Libraries that look like plugins but were refused,
+                    // with why: a solver missing from the table is never
+                    // a mystery.
+                    for p in host.problems() {
+                        crate::output::outln!("refused {}: {}", p.path.display(), p.error);
                     }
                 }
             }

@@ -11,7 +11,7 @@ use certsmith_core::timefmt::rfc3339;
 use serde_json::json;
 
 use crate::failure::Failure;
-use crate::output::{print_error, print_json};
+use crate::output::{outln, print_error, print_json};
 use crate::{GlobalArgs, OutputFormat, exit};
 
 /// A job's failure as a batch reports it: the hints of `issue` name its
@@ -28,6 +28,12 @@ fn batch_failure(e: &JobError) -> Failure {
         Some(IssueError::EabRequired { .. } | IssueError::Eab(_)) => {
             f.hint = Some(
                 "set eab_kid in [defaults] (or CERTSMITH_EAB_KID) and CERTSMITH_EAB_HMAC_KEY (or CERTSMITH_EAB_HMAC_KEY_FILE)"
+                    .to_owned(),
+            );
+        }
+        Some(IssueError::Plugin(p)) if p.is_usage() => {
+            f.hint = Some(
+                "set the option's environment variable (or its *_FILE) or its key in [solvers.<CODE>] of the config file for every scheduled run, or pass --solver-opt CODE:KEY=VALUE for this one; `certsmith solvers info <CODE>` lists them"
                     .to_owned(),
             );
         }
@@ -66,9 +72,12 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
             }
         }
         OutputFormat::Text => {
-            println!(
+            outln!(
                 "{:<24} {:<8} {:<21} {:<36} DETAIL",
-                "NAME", "ACTION", "NOT AFTER", "NEXT RENEWAL"
+                "NAME",
+                "ACTION",
+                "NOT AFTER",
+                "NEXT RENEWAL"
             );
             for (job, action, detail, failure) in &rows {
                 let detail = match failure {
@@ -80,7 +89,7 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
                 let not_after = cert
                     .map(|c| c.not_after)
                     .or_else(|| job.facts.as_ref().map(|f| f.not_after));
-                println!(
+                outln!(
                     "{:<24} {:<8} {:<21} {:<36} {}",
                     job.name,
                     action,
@@ -93,7 +102,7 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
                 );
             }
             let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            println!("{} certificate(s): {}", jobs.len(), parts.join(", "));
+            outln!("{} certificate(s): {}", jobs.len(), parts.join(", "));
         }
     }
     for (name, f) in &failures {
@@ -142,11 +151,19 @@ fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) ->
         "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
         "renewal_reason": job.next.map(|(_, r)| r.as_str()),
         "replaces": job.replaces,
-        "fullchain_path": cert.map(|c| c.fullchain_path.clone()),
-        "privkey_path": cert.map(|c| c.privkey_path.clone()),
+        // A certificate skipped (or whose renewal failed) still has its
+        // current files.
+        "fullchain_path": cert.map(|c| c.fullchain_path.clone()).or_else(|| current_file(job, certsmith_core::store::FULLCHAIN_FILE)),
+        "privkey_path": cert.map(|c| c.privkey_path.clone()).or_else(|| current_file(job, certsmith_core::store::PRIVKEY_FILE)),
         "deploy_hook": hook,
         "error": failure.map(Failure::json),
     })
+}
+
+/// A file of the job's current version, when there is one.
+fn current_file(job: &Job, file: &str) -> Option<std::path::PathBuf> {
+    job.facts.as_ref()?;
+    job.current_dir.as_ref().map(|d| d.join(file))
 }
 
 /// The exit code of a batch: 0 when nothing failed; the failure class's

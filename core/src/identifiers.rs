@@ -356,10 +356,19 @@ pub fn check_solver(ids: &[Identifier], manifest: &Manifest) -> Result<(), Ident
     Ok(())
 }
 
-/// The default certificate name for a set of identifiers: the first one,
-/// without a `*.` prefix.
+/// The default certificate name for a set of identifiers: the first one;
+/// a wildcard first is named `_.` and its base (`*.example.com` gives
+/// `_.example.com`) unless the set also holds the base itself, so that a
+/// wildcard-only certificate never takes the name of the apex certificate
+/// (`example.com` with `*.example.com` is named `example.com`).
 pub fn default_cert_name(ids: &[Identifier]) -> Option<String> {
-    ids.first().map(|i| i.base().to_owned())
+    let first = ids.first()?;
+    let base = first.base();
+    if first.is_wildcard() && !ids.iter().any(|i| i.as_str() == base) {
+        Some(format!("_.{base}"))
+    } else {
+        Some(base.to_owned())
+    }
 }
 
 /// Why `name` is not a valid internationalized domain name, in words
@@ -565,6 +574,10 @@ mod tests {
         assert_eq!(names, ["b.example", "a.example", "*.a.example"]);
         assert_eq!(default_cert_name(&ids).as_deref(), Some("b.example"));
         assert_eq!(parse_domains::<&str>(&[]), Err(IdentifierError::Empty));
+        let wild = parse_domains(&["*.w.example"]).expect("valid");
+        assert_eq!(default_cert_name(&wild).as_deref(), Some("_.w.example"));
+        let both = parse_domains(&["*.w.example", "w.example"]).expect("valid");
+        assert_eq!(default_cert_name(&both).as_deref(), Some("w.example"));
     }
 
     #[test]

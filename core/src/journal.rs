@@ -286,7 +286,8 @@ pub struct CleanupSources<'a> {
 }
 
 /// Cleans every stale entry with its plugin and options. Entries that fail
-/// stay for the next run.
+/// stay for the next run. The caller reports each result (the agent as
+/// progress); it is logged here at debug level only, so that it is said once.
 pub async fn clean_stale(
     journal: &Journal,
     host: &crate::plugin::PluginHost,
@@ -296,8 +297,8 @@ pub async fn clean_stale(
     for entry in journal.stale() {
         let result = clean_one(journal, host, sources, &entry).await;
         match &result {
-            Ok(()) => log::warn!("removed a leftover challenge: {}", entry.describe()),
-            Err(e) => log::warn!(
+            Ok(()) => log::debug!("removed a leftover challenge: {}", entry.describe()),
+            Err(e) => log::debug!(
                 "could not remove a leftover challenge ({}): {e}; it stays in {} for the next run",
                 entry.describe(),
                 journal.location()

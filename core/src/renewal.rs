@@ -572,6 +572,8 @@ pub enum CertState {
     Expired,
     /// Revoked (the lineage says so).
     Revoked,
+    /// Retired: no longer wanted, never renewed (the lineage says so).
+    Retired,
 }
 
 impl CertState {
@@ -582,12 +584,16 @@ impl CertState {
             CertState::Due => "due",
             CertState::Expired => "expired",
             CertState::Revoked => "revoked",
+            CertState::Retired => "retired",
         }
     }
 }
 
 /// The state of `lineage`'s current version at `now`.
 pub fn state(lineage: &Lineage, facts: &CertFacts, now: OffsetDateTime) -> CertState {
+    if lineage.retired.is_some() {
+        return CertState::Retired;
+    }
     if lineage
         .revoked
         .as_ref()

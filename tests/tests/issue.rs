@@ -570,6 +570,9 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     let first = Issued::from_json(&issue_ok(&args));
     assert_eq!(first.version, 1);
     check_certificate(&first, &pebble, &root, &[name], "ec-p256");
+    // Not due: issuing again needs --force (issue is idempotent).
+    let mut args = args;
+    args.push("--force".to_owned());
     let cert_dir = state.join("certs").join(name);
     let v1_dir = cert_dir.join("versions/1");
     let v1_files = read_version_files(&v1_dir);

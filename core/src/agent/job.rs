@@ -55,6 +55,17 @@ pub enum JobError {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// A certificate is stored under this name with other names, key type
+    /// or CA: ordering would replace it, which was not asked for.
+    #[error("'{name}' is stored with other settings ({}); ordering would replace it", changes.join("; "))]
+    Conflict {
+        /// The certificate name.
+        name: String,
+        /// What differs, in words.
+        changes: Vec<String>,
+        /// Whether the only change is names added to the stored ones.
+        superset: bool,
+    },
     /// Not attempted: the run was interrupted first.
     #[error("not attempted: the run was interrupted")]
     NotAttempted,
@@ -149,6 +160,9 @@ pub struct Job {
     pub settings: Settings,
     /// The current version, when there is one.
     pub facts: Option<CertFacts>,
+    /// Where the current version's files are served from (a backend that
+    /// keeps files), for a certificate already stored.
+    pub current_dir: Option<PathBuf>,
     /// When it is next due, and why.
     pub next: Option<(OffsetDateTime, RenewReason)>,
     /// The RFC 9773 identifier of the version a renewal replaces.
@@ -179,6 +193,7 @@ impl Job {
             request: None,
             settings: Settings::default(),
             facts: None,
+            current_dir: None,
             next: None,
             replaces: None,
             outcome: None,

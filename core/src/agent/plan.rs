@@ -14,10 +14,12 @@ use super::job::{Job, JobError, Plan, Settings};
 use crate::acme::AcmeClient;
 use crate::config::{self, CertificateConfig, Config};
 use crate::engine::{self, CertRequest};
+use crate::error::IssueError;
 use crate::identifiers;
 use crate::keys::KeyType;
+use crate::plugin::PluginHostError;
 use crate::renewal::{self, CertFacts, RenewReason};
-use crate::store::{Lineage, RenewalRecord};
+use crate::store::{Lineage, RenewalRecord, RetiredRecord};
 use crate::timefmt::rfc3339;
 
 /// The words for why a certificate renews when it does.
@@ -30,10 +32,10 @@ pub fn reason_words(r: RenewReason) -> &'static str {
     }
 }
 
-/// Plans the replacement of a current version that cannot be served
-/// (due at once, reason `damaged`); nothing is deleted, the next version
-/// takes its place.
-fn damaged(job: &mut Job, e: renewal::RenewalError, request: CertRequest) {
+/// The plan replacing a current version that cannot be served (due at
+/// once, reason `damaged`); nothing is deleted, the next version takes
+/// its place.
+fn damaged(job: &mut Job, e: renewal::RenewalError) -> Plan {
     log::warn!("{e}; ordering a replacement");
     let why = match &e {
         renewal::RenewalError::Damaged { reason, .. } => {
@@ -42,7 +44,38 @@ fn damaged(job: &mut Job, e: renewal::RenewalError, request: CertRequest) {
         other => format!("the current version is unreadable: {other}"),
     };
     job.next = Some((OffsetDateTime::now_utc(), RenewReason::Damaged));
-    job.order(Plan::Renew(why), request);
+    Plan::Renew(why)
+}
+
+/// The skip of a retired certificate.
+fn retired(job: &mut Job, record: &RetiredRecord) {
+    job.plan = Ok(Plan::Skip(format!(
+        "retired at {} ({}): never renewed",
+        record.at, record.reason
+    )));
+}
+
+/// Plans `plan`: an order of the request `make` builds (the solver is
+/// configured only now, for a certificate that is ordered), or a skip.
+fn order_with(
+    job: &mut Job,
+    plan: Option<Plan>,
+    make: impl FnOnce() -> Result<CertRequest, JobError>,
+) {
+    let Some(plan) = plan else { return };
+    match make() {
+        Ok(request) => {
+            let replaces = job.replaces.clone();
+            job.order(
+                plan,
+                CertRequest {
+                    replaces,
+                    ..request
+                },
+            );
+        }
+        Err(e) => job.fail(e),
+    }
 }
 
 /// Where a renewal's order comes from: the whole description of the
@@ -55,10 +88,65 @@ struct Existing<'a> {
     force: bool,
 }
 
+/// How `issue` may change a certificate already stored under its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestMode {
+    /// Order even when not due.
+    pub force: bool,
+    /// Accept a set of names that adds names to the stored one.
+    pub expand: bool,
+    /// Accept any change of names, key type or CA.
+    pub replace: bool,
+}
+
+impl RequestMode {
+    /// A mode with each choice given.
+    pub fn new(force: bool, expand: bool, replace: bool) -> RequestMode {
+        RequestMode {
+            force,
+            expand,
+            replace,
+        }
+    }
+}
+
+/// A renew_before stored in a lineage, if valid.
+fn lineage_renew_before(name: &str, lineage: &Lineage) -> Option<Duration> {
+    match lineage.renew_before.as_deref().map(config::parse_duration) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            log::warn!("{name}: renew_before in the lineage: {e}; using 1/3 of the lifetime");
+            None
+        }
+        None => None,
+    }
+}
+
+/// Context for a solver that cannot be configured at renewal: where each
+/// option it misses came from at the last order.
+fn solver_context(name: &str, lineage: &Lineage, e: &IssueError) -> String {
+    let missing = match e {
+        IssueError::Plugin(PluginHostError::MissingOption { key, .. }) => Some(key),
+        _ => None,
+    };
+    match missing.and_then(|k| lineage.option_sources.get(k).map(|s| (k, s))) {
+        Some((key, from)) if from == "flag" => format!(
+            "{name}: option '{key}' was given on the command line at the last order and is not stored"
+        ),
+        Some((key, from)) => match from.strip_prefix("env:") {
+            Some(var) => format!("{name}: option '{key}' came from {var} at the last order"),
+            None => format!("{name}: option '{key}' came from the config file at the last order"),
+        },
+        None => format!("{name}: solver '{}'", lineage.solver),
+    }
+}
+
 impl Agent {
     /// Plans a `[[certificate]]` of the config file: ordered when it is
     /// missing, its domains, key type or CA changed, it was revoked, or it
-    /// is due; `force` renews it regardless.
+    /// is due; `force` renews it regardless. A retired one is skipped. The
+    /// solver is configured only when the certificate is ordered.
     pub async fn plan_configured(
         &self,
         config: &Config,
@@ -76,26 +164,23 @@ impl Agent {
         );
         // The solver, configured: secrets come from the environment or the
         // file now, never from the store.
-        let solver = match self.solver(&cert.solver, &config.solver_table(cert)) {
-            Ok(s) => s,
-            Err(e) => {
-                let context = format!("{} ({})", cert.key("solver"), cert.solver);
-                job.fail(JobError::context(context, e));
-                return job;
-            }
+        let make = || -> Result<CertRequest, JobError> {
+            let solver = self
+                .solver(&cert.solver, &config.solver_table(cert))
+                .map_err(|e| {
+                    JobError::context(format!("{} ({})", cert.key("solver"), cert.solver), e)
+                })?;
+            let request = CertRequest {
+                name: cert.name.clone(),
+                domains: cert.domains.clone(),
+                solver,
+                key_type: cert.key_type,
+                replaces: None,
+                propagation_check: config.propagation_check(cert),
+            };
+            engine::check_request(&request, self.max_names)?;
+            Ok(request)
         };
-        let request = CertRequest {
-            name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            solver,
-            key_type: cert.key_type,
-            replaces: None,
-            propagation_check: config.propagation_check(cert),
-        };
-        if let Err(e) = engine::check_request(&request, self.max_names) {
-            job.fail(e.into());
-            return job;
-        }
         let lineage = match self.store.load_lineage(&cert.name) {
             Ok(l) => l,
             Err(e) => {
@@ -103,15 +188,21 @@ impl Agent {
                 return job;
             }
         };
+        if let Some(r) = lineage.as_ref().and_then(|l| l.retired.as_ref()) {
+            retired(&mut job, r);
+            return job;
+        }
+        job.current_dir = self.store.current_dir(&cert.name);
         let facts = match renewal::read_current(&self.store, &cert.name) {
             Ok(f) => f,
             Err(e) => {
-                damaged(&mut job, e, request);
+                let plan = damaged(&mut job, e);
+                order_with(&mut job, Some(plan), make);
                 return job;
             }
         };
         let (Some(lineage), Some(facts)) = (lineage, facts) else {
-            job.order(Plan::Issue("new".to_owned()), request);
+            order_with(&mut job, Some(Plan::Issue("new".to_owned())), make);
             return job;
         };
         let changes = renewal::changes(
@@ -123,7 +214,7 @@ impl Agent {
         job.facts = Some(facts.clone());
         if !changes.is_empty() {
             let why: Vec<String> = changes.iter().map(ToString::to_string).collect();
-            job.order(Plan::Issue(why.join("; ")), request);
+            order_with(&mut job, Some(Plan::Issue(why.join("; "))), make);
             return job;
         }
         let existing = Existing {
@@ -133,15 +224,17 @@ impl Agent {
             renew_before: config.renew_before(cert),
             force,
         };
-        self.plan_existing(&mut job, client, existing, request)
-            .await;
+        let plan = self.plan_existing(&mut job, client, existing).await;
+        order_with(&mut job, plan, make);
         job
     }
 
     /// Plans a stored certificate from its lineage (`renew`): `settings`
     /// are what to record after the order; the solver options are the
     /// config file's `[solvers.<code>]` table overlaid with what the
-    /// lineage recorded.
+    /// lineage recorded. A retired one is skipped; the solver is
+    /// configured only when the certificate is ordered, so that one
+    /// that is not due never fails for a secret missing now.
     pub async fn plan_stored(
         &self,
         name: &str,
@@ -152,16 +245,13 @@ impl Agent {
         force: bool,
     ) -> Job {
         let mut job = Job::new(name.to_owned(), lineage.domains.clone());
-        let renew_before = match lineage.renew_before.as_deref().map(config::parse_duration) {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                log::warn!("{name}: renew_before in the lineage: {e}; using 1/3 of the lifetime");
-                None
-            }
-            None => None,
-        };
+        let renew_before = lineage_renew_before(name, lineage);
         settings.renew_before = renew_before;
         job.settings = settings;
+        if let Some(r) = &lineage.retired {
+            retired(&mut job, r);
+            return job;
+        }
         let domains = match identifiers::parse_domains(&lineage.domains) {
             Ok(d) => d,
             Err(e) => {
@@ -178,37 +268,39 @@ impl Agent {
                 return job;
             }
         };
-        let mut table = solver_table;
-        for (k, v) in &lineage.solver_options {
-            table.insert(k.clone(), v.clone());
-        }
-        let solver = match self.solver(&lineage.solver, &table) {
-            Ok(s) => s,
-            Err(e) => {
-                job.fail(e.into());
-                return job;
+        let make = || -> Result<CertRequest, JobError> {
+            let mut table = solver_table;
+            for (k, v) in &lineage.solver_options {
+                table.insert(k.clone(), v.clone());
             }
+            let solver = self
+                .solver(&lineage.solver, &table)
+                .map_err(|e| JobError::context(solver_context(name, lineage, &e), e))?;
+            let request = CertRequest {
+                name: name.to_owned(),
+                domains,
+                solver,
+                key_type,
+                replaces: None,
+                propagation_check: None,
+            };
+            engine::check_request(&request, self.max_names)?;
+            Ok(request)
         };
-        let request = CertRequest {
-            name: name.to_owned(),
-            domains,
-            solver,
-            key_type,
-            replaces: None,
-            propagation_check: None,
-        };
-        if let Err(e) = engine::check_request(&request, self.max_names) {
-            job.fail(e.into());
-            return job;
-        }
+        job.current_dir = self.store.current_dir(name);
         let facts = match renewal::read_current(&self.store, name) {
             Ok(Some(f)) => f,
             Ok(None) => {
-                job.order(Plan::Issue("no current version".to_owned()), request);
+                order_with(
+                    &mut job,
+                    Some(Plan::Issue("no current version".to_owned())),
+                    make,
+                );
                 return job;
             }
             Err(e) => {
-                damaged(&mut job, e, request);
+                let plan = damaged(&mut job, e);
+                order_with(&mut job, Some(plan), make);
                 return job;
             }
         };
@@ -220,32 +312,123 @@ impl Agent {
             renew_before,
             force,
         };
-        self.plan_existing(&mut job, client, existing, request)
-            .await;
+        let plan = self.plan_existing(&mut job, client, existing).await;
+        order_with(&mut job, plan, make);
+        job
+    }
+
+    /// Plans `request` (`issue`): a new certificate is ordered; one stored
+    /// under the same name with the same names, key type and CA is ordered
+    /// only when due (or `mode.force`), like `renew`; one with other names,
+    /// key type or CA fails with [`JobError::Conflict`] unless `mode`
+    /// accepts the change (`expand` for added names, `replace` for any).
+    /// Settings `settings` leaves unset (deploy hook, account contact, CA
+    /// bundle) are those of the stored certificate.
+    pub async fn plan_request(
+        &self,
+        request: CertRequest,
+        mut settings: Settings,
+        client: &AcmeClient,
+        mode: RequestMode,
+    ) -> Job {
+        let name = request.name.clone();
+        let domains: Vec<String> = request
+            .domains
+            .iter()
+            .map(|d| d.as_str().to_owned())
+            .collect();
+        let mut job = Job::new(name.clone(), domains.clone());
+        let lineage = match self.store.load_lineage(&name) {
+            Ok(l) => l,
+            Err(e) => {
+                job.fail(JobError::from(crate::error::IssueError::from(e)));
+                return job;
+            }
+        };
+        let lineage = match lineage {
+            Some(l) if l.retired.is_none() => l,
+            other => {
+                job.settings = settings;
+                let why = if other.is_some() {
+                    "new (the name was retired)"
+                } else {
+                    "new"
+                };
+                job.order(Plan::Issue(why.to_owned()), request);
+                return job;
+            }
+        };
+        settings.deploy_hook = settings.deploy_hook.or(lineage.deploy_hook.clone());
+        settings.email = settings.email.or(lineage.email.clone());
+        settings.ca_cert = settings
+            .ca_cert
+            .or(lineage.ca_cert.as_ref().map(std::path::PathBuf::from));
+        settings.renew_before = settings
+            .renew_before
+            .or(lineage_renew_before(&name, &lineage));
+        let renew_before = settings.renew_before;
+        job.settings = settings;
+        job.current_dir = self.store.current_dir(&name);
+        let changes =
+            renewal::changes(&lineage, &domains, request.key_type, client.directory_url());
+        if !changes.is_empty() {
+            let superset = changes.iter().all(|c| {
+                matches!(c, renewal::Change::Domains { from, to } if from.iter().all(|d| to.contains(d)))
+            });
+            let why: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            if mode.replace || (mode.expand && superset) {
+                job.order(Plan::Issue(why.join("; ")), request);
+            } else {
+                job.fail(JobError::Conflict {
+                    name,
+                    changes: why,
+                    superset,
+                });
+            }
+            return job;
+        }
+        let facts = match renewal::read_current(&self.store, &name) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                job.order(Plan::Issue("no current version".to_owned()), request);
+                return job;
+            }
+            Err(e) => {
+                let plan = damaged(&mut job, e);
+                job.order(plan, request);
+                return job;
+            }
+        };
+        job.facts = Some(facts.clone());
+        let existing = Existing {
+            name: &name,
+            lineage: &lineage,
+            facts,
+            renew_before,
+            force: mode.force,
+        };
+        let plan = self.plan_existing(&mut job, client, existing).await;
+        order_with(&mut job, plan, || Ok(request));
         job
     }
 
     /// Decides, for a certificate with a current version, whether it is
     /// due (asking the CA's ARI when it offers it), records the schedule
-    /// in the lineage, and plans the order naming the certificate it
-    /// replaces when the CA offers ARI (RFC 9773 §5).
+    /// in the lineage, and returns the plan of the order (naming the
+    /// certificate it replaces in `job.replaces` when the CA offers ARI,
+    /// RFC 9773 §5), or `None` with the job skipped.
     async fn plan_existing(
         &self,
         job: &mut Job,
         client: &AcmeClient,
         e: Existing<'_>,
-        request: CertRequest,
-    ) {
+    ) -> Option<Plan> {
         if e.lineage
             .revoked
             .as_ref()
             .is_some_and(|r| r.serial == e.facts.serial)
         {
-            job.order(
-                Plan::Issue("the current version is revoked".to_owned()),
-                request,
-            );
-            return;
+            return Some(Plan::Issue("the current version is revoked".to_owned()));
         }
         let now = OffsetDateTime::now_utc();
         let sched = renewal::schedule(
@@ -283,18 +466,12 @@ impl Agent {
                 rfc3339(sched.next),
                 reason_words(sched.reason)
             )));
-            return;
+            return None;
         };
         if client.offers_renewal_info().await.unwrap_or(false) {
             job.replaces = e.facts.ari_cert_id.clone();
         }
-        job.order(
-            plan,
-            CertRequest {
-                replaces: job.replaces.clone(),
-                ..request
-            },
-        );
+        Some(plan)
     }
 
     /// Records a renewal schedule in the lineage (a failure is only

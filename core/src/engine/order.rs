@@ -219,6 +219,7 @@ impl Engine {
             domains: domains.clone(),
             solver: req.solver.code().to_owned(),
             solver_options: req.solver.public_options(),
+            option_sources: req.solver.option_sources(),
             key_type: key_type.as_str().to_owned(),
             server: inner.client.directory_url().to_owned(),
             versions: Vec::new(),

@@ -66,6 +66,7 @@ pub struct ResolvedConfig {
     code: String,
     values: serde_json::Map<String, serde_json::Value>,
     explicit: BTreeSet<String>,
+    sources: BTreeMap<String, String>,
     secret_keys: BTreeSet<String>,
     redactor: Redactor,
 }
@@ -108,6 +109,13 @@ impl ResolvedConfig {
             .filter(|(k, _)| self.explicit.contains(*k) && !self.secret_keys.contains(*k))
             .filter_map(|(k, v)| json_to_toml(v).map(|t| (k.clone(), t)))
             .collect()
+    }
+
+    /// Where each explicitly set option came from, secret or not (never
+    /// a value): `flag`, `env:VAR` (`env:VAR_FILE` for a file the variable
+    /// names) or `config`.
+    pub fn option_sources(&self) -> BTreeMap<String, String> {
+        self.sources.clone()
     }
 
     /// The redactor for this configuration's secrets.
@@ -208,6 +216,7 @@ pub fn resolve(
 
     let mut values = serde_json::Map::new();
     let mut explicit = BTreeSet::new();
+    let mut origins = BTreeMap::new();
 
     // 1. Command line.
     for (key, text) in sources.cli {
@@ -224,6 +233,7 @@ pub fn resolve(
         }
         values.insert(key.clone(), v);
         explicit.insert(key.clone());
+        origins.insert(key.clone(), "flag".to_owned());
     }
 
     // 3. Config file, checked in full even where the CLI overrides, so a
@@ -271,6 +281,7 @@ pub fn resolve(
             if let Some((from, text)) = found {
                 values.insert(key.clone(), parse_text(code, key, spec, &from, &text)?);
                 explicit.insert(key.clone());
+                origins.insert(key.clone(), format!("env:{from}"));
                 continue;
             }
         }
@@ -278,6 +289,7 @@ pub fn resolve(
         if let Some(v) = from_file.remove(key) {
             values.insert(key.clone(), v);
             explicit.insert(key.clone());
+            origins.insert(key.clone(), "config".to_owned());
             continue;
         }
         // 4. Default, or an error when required.
@@ -315,6 +327,7 @@ pub fn resolve(
         code: code.to_owned(),
         values,
         explicit,
+        sources: origins,
         secret_keys,
         redactor,
     })

@@ -92,6 +92,26 @@ fn is_candidate(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
 }
 
+/// The code a candidate's file name gives (`libcertsmith_<code>.so`).
+fn file_code(path: &Path) -> Option<&str> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(PREFIX)?
+        .strip_suffix(SUFFIX)
+}
+
+/// `plugin` if its manifest's code is the one its file name gives.
+fn named_for(plugin: LoadedPlugin, path: &Path) -> Result<LoadedPlugin, PluginHostError> {
+    match file_code(path) {
+        Some(code) if code != plugin.manifest().code => Err(PluginHostError::CodeMismatch {
+            path: path.to_owned(),
+            file_code: code.to_owned(),
+            manifest_code: plugin.manifest().code.clone(),
+        }),
+        _ => Ok(plugin),
+    }
+}
+
 impl PluginHost {
     /// Loads every plugin on the search path.
     pub fn discover(search: &SearchPath) -> PluginHost {
@@ -111,7 +131,7 @@ impl PluginHost {
             files.sort();
             let mut in_this_dir: BTreeMap<String, PathBuf> = BTreeMap::new();
             for path in files {
-                match load_plugin(&path, &search.policy) {
+                match load_plugin(&path, &search.policy).and_then(|p| named_for(p, &path)) {
                     Ok(p) => {
                         let code = p.manifest().code.clone();
                         if let Some(first) = in_this_dir.get(&code) {
@@ -161,6 +181,7 @@ impl PluginHost {
                 suggestion: nearest(code, self.plugins.keys().map(String::as_str))
                     .map(str::to_owned),
                 searched: self.searched.clone(),
+                refused: self.problems.iter().map(|p| p.error.to_string()).collect(),
             })
     }
 

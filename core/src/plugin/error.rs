@@ -118,6 +118,20 @@ pub enum PluginHostError {
         /// What is wrong with it.
         source: ManifestError,
     },
+    /// A library's file name says one solver code and its manifest
+    /// another: loading it would answer for a code its name does not show
+    /// (and could shadow the built-in solver of that code).
+    #[error(
+        "refusing to load {path}: its file name says solver '{file_code}' but its manifest says '{manifest_code}'; rename the file to libcertsmith_{manifest_code}.so or fix the manifest's code"
+    )]
+    CodeMismatch {
+        /// The plugin file.
+        path: PathBuf,
+        /// The code in the file name (`libcertsmith_<code>.so`).
+        file_code: String,
+        /// The code in the manifest.
+        manifest_code: String,
+    },
     /// The embedded manifest is not UTF-8.
     #[error("{path}: its embedded plugin.toml is not valid UTF-8")]
     ManifestNotUtf8 {
@@ -137,7 +151,7 @@ pub enum PluginHostError {
         second: PathBuf,
     },
     /// No plugin has this code.
-    #[error("{}", unknown_solver_message(.code, .available, .suggestion.as_deref(), .searched))]
+    #[error("{}", unknown_solver_message(.code, .available, .suggestion.as_deref(), .searched, .refused))]
     UnknownSolver {
         /// The code asked for.
         code: String,
@@ -147,6 +161,8 @@ pub enum PluginHostError {
         suggestion: Option<String>,
         /// The directories searched.
         searched: Vec<PathBuf>,
+        /// The libraries that were found but refused, each with why.
+        refused: Vec<String>,
     },
     /// A configuration key the plugin does not declare.
     #[error("{}", unknown_option_message(.code, .key, .suggestion.as_deref(), .valid))]
@@ -235,6 +251,7 @@ fn unknown_solver_message(
     available: &[String],
     suggestion: Option<&str>,
     searched: &[PathBuf],
+    refused: &[String],
 ) -> String {
     let mut s = format!("unknown solver '{code}'");
     if let Some(near) = suggestion {
@@ -246,6 +263,9 @@ fn unknown_solver_message(
         s.push_str(&dirs.join(", "));
     } else {
         s.push_str(&format!("; available: {}", available.join(", ")));
+    }
+    if !refused.is_empty() {
+        s.push_str(&format!("; refused: {}", refused.join("; ")));
     }
     s
 }
@@ -271,9 +291,11 @@ fn unknown_option_message(
 fn missing_option_message(code: &str, key: &str, env: Option<&str>) -> String {
     match env {
         Some(var) => format!(
-            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or give it as a solver option"
+            "solver '{code}' needs option '{key}': set {var} (or {var}_FILE to a file holding it), or '{key}' in [solvers.{code}] of the config file"
         ),
-        None => format!("solver '{code}' needs option '{key}': give it as a solver option"),
+        None => format!(
+            "solver '{code}' needs option '{key}': set '{key}' in [solvers.{code}] of the config file"
+        ),
     }
 }
 

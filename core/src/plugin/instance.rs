@@ -178,6 +178,12 @@ impl SolverInstance {
         self.inner.config.public_options()
     }
 
+    /// Where each explicitly set option came from (see
+    /// [`ResolvedConfig::option_sources`]).
+    pub fn option_sources(&self) -> BTreeMap<String, String> {
+        self.config().option_sources()
+    }
+
     /// Presents a challenge.
     pub async fn present(&self, req: &ChallengeRequest) -> Result<Presented, CallError> {
         let params = serde_json::to_vec(req).unwrap_or_default();

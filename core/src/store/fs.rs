@@ -427,6 +427,56 @@ impl Storage for FsStore {
         })
     }
 
+    fn remove_cert(&self, name: &str, keep_files: bool) -> Result<bool, StoreError> {
+        check_cert_name(name)?;
+        let _lock = self.lock()?;
+        let dir = self.cert_dir(name);
+        if !dir.join("lineage.toml").exists() {
+            return Ok(false);
+        }
+        if keep_files {
+            for file in ["pending-order.json", "lineage.toml"] {
+                let path = dir.join(file);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", &path, e)),
+                }
+            }
+            fsync_dir(&dir)?;
+            return Ok(true);
+        }
+        // Renamed out of certs/ first (one atomic step: a reader sees the
+        // certificate or nothing), then removed.
+        let trash = self
+            .root
+            .join(format!(".deleted-{name}-{}", std::process::id()));
+        fs::rename(&dir, &trash).map_err(|e| StoreError::io("rename", &dir, e))?;
+        if let Some(certs) = dir.parent() {
+            fsync_dir(certs)?;
+        }
+        fs::remove_dir_all(&trash).map_err(|e| StoreError::io("remove", &trash, e))?;
+        Ok(true)
+    }
+
+    fn rename_cert(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        check_cert_name(from)?;
+        check_cert_name(to)?;
+        let _lock = self.lock()?;
+        let (old, new) = (self.cert_dir(from), self.cert_dir(to));
+        if new.exists() {
+            return Err(StoreError::Exists {
+                name: to.to_owned(),
+                location: self.location(),
+            });
+        }
+        fs::rename(&old, &new).map_err(|e| StoreError::io("rename", &old, e))?;
+        if let Some(certs) = new.parent() {
+            fsync_dir(certs)?;
+        }
+        Ok(())
+    }
+
     fn current_version(&self, name: &str) -> Result<Option<u32>, StoreError> {
         check_cert_name(name)?;
         let link = self.cert_dir(name).join("current");

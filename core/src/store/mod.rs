@@ -105,6 +105,14 @@ pub enum StoreError {
         "invalid certificate name '{0}': use letters, digits, '.', '-' and '_' (at most 128, not starting with '.')"
     )]
     BadName(String),
+    /// A certificate of that name is already stored.
+    #[error("a certificate named '{name}' is already stored in {location}")]
+    Exists {
+        /// The name.
+        name: String,
+        /// The store.
+        location: String,
+    },
     /// Something stored does not parse.
     #[error("{path} is corrupt: {reason}")]
     Corrupt {
@@ -193,6 +201,14 @@ pub struct Lineage {
     /// The solver options that were set explicitly and are not secret.
     #[serde(default)]
     pub solver_options: BTreeMap<String, toml::Value>,
+    /// Where each explicitly set solver option came from at the last
+    /// order, secret or not (never its value): `flag` (the command line,
+    /// not stored), `env:VAR` (an environment variable, `VAR_FILE` for a
+    /// file it names) or `config` (the config file's `[solvers.<code>]`
+    /// or the lineage). A renewal that misses a secret says where it came
+    /// from and what to set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub option_sources: BTreeMap<String, String>,
     /// The key type name, e.g. `ec-p256`.
     pub key_type: String,
     /// The ACME directory URL.
@@ -216,9 +232,22 @@ pub struct Lineage {
     /// Set when the current version was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<RevocationRecord>,
+    /// Set when the certificate was retired (revoked because its names
+    /// are no longer in use, or deleted): never renewed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<RetiredRecord>,
     /// Every version stored, oldest first.
     #[serde(default)]
     pub versions: Vec<VersionRecord>,
+}
+
+/// `[retired]` of `lineage.toml`: the certificate is no longer wanted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredRecord {
+    /// Why, e.g. `cessation-of-operation`.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
 }
 
 /// `[renewal]` of `lineage.toml`: the next renewal of the current version
@@ -492,6 +521,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
         lineage: &Lineage,
         record: VersionRecord,
     ) -> Result<SavedVersion, StoreError>;
+
+    /// Removes the certificate `name` from the store: its lineage and
+    /// pending order, and, unless `keep_files`, every stored version.
+    /// With `keep_files` the versions stay where they are (for a
+    /// filesystem backend: `certs/<name>/versions` and `current`), no
+    /// longer a certificate of the store. Returns whether there was one.
+    fn remove_cert(&self, name: &str, keep_files: bool) -> Result<bool, StoreError>;
+
+    /// Renames the certificate `from` to `to` (its lineage and versions);
+    /// [`StoreError::Exists`] when `to` is taken.
+    fn rename_cert(&self, from: &str, to: &str) -> Result<(), StoreError>;
 
     /// The number of the current version, if any.
     fn current_version(&self, name: &str) -> Result<Option<u32>, StoreError>;
