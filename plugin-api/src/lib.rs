@@ -32,7 +32,7 @@
 //!     fn new(_: Self::Config) -> Result<Self, PluginError> { Ok(Echo) }
 //!     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
 //!         certsmith_plugin_api::log::info!("presenting {}", req.identifier);
-//!         Ok(Presented::default())
+//!         Ok(Presented::new(serde_json::json!({"id": 1})))
 //!     }
 //!     async fn cleanup(&self, _: &ChallengeRequest, _: &Presented) -> Result<(), PluginError> {
 //!         Ok(())
@@ -45,6 +45,8 @@
 //! The host side (loading, handshake, config validation) lives in
 //! `certsmith-core`, which uses this crate with `default-features = false`.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 pub mod manifest;
 pub mod wire;
@@ -52,14 +54,16 @@ pub mod wire;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 
-pub use manifest::{ConfigKey, ConfigType, Defaults, Manifest, ManifestError};
+pub use manifest::{
+    ConfigKey, ConfigType, ConfigValue, Defaults, Manifest, ManifestError, ValueError,
+};
 pub use wire::{
     ChallengeRequest, ChallengeType, CleanupParams, DnsTarget, ErrorBody, ErrorKind,
     METHOD_CLEANUP, METHOD_PRESENT, PluginError, Presented,
 };
 
 #[cfg(feature = "sdk")]
-pub use sdk::{Deadline, Solver, async_trait};
+pub use sdk::{Backoff, Deadline, NameLocks, Secret, Solver, async_trait, retry};
 
 /// The `log` crate, re-exported so plugins log through the same instance the
 /// SDK forwards to the host.
