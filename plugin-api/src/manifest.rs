@@ -254,9 +254,9 @@ impl ConfigValue {
             ConfigValue::Boolean(b) => serde_json::Value::Bool(*b),
             ConfigValue::Integer(i) => serde_json::Value::from(*i),
             ConfigValue::String(s) => serde_json::Value::String(s.clone()),
-            ConfigValue::StringList(l) => serde_json::Value::Array(
-                l.iter().cloned().map(serde_json::Value::String).collect(),
-            ),
+            ConfigValue::StringList(l) => {
+                serde_json::Value::Array(l.iter().cloned().map(serde_json::Value::String).collect())
+            }
         }
     }
     /// A JSON value of one of the four types, else `None`.

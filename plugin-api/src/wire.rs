@@ -397,13 +397,7 @@ mod tests {
 
     #[test]
     fn debug_hides_key_authorization() {
-        let req = ChallengeRequest::new(
-            ChallengeType::Http01,
-            "a.test",
-            "tok",
-            "tok.SECRETISH",
-            0,
-        );
+        let req = ChallengeRequest::new(ChallengeType::Http01, "a.test", "tok", "tok.SECRETISH", 0);
         assert!(!format!("{req:?}").contains("SECRETISH"));
     }
 }

@@ -73,17 +73,22 @@ fn items(text: &str) -> Vec<String> {
                 }
                 j += 1;
             }
-            let sig = sig.replace("{ ", "{").replace(",)", ")").replace(", }", "}");
+            let sig = sig
+                .replace("{ ", "{")
+                .replace(",)", ")")
+                .replace(", }", "}");
             let sig = if line.starts_with("pub use ") {
                 sig.trim_end_matches(';').to_owned()
             } else {
                 sig.split(" {").next().unwrap_or_default().to_owned()
             };
-            let sig = sig
-                .trim_end_matches([',', ';', ' '])
-                .to_owned();
+            let sig = sig.trim_end_matches([',', ';', ' ']).to_owned();
             if line.starts_with("pub ") {
-                let prefix = if non_exhaustive { "#[non_exhaustive] " } else { "" };
+                let prefix = if non_exhaustive {
+                    "#[non_exhaustive] "
+                } else {
+                    ""
+                };
                 out.push(format!("{prefix}{sig}"));
                 if line.starts_with("pub enum ") {
                     enum_depth = Some(depth + 1);

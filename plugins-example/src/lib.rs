@@ -262,13 +262,7 @@ impl Solver for ChallTestSrv {
             return Err(e);
         }
         log::debug!("challtestsrv: added {} at {host}", target.value);
-        Ok(Presented {
-            // Stored in the host's journal: data to read, never a secret.
-            // Cleanup works from the request, which the journal keeps too.
-            handle: json!({ "host": host, "value": target.value }),
-            // challtestsrv serves every record with TTL 0 and takes no TTL.
-            ttl: (target.ttl != 0).then_some(0),
-        })
+        Ok(Presented::new(serde_json::Value::Null).with_ttl((target.ttl != 0).then_some(0)))
     }
 
     async fn cleanup(

@@ -135,7 +135,10 @@ mod tests {
         ] {
             let e = ErrorBody::from_http_status(status, "GET /x", " oops ", None);
             assert_eq!((e.kind, e.retryable), (kind, retryable), "{status}");
-            assert!(e.message.starts_with(&format!("GET /x answered HTTP {status}: oops")));
+            assert!(
+                e.message
+                    .starts_with(&format!("GET /x answered HTTP {status}: oops"))
+            );
         }
         let e = ErrorBody::from_http_status(503, "GET /x", &"y".repeat(1000), Some(" 2 "));
         assert_eq!(e.retry_after_ms, Some(2000));
@@ -167,9 +170,16 @@ mod tests {
         assert!(e.message.contains("connection refused"), "{}", e.message);
         let e = ErrorBody::from_transport(
             "POST http://h/x",
-            &Outer(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline")),
+            &Outer(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "deadline",
+            )),
         );
         assert!(e.message.contains("timed out"), "{}", e.message);
-        assert!(e.message.contains("error sending request: deadline"), "{}", e.message);
+        assert!(
+            e.message.contains("error sending request: deadline"),
+            "{}",
+            e.message
+        );
     }
 }

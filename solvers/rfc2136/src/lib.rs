@@ -192,10 +192,10 @@ impl Solver for Rfc2136 {
             target.fqdn,
             target.zone
         );
-        Ok(Presented {
-            handle: serde_json::json!({ "server": server, "zone": target.zone, "fqdn": target.fqdn }),
-            ttl: (ttl != target.ttl).then_some(ttl),
-        })
+        Ok(Presented::new(
+            serde_json::json!({ "server": server, "zone": target.zone, "fqdn": target.fqdn }),
+        )
+        .with_ttl((ttl != target.ttl).then_some(ttl)))
     }
 
     async fn cleanup(

@@ -42,22 +42,23 @@ fn request(zone: &str, fqdn: &str, value: &str) -> ChallengeRequest {
         .map(|n| n.trim_end_matches('.'))
         .filter(|n| !n.is_empty())
         .unwrap_or("@");
-    ChallengeRequest {
-        challenge_type: ChallengeType::Dns01,
-        identifier: zone.to_owned(),
-        wildcard: false,
-        token: "token".to_owned(),
-        key_authorization: "token.thumbprint".to_owned(),
-        deadline_unix_ms: now_ms + 60_000,
-        dns: Some(DnsTarget {
-            zone: zone.to_owned(),
-            name: name.to_owned(),
-            fqdn: fqdn.to_owned(),
-            value: value.to_owned(),
-            ttl: 60,
-            primary_ns: Some(format!("ns1.{zone}")),
-        }),
-    }
+    ChallengeRequest::new(
+        ChallengeType::Dns01,
+        zone.to_owned(),
+        "token".to_owned(),
+        "token.thumbprint".to_owned(),
+        now_ms + 60_000,
+    )
+    .with_dns(Some(
+        DnsTarget::new(
+            zone.to_owned(),
+            name.to_owned(),
+            fqdn.to_owned(),
+            value.to_owned(),
+            60,
+        )
+        .with_primary_ns(Some(format!("ns1.{zone}"))),
+    ))
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

@@ -678,14 +678,12 @@ impl Solver for Route53 {
         {
             self.wait_insync(aws, id, &deadline).await?;
         }
-        Ok(Presented {
-            handle: serde_json::json!({
-                "hosted_zone_id": zone_id,
-                "fqdn": fqdn,
-                "change_id": change_id,
-            }),
-            ttl: (ttl != target.ttl).then_some(ttl),
-        })
+        Ok(Presented::new(serde_json::json!({
+            "hosted_zone_id": zone_id,
+            "fqdn": fqdn,
+            "change_id": change_id,
+        }))
+        .with_ttl((ttl != target.ttl).then_some(ttl)))
     }
 
     async fn cleanup(
