@@ -18,6 +18,7 @@ mod progress;
 mod renew;
 mod revoke;
 mod run;
+mod scaffold;
 mod setup;
 mod solvers;
 mod summary;

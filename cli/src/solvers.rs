@@ -34,6 +34,8 @@ pub(crate) enum PluginCommand {
     /// challenges: present, present again, cleanup, cleanup again.
     #[command(after_help = crate::help::PLUGIN)]
     Check(CheckArgs),
+    /// Create a new plugin crate that builds and passes `plugin check`.
+    New(crate::scaffold::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -275,7 +277,10 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
 const PRELUDE_STEPS: usize = 2;
 
 pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
-    let PluginCommand::Check(args) = cmd;
+    let args = match cmd {
+        PluginCommand::Check(args) => args,
+        PluginCommand::New(args) => return crate::scaffold::run(&args),
+    };
     let mut policy = LoadPolicy::default();
     if let Some(pin) = &args.sha256 {
         policy

@@ -47,6 +47,10 @@
 
 #![warn(missing_docs)]
 
+/// This crate's version, e.g. `"0.2.0"` (independent of the ABI version in
+/// [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`]).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod abi;
 pub mod manifest;
 pub mod wire;

@@ -16,6 +16,7 @@ mod ergonomics;
 mod harness;
 mod issue;
 mod lifecycle;
+mod outsiders;
 mod plugin_host;
 mod progress;
 mod propagation_modes;
