@@ -26,7 +26,7 @@ fn config(bind: &Bind) -> Rfc2136Config {
         server: Some(bind.addr().to_string()),
         tsig_key_name: bind.tsig_key_name().to_owned(),
         tsig_algorithm: Some(bind.tsig_algorithm().to_owned()),
-        tsig_secret: bind.tsig_secret_b64().to_owned(),
+        tsig_secret: bind.tsig_secret_b64().to_owned().into(),
         ttl: Some(60),
         timeout_s: Some(5),
     }
@@ -179,7 +179,7 @@ async fn wrong_secret_is_an_auth_error_that_names_the_server_and_hides_the_secre
     let bind = Bind::start(&[zone()])?;
     let wrong = other_secret(&bind);
     let mut cfg = config(&bind);
-    cfg.tsig_secret = wrong.clone();
+    cfg.tsig_secret = wrong.clone().into();
     let solver = Rfc2136::new(cfg)?;
     let Err(e) = solver.present(&request(ZONE, NAME, "v")).await else {
         return Err("present with a wrong secret succeeded".into());
