@@ -35,6 +35,7 @@ pub(crate) enum PluginCommand {
     #[command(after_help = crate::help::PLUGIN)]
     Check(CheckArgs),
     /// Create a new plugin crate that builds and passes `plugin check`.
+    #[command(after_help = crate::help::PLUGIN_NEW)]
     New(crate::scaffold::NewArgs),
 }
 

@@ -44,6 +44,33 @@
 //!
 //! The host side (loading, handshake, config validation) lives in
 //! `certsmith-core`, which uses this crate with `default-features = false`.
+//!
+//! # Versions
+//!
+//! This crate needs Rust 1.95 (edition 2024) and follows semver on its own.
+//! The ABI it implements is [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`] (1.1): a
+//! host loads plugins built for its minor or an older one and refuses newer
+//! ones, naming both. The wire types are `#[non_exhaustive]`: read their
+//! fields, build them with their constructors.
+//!
+//! # What the host does around a plugin
+//!
+//! * Validates the configuration against `plugin.toml` (types, required,
+//!   `min`/`max`/`pattern`) and redacts `secret` values everywhere. An
+//!   option neither set nor defaulted is absent from the config JSON, never
+//!   `null`.
+//! * For dns-01, computes the whole [`DnsTarget`] (value, CNAMEs, zone by
+//!   SOA, primary nameserver), checks propagation and always cleans up.
+//!   [`DnsTarget::ttl`] is the manifest's `[defaults] ttl`;
+//!   [`Presented::ttl`] is recorded and handed back to `cleanup`.
+//! * Serializes `present`/`cleanup` of one solver at one name across
+//!   certsmith processes sharing a state directory (inside a process, use
+//!   [`NameLocks`](sdk::NameLocks)).
+//! * Shows the plugin's `log` records: `info!` with `-v`, `debug!` with
+//!   `-vv` (the plugin's dependencies' too), `warn!`/`error!` always.
+//!
+//! Start a new plugin with `certsmith plugin new CODE --dns|--http`; the
+//! example plugin's README in the certsmith repository is the full guide.
 
 #![warn(missing_docs)]
 

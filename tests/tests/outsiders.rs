@@ -114,7 +114,9 @@ fn workspace_dependency(name: &str) -> toml::Value {
 
 /// plugins-example's Cargo.toml as an outsider writes it: explicit
 /// versions, the plugin-api from `api`, its own workspace, and a library
-/// name of its own so that its build does not replace the workspace's.
+/// name of its own, so that its build does not replace the workspace's and,
+/// not being `libcertsmith_*`, is not discovered next to the certsmith
+/// binary by other tests (two plugins with one code is an error).
 fn outsider_manifest(api: &Path) -> String {
     let text = std::fs::read_to_string(workspace_root().join("plugins-example/Cargo.toml"))
         .expect("plugins-example/Cargo.toml");
@@ -130,7 +132,7 @@ fn outsider_manifest(api: &Path) -> String {
     m["lib"]
         .as_table_mut()
         .expect("[lib]")
-        .insert("name".into(), "certsmith_challtestsrv_outside".into());
+        .insert("name".into(), "csmtest_outside_challtestsrv".into());
     let deps = m["dependencies"].as_table_mut().expect("[dependencies]");
     for (name, spec) in deps.iter_mut() {
         let mut full = match workspace_dependency(name) {
@@ -193,7 +195,7 @@ fn the_example_builds_outside_the_workspace_from_the_packaged_crate_and_loads() 
         .current_dir(&example)
         .args(["build", "--offline", "--lib"]);
     run(build, "building the example outside the workspace");
-    let lib = target_dir().join("debug/libcertsmith_challtestsrv_outside.so");
+    let lib = target_dir().join("debug/libcsmtest_outside_challtestsrv.so");
     let cts = certsmith_tests::ChallTestSrv::start().unwrap_or_else(|e| panic!("{e}"));
     let url = format!("url={}", cts.mgmt_url());
     let out = plugin_check(&lib, &["--solver-opt", &url]);
@@ -216,7 +218,7 @@ fn a_plugin_built_against_abi_1_0_loads_and_passes_check() {
         .current_dir(&example)
         .args(["build", "--offline", "--lib"]);
     run(build, "building the ABI 1.0 example");
-    let lib = target_dir().join("debug/libcertsmith_challtestsrv_abi10.so");
+    let lib = target_dir().join("debug/libcsmtest_challtestsrv_abi10.so");
     let cts = certsmith_tests::ChallTestSrv::start().unwrap_or_else(|e| panic!("{e}"));
     let url = format!("url={}", cts.mgmt_url());
     let dns = cts.dns_addr().to_string();
