@@ -20,7 +20,7 @@ pub fn config(moto: &Moto) -> Route53Config {
     Route53Config {
         endpoint_url: Some(moto.endpoint_url()),
         access_key_id: Some(ACCESS_KEY_ID.to_owned()),
-        secret_access_key: Some(SECRET_ACCESS_KEY.to_owned()),
+        secret_access_key: Some(SECRET_ACCESS_KEY.into()),
         ..Route53Config::default()
     }
 }
