@@ -100,7 +100,10 @@ fn solvers_list_finds_the_built_plugins_next_to_the_binary() {
             Path::new(path).starts_with(build_dir().canonicalize().expect("canon")),
             "{path} should come from the build directory"
         );
-        assert_eq!(s["abi_version"], "1.0");
+        assert_eq!(
+            s["abi_version"],
+            format!("1.{}", certsmith_plugin_api::abi::ABI_MINOR)
+        );
     }
     let standalone = solvers
         .iter()
