@@ -143,7 +143,8 @@ fn option_error(
     let key = match e {
         PluginHostError::UnknownOption { key, .. }
         | PluginHostError::MissingOption { key, .. }
-        | PluginHostError::WrongType { key, .. } => Some(key.as_str()),
+        | PluginHostError::WrongType { key, .. }
+        | PluginHostError::OutOfRange { key, .. } => Some(key.as_str()),
         _ => None,
     };
     let (pos, path) = match key {

@@ -186,4 +186,17 @@ Examples:
       --solver-opt listen=127.0.0.1:8080 --solver-opt tls_listen=127.0.0.1:8443
 
   # A dns-01 plugin, checking that its record is served
-  certsmith plugin check ./libcertsmith_mydns.so --dns-server 127.0.0.1:53";
+  certsmith plugin check ./libcertsmith_mydns.so --dns-server 127.0.0.1:53
+
+  # ... in the zone found by SOA for a real domain, or in a zone you name
+  certsmith plugin check ./libcertsmith_mydns.so --domain www.example.com --dns-server 192.0.2.53
+  certsmith plugin check ./libcertsmith_mydns.so --domain www.example.com --zone example.com";
+
+pub(crate) const PLUGIN_NEW: &str = "\
+Examples:
+  # A dns-01 plugin crate in ./certsmith-mydns, then build and check it
+  certsmith plugin new mydns --dns
+  cd certsmith-mydns && cargo build && certsmith plugin check target/debug/libcertsmith_mydns.so
+
+  # An http-01 plugin crate in a directory of your choice
+  certsmith plugin new mycdn --http ~/src/certsmith-mycdn";

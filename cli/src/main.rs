@@ -19,6 +19,7 @@ mod progress;
 mod renew;
 mod revoke;
 mod run;
+mod scaffold;
 mod setup;
 mod solvers;
 mod summary;

@@ -34,6 +34,9 @@ pub(crate) enum PluginCommand {
     /// challenges: present, present again, cleanup, cleanup again.
     #[command(after_help = crate::help::PLUGIN)]
     Check(CheckArgs),
+    /// Create a new plugin crate that builds and passes `plugin check`.
+    #[command(after_help = crate::help::PLUGIN_NEW)]
+    New(crate::scaffold::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -53,10 +56,15 @@ pub(crate) struct CheckArgs {
     /// `listen` address, else http://127.0.0.1].
     #[arg(long, value_name = "URL")]
     http_base: Option<String>,
-    /// For dns-01 plugins: a DNS server (IP[:PORT]) to ask whether the record
-    /// is served after present and gone after cleanup.
+    /// For dns-01 plugins: a DNS server (IP[:PORT]) to ask for the zone
+    /// (SOA) of the synthetic record, and whether the record is served after
+    /// present and gone after cleanup.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_server)]
     dns_server: Option<std::net::SocketAddr>,
+    /// For dns-01 plugins: the zone to put in the request [default: found by
+    /// SOA through --dns-server, else --domain].
+    #[arg(long, value_name = "ZONE")]
+    zone: Option<String>,
     /// Seconds each plugin call may take.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     timeout: u64,
@@ -276,7 +284,10 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
 const PRELUDE_STEPS: usize = 2;
 
 pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
-    let PluginCommand::Check(args) = cmd;
+    let args = match cmd {
+        PluginCommand::Check(args) => args,
+        PluginCommand::New(args) => return crate::scaffold::run(&args),
+    };
     let mut policy = LoadPolicy::default();
     if let Some(pin) = &args.sha256 {
         policy
@@ -332,6 +343,7 @@ pub(crate) async fn run_plugin(global: &GlobalArgs, cmd: PluginCommand) -> u8 {
             .unwrap_or_else(|| default_http_base(&instance)),
         call_timeout: Duration::from_secs(args.timeout),
         dns_server: args.dns_server,
+        zone: args.zone.clone(),
     };
     let steps = run_checks(&instance, &check).await;
     let failed = steps.iter().filter(|s| !s.ok).count();

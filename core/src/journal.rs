@@ -99,6 +99,11 @@ impl Journal {
         Journal { store }
     }
 
+    /// The store it is kept in.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Where the entries are, for messages.
     pub fn location(&self) -> String {
         self.store.journal_location()
@@ -175,22 +180,15 @@ mod tests {
     use certsmith_plugin_api::{ChallengeType, DnsTarget};
 
     fn req() -> ChallengeRequest {
-        ChallengeRequest {
-            challenge_type: ChallengeType::Dns01,
-            identifier: "a.test".into(),
-            wildcard: false,
-            token: "tok".into(),
-            key_authorization: "tok.x".into(),
-            deadline_unix_ms: 1,
-            dns: Some(DnsTarget {
-                zone: "a.test".into(),
-                name: "_acme-challenge".into(),
-                fqdn: "_acme-challenge.a.test".into(),
-                value: "v".into(),
-                ttl: 60,
-                primary_ns: None,
-            }),
-        }
+        ChallengeRequest::new(ChallengeType::Dns01, "a.test", "tok", "tok.x", 1).with_dns(Some(
+            DnsTarget::new(
+                "a.test",
+                "_acme-challenge",
+                "_acme-challenge.a.test",
+                "v",
+                60,
+            ),
+        ))
     }
 
     #[test]
@@ -203,14 +201,8 @@ mod tests {
         assert_eq!(j.entries().len(), 1);
         // Our own entries are not stale: this process runs.
         assert!(j.stale().is_empty());
-        j.set_presented(
-            &mut e,
-            &Presented {
-                handle: serde_json::json!({"id": 7}),
-                ttl: None,
-            },
-        )
-        .expect("update");
+        j.set_presented(&mut e, &Presented::new(serde_json::json!({"id": 7})))
+            .expect("update");
         let back = &j.entries()[0];
         assert_eq!(
             back.presented.as_ref().map(|p| p.handle.clone()),
@@ -353,9 +345,15 @@ async fn clean_one(
             .call_timeout_s
             .saturating_mul(1000);
     let presented = entry.presented.clone().unwrap_or_default();
-    instance
-        .cleanup(&req, &presented)
-        .await
-        .map_err(|e| e.to_string())?;
+    let lease = crate::engine::namelock::lock(
+        &journal.store,
+        instance.code(),
+        &req,
+        std::time::Duration::from_secs(instance.manifest().defaults.call_timeout_s),
+    )
+    .await;
+    let cleaned = instance.cleanup(&req, &presented).await;
+    drop(lease);
+    cleaned.map_err(|e| e.to_string())?;
     journal.remove(&entry.id).map_err(|e| e.to_string())
 }

@@ -45,7 +45,16 @@ pub const MAGIC: [u8; 8] = *b"CSMPLUG\0";
 /// The ABI major version this crate implements.
 pub const ABI_MAJOR: u16 = 1;
 /// The ABI minor version this crate implements (additions only).
-pub const ABI_MINOR: u16 = 0;
+///
+/// A plugin's header carries the minor of the crate it was built with; a
+/// host refuses a plugin whose minor is newer than its own (the plugin may
+/// rely on what that minor added), and loads every older one.
+///
+/// * 1.0: the first release.
+/// * 1.1: manifest keys `min`, `max` and `pattern`, enforced by the host;
+///   the host serializes `present`/`cleanup` at one (solver, name) across
+///   processes sharing a state directory.
+pub const ABI_MINOR: u16 = 1;
 
 /// [`PluginHeader::flags`] bit 0: the plugin was built with `panic = "unwind"`,
 /// so the SDK can turn panics into [`STATUS_PANICKED`]. A plugin built with

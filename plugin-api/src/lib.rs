@@ -32,7 +32,7 @@
 //!     fn new(_: Self::Config) -> Result<Self, PluginError> { Ok(Echo) }
 //!     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
 //!         certsmith_plugin_api::log::info!("presenting {}", req.identifier);
-//!         Ok(Presented::default())
+//!         Ok(Presented::new(serde_json::json!({"id": 1})))
 //!     }
 //!     async fn cleanup(&self, _: &ChallengeRequest, _: &Presented) -> Result<(), PluginError> {
 //!         Ok(())
@@ -44,6 +44,39 @@
 //!
 //! The host side (loading, handshake, config validation) lives in
 //! `certsmith-core`, which uses this crate with `default-features = false`.
+//!
+//! # Versions
+//!
+//! This crate needs Rust 1.95 (edition 2024) and follows semver on its own.
+//! The ABI it implements is [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`] (1.1): a
+//! host loads plugins built for its minor or an older one and refuses newer
+//! ones, naming both. The wire types are `#[non_exhaustive]`: read their
+//! fields, build them with their constructors.
+//!
+//! # What the host does around a plugin
+//!
+//! * Validates the configuration against `plugin.toml` (types, required,
+//!   `min`/`max`/`pattern`) and redacts `secret` values everywhere. An
+//!   option neither set nor defaulted is absent from the config JSON, never
+//!   `null`.
+//! * For dns-01, computes the whole [`DnsTarget`] (value, CNAMEs, zone by
+//!   SOA, primary nameserver), checks propagation and always cleans up.
+//!   [`DnsTarget::ttl`] is the manifest's `[defaults] ttl`;
+//!   [`Presented::ttl`] is recorded and handed back to `cleanup`.
+//! * Serializes `present`/`cleanup` of one solver at one name across
+//!   certsmith processes sharing a state directory (inside a process, use
+//!   [`NameLocks`](sdk::NameLocks)).
+//! * Shows the plugin's `log` records: `info!` with `-v`, `debug!` with
+//!   `-vv` (the plugin's dependencies' too), `warn!`/`error!` always.
+//!
+//! Start a new plugin with `certsmith plugin new CODE --dns|--http`; the
+//! example plugin's README in the certsmith repository is the full guide.
+
+#![warn(missing_docs)]
+
+/// This crate's version, e.g. `"0.2.0"` (independent of the ABI version in
+/// [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`]).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod abi;
 pub mod manifest;
@@ -52,14 +85,16 @@ pub mod wire;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 
-pub use manifest::{ConfigKey, ConfigType, Defaults, Manifest, ManifestError};
+pub use manifest::{
+    ConfigKey, ConfigType, ConfigValue, Defaults, Manifest, ManifestError, ValueError,
+};
 pub use wire::{
     ChallengeRequest, ChallengeType, CleanupParams, DnsTarget, ErrorBody, ErrorKind,
     METHOD_CLEANUP, METHOD_PRESENT, PluginError, Presented,
 };
 
 #[cfg(feature = "sdk")]
-pub use sdk::{Deadline, Solver, async_trait};
+pub use sdk::{Backoff, Deadline, NameLocks, Secret, Solver, async_trait, retry};
 
 /// The `log` crate, re-exported so plugins log through the same instance the
 /// SDK forwards to the host.

@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 use crate::wire::ChallengeType;
 
 /// A parsed `plugin.toml`.
+///
+/// Non-exhaustive: later versions add fields with defaults; get one from
+/// [`Manifest::parse`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub struct Manifest {
     /// What `--solver` takes: lowercase letters, digits, `-` and `_`.
     pub code: String,
@@ -38,6 +42,7 @@ pub struct Manifest {
 /// The type of a configuration value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ConfigType {
     /// A UTF-8 string.
     String,
@@ -62,7 +67,12 @@ impl ConfigType {
 }
 
 /// One configuration key.
+///
+/// A key that is neither given nor defaulted is **absent** from the JSON
+/// object the plugin's `Config` is deserialized from (never `null`): use
+/// `Option<T>` with `#[serde(default)]` for it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub struct ConfigKey {
     /// The value's type.
     #[serde(rename = "type")]
@@ -79,15 +89,212 @@ pub struct ConfigKey {
     pub env: Option<String>,
     /// The value used when none is given.
     #[serde(default)]
-    pub default: Option<toml::Value>,
+    pub default: Option<ConfigValue>,
     /// What it is for.
     #[serde(default)]
     pub description: String,
+    /// `integer` keys: the smallest value accepted (inclusive). The host
+    /// refuses a smaller one before the plugin sees it.
+    #[serde(default)]
+    pub min: Option<i64>,
+    /// `integer` keys: the largest value accepted (inclusive).
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// `string` and `string_list` keys: a glob every value (every element
+    /// of a list) must match as a whole. `*` matches any run of characters
+    /// (also none), `?` exactly one character, every other character only
+    /// itself; there is no escaping and no character class. E.g.
+    /// `"https://*"` or `"??-*"`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+impl ConfigKey {
+    /// Checks a value of the right type against `min`, `max` and
+    /// `pattern`. The error never contains the value (it may be a secret).
+    pub fn check(&self, value: &ConfigValue) -> Result<(), ValueError> {
+        if let ConfigValue::Integer(i) = value {
+            if let Some(min) = self.min
+                && *i < min
+            {
+                return Err(ValueError::BelowMin { min });
+            }
+            if let Some(max) = self.max
+                && *i > max
+            {
+                return Err(ValueError::AboveMax { max });
+            }
+        }
+        if let Some(pattern) = &self.pattern {
+            let fits = match value {
+                ConfigValue::String(s) => glob_matches(pattern, s),
+                ConfigValue::StringList(l) => l.iter().all(|s| glob_matches(pattern, s)),
+                _ => true,
+            };
+            if !fits {
+                return Err(ValueError::NoMatch {
+                    pattern: pattern.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a value broke its key's `min`, `max` or `pattern`. The message
+/// names the bound, never the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValueError {
+    /// An integer below `min`.
+    #[error("must be at least {min}")]
+    BelowMin {
+        /// The key's `min`.
+        min: i64,
+    },
+    /// An integer above `max`.
+    #[error("must be at most {max}")]
+    AboveMax {
+        /// The key's `max`.
+        max: i64,
+    },
+    /// A string (or a list element) that does not match `pattern`.
+    #[error("must match the pattern {pattern:?} (* = any characters, ? = one character)")]
+    NoMatch {
+        /// The key's `pattern`.
+        pattern: String,
+    },
+}
+
+/// Whether `text` matches the glob `pattern` as a whole: `*` is any run of
+/// characters, `?` one character, anything else itself.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matching with one backtrack point (the last `*`): linear in
+    // practice, never exponential.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// A configuration value as `plugin.toml` declares it (a default): the
+/// crate's own type, so that no TOML library's type is part of this API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum ConfigValue {
+    /// A `boolean` value.
+    Boolean(bool),
+    /// An `integer` value.
+    Integer(i64),
+    /// A `string` value.
+    String(String),
+    /// A `string_list` value.
+    StringList(Vec<String>),
+}
+
+impl ConfigValue {
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            ConfigValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The integer, if this is one.
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            ConfigValue::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+    /// The boolean, if this is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            ConfigValue::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+    /// The list, if this is one.
+    pub fn as_string_list(&self) -> Option<&[String]> {
+        match self {
+            ConfigValue::StringList(l) => Some(l),
+            _ => None,
+        }
+    }
+    /// Whether the value has the given type.
+    pub fn has_type(&self, ty: ConfigType) -> bool {
+        matches!(
+            (ty, self),
+            (ConfigType::String, ConfigValue::String(_))
+                | (ConfigType::Integer, ConfigValue::Integer(_))
+                | (ConfigType::Boolean, ConfigValue::Boolean(_))
+                | (ConfigType::StringList, ConfigValue::StringList(_))
+        )
+    }
+    /// The value as JSON, as the plugin's `Config` receives it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ConfigValue::Boolean(b) => serde_json::Value::Bool(*b),
+            ConfigValue::Integer(i) => serde_json::Value::from(*i),
+            ConfigValue::String(s) => serde_json::Value::String(s.clone()),
+            ConfigValue::StringList(l) => {
+                serde_json::Value::Array(l.iter().cloned().map(serde_json::Value::String).collect())
+            }
+        }
+    }
+    /// A JSON value of one of the four types, else `None`.
+    pub fn from_json(v: &serde_json::Value) -> Option<ConfigValue> {
+        match v {
+            serde_json::Value::Bool(b) => Some(ConfigValue::Boolean(*b)),
+            serde_json::Value::Number(n) => n.as_i64().map(ConfigValue::Integer),
+            serde_json::Value::String(s) => Some(ConfigValue::String(s.clone())),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(ConfigValue::StringList),
+            _ => None,
+        }
+    }
+}
+
+/// TOML syntax: `"text"`, `120`, `true`, `["a", "b"]`.
+impl std::fmt::Display for ConfigValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
+        match self {
+            ConfigValue::Boolean(b) => write!(f, "{b}"),
+            ConfigValue::Integer(i) => write!(f, "{i}"),
+            ConfigValue::String(s) => f.write_str(&quote(s)),
+            ConfigValue::StringList(l) => {
+                let items: Vec<String> = l.iter().map(|s| quote(s)).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+        }
+    }
 }
 
 /// Host-side tuning for a plugin, with the values used when it says nothing.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct Defaults {
     /// TTL of dns-01 records, seconds.
     pub ttl: u32,
@@ -117,9 +324,10 @@ impl Default for Defaults {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
-    /// The TOML did not parse or did not match the schema.
+    /// The TOML did not parse or did not match the schema (the parser's
+    /// message).
     #[error("plugin.toml is malformed: {0}")]
-    Toml(#[from] toml::de::Error),
+    Toml(String),
     /// `code` is empty or has characters other than `[a-z0-9_-]`.
     #[error("plugin.toml: code {0:?} must be 1-32 characters of a-z, 0-9, '-' or '_'")]
     BadCode(String),
@@ -137,12 +345,29 @@ pub enum ManifestError {
     /// A required key also has a default, which makes `required` meaningless.
     #[error("plugin.toml: config.{0} is required and has a default; drop one of them")]
     RequiredWithDefault(String),
+    /// `min`/`max` on a key that is not an integer, `pattern` on one that is
+    /// not a string or list, or `min` greater than `max`.
+    #[error("plugin.toml: config.{key}: {why}")]
+    BadConstraint {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The default breaks the key's own `min`, `max` or `pattern`.
+    #[error("plugin.toml: config.{key}.default {source}")]
+    DefaultOutOfRange {
+        /// The key.
+        key: String,
+        /// The broken constraint.
+        source: ValueError,
+    },
 }
 
 impl Manifest {
     /// Parses and checks a `plugin.toml`.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let m: Manifest = toml::from_str(text)?;
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Toml(e.to_string()))?;
         let code_ok = !m.code.is_empty()
             && m.code.len() <= 32
             && m.code
@@ -155,16 +380,40 @@ impl Manifest {
             return Err(ManifestError::NoChallengeTypes);
         }
         for (key, spec) in &m.config {
+            let bad = |why| {
+                Err(ManifestError::BadConstraint {
+                    key: key.clone(),
+                    why,
+                })
+            };
+            if (spec.min.is_some() || spec.max.is_some()) && spec.ty != ConfigType::Integer {
+                return bad("min and max apply to integer keys only");
+            }
+            if let (Some(min), Some(max)) = (spec.min, spec.max)
+                && min > max
+            {
+                return bad("min is greater than max");
+            }
+            if spec.pattern.is_some()
+                && !matches!(spec.ty, ConfigType::String | ConfigType::StringList)
+            {
+                return bad("pattern applies to string and string_list keys only");
+            }
             if let Some(d) = &spec.default {
                 if spec.required {
                     return Err(ManifestError::RequiredWithDefault(key.clone()));
                 }
-                if !value_has_type(d, spec.ty) {
+                if !d.has_type(spec.ty) {
                     return Err(ManifestError::BadDefault {
                         key: key.clone(),
                         ty: spec.ty.as_str(),
                     });
                 }
+                spec.check(d)
+                    .map_err(|source| ManifestError::DefaultOutOfRange {
+                        key: key.clone(),
+                        source,
+                    })?;
             }
         }
         Ok(m)
@@ -173,19 +422,6 @@ impl Manifest {
     /// Whether the plugin can answer `ty`.
     pub fn supports(&self, ty: ChallengeType) -> bool {
         self.challenge_types.contains(&ty)
-    }
-}
-
-/// Whether a TOML value has the given config type.
-pub fn value_has_type(v: &toml::Value, ty: ConfigType) -> bool {
-    match (ty, v) {
-        (ConfigType::String, toml::Value::String(_)) => true,
-        (ConfigType::Integer, toml::Value::Integer(_)) => true,
-        (ConfigType::Boolean, toml::Value::Boolean(_)) => true,
-        (ConfigType::StringList, toml::Value::Array(a)) => {
-            a.iter().all(|x| matches!(x, toml::Value::String(_)))
-        }
-        _ => false,
     }
 }
 
@@ -235,13 +471,28 @@ impl Manifest {
                     .as_ref()
                     .map(|d| format!("`{d}`"))
                     .unwrap_or_default();
+                let mut description = c.description.replace('|', "\\|").replace('\n', " ");
+                let mut limits = Vec::new();
+                if let Some(min) = c.min {
+                    limits.push(format!("at least {min}"));
+                }
+                if let Some(max) = c.max {
+                    limits.push(format!("at most {max}"));
+                }
+                if let Some(p) = &c.pattern {
+                    limits.push(format!("matches `{}`", p.replace('|', "\\|")));
+                }
+                if !limits.is_empty() {
+                    description = format!("{description} ({})", limits.join(", "))
+                        .trim_start()
+                        .to_owned();
+                }
                 let _ = writeln!(
                     s,
-                    "| `{k}` | {} | {} | {} | {env} | {default} | {} |",
+                    "| `{k}` | {} | {} | {} | {env} | {default} | {description} |",
                     c.ty.as_str(),
                     if c.required { "yes" } else { "no" },
                     if c.secret { "yes" } else { "no" },
-                    c.description.replace('|', "\\|").replace('\n', " ")
                 );
             }
         }
@@ -334,10 +585,85 @@ propagation_timeout_s = 300
             Manifest::parse(&bad_default),
             Err(ManifestError::BadDefault { .. })
         ));
+        let min_on_string = SAMPLE.replace("secret = true", "secret = true\nmin = 1");
+        assert!(matches!(
+            Manifest::parse(&min_on_string),
+            Err(ManifestError::BadConstraint { .. })
+        ));
+        let default_low = SAMPLE.replace("default = 120", "default = 120\nmin = 300");
+        assert!(matches!(
+            Manifest::parse(&default_low),
+            Err(ManifestError::DefaultOutOfRange { .. })
+        ));
         let bad_type = SAMPLE.replace("type = \"integer\"", "type = \"float\"");
         assert!(matches!(
             Manifest::parse(&bad_type),
             Err(ManifestError::Toml(_))
         ));
+    }
+
+    #[test]
+    fn constraints_check_values_without_naming_them() {
+        let text = SAMPLE.replace("default = 120", "default = 120\nmin = 30\nmax = 86400")
+            + "\n[config.base]\ntype = \"string\"\npattern = \"https://*\"\n";
+        let m = Manifest::parse(&text).expect("valid");
+        let ttl = &m.config["ttl"];
+        assert_eq!(ttl.default, Some(ConfigValue::Integer(120)));
+        assert_eq!(ttl.check(&ConfigValue::Integer(30)), Ok(()));
+        assert_eq!(
+            ttl.check(&ConfigValue::Integer(29)),
+            Err(ValueError::BelowMin { min: 30 })
+        );
+        assert_eq!(
+            ttl.check(&ConfigValue::Integer(86401)),
+            Err(ValueError::AboveMax { max: 86400 })
+        );
+        let base = &m.config["base"];
+        assert!(base.check(&ConfigValue::String("https://x".into())).is_ok());
+        let e = base
+            .check(&ConfigValue::String("http://hunter2".into()))
+            .expect_err("no match");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let md = m.to_markdown();
+        assert!(md.contains("(at least 30, at most 86400)"), "{md}");
+        assert!(md.contains("matches `https://*`"), "{md}");
+    }
+
+    #[test]
+    fn globs_match_whole_values() {
+        for (p, t, ok) in [
+            ("https://*", "https://a.b/c", true),
+            ("https://*", "http://a", false),
+            ("??-*", "eu-west-1", true),
+            ("??-*", "e-west", false),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("a*b*c", "abbbc", true),
+            ("a*b*c", "acb", false),
+            ("", "", true),
+            ("*", "", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_matches(p, t), ok, "{p} ~ {t}");
+        }
+    }
+
+    #[test]
+    fn config_values_print_as_toml() {
+        let m = Manifest::parse(
+            &(SAMPLE.to_owned()
+                + "\n[config.listen]\ntype = \"string_list\"\ndefault = [\"[::]:80\", \"0.0.0.0:80\"]\n[config.on]\ntype = \"boolean\"\ndefault = true\n"),
+        )
+        .expect("valid");
+        assert_eq!(
+            m.config["listen"].default.as_ref().map(ToString::to_string),
+            Some(r#"["[::]:80", "0.0.0.0:80"]"#.to_owned())
+        );
+        assert_eq!(m.config["on"].default, Some(ConfigValue::Boolean(true)));
+        assert_eq!(
+            serde_json::to_value(&m.config["ttl"].default).expect("json"),
+            serde_json::json!(120)
+        );
     }
 }

@@ -19,7 +19,22 @@
 //!   gives the same deadline as a [`Deadline`], to size timeouts and retries.
 //! * **Logs go to the host.** A [`log`] logger forwards records to
 //!   [`HostApi::log`](crate::abi::HostApi), so `log::info!` in a plugin shows up
-//!   in certsmith's output with the right level.
+//!   in certsmith's output with the right level: `warn!` and `error!`
+//!   always, `info!` with `-v`, `debug!` with `-vv`. `trace!` never crosses.
+//!   The logger forwards every crate's records, so at `-vv` the plugin's
+//!   dependencies (an HTTP client, say) log too; keep your own messages at
+//!   `info!` for what a user wants to see with `-v`.
+//!
+//! And the helpers every provider plugin would otherwise write itself:
+//!
+//! * [`Secret`]: a credential with redacted `Debug`/`Display`, zeroed on drop.
+//! * [`PluginError::from_http_status`] and [`PluginError::from_transport`]:
+//!   HTTP answers and client failures as error kinds.
+//! * [`retry`] with a [`Backoff`]: retries retryable errors within the
+//!   request's [`Deadline`].
+//! * [`NameLocks`]: one async lock (and state) per record name, for
+//!   read-modify-write APIs. The host serializes calls at one name across
+//!   processes; this serializes them inside the plugin.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -40,8 +55,16 @@ use crate::wire::{
 
 pub use async_trait::async_trait;
 pub use deadline::Deadline;
+pub use http::parse_retry_after;
+pub use locks::{NameGuard, NameLocks};
+pub use retry::{Backoff, retry};
+pub use secret::Secret;
 
 mod deadline;
+mod http;
+mod locks;
+mod retry;
+mod secret;
 
 /// A challenge solver. One instance is created per configuration and is
 /// shared by all concurrent calls, so `present` and `cleanup` take `&self`

@@ -15,7 +15,11 @@ pub const METHOD_CLEANUP: &str = "cleanup";
 
 /// An ACME challenge type ([RFC 8555 §8](https://www.rfc-editor.org/rfc/rfc8555#section-8),
 /// [RFC 8737](https://www.rfc-editor.org/rfc/rfc8737)).
+///
+/// Non-exhaustive: a later version may add a type, so a `match` on it needs a
+/// `_` arm (answer it with a `config` error: "this solver does not answer …").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ChallengeType {
     /// A file served over HTTP on port 80.
     #[serde(rename = "http-01")]
@@ -56,7 +60,16 @@ impl fmt::Display for ChallengeType {
 }
 
 /// One challenge to present (params of `present`).
+///
+/// Non-exhaustive: the host may send more fields in a later version, so
+/// build one with [`ChallengeRequest::new`] (plus [`with_wildcard`] and
+/// [`with_dns`]) rather than a struct literal. The fields stay public to
+/// read.
+///
+/// [`with_wildcard`]: ChallengeRequest::with_wildcard
+/// [`with_dns`]: ChallengeRequest::with_dns
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChallengeRequest {
     /// Which challenge to answer.
     pub challenge_type: ChallengeType,
@@ -97,9 +110,55 @@ impl fmt::Debug for ChallengeRequest {
     }
 }
 
+impl ChallengeRequest {
+    /// A request without a DNS target and not for a wildcard; the fields
+    /// added later take their defaults.
+    pub fn new(
+        challenge_type: ChallengeType,
+        identifier: impl Into<String>,
+        token: impl Into<String>,
+        key_authorization: impl Into<String>,
+        deadline_unix_ms: u64,
+    ) -> Self {
+        ChallengeRequest {
+            challenge_type,
+            identifier: identifier.into(),
+            wildcard: false,
+            token: token.into(),
+            key_authorization: key_authorization.into(),
+            deadline_unix_ms,
+            dns: None,
+        }
+    }
+
+    /// Sets [`wildcard`](ChallengeRequest::wildcard).
+    #[must_use]
+    pub fn with_wildcard(mut self, wildcard: bool) -> Self {
+        self.wildcard = wildcard;
+        self
+    }
+
+    /// Sets [`dns`](ChallengeRequest::dns).
+    #[must_use]
+    pub fn with_dns(mut self, dns: Option<DnsTarget>) -> Self {
+        self.dns = dns;
+        self
+    }
+
+    /// Sets [`deadline_unix_ms`](ChallengeRequest::deadline_unix_ms).
+    #[must_use]
+    pub fn with_deadline_unix_ms(mut self, deadline_unix_ms: u64) -> Self {
+        self.deadline_unix_ms = deadline_unix_ms;
+        self
+    }
+}
+
 /// Where a dns-01 TXT value goes. The core computed all of it; a plugin only
 /// appends `value` at `name` in `zone` and later deletes exactly that value.
+///
+/// Non-exhaustive: build one with [`DnsTarget::new`].
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DnsTarget {
     /// The zone (apex) that holds the record, without a trailing dot.
     pub zone: String,
@@ -109,23 +168,76 @@ pub struct DnsTarget {
     pub fqdn: String,
     /// The TXT value: base64url(SHA-256(key authorization)).
     pub value: String,
-    /// The TTL to use, in seconds.
+    /// The TTL to use, in seconds: always the plugin's own `[defaults] ttl`
+    /// from its manifest (60 unless it says otherwise); users cannot change
+    /// it. A plugin whose users need another TTL declares an integer option
+    /// of its own (say `ttl`, with `min`/`max`) and uses that instead. Use
+    /// it if the provider accepts it; otherwise use the nearest allowed
+    /// value and report it in [`Presented::ttl`].
     pub ttl: u32,
     /// The zone's primary nameserver (SOA MNAME), if known.
     #[serde(default)]
     pub primary_ns: Option<String>,
 }
 
+impl DnsTarget {
+    /// A target without a known primary nameserver.
+    pub fn new(
+        zone: impl Into<String>,
+        name: impl Into<String>,
+        fqdn: impl Into<String>,
+        value: impl Into<String>,
+        ttl: u32,
+    ) -> Self {
+        DnsTarget {
+            zone: zone.into(),
+            name: name.into(),
+            fqdn: fqdn.into(),
+            value: value.into(),
+            ttl,
+            primary_ns: None,
+        }
+    }
+
+    /// Sets [`primary_ns`](DnsTarget::primary_ns).
+    #[must_use]
+    pub fn with_primary_ns(mut self, primary_ns: Option<String>) -> Self {
+        self.primary_ns = primary_ns;
+        self
+    }
+}
+
 /// What `present` returns: an opaque handle handed back to `cleanup`.
+///
+/// Non-exhaustive: build one with [`Presented::new`] or
+/// [`Presented::default`] (a null handle).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
 pub struct Presented {
     /// Opaque plugin data, e.g. record ids. Stored in the host's journal, so
     /// it must not contain secrets.
     #[serde(default)]
     pub handle: serde_json::Value,
-    /// The TTL actually used, if it differs from the requested one.
+    /// The TTL actually used, if it differs from the requested one. The
+    /// host stores it in its cleanup journal with the handle and hands it
+    /// back to `cleanup`; it does not change how long the host waits for
+    /// propagation (that is `[defaults] propagation_timeout_s`).
     #[serde(default)]
     pub ttl: Option<u32>,
+}
+
+impl Presented {
+    /// A result carrying `handle` (record ids, say) for `cleanup`.
+    pub fn new(handle: serde_json::Value) -> Self {
+        Presented { handle, ttl: None }
+    }
+
+    /// Sets [`ttl`](Presented::ttl): the TTL actually used.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Option<u32>) -> Self {
+        self.ttl = ttl;
+        self
+    }
 }
 
 /// Params of `cleanup`.
@@ -285,15 +397,7 @@ mod tests {
 
     #[test]
     fn debug_hides_key_authorization() {
-        let req = ChallengeRequest {
-            challenge_type: ChallengeType::Http01,
-            identifier: "a.test".into(),
-            wildcard: false,
-            token: "tok".into(),
-            key_authorization: "tok.SECRETISH".into(),
-            deadline_unix_ms: 0,
-            dns: None,
-        };
+        let req = ChallengeRequest::new(ChallengeType::Http01, "a.test", "tok", "tok.SECRETISH", 0);
         assert!(!format!("{req:?}").contains("SECRETISH"));
     }
 }

@@ -32,16 +32,15 @@
 //! lock per name serializes the clear-and-re-add against concurrent calls at
 //! the same name.
 
-use std::collections::{BTreeSet, HashMap};
-use std::error::Error as _;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use certsmith_plugin_api::sdk::{Backoff, NameLocks, retry};
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
+    Solver, async_trait, log,
 };
-use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -69,8 +68,10 @@ pub struct ChallTestSrv {
     client: reqwest::Client,
 }
 
-/// What this process has put at one name on one challtestsrv.
-#[derive(Debug, Default)]
+/// What this process has put at one name on one challtestsrv. A name whose
+/// state is back to the default (no values, not dirty) is forgotten by
+/// [`NameLocks`].
+#[derive(Debug, Default, PartialEq)]
 struct NameState {
     /// The values that should be served at the name.
     values: BTreeSet<String>,
@@ -79,38 +80,19 @@ struct NameState {
     dirty: bool,
 }
 
-/// (management URL, host name with trailing dot).
-type Key = (String, String);
-type NameLock = Arc<tokio::sync::Mutex<NameState>>;
-
-/// Every name this process has values at. A `static` rather than a field, so
-/// that two instances pointed at the same challtestsrv (two orders, two
-/// configurations) never clear each other's values.
-fn names() -> &'static Mutex<HashMap<Key, NameLock>> {
-    static NAMES: OnceLock<Mutex<HashMap<Key, NameLock>>> = OnceLock::new();
-    NAMES.get_or_init(Mutex::default)
+/// Every name this process has values at, keyed by management URL and
+/// host name, with one lock per name held across the HTTP calls. A
+/// `static` rather than a field, so that two instances pointed at the same
+/// challtestsrv (two orders, two configurations) never clear each other's
+/// values.
+fn names() -> &'static NameLocks<NameState> {
+    static NAMES: OnceLock<NameLocks<NameState>> = OnceLock::new();
+    NAMES.get_or_init(NameLocks::new)
 }
 
-/// The lock of one name, created on first use.
-fn name_lock(key: &Key) -> NameLock {
-    let mut map = names().lock().unwrap_or_else(PoisonError::into_inner);
-    map.entry(key.clone()).or_default().clone()
-}
-
-/// Forgets a name that holds nothing and that no call is using.
-fn forget_if_idle(key: &Key) {
-    let mut map = names().lock().unwrap_or_else(PoisonError::into_inner);
-    let idle = map.get(key).is_some_and(|lock| {
-        // Locks are handed out only under the map's mutex, which we hold: a
-        // count of 1 means nobody else has this one or can get it now.
-        Arc::strong_count(lock) == 1
-            && lock
-                .try_lock()
-                .is_ok_and(|s| s.values.is_empty() && !s.dirty)
-    });
-    if idle {
-        map.remove(key);
-    }
+/// The lock key of `host` on the server at `base`.
+fn key(base: &str, host: &str) -> String {
+    format!("{base} {host}")
 }
 
 impl ChallTestSrv {
@@ -154,8 +136,8 @@ impl ChallTestSrv {
         Ok(())
     }
 
-    /// POSTs `body` as JSON, retrying 5xx, 429 and timeouts a few times
-    /// within the deadline.
+    /// POSTs `body` as JSON, retrying 5xx, 429 and transport failures with
+    /// backoff within the deadline (the SDK's `retry`).
     async fn post(
         &self,
         path: &str,
@@ -163,47 +145,39 @@ impl ChallTestSrv {
         deadline: Deadline,
     ) -> Result<(), PluginError> {
         let url = format!("{}{path}", self.base);
-        let mut attempt = 1;
-        loop {
-            let left = deadline.remaining();
-            if left.is_zero() {
-                return Err(PluginError::transient(format!(
-                    "the call's deadline passed before POST {url} could be sent"
-                )));
-            }
-            let sent = self
-                .client
-                .post(&url)
-                .json(&body)
-                .timeout(left.min(REQUEST_TIMEOUT))
-                .send()
-                .await;
-            let (err, retry) = match sent {
-                Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after_ms = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(|s| s.saturating_mul(1000));
-                    let text = resp.text().await.unwrap_or_default();
-                    status_error(&self.base, &url, status, &text, retry_after_ms)
+        let request = format!("POST {url}");
+        let backoff = Backoff::new(ATTEMPTS, Duration::from_millis(200), Duration::from_secs(2));
+        retry(deadline, backoff, |left| {
+            let (url, request, body) = (&url, &request, &body);
+            async move {
+                let resp = self
+                    .client
+                    .post(url)
+                    .json(body)
+                    .timeout(left.min(REQUEST_TIMEOUT))
+                    .send()
+                    .await
+                    .map_err(|e| transport_error(&self.base, request, &e))?;
+                let status = resp.status();
+                if status.is_success() {
+                    return Ok(());
                 }
-                Err(e) => transport_error(&self.base, &url, &e),
-            };
-            let wait = err
-                .retry_after_ms
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::from_millis(100 << attempt));
-            if !retry || attempt >= ATTEMPTS || deadline.remaining() <= wait {
-                return Err(err);
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let text = resp.text().await.unwrap_or_default();
+                Err(status_error(
+                    &self.base,
+                    request,
+                    status.as_u16(),
+                    &text,
+                    retry_after.as_deref(),
+                ))
             }
-            log::debug!("challtestsrv: {err}; retrying in {} ms", wait.as_millis());
-            tokio::time::sleep(wait).await;
-            attempt += 1;
-        }
+        })
+        .await
     }
 }
 
@@ -233,9 +207,7 @@ impl Solver for ChallTestSrv {
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
         let target = dns_target(req)?;
         let host = host_name(&target.fqdn)?;
-        let key = (self.base.clone(), host.clone());
-        let lock = name_lock(&key);
-        let mut state = lock.lock().await;
+        let mut state = names().lock(&key(&self.base, &host)).await;
         let deadline = req.deadline();
         let written = if state.dirty {
             // An earlier write failed half way: rewrite the whole name.
@@ -255,20 +227,17 @@ impl Solver for ChallTestSrv {
         // After a failure the server's content is unknown (a timed-out
         // request may still have been applied): the next call rewrites it.
         state.dirty = written.is_err();
+        // Unlocks; a name left empty and clean is forgotten.
         drop(state);
-        drop(lock);
-        if let Err(e) = written {
-            forget_if_idle(&key);
-            return Err(e);
-        }
+        written?;
         log::debug!("challtestsrv: added {} at {host}", target.value);
-        Ok(Presented {
-            // Stored in the host's journal: data to read, never a secret.
-            // Cleanup works from the request, which the journal keeps too.
-            handle: json!({ "host": host, "value": target.value }),
-            // challtestsrv serves every record with TTL 0 and takes no TTL.
-            ttl: (target.ttl != 0).then_some(0),
-        })
+        // The handle is stored in the host's journal: data to read, never a
+        // secret. Cleanup works from the request, which the journal keeps
+        // too. challtestsrv serves every record with TTL 0 and takes no TTL.
+        Ok(
+            Presented::new(json!({ "host": host, "value": target.value }))
+                .with_ttl((target.ttl != 0).then_some(0)),
+        )
     }
 
     async fn cleanup(
@@ -283,9 +252,7 @@ impl Solver for ChallTestSrv {
         let Ok(host) = host_name(&target.fqdn) else {
             return Ok(());
         };
-        let key = (self.base.clone(), host.clone());
-        let lock = name_lock(&key);
-        let mut state = lock.lock().await;
+        let mut state = names().lock(&key(&self.base, &host)).await;
         if !state.values.remove(&target.value) {
             // Already removed, or added by an earlier process (a crashed run
             // whose journal is being cleaned): challtestsrv cannot tell, and
@@ -307,8 +274,6 @@ impl Solver for ChallTestSrv {
         }
         state.dirty = written.is_err();
         drop(state);
-        drop(lock);
-        forget_if_idle(&key);
         if written.is_ok() {
             log::debug!("challtestsrv: removed {} from {host}", target.value);
         }
@@ -370,92 +335,46 @@ fn normalize_url(raw: &str) -> Result<String, PluginError> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-/// An error for a non-2xx answer, and whether to retry it here.
+/// The error for a non-2xx answer: the SDK's mapping
+/// ([`PluginError::from_http_status`]), refined where challtestsrv means
+/// something specific.
 fn status_error(
     base: &str,
-    url: &str,
-    status: StatusCode,
+    request: &str,
+    status: u16,
     body: &str,
-    retry_after_ms: Option<u64>,
-) -> (PluginError, bool) {
-    let body: String = body.trim().chars().take(200).collect();
-    let said = if body.is_empty() {
-        String::new()
-    } else {
-        format!(": {body}")
-    };
-    match status.as_u16() {
-        404 | 405 => (
-            PluginError::config(format!(
-                "POST {url} answered {status}{said}: {base} does not look like \
-                 pebble-challtestsrv's management API; set url to its -management address"
-            )),
-            false,
-        ),
-        429 => (
-            PluginError::rate_limited(
-                format!("POST {url} answered {status}{said}"),
-                retry_after_ms,
-            ),
-            true,
-        ),
-        500..=599 => (
-            PluginError::transient(format!(
-                "pebble-challtestsrv at {base} failed: POST {url} answered {status}{said}"
-            )),
-            true,
-        ),
-        _ => (
-            PluginError::internal(format!(
-                "pebble-challtestsrv at {base} rejected POST {url} with {status}{said}; \
-                 this is a bug in the challtestsrv plugin"
-            )),
-            false,
-        ),
+    retry_after: Option<&str>,
+) -> PluginError {
+    let e = PluginError::from_http_status(status, request, body, retry_after);
+    match status {
+        // challtestsrv has these two endpoints: anything else answering 404
+        // is not challtestsrv.
+        404 | 405 => PluginError::config(format!(
+            "{}: {base} does not look like pebble-challtestsrv's management API; set url \
+             to its -management address",
+            e.message
+        )),
+        // It accepts any JSON we send: a 4xx is a bug here.
+        400..=499 if e.kind == ErrorKind::Config => PluginError::internal(format!(
+            "pebble-challtestsrv at {base} rejected it: {}; this is a bug in the challtestsrv plugin",
+            e.message
+        )),
+        _ => e,
     }
 }
 
-/// An error for a request that got no answer, and whether to retry it here.
-fn transport_error(base: &str, url: &str, e: &reqwest::Error) -> (PluginError, bool) {
-    let mut chain = e.to_string();
-    let mut refused = false;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        let text = s.to_string();
-        if !chain.contains(&text) {
-            chain.push_str(": ");
-            chain.push_str(&text);
-        }
-        source = s.source();
-    }
-    if refused {
-        // Nothing listens there: retrying within this call will not help.
-        return (
-            PluginError::transient(format!(
-                "cannot reach pebble-challtestsrv's management API at {base}: connection \
-                 refused. Is pebble-challtestsrv running? The url option must be its \
-                 -management address (default :8055)"
-            )),
-            false,
-        );
-    }
-    if e.is_timeout() {
-        return (
-            PluginError::transient(format!(
-                "POST {url} got no answer in time; is pebble-challtestsrv at {base} overloaded?"
-            )),
-            true,
-        );
-    }
-    (
-        PluginError::transient(format!(
-            "POST {url} failed: {chain}; is pebble-challtestsrv running at {base}?"
-        )),
-        true,
-    )
+/// The error for a request that got no answer: the SDK's mapping
+/// ([`PluginError::from_transport`], transient and retryable) with where to
+/// look.
+fn transport_error(base: &str, request: &str, e: &reqwest::Error) -> PluginError {
+    let mut err = PluginError::from_transport(request, e);
+    err.message = format!(
+        "cannot reach pebble-challtestsrv's management API at {base}: {}. Is \
+         pebble-challtestsrv running? The url option must be its -management address \
+         (default :8055)",
+        err.message
+    );
+    err
 }
 
 certsmith_plugin_api::export_solver!(ChallTestSrv, manifest = include_str!("../plugin.toml"));
@@ -463,7 +382,7 @@ certsmith_plugin_api::export_solver!(ChallTestSrv, manifest = include_str!("../p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certsmith_plugin_api::{ConfigType, ErrorKind, Manifest};
+    use certsmith_plugin_api::{ConfigType, Manifest};
 
     #[test]
     fn host_names_get_one_trailing_dot_and_lower_case() {
@@ -507,17 +426,17 @@ mod tests {
     #[test]
     fn status_codes_map_to_error_kinds() {
         let b = "http://127.0.0.1:1";
-        let u = "http://127.0.0.1:1/set-txt";
-        let (e, retry) = status_error(b, u, StatusCode::NOT_FOUND, "", None);
-        assert_eq!((e.kind, retry), (ErrorKind::Config, false));
-        let (e, retry) = status_error(b, u, StatusCode::BAD_REQUEST, "bad json", None);
-        assert_eq!((e.kind, retry), (ErrorKind::Internal, false));
+        let r = "POST http://127.0.0.1:1/set-txt";
+        let e = status_error(b, r, 404, "", None);
+        assert_eq!((e.kind, e.retryable), (ErrorKind::Config, false));
+        let e = status_error(b, r, 400, "bad json", None);
+        assert_eq!((e.kind, e.retryable), (ErrorKind::Internal, false));
         assert!(e.message.contains("400") && e.message.contains("bad json"));
-        let (e, retry) = status_error(b, u, StatusCode::SERVICE_UNAVAILABLE, "", None);
-        assert_eq!((e.kind, retry), (ErrorKind::Transient, true));
-        assert!(e.retryable && e.message.contains("503"), "{e}");
-        let (e, retry) = status_error(b, u, StatusCode::TOO_MANY_REQUESTS, "", Some(2000));
-        assert_eq!((e.kind, retry), (ErrorKind::RateLimited, true));
+        let e = status_error(b, r, 503, "", None);
+        assert_eq!((e.kind, e.retryable), (ErrorKind::Transient, true));
+        assert!(e.message.contains("503"), "{e}");
+        let e = status_error(b, r, 429, "", Some("2"));
+        assert_eq!((e.kind, e.retryable), (ErrorKind::RateLimited, true));
         assert_eq!(e.retry_after_ms, Some(2000));
     }
 

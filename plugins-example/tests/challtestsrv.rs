@@ -42,22 +42,20 @@ fn request(fqdn: &str, value: &str) -> ChallengeRequest {
         .trim_start_matches("_acme-challenge.")
         .trim_end_matches('.')
         .to_owned();
-    ChallengeRequest {
-        challenge_type: ChallengeType::Dns01,
-        identifier: identifier.clone(),
-        wildcard: false,
-        token: format!("token-{value}"),
-        key_authorization: format!("token-{value}.thumbprint"),
-        deadline_unix_ms: deadline_in(Duration::from_secs(20)),
-        dns: Some(DnsTarget {
-            zone: identifier,
-            name: "_acme-challenge".to_owned(),
-            fqdn: fqdn.to_owned(),
-            value: value.to_owned(),
-            ttl: 60,
-            primary_ns: None,
-        }),
-    }
+    ChallengeRequest::new(
+        ChallengeType::Dns01,
+        identifier.clone(),
+        format!("token-{value}"),
+        format!("token-{value}.thumbprint"),
+        deadline_in(Duration::from_secs(20)),
+    )
+    .with_dns(Some(DnsTarget::new(
+        identifier,
+        "_acme-challenge".to_owned(),
+        fqdn.to_owned(),
+        value.to_owned(),
+        60,
+    )))
 }
 
 /// The TXT values challtestsrv's DNS server serves at `name`, sorted.

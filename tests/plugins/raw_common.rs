@@ -86,11 +86,14 @@ const fn panic_flag() -> u32 {
 
 macro_rules! raw_plugin {
     (magic = $magic:expr, abi_major = $major:expr, struct_size = $size:expr, manifest = $manifest:expr) => {
+        raw_plugin!(magic = $magic, abi_major = $major, abi_minor = 0, struct_size = $size, manifest = $manifest);
+    };
+    (magic = $magic:expr, abi_major = $major:expr, abi_minor = $minor:expr, struct_size = $size:expr, manifest = $manifest:expr) => {
         static MANIFEST: &str = $manifest;
         static HEADER: Sync<PluginHeader> = Sync(PluginHeader {
             magic: $magic,
             abi_major: $major,
-            abi_minor: 0,
+            abi_minor: $minor,
             struct_size: $size,
             flags: panic_flag(),
             reserved: 0,

@@ -17,6 +17,7 @@ mod harness;
 mod issue;
 mod lifecycle;
 mod operator;
+mod outsiders;
 mod plugin_host;
 mod progress;
 mod propagation_modes;

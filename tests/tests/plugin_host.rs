@@ -100,7 +100,10 @@ fn solvers_list_finds_the_built_plugins_next_to_the_binary() {
             Path::new(path).starts_with(build_dir().canonicalize().expect("canon")),
             "{path} should come from the build directory"
         );
-        assert_eq!(s["abi_version"], "1.0");
+        assert_eq!(
+            s["abi_version"],
+            format!("1.{}", certsmith_plugin_api::abi::ABI_MINOR)
+        );
     }
     let standalone = solvers
         .iter()
@@ -145,7 +148,12 @@ fn solvers_info_describes_options() {
 
 #[test]
 fn handshake_failures_are_specific_and_not_fatal() {
-    let cases: [(PathBuf, &str); 4] = [
+    let next_minor = format!(
+        "needs plugin ABI 1.{}, this certsmith implements ABI 1.{}",
+        certsmith_plugin_api::abi::ABI_MINOR + 1,
+        certsmith_plugin_api::abi::ABI_MINOR
+    );
+    let cases: [(PathBuf, &str); 5] = [
         (lib("libcsmtest_bad_magic.so"), "wrong magic bytes"),
         (
             lib("libcsmtest_abi_v2.so"),
@@ -156,6 +164,7 @@ fn handshake_failures_are_specific_and_not_fatal() {
             "its PluginHeader is 16 bytes, ABI v1 needs at least 48",
         ),
         (abort_plugin(), "built with panic = \"abort\""),
+        (lib("libcsmtest_abi_minor_next.so"), &next_minor),
     ];
     for (path, expected) in &cases {
         let (code, _, err) = check_plugin(path, &[], &[]);
@@ -193,7 +202,11 @@ fn handshake_failures_are_specific_and_not_fatal() {
             .iter()
             .any(|s| s["code"] == "panicky")
     );
-    assert_eq!(v["problems"].as_array().expect("array").len(), 4, "{v}");
+    assert_eq!(
+        v["problems"].as_array().expect("array").len(),
+        cases.len(),
+        "{v}"
+    );
     let (_, err) = text(&certsmith(&["solvers", "list", "--plugin-dir", d], &[]));
     assert!(
         err.contains("libcertsmith_bad0.so") && err.contains("wrong magic"),
@@ -526,15 +539,13 @@ async fn dropping_a_call_cancels_the_operation_inside_the_plugin() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis() as u64;
-    let req = ChallengeRequest {
-        challenge_type: ChallengeType::Http01,
-        identifier: "cancel.test".into(),
-        wildcard: false,
-        token: "tok".into(),
-        key_authorization: "tok.x".into(),
-        deadline_unix_ms: now_ms + 120_000,
-        dns: None,
-    };
+    let req = ChallengeRequest::new(
+        ChallengeType::Http01,
+        "cancel.test",
+        "tok",
+        "tok.x",
+        now_ms + 120_000,
+    );
     let wait_for = |p: &Path| {
         let p = p.to_path_buf();
         async move {

@@ -195,6 +195,7 @@ fn challenge_type_to_ia(t: ChallengeType) -> ia::ChallengeType {
         ChallengeType::Http01 => ia::ChallengeType::Http01,
         ChallengeType::Dns01 => ia::ChallengeType::Dns01,
         ChallengeType::TlsAlpn01 => ia::ChallengeType::TlsAlpn01,
+        other => ia::ChallengeType::Unknown(other.as_str().to_owned()),
     }
 }
 

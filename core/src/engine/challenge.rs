@@ -31,14 +31,14 @@ pub(super) fn dns_target(
     challenge: &ChallengeInfo,
     manifest: &Manifest,
 ) -> DnsTarget {
-    DnsTarget {
-        zone: resolved.zone.clone(),
-        name: resolved.relative.clone(),
-        fqdn: resolved.effective.clone(),
-        value: dns::txt_value(&challenge.key_authorization),
-        ttl: manifest.defaults.ttl,
-        primary_ns: resolved.primary_ns.clone(),
-    }
+    DnsTarget::new(
+        resolved.zone.clone(),
+        resolved.relative.clone(),
+        resolved.effective.clone(),
+        dns::txt_value(&challenge.key_authorization),
+        manifest.defaults.ttl,
+    )
+    .with_primary_ns(resolved.primary_ns.clone())
 }
 
 pub(super) fn now_unix_ms() -> u64 {
@@ -46,6 +46,11 @@ pub(super) fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// How long one solver call may take, from the manifest.
+pub(crate) fn call_timeout(manifest: &Manifest) -> std::time::Duration {
+    std::time::Duration::from_secs(manifest.defaults.call_timeout_s)
 }
 
 /// The deadline of one solver call, from the manifest's call timeout.
@@ -103,15 +108,15 @@ pub(super) fn challenge_request(
                 authz.domain()
             )));
         }
-        (ChallengeType::Http01 | ChallengeType::TlsAlpn01, _) => None,
+        (_, _) => None,
     };
-    Ok(ChallengeRequest {
+    Ok(ChallengeRequest::new(
         challenge_type,
-        identifier: authz.identifier.clone(),
-        wildcard: authz.wildcard,
-        token: challenge.token.clone(),
-        key_authorization: challenge.key_authorization.clone(),
-        deadline_unix_ms: call_deadline(manifest),
-        dns,
-    })
+        authz.identifier.clone(),
+        challenge.token.clone(),
+        challenge.key_authorization.clone(),
+        call_deadline(manifest),
+    )
+    .with_wildcard(authz.wildcard)
+    .with_dns(dns))
 }

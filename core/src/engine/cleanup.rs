@@ -126,7 +126,21 @@ pub(super) async fn clean_entries(
         // CA validated.
         entry.request.deadline_unix_ms = call_deadline(solver.manifest());
         let challenge = entry.request.challenge_type;
-        match solver.cleanup(&entry.request, &entry.presented).await {
+        let lease = match journal {
+            Some(j) => {
+                super::namelock::lock(
+                    j.store(),
+                    solver.code(),
+                    &entry.request,
+                    super::challenge::call_timeout(solver.manifest()),
+                )
+                .await
+            }
+            None => None,
+        };
+        let outcome = solver.cleanup(&entry.request, &entry.presented).await;
+        drop(lease);
+        match outcome {
             Ok(()) => {
                 if let (Some(j), Some(je)) = (journal, &entry.journal_entry)
                     && let Err(e) = j.remove(&je.id)

@@ -29,6 +29,7 @@ pub use ratelimit::{RateLimits, registered_domain};
 mod chain;
 mod challenge;
 mod cleanup;
+pub(crate) mod namelock;
 mod order;
 mod ratelimit;
 mod resume;

@@ -19,8 +19,9 @@ use crate::store::{self, CertFiles, Lineage, Store, VersionRecord};
 use crate::timefmt::rfc3339;
 
 use super::chain::parse_chain;
-use super::challenge::{challenge_request, choose_challenge};
+use super::challenge::{call_timeout, challenge_request, choose_challenge};
 use super::cleanup::CleanupList;
+use super::namelock;
 use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert};
 
 impl Engine {
@@ -542,7 +543,16 @@ impl Engine {
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
             let slot = cleanup.register(w.request.clone(), w.domain.clone())?;
-            match req.solver.present(&w.request).await {
+            let lease = namelock::lock(
+                &inner.store,
+                req.solver.code(),
+                &w.request,
+                call_timeout(req.solver.manifest()),
+            )
+            .await;
+            let outcome = req.solver.present(&w.request).await;
+            drop(lease);
+            match outcome {
                 Ok(presented) => {
                     cleanup.presented(slot, presented);
                     progress.emit(ProgressEvent::ChallengePresented {

@@ -25,8 +25,75 @@ pub struct CheckOptions {
     /// The deadline given to each call.
     pub call_timeout: Duration,
     /// For dns-01: a server to ask (without recursion) whether the record is
-    /// really served after present and gone after cleanup.
+    /// really served after present and gone after cleanup. Without
+    /// [`zone`](CheckOptions::zone), the zone is also found by asking it
+    /// for the SOA of `_acme-challenge.<domain>` (after CNAMEs), as a real
+    /// run does.
     pub dns_server: Option<std::net::SocketAddr>,
+    /// For dns-01: the zone to put in the request. `None`: found by SOA
+    /// through `dns_server`, else `domain` itself.
+    pub zone: Option<String>,
+}
+
+/// Where the synthetic dns-01 record goes: (zone, name relative to it,
+/// fqdn, primary nameserver).
+type Placement = (String, String, String, Option<String>);
+
+/// The zone of `_acme-challenge.<domain>`: `opts.zone`, else found by SOA
+/// through `opts.dns_server`, else the domain. The second value is the
+/// outcome of the SOA lookup, when one was made.
+async fn place(opts: &CheckOptions) -> (Placement, Option<Result<String, String>>) {
+    let fqdn = format!("_acme-challenge.{}", opts.domain);
+    let relative_to = |zone: &str| {
+        fqdn.strip_suffix(zone)
+            .and_then(|r| r.strip_suffix('.'))
+            .map_or_else(|| "@".to_owned(), str::to_owned)
+    };
+    if let Some(zone) = &opts.zone {
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+        return ((zone.clone(), relative_to(&zone), fqdn.clone(), None), None);
+    }
+    let fallback = (
+        opts.domain.clone(),
+        "_acme-challenge".to_owned(),
+        fqdn.clone(),
+        None,
+    );
+    let Some(server) = opts.dns_server else {
+        return (fallback, None);
+    };
+    let dns = crate::dns::DnsOptions {
+        resolvers: vec![server],
+        // Only the zone is wanted: no nameserver lookups.
+        propagation_check: Some(crate::dns::PropagationCheck::Wait(Duration::ZERO)),
+        follow_cname: true,
+        ..Default::default()
+    };
+    match crate::dns::resolve_challenge_name(&dns, &opts.domain).await {
+        Ok(r) => {
+            let detail = format!(
+                "{server}: {} is in zone {} (name {}{})",
+                r.effective,
+                r.zone,
+                r.relative,
+                r.primary_ns
+                    .as_deref()
+                    .map(|ns| format!(", primary {ns}"))
+                    .unwrap_or_default()
+            );
+            (
+                (r.zone, r.relative, r.effective, r.primary_ns),
+                Some(Ok(detail)),
+            )
+        }
+        Err(e) => (
+            fallback,
+            Some(Err(format!(
+                "asking {server} for the SOA of {fqdn}: {e}; using {} as the zone",
+                opts.domain
+            ))),
+        ),
+    }
 }
 
 /// The outcome of one step.
@@ -75,7 +142,12 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-fn synthetic_request(ty: ChallengeType, opts: &CheckOptions, ttl: u32) -> ChallengeRequest {
+fn synthetic_request(
+    ty: ChallengeType,
+    opts: &CheckOptions,
+    ttl: u32,
+    placement: &Placement,
+) -> ChallengeRequest {
     let token = random_token();
     let thumbprint = URL_SAFE_NO_PAD.encode(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"certsmith plugin check").as_ref(),
@@ -86,26 +158,21 @@ fn synthetic_request(ty: ChallengeType, opts: &CheckOptions, ttl: u32) -> Challe
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
         + opts.call_timeout.as_millis() as u64;
-    let dns = (ty == ChallengeType::Dns01).then(|| DnsTarget {
-        zone: opts.domain.clone(),
-        name: "_acme-challenge".to_owned(),
-        fqdn: format!("_acme-challenge.{}", opts.domain),
-        value: URL_SAFE_NO_PAD.encode(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes())
-                .as_ref(),
-        ),
-        ttl,
-        primary_ns: None,
+    let (zone, name, fqdn, primary_ns) = placement.clone();
+    let dns = (ty == ChallengeType::Dns01).then(|| {
+        DnsTarget::new(
+            zone,
+            name,
+            fqdn,
+            URL_SAFE_NO_PAD.encode(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes())
+                    .as_ref(),
+            ),
+            ttl,
+        )
+        .with_primary_ns(primary_ns)
     });
-    ChallengeRequest {
-        challenge_type: ty,
-        identifier: opts.domain.clone(),
-        wildcard: false,
-        token,
-        key_authorization,
-        deadline_unix_ms: deadline,
-        dns,
-    }
+    ChallengeRequest::new(ty, opts.domain.clone(), token, key_authorization, deadline).with_dns(dns)
 }
 
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
@@ -139,7 +206,28 @@ pub async fn run_checks(instance: &SolverInstance, opts: &CheckOptions) -> Vec<C
         .build()
         .ok();
     for &ty in &instance.manifest().challenge_types {
-        let req = synthetic_request(ty, opts, instance.manifest().defaults.ttl);
+        let mut placement = None;
+        if ty == ChallengeType::Dns01 {
+            let (p, looked_up) = place(opts).await;
+            if let Some(outcome) = looked_up {
+                // A server that answers no SOA (a mock such as
+                // pebble-challtestsrv) is not the plugin's fault: the check
+                // goes on with the domain as the zone and says so.
+                let detail = match outcome {
+                    Ok(d) | Err(d) => d,
+                };
+                let ok = true;
+                steps.push(CheckStep {
+                    challenge_type: ty.to_string(),
+                    step: "zone found by SOA".to_owned(),
+                    ok,
+                    detail,
+                });
+            }
+            placement = Some(p);
+        }
+        let placement = placement.unwrap_or_default();
+        let req = synthetic_request(ty, opts, instance.manifest().defaults.ttl, &placement);
         let url = format!(
             "{}/.well-known/acme-challenge/{}",
             opts.http_base.trim_end_matches('/'),

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::RwLock;
 
-use certsmith_plugin_api::{ConfigKey, ConfigType, Manifest, manifest::value_has_type};
+use certsmith_plugin_api::{ConfigKey, ConfigType, ConfigValue, Manifest};
 
 use super::error::PluginHostError;
 
@@ -152,12 +152,26 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     }
 }
 
+/// Whether a config-file value has the given type.
+fn toml_has_type(v: &toml::Value, ty: ConfigType) -> bool {
+    match (ty, v) {
+        (ConfigType::String, toml::Value::String(_))
+        | (ConfigType::Integer, toml::Value::Integer(_))
+        | (ConfigType::Boolean, toml::Value::Boolean(_)) => true,
+        (ConfigType::StringList, toml::Value::Array(a)) => {
+            a.iter().all(|x| matches!(x, toml::Value::String(_)))
+        }
+        _ => false,
+    }
+}
+
 fn type_words(ty: ConfigType) -> &'static str {
     match ty {
         ConfigType::String => "a string",
         ConfigType::Integer => "an integer",
         ConfigType::Boolean => "true or false",
         ConfigType::StringList => "a list of strings",
+        _ => "a value of another type",
     }
 }
 
@@ -197,6 +211,7 @@ fn parse_text(
                 .map(|s| serde_json::Value::String(s.to_owned()))
                 .collect(),
         ),
+        _ => return Err(wrong()),
     })
 }
 
@@ -252,7 +267,7 @@ pub fn resolve(
                 }
                 _ => v,
             };
-            if !value_has_type(v, spec.ty) {
+            if !toml_has_type(v, spec.ty) {
                 return Err(PluginHostError::WrongType {
                     code: code.to_owned(),
                     key: key.clone(),
@@ -294,13 +309,26 @@ pub fn resolve(
         }
         // 4. Default, or an error when required.
         if let Some(d) = &spec.default {
-            values.insert(key.clone(), toml_to_json(d));
+            values.insert(key.clone(), d.to_json());
         } else if spec.required {
             return Err(PluginHostError::MissingOption {
                 code: code.to_owned(),
                 key: key.clone(),
                 env: spec.env.clone(),
             });
+        }
+    }
+
+    // The manifest's `min`, `max` and `pattern`, before the plugin sees
+    // anything (defaults were checked when the manifest was parsed).
+    for (key, v) in &values {
+        if let (Some(spec), Some(value)) = (manifest.config.get(key), ConfigValue::from_json(v)) {
+            spec.check(&value)
+                .map_err(|reason| PluginHostError::OutOfRange {
+                    code: code.to_owned(),
+                    key: key.clone(),
+                    reason,
+                })?;
         }
     }
 

@@ -78,12 +78,27 @@ pub enum PluginHostError {
     },
     /// The plugin was built for another ABI major version.
     #[error(
-        "{path} was built for plugin ABI v{found}, this certsmith speaks v{supported}: rebuild the plugin against certsmith-plugin-api {supported}.x"
+        "{path} was built for plugin ABI v{found}, this certsmith speaks v{supported}: rebuild the plugin with a certsmith-plugin-api that implements ABI {supported}.x"
     )]
     AbiMismatch {
         /// The plugin file.
         path: PathBuf,
         /// Its ABI major.
+        found: u16,
+        /// Ours.
+        supported: u16,
+    },
+    /// The plugin was built for a newer ABI minor than this host implements:
+    /// it may rely on what that minor added.
+    #[error(
+        "{path} needs plugin ABI {major}.{found}, this certsmith implements ABI {major}.{supported}: upgrade certsmith, or rebuild the plugin with a certsmith-plugin-api that implements ABI {major}.{supported}"
+    )]
+    AbiTooNew {
+        /// The plugin file.
+        path: PathBuf,
+        /// The ABI major (the same on both sides).
+        major: u16,
+        /// The plugin's ABI minor.
         found: u16,
         /// Ours.
         supported: u16,
@@ -201,6 +216,17 @@ pub enum PluginHostError {
         /// Extra help, e.g. the value when it is not secret.
         hint: String,
     },
+    /// A value breaks its key's `min`, `max` or `pattern` (plugin.toml). The
+    /// value itself is not repeated, since it may be a secret.
+    #[error("solver '{code}': option '{key}' {reason}")]
+    OutOfRange {
+        /// The solver code.
+        code: String,
+        /// The key.
+        key: String,
+        /// The broken constraint, e.g. "must be at least 30".
+        reason: certsmith_plugin_api::ValueError,
+    },
     /// A `--solver-opt` argument is not `KEY=VALUE`.
     #[error("a solver option is KEY=VALUE, got '{0}'")]
     BadOptionSyntax(String),
@@ -236,6 +262,7 @@ impl PluginHostError {
                 | PluginHostError::UnknownOption { .. }
                 | PluginHostError::MissingOption { .. }
                 | PluginHostError::WrongType { .. }
+                | PluginHostError::OutOfRange { .. }
                 | PluginHostError::BadOptionSyntax(_)
                 | PluginHostError::EnvFile { .. }
                 | PluginHostError::Create {

@@ -291,6 +291,16 @@ unsafe fn handshake(
             supported: ABI_MAJOR,
         });
     }
+    // Minors only add: a plugin built for an older one loads, one built for
+    // a newer one may use what this host lacks (docs/design.md §2.5).
+    if abi_minor > ABI_MINOR {
+        return Err(PluginHostError::AbiTooNew {
+            path: path_buf(),
+            major: ABI_MAJOR,
+            found: abi_minor,
+            supported: ABI_MINOR,
+        });
+    }
     if (struct_size as usize) < size_of::<PluginHeader>() {
         return Err(PluginHostError::StructTooSmall {
             path: path_buf(),

@@ -669,4 +669,16 @@ impl Storage for FsStore {
         let holder = lock.path().display().to_string();
         Ok(Lease::new(token, holder, Box::new(lock)))
     }
+
+    fn name_lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {
+        let dir = self.root.join("locks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| StoreError::io("create", &dir, e))?;
+        let lock = lock_file(dir.join(format!("{}.lock", sanitize(scope))), wait)?;
+        let holder = lock.path().display().to_string();
+        Ok(Lease::new(0, holder, Box::new(lock)))
+    }
 }

@@ -583,6 +583,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Takes the lease on `scope`, waiting up to `wait` for its holder to
     /// release it ([`StoreError::Locked`] after that).
     fn lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError>;
+
+    /// Takes the lock of one (solver, name) for one solver call, waiting up
+    /// to `wait`: like [`lease`](Storage::lease), kept apart from the
+    /// run-wide leases (the file store puts them under `locks/`).
+    fn name_lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {
+        self.lease(scope, wait)
+    }
 }
 
 /// A handle on a store backend: cheap to clone, shared by every task.

@@ -421,15 +421,13 @@ fn journal_entries_round_trip_private() {
         pid_start: 0,
         solver: "webroot".into(),
         options: BTreeMap::new(),
-        request: certsmith_plugin_api::ChallengeRequest {
-            challenge_type: certsmith_plugin_api::ChallengeType::Http01,
-            identifier: "j.example".into(),
-            wildcard: false,
-            token: "tok".into(),
-            key_authorization: "tok.x".into(),
-            deadline_unix_ms: 1,
-            dns: None,
-        },
+        request: ChallengeRequest::new(
+            certsmith_plugin_api::ChallengeType::Http01,
+            "j.example",
+            "tok",
+            "tok.x",
+            1,
+        ),
         presented: None,
     };
     store.put_journal_entry(&entry).expect("put");

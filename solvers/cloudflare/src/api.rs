@@ -21,7 +21,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use certsmith_plugin_api::{Deadline, PluginError, log};
+use certsmith_plugin_api::{Deadline, PluginError, Secret, log};
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -49,27 +49,9 @@ const MAX_PAGES: u32 = 200;
 /// authenticate.
 const AUTH_CODES: &[i64] = &[6003, 6111, 9103, 9106, 9109, 10000, 10001];
 
-/// The API token. Its `Debug` never shows it.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    /// Wraps a token.
-    pub fn new(token: impl Into<String>) -> Self {
-        ApiToken(token.into())
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiToken([redacted])")
-    }
-}
+/// The API token: the SDK's [`Secret`] (redacted `Debug`/`Display`,
+/// zeroed on drop).
+pub type ApiToken = Secret;
 
 /// Whether waiting `d` before the next try still leaves [`RESERVE`] for it.
 fn allows_wait(deadline: Deadline, d: Duration) -> bool {
@@ -303,7 +285,7 @@ impl Api {
         Ok(Api {
             http,
             base: url,
-            token: ApiToken(token.expose().trim().to_owned()),
+            token: ApiToken::new(token.expose().trim()),
         })
     }
 

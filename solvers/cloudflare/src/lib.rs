@@ -395,10 +395,10 @@ impl Solver for Cloudflare {
         } else {
             self.ttl
         };
-        Ok(Presented {
-            handle: json!({ "zone_id": zone_id, "record_id": record_id }),
-            ttl: (used != target.ttl).then_some(used),
-        })
+        Ok(
+            Presented::new(json!({ "zone_id": zone_id, "record_id": record_id }))
+                .with_ttl((used != target.ttl).then_some(used)),
+        )
     }
 
     async fn cleanup(

@@ -216,10 +216,7 @@ async fn cleanup_in_a_zone_that_is_not_there_is_success() {
     solver(&cf)
         .cleanup(
             &request("cf.test", "v"),
-            &Presented {
-                handle: json!({"zone_id": "0123456789abcdef0123456789abcdef", "record_id": "fedcba9876543210fedcba9876543210"}),
-                ttl: None,
-            },
+            &Presented::new(json!({"zone_id": "0123456789abcdef0123456789abcdef", "record_id": "fedcba9876543210fedcba9876543210"})),
         )
         .await
         .expect("a zone deleted since present");
@@ -239,10 +236,7 @@ async fn foreign_txt_values_at_the_same_name_are_never_touched() {
 
     // A damaged handle that names the foreign record: it is read back, seen
     // not to be ours, and left alone; ours is found by value.
-    let damaged = Presented {
-        handle: json!({"zone_id": p.handle["zone_id"], "record_id": foreign}),
-        ttl: None,
-    };
+    let damaged = Presented::new(json!({"zone_id": p.handle["zone_id"], "record_id": foreign}));
     s.cleanup(&req, &damaged).await.expect("cleanup");
     assert_eq!(cf.txt_values(&name), ["someone-elses-value"]);
     s.cleanup(&req, &p).await.expect("cleanup again");

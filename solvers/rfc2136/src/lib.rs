@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Secret, Solver,
+    async_trait, log,
 };
 use futures_util::{Stream, StreamExt as _};
 use hickory_net::client::{Client, ClientHandle as _};
@@ -66,7 +67,7 @@ pub struct Rfc2136Config {
     #[serde(default)]
     pub tsig_algorithm: Option<String>,
     /// The key's secret, base64.
-    pub tsig_secret: String,
+    pub tsig_secret: Secret,
     /// TTL of the TXT records, seconds; default: the TTL in the request.
     #[serde(default)]
     pub ttl: Option<i64>,
@@ -141,7 +142,7 @@ impl Solver for Rfc2136 {
         let key_name = parse_key_name(&config.tsig_key_name)?;
         let (algorithm, label) =
             parse_algorithm(config.tsig_algorithm.as_deref().unwrap_or("hmac-sha256"))?;
-        let secret = decode_secret(&config.tsig_secret)?;
+        let secret = decode_secret(config.tsig_secret.expose())?;
         let ttl = config
             .ttl
             .map(|t| {
@@ -192,10 +193,10 @@ impl Solver for Rfc2136 {
             target.fqdn,
             target.zone
         );
-        Ok(Presented {
-            handle: serde_json::json!({ "server": server, "zone": target.zone, "fqdn": target.fqdn }),
-            ttl: (ttl != target.ttl).then_some(ttl),
-        })
+        Ok(Presented::new(
+            serde_json::json!({ "server": server, "zone": target.zone, "fqdn": target.fqdn }),
+        )
+        .with_ttl((ttl != target.ttl).then_some(ttl)))
     }
 
     async fn cleanup(
@@ -710,7 +711,7 @@ mod tests {
             server: Some("127.0.0.1:5353".into()),
             tsig_key_name: "certsmith.".into(),
             tsig_algorithm: None,
-            tsig_secret: SECRET.into(),
+            tsig_secret: Secret::new(SECRET),
             ttl: Some(60),
             timeout_s: None,
         }
@@ -773,7 +774,7 @@ mod tests {
     #[test]
     fn bad_secret_is_a_config_error_without_the_value() {
         let mut c = config();
-        c.tsig_secret = "not*base64!SENSITIVE".into();
+        c.tsig_secret = Secret::new("not*base64!SENSITIVE");
         let e = Rfc2136::new(c).err();
         let e = e.as_ref().map(|e| (e.kind, e.message.clone()));
         assert!(
@@ -783,7 +784,7 @@ mod tests {
             "{e:?}"
         );
         let mut c = config();
-        c.tsig_secret = "  ".into();
+        c.tsig_secret = Secret::new("  ");
         assert!(Rfc2136::new(c).is_err());
     }
 

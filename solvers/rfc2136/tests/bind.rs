@@ -26,7 +26,7 @@ fn config(bind: &Bind) -> Rfc2136Config {
         server: Some(bind.addr().to_string()),
         tsig_key_name: bind.tsig_key_name().to_owned(),
         tsig_algorithm: Some(bind.tsig_algorithm().to_owned()),
-        tsig_secret: bind.tsig_secret_b64().to_owned(),
+        tsig_secret: bind.tsig_secret_b64().to_owned().into(),
         ttl: Some(60),
         timeout_s: Some(5),
     }
@@ -42,22 +42,23 @@ fn request(zone: &str, fqdn: &str, value: &str) -> ChallengeRequest {
         .map(|n| n.trim_end_matches('.'))
         .filter(|n| !n.is_empty())
         .unwrap_or("@");
-    ChallengeRequest {
-        challenge_type: ChallengeType::Dns01,
-        identifier: zone.to_owned(),
-        wildcard: false,
-        token: "token".to_owned(),
-        key_authorization: "token.thumbprint".to_owned(),
-        deadline_unix_ms: now_ms + 60_000,
-        dns: Some(DnsTarget {
-            zone: zone.to_owned(),
-            name: name.to_owned(),
-            fqdn: fqdn.to_owned(),
-            value: value.to_owned(),
-            ttl: 60,
-            primary_ns: Some(format!("ns1.{zone}")),
-        }),
-    }
+    ChallengeRequest::new(
+        ChallengeType::Dns01,
+        zone.to_owned(),
+        "token".to_owned(),
+        "token.thumbprint".to_owned(),
+        now_ms + 60_000,
+    )
+    .with_dns(Some(
+        DnsTarget::new(
+            zone.to_owned(),
+            name.to_owned(),
+            fqdn.to_owned(),
+            value.to_owned(),
+            60,
+        )
+        .with_primary_ns(Some(format!("ns1.{zone}"))),
+    ))
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -178,7 +179,7 @@ async fn wrong_secret_is_an_auth_error_that_names_the_server_and_hides_the_secre
     let bind = Bind::start(&[zone()])?;
     let wrong = other_secret(&bind);
     let mut cfg = config(&bind);
-    cfg.tsig_secret = wrong.clone();
+    cfg.tsig_secret = wrong.clone().into();
     let solver = Rfc2136::new(cfg)?;
     let Err(e) = solver.present(&request(ZONE, NAME, "v")).await else {
         return Err("present with a wrong secret succeeded".into());

@@ -163,8 +163,8 @@ impl Aws {
         if let Some(k) = &s.static_keys {
             loader = loader.credentials_provider(Credentials::new(
                 k.access_key_id.clone(),
-                k.secret_access_key.clone(),
-                k.session_token.clone(),
+                k.secret_access_key.expose().to_owned(),
+                k.session_token.as_ref().map(|t| t.expose().to_owned()),
                 None,
                 "certsmith-route53-options",
             ));

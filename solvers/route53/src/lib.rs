@@ -40,7 +40,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Secret, Solver,
     async_trait, log,
 };
 use serde::Deserialize;
@@ -111,14 +111,10 @@ pub struct Route53Config {
     pub wait_for_sync: Option<bool>,
     /// An access key id, instead of the credential chain.
     pub access_key_id: Option<String>,
-    /// Its secret.
-    pub secret_access_key: Option<String>,
+    /// Its secret (the SDK's [`Secret`]: redacted, zeroed on drop).
+    pub secret_access_key: Option<Secret>,
     /// The session token of temporary credentials.
-    pub session_token: Option<String>,
-}
-
-fn redacted(v: &Option<String>) -> Option<&'static str> {
-    v.as_ref().map(|_| "<redacted>")
+    pub session_token: Option<Secret>,
 }
 
 impl fmt::Debug for Route53Config {
@@ -132,8 +128,8 @@ impl fmt::Debug for Route53Config {
             .field("ttl", &self.ttl)
             .field("wait_for_sync", &self.wait_for_sync)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &redacted(&self.secret_access_key))
-            .field("session_token", &redacted(&self.session_token))
+            .field("secret_access_key", &self.secret_access_key)
+            .field("session_token", &self.session_token)
             .finish()
     }
 }
@@ -142,8 +138,8 @@ impl fmt::Debug for Route53Config {
 #[derive(Clone)]
 pub(crate) struct StaticKeys {
     pub(crate) access_key_id: String,
-    pub(crate) secret_access_key: String,
-    pub(crate) session_token: Option<String>,
+    pub(crate) secret_access_key: Secret,
+    pub(crate) session_token: Option<Secret>,
 }
 
 impl fmt::Debug for StaticKeys {
@@ -169,6 +165,11 @@ pub(crate) struct Settings {
 
 fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+fn non_empty_secret(v: Option<Secret>) -> Option<Secret> {
+    v.map(|s| Secret::new(s.expose().trim()))
+        .filter(|s| !s.is_empty())
 }
 
 impl Settings {
@@ -204,11 +205,14 @@ impl Settings {
                     })?,
             ),
         };
-        let static_keys = match (non_empty(c.access_key_id), non_empty(c.secret_access_key)) {
+        let static_keys = match (
+            non_empty(c.access_key_id),
+            non_empty_secret(c.secret_access_key),
+        ) {
             (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
                 access_key_id,
                 secret_access_key,
-                session_token: non_empty(c.session_token),
+                session_token: non_empty_secret(c.session_token),
             }),
             (None, None) => None,
             (Some(_), None) => {
@@ -678,14 +682,12 @@ impl Solver for Route53 {
         {
             self.wait_insync(aws, id, &deadline).await?;
         }
-        Ok(Presented {
-            handle: serde_json::json!({
-                "hosted_zone_id": zone_id,
-                "fqdn": fqdn,
-                "change_id": change_id,
-            }),
-            ttl: (ttl != target.ttl).then_some(ttl),
-        })
+        Ok(Presented::new(serde_json::json!({
+            "hosted_zone_id": zone_id,
+            "fqdn": fqdn,
+            "change_id": change_id,
+        }))
+        .with_ttl((ttl != target.ttl).then_some(ttl)))
     }
 
     async fn cleanup(

@@ -116,7 +116,7 @@ impl Solver for Standalone {
                     })
                     .await?;
             }
-            ChallengeType::Dns01 => return Err(unsupported(req.challenge_type)),
+            other => return Err(unsupported(other)),
         }
         certsmith_plugin_api::log::debug!(
             "{}: presented token {} for {}",
@@ -132,7 +132,7 @@ impl Solver for Standalone {
             ChallengeType::Http01 => self.http.remove(&req.token).await,
             ChallengeType::TlsAlpn01 => self.tls.remove(&req.token).await,
             // Never presented, so nothing to remove.
-            ChallengeType::Dns01 => {}
+            _ => {}
         }
         Ok(())
     }

@@ -95,13 +95,10 @@ impl Inner {
             .filter(|d| created.contains(*d))
             .map(|d| d.display().to_string())
             .collect();
-        Ok(Presented {
-            handle: serde_json::json!({
-                "file": file.display().to_string(),
-                "created_dirs": created_dirs,
-            }),
-            ttl: None,
-        })
+        Ok(Presented::new(serde_json::json!({
+            "file": file.display().to_string(),
+            "created_dirs": created_dirs,
+        })))
     }
 
     fn cleanup_blocking(&self, token: &str, presented: &Presented) -> Result<(), PluginError> {

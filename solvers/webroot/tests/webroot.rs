@@ -208,16 +208,13 @@ async fn a_handle_cannot_name_other_directories() {
     let empty = root.path().join("empty");
     fs::create_dir(&empty).expect("mkdir");
     let req = request("tok");
-    let forged = Presented {
-        handle: serde_json::json!({
-            "file": root.path().join("index.html").display().to_string(),
-            "created_dirs": [
-                empty.display().to_string(),
-                other.path().display().to_string(),
-            ],
-        }),
-        ttl: None,
-    };
+    let forged = Presented::new(serde_json::json!({
+        "file": root.path().join("index.html").display().to_string(),
+        "created_dirs": [
+            empty.display().to_string(),
+            other.path().display().to_string(),
+        ],
+    }));
     fs::write(root.path().join("index.html"), "hi").expect("write");
     solver(root.path())
         .cleanup(&req, &forged)

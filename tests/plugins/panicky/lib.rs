@@ -64,10 +64,7 @@ impl Solver for Panicky {
         if self.config.panic_in == "present" {
             panic!("deliberate panic in present for {}", req.identifier);
         }
-        Ok(Presented {
-            handle: serde_json::json!({"token": req.token}),
-            ttl: None,
-        })
+        Ok(Presented::new(serde_json::json!({"token": req.token})))
     }
 
     async fn cleanup(&self, _: &ChallengeRequest, _: &Presented) -> Result<(), PluginError> {

@@ -38,25 +38,23 @@ pub fn request(zone: &str, value: &str) -> ChallengeRequest {
 /// A dns-01 request whose deadline is `due` from now.
 pub fn request_due_in(zone: &str, value: &str, due: Duration) -> ChallengeRequest {
     let deadline = SystemTime::now() + due;
-    ChallengeRequest {
-        challenge_type: ChallengeType::Dns01,
-        identifier: zone.to_owned(),
-        wildcard: false,
-        token: "tok".to_owned(),
-        key_authorization: "tok.thumbprint".to_owned(),
-        deadline_unix_ms: deadline
+    ChallengeRequest::new(
+        ChallengeType::Dns01,
+        zone.to_owned(),
+        "tok".to_owned(),
+        "tok.thumbprint".to_owned(),
+        deadline
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64,
-        dns: Some(DnsTarget {
-            zone: zone.to_owned(),
-            name: "_acme-challenge".to_owned(),
-            fqdn: fqdn(zone),
-            value: value.to_owned(),
-            ttl: 120,
-            primary_ns: None,
-        }),
-    }
+    )
+    .with_dns(Some(DnsTarget::new(
+        zone.to_owned(),
+        "_acme-challenge".to_owned(),
+        fqdn(zone),
+        value.to_owned(),
+        120,
+    )))
 }
 
 /// "METHOD /path" of each request, in order.

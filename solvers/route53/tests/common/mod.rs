@@ -20,7 +20,7 @@ pub fn config(moto: &Moto) -> Route53Config {
     Route53Config {
         endpoint_url: Some(moto.endpoint_url()),
         access_key_id: Some(ACCESS_KEY_ID.to_owned()),
-        secret_access_key: Some(SECRET_ACCESS_KEY.to_owned()),
+        secret_access_key: Some(SECRET_ACCESS_KEY.into()),
         ..Route53Config::default()
     }
 }
@@ -47,25 +47,23 @@ pub fn request_in(zone: &str, domain: &str, value: &str, timeout: Duration) -> C
         .strip_suffix(&format!(".{zone}"))
         .unwrap_or("@")
         .to_owned();
-    ChallengeRequest {
-        challenge_type: ChallengeType::Dns01,
-        identifier: domain.to_owned(),
-        wildcard: false,
-        token: format!("token-{value}"),
-        key_authorization: format!("token-{value}.thumbprint"),
-        deadline_unix_ms: deadline
+    ChallengeRequest::new(
+        ChallengeType::Dns01,
+        domain.to_owned(),
+        format!("token-{value}"),
+        format!("token-{value}.thumbprint"),
+        deadline
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64,
-        dns: Some(DnsTarget {
-            zone: zone.to_owned(),
-            name: relative,
-            fqdn: name,
-            value: value.to_owned(),
-            ttl: 60,
-            primary_ns: None,
-        }),
-    }
+    )
+    .with_dns(Some(DnsTarget::new(
+        zone.to_owned(),
+        relative,
+        name,
+        value.to_owned(),
+        60,
+    )))
 }
 
 /// [`request_in`] with the domain as its own zone and a minute to go.

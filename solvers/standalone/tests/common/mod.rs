@@ -31,18 +31,16 @@ pub fn solver() -> (Standalone, SocketAddr, SocketAddr) {
 
 pub fn request(ty: ChallengeType, identifier: &str, token: &str) -> ChallengeRequest {
     let deadline = SystemTime::now() + Duration::from_secs(60);
-    ChallengeRequest {
-        challenge_type: ty,
-        identifier: identifier.to_owned(),
-        wildcard: false,
-        token: token.to_owned(),
-        key_authorization: format!("{token}.thumbprint-of-{identifier}"),
-        deadline_unix_ms: deadline
+    ChallengeRequest::new(
+        ty,
+        identifier.to_owned(),
+        token.to_owned(),
+        format!("{token}.thumbprint-of-{identifier}"),
+        deadline
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64,
-        dns: None,
-    }
+    )
 }
 
 /// A parsed HTTP response.

@@ -18,18 +18,16 @@ pub fn solver(root: &Path) -> Webroot {
 
 pub fn request(token: &str) -> ChallengeRequest {
     let deadline = SystemTime::now() + Duration::from_secs(60);
-    ChallengeRequest {
-        challenge_type: ChallengeType::Http01,
-        identifier: "example.test".to_owned(),
-        wildcard: false,
-        token: token.to_owned(),
-        key_authorization: format!("{token}.thumbprint"),
-        deadline_unix_ms: deadline
+    ChallengeRequest::new(
+        ChallengeType::Http01,
+        "example.test".to_owned(),
+        token.to_owned(),
+        format!("{token}.thumbprint"),
+        deadline
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64,
-        dns: None,
-    }
+    )
 }
 
 pub fn well_known(root: &Path) -> PathBuf {

@@ -1,0 +1,197 @@
+//! [`retry`]: run a call again after retryable failures, with exponential
+//! backoff, never past the request's [`Deadline`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::Deadline;
+use crate::wire::PluginError;
+
+/// How [`retry`] spaces its attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backoff {
+    /// Attempts in all (the first one included); at least 1.
+    pub attempts: u32,
+    /// The wait after the first failure; doubled after each further one.
+    pub initial: Duration,
+    /// The longest wait between two attempts (also caps `Retry-After`).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 4 attempts, waiting 250 ms, 500 ms, 1 s (at most 10 s each).
+    fn default() -> Self {
+        Backoff {
+            attempts: 4,
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// A policy of `attempts` tries, waiting `initial`, then twice that …,
+    /// at most `max`.
+    pub fn new(attempts: u32, initial: Duration, max: Duration) -> Self {
+        Backoff {
+            attempts: attempts.max(1),
+            initial,
+            max,
+        }
+    }
+
+    /// The wait after failed attempt `n` (1-based).
+    fn wait(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Runs `call` until it succeeds, fails with an error that is not
+/// [`retryable`](crate::ErrorBody::retryable), or runs out of attempts or
+/// time; returns the last result.
+///
+/// `call` gets the time left before `deadline`: bound each attempt's own
+/// timeout by it. Between attempts `retry` waits the provider's
+/// `retry_after_ms` if the error has one, else the backoff, both capped by
+/// [`Backoff::max`]; it starts no wait that would end past the deadline and
+/// returns the error instead, so the host sees the provider's error rather
+/// than "did not finish before its deadline".
+///
+/// ```
+/// use std::time::Duration;
+/// use certsmith_plugin_api::PluginError;
+/// use certsmith_plugin_api::sdk::{Backoff, Deadline, retry};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let deadline = Deadline::from_now(Duration::from_secs(5));
+/// let mut calls = 0;
+/// let quick = Backoff::new(3, Duration::from_millis(1), Duration::from_millis(10));
+/// let got = retry(deadline, quick, |left| {
+///     calls += 1;
+///     let n = calls;
+///     async move {
+///         assert!(left <= Duration::from_secs(5));
+///         if n < 3 { Err(PluginError::transient("503")) } else { Ok(n) }
+///     }
+/// })
+/// .await;
+/// assert_eq!(got, Ok(3));
+/// # });
+/// ```
+pub async fn retry<T, F, Fut>(
+    deadline: Deadline,
+    backoff: Backoff,
+    mut call: F,
+) -> Result<T, PluginError>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, PluginError>>,
+{
+    let mut attempt = 1;
+    loop {
+        let left = deadline.remaining();
+        if left.is_zero() {
+            return Err(PluginError::transient(
+                "the call's deadline passed before the request could be sent",
+            ));
+        }
+        let err = match call(left).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !err.retryable || attempt >= backoff.attempts {
+            return Err(err);
+        }
+        let wait = err
+            .retry_after_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| backoff.wait(attempt))
+            .min(backoff.max);
+        if deadline.remaining() <= wait {
+            return Err(err);
+        }
+        log::debug!(
+            "attempt {attempt} failed ({err}); retrying in {} ms",
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn stops_at_errors_that_are_not_retryable() {
+        let mut calls = 0;
+        let r: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            Backoff::default(),
+            |_| {
+                calls += 1;
+                async { Err(PluginError::auth("no")) }
+            },
+        ));
+        assert_eq!(r.map_err(|e| e.kind), Err(ErrorKind::Auth));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn gives_up_after_its_attempts_with_the_last_error() {
+        let mut calls = 0;
+        let r: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            Backoff::new(3, Duration::from_millis(1), Duration::from_millis(5)),
+            |_| {
+                calls += 1;
+                let n = calls;
+                async move { Err(PluginError::transient(format!("try {n}"))) }
+            },
+        ));
+        assert_eq!(r.map_err(|e| e.message), Err("try 3".to_owned()));
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn starts_no_wait_past_the_deadline() {
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let r: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_millis(300)),
+            Backoff::new(10, Duration::from_secs(1), Duration::from_secs(1)),
+            |_| {
+                calls += 1;
+                async { Err(PluginError::rate_limited("slow", Some(60_000))) }
+            },
+        ));
+        assert_eq!(r.map_err(|e| e.kind), Err(ErrorKind::RateLimited));
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < Duration::from_millis(300));
+        let expired: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::ZERO),
+            Backoff::default(),
+            |_| async { Ok(()) },
+        ));
+        assert!(expired.is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_max() {
+        let b = Backoff::new(10, Duration::from_millis(100), Duration::from_millis(500));
+        let waits: Vec<u128> = (1..=5).map(|n| b.wait(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        assert_eq!(b.wait(64), Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,299 @@
+//! The JSON payloads that travel through [`crate::abi`].
+//!
+//! JSON keeps the boundary independent of Rust layouts: a field added later
+//! carries `#[serde(default)]`, and no type uses `deny_unknown_fields`, so a
+//! plugin built against an older crate reads a newer host's requests and
+//! vice versa.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Method name of [`ChallengeRequest`] → [`Presented`].
+pub const METHOD_PRESENT: &str = "present";
+/// Method name of [`CleanupParams`] → `{}`.
+pub const METHOD_CLEANUP: &str = "cleanup";
+
+/// An ACME challenge type ([RFC 8555 §8](https://www.rfc-editor.org/rfc/rfc8555#section-8),
+/// [RFC 8737](https://www.rfc-editor.org/rfc/rfc8737)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChallengeType {
+    /// A file served over HTTP on port 80.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A TXT record at `_acme-challenge.<domain>`.
+    #[serde(rename = "dns-01")]
+    Dns01,
+    /// A self-signed certificate served with ALPN `acme-tls/1` on port 443.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl ChallengeType {
+    /// The RFC name, e.g. `"http-01"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeType::Http01 => "http-01",
+            ChallengeType::Dns01 => "dns-01",
+            ChallengeType::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    /// Parses the RFC name.
+    pub fn parse(s: &str) -> Option<ChallengeType> {
+        match s {
+            "http-01" => Some(ChallengeType::Http01),
+            "dns-01" => Some(ChallengeType::Dns01),
+            "tls-alpn-01" => Some(ChallengeType::TlsAlpn01),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ChallengeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One challenge to present (params of `present`).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChallengeRequest {
+    /// Which challenge to answer.
+    pub challenge_type: ChallengeType,
+    /// The identifier being validated, without a `*.` prefix.
+    pub identifier: String,
+    /// Whether the order asked for `*.<identifier>`.
+    #[serde(default)]
+    pub wildcard: bool,
+    /// The challenge token (http-01: the file name).
+    pub token: String,
+    /// `token.thumbprint`: the http-01 file content, the tls-alpn-01
+    /// certificate's digest input, the dns-01 digest input.
+    pub key_authorization: String,
+    /// When the host stops waiting for this call, in milliseconds since the
+    /// Unix epoch. The SDK fails the call with a `transient` error then.
+    /// With the SDK (feature `sdk`), `ChallengeRequest::deadline()` reads it
+    /// as a `Deadline`.
+    pub deadline_unix_ms: u64,
+    /// Where to put the record, for dns-01 (filled by the core).
+    #[serde(default)]
+    pub dns: Option<DnsTarget>,
+}
+
+// The key authorization is not a secret in ACME (the CA and anyone who can
+// reach the challenge URL see it), but keeping it out of debug logs keeps
+// them short and avoids teaching plugin authors to log credentials-shaped
+// strings.
+impl fmt::Debug for ChallengeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChallengeRequest")
+            .field("challenge_type", &self.challenge_type)
+            .field("identifier", &self.identifier)
+            .field("wildcard", &self.wildcard)
+            .field("token", &self.token)
+            .field("deadline_unix_ms", &self.deadline_unix_ms)
+            .field("dns", &self.dns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a dns-01 TXT value goes. The core computed all of it; a plugin only
+/// appends `value` at `name` in `zone` and later deletes exactly that value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsTarget {
+    /// The zone (apex) that holds the record, without a trailing dot.
+    pub zone: String,
+    /// The record name relative to `zone`, `"@"` for the apex.
+    pub name: String,
+    /// The fully qualified record name, without a trailing dot.
+    pub fqdn: String,
+    /// The TXT value: base64url(SHA-256(key authorization)).
+    pub value: String,
+    /// The TTL to use, in seconds.
+    pub ttl: u32,
+    /// The zone's primary nameserver (SOA MNAME), if known.
+    #[serde(default)]
+    pub primary_ns: Option<String>,
+}
+
+/// What `present` returns: an opaque handle handed back to `cleanup`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Presented {
+    /// Opaque plugin data, e.g. record ids. Stored in the host's journal, so
+    /// it must not contain secrets.
+    #[serde(default)]
+    pub handle: serde_json::Value,
+    /// The TTL actually used, if it differs from the requested one.
+    #[serde(default)]
+    pub ttl: Option<u32>,
+}
+
+/// Params of `cleanup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CleanupParams {
+    /// The request that was presented.
+    pub request: ChallengeRequest,
+    /// What `present` returned (a default handle if it never returned).
+    #[serde(default)]
+    pub presented: Presented,
+}
+
+/// The class of a plugin failure, which decides what the host does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration is wrong; retrying will not help.
+    Config,
+    /// The credentials were rejected.
+    Auth,
+    /// A zone, record or resource does not exist.
+    NotFound,
+    /// The provider rate-limited us; see `retry_after_ms`.
+    RateLimited,
+    /// A temporary failure; retrying may help.
+    Transient,
+    /// A bug or an unexpected state in the plugin.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The wire name, e.g. `"not_found"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Auth => "auth",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON error body of `STATUS_ERROR` and `STATUS_PANICKED` completions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct ErrorBody {
+    /// What went wrong, as a class.
+    pub kind: ErrorKind,
+    /// A message for the user: what failed and what to do. Never a secret.
+    pub message: String,
+    /// Whether the same call may succeed later.
+    #[serde(default)]
+    pub retryable: bool,
+    /// How long to wait before retrying, if the provider said.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The error type plugin authors return; the same shape as [`ErrorBody`].
+pub type PluginError = ErrorBody;
+
+impl ErrorBody {
+    /// An error of `kind` with `message`; `retryable` follows the kind.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorBody {
+            kind,
+            message: message.into(),
+            retryable: matches!(kind, ErrorKind::Transient | ErrorKind::RateLimited),
+            retry_after_ms: None,
+        }
+    }
+
+    /// A [`ErrorKind::Config`] error.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    /// An [`ErrorKind::Auth`] error.
+    pub fn auth(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Auth, message)
+    }
+    /// A [`ErrorKind::NotFound`] error.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    /// A [`ErrorKind::Transient`] error.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+    /// An [`ErrorKind::Internal`] error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+    /// A [`ErrorKind::RateLimited`] error with the provider's wait time.
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: Option<u64>) -> Self {
+        let mut e = Self::new(ErrorKind::RateLimited, message);
+        e.retry_after_ms = retry_after_ms;
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_and_tolerates_unknown_fields() {
+        let json = r#"{"challenge_type":"dns-01","identifier":"example.com","wildcard":true,
+            "token":"t","key_authorization":"t.x","deadline_unix_ms":5,
+            "dns":{"zone":"example.com","name":"_acme-challenge","fqdn":"_acme-challenge.example.com",
+                   "value":"v","ttl":60,"future_field":1},
+            "another_future_field":[1,2]}"#;
+        let req: ChallengeRequest = serde_json::from_str(json).expect("parses");
+        assert_eq!(req.challenge_type, ChallengeType::Dns01);
+        assert!(req.wildcard);
+        let dns = req.dns.as_ref().expect("dns");
+        assert_eq!(dns.primary_ns, None);
+        assert_eq!(dns.name, "_acme-challenge");
+        let back: ChallengeRequest =
+            serde_json::from_str(&serde_json::to_string(&req).expect("ser")).expect("de");
+        assert!(back == req);
+    }
+
+    #[test]
+    fn optional_fields_default() {
+        let req: ChallengeRequest = serde_json::from_str(
+            r#"{"challenge_type":"http-01","identifier":"a","token":"t","key_authorization":"k","deadline_unix_ms":1}"#,
+        )
+        .expect("parses");
+        assert!(!req.wildcard);
+        assert!(req.dns.is_none());
+        let p: Presented = serde_json::from_str("{}").expect("parses");
+        assert_eq!(p, Presented::default());
+    }
+
+    #[test]
+    fn error_body_wire_shape() {
+        let e = ErrorBody::rate_limited("slow down", Some(1500));
+        let v = serde_json::to_value(&e).expect("ser");
+        assert_eq!(
+            v,
+            serde_json::json!({"kind":"rate_limited","message":"slow down","retryable":true,"retry_after_ms":1500})
+        );
+        let e: ErrorBody =
+            serde_json::from_str(r#"{"kind":"auth","message":"no"}"#).expect("minimal body parses");
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(!e.retryable);
+    }
+
+    #[test]
+    fn debug_hides_key_authorization() {
+        let req = ChallengeRequest {
+            challenge_type: ChallengeType::Http01,
+            identifier: "a.test".into(),
+            wildcard: false,
+            token: "tok".into(),
+            key_authorization: "tok.SECRETISH".into(),
+            deadline_unix_ms: 0,
+            dns: None,
+        };
+        assert!(!format!("{req:?}").contains("SECRETISH"));
+    }
+}
