@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fsio::{
-    FileLock, create_private_dir_all, fsync_dir, lock_file, parent, read_optional,
+    FileLock, STALE_TEMP_AGE, create_private_dir_all, fsync_dir, lock_file, parent, read_optional,
     remove_stale_temps, sanitize, write_atomic, write_new,
 };
 use super::{
@@ -204,10 +204,6 @@ fn next_version(versions_dir: &Path) -> Result<u32, StoreError> {
     }
     Ok(max.saturating_add(1))
 }
-
-/// How old a temporary file must be before it is taken for the leftover of
-/// a write that died (a write takes milliseconds).
-const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// Removes a temporary file of an atomic write (`.<name>.tmp…`) that a
 /// killed process left behind.
@@ -532,9 +528,9 @@ impl Storage for FsStore {
 
     fn put_pending_order(&self, name: &str, order: &PendingOrder) -> Result<(), StoreError> {
         check_cert_name(name)?;
-        // Under the lock: a writer holding it sweeps the temp files of
-        // `certs/<name>/` as leftovers of dead writes.
-        let _lock = self.lock()?;
+        // Not under the store lock: a run records its order while another
+        // may hold the lock for a long write; the sweep of leftovers spares
+        // this temp file until it is old (see `fsio::remove_stale_temps`).
         let dir = self.cert_dir(name);
         create_private_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
         let path = dir.join(PENDING_FILE);
@@ -619,10 +615,9 @@ impl Storage for FsStore {
     fn remove_journal_entry(&self, id: &str) -> Result<(), StoreError> {
         let dir = self.journal_dir();
         let id = sanitize(id);
-        // The temp file of a write a crash interrupted, if any (the naming
-        // of releases up to 0.1 first).
+        // The temp file of a write a crash interrupted, in the naming of
+        // releases up to 0.1 (newer ones are swept by age).
         let _ = fs::remove_file(dir.join(format!(".{id}.tmp")));
-        let _ = fs::remove_file(dir.join(format!(".{id}.json.tmp-{}", std::process::id())));
         let path = dir.join(format!("{id}.json"));
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),

@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
@@ -128,6 +129,11 @@ pub(super) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> 
     }
 }
 
+/// How old a temporary file written without the store lock must be before
+/// it is taken for the leftover of a write that died (a write takes
+/// milliseconds).
+pub(super) const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
 /// Removes leftovers of writes a crash interrupted (`.tmp-*` version
 /// directories, `.current-*` links, `.<file>.tmp-*` files) from `dir`.
 /// Only for a caller holding the store lock: then no write is in flight.
@@ -137,10 +143,20 @@ pub(super) fn remove_stale_temps(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
+        // The pending-order record is written without the store lock (a
+        // run must be able to record its order while another holds the
+        // lock): its temp file is a leftover only once it is old.
+        let old_pending = name.starts_with(".pending-order.json.tmp-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP_AGE);
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")
-            || name.starts_with(".pending-order.json.tmp-")
+            || old_pending
         {
             log::debug!("removing leftover {}", entry.path().display());
             let path = entry.path();
@@ -181,7 +197,11 @@ pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), St
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per write, also between threads of one process: two writers
+    // of one file must not share (and remove) each other's temp file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     write_new(&tmp, data, mode)?;
     fs::rename(&tmp, path).map_err(|e| {
