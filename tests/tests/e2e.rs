@@ -11,6 +11,7 @@ mod cloudflare;
 mod dns01;
 mod docs;
 mod eab;
+mod faults;
 mod harness;
 mod issue;
 mod lifecycle;
