@@ -304,7 +304,7 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
             AcmeClient::new(&proxy.directory_url(), Some(proxy.ca_bundle_path())).expect("client");
         let engine = Engine::connect(
             client.clone(),
-            Store::open(&tmp.path().join("state")).expect("store"),
+            Store::open(tmp.path().join("state")).expect("store"),
             AccountOptions {
                 agree_tos: true,
                 ..Default::default()

@@ -189,7 +189,7 @@ impl JwsKey {
 }
 
 impl AcmeClient {
-    /// POSTs a JWS signed by `key`; retries on `badNonce`
+    /// POSTs a JWS signed by `key`, naming it as `key_ref` says; retries on `badNonce`
     /// ([RFC 8555 §6.5](https://www.rfc-editor.org/rfc/rfc8555#section-6.5))
     /// and as the transport allows (docs/design.md §7). When the answer to
     /// the request was lost (it may have taken effect), it is signed and
@@ -200,8 +200,7 @@ impl AcmeClient {
         &self,
         doc: &DirectoryDoc,
         url: &str,
-        key: &JwsKey,
-        key_ref: KeyRef<'_>,
+        (key, key_ref): (&JwsKey, KeyRef<'_>),
         payload: Option<&serde_json::Value>,
         action: &str,
         done_if: Option<&str>,

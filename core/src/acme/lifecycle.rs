@@ -236,8 +236,7 @@ impl AcmeClient {
         self.post_jws(
             &doc,
             &url,
-            &key,
-            KeyRef::Jwk,
+            (&key, KeyRef::Jwk),
             Some(&payload),
             "revoke the certificate",
             Some("alreadyRevoked"),
@@ -265,8 +264,7 @@ impl AcmeClient {
             .post_jws(
                 &doc,
                 &url,
-                &key,
-                KeyRef::Kid(&url),
+                (&key, KeyRef::Kid(&url)),
                 Some(&serde_json::json!({"status": "deactivated"})),
                 action,
                 None,
