@@ -42,6 +42,46 @@ pub const POLL_EARLY_MAX: u32 = 5;
 /// See [`POLL_EARLY_MAX`].
 pub const POLL_EARLY_WINDOW: Duration = Duration::from_secs(3);
 
+/// The waits between the polls of one poll loop.
+struct PollSchedule {
+    /// The next wait without a `Retry-After` (before jitter).
+    delay: Duration,
+    /// The end of the loop's timeout.
+    deadline: Instant,
+    /// When the order was placed.
+    started: Instant,
+}
+
+impl PollSchedule {
+    /// The wait before the next poll at `now`, after `polls` polls of the
+    /// order, given the CA's `retry_after` (from now), and whether that
+    /// poll is the last (at the deadline).
+    fn next(
+        &mut self,
+        now: Instant,
+        polls: u32,
+        retry_after: Option<Duration>,
+    ) -> (Duration, bool) {
+        let mut wait = match retry_after {
+            Some(d) => d,
+            None => {
+                let d = jitter(self.delay, 0.75, 1.25);
+                self.delay = self.delay.saturating_mul(POLL_GROWTH).min(POLL_MAX_DELAY);
+                d
+            }
+        };
+        if polls >= POLL_EARLY_MAX {
+            let early_end = self.started + POLL_EARLY_WINDOW;
+            wait = wait.max(jitter(early_end.saturating_duration_since(now), 1.0, 1.1));
+        }
+        let last = now + wait >= self.deadline;
+        if last {
+            wait = self.deadline.saturating_duration_since(now);
+        }
+        (wait, last)
+    }
+}
+
 /// How a poll loop ended without its final state.
 enum PollEnd {
     /// The timeout passed.
@@ -413,26 +453,18 @@ impl Order {
         timeout: Duration,
         done: impl Fn(ia::OrderStatus) -> bool,
     ) -> Result<ia::OrderStatus, PollEnd> {
-        let deadline = Instant::now() + timeout;
-        let mut delay = first;
+        let mut schedule = PollSchedule {
+            delay: first,
+            deadline: Instant::now() + timeout,
+            started: self.scope.started,
+        };
         loop {
-            let now = Instant::now();
-            let mut wait = match self.scope.take_retry_after() {
-                Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
-                None => {
-                    let d = jitter(delay, 0.75, 1.25);
-                    delay = delay.saturating_mul(POLL_GROWTH).min(POLL_MAX_DELAY);
-                    d
-                }
-            };
-            if self.scope.polls.load(Ordering::Relaxed) >= POLL_EARLY_MAX {
-                let early_end = self.scope.started + POLL_EARLY_WINDOW;
-                wait = wait.max(jitter(early_end.saturating_duration_since(now), 1.0, 1.1));
-            }
-            let last = now + wait >= deadline;
-            if last {
-                wait = deadline.saturating_duration_since(now);
-            }
+            let polls = self.scope.polls.load(Ordering::Relaxed);
+            let retry_after = self
+                .scope
+                .take_retry_after()
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+            let (wait, last) = schedule.next(Instant::now(), polls, retry_after);
             tokio::time::sleep(wait).await;
             self.scope.polls.fetch_add(1, Ordering::Relaxed);
             self.client.shared.count_poll();
@@ -631,4 +663,65 @@ async fn challenge_status(
             ));
     }
     Err(ia::Error::Str("the authorization vanished from the order"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulates a poll loop that never sees its final state: the waits
+    /// add up to the timeout exactly (the last poll is at the deadline),
+    /// each is at most the cap (with jitter), and no more than
+    /// `POLL_EARLY_MAX` polls fall in the order's first `POLL_EARLY_WINDOW`.
+    #[test]
+    fn polls_end_at_the_real_timeout_capped_and_sparse_at_first() {
+        for timeout in [180u64, 120, 1] {
+            let t0 = Instant::now();
+            let timeout = Duration::from_secs(timeout);
+            let mut s = PollSchedule {
+                delay: POLL_INITIAL_DELAY,
+                deadline: t0 + timeout,
+                started: t0,
+            };
+            let (mut now, mut polls, mut early) = (t0, 0u32, 0u32);
+            loop {
+                let (wait, last) = s.next(now, polls, None);
+                assert!(wait <= POLL_MAX_DELAY.mul_f64(1.25), "{wait:?}");
+                now += wait;
+                polls += 1;
+                if now - t0 < POLL_EARLY_WINDOW {
+                    early += 1;
+                }
+                if last {
+                    break;
+                }
+            }
+            assert_eq!(now - t0, timeout, "the timeout is the real one");
+            assert!(early <= POLL_EARLY_MAX, "{early} polls in the first 3 s");
+        }
+    }
+
+    /// A `Retry-After` is the wait, except past the deadline, where the
+    /// last poll is made at the deadline.
+    #[test]
+    fn retry_after_is_honoured_up_to_the_deadline() {
+        let t0 = Instant::now();
+        let mut s = PollSchedule {
+            delay: POLL_INITIAL_DELAY,
+            deadline: t0 + Duration::from_secs(60),
+            started: t0,
+        };
+        assert_eq!(
+            s.next(t0, 0, Some(Duration::from_secs(7))),
+            (Duration::from_secs(7), false)
+        );
+        assert_eq!(
+            s.next(
+                t0 + Duration::from_secs(7),
+                1,
+                Some(Duration::from_secs(3600))
+            ),
+            (Duration::from_secs(53), true)
+        );
+    }
 }
