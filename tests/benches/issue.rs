@@ -22,7 +22,10 @@
 //!
 //! Columns: `wall` = directory + account + every order until the last
 //! certificate is stored; `account` = the directory and account part of it;
-//! `per cert` = wall / N; `peak RSS` = VmHWM of the run's process. The
+//! `per cert` = wall / N; `peak RSS` = VmHWM of the run's process;
+//! `req/cert` = requests to the CA per certificate (every attempt, the
+//! account's included) and `polls/cert` = order polls per certificate,
+//! from the client's counters (`AcmeClient::stats`). The
 //! median of `--runs` runs is shown, and the fastest wall time.
 
 use std::path::{Path, PathBuf};
@@ -100,9 +103,10 @@ fn child(args: &[String]) {
             ..Default::default()
         })
         .unwrap_or_else(|e| die(&e.to_string()));
-    let (account_time, failures, first_error) = runtime.block_on(async {
+    let (account_time, failures, first_error, stats) = runtime.block_on(async {
         let client =
             AcmeClient::new(server, Some(&ca_cert)).unwrap_or_else(|e| die(&e.to_string()));
+        let counted = client.clone();
         let store = Store::open(&state).unwrap_or_else(|e| die(&e.to_string()));
         let engine = Engine::connect(
             client,
@@ -136,7 +140,12 @@ fn child(args: &[String]) {
             .iter()
             .filter_map(|r| r.as_ref().err().map(ToString::to_string))
             .collect();
-        (account_time, errors.len(), errors.into_iter().next())
+        (
+            account_time,
+            errors.len(),
+            errors.into_iter().next(),
+            counted.stats(),
+        )
     });
     let wall = started.elapsed();
     println!(
@@ -148,6 +157,9 @@ fn child(args: &[String]) {
             "account_ms": account_time.as_secs_f64() * 1000.0,
             "wall_ms": wall.as_secs_f64() * 1000.0,
             "vmhwm_kib": vmhwm_kib(),
+            "requests": stats.requests,
+            "retries": stats.retries,
+            "polls": stats.polls,
         })
     );
     // Leave without waiting for plugin threads, as the CLI does.
@@ -172,6 +184,10 @@ struct Sample {
     wall: Duration,
     account: Duration,
     rss_kib: u64,
+    /// Requests to the CA per certificate (the account's included).
+    requests: f64,
+    /// Order polls per certificate.
+    polls: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -226,8 +242,8 @@ fn driver(args: &[String]) {
     );
     println!();
     println!(
-        "{:>5} {:>5} {:>11} {:>11} {:>11} {:>10} {:>11}",
-        "N", "conc", "wall", "fastest", "per cert", "account", "peak RSS"
+        "{:>5} {:>5} {:>11} {:>11} {:>11} {:>10} {:>11} {:>9} {:>10}",
+        "N", "conc", "wall", "fastest", "per cert", "account", "peak RSS", "req/cert", "polls/cert"
     );
     let mut verdicts = Vec::new();
     for &n in &ns {
@@ -268,6 +284,8 @@ fn driver(args: &[String]) {
                 wall: ms("wall_ms"),
                 account: ms("account_ms"),
                 rss_kib: v["vmhwm_kib"].as_u64().unwrap_or(0),
+                requests: v["requests"].as_f64().unwrap_or(0.0) / n as f64,
+                polls: v["polls"].as_f64().unwrap_or(0.0) / n as f64,
             });
         }
         let wall = median(samples.iter().map(|s| s.wall.as_secs_f64()).collect());
@@ -277,15 +295,19 @@ fn driver(args: &[String]) {
             .fold(f64::INFINITY, f64::min);
         let account = median(samples.iter().map(|s| s.account.as_secs_f64()).collect());
         let rss = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        let requests = median(samples.iter().map(|s| s.requests).collect());
+        let polls = median(samples.iter().map(|s| s.polls).collect());
         println!(
-            "{:>5} {:>5} {:>9.3} s {:>9.3} s {:>8.1} ms {:>7.1} ms {:>7.1} MiB",
+            "{:>5} {:>5} {:>9.3} s {:>9.3} s {:>8.1} ms {:>7.1} ms {:>7.1} MiB {:>9.1} {:>10.2}",
             n,
             conc,
             wall,
             fastest,
             wall * 1000.0 / n as f64,
             account * 1000.0,
-            rss as f64 / 1024.0
+            rss as f64 / 1024.0,
+            requests,
+            polls
         );
         let target = match n {
             1 => Some(TARGET_ONE),

@@ -32,7 +32,7 @@ use crate::conn_server::ConnServer;
 use crate::tls::TestCa;
 use crate::{HarnessError, Pebble};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 /// The path of the renewal information resource.
@@ -87,52 +87,7 @@ impl AriProxy {
     /// with no window yet, `Retry-After: 0` and an explanation URL of
     /// `https://ari.example/why`.
     pub fn start(pebble: &Pebble) -> Result<AriProxy, HarnessError> {
-        let upstream: SocketAddr = pebble
-            .directory_url()
-            .trim_start_matches("https://")
-            .trim_end_matches("/dir")
-            .parse()
-            .map_err(|e| HarnessError::Tls(format!("Pebble's address: {e}")))?;
-        let ca = TestCa::generate()?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for der in pem_certs(pebble.ca_cert_pem()) {
-            roots
-                .add(rustls::pki_types::CertificateDer::from(der))
-                .map_err(|e| HarnessError::Tls(e.to_string()))?;
-        }
-        let upstream_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HarnessError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let chain: Vec<rustls::pki_types::CertificateDer<'static>> = pem_certs(&ca.leaf_cert_pem)
-            .into_iter()
-            .map(rustls::pki_types::CertificateDer::from)
-            .collect();
-        let key = pem_blocks(&ca.leaf_key_pem, "PRIVATE KEY")
-            .into_iter()
-            .next()
-            .ok_or_else(|| HarnessError::Tls("no key in the generated PEM".into()))?;
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
-        let server_tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| HarnessError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| HarnessError::Tls(e.to_string()))?;
-
-        let dir = crate::temp_dir("certsmith-ari-proxy-")?;
-        let bundle = dir.path().join("ca-bundle.pem");
-        std::fs::write(
-            &bundle,
-            format!("{}{}", pebble.ca_cert_pem(), ca.ca_cert_pem),
-        )
-        .map_err(|source| HarnessError::Io {
-            context: format!("writing {}", bundle.display()),
-            source,
-        })?;
-
+        let tls = ProxyTls::new(pebble, "certsmith-ari-proxy-")?;
         let listener =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| HarnessError::Io {
                 context: "binding the ARI proxy to 127.0.0.1".into(),
@@ -144,9 +99,9 @@ impl AriProxy {
         })?;
         let inner = Arc::new(Inner {
             addr,
-            upstream,
-            upstream_tls: Arc::new(upstream_tls),
-            server_tls: Arc::new(server_tls),
+            upstream: tls.upstream,
+            upstream_tls: tls.upstream_tls,
+            server_tls: tls.server_tls,
             state: Mutex::new(State {
                 explanation_url: Some("https://ari.example/why".into()),
                 ..State::default()
@@ -161,8 +116,8 @@ impl AriProxy {
         Ok(AriProxy {
             inner,
             _server: server,
-            bundle,
-            _dir: dir,
+            bundle: tls.bundle,
+            _dir: tls.dir,
         })
     }
 
@@ -224,20 +179,93 @@ impl AriProxy {
     }
 }
 
+/// The TLS of a proxy in front of Pebble: a client configuration that
+/// trusts Pebble, a server one with a certificate of a fresh test CA, and
+/// a PEM bundle trusting both (for `--ca-cert`).
+#[derive(Debug)]
+pub(crate) struct ProxyTls {
+    /// Pebble's ACME address.
+    pub(crate) upstream: SocketAddr,
+    pub(crate) upstream_tls: Arc<rustls::ClientConfig>,
+    pub(crate) server_tls: Arc<rustls::ServerConfig>,
+    /// The PEM bundle.
+    pub(crate) bundle: PathBuf,
+    /// Where the bundle is; removed on drop.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl ProxyTls {
+    pub(crate) fn new(pebble: &Pebble, prefix: &str) -> Result<ProxyTls, HarnessError> {
+        let upstream: SocketAddr = pebble
+            .directory_url()
+            .trim_start_matches("https://")
+            .trim_end_matches("/dir")
+            .parse()
+            .map_err(|e| HarnessError::Tls(format!("Pebble's address: {e}")))?;
+        let ca = TestCa::generate()?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in pem_certs(pebble.ca_cert_pem()) {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(der))
+                .map_err(|e| HarnessError::Tls(e.to_string()))?;
+        }
+        let upstream_tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HarnessError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> = pem_certs(&ca.leaf_cert_pem)
+            .into_iter()
+            .map(rustls::pki_types::CertificateDer::from)
+            .collect();
+        let key = pem_blocks(&ca.leaf_key_pem, "PRIVATE KEY")
+            .into_iter()
+            .next()
+            .ok_or_else(|| HarnessError::Tls("no key in the generated PEM".into()))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.into());
+        let server_tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| HarnessError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| HarnessError::Tls(e.to_string()))?;
+
+        let dir = crate::temp_dir(prefix)?;
+        let bundle = dir.path().join("ca-bundle.pem");
+        std::fs::write(
+            &bundle,
+            format!("{}{}", pebble.ca_cert_pem(), ca.ca_cert_pem),
+        )
+        .map_err(|source| HarnessError::Io {
+            context: format!("writing {}", bundle.display()),
+            source,
+        })?;
+
+        Ok(ProxyTls {
+            upstream,
+            upstream_tls: Arc::new(upstream_tls),
+            server_tls: Arc::new(server_tls),
+            bundle,
+            dir,
+        })
+    }
+}
+
 /// A request as read from the client.
-struct Request {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// A response to send back.
-struct Response {
-    status: u16,
-    reason: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) reason: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
@@ -251,6 +279,14 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
         return Ok(());
     };
     let rsp = handle(req, inner)?;
+    write_response(&mut tls, &rsp)
+}
+
+/// Writes `rsp` and closes the connection (TLS close_notify, then FIN).
+pub(crate) fn write_response(
+    tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+    rsp: &Response,
+) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", rsp.status, rsp.reason);
     for (k, v) in &rsp.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -268,7 +304,7 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
     Ok(())
 }
 
-fn read_request(stream: &mut impl Read) -> io::Result<Option<Request>> {
+pub(crate) fn read_request(stream: &mut impl Read) -> io::Result<Option<Request>> {
     let mut reader = BufReader::new(stream);
     let mut head = Vec::new();
     loop {
@@ -323,7 +359,7 @@ fn read_request(stream: &mut impl Read) -> io::Result<Option<Request>> {
     }))
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -415,16 +451,27 @@ fn renewal_info(id: &str, inner: &Inner) -> Response {
 /// Sends `req` to Pebble (HTTP/1.0, so the answer is never chunked) with
 /// the client's `Host`, and reads the whole answer.
 fn forward(req: &Request, inner: &Inner) -> io::Result<Response> {
-    let tcp = TcpStream::connect_timeout(&inner.upstream, IO_TIMEOUT)?;
+    forward_to(req, inner.upstream, &inner.upstream_tls, inner.addr)
+}
+
+/// Sends `req` to `upstream` over TLS (HTTP/1.0) with the client's `Host`
+/// (`own` when it sent none), and reads the whole answer.
+pub(crate) fn forward_to(
+    req: &Request,
+    upstream: SocketAddr,
+    upstream_tls: &Arc<rustls::ClientConfig>,
+    own: SocketAddr,
+) -> io::Result<Response> {
+    let tcp = TcpStream::connect_timeout(&upstream, IO_TIMEOUT)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::IpAddress(inner.upstream.ip().into());
-    let conn = rustls::ClientConnection::new(Arc::clone(&inner.upstream_tls), name)
-        .map_err(io::Error::other)?;
+    let name = rustls::pki_types::ServerName::IpAddress(upstream.ip().into());
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(upstream_tls), name).map_err(io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut head = format!("{} {} HTTP/1.0\r\n", req.method, req.target);
-    let host = header(&req.headers, "host").map_or_else(|| inner.addr.to_string(), str::to_owned);
+    let host = header(&req.headers, "host").map_or_else(|| own.to_string(), str::to_owned);
     head.push_str(&format!("Host: {host}\r\n"));
     for (k, v) in &req.headers {
         let skip = [
@@ -507,7 +554,7 @@ fn parse_response(raw: &[u8]) -> io::Result<Response> {
 }
 
 /// The decoded payload of a flattened JWS, if it is JSON.
-fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
+pub(crate) fn jws_payload(body: &[u8]) -> Option<serde_json::Value> {
     let jws: serde_json::Value = serde_json::from_slice(body).ok()?;
     let payload = jws.get("payload")?.as_str()?;
     serde_json::from_slice(&base64url_decode(payload)?).ok()

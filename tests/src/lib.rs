@@ -41,6 +41,7 @@ mod challtestsrv;
 pub mod cloudflare;
 mod conn_server;
 pub mod dns;
+pub mod fault_proxy;
 mod http;
 pub mod moto;
 mod pebble;

@@ -13,6 +13,7 @@ mod dns01;
 mod docs;
 mod eab;
 mod ergonomics;
+mod faults;
 mod harness;
 mod issue;
 mod lifecycle;

@@ -189,45 +189,65 @@ impl JwsKey {
 }
 
 impl AcmeClient {
-    /// POSTs a JWS signed by `key`; retries on `badNonce`
-    /// ([RFC 8555 §6.5](https://www.rfc-editor.org/rfc/rfc8555#section-6.5)).
-    /// Returns the body of a successful answer.
+    /// POSTs a JWS signed by `key`, naming it as `key_ref` says; retries on `badNonce`
+    /// ([RFC 8555 §6.5](https://www.rfc-editor.org/rfc/rfc8555#section-6.5))
+    /// and as the transport allows (docs/design.md §7). When the answer to
+    /// the request was lost (it may have taken effect), it is signed and
+    /// sent again once more, and a refusal of type `done_if` (e.g.
+    /// `alreadyRevoked`) then means the first one was done. Returns the
+    /// body of a successful answer.
     pub(super) async fn post_jws(
         &self,
         doc: &DirectoryDoc,
         url: &str,
-        key: &JwsKey,
-        key_ref: KeyRef<'_>,
+        (key, key_ref): (&JwsKey, KeyRef<'_>),
         payload: Option<&serde_json::Value>,
         action: &str,
+        done_if: Option<&str>,
     ) -> Result<Bytes, IssueError> {
         let mut nonce = self.fresh_nonce(&doc.new_nonce).await?;
         let mut attempt = 0u32;
+        let mut lost = 0u32;
         loop {
             let body = key.jws(url, &nonce, key_ref, payload).map_err(|e| {
                 IssueError::Internal(format!("cannot sign the request to {action}: {e}"))
             })?;
-            let rsp = self
-                .http
-                .post(url)
-                .header(http::header::CONTENT_TYPE, "application/jose+json")
-                .body(body)
-                .send()
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/jose+json"),
+            );
+            let rsp = match self
+                .send(http::Method::POST, url, headers, Bytes::from(body))
                 .await
-                .map_err(|e| IssueError::network(action, url, e))?;
-            let status = rsp.status();
-            let next_nonce = nonce_of(rsp.headers());
-            let retry_after = retry_after_of(rsp.headers());
-            let body = rsp
-                .bytes()
-                .await
-                .map_err(|e| IssueError::network(action, url, e))?;
+            {
+                Ok(rsp) => rsp,
+                Err(e) if e.unsettled() && lost < 2 && done_if.is_some() => {
+                    lost += 1;
+                    log::warn!(
+                        "the answer to the request to {action} was lost ({e}); sending it again"
+                    );
+                    nonce = self.fresh_nonce(&doc.new_nonce).await?;
+                    continue;
+                }
+                Err(e) => return Err(IssueError::network(action, url, e)),
+            };
+            let status = rsp.status;
+            let next_nonce = nonce_of(&rsp.headers);
+            let retry_after = retry_after_of(&rsp.headers);
+            let body = rsp.body;
             if status.is_success() {
                 return Ok(body);
             }
             let err = problem_error(action, status.as_u16(), &body, retry_after, url);
             let bad_nonce =
                 matches!(&err, IssueError::CaRefused { problem, .. } if problem.is("badNonce"));
+            if lost > 0
+                && let (Some(done), IssueError::CaRefused { problem, .. }) = (done_if, &err)
+                && problem.is(done)
+            {
+                return Ok(Bytes::new());
+            }
             // instant-acme's three attempts plus ours, as for its calls.
             if bad_nonce && attempt < NONCE_RETRIES + 3 {
                 attempt += 1;

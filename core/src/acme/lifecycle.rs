@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::jws::{JwsKey, KeyRef};
 use super::stored::AccountSummary;
-use super::transport::{problem_error, retry_after_of, retry_bad_nonce};
+use super::transport::{is_unsettled, problem_error, retry_after_of, retry_bad_nonce};
 use super::{AccountOptions, AcmeClient};
 use crate::error::IssueError;
 use crate::store::Store;
@@ -130,17 +130,17 @@ impl AcmeClient {
         let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
         let action = "fetch the renewal information";
         let rsp = self
-            .http
-            .get(&url)
-            .send()
+            .send(
+                http::Method::GET,
+                &url,
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            )
             .await
             .map_err(|e| IssueError::network(action, &url, e))?;
-        let status = rsp.status();
-        let retry_after = retry_after_of(rsp.headers());
-        let body = rsp
-            .bytes()
-            .await
-            .map_err(|e| IssueError::network(action, &url, e))?;
+        let status = rsp.status;
+        let retry_after = retry_after_of(&rsp.headers);
+        let body = rsp.body;
         if !status.is_success() {
             return Err(problem_error(
                 action,
@@ -189,8 +189,25 @@ impl AcmeClient {
             certificate: &der,
             reason: Some(reason.to_ia()),
         };
-        retry_bad_nonce!(account.revoke(&request).await)
-            .map_err(|e| self.map_error(e, "revoke the certificate"))
+        // A revocation whose answer was lost is sent again; the CA's
+        // `alreadyRevoked` then means the first one was done.
+        let mut lost = 0u32;
+        loop {
+            match retry_bad_nonce!(account.revoke(&request).await) {
+                Err(e) if is_unsettled(&e) && lost < 2 => {
+                    lost += 1;
+                    log::warn!("the answer to the revocation was lost; sending it again");
+                }
+                Err(ia::Error::Api(p))
+                    if lost > 0
+                        && p.r#type.as_deref()
+                            == Some("urn:ietf:params:acme:error:alreadyRevoked") =>
+                {
+                    return Ok(());
+                }
+                other => return other.map_err(|e| self.map_error(e, "revoke the certificate")),
+            }
+        }
     }
 
     /// Revokes `cert_der` with a request signed by the certificate's own
@@ -219,10 +236,10 @@ impl AcmeClient {
         self.post_jws(
             &doc,
             &url,
-            &key,
-            KeyRef::Jwk,
+            (&key, KeyRef::Jwk),
             Some(&payload),
             "revoke the certificate",
+            Some("alreadyRevoked"),
         )
         .await
         .map(|_| ())
@@ -247,10 +264,10 @@ impl AcmeClient {
             .post_jws(
                 &doc,
                 &url,
-                &key,
-                KeyRef::Kid(&url),
+                (&key, KeyRef::Kid(&url)),
                 Some(&serde_json::json!({"status": "deactivated"})),
                 action,
+                None,
             )
             .await?;
         let status = serde_json::from_slice::<serde_json::Value>(&body)

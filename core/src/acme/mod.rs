@@ -44,9 +44,17 @@ mod transport;
 
 pub use account::{Account, AccountOptions, Eab};
 pub use lifecycle::{RenewalInfo, RevocationReason};
-pub use order::{AuthzInfo, AuthzStatus, ChallengeInfo, Order};
+pub use order::{
+    AuthzInfo, AuthzStatus, ChallengeInfo, FINALIZE_POLL_INITIAL_DELAY, Order, POLL_EARLY_MAX,
+    POLL_EARLY_WINDOW, POLL_GROWTH, POLL_INITIAL_DELAY, POLL_MAX_DELAY,
+};
 pub use resume::Resumable;
 pub use stored::{AccountSummary, account_id, stored_accounts};
+pub use transport::{
+    ATTEMPT_TIMEOUT, ATTEMPT_TIMEOUT_ENV, BACKOFF_INITIAL, BACKOFF_MAX, DEFAULT_REQUEST_RATE,
+    MAX_ATTEMPTS, ORDER_RETRIES, ORDER_RETRY_WAIT, REQUEST_BUDGET, RETRY_AFTER_CAP, RequestRate,
+    TransportStats,
+};
 
 /// Let's Encrypt's production directory.
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -90,6 +98,7 @@ pub struct AcmeClient {
     directory_url: String,
     http: reqwest::Client,
     shared: Arc<transport::Shared>,
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for AcmeClient {
@@ -121,9 +130,7 @@ pub struct DirectoryInfo {
 #[serde(rename_all = "camelCase")]
 struct DirectoryDoc {
     new_nonce: String,
-    #[allow(dead_code)]
     new_account: String,
-    #[allow(dead_code)]
     new_order: String,
     #[serde(default)]
     renewal_info: Option<String>,
@@ -150,14 +157,65 @@ impl AcmeClient {
     /// A client for `server` (a shortcut or URL, see [`resolve_server`]),
     /// trusting the system roots plus the certificates in `ca_cert` (PEM).
     /// Sends nothing yet.
+    ///
+    /// Requests follow the retry policy of docs/design.md §7: one attempt
+    /// may take [`ATTEMPT_TIMEOUT`] (or the milliseconds in the environment
+    /// variable [`ATTEMPT_TIMEOUT_ENV`]); requests are capped to Let's
+    /// Encrypt's published rates for its directories, to
+    /// [`DEFAULT_REQUEST_RATE`] for other CAs, and not at all for a CA on a
+    /// loopback address.
     pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<AcmeClient, IssueError> {
         let directory_url = resolve_server(server)?;
-        let http = transport::http_client(ca_cert)?;
+        let timeout = transport::attempt_timeout_from_env();
+        let http = transport::http_client(ca_cert, timeout)?;
         Ok(AcmeClient {
+            shared: Arc::new(transport::Shared::new(
+                &directory_url,
+                timeout,
+                transport::RateCap::for_directory(&directory_url),
+            )),
             directory_url,
             http,
-            shared: Arc::new(transport::Shared::default()),
+            ca_cert: ca_cert.map(Path::to_path_buf),
         })
+    }
+
+    /// This client with `timeout` for one attempt of one request (the
+    /// default is [`ATTEMPT_TIMEOUT`]). Call before the first request: the
+    /// client starts afresh (new connection pool, directory not fetched).
+    pub fn with_attempt_timeout(self, timeout: Duration) -> Result<AcmeClient, IssueError> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        let http = transport::http_client(self.ca_cert.as_deref(), timeout)?;
+        Ok(AcmeClient {
+            shared: Arc::new(transport::Shared::new(
+                &self.directory_url,
+                timeout,
+                transport::RateCap::for_directory(&self.directory_url),
+            )),
+            http,
+            ..self
+        })
+    }
+
+    /// This client with one cap of `rate` on every request to the CA
+    /// (`None`: no cap), instead of the default for its directory. Call
+    /// before the first request: the client starts afresh.
+    pub fn with_request_rate(self, rate: Option<RequestRate>) -> AcmeClient {
+        let timeout = self.shared.policy.attempt_timeout;
+        AcmeClient {
+            shared: Arc::new(transport::Shared::new(
+                &self.directory_url,
+                timeout,
+                transport::RateCap::uniform(rate),
+            )),
+            ..self
+        }
+    }
+
+    /// How many requests, retries and order polls this client (and its
+    /// clones) made so far.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.stats()
     }
 
     /// The directory URL.
@@ -186,17 +244,28 @@ impl AcmeClient {
     pub async fn directory(&self) -> Result<DirectoryInfo, IssueError> {
         let action = "fetch the ACME directory";
         let server = self.directory_url.as_str();
+        // A CA that answers 5xx or 429 is retried, and when it never
+        // recovers the error says it is unavailable (with the status): that
+        // is not the same as a URL that is no ACME directory.
         let rsp = self
-            .http
-            .get(server)
-            .send()
+            .send(
+                http::Method::GET,
+                server,
+                http::HeaderMap::new(),
+                bytes::Bytes::new(),
+            )
             .await
             .map_err(|e| IssueError::network(action, server, e))?;
-        let status = rsp.status();
-        let body = rsp
-            .bytes()
-            .await
-            .map_err(|e| IssueError::network(action, server, e))?;
+        let (status, body) = (rsp.status, rsp.body);
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            return Err(transport::problem_error(
+                action,
+                status.as_u16(),
+                &body,
+                self.shared.take_retry_after(),
+                server,
+            ));
+        }
         if !status.is_success() {
             return Err(IssueError::bad_answer(
                 action,

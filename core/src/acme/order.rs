@@ -5,46 +5,135 @@
 //! Why this module exists: it turns instant-acme's order types into the
 //! certsmith types the engine works with ([`Order`], [`AuthzInfo`],
 //! [`ChallengeInfo`]), and adds what the engine relies on: `badNonce`
-//! retries on every call, polling that starts fast (a local CA validates in
-//! milliseconds) and honours `Retry-After`, and an error that lists each
-//! failed authorization with the CA's problem document.
+//! retries on every call, polite polling (docs/design.md §7: starts fast,
+//! since a local CA validates in milliseconds, grows with jitter up to a
+//! cap, honours `Retry-After`, and ends at the configured timeout, not
+//! before), requests that change state settled by reading the resource
+//! again when their answer was lost, a retry budget per order, and an
+//! error that lists each failed authorization with the CA's problem
+//! document.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use certsmith_plugin_api::ChallengeType;
 use instant_acme as ia;
 
-use super::transport::{NONCE_RETRIES, is_bad_nonce, retry_bad_nonce};
+use super::transport::{
+    NONCE_RETRIES, ORDER_SCOPE, OrderScope, is_bad_nonce, is_unsettled, jitter, retry_bad_nonce,
+};
 use super::{Account, AcmeClient, convert_problem};
 use crate::error::{AuthzFailure, CaProblem, IssueError};
 
 /// First wait before polling an order for validation; validation on a
 /// local CA takes a few milliseconds, on Let's Encrypt a second or two.
-const POLL_INITIAL_DELAY: Duration = Duration::from_millis(10);
+pub const POLL_INITIAL_DELAY: Duration = Duration::from_millis(10);
 /// First wait before polling a finalized order; issuance is usually done
 /// by the time the finalize response arrives or very soon after.
-pub(super) const FINALIZE_POLL_INITIAL_DELAY: Duration = Duration::from_millis(5);
-/// Growth of the wait between polls (unbounded, but the CA's Retry-After
-/// overrides it, and the timeout ends it).
-pub(super) const POLL_BACKOFF: f32 = 1.6;
+pub const FINALIZE_POLL_INITIAL_DELAY: Duration = Duration::from_millis(5);
+/// Growth of the wait between polls.
+pub const POLL_GROWTH: u32 = 3;
+/// The longest wait between polls without a `Retry-After`.
+pub const POLL_MAX_DELAY: Duration = Duration::from_secs(10);
+/// At most this many polls of one order in its first [`POLL_EARLY_WINDOW`].
+pub const POLL_EARLY_MAX: u32 = 5;
+/// See [`POLL_EARLY_MAX`].
+pub const POLL_EARLY_WINDOW: Duration = Duration::from_secs(3);
+
+/// The waits between the polls of one poll loop.
+struct PollSchedule {
+    /// The next wait without a `Retry-After` (before jitter).
+    delay: Duration,
+    /// The end of the loop's timeout.
+    deadline: Instant,
+    /// When the order was placed.
+    started: Instant,
+}
+
+impl PollSchedule {
+    /// The wait before the next poll at `now`, after `polls` polls of the
+    /// order, given the CA's `retry_after` (from now), and whether that
+    /// poll is the last (at the deadline).
+    fn next(
+        &mut self,
+        now: Instant,
+        polls: u32,
+        retry_after: Option<Duration>,
+    ) -> (Duration, bool) {
+        let mut wait = match retry_after {
+            Some(d) => d,
+            None => {
+                let d = jitter(self.delay, 0.75, 1.25);
+                self.delay = self.delay.saturating_mul(POLL_GROWTH).min(POLL_MAX_DELAY);
+                d
+            }
+        };
+        if polls >= POLL_EARLY_MAX {
+            let early_end = self.started + POLL_EARLY_WINDOW;
+            wait = wait.max(jitter(early_end.saturating_duration_since(now), 1.0, 1.1));
+        }
+        let last = now + wait >= self.deadline;
+        if last {
+            wait = self.deadline.saturating_duration_since(now);
+        }
+        (wait, last)
+    }
+}
+
+/// How a poll loop ended without its final state.
+enum PollEnd {
+    /// The timeout passed.
+    Timeout,
+    /// A request failed.
+    Failed(ia::Error),
+}
 
 impl Account {
     /// Places an order for `identifiers` (ASCII, `*.` allowed)
     /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)).
     pub async fn new_order(&self, identifiers: &[String]) -> Result<Order, IssueError> {
-        let ids = dns_identifiers(identifiers);
-        let new = ia::NewOrder::new(&ids);
-        let inner = retry_bad_nonce!(self.inner.new_order(&new).await)
-            .map_err(|e| self.client.map_error(e, "create the order"))?;
-        Ok(self.order(inner))
+        self.new_order_in(identifiers, OrderScope::new()).await
     }
 
-    pub(super) fn order(&self, inner: ia::Order) -> Order {
+    async fn new_order_in(
+        &self,
+        identifiers: &[String],
+        scope: Arc<OrderScope>,
+    ) -> Result<Order, IssueError> {
+        let ids = dns_identifiers(identifiers);
+        let new = ia::NewOrder::new(&ids);
+        let inner = ORDER_SCOPE
+            .scope(scope.clone(), self.place(&new, &scope))
+            .await
+            .map_err(|e| self.client.map_error(e, "create the order"))?;
+        Ok(self.order(inner, scope))
+    }
+
+    /// Sends a new order. One whose answer was lost is sent again: at
+    /// worst the CA keeps an unused pending order, which expires.
+    async fn place(
+        &self,
+        new: &ia::NewOrder<'_>,
+        scope: &OrderScope,
+    ) -> Result<ia::Order, ia::Error> {
+        loop {
+            match retry_bad_nonce!(self.inner.new_order(new).await) {
+                Err(e) if is_unsettled(&e) && scope.take_retry(Duration::ZERO) => {
+                    log::warn!("the answer to the new order was lost; ordering again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) fn order(&self, inner: ia::Order, scope: Arc<OrderScope>) -> Order {
         Order {
             inner,
             thumbprint: self.inner.key_thumbprint().to_owned(),
             client: self.client.clone(),
+            scope,
         }
     }
 
@@ -56,8 +145,9 @@ impl Account {
         identifiers: &[String],
         replaces: Option<&str>,
     ) -> Result<Order, IssueError> {
+        let scope = OrderScope::new();
         let Some((aki, serial)) = replaces.and_then(|r| r.split_once('.')) else {
-            return self.new_order(identifiers).await;
+            return self.new_order_in(identifiers, scope).await;
         };
         let ids = dns_identifiers(identifiers);
         let cert_id = ia::CertificateIdentifier {
@@ -65,21 +155,24 @@ impl Account {
             serial: serial.into(),
         };
         let new = ia::NewOrder::new(&ids).replaces(cert_id);
-        match retry_bad_nonce!(self.inner.new_order(&new).await) {
-            Ok(inner) => Ok(self.order(inner)),
+        match ORDER_SCOPE
+            .scope(scope.clone(), self.place(&new, &scope))
+            .await
+        {
+            Ok(inner) => Ok(self.order(inner, scope)),
             // The CA has no ARI after all, or refuses this replacement
             // (already replaced, unknown): order without it.
-            Err(ia::Error::Unsupported(_)) => self.new_order(identifiers).await,
+            Err(ia::Error::Unsupported(_)) => self.new_order_in(identifiers, scope).await,
             Err(ia::Error::Other(e)) if e.to_string().contains("replaces field mismatch") => {
                 log::info!("the CA ignored `replaces`; ordering without it");
-                self.new_order(identifiers).await
+                self.new_order_in(identifiers, scope).await
             }
             Err(ia::Error::Api(p)) if !is_rate_limit(&p) => {
                 log::info!(
                     "the CA refused the order naming the certificate it replaces ({}); ordering without `replaces`",
                     convert_problem(&p)
                 );
-                self.new_order(identifiers).await
+                self.new_order_in(identifiers, scope).await
             }
             Err(e) => Err(self.client.map_error(e, "create the order")),
         }
@@ -211,6 +304,8 @@ pub struct Order {
     pub(super) inner: ia::Order,
     thumbprint: String,
     pub(super) client: AcmeClient,
+    /// This order's retry budget, its polls, the last `Retry-After`.
+    pub(super) scope: Arc<OrderScope>,
 }
 
 impl fmt::Debug for Order {
@@ -238,6 +333,11 @@ impl Order {
     /// Fetches every authorization of the order
     /// ([RFC 8555 §7.5](https://www.rfc-editor.org/rfc/rfc8555#section-7.5)).
     pub async fn authorizations(&mut self) -> Result<Vec<AuthzInfo>, IssueError> {
+        let scope = self.scope.clone();
+        ORDER_SCOPE.scope(scope, self.authorizations_in()).await
+    }
+
+    async fn authorizations_in(&mut self) -> Result<Vec<AuthzInfo>, IssueError> {
         let mut attempt = 0u32;
         'retry: loop {
             let mut out = Vec::new();
@@ -281,48 +381,105 @@ impl Order {
     /// Tells the CA that the challenge of `challenge_type` in the
     /// authorization at `authz_url` is ready to be validated
     /// ([RFC 8555 §7.5.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1)).
+    /// When the answer is lost, the authorization is read again: a
+    /// challenge no longer pending was taken; a pending one is sent again.
     pub async fn set_ready(
         &mut self,
         authz_url: &str,
         challenge_type: ChallengeType,
     ) -> Result<(), IssueError> {
-        let result = retry_bad_nonce!(
-            set_ready_once(
-                &mut self.inner,
-                authz_url,
-                challenge_type_to_ia(challenge_type)
-            )
-            .await
-        );
+        let scope = self.scope.clone();
+        let ty = challenge_type_to_ia(challenge_type);
+        let result = ORDER_SCOPE
+            .scope(scope.clone(), async {
+                loop {
+                    match retry_bad_nonce!(set_ready_once(&mut self.inner, authz_url, &ty).await) {
+                        Err(e) if is_unsettled(&e) && scope.take_retry(Duration::ZERO) => {
+                            log::warn!(
+                                "the answer to the challenge ready request was lost; reading the authorization again"
+                            );
+                            let status = retry_bad_nonce!(
+                                challenge_status(&mut self.inner, authz_url, &ty).await
+                            )?;
+                            if status != ia::ChallengeStatus::Pending {
+                                return Ok(());
+                            }
+                        }
+                        other => return other,
+                    }
+                }
+            })
+            .await;
         result.map_err(|e| self.client.map_error(e, "start the validation"))
     }
 
     /// Polls the order until the CA has validated every authorization,
-    /// honouring `Retry-After`. On failure the error lists each failed
-    /// authorization with the CA's problem document.
+    /// honouring `Retry-After`, for `timeout` (docs/design.md §7). On
+    /// failure the error lists each failed authorization with the CA's
+    /// problem document.
     pub async fn poll_ready(&mut self, timeout: Duration) -> Result<(), IssueError> {
-        let policy = ia::RetryPolicy::new()
-            .initial_delay(POLL_INITIAL_DELAY)
-            .backoff(POLL_BACKOFF)
-            .timeout(timeout);
-        let result = retry_bad_nonce!(self.inner.poll_ready(&policy).await);
+        let scope = self.scope.clone();
+        ORDER_SCOPE.scope(scope, self.poll_ready_in(timeout)).await
+    }
+
+    async fn poll_ready_in(&mut self, timeout: Duration) -> Result<(), IssueError> {
+        let result = self
+            .poll(POLL_INITIAL_DELAY, timeout, |s| {
+                matches!(s, ia::OrderStatus::Ready | ia::OrderStatus::Invalid)
+            })
+            .await;
         match result {
-            Ok(ia::OrderStatus::Ready) => Ok(()),
-            Ok(ia::OrderStatus::Invalid) => Err(self.validation_failure(None).await),
-            Ok(other) => Err(IssueError::Internal(format!(
-                "the order is {other:?} while waiting for validation"
-            ))),
-            Err(ia::Error::Timeout(_)) => Err(IssueError::Timeout {
+            Ok(ia::OrderStatus::Ready) if self.inner.state().error.is_none() => Ok(()),
+            Ok(_) => {
+                let problem = self.inner.state().error.as_ref().map(convert_problem);
+                Err(self.validation_failure(problem).await)
+            }
+            Err(PollEnd::Timeout) => Err(IssueError::Timeout {
                 what: "validate the challenges".to_owned(),
                 after: timeout,
             }),
-            Err(ia::Error::Api(p))
-                if self.inner.state().error.is_some()
-                    || self.inner.state().status == ia::OrderStatus::Invalid =>
+            Err(PollEnd::Failed(e)) => Err(self.client.map_error(e, "check the order")),
+        }
+    }
+
+    /// Polls the order until `done(status)`, the order is invalid or has
+    /// an error, or `timeout` passes (with one last poll at the deadline).
+    /// Waits: the CA's `Retry-After` if it sent one, else `first` growing
+    /// [`POLL_GROWTH`]× per poll up to [`POLL_MAX_DELAY`], jittered by
+    /// ±25 %; at most [`POLL_EARLY_MAX`] polls in the order's first
+    /// [`POLL_EARLY_WINDOW`].
+    async fn poll(
+        &mut self,
+        first: Duration,
+        timeout: Duration,
+        done: impl Fn(ia::OrderStatus) -> bool,
+    ) -> Result<ia::OrderStatus, PollEnd> {
+        let mut schedule = PollSchedule {
+            delay: first,
+            deadline: Instant::now() + timeout,
+            started: self.scope.started,
+        };
+        loop {
+            let polls = self.scope.polls.load(Ordering::Relaxed);
+            let retry_after = self
+                .scope
+                .take_retry_after()
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+            let (wait, last) = schedule.next(Instant::now(), polls, retry_after);
+            tokio::time::sleep(wait).await;
+            self.scope.polls.fetch_add(1, Ordering::Relaxed);
+            self.client.shared.count_poll();
+            let status = retry_bad_nonce!(self.inner.refresh().await.map(|s| s.status))
+                .map_err(PollEnd::Failed)?;
+            if done(status)
+                || status == ia::OrderStatus::Invalid
+                || self.inner.state().error.is_some()
             {
-                Err(self.validation_failure(Some(convert_problem(&p))).await)
+                return Ok(status);
             }
-            Err(e) => Err(self.client.map_error(e, "check the order")),
+            if last {
+                return Err(PollEnd::Timeout);
+            }
         }
     }
 
@@ -373,32 +530,97 @@ impl Order {
     }
 
     /// Sends the CSR and waits for the certificate chain (PEM, leaf first)
-    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)).
+    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)),
+    /// for `timeout` after the finalize request. When the answer to
+    /// finalize is lost, the order is read again: still `ready`, finalize
+    /// is sent again; `processing` or `valid`, it was taken. The download
+    /// is retried like every read.
     pub async fn finalize(
         &mut self,
         csr_der: &[u8],
         timeout: Duration,
     ) -> Result<String, IssueError> {
-        retry_bad_nonce!(self.inner.finalize_csr(csr_der).await)
-            .map_err(|e| self.client.map_error(e, "finalize the order"))?;
-        if self.inner.state().status == ia::OrderStatus::Valid {
-            let chain = retry_bad_nonce!(self.inner.certificate().await)
-                .map_err(|e| self.client.map_error(e, "download the certificate"))?;
-            if let Some(chain) = chain {
-                return Ok(chain);
+        let scope = self.scope.clone();
+        ORDER_SCOPE
+            .scope(scope, self.finalize_in(csr_der, timeout))
+            .await
+    }
+
+    async fn finalize_in(
+        &mut self,
+        csr_der: &[u8],
+        timeout: Duration,
+    ) -> Result<String, IssueError> {
+        loop {
+            match retry_bad_nonce!(self.inner.finalize_csr(csr_der).await) {
+                Ok(()) => break,
+                Err(e) if is_unsettled(&e) && self.scope.take_retry(Duration::ZERO) => {
+                    log::warn!(
+                        "the answer to finalize was lost; reading the order {} again",
+                        self.inner.url()
+                    );
+                    let status = retry_bad_nonce!(self.inner.refresh().await.map(|s| s.status))
+                        .map_err(|e| self.client.map_error(e, "check the order"))?;
+                    match status {
+                        ia::OrderStatus::Ready => {}
+                        ia::OrderStatus::Processing | ia::OrderStatus::Valid => break,
+                        other => return Err(self.not_issued(other)),
+                    }
+                }
+                Err(e) => return Err(self.client.map_error(e, "finalize the order")),
             }
         }
-        let policy = ia::RetryPolicy::new()
-            .initial_delay(FINALIZE_POLL_INITIAL_DELAY)
-            .backoff(POLL_BACKOFF)
-            .timeout(timeout);
-        match retry_bad_nonce!(self.inner.poll_certificate(&policy).await) {
-            Ok(chain) => Ok(chain),
-            Err(ia::Error::Timeout(_)) => Err(IssueError::Timeout {
-                what: "issue the certificate".to_owned(),
-                after: timeout,
-            }),
-            Err(e) => Err(self.client.map_error(e, "issue the certificate")),
+        self.certificate_in(timeout).await
+    }
+
+    /// The certificate of a finalized order: polled until the CA has
+    /// issued it (up to `timeout`), then downloaded.
+    pub(super) async fn certificate_in(&mut self, timeout: Duration) -> Result<String, IssueError> {
+        let status = self.inner.state().status;
+        if status != ia::OrderStatus::Valid || self.inner.state().error.is_some() {
+            let result = self
+                .poll(FINALIZE_POLL_INITIAL_DELAY, timeout, |s| {
+                    s == ia::OrderStatus::Valid
+                })
+                .await;
+            match result {
+                Ok(ia::OrderStatus::Valid) if self.inner.state().error.is_none() => {}
+                Ok(other) => return Err(self.not_issued(other)),
+                Err(PollEnd::Timeout) => {
+                    return Err(IssueError::Timeout {
+                        what: "issue the certificate".to_owned(),
+                        after: timeout,
+                    });
+                }
+                Err(PollEnd::Failed(e)) => {
+                    return Err(self.client.map_error(e, "issue the certificate"));
+                }
+            }
+        }
+        match retry_bad_nonce!(self.inner.certificate().await) {
+            Ok(Some(chain)) => Ok(chain),
+            Ok(None) => Err(IssueError::Internal(
+                "the order is valid but has no certificate".to_owned(),
+            )),
+            Err(e) => Err(self.client.map_error(e, "download the certificate")),
+        }
+    }
+
+    /// The error for an order that ended in `status` instead of `valid`.
+    fn not_issued(&mut self, status: ia::OrderStatus) -> IssueError {
+        let problem = self.inner.state().error.as_ref().map_or_else(
+            || CaProblem {
+                detail: Some(format!(
+                    "the order is {} instead of valid",
+                    format!("{status:?}").to_lowercase()
+                )),
+                ..CaProblem::default()
+            },
+            convert_problem,
+        );
+        IssueError::CaRefused {
+            action: "issue the certificate".to_owned(),
+            problem,
         }
     }
 }
@@ -406,7 +628,7 @@ impl Order {
 async fn set_ready_once(
     order: &mut ia::Order,
     authz_url: &str,
-    ty: ia::ChallengeType,
+    ty: &ia::ChallengeType,
 ) -> Result<(), ia::Error> {
     let mut stream = order.authorizations();
     while let Some(item) = stream.next().await {
@@ -414,7 +636,7 @@ async fn set_ready_once(
         if handle.url() != authz_url {
             continue;
         }
-        let Some(mut challenge) = handle.challenge(ty) else {
+        let Some(mut challenge) = handle.challenge(ty.clone()) else {
             return Err(ia::Error::Str(
                 "the challenge vanished from the authorization",
             ));
@@ -422,4 +644,91 @@ async fn set_ready_once(
         return challenge.set_ready().await;
     }
     Err(ia::Error::Str("the authorization vanished from the order"))
+}
+
+/// The status of the challenge of type `ty` in the authorization at
+/// `authz_url`, read from the CA.
+async fn challenge_status(
+    order: &mut ia::Order,
+    authz_url: &str,
+    ty: &ia::ChallengeType,
+) -> Result<ia::ChallengeStatus, ia::Error> {
+    let mut stream = order.authorizations();
+    while let Some(item) = stream.next().await {
+        let mut handle = item?;
+        if handle.url() != authz_url {
+            continue;
+        }
+        let state = handle.refresh().await?;
+        return state
+            .challenges
+            .iter()
+            .find(|c| c.r#type == *ty)
+            .map(|c| c.status)
+            .ok_or(ia::Error::Str(
+                "the challenge vanished from the authorization",
+            ));
+    }
+    Err(ia::Error::Str("the authorization vanished from the order"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulates a poll loop that never sees its final state: the waits
+    /// add up to the timeout exactly (the last poll is at the deadline),
+    /// each is at most the cap (with jitter), and no more than
+    /// `POLL_EARLY_MAX` polls fall in the order's first `POLL_EARLY_WINDOW`.
+    #[test]
+    fn polls_end_at_the_real_timeout_capped_and_sparse_at_first() {
+        for timeout in [180u64, 120, 1] {
+            let t0 = Instant::now();
+            let timeout = Duration::from_secs(timeout);
+            let mut s = PollSchedule {
+                delay: POLL_INITIAL_DELAY,
+                deadline: t0 + timeout,
+                started: t0,
+            };
+            let (mut now, mut polls, mut early) = (t0, 0u32, 0u32);
+            loop {
+                let (wait, last) = s.next(now, polls, None);
+                assert!(wait <= POLL_MAX_DELAY.mul_f64(1.25), "{wait:?}");
+                now += wait;
+                polls += 1;
+                if now - t0 < POLL_EARLY_WINDOW {
+                    early += 1;
+                }
+                if last {
+                    break;
+                }
+            }
+            assert_eq!(now - t0, timeout, "the timeout is the real one");
+            assert!(early <= POLL_EARLY_MAX, "{early} polls in the first 3 s");
+        }
+    }
+
+    /// A `Retry-After` is the wait, except past the deadline, where the
+    /// last poll is made at the deadline.
+    #[test]
+    fn retry_after_is_honoured_up_to_the_deadline() {
+        let t0 = Instant::now();
+        let mut s = PollSchedule {
+            delay: POLL_INITIAL_DELAY,
+            deadline: t0 + Duration::from_secs(60),
+            started: t0,
+        };
+        assert_eq!(
+            s.next(t0, 0, Some(Duration::from_secs(7))),
+            (Duration::from_secs(7), false)
+        );
+        assert_eq!(
+            s.next(
+                t0 + Duration::from_secs(7),
+                1,
+                Some(Duration::from_secs(3600))
+            ),
+            (Duration::from_secs(53), true)
+        );
+    }
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use instant_acme as ia;
 
-use super::order::{FINALIZE_POLL_INITIAL_DELAY, POLL_BACKOFF};
-use super::transport::retry_bad_nonce;
+use super::transport::{ORDER_SCOPE, OrderScope, retry_bad_nonce};
 use super::{Account, Order};
 use crate::error::IssueError;
 
@@ -31,9 +30,14 @@ impl Account {
     /// The order at `url` as the CA has it now
     /// ([RFC 8555 §7.1.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.3)).
     pub async fn restore_order(&self, url: &str) -> Result<Order, IssueError> {
-        let inner = retry_bad_nonce!(self.inner.order(url.to_owned()).await)
+        let scope = OrderScope::new();
+        let inner = ORDER_SCOPE
+            .scope(scope.clone(), async {
+                retry_bad_nonce!(self.inner.order(url.to_owned()).await)
+            })
+            .await
             .map_err(|e| self.client.map_error(e, "read the order"))?;
-        Ok(self.order(inner))
+        Ok(self.order(inner, scope))
     }
 }
 
@@ -50,17 +54,7 @@ impl Order {
     /// The certificate chain (PEM) of an order finalized earlier, waiting
     /// up to `timeout` while the CA is still issuing it.
     pub async fn issued_certificate(&mut self, timeout: Duration) -> Result<String, IssueError> {
-        let policy = ia::RetryPolicy::new()
-            .initial_delay(FINALIZE_POLL_INITIAL_DELAY)
-            .backoff(POLL_BACKOFF)
-            .timeout(timeout);
-        match retry_bad_nonce!(self.inner.poll_certificate(&policy).await) {
-            Ok(chain) => Ok(chain),
-            Err(ia::Error::Timeout(_)) => Err(IssueError::Timeout {
-                what: "issue the certificate".to_owned(),
-                after: timeout,
-            }),
-            Err(e) => Err(self.client.map_error(e, "download the certificate")),
-        }
+        let scope = self.scope.clone();
+        ORDER_SCOPE.scope(scope, self.certificate_in(timeout)).await
     }
 }

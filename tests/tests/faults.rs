@@ -1,0 +1,355 @@
+//! A CA that fails now and then (docs/design.md §7): Pebble behind the
+//! harness's fault-injecting proxy ([`FaultProxy`]). Every ACME step of an
+//! issuance is faulted once with each kind of fault — HTTP 500, 503 with
+//! `Retry-After`, a reset connection, a stalled one — and `certsmith issue`
+//! must still end with a certificate; 5 % random faults over 50 issuances
+//! must still give 50 certificates; a CA whose directory answers 503 is
+//! reported as unavailable, not as a wrong URL.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use certsmith_core::acme::{ATTEMPT_TIMEOUT_ENV, AccountOptions, AcmeClient};
+use certsmith_core::engine::{CertRequest, Engine, EngineOptions};
+use certsmith_core::identifiers;
+use certsmith_core::keys::KeyType;
+use certsmith_core::plugin::{ConfigSources, PluginHost, SearchPath};
+use certsmith_core::progress::Progress;
+use certsmith_core::store::Store;
+use certsmith_tests::fault_proxy::{Fault, FaultProxy, RequestKind};
+use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin};
+use serde_json::Value;
+
+/// The attempt timeout given to certsmith in the stall tests: a stalled
+/// request is abandoned after this (the proxy stalls for 30 s).
+const STALL_ATTEMPT_TIMEOUT_MS: &str = "1500";
+
+/// Pebble without random nonce rejection (a fault is what each test
+/// injects, nothing else), and every authorization validated afresh.
+fn pebble() -> Pebble {
+    Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble")
+}
+
+/// `certsmith issue -d <domain>` through `proxy` into `state`, with the
+/// standalone solver where Pebble's VA connects.
+fn issue(
+    pebble: &Pebble,
+    proxy: &FaultProxy,
+    state: &Path,
+    domain: &str,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.args(["issue", "--server", &proxy.directory_url(), "--ca-cert"])
+        .arg(proxy.ca_bundle_path())
+        .args(["--agree-tos", "--output", "json", "-d", domain])
+        .args(["--solver", "standalone", "--solver-opt"])
+        .arg(format!("listen=127.0.0.1:{}", pebble.http_port()))
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("CERTSMITH_STATE_DIR")
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env_remove("CERTSMITH_EAB_KID")
+        .env_remove("CERTSMITH_EAB_HMAC_KEY")
+        .env_remove(ATTEMPT_TIMEOUT_ENV)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run certsmith")
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The certificate a successful run stored: its JSON result, and the PEM
+/// at `cert_path` names `domain`.
+fn stored_cert(o: &Output, domain: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", describe(o)));
+    let cert = PathBuf::from(v["cert_path"].as_str().expect("cert_path"));
+    let pem = std::fs::read_to_string(&cert).expect("the certificate is in the store");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert_eq!(v["domains"][0], domain, "{v}");
+    v
+}
+
+/// Each step of an issuance faulted once with `fault`: every run exits 0
+/// with a certificate in the store, and the fault was injected where asked.
+fn each_step_faulted_once(fault: Fault, tag: &str, env: &[(&str, &str)]) {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    let mut serials = BTreeSet::new();
+    for (i, kind) in RequestKind::ORDER_STEPS.iter().enumerate() {
+        // A fresh state directory: the directory, a nonce and the account
+        // are requested by every run.
+        let state = tmp.path().join(format!("state-{i}"));
+        let domain = format!("{tag}{i}.faults.test");
+        proxy.fault_nth(*kind, proxy.count(*kind) + 1, fault);
+        let before = proxy.injected().len();
+        let o = issue(&pebble, &proxy, &state, &domain, env);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{kind:?} faulted with {fault:?}: {}",
+            describe(&o)
+        );
+        let v = stored_cert(&o, &domain);
+        assert!(
+            proxy.injected()[before..].contains(&(*kind, fault)),
+            "{kind:?}: the fault was not injected: {:?}, counts {:?}",
+            proxy.injected(),
+            proxy.counts()
+        );
+        serials.insert(v["serial"].as_str().expect("serial").to_owned());
+    }
+    assert_eq!(serials.len(), RequestKind::ORDER_STEPS.len());
+    assert!(proxy.errors().is_empty(), "{:?}", proxy.errors());
+}
+
+#[test]
+fn each_step_answered_500_once_still_issues() {
+    each_step_faulted_once(Fault::Status500, "e500-", &[]);
+}
+
+#[test]
+fn each_step_answered_503_with_retry_after_once_still_issues() {
+    each_step_faulted_once(
+        Fault::Status503 {
+            retry_after_secs: 1,
+        },
+        "e503-",
+        &[],
+    );
+}
+
+#[test]
+fn each_step_reset_once_still_issues() {
+    each_step_faulted_once(Fault::Reset, "reset-", &[]);
+}
+
+#[test]
+fn each_step_stalled_30s_once_still_issues() {
+    each_step_faulted_once(
+        Fault::Stall(Duration::from_secs(30)),
+        "stall-",
+        &[(ATTEMPT_TIMEOUT_ENV, STALL_ATTEMPT_TIMEOUT_MS)],
+    );
+}
+
+/// A 500 on the certificate download (twice in a row) does not lose the
+/// certificate: the download is sent again, and no second order is placed.
+#[test]
+fn a_500_on_the_download_keeps_the_certificate_of_the_same_order() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    proxy.fault_nth(RequestKind::Certificate, 1, Fault::Status500);
+    proxy.fault_nth(RequestKind::Certificate, 2, Fault::Status500);
+    let o = issue(
+        &pebble,
+        &proxy,
+        &tmp.path().join("state"),
+        "dl.faults.test",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    stored_cert(&o, "dl.faults.test");
+    assert_eq!(
+        proxy.count(RequestKind::NewOrder),
+        1,
+        "{:?}",
+        proxy.counts()
+    );
+    assert!(
+        proxy.count(RequestKind::Certificate) >= 3,
+        "{:?}",
+        proxy.counts()
+    );
+}
+
+/// A directory that answers 503 every time: the run fails as a network
+/// failure (exit 7) whose message says the CA is unavailable and names the
+/// status — not that the URL is no ACME directory.
+#[test]
+fn a_directory_answering_503_is_reported_as_an_unavailable_ca() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    proxy.fault_every(
+        RequestKind::Directory,
+        Fault::Status503 {
+            retry_after_secs: 0,
+        },
+    );
+    let o = issue(
+        &pebble,
+        &proxy,
+        &tmp.path().join("state"),
+        "down.faults.test",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        all.contains("the CA is unavailable (HTTP 503"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        !all.contains("is this the URL of an ACME directory"),
+        "{all}"
+    );
+    // Retried with the waits it was told, then given up.
+    assert_eq!(
+        proxy.count(RequestKind::Directory),
+        certsmith_core::acme::MAX_ATTEMPTS as usize
+    );
+    // While retrying it said so.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("the CA is unavailable (HTTP 503") && stderr.contains("retrying after"),
+        "{stderr}"
+    );
+    // A 404 is still a wrong URL.
+    let o = Command::new(certsmith_bin())
+        .args(["issue", "--server"])
+        .arg(proxy.directory_url().replace("/dir", "/nothing-here"))
+        .arg("--ca-cert")
+        .arg(proxy.ca_bundle_path())
+        .args([
+            "--agree-tos",
+            "-d",
+            "x.faults.test",
+            "--solver",
+            "standalone",
+        ])
+        .arg("--state-dir")
+        .arg(tmp.path().join("state-404"))
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run certsmith");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("is this the URL of an ACME directory"),
+        "{}",
+        describe(&o)
+    );
+}
+
+/// 5 % of every request faulted at random (500, 503 + Retry-After: 1, a
+/// reset) over 50 certificates issued by one engine, 8 at a time (Pebble
+/// stays far below its ~32 concurrent orders): all 50 are issued.
+#[test]
+fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    proxy.fault_random(
+        5.0,
+        &[
+            Fault::Status500,
+            Fault::Status503 {
+                retry_after_secs: 1,
+            },
+            Fault::Reset,
+        ],
+        0x5eed_0010,
+    );
+    let plugins = certsmith_bin()
+        .parent()
+        .expect("the binary has a directory")
+        .to_path_buf();
+    let solver = PluginHost::discover(&SearchPath {
+        dirs: vec![plugins],
+        ..SearchPath::default()
+    })
+    .get("standalone")
+    .unwrap_or_else(|e| panic!("{e}: run `cargo build --workspace` first"))
+    .instantiate(&ConfigSources {
+        cli: &[(
+            "listen".to_owned(),
+            format!("127.0.0.1:{}", pebble.http_port()),
+        )],
+        ..Default::default()
+    })
+    .expect("configure standalone");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (results, stats) = runtime.block_on(async {
+        let client =
+            AcmeClient::new(&proxy.directory_url(), Some(proxy.ca_bundle_path())).expect("client");
+        let engine = Engine::connect(
+            client.clone(),
+            Store::open(tmp.path().join("state")).expect("store"),
+            AccountOptions {
+                agree_tos: true,
+                ..Default::default()
+            },
+            Progress::none(),
+            EngineOptions::default(),
+        )
+        .await
+        .expect("connect through the faulty proxy");
+        let requests = (0..50)
+            .map(|i| {
+                let name = format!("rnd{i}.faults.test");
+                CertRequest {
+                    domains: identifiers::parse_domains(std::slice::from_ref(&name))
+                        .expect("valid name"),
+                    name,
+                    solver: solver.clone(),
+                    key_type: KeyType::EcP256,
+                    replaces: None,
+                    propagation_check: None,
+                }
+            })
+            .collect();
+        (engine.issue_all(requests, 8).await, client.stats())
+    });
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+    let serials: BTreeSet<&str> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|c| c.serial.as_str()))
+        .collect();
+    assert_eq!(serials.len(), 50);
+    for r in results.iter().flatten() {
+        assert!(r.cert_path.is_file(), "{}", r.cert_path.display());
+    }
+    // Faults were injected, and certsmith retried.
+    let injected = proxy.injected();
+    assert!(injected.len() >= 5, "{injected:?}");
+    assert!(stats.retries > 0, "{stats:?}");
+    runtime.shutdown_background();
+}
