@@ -273,6 +273,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
             .or_else(|| defaults.and_then(|d| d.email.clone())),
         agree_tos: args.agree_tos || defaults.is_some_and(|d| d.agree_tos),
         eab,
+        set_contact: true,
     };
     account.contact()?;
     let server = args

@@ -7,6 +7,7 @@
 //! `certsmith_tests::certsmith_bin()` (build it first: `cargo build
 //! --workspace`, as scripts/test does).
 
+mod accounts;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;

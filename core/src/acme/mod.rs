@@ -46,7 +46,7 @@ pub use account::{Account, AccountOptions, Eab};
 pub use lifecycle::{RenewalInfo, RevocationReason};
 pub use order::{AuthzInfo, AuthzStatus, ChallengeInfo, Order};
 pub use resume::Resumable;
-pub use stored::{AccountSummary, account_id, stored_accounts};
+pub use stored::{AccountSummary, account_id, legacy_account_id, stored_accounts};
 
 /// Let's Encrypt's production directory.
 pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
