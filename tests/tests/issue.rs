@@ -545,15 +545,17 @@ fn has_open(pid: u32, file: &Path) -> bool {
 }
 
 /// Issues a name, then runs a second issue of it and SIGKILLs that run at a
-/// deterministic point after its order completed but before anything of the
-/// new version is switched in, then checks that version 1 is untouched and
-/// that the next run makes version 2 and cleans up the debris.
+/// deterministic point after its order was validated but before anything
+/// of the new version is switched in, then checks that version 1 is
+/// untouched and that the next run makes version 2 and cleans up the debris.
 ///
-/// How the kill is made deterministic: the store writes a version only while
-/// it holds `<state>/lock` (flock), and opens that file only to take the
+/// How the kill is made deterministic: the store writes only while it
+/// holds `<state>/lock` (flock), and opens that file only to take the
 /// lock. The test holds the lock itself, so the second run — its order
-/// validated and finalized at Pebble — blocks at the lock; the test sees the
-/// lock file among the run's open files (/proc/<pid>/fd) and kills it there.
+/// validated at Pebble — blocks at the lock when it records the order it
+/// is about to finalize (the pending-order record, written under the lock
+/// since it may race a sweep of leftovers); the test sees the lock file
+/// among the run's open files (/proc/<pid>/fd) and kills it there.
 /// Timing a SIGKILL *inside* the few microseconds of file writes is not
 /// possible without racing, so the state such a kill leaves — a half-written
 /// `versions/.tmp-<n>-<pid>` directory, the store's temp naming — is then
@@ -578,7 +580,6 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     let v1_files = read_version_files(&v1_dir);
 
     // The killed run.
-    let downloads_before = pebble_requests(&pebble, "/certZ/");
     let lock_path = state
         .join("lock")
         .canonicalize()
@@ -614,14 +615,8 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     let out = child.wait_with_output().expect("reap");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("validated; requesting the certificate") && !stderr.contains("saved"),
+        stderr.contains("order created") && !stderr.contains("saved"),
         "the run was killed after its order, before saving: {stderr}"
-    );
-    // (More than one request when Pebble rejected a nonce: it rejects 5 %
-    // by default, and the client retries.)
-    assert!(
-        pebble_requests(&pebble, "/certZ/") > downloads_before,
-        "the killed run had downloaded its certificate"
     );
     lock.unlock().expect("unlock");
     drop(lock);
