@@ -407,6 +407,8 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             "privkey_path": path(store::PRIVKEY_FILE),
             "cert_path": path(store::CERT_FILE),
             "chain_path": path(store::CHAIN_FILE),
+            "deploy_hook": null,
+            "error": null,
         })),
         OutputFormat::Text => {
             outln!(
@@ -441,6 +443,7 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "action": action,
             "reason": reason,
             "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
+            "renewal_reason": job.next.map(|(_, r)| r.as_str()),
             "deploy_hook": hook_json,
             "error": hook.map(Failure::json),
             "domains": cert.domains,

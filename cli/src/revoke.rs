@@ -76,7 +76,7 @@ pub(crate) struct RevokeArgs {
 pub(crate) async fn run(global: &GlobalArgs, args: RevokeArgs) -> u8 {
     match revoke(global, &args).await {
         Ok(code) => code,
-        Err(f) => f.report(global, None),
+        Err(f) => f.report(global, Some(&args.cert_name)),
     }
 }
 

@@ -17,6 +17,7 @@ mod ergonomics;
 mod harness;
 mod hints;
 mod issue;
+mod json_schema;
 mod lifecycle;
 mod operator;
 mod plugin_host;
