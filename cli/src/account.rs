@@ -1,17 +1,20 @@
-//! `certsmith account show|deactivate|rollover`.
+//! `certsmith account list|show|deactivate|rollover`.
 //!
 //! Why this module exists: the ACME account is the identity every order is
-//! made with, and it lives in the store (`accounts/<ca>/<id>/account.json`).
-//! Operators need to see it (URL, contact, key type and thumbprint), to
-//! replace its key after a suspected leak without losing the account (key
-//! rollover, RFC 8555 §7.3.5), and to retire it for good (deactivation,
-//! §7.3.6: irreversible, hence `--yes`). Which account: the one for
-//! `--server`/`--email`, else the config file's `[defaults]`, else the only
-//! one stored.
+//! made with, and it lives in the store (`accounts/<ca>/<id>/account.json`),
+//! one per CA directory (`issue --email` changes its contact, never makes
+//! a second one). Operators need to see it (URL, contact, key type and
+//! thumbprint), to replace its key after a suspected leak without losing
+//! the account (key rollover, RFC 8555 §7.3.5), and to retire it for good
+//! (deactivation, §7.3.6: irreversible, hence `--yes`). Which account: the
+//! one of the CA given by `--server`, else the config file's `[defaults]`,
+//! else of the only CA with a stored account.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use certsmith_core::acme::{self, AccountOptions, AccountSummary, AcmeClient};
+use certsmith_core::acme::{self, AccountSummary, AcmeClient};
+use certsmith_core::store::Store;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -20,16 +23,13 @@ use crate::output::{outln, print_json};
 use crate::setup;
 use crate::{GlobalArgs, OutputFormat, exit};
 
-/// Which account, and how to reach its CA.
+/// Which account (the one of a CA), and how to reach the CA.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct AccountSelect {
     /// The CA: letsencrypt, letsencrypt-staging, zerossl, or an ACME
-    /// directory URL [default: the config's server, else the only stored account's].
+    /// directory URL [default: the config's server, else the only CA with a stored account].
     #[arg(long, value_name = "NAME|URL", env = "CERTSMITH_SERVER")]
     server: Option<String>,
-    /// The account's contact e-mail [default: the config's email].
-    #[arg(long, value_name = "ADDR", env = "CERTSMITH_EMAIL")]
-    email: Option<String>,
     /// Extra CA certificates (PEM) for the CA's HTTPS.
     #[arg(long, value_name = "PEM", env = "CERTSMITH_CA_CERT")]
     ca_cert: Option<PathBuf>,
@@ -37,7 +37,10 @@ pub(crate) struct AccountSelect {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AccountCommand {
-    /// Show stored accounts: URL, contact, key type and thumbprint.
+    /// List every stored account, marking the one in use for each CA.
+    #[command(after_help = crate::help::ACCOUNT_LIST)]
+    List,
+    /// Show the account of a CA: URL, contact, key type and thumbprint.
     #[command(after_help = crate::help::ACCOUNT_SHOW)]
     Show(AccountSelect),
     /// Deactivate the account at the CA, for good.
@@ -61,17 +64,16 @@ pub(crate) async fn run(global: &GlobalArgs, cmd: AccountCommand) -> u8 {
     }
 }
 
-fn email_of(contact: &[String]) -> Option<String> {
-    contact
-        .iter()
-        .find_map(|c| c.strip_prefix("mailto:"))
-        .map(str::to_owned)
-}
-
 async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failure> {
     let config = setup::load_config(global)
         .map_err(|e| Failure::usage(e.to_string(), e.errors.first().and_then(|f| f.hint())))?;
     let (select, action) = match &cmd {
+        AccountCommand::List => {
+            let store = setup::open_store_read_only(global, config.as_ref())?;
+            let stored = acme::stored_accounts(&store)?;
+            print_accounts(global, &stored, &store.location(), true);
+            return Ok(exit::OK);
+        }
         AccountCommand::Show(s) => (s, "show"),
         AccountCommand::Deactivate { select, .. } => (select, "deactivate"),
         AccountCommand::Rollover(s) => (s, "rollover"),
@@ -83,60 +85,22 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
     } else {
         setup::open_store(global, config.as_ref())?
     };
-    let stored = acme::stored_accounts(&store)?;
     let server = match select
         .server
         .clone()
         .or_else(|| config.as_ref().and_then(|c| c.defaults.server.clone()))
     {
-        Some(s) => Some(acme::resolve_server(&s)?),
-        None => None,
-    };
-    let email = select
-        .email
-        .clone()
-        .or_else(|| config.as_ref().and_then(|c| c.defaults.email.clone()));
-
-    if action == "show" {
-        let shown: Vec<&AccountSummary> = stored
-            .iter()
-            .filter(|a| server.as_ref().is_none_or(|s| &a.server == s))
-            .filter(|a| {
-                email
-                    .as_ref()
-                    .is_none_or(|e| email_of(&a.contact).as_deref() == Some(e.as_str()))
-            })
-            .collect();
-        print_accounts(global, &shown, &store.location());
-        return Ok(exit::OK);
-    }
-
-    // One account to act on.
-    let (server, email) = match server {
-        Some(s) => (s, email),
-        None => match stored.as_slice() {
-            [only] => (
-                only.server.clone(),
-                email.or_else(|| email_of(&only.contact)),
-            ),
-            [] => {
+        Some(s) => acme::resolve_server(&s)?,
+        None => match only_server(&store)? {
+            Some(s) => s,
+            None if action == "show" => {
+                print_accounts(global, &[], &store.location(), false);
+                return Ok(exit::OK);
+            }
+            None => {
                 return Err(Failure::usage(
                     format!("no account is stored in {}", store.location()),
                     Some("an account is created by the first `certsmith issue` or `run`"),
-                ));
-            }
-            many => {
-                let list: Vec<String> = many
-                    .iter()
-                    .map(|a| format!("{} {}", a.server, a.contact.join(",")))
-                    .collect();
-                return Err(Failure::usage(
-                    format!(
-                        "{} accounts are stored; say which with --server (and --email): {}",
-                        many.len(),
-                        list.join("; ")
-                    ),
-                    None,
                 ));
             }
         },
@@ -146,14 +110,19 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
         .clone()
         .or_else(|| config.as_ref().and_then(|c| c.defaults.ca_cert.clone()));
     let client = AcmeClient::new(&server, ca_cert.as_deref())?;
-    let opts = AccountOptions {
-        email,
-        ..AccountOptions::default()
-    };
-    let summary = if let AccountCommand::Deactivate { yes, .. } = cmd {
-        if !yes {
+    let summary = match cmd {
+        AccountCommand::Show(_) => {
+            let shown: Vec<AccountSummary> = client.describe_account(&store)?.into_iter().collect();
+            if shown.is_empty() && global.output == OutputFormat::Text {
+                outln!("no account for {server} in {}", store.location());
+            } else {
+                print_accounts(global, &shown, &store.location(), false);
+            }
+            return Ok(exit::OK);
+        }
+        AccountCommand::Deactivate { yes: false, .. } => {
             let who = client
-                .describe_account(&store, &opts)?
+                .describe_account(&store)?
                 .map_or_else(|| server.clone(), |a| a.url);
             return Err(Failure::usage(
                 format!("refusing to deactivate {who} without --yes"),
@@ -162,9 +131,8 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
                 ),
             ));
         }
-        client.deactivate_account(&store, &opts).await?
-    } else {
-        client.rollover_account(&store, &opts).await?
+        AccountCommand::Deactivate { .. } => client.deactivate_account(&store).await?,
+        _ => client.rollover_account(&store).await?,
     };
     match global.output {
         OutputFormat::Json => print_json(&json!({
@@ -187,6 +155,26 @@ async fn dispatch(global: &GlobalArgs, cmd: AccountCommand) -> Result<u8, Failur
     Ok(exit::OK)
 }
 
+/// The CA directory of the stored accounts when there is one; a usage
+/// error naming them when there are several.
+fn only_server(store: &Store) -> Result<Option<String>, Failure> {
+    let servers: BTreeSet<String> = acme::stored_accounts(store)?
+        .into_iter()
+        .map(|a| a.server)
+        .collect();
+    match servers.len() {
+        0 => Ok(None),
+        1 => Ok(servers.into_iter().next()),
+        n => Err(Failure::usage(
+            format!(
+                "accounts of {n} CAs are stored; say which with --server: {}",
+                servers.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            Some("`certsmith account list` shows them all"),
+        )),
+    }
+}
+
 fn account_json(a: &AccountSummary) -> serde_json::Value {
     json!({
         "url": a.url,
@@ -198,12 +186,21 @@ fn account_json(a: &AccountSummary) -> serde_json::Value {
         "key_changed_at": a.key_changed_at,
         "deactivated_at": a.deactivated_at,
         "status": if a.deactivated_at.is_some() { "deactivated" } else { "valid" },
+        "in_use": a.in_use,
         "path": a.path,
     })
 }
 
-fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &str) {
+/// Prints accounts: one JSON object each (`[]` for none), or text blocks;
+/// `mark_use` says, in text, which one of its CA is in use.
+fn print_accounts(
+    global: &GlobalArgs,
+    accounts: &[AccountSummary],
+    location: &str,
+    mark_use: bool,
+) {
     match global.output {
+        OutputFormat::Json if accounts.is_empty() => print_json(&json!([])),
         OutputFormat::Json => {
             for a in accounts {
                 print_json(&account_json(a));
@@ -217,7 +214,14 @@ fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &
                 if i > 0 {
                     outln!();
                 }
-                outln!("account {}", a.url);
+                match (mark_use, a.in_use) {
+                    (false, _) => outln!("account {}", a.url),
+                    (true, true) => outln!("account {} (in use)", a.url),
+                    (true, false) => outln!(
+                        "account {} (not used: another account of this CA is in use)",
+                        a.url
+                    ),
+                }
                 outln!("  server:     {}", a.server);
                 outln!(
                     "  contact:    {}",
@@ -240,6 +244,7 @@ fn print_accounts(global: &GlobalArgs, accounts: &[&AccountSummary], location: &
                     Some(t) => outln!("  status:     deactivated ({t})"),
                     None => outln!("  status:     valid"),
                 }
+                outln!("  path:       {}", a.path.display());
             }
         }
     }

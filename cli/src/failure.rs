@@ -157,7 +157,7 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             "read the terms, then add --agree-tos".to_owned()
         }
         IssueError::AccountDeactivated { path, .. } => format!(
-            "to start over with a new account, remove {} (its certificates stay valid), or use another --email",
+            "to start over with a new account, remove {} (its certificates stay valid)",
             path.display()
         ),
         IssueError::NoUsableChallenge { .. } => {
@@ -215,7 +215,7 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             "`certsmith solvers list` shows the solvers found and why any was refused".to_owned()
         }
         IssueError::NoStoredAccount { .. } => {
-            "pass the --server and --email the account was created with".to_owned()
+            "pass the --server the account was created with".to_owned()
         }
         IssueError::Plugin(p) if p.is_usage() => {
             "give solver options as --solver-opt KEY=VALUE, their environment variable, or in [solvers.<CODE>] of the config file; see `certsmith solvers info <CODE>`".to_owned()

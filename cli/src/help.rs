@@ -120,36 +120,46 @@ Examples:
 /// `certsmith account --help`.
 pub(crate) const ACCOUNT: &str = "\
 Examples:
-  certsmith account show
-  certsmith account rollover --server letsencrypt --email admin@example.com
+  certsmith account list
+  certsmith account show --server letsencrypt
+  certsmith account rollover --server letsencrypt
   certsmith account deactivate --yes";
+
+/// `certsmith account list --help`.
+pub(crate) const ACCOUNT_LIST: &str = "\
+Examples:
+  # Every stored account, the one in use for each CA marked
+  certsmith account list
+
+  # As JSON, one object per account
+  certsmith account list --output json";
 
 /// `certsmith account show --help`.
 pub(crate) const ACCOUNT_SHOW: &str = "\
 Examples:
-  # Every stored account
+  # The account of the only CA with one (else say which with --server)
   certsmith account show
 
-  # The account for one CA and contact
-  certsmith account show --server letsencrypt-staging --email admin@example.com";
+  # The account for one CA
+  certsmith account show --server letsencrypt-staging";
 
 /// `certsmith account deactivate --help`.
 pub(crate) const ACCOUNT_DEACTIVATE: &str = "\
 Examples:
-  # The only stored account, for good
+  # The account of the only CA with one, for good
   certsmith account deactivate --yes
 
-  # One of several
-  certsmith account deactivate --server letsencrypt --email admin@example.com --yes";
+  # The account of one CA
+  certsmith account deactivate --server letsencrypt --yes";
 
 /// `certsmith account rollover --help`.
 pub(crate) const ACCOUNT_ROLLOVER: &str = "\
 Examples:
-  # A new key for the only stored account
+  # A new key for the account of the only CA with one
   certsmith account rollover
 
-  # For one of several
-  certsmith account rollover --server letsencrypt --email admin@example.com";
+  # For the account of one CA
+  certsmith account rollover --server letsencrypt";
 
 /// `certsmith config --help` and `certsmith config check --help`.
 pub(crate) const CONFIG: &str = "\

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
-use certsmith_core::agent::{Job, Plan, RequestMode, Settings};
+use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
+use certsmith_core::dns::PropagationCheck;
 use certsmith_core::engine::{self, CertRequest, IssuedCert};
 use certsmith_core::envfile::{process_env, var_or_file};
 use certsmith_core::error::IssueError;
@@ -168,7 +169,12 @@ pub(crate) struct IssueArgs {
 
 /// Everything checked and ready, before any network traffic.
 struct Prepared {
-    request: CertRequest,
+    wanted: WantedCert,
+    /// The solver's code and its `[solvers.<code>]` table: configured only
+    /// when an order is planned.
+    solver: (String, toml::Table),
+    propagation_check: Option<PropagationCheck>,
+    max_names: usize,
     client: AcmeClient,
     account: AccountOptions,
     session: Session,
@@ -224,19 +230,15 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         .cloned()
         .unwrap_or_default();
     let session = Session::start(global, options);
-    let solver = session.agent.solver(&args.solver, &table)?;
 
-    // 5. The request as a whole (wildcards versus the solver, dns-01).
-    let request = CertRequest {
+    // 5. The certificate asked for; the request as a whole (the solver,
+    // wildcards versus the solver) is made once an order is planned, so
+    // that a certificate that is not due needs no working solver.
+    let wanted = WantedCert {
         name,
         domains,
-        solver,
         key_type: args.key_type.into(),
-        replaces: None,
-        // --propagation-check is in the engine's options and wins.
-        propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
     };
-    engine::check_request(&request, max_names)?;
 
     // 6. The account options and the server.
     // Each EAB value from its flag (or variable), else from the file its
@@ -273,6 +275,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
             .or_else(|| defaults.and_then(|d| d.email.clone())),
         agree_tos: args.agree_tos || defaults.is_some_and(|d| d.agree_tos),
         eab,
+        set_contact: true,
     };
     account.contact()?;
     let server = args
@@ -286,7 +289,11 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         .or_else(|| defaults.and_then(|d| d.ca_cert.clone()));
     let client = AcmeClient::new(&server, ca_cert.as_deref())?;
     Ok(Prepared {
-        request,
+        wanted,
+        solver: (args.solver.clone(), table),
+        // --propagation-check is in the engine's options and wins.
+        propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
+        max_names,
         client,
         account,
         session,
@@ -300,13 +307,16 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         Err(f) => return f.report(global, args.cert_name.as_deref()),
     };
     let Prepared {
-        request,
+        wanted,
+        solver: (code, table),
+        propagation_check,
+        max_names,
         client,
         account,
         session,
         ca_cert,
     } = prepared;
-    let name = request.name.clone();
+    let name = wanted.name.clone();
     // What `renew` needs besides the request: recorded in the lineage
     // (what is left out is kept from the stored certificate of the name).
     let ca_cert = ca_cert.map(|p| std::fs::canonicalize(&p).unwrap_or(p));
@@ -321,9 +331,21 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         None,
     );
     let mode = RequestMode::new(args.force, args.expand, args.replace);
+    let make = || -> Result<CertRequest, JobError> {
+        let request = CertRequest {
+            name: wanted.name.clone(),
+            domains: wanted.domains.clone(),
+            solver: session.agent.solver(&code, &table)?,
+            key_type: wanted.key_type,
+            replaces: None,
+            propagation_check,
+        };
+        engine::check_request(&request, max_names)?;
+        Ok(request)
+    };
     let job = session
         .agent
-        .plan_request(request, settings, &client, mode)
+        .plan_request(wanted.clone(), settings, &client, mode, make)
         .await;
     let mut jobs = [job];
     let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
@@ -385,6 +407,8 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             "privkey_path": path(store::PRIVKEY_FILE),
             "cert_path": path(store::CERT_FILE),
             "chain_path": path(store::CHAIN_FILE),
+            "deploy_hook": null,
+            "error": null,
         })),
         OutputFormat::Text => {
             outln!(
@@ -419,6 +443,7 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "action": action,
             "reason": reason,
             "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
+            "renewal_reason": job.next.map(|(_, r)| r.as_str()),
             "deploy_hook": hook_json,
             "error": hook.map(Failure::json),
             "domains": cert.domains,

@@ -177,7 +177,12 @@ fn parse() -> Cli {
     };
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
-        Err(e) => e.with_cmd(&cmd).exit(),
+        Err(e) => {
+            if json_requested(std::env::args(), std::env::var("CERTSMITH_OUTPUT").ok()) {
+                usage_error_json(&e);
+            }
+            e.with_cmd(&cmd).exit()
+        }
     };
     cli.global.config_from_env = value_source(&matches, "config") == Some(ValueSource::EnvVariable);
     // -q and -v conflict on the command line; a variable gives way to the
@@ -188,12 +193,17 @@ fn parse() -> Cli {
         match (from_env("quiet"), from_env("verbose")) {
             (true, false) => cli.global.quiet = false,
             (false, true) => cli.global.verbose = 0,
-            _ => clap::Error::raw(
-                clap::error::ErrorKind::ArgumentConflict,
-                "-q/--quiet cannot be used with -v/--verbose\n",
-            )
-            .with_cmd(&cmd)
-            .exit(),
+            _ => {
+                let e = clap::Error::raw(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "-q/--quiet cannot be used with -v/--verbose\n",
+                )
+                .with_cmd(&cmd);
+                if cli.global.output == OutputFormat::Json {
+                    usage_error_json(&e);
+                }
+                e.exit()
+            }
         }
     }
     // Warnings, shown with -q too.

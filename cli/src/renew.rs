@@ -219,7 +219,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
 }
 
 /// Account options for a lineage's contact: EAB from the environment or
-/// the config; the contact exactly as recorded (it selects the account).
+/// the config; the contact as recorded, used only if the CA's account must
+/// be created (a renewal never changes the contact of the CA's account).
 fn eab_account(
     config: Option<&Config>,
     email: Option<String>,
@@ -227,6 +228,7 @@ fn eab_account(
 ) -> Result<AccountOptions, JobError> {
     let mut opts = agent::account_options(config.map(|c| &c.defaults), email.clone())?;
     opts.email = email;
+    opts.set_contact = false;
     opts.agree_tos |= agree_tos;
     Ok(opts)
 }

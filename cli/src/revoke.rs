@@ -2,8 +2,8 @@
 //!
 //! Why this module exists: revocation is the one lifecycle step that must
 //! work when things have gone wrong: the key leaked, or the account is
-//! lost. It signs with the account that issued the certificate (found from
-//! the lineage's CA and e-mail), or, with `--key-file`, with the
+//! lost. It signs with the state directory's account of the certificate's
+//! CA (the one account per CA directory), or, with `--key-file`, with the
 //! certificate's own private key, which RFC 8555 §7.6 accepts without any
 //! account. Afterwards the lineage is marked revoked, `list` shows it, and
 //! the next `run` orders a replacement, unless the reason says the names
@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use certsmith_core::acme::{AccountOptions, AcmeClient, RevocationReason};
+use certsmith_core::acme::{AcmeClient, RevocationReason};
 use certsmith_core::error::IssueError;
 use certsmith_core::renewal;
 use certsmith_core::store::{RetiredRecord, RevocationRecord};
@@ -71,15 +71,12 @@ pub(crate) struct RevokeArgs {
     /// recorded at issuance].
     #[arg(long, value_name = "PEM")]
     ca_cert: Option<PathBuf>,
-    /// The account's e-mail [default: the one recorded at issuance].
-    #[arg(long, value_name = "ADDR")]
-    email: Option<String>,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: RevokeArgs) -> u8 {
     match revoke(global, &args).await {
         Ok(code) => code,
-        Err(f) => f.report(global, None),
+        Err(f) => f.report(global, Some(&args.cert_name)),
     }
 }
 
@@ -143,16 +140,10 @@ async fn revoke(global: &GlobalArgs, args: &RevokeArgs) -> Result<u8, Failure> {
                 .await
                 .map(|()| "certificate key")
         }
-        None => {
-            let opts = AccountOptions {
-                email: args.email.clone().or_else(|| lineage.email.clone()),
-                ..AccountOptions::default()
-            };
-            client
-                .revoke(&store, &opts, &facts.der, reason)
-                .await
-                .map(|()| "account key")
-        }
+        None => client
+            .revoke(&store, &facts.der, reason)
+            .await
+            .map(|()| "account key"),
     };
     let already = matches!(
         &signed_with,

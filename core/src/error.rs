@@ -243,14 +243,11 @@ pub enum IssueError {
     /// The certificate name is unusable or the request is inconsistent.
     #[error("{0}")]
     InvalidRequest(String),
-    /// An operation needs the stored account of a (server, contact), and
-    /// none is stored.
-    #[error("no account is stored for {server} {who} (looked for {})", location.display())]
+    /// An operation needs the stored account of a CA, and none is stored.
+    #[error("no account is stored for {server} (looked for {})", location.display())]
     NoStoredAccount {
         /// The ACME directory URL.
         server: String,
-        /// "for mailto:…" or "without a contact".
-        who: String,
         /// Where it was looked for.
         location: std::path::PathBuf,
     },

@@ -65,6 +65,14 @@ pub enum ProgressEvent {
         /// Whether it was created now (else loaded from the store).
         created: bool,
     },
+    /// The account's contact was changed at the CA and in the store (the
+    /// operator gave another e-mail address).
+    AccountContactChanged {
+        /// The account URL at the CA.
+        account_url: String,
+        /// The contact URLs now.
+        contact: Vec<String>,
+    },
     /// An order was created at the CA.
     OrderCreated {
         /// Certificate name.
@@ -221,6 +229,7 @@ impl ProgressEvent {
     pub fn cert_name(&self) -> Option<&str> {
         match self {
             ProgressEvent::AccountReady { .. }
+            | ProgressEvent::AccountContactChanged { .. }
             | ProgressEvent::WaitingForRun { .. }
             | ProgressEvent::LeftoversFound { .. }
             | ProgressEvent::LeftoverRemoved { .. }
@@ -273,6 +282,14 @@ impl fmt::Display for ProgressEvent {
                     write!(f, "using account {account_url}")
                 }
             }
+            ProgressEvent::AccountContactChanged {
+                account_url,
+                contact,
+            } => write!(
+                f,
+                "contact of account {account_url} changed to {}",
+                contact.join(", ")
+            ),
             ProgressEvent::OrderCreated {
                 domains,
                 authorizations,

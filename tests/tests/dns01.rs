@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use certsmith_tests::bind::{Bind, ZoneSpec};
 use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns};
 
-fn run(args: &[String], envs: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[String], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(certsmith_bin());
     cmd.args(args).env_remove("CERTSMITH_PLUGIN_PATH");
     for (k, v) in envs {
@@ -19,19 +19,24 @@ fn run(args: &[String], envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("run certsmith")
 }
 
-fn texts(o: &Output) -> (String, String) {
+pub(crate) fn texts(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
 
-fn s(v: &[&str]) -> Vec<String> {
+pub(crate) fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| (*x).to_owned()).collect()
 }
 
 /// `certsmith issue` arguments common to every test: the CA, the state dir.
-fn issue_args(pebble: &Pebble, state: &Path, domains: &[&str], solver: &str) -> Vec<String> {
+pub(crate) fn issue_args(
+    pebble: &Pebble,
+    state: &Path,
+    domains: &[&str],
+    solver: &str,
+) -> Vec<String> {
     let mut a = s(&[
         "issue",
         "--solver",
@@ -103,7 +108,7 @@ fn issued_dir(stdout: &str) -> PathBuf {
 
 /// A BIND9 serving `example.test` and `validation.test`, TSIG updates allowed,
 /// with CNAME delegation and a CNAME loop set up in `example.test`.
-fn bind() -> Bind {
+pub(crate) fn bind() -> Bind {
     Bind::start_resolving(&[
         ZoneSpec::new("example.test")
             .record("_acme-challenge.app IN CNAME _acme-challenge.app.validation.test.")
@@ -114,7 +119,7 @@ fn bind() -> Bind {
     .expect("start BIND9")
 }
 
-fn pebble_on(bind: &Bind) -> Pebble {
+pub(crate) fn pebble_on(bind: &Bind) -> Pebble {
     Pebble::start(PebbleOpts {
         dns_server: Some(bind.addr()),
         ..PebbleOpts::default()
@@ -127,7 +132,7 @@ fn rfc2136_opts(bind: &Bind) -> Vec<String> {
 }
 
 /// The rfc2136 options, with propagation checked on `servers`.
-fn rfc2136_opts_checking(bind: &Bind, servers: &[&str]) -> Vec<String> {
+pub(crate) fn rfc2136_opts_checking(bind: &Bind, servers: &[&str]) -> Vec<String> {
     let a = bind.addr().to_string();
     let mut v = s(&[
         "--solver-opt",

@@ -7,6 +7,7 @@
 //! `certsmith_tests::certsmith_bin()` (build it first: `cargo build
 //! --workspace`, as scripts/test does).
 
+mod accounts;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;
@@ -15,11 +16,14 @@ mod eab;
 mod ergonomics;
 mod faults;
 mod harness;
+mod hints;
 mod issue;
+mod json_schema;
 mod lifecycle;
 mod operator;
 mod outsiders;
 mod plugin_host;
 mod progress;
 mod propagation_modes;
+mod secrets;
 mod store_compat;

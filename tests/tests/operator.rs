@@ -206,6 +206,29 @@ fn issue_is_idempotent_and_never_replaces_a_certificate_unasked() {
     assert_eq!(r.code, Some(0), "{}", r.describe());
     assert_eq!(r.one()["action"], "renewed", "{}", r.describe());
     assert_eq!(orders_in_log(&pebble), 4);
+
+    // Not due: the solver is not even set up, so a broken solver
+    // configuration does not fail it; a new name needs it, and fails.
+    let broken = ["--solver-opt", "no_such_option=1"];
+    let r = issue(&config, &["w.test", "*.w.test", "x.w.test"], &broken);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.one();
+    assert_eq!(v["action"], "skipped", "{}", r.describe());
+    assert!(
+        v["reason"].as_str().is_some_and(|w| w.contains("not due")),
+        "{v}"
+    );
+    let r = issue(&config, &["new.w.test"], &broken);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let v = r.one();
+    assert_eq!(v["name"], "new.w.test", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no_such_option")),
+        "{v}"
+    );
+    assert_eq!(orders_in_log(&pebble), 4, "nothing ordered");
 }
 
 /// Item 5 (and 8): revoking for cessation of operation retires the
@@ -294,6 +317,20 @@ fn usage_errors_are_json_under_output_json() {
     let v = r.one();
     assert_eq!(v["error"]["class"], "usage");
     assert_eq!(v["error"]["exit_code"], 2);
+    // A conflict found after parsing (-q with -v) too.
+    let r = certsmith(&["list", "-q", "-v", "--output", "json"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let v = r.one();
+    assert_eq!(v["error"]["class"], "usage", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("-q/--quiet cannot be used with -v/--verbose")),
+        "{v}"
+    );
+    let r = certsmith(&["list", "-q", "-v"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stdout.is_empty(), "{}", r.describe());
 }
 
 /// Item 9: refused plugins are listed with why, and named when a code is

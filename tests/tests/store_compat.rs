@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use certsmith_core::acme::{AccountOptions, AcmeClient, stored_accounts};
+use certsmith_core::acme::{AcmeClient, account_id, legacy_account_id, stored_accounts};
 use certsmith_core::keys::PrivateKeyPem;
 use certsmith_core::renewal;
 use certsmith_core::store::{CertFiles, Store, VersionRecord};
@@ -94,16 +94,23 @@ fn a_state_directory_of_0_1_0_reads_unchanged() {
     assert_eq!(accounts.len(), 1);
     assert_eq!(accounts[0].server, SERVER);
     assert_eq!(accounts[0].contact, ["mailto:ops@example.test"]);
+    assert!(accounts[0].in_use, "the one account of its CA");
+    // The account is the CA's one, whatever contact is asked for: found
+    // under its 0.1.0 id (directory and contact), where it stays.
     let client = AcmeClient::new(SERVER, None).expect("client");
-    let opts = AccountOptions {
-        email: Some("ops@example.test".into()),
-        ..AccountOptions::default()
-    };
     let described = client
-        .describe_account(&store, &opts)
-        .expect("found by its id")
+        .describe_account(&store)
+        .expect("found by its 0.1.0 id")
         .expect("stored");
     assert_eq!(described.url, accounts[0].url);
+    assert_eq!(described.path, accounts[0].path);
+    assert!(
+        described
+            .path
+            .ends_with(legacy_account_id(SERVER, &described.contact) + "/account.json"),
+        "{}",
+        described.path.display()
+    );
     assert!(store.journal_entries().expect("journal").is_empty());
 }
 
@@ -184,4 +191,69 @@ fn certsmith_list_shows_a_0_1_0_state_directory() {
         .unwrap_or_else(|| panic!("{NAME} listed: {stdout}"));
     assert_eq!(row["version"], 2, "{row}");
     assert_eq!(row["state"], "valid", "{row}");
+}
+
+/// An account stored the 0.1.0 way (under the id of its directory and
+/// contact) for a live Pebble, next to the fixture's: `issue` uses it,
+/// with the same `--email` or none, and creates no new one.
+#[test]
+fn issue_on_a_0_1_0_state_directory_uses_its_account() {
+    use crate::accounts::{account_files, account_list, certsmith, config, issue, p};
+    let pebble = certsmith_tests::Pebble::start(certsmith_tests::PebbleOpts::default())
+        .expect("start Pebble");
+    let (tmp, state) = old_state();
+    let config = config(&pebble, &tmp, &state);
+
+    // An account of this Pebble, moved to where 0.1.0 kept it.
+    let r = issue(&config, "first.test", &["--email", "ops@example.test"]).ok();
+    assert!(r.stderr.contains("account created"), "{}", r.describe());
+    let server = pebble.directory_url();
+    let made = account_files(&state)
+        .into_iter()
+        .find(|f| f.parent().is_some_and(|d| d.ends_with(account_id(&server))))
+        .expect("the new account");
+    let old_dir = made
+        .parent()
+        .and_then(Path::parent)
+        .expect("host dir")
+        .join(legacy_account_id(
+            &server,
+            &["mailto:ops@example.test".to_owned()],
+        ));
+    fs::rename(made.parent().expect("id dir"), &old_dir).expect("move to the 0.1.0 id");
+    let url = certsmith(&[
+        "account",
+        "show",
+        "--config",
+        p(&config),
+        "--output",
+        "json",
+    ])
+    .ok()
+    .json()[0]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let files = account_files(&state);
+    assert_eq!(files.len(), 2, "the fixture's and this Pebble's: {files:?}");
+
+    for (name, extra) in [
+        ("second.test", &["--email", "ops@example.test"][..]),
+        ("third.test", &[][..]),
+    ] {
+        let r = issue(&config, name, extra).ok();
+        assert!(!r.stderr.contains("account created"), "{}", r.describe());
+        assert!(
+            r.stderr.contains(&format!("using account {url}")),
+            "{}",
+            r.describe()
+        );
+        assert_eq!(account_files(&state), files, "no new account");
+    }
+    let listed = account_list(&config);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|a| a["in_use"] == true), "{listed:?}");
+    // The fixture's certificate is untouched.
+    let store = Store::open(&state).expect("opens");
+    assert_eq!(store.current_version(NAME).expect("current"), Some(2));
 }

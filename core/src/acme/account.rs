@@ -11,7 +11,7 @@ use std::fmt;
 use instant_acme as ia;
 
 use super::AcmeClient;
-use super::stored::{StoredAccount, account_id};
+use super::stored::{FoundAccount, StoredAccount};
 use super::transport::retry_bad_nonce;
 use crate::error::IssueError;
 use crate::store::Store;
@@ -71,6 +71,12 @@ pub struct AccountOptions {
     pub agree_tos: bool,
     /// External account binding, if the CA needs it.
     pub eab: Option<Eab>,
+    /// Whether `email` is the operator's current choice (given now, on the
+    /// command line, in the environment or the config file): the stored
+    /// account's contact is then changed to it at the CA when it differs.
+    /// False when `email` was recorded with a certificate: a renewal never
+    /// changes the contact. An `email` of `None` never changes it.
+    pub set_contact: bool,
 }
 
 impl AccountOptions {
@@ -100,6 +106,7 @@ pub struct Account {
     pub(super) inner: ia::Account,
     url: String,
     pub(super) client: AcmeClient,
+    contact_changed: Option<Vec<String>>,
 }
 
 impl fmt::Debug for Account {
@@ -116,12 +123,19 @@ impl Account {
             url: inner.id().to_owned(),
             inner,
             client: client.clone(),
+            contact_changed: None,
         }
     }
 
     /// The account URL at the CA.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The contact it was given when loaded, if
+    /// [`AcmeClient::account`] changed it.
+    pub fn contact_changed(&self) -> Option<&[String]> {
+        self.contact_changed.as_deref()
     }
 }
 
@@ -141,19 +155,23 @@ impl AcmeClient {
             .map_err(|e| self.map_error(e, "load the account"))
     }
 
-    /// Loads the account for (this directory, `opts` contact) from `store`,
-    /// or creates it at the CA and stores it. Returns whether it was created.
-    /// Fetches the directory first (see [`AcmeClient::directory`]).
+    /// Loads the account of this CA directory from `store` (one per
+    /// directory, whatever its contact: see the `stored` module), or creates
+    /// it at the CA and stores it. Returns whether it was created. With
+    /// [`AccountOptions::set_contact`], a stored account whose contact
+    /// differs from `opts`' has it changed at the CA
+    /// ([RFC 8555 §7.3.2](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.2))
+    /// and in the store. Fetches the directory first (see
+    /// [`AcmeClient::directory`]).
     pub async fn account(
         &self,
         store: &Store,
         opts: &AccountOptions,
     ) -> Result<(Account, bool), IssueError> {
         let dir = self.directory().await?;
-        let contact = opts.contact()?;
-        let id = account_id(&self.directory_url, &contact);
-        if let Some(found) = self.load_stored(store, &id)? {
-            return self.use_stored(found).await;
+        opts.contact()?;
+        if let Some(found) = self.find_stored(store)? {
+            return self.use_stored(store, found, opts).await;
         }
         // None yet: create it under the store's account lease, so that
         // concurrent first runs create one account at the CA; the others
@@ -162,26 +180,61 @@ impl AcmeClient {
         let _lease = tokio::task::spawn_blocking(move || s.lease("account", ACCOUNT_LEASE_WAIT))
             .await
             .map_err(|e| IssueError::Internal(format!("the account lease task failed: {e}")))??;
-        if let Some(found) = self.load_stored(store, &id)? {
-            return self.use_stored(found).await;
+        if let Some(found) = self.find_stored(store)? {
+            return self.use_stored(store, found, opts).await;
         }
         self.new_account(store, &dir, opts, false).await
     }
 
-    /// An account loaded from the store, checked to be active.
+    /// An account loaded from the store, checked to be active, its contact
+    /// brought up to date as `opts` asks.
     async fn use_stored(
         &self,
-        (stored, path): (StoredAccount, std::path::PathBuf),
+        store: &Store,
+        found: FoundAccount,
+        opts: &AccountOptions,
     ) -> Result<(Account, bool), IssueError> {
-        stored.ensure_active(&path)?;
-        let inner = self.ia_account(stored.credentials(&path)?).await?;
-        Ok((Account::new(inner, self), false))
+        found.stored.ensure_active(&found.path)?;
+        let inner = self
+            .ia_account(found.stored.credentials(&found.path)?)
+            .await?;
+        let changed = if opts.set_contact {
+            self.update_contact(store, &inner, found, opts).await?
+        } else {
+            None
+        };
+        let mut account = Account::new(inner, self);
+        account.contact_changed = changed;
+        Ok((account, false))
+    }
+
+    /// Changes the account's contact to `opts`' at the CA, then in the
+    /// store, when `opts` has one and it differs; returns the new one
+    /// then.
+    async fn update_contact(
+        &self,
+        store: &Store,
+        inner: &ia::Account,
+        mut found: FoundAccount,
+        opts: &AccountOptions,
+    ) -> Result<Option<Vec<String>>, IssueError> {
+        let contact = opts.contact()?;
+        if contact.is_empty() || contact == found.stored.contact() {
+            return Ok(None);
+        }
+        let refs: Vec<&str> = contact.iter().map(String::as_str).collect();
+        retry_bad_nonce!(inner.update_contacts(&refs).await)
+            .map_err(|e| self.map_error(e, "update the account's contact"))?;
+        found.stored.set_contact(contact.clone());
+        self.rewrite_account(store, &found.key, &found.stored)
+            .await?;
+        Ok(Some(contact))
     }
 
     /// Creates a new account at the CA
     /// ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3))
-    /// and stores it, replacing any stored one for the same (directory,
-    /// contact).
+    /// and stores it as the account of this directory, replacing the one
+    /// stored under the directory's id, if any.
     pub async fn create_account(
         &self,
         store: &Store,
@@ -194,8 +247,7 @@ impl AcmeClient {
     }
 
     /// Creates an account at the CA and stores it. With `replace` false,
-    /// an account another process stored meanwhile for the same (directory,
-    /// contact) wins and is returned instead (with `false`: not created),
+    /// an account another process stored meanwhile for this directory wins and is returned instead (with `false`: not created),
     /// so that concurrent first runs end up with one account.
     async fn new_account(
         &self,
@@ -238,13 +290,14 @@ impl AcmeClient {
             &creds,
         )?;
         if replace {
-            self.rewrite_account(store, &stored).await?;
+            self.rewrite_account(store, &self.new_account_key(), &stored)
+                .await?;
         } else if let Some(theirs) = self.store_new_account(store, &stored).await? {
             log::info!(
                 "another certsmith process stored an account for this CA first; using it ({})",
-                theirs.1.display()
+                theirs.path.display()
             );
-            return self.use_stored(theirs).await;
+            return self.use_stored(store, theirs, opts).await;
         }
         Ok((Account::new(inner, self), true))
     }

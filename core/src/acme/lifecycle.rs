@@ -14,10 +14,10 @@ use std::time::SystemTime;
 use instant_acme as ia;
 use serde::Deserialize;
 
+use super::AcmeClient;
 use super::jws::{JwsKey, KeyRef};
-use super::stored::AccountSummary;
+use super::stored::{AccountSummary, FoundAccount};
 use super::transport::{is_unsettled, problem_error, retry_after_of, retry_bad_nonce};
-use super::{AccountOptions, AcmeClient};
 use crate::error::IssueError;
 use crate::store::Store;
 
@@ -172,18 +172,19 @@ impl AcmeClient {
         }))
     }
 
-    /// Revokes `cert_der` signed with the account key
+    /// Revokes `cert_der` signed with the key of this CA's stored account
     /// ([RFC 8555 §7.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.6)).
     pub async fn revoke(
         &self,
         store: &Store,
-        opts: &AccountOptions,
         cert_der: &[u8],
         reason: RevocationReason,
     ) -> Result<(), IssueError> {
-        let (stored, path) = self.stored_account(store, opts)?;
-        stored.ensure_active(&path)?;
-        let account = self.ia_account(stored.credentials(&path)?).await?;
+        let found = self.stored_account(store)?;
+        found.stored.ensure_active(&found.path)?;
+        let account = self
+            .ia_account(found.stored.credentials(&found.path)?)
+            .await?;
         let der = rustls::pki_types::CertificateDer::from(cert_der.to_vec());
         let request = ia::RevocationRequest {
             certificate: &der,
@@ -245,17 +246,17 @@ impl AcmeClient {
         .map(|_| ())
     }
 
-    /// Deactivates the stored account for `opts` at the CA and marks it
+    /// Deactivates this CA's stored account at the CA and marks it
     /// deactivated in the store
     /// ([RFC 8555 §7.3.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6)).
     /// Irreversible.
-    pub async fn deactivate_account(
-        &self,
-        store: &Store,
-        opts: &AccountOptions,
-    ) -> Result<AccountSummary, IssueError> {
+    pub async fn deactivate_account(&self, store: &Store) -> Result<AccountSummary, IssueError> {
         let action = "deactivate the account";
-        let (mut stored, path) = self.stored_account(store, opts)?;
+        let FoundAccount {
+            mut stored,
+            key: store_key,
+            path,
+        } = self.stored_account(store)?;
         stored.ensure_active(&path)?;
         let key = stored.key(&path)?;
         let doc = self.directory_doc().await?;
@@ -284,19 +285,19 @@ impl AcmeClient {
             ));
         }
         stored.deactivated();
-        self.rewrite_account(store, &stored).await?;
-        stored.summary(path)
+        self.rewrite_account(store, &store_key, &stored).await?;
+        stored.summary(path, true)
     }
 
-    /// Replaces the stored account's key with a new one at the CA
+    /// Replaces the key of this CA's stored account with a new one at the CA
     /// ([RFC 8555 §7.3.5](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.5))
     /// and stores it. The account URL stays the same.
-    pub async fn rollover_account(
-        &self,
-        store: &Store,
-        opts: &AccountOptions,
-    ) -> Result<AccountSummary, IssueError> {
-        let (mut stored, path) = self.stored_account(store, opts)?;
+    pub async fn rollover_account(&self, store: &Store) -> Result<AccountSummary, IssueError> {
+        let FoundAccount {
+            mut stored,
+            key: store_key,
+            path,
+        } = self.stored_account(store)?;
         stored.ensure_active(&path)?;
         if self.directory_doc().await?.key_change.is_none() {
             return Err(IssueError::InvalidRequest(format!(
@@ -308,8 +309,8 @@ impl AcmeClient {
         let new_creds = retry_bad_nonce!(account.update_key().await)
             .map_err(|e| self.map_error(e, "change the account key"))?;
         stored.key_changed(&new_creds)?;
-        self.rewrite_account(store, &stored).await?;
-        stored.summary(path)
+        self.rewrite_account(store, &store_key, &stored).await?;
+        stored.summary(path, true)
     }
 }
 

@@ -49,7 +49,7 @@ pub use order::{
     POLL_EARLY_WINDOW, POLL_GROWTH, POLL_INITIAL_DELAY, POLL_MAX_DELAY,
 };
 pub use resume::Resumable;
-pub use stored::{AccountSummary, account_id, stored_accounts};
+pub use stored::{AccountSummary, account_id, legacy_account_id, stored_accounts};
 pub use transport::{
     ATTEMPT_TIMEOUT, ATTEMPT_TIMEOUT_ENV, BACKOFF_INITIAL, BACKOFF_MAX, DEFAULT_REQUEST_RATE,
     MAX_ATTEMPTS, ORDER_RETRIES, ORDER_RETRY_WAIT, REQUEST_BUDGET, RETRY_AFTER_CAP, RequestRate,

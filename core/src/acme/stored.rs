@@ -5,22 +5,35 @@
 //! only through the account methods of [`Storage`](crate::store::Storage)
 //! and knows nothing of how a backend keeps them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use instant_acme as ia;
 use serde::{Deserialize, Serialize};
 
+use super::AcmeClient;
 use super::jws::JwsKey;
-use super::{AccountOptions, AcmeClient};
 use crate::error::IssueError;
 use crate::store::{AccountKey, AccountSlot, Store, StoreError};
 
-/// The store's id of an account: a digest of the directory URL and contact.
-pub fn account_id(directory_url: &str, contact: &[String]) -> String {
+/// The store's id of the account of a CA: a digest of its directory URL.
+/// A state directory holds one account per CA directory.
+pub fn account_id(directory_url: &str) -> String {
+    short_digest(directory_url.as_bytes())
+}
+
+/// The id certsmith 0.1 gave an account: a digest of the directory URL and
+/// the contact. Accounts stored under such ids are still found (see
+/// [`AcmeClient::account`](super::AcmeClient::account)) and stay where they are.
+pub fn legacy_account_id(directory_url: &str, contact: &[String]) -> String {
     let mut input = directory_url.as_bytes().to_vec();
     input.push(b'\n');
     input.extend_from_slice(contact.join(",").as_bytes());
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &input);
+    short_digest(&input)
+}
+
+fn short_digest(input: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input);
     digest.as_ref()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -123,8 +136,9 @@ impl StoredAccount {
         self.deactivated_at = Some(now());
     }
 
-    /// What `certsmith account show` says about it (stored at `path`).
-    pub(super) fn summary(self, path: PathBuf) -> Result<AccountSummary, IssueError> {
+    /// What `certsmith account show` says about it (stored at `path`;
+    /// `in_use` as [`stored_accounts`] says).
+    pub(super) fn summary(self, path: PathBuf, in_use: bool) -> Result<AccountSummary, IssueError> {
         let key = self.key(&path)?;
         Ok(AccountSummary {
             url: self.account_url,
@@ -136,6 +150,7 @@ impl StoredAccount {
             key_changed_at: self.key_changed_at,
             deactivated_at: self.deactivated_at,
             path,
+            in_use,
         })
     }
 }
@@ -162,17 +177,83 @@ pub struct AccountSummary {
     pub deactivated_at: Option<String>,
     /// Its `account.json`.
     pub path: PathBuf,
+    /// Whether it is the account certsmith uses for its CA directory (a
+    /// state directory of certsmith 0.1 may hold several per directory,
+    /// one per contact; the others are kept, unused).
+    pub in_use: bool,
 }
 
-/// Every account in `store`, sorted by server then contact.
+/// Every account in `store`, sorted by server then contact; `in_use`
+/// marks the one of each CA directory that certsmith uses.
 pub fn stored_accounts(store: &Store) -> Result<Vec<AccountSummary>, IssueError> {
-    let mut out = store
+    let parsed = store
         .accounts()?
         .into_iter()
-        .map(|doc| StoredAccount::parse(&doc.json, &doc.location)?.summary(doc.location))
+        .map(|doc| {
+            let stored = StoredAccount::parse(&doc.json, &doc.location)?;
+            Ok((doc.key, stored, doc.location))
+        })
+        .collect::<Result<Vec<_>, IssueError>>()?;
+    // The one in use of each (CA host, directory).
+    let mut best: BTreeMap<(&str, &str), (InUseRank, usize)> = BTreeMap::new();
+    for (i, (key, stored, _)) in parsed.iter().enumerate() {
+        let rank = stored.rank(key);
+        let slot = best
+            .entry((key.ca_host.as_str(), stored.directory.as_str()))
+            .or_insert((rank.clone(), i));
+        if rank < slot.0 {
+            *slot = (rank, i);
+        }
+    }
+    let chosen: BTreeSet<usize> = best.values().map(|(_, i)| *i).collect();
+    let mut out = parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, stored, path))| stored.summary(path, chosen.contains(&i)))
         .collect::<Result<Vec<_>, _>>()?;
     out.sort_by(|a, b| (&a.server, &a.contact).cmp(&(&b.server, &b.contact)));
     Ok(out)
+}
+
+/// Orders the accounts stored for one CA directory, the one in use first:
+/// the one under the directory's id ([`account_id`]); else, of the
+/// accounts certsmith 0.1 kept per contact, an active one, then one with a
+/// contact, then the oldest.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct InUseRank {
+    not_current_id: bool,
+    deactivated: bool,
+    no_contact: bool,
+    created_at: String,
+}
+
+/// A stored account of this CA: the document, its key in the store and
+/// where it is.
+pub(super) struct FoundAccount {
+    pub(super) stored: StoredAccount,
+    pub(super) key: AccountKey,
+    pub(super) path: PathBuf,
+}
+
+impl StoredAccount {
+    fn rank(&self, key: &AccountKey) -> InUseRank {
+        InUseRank {
+            not_current_id: key.id != account_id(&self.directory),
+            deactivated: self.deactivated_at.is_some(),
+            no_contact: self.contact.is_empty(),
+            created_at: self.created_at.clone(),
+        }
+    }
+
+    /// The contact URLs.
+    pub(super) fn contact(&self) -> &[String] {
+        &self.contact
+    }
+
+    /// Records the contact the CA now has.
+    pub(super) fn set_contact(&mut self, contact: Vec<String>) {
+        self.contact = contact;
+    }
 }
 
 impl AcmeClient {
@@ -184,74 +265,80 @@ impl AcmeClient {
         }
     }
 
-    /// The stored account of this CA with the id `id`, and its path; `None`
-    /// when there is none.
-    pub(super) fn load_stored(
-        &self,
-        store: &Store,
-        id: &str,
-    ) -> Result<Option<(StoredAccount, PathBuf)>, IssueError> {
-        match store.load_account(&self.account_key(id))? {
-            Some(doc) => Ok(Some((
-                StoredAccount::parse(&doc.json, &doc.location)?,
-                doc.location,
-            ))),
-            None => Ok(None),
-        }
+    /// The key a new account of this CA is stored under.
+    pub(super) fn new_account_key(&self) -> AccountKey {
+        self.account_key(&account_id(&self.directory_url))
     }
 
-    /// The stored account for (this directory, `opts` contact), loaded
-    /// without creating one; an error naming where it was looked for when
-    /// there is none.
-    pub(super) fn stored_account(
-        &self,
-        store: &Store,
-        opts: &AccountOptions,
-    ) -> Result<(StoredAccount, PathBuf), IssueError> {
-        let contact = opts.contact()?;
-        let id = account_id(&self.directory_url, &contact);
-        if let Some(found) = self.load_stored(store, &id)? {
+    /// The stored account of this CA directory, whatever its contact; `None`
+    /// when there is none. One stored under the directory's id
+    /// ([`account_id`]) is it; else one stored by certsmith 0.1 under a
+    /// (directory, contact) id is, chosen as [`stored_accounts`] marks it
+    /// in use. Nothing is moved or rewritten.
+    pub(super) fn find_stored(&self, store: &Store) -> Result<Option<FoundAccount>, IssueError> {
+        let key = self.new_account_key();
+        if let Some(doc) = store.load_account(&key)? {
+            return Ok(Some(FoundAccount {
+                stored: StoredAccount::parse(&doc.json, &doc.location)?,
+                key: doc.key,
+                path: doc.location,
+            }));
+        }
+        let mut best: Option<(InUseRank, FoundAccount)> = None;
+        for doc in store.accounts()? {
+            if doc.key.ca_host != key.ca_host {
+                continue;
+            }
+            let stored = StoredAccount::parse(&doc.json, &doc.location)?;
+            if stored.directory != self.directory_url {
+                continue;
+            }
+            let rank = stored.rank(&doc.key);
+            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
+                best = Some((
+                    rank,
+                    FoundAccount {
+                        stored,
+                        key: doc.key,
+                        path: doc.location,
+                    },
+                ));
+            }
+        }
+        Ok(best.map(|(_, found)| found))
+    }
+
+    /// The stored account of this CA, loaded without creating one; an error
+    /// naming where it was looked for when there is none.
+    pub(super) fn stored_account(&self, store: &Store) -> Result<FoundAccount, IssueError> {
+        if let Some(found) = self.find_stored(store)? {
             return Ok(found);
         }
-        let who = if contact.is_empty() {
-            "without a contact".to_owned()
-        } else {
-            format!("for {}", contact.join(", "))
-        };
         Err(IssueError::NoStoredAccount {
             server: self.directory_url.clone(),
-            who,
-            location: store.account_location(&self.account_key(&id)),
+            location: store.account_location(&self.new_account_key()),
         })
     }
 
-    /// Describes the stored account for `opts`, without contacting the CA.
-    pub fn describe_account(
-        &self,
-        store: &Store,
-        opts: &AccountOptions,
-    ) -> Result<Option<AccountSummary>, IssueError> {
-        let contact = opts.contact()?;
-        let id = account_id(&self.directory_url, &contact);
-        match self.load_stored(store, &id)? {
-            Some((stored, path)) => Ok(Some(stored.summary(path)?)),
+    /// Describes the stored account of this CA, without contacting it.
+    pub fn describe_account(&self, store: &Store) -> Result<Option<AccountSummary>, IssueError> {
+        match self.find_stored(store)? {
+            Some(found) => Ok(Some(found.stored.summary(found.path, true)?)),
             None => Ok(None),
         }
     }
 
     /// Writes the stored account (0600, atomically, under the store lock)
-    /// under its id for this directory and contact, replacing any stored
-    /// one; returns where it is.
+    /// under `key` (where it was found), replacing what is there; returns
+    /// where it is.
     pub(super) async fn rewrite_account(
         &self,
         store: &Store,
+        key: &AccountKey,
         stored: &StoredAccount,
     ) -> Result<PathBuf, IssueError> {
         let json = serde_json::to_vec_pretty(stored).map_err(serialize_error)?;
-        let (store, key) = (
-            store.clone(),
-            self.account_key(&account_id(&self.directory_url, &stored.contact)),
-        );
+        let (store, key) = (store.clone(), key.clone());
         let doc = tokio::task::spawn_blocking(move || store.replace_account(&key, &json))
             .await
             .map_err(|e| IssueError::Internal(format!("account writer: {e}")))??;
@@ -259,26 +346,24 @@ impl AcmeClient {
     }
 
     /// Stores a newly created account unless another process stored one
-    /// for the same (directory, contact) first; then that one is returned
-    /// (with its location) and this one is left unused.
+    /// for this directory first; then that one is returned and this one is
+    /// left unused.
     pub(super) async fn store_new_account(
         &self,
         store: &Store,
         stored: &StoredAccount,
-    ) -> Result<Option<(StoredAccount, PathBuf)>, IssueError> {
+    ) -> Result<Option<FoundAccount>, IssueError> {
         let json = serde_json::to_vec_pretty(stored).map_err(serialize_error)?;
-        let (store, key) = (
-            store.clone(),
-            self.account_key(&account_id(&self.directory_url, &stored.contact)),
-        );
+        let (store, key) = (store.clone(), self.new_account_key());
         let slot = tokio::task::spawn_blocking(move || store.create_account(&key, &json))
             .await
             .map_err(|e| IssueError::Internal(format!("account writer: {e}")))??;
         match slot {
-            AccountSlot::Existing(doc) => Ok(Some((
-                StoredAccount::parse(&doc.json, &doc.location)?,
-                doc.location,
-            ))),
+            AccountSlot::Existing(doc) => Ok(Some(FoundAccount {
+                stored: StoredAccount::parse(&doc.json, &doc.location)?,
+                key: doc.key,
+                path: doc.location,
+            })),
             _ => Ok(None),
         }
     }
@@ -290,81 +375,159 @@ mod tests {
     use crate::acme::LETSENCRYPT;
 
     #[test]
-    fn account_ids_differ_by_contact() {
-        let a = account_id(LETSENCRYPT, &[]);
-        let b = account_id(LETSENCRYPT, &["mailto:a@example.com".to_owned()]);
-        assert_ne!(a, b);
+    fn account_ids_depend_on_the_directory_only() {
+        let a = account_id(LETSENCRYPT);
         assert_eq!(a.len(), 16);
-        assert_eq!(a, account_id(LETSENCRYPT, &[]));
+        assert_eq!(a, account_id(LETSENCRYPT));
+        assert_ne!(a, account_id("https://localhost:14000/dir"));
+        // The ids of certsmith 0.1 (the fixture of tests/tests/store_compat.rs).
+        assert_eq!(
+            legacy_account_id(
+                "https://127.0.0.1:14000/dir",
+                &["mailto:ops@example.test".to_owned()]
+            ),
+            "903c911c8beb2539"
+        );
+        assert_ne!(
+            legacy_account_id(LETSENCRYPT, &[]),
+            legacy_account_id(LETSENCRYPT, &["mailto:a@example.com".to_owned()])
+        );
     }
 
-    /// An account written through the client is found again by id, listed,
-    /// and described without its key; a deactivated one is refused.
+    fn credentials(client: &AcmeClient, url: &str) -> (ia::AccountCredentials, String) {
+        use base64::Engine as _;
+        let key = crate::keys::generate_key(crate::keys::KeyType::EcP256).expect("key");
+        let der = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der());
+        let creds = serde_json::from_value(serde_json::json!({
+            "id": url,
+            "key_pkcs8": der,
+            "directory": client.directory_url(),
+        }))
+        .expect("credentials");
+        (creds, der)
+    }
+
+    /// An account written through the client is found again whatever the
+    /// contact asked for, listed, and described without its key; a
+    /// deactivated one is refused.
     #[tokio::test]
     async fn stored_accounts_round_trip_through_the_store() {
-        use base64::Engine as _;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         assert!(stored_accounts(&store).expect("empty").is_empty());
         let client = AcmeClient::new("https://localhost:14000/dir", None).expect("client");
-        let key = crate::keys::generate_key(crate::keys::KeyType::EcP256).expect("key");
-        let creds: ia::AccountCredentials = serde_json::from_value(serde_json::json!({
-            "id": "https://localhost:14000/acct/1",
-            "key_pkcs8": base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(key.serialize_der()),
-            "directory": client.directory_url(),
-        }))
-        .expect("credentials");
-        let opts = AccountOptions {
-            email: Some("admin@example.com".into()),
-            ..Default::default()
-        };
+        let e = client.stored_account(&store).err().expect("no account yet");
+        assert!(matches!(e, IssueError::NoStoredAccount { .. }), "{e}");
+        let (creds, secret) = credentials(&client, "https://localhost:14000/acct/1");
         let mut stored = StoredAccount::new(
             client.directory_url().to_owned(),
-            opts.contact().expect("contact"),
+            vec!["mailto:admin@example.com".to_owned()],
             "https://localhost:14000/acct/1".to_owned(),
             &creds,
         )
         .expect("new");
+        let key = client.new_account_key();
         let path = client
-            .rewrite_account(&store, &stored)
+            .rewrite_account(&store, &key, &stored)
             .await
             .expect("saved");
         let listed = stored_accounts(&store).expect("listed");
         assert_eq!(listed.len(), 1);
         let summary = &listed[0];
         assert_eq!(summary.path, path);
+        assert!(summary.in_use);
         assert_eq!(summary.url, "https://localhost:14000/acct/1");
         assert_eq!(summary.contact, ["mailto:admin@example.com"]);
         assert_eq!(summary.key_type, "ec-p256");
         assert!(crate::timefmt::parse_time(&summary.created_at).is_some());
         assert_eq!(
-            client.describe_account(&store, &opts).expect("described"),
+            client.describe_account(&store).expect("described"),
             Some(summary.clone())
         );
-        assert_eq!(
-            client
-                .describe_account(&store, &AccountOptions::default())
-                .expect("none"),
-            None
-        );
-        let e = client
-            .stored_account(&store, &AccountOptions::default())
-            .err()
-            .expect("no account without a contact");
-        assert!(e.to_string().contains("without a contact"), "{e}");
+        let other = AcmeClient::new("https://localhost:14000/other", None).expect("client");
+        assert_eq!(other.describe_account(&store).expect("none"), None);
         stored.deactivated();
         client
-            .rewrite_account(&store, &stored)
+            .rewrite_account(&store, &key, &stored)
             .await
             .expect("saved");
-        let (again, path) = client.stored_account(&store, &opts).expect("found");
-        let e = again.ensure_active(&path).expect_err("deactivated");
+        let found = client.stored_account(&store).expect("found");
+        let e = found
+            .stored
+            .ensure_active(&found.path)
+            .expect_err("deactivated");
         assert!(matches!(e, IssueError::AccountDeactivated { .. }), "{e}");
         let text = std::fs::read_to_string(&path).expect("read");
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.serialize_der());
         assert!(text.contains(&secret), "the key is stored");
         let shown = format!("{:?}", stored_accounts(&store).expect("listed"));
         assert!(!shown.contains(&secret), "a summary never holds the key");
+    }
+
+    /// Accounts stored by certsmith 0.1, one per (directory, contact), are
+    /// found where they are: an active one with a contact first; one under
+    /// the directory's own id wins over them all.
+    #[tokio::test]
+    async fn accounts_of_0_1_are_found_under_their_old_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let client = AcmeClient::new("https://localhost:14000/dir", None).expect("client");
+        let save = async |url: &str, contact: &[&str], deactivated: bool, id: Option<String>| {
+            let contact: Vec<String> = contact.iter().map(|c| (*c).to_owned()).collect();
+            let (creds, _) = credentials(&client, url);
+            let mut stored = StoredAccount::new(
+                client.directory_url().to_owned(),
+                contact.clone(),
+                url.to_owned(),
+                &creds,
+            )
+            .expect("new");
+            if deactivated {
+                stored.deactivated();
+            }
+            let id = id.unwrap_or_else(|| legacy_account_id(client.directory_url(), &contact));
+            client
+                .rewrite_account(&store, &client.account_key(&id), &stored)
+                .await
+                .expect("saved")
+        };
+        save("https://x/acct/none", &[], false, None).await;
+        save(
+            "https://x/acct/old",
+            &["mailto:old@example.com"],
+            true,
+            None,
+        )
+        .await;
+        let ops = save(
+            "https://x/acct/ops",
+            &["mailto:ops@example.com"],
+            false,
+            None,
+        )
+        .await;
+        let found = client.stored_account(&store).expect("found");
+        assert_eq!(found.stored.account_url, "https://x/acct/ops");
+        assert_eq!(found.path, ops);
+        let in_use: Vec<String> = stored_accounts(&store)
+            .expect("listed")
+            .into_iter()
+            .filter(|a| a.in_use)
+            .map(|a| a.url)
+            .collect();
+        assert_eq!(in_use, ["https://x/acct/ops"]);
+        save(
+            "https://x/acct/new",
+            &[],
+            false,
+            Some(account_id(client.directory_url())),
+        )
+        .await;
+        let found = client.stored_account(&store).expect("found");
+        assert_eq!(found.stored.account_url, "https://x/acct/new");
+        assert_eq!(
+            stored_accounts(&store).expect("listed").len(),
+            4,
+            "nothing removed"
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use job::{Job, JobError, Outcome, Plan, Settings};
-pub use plan::{RequestMode, reason_words};
+pub use plan::{RequestMode, WantedCert, reason_words};
 
 use crate::dns::DnsOptions;
 use crate::engine::{CancelToken, DEFAULT_CONCURRENCY, DEFAULT_MAX_NAMES};
@@ -202,7 +202,9 @@ impl Agent {
 
 /// Account options from the config file's `[defaults]` and the
 /// environment (`CERTSMITH_EAB_KID`, `CERTSMITH_EAB_HMAC_KEY`, each also as
-/// `*_FILE`), the environment winning; `email` wins over the config's.
+/// `*_FILE`), the environment winning; `email` wins over the config's and,
+/// being the operator's current choice, becomes the account's contact
+/// ([`AccountOptions::set_contact`](crate::acme::AccountOptions::set_contact)).
 pub fn account_options(
     defaults: Option<&crate::config::Defaults>,
     email: Option<String>,
@@ -229,6 +231,7 @@ pub fn account_options(
         email: email.or_else(|| defaults.and_then(|d| d.email.clone())),
         agree_tos: defaults.is_some_and(|d| d.agree_tos),
         eab,
+        set_contact: true,
     };
     opts.contact()?;
     Ok(opts)

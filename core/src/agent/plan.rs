@@ -88,6 +88,19 @@ struct Existing<'a> {
     force: bool,
 }
 
+/// The certificate `issue` asks for, as far as planning needs it (the
+/// solver is configured only when an order is planned: see
+/// [`Agent::plan_request`]).
+#[derive(Clone, Debug)]
+pub struct WantedCert {
+    /// The certificate name.
+    pub name: String,
+    /// The identifiers, checked.
+    pub domains: Vec<crate::identifiers::Identifier>,
+    /// The key type.
+    pub key_type: KeyType,
+}
+
 /// How `issue` may change a certificate already stored under its name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -317,22 +330,26 @@ impl Agent {
         job
     }
 
-    /// Plans `request` (`issue`): a new certificate is ordered; one stored
-    /// under the same name with the same names, key type and CA is ordered
-    /// only when due (or `mode.force`), like `renew`; one with other names,
-    /// key type or CA fails with [`JobError::Conflict`] unless `mode`
-    /// accepts the change (`expand` for added names, `replace` for any).
-    /// Settings `settings` leaves unset (deploy hook, account contact, CA
-    /// bundle) are those of the stored certificate.
+    /// Plans the certificate `wanted` (`issue`): a new certificate is
+    /// ordered; one stored under the same name with the same names, key
+    /// type and CA is ordered only when due (or `mode.force`), like
+    /// `renew`; one with other names, key type or CA fails with
+    /// [`JobError::Conflict`] unless `mode` accepts the change (`expand` for
+    /// added names, `replace` for any). `make` builds the request (it
+    /// configures the solver) only when an order is planned: a stored
+    /// certificate that is not due is skipped even if its solver cannot be
+    /// set up. Settings `settings` leaves unset (deploy hook, account
+    /// contact, CA bundle) are those of the stored certificate.
     pub async fn plan_request(
         &self,
-        request: CertRequest,
+        wanted: WantedCert,
         mut settings: Settings,
         client: &AcmeClient,
         mode: RequestMode,
+        make: impl FnOnce() -> Result<CertRequest, JobError>,
     ) -> Job {
-        let name = request.name.clone();
-        let domains: Vec<String> = request
+        let name = wanted.name.clone();
+        let domains: Vec<String> = wanted
             .domains
             .iter()
             .map(|d| d.as_str().to_owned())
@@ -354,7 +371,7 @@ impl Agent {
                 } else {
                     "new"
                 };
-                job.order(Plan::Issue(why.to_owned()), request);
+                order_with(&mut job, Some(Plan::Issue(why.to_owned())), make);
                 return job;
             }
         };
@@ -369,15 +386,14 @@ impl Agent {
         let renew_before = settings.renew_before;
         job.settings = settings;
         job.current_dir = self.store.current_dir(&name);
-        let changes =
-            renewal::changes(&lineage, &domains, request.key_type, client.directory_url());
+        let changes = renewal::changes(&lineage, &domains, wanted.key_type, client.directory_url());
         if !changes.is_empty() {
             let superset = changes.iter().all(|c| {
                 matches!(c, renewal::Change::Domains { from, to } if from.iter().all(|d| to.contains(d)))
             });
             let why: Vec<String> = changes.iter().map(ToString::to_string).collect();
             if mode.replace || (mode.expand && superset) {
-                job.order(Plan::Issue(why.join("; ")), request);
+                order_with(&mut job, Some(Plan::Issue(why.join("; "))), make);
             } else {
                 job.fail(JobError::Conflict {
                     name,
@@ -390,12 +406,16 @@ impl Agent {
         let facts = match renewal::read_current(&self.store, &name) {
             Ok(Some(f)) => f,
             Ok(None) => {
-                job.order(Plan::Issue("no current version".to_owned()), request);
+                order_with(
+                    &mut job,
+                    Some(Plan::Issue("no current version".to_owned())),
+                    make,
+                );
                 return job;
             }
             Err(e) => {
                 let plan = damaged(&mut job, e);
-                job.order(plan, request);
+                order_with(&mut job, Some(plan), make);
                 return job;
             }
         };
@@ -408,7 +428,7 @@ impl Agent {
             force: mode.force,
         };
         let plan = self.plan_existing(&mut job, client, existing).await;
-        order_with(&mut job, plan, || Ok(request));
+        order_with(&mut job, plan, make);
         job
     }
 

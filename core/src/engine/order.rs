@@ -27,7 +27,8 @@ use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert};
 impl Engine {
     /// Fetches the directory, then loads or creates the account (checking
     /// the terms of service and EAB first). Reports
-    /// [`ProgressEvent::AccountReady`].
+    /// [`ProgressEvent::AccountReady`], then
+    /// [`ProgressEvent::AccountContactChanged`] if its contact was changed.
     pub async fn connect(
         client: AcmeClient,
         store: Store,
@@ -41,6 +42,12 @@ impl Engine {
             account_url: account.url().to_owned(),
             created,
         });
+        if let Some(contact) = account.contact_changed() {
+            progress.emit(ProgressEvent::AccountContactChanged {
+                account_url: account.url().to_owned(),
+                contact: contact.to_vec(),
+            });
+        }
         Ok(Engine {
             inner: Arc::new(Inner {
                 client,

@@ -216,7 +216,8 @@ pub struct Lineage {
     /// The extra CA bundle trusted for the server's HTTPS, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<String>,
-    /// The account's contact e-mail, which selects the account.
+    /// The contact e-mail given at issuance: used only if the CA's account
+    /// must be created at renewal (it never selects or changes the account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// The command run after the certificate changes.
@@ -309,12 +310,14 @@ pub struct SavedVersion {
 }
 
 /// Which ACME account: the CA (its host, `host_port`) and the account id
-/// (see `crate::acme::account_id`).
+/// (see `crate::acme::account_id`; one account per CA directory).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AccountKey {
     /// The CA's host and port, e.g. `acme-v02.api.letsencrypt.org`.
     pub ca_host: String,
-    /// The account id derived from the directory URL and contact.
+    /// The account id: a digest of the directory URL (`crate::acme::account_id`),
+    /// or, for accounts stored by certsmith 0.1, of the directory URL and
+    /// contact (`crate::acme::legacy_account_id`).
     pub id: String,
 }
 
