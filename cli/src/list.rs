@@ -46,6 +46,8 @@ struct Row {
     state: String,
     version: Option<u32>,
     path: String,
+    /// Until when the CA's rate limit covers its names, if one does.
+    rate_limited_until: Option<String>,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
@@ -62,6 +64,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         Err(e) => return Failure::from_issue(&IssueError::from(e)).report(global, None),
     };
     let now = OffsetDateTime::now_utc();
+    // Rate limits the CA reported and that still hold.
+    let limits = certsmith_core::engine::RateLimits::new(store.rate_limits().unwrap_or_else(|e| {
+        log::warn!("{e}");
+        Vec::new()
+    }));
     let mut rows = Vec::new();
     for name in names {
         if !args.names.is_empty() && !args.names.contains(&name) {
@@ -78,6 +85,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
         let current = store
             .current_dir(&name)
             .map_or_else(|| "-".to_owned(), |d| d.display().to_string());
+        let rate_limited_until = limits
+            .blocking(&lineage.server, &lineage.domains)
+            .map(|r| r.until);
         let facts = renewal::read_current(&store, &name);
         let row = match facts {
             Ok(Some(f)) => {
@@ -105,6 +115,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                     state: state.as_str().to_owned(),
                     version: store.current_version(&name).ok().flatten(),
                     path: current.clone(),
+                    rate_limited_until: rate_limited_until.clone(),
                 }
             }
             Ok(None) | Err(_) => {
@@ -131,6 +142,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                         None
                     },
                     path: current.clone(),
+                    rate_limited_until: rate_limited_until.clone(),
                 }
             }
         };
@@ -166,6 +178,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                     "state": r.state,
                     "version": r.version,
                     "path": r.path,
+                    "rate_limited_until": r.rate_limited_until,
                 }));
             }
         }
@@ -180,6 +193,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: ListArgs) -> u8 {
                 None => render_tab_separated(&table),
             };
             crate::output::write_stdout(format_args!("{text}"));
+            for r in &rows {
+                if let Some(until) = &r.rate_limited_until {
+                    outln!("{}: the CA rate-limited its names until {until}", r.name);
+                }
+            }
         }
     }
     exit::OK

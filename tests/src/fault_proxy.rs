@@ -91,6 +91,16 @@ pub enum Fault {
     /// Read it and answer nothing for this long (then close), without
     /// forwarding.
     Stall(Duration),
+    /// Answer HTTP 429 with a `rateLimited` problem saying `detail` and
+    /// this `Retry-After` (seconds), without forwarding: the CA's rate
+    /// limit.
+    RateLimited {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+        /// The problem's `detail` (Let's Encrypt's wording names the
+        /// registered domain for per-domain limits).
+        detail: &'static str,
+    },
 }
 
 /// A fault on the n-th request of a kind, or on every one.
@@ -357,6 +367,25 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
             let _ = forward()?;
             reset(&tls.sock);
             Ok(())
+        }
+        Some(Fault::RateLimited {
+            retry_after_secs,
+            detail,
+        }) => {
+            let mut rsp = problem(
+                429,
+                "Too Many Requests",
+                "rateLimited",
+                &[("Retry-After", retry_after_secs.to_string())],
+            );
+            rsp.body = serde_json::json!({
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": detail,
+                "status": 429,
+            })
+            .to_string()
+            .into_bytes();
+            write_response(&mut tls, &rsp)
         }
         Some(Fault::Stall(d)) => {
             let until = Instant::now() + d;

@@ -353,3 +353,221 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
     assert!(stats.retries > 0, "{stats:?}");
     runtime.shutdown_background();
 }
+
+// ------------------------------------------- rate limits, kept orders ---
+
+/// A `run` through `proxy` of `names` (standalone solver), one order at a
+/// time, JSON out.
+fn run_batch(pebble: &Pebble, proxy: &FaultProxy, state: &Path, names: &[&str]) -> Output {
+    let mut text = format!(
+        "[defaults]\nserver = \"{}\"\nca_cert = \"{}\"\nagree_tos = true\nstate_dir = \"{}\"\nconcurrency = 1\n\n[solvers.standalone]\nlisten = [\"127.0.0.1:{}\"]\n",
+        proxy.directory_url(),
+        proxy.ca_bundle_path().display(),
+        state.display(),
+        pebble.http_port()
+    );
+    for n in names {
+        text.push_str(&format!(
+            "\n[[certificate]]\nname = \"{n}\"\ndomains = [\"{n}\"]\nsolver = \"standalone\"\n"
+        ));
+    }
+    let config = state.with_extension("toml");
+    std::fs::create_dir_all(state).expect("state dir");
+    std::fs::write(&config, text).expect("write config");
+    Command::new(certsmith_bin())
+        .args(["run", "--output", "json", "--config"])
+        .arg(&config)
+        .env_remove("CERTSMITH_STATE_DIR")
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env_remove(ATTEMPT_TIMEOUT_ENV)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run certsmith")
+}
+
+/// The per-certificate JSON lines of a batch, by name.
+fn batch_results(o: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("name").is_some())
+        .collect()
+}
+
+/// A `rateLimited` answer to a new order is remembered: the batch's other
+/// orders are not sent, a later run sends none either until the time, and
+/// `list` shows it; the exit class is "rate limited" (5) with the time.
+#[test]
+fn a_rate_limit_is_remembered_and_no_order_is_sent_until_it_lifts() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    let state = tmp.path().join("state");
+    let names = ["rl1.faults.test", "rl2.faults.test", "rl3.other.test"];
+    // One certificate stored before the limit (listed with it afterwards).
+    let o = issue(&pebble, &proxy, &state, "rl0.faults.test", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let before = proxy.count(RequestKind::NewOrder);
+    proxy.fault_nth(
+        RequestKind::NewOrder,
+        before + 1,
+        Fault::RateLimited {
+            retry_after_secs: 3600,
+            detail: "too many new orders recently",
+        },
+    );
+    let o = run_batch(&pebble, &proxy, &state, &names);
+    assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
+    assert_eq!(
+        proxy.count(RequestKind::NewOrder),
+        before + 1,
+        "one new order reached the CA: {:?}",
+        proxy.counts()
+    );
+    let results = batch_results(&o);
+    assert_eq!(results.len(), 3, "{}", describe(&o));
+    for r in &results {
+        assert_eq!(r["action"], "failed", "{r}");
+        assert_eq!(r["error"]["class"], "rate_limited", "{r}");
+    }
+    let skipped = results
+        .iter()
+        .filter(|r| {
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not sent"))
+        })
+        .count();
+    assert_eq!(
+        skipped,
+        2,
+        "the other two were never sent: {}",
+        describe(&o)
+    );
+    assert!(state.join("rate-limits.json").is_file());
+
+    // A later run: still nothing sent.
+    let o = run_batch(&pebble, &proxy, &state, &names);
+    assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
+    assert_eq!(
+        proxy.count(RequestKind::NewOrder),
+        before + 1,
+        "{:?}",
+        proxy.counts()
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("rate-limited"), "{stderr}");
+
+    // `list` shows the limit on what it covers (a limit on new orders: all).
+    let out = Command::new(certsmith_bin())
+        .args(["list", "--output", "json", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("run certsmith list");
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(listed["name"], "rl0.faults.test", "{listed}");
+    assert!(listed["rate_limited_until"].is_string(), "{listed}");
+}
+
+/// The certificate download fails on every attempt after the CA issued:
+/// the run fails (network), keeps the order, and the next run downloads
+/// that certificate, sending no new order and no second finalize.
+#[test]
+fn a_certificate_the_ca_issued_is_downloaded_by_the_next_run_not_ordered_again() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    let state = tmp.path().join("state");
+    let domain = "kept.faults.test";
+    // Every attempt of the first run's download (a request is sent at most
+    // six times).
+    for n in 1..=6 {
+        proxy.fault_nth(RequestKind::Certificate, n, Fault::Status500);
+    }
+    let o = issue(&pebble, &proxy, &state, domain, &[]);
+    assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
+    assert!(
+        state
+            .join("certs")
+            .join(domain)
+            .join("pending-order.json")
+            .is_file(),
+        "the finalized order is kept"
+    );
+    let (orders, finalizes) = (
+        proxy.count(RequestKind::NewOrder),
+        proxy.count(RequestKind::Finalize),
+    );
+    let o = issue(&pebble, &proxy, &state, domain, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    stored_cert(&o, domain);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("picked up order"), "{stderr}");
+    assert_eq!(proxy.count(RequestKind::NewOrder), orders, "no new order");
+    assert_eq!(proxy.count(RequestKind::Finalize), finalizes, "no finalize");
+    assert!(
+        !state
+            .join("certs")
+            .join(domain)
+            .join("pending-order.json")
+            .exists()
+    );
+}
+
+/// A run killed while it waits for the certificate download (the CA has
+/// issued): the next run downloads that certificate instead of ordering.
+#[test]
+fn a_run_killed_after_finalize_leaves_an_order_the_next_run_completes() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    let state = tmp.path().join("state");
+    let domain = "killed.faults.test";
+    proxy.fault_nth(
+        RequestKind::Certificate,
+        1,
+        Fault::Stall(Duration::from_secs(60)),
+    );
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.args(["issue", "--server", &proxy.directory_url(), "--ca-cert"])
+        .arg(proxy.ca_bundle_path())
+        .args([
+            "--agree-tos",
+            "-d",
+            domain,
+            "--solver",
+            "standalone",
+            "--solver-opt",
+        ])
+        .arg(format!("listen=127.0.0.1:{}", pebble.http_port()))
+        .arg("--state-dir")
+        .arg(&state)
+        .env_remove(ATTEMPT_TIMEOUT_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn certsmith");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while proxy.count(RequestKind::Certificate) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never asked for its certificate: {:?}",
+            proxy.counts()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert!(
+        state
+            .join("certs")
+            .join(domain)
+            .join("pending-order.json")
+            .is_file()
+    );
+    let orders = proxy.count(RequestKind::NewOrder);
+    let o = issue(&pebble, &proxy, &state, domain, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    stored_cert(&o, domain);
+    assert_eq!(proxy.count(RequestKind::NewOrder), orders, "no new order");
+}

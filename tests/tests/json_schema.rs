@@ -145,6 +145,7 @@ const LIST: &Schema = &[
     ),
     ("version", INT_OR_NULL, R),
     ("path", Ty::Str, R),
+    ("rate_limited_until", STR_OR_NULL, R),
 ];
 const ACCOUNT: &Schema = &[
     ("url", Ty::Str, R),
