@@ -15,8 +15,16 @@ pub struct Backoff {
     pub attempts: u32,
     /// The wait after the first failure; doubled after each further one.
     pub initial: Duration,
-    /// The longest wait between two attempts (also caps `Retry-After`).
+    /// The longest wait between two attempts (also caps `Retry-After`,
+    /// unless [`cap_retry_after`](Self::cap_retry_after) is off).
     pub max: Duration,
+    /// Time kept free before the deadline for the attempt after a wait: no
+    /// wait starts that would leave less than this (default zero). See
+    /// [`with_reserve`](Self::with_reserve).
+    pub reserve: Duration,
+    /// Whether [`max`](Self::max) also caps the provider's `Retry-After`
+    /// (default `true`). See [`whole_retry_after`](Self::whole_retry_after).
+    pub cap_retry_after: bool,
 }
 
 impl Default for Backoff {
@@ -26,6 +34,8 @@ impl Default for Backoff {
             attempts: 4,
             initial: Duration::from_millis(250),
             max: Duration::from_secs(10),
+            reserve: Duration::ZERO,
+            cap_retry_after: true,
         }
     }
 }
@@ -38,7 +48,28 @@ impl Backoff {
             attempts: attempts.max(1),
             initial,
             max,
+            reserve: Duration::ZERO,
+            cap_retry_after: true,
         }
+    }
+
+    /// The same policy, but starting no wait that would leave less than
+    /// `reserve` before the deadline: time for the attempt after the wait
+    /// to get an answer, rather than be cut short by the deadline.
+    pub fn with_reserve(mut self, reserve: Duration) -> Self {
+        self.reserve = reserve;
+        self
+    }
+
+    /// The same policy, but waiting the provider's whole `Retry-After`
+    /// (not capped by [`max`](Self::max)), as providers that count early
+    /// retries against the client want. A `Retry-After` that would end
+    /// past the deadline (less the [`reserve`](Self::reserve)) is not
+    /// waited: [`retry`] returns the error at once, with the provider's
+    /// wait in its `retry_after_ms`.
+    pub fn whole_retry_after(mut self) -> Self {
+        self.cap_retry_after = false;
+        self
     }
 
     /// The wait after failed attempt `n` (1-based).
@@ -55,9 +86,10 @@ impl Backoff {
 /// `call` gets the time left before `deadline`: bound each attempt's own
 /// timeout by it. Between attempts `retry` waits the provider's
 /// `retry_after_ms` if the error has one, else the backoff, both capped by
-/// [`Backoff::max`]; it starts no wait that would end past the deadline and
-/// returns the error instead, so the host sees the provider's error rather
-/// than "did not finish before its deadline".
+/// [`Backoff::max`] (`Retry-After` not, after [`Backoff::whole_retry_after`]);
+/// it starts no wait that would end past the deadline (less
+/// [`Backoff::reserve`]) and returns the error instead, so the host sees the
+/// provider's error rather than "did not finish before its deadline".
 ///
 /// ```
 /// use std::time::Duration;
@@ -104,12 +136,12 @@ where
         if !err.retryable || attempt >= backoff.attempts {
             return Err(err);
         }
-        let wait = err
-            .retry_after_ms
-            .map(Duration::from_millis)
-            .unwrap_or_else(|| backoff.wait(attempt))
-            .min(backoff.max);
-        if deadline.remaining() <= wait {
+        let wait = match err.retry_after_ms.map(Duration::from_millis) {
+            Some(asked) if !backoff.cap_retry_after => asked,
+            Some(asked) => asked.min(backoff.max),
+            None => backoff.wait(attempt).min(backoff.max),
+        };
+        if deadline.remaining() <= wait.saturating_add(backoff.reserve) {
             return Err(err);
         }
         log::debug!(
@@ -185,6 +217,94 @@ mod tests {
             |_| async { Ok(()) },
         ));
         assert!(expired.is_err());
+    }
+
+    #[test]
+    fn keeps_the_reserve_free_before_the_deadline() {
+        // 400 ms left: a 100 ms wait fits, but not with a 350 ms reserve.
+        let mut calls = 0;
+        let started = std::time::Instant::now();
+        let r: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_millis(400)),
+            Backoff::new(10, Duration::from_millis(100), Duration::from_millis(100))
+                .with_reserve(Duration::from_millis(350)),
+            |_| {
+                calls += 1;
+                async { Err(PluginError::transient("503")) }
+            },
+        ));
+        assert_eq!(r.map_err(|e| e.message), Err("503".to_owned()));
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Without it, the same policy retries until the deadline is near.
+        let mut calls = 0;
+        let _: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_millis(400)),
+            Backoff::new(10, Duration::from_millis(100), Duration::from_millis(100)),
+            |_| {
+                calls += 1;
+                async { Err(PluginError::transient("503")) }
+            },
+        ));
+        assert!(calls >= 3, "{calls}");
+    }
+
+    #[test]
+    fn whole_retry_after_waits_past_max_or_not_at_all() {
+        // Capped (the default): a 300 ms Retry-After waits max (10 ms).
+        let capped = Backoff::new(2, Duration::from_millis(1), Duration::from_millis(10));
+        let rate_limited = || PluginError::rate_limited("429", Some(300));
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let _: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            capped,
+            |_| {
+                calls += 1;
+                let e = rate_limited();
+                async move { Err(e) }
+            },
+        ));
+        assert_eq!(calls, 2);
+        assert!(started.elapsed() < Duration::from_millis(250));
+        // Whole: the same Retry-After is waited in full.
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let _: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            capped.whole_retry_after(),
+            |_| {
+                calls += 1;
+                let e = rate_limited();
+                async move { Err(e) }
+            },
+        ));
+        assert_eq!(calls, 2);
+        assert!(started.elapsed() >= Duration::from_millis(290));
+        // A Retry-After past the deadline is not waited: the error comes
+        // back at once, with the provider's wait.
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let r: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            Backoff::new(10, Duration::from_millis(1), Duration::from_millis(10))
+                .whole_retry_after(),
+            |_| {
+                calls += 1;
+                async { Err(PluginError::rate_limited("429", Some(3_600_000))) }
+            },
+        ));
+        assert_eq!(r.map_err(|e| e.retry_after_ms), Err(Some(3_600_000)));
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn new_policies_keep_the_old_behaviour() {
+        let b = Backoff::new(3, Duration::from_millis(1), Duration::from_millis(2));
+        assert_eq!((b.reserve, b.cap_retry_after), (Duration::ZERO, true));
+        let d = Backoff::default();
+        assert_eq!((d.reserve, d.cap_retry_after), (Duration::ZERO, true));
     }
 
     #[test]

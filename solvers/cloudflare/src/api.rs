@@ -4,26 +4,35 @@
 //! Every answer comes in one envelope,
 //! `{success, errors: [{code, message, error_chain?}], messages, result, result_info?}`,
 //! also on errors (except from the edge, which may answer 502/503 with an
-//! HTML page). A call is retried inside the deadline of the plugin request
+//! HTML page). An answer is classified by the SDK's
+//! [`PluginError::from_http_status`] (a transport failure by
+//! [`PluginError::from_transport`]), refined by Cloudflare's error codes
+//! (the token-refused codes make any final refusal `auth`), and the call is
+//! retried by the SDK's [`retry`] inside the deadline of the plugin request
 //! that made it:
 //!
-//! * 429: after `Retry-After` seconds (Cloudflare sends whole seconds), or
-//!   with the back-off below when it is missing; when the wait would pass
+//! * 429: after the whole `Retry-After` (Cloudflare sends whole seconds),
+//!   or with the back-off below when it is missing; when the wait would pass
 //!   the deadline, the call fails at once as `rate_limited` with the wait;
-//! * 5xx and transport errors: exponential back-off from 250 ms, doubling,
-//!   capped at 5 s, while a try still fits before the deadline;
-//! * anything else is the final answer, classified by the caller.
+//! * 5xx (and 408, 425) and transport errors: exponential back-off from
+//!   250 ms, doubling, capped at 5 s, while a try still fits before the
+//!   deadline;
+//! * anything else is the final answer, classified by the caller (which
+//!   looks at the status and the codes: 404 = gone, 81057/81058 = already
+//!   there).
 //!
-//! The token travels only in the `Authorization` header (marked sensitive,
-//! so hyper never logs it) and is scrubbed from every message built from an
-//! answer, in case a proxy echoes it back.
+//! No wait starts that would leave less than [`RESERVE`] for the try after
+//! it. The token travels only in the `Authorization` header (marked
+//! sensitive, so hyper never logs it) and is scrubbed from every message
+//! built from an answer, in case a proxy echoes it back.
 
 use std::fmt;
 use std::time::Duration;
 
-use certsmith_plugin_api::{Deadline, PluginError, Secret, log};
+use certsmith_plugin_api::sdk::{Backoff, retry};
+use certsmith_plugin_api::{Deadline, ErrorKind, PluginError, Secret, log};
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -33,7 +42,7 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Time kept free before the deadline for the try after a wait: no wait is
 /// started that would leave less than this.
-const RESERVE: Duration = Duration::from_secs(1);
+pub(crate) const RESERVE: Duration = Duration::from_secs(1);
 /// Longest single HTTP exchange.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait between connection attempts.
@@ -53,9 +62,11 @@ const AUTH_CODES: &[i64] = &[6003, 6111, 9103, 9106, 9109, 10000, 10001];
 /// zeroed on drop).
 pub type ApiToken = Secret;
 
-/// Whether waiting `d` before the next try still leaves [`RESERVE`] for it.
-fn allows_wait(deadline: Deadline, d: Duration) -> bool {
-    d + RESERVE <= deadline.remaining()
+/// The retry policy of every call: as many tries as the deadline allows.
+fn backoff() -> Backoff {
+    Backoff::new(u32::MAX, BACKOFF_START, BACKOFF_CAP)
+        .with_reserve(RESERVE)
+        .whole_retry_after()
 }
 
 /// One entry of `errors` or `messages`.
@@ -110,89 +121,146 @@ pub(crate) struct Record {
     pub(crate) content: String,
 }
 
+/// What Cloudflare answered when it refused a request for good.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// `METHOD /path?query`.
+    request: String,
+    /// The HTTP status.
+    status: u16,
+    /// The envelope's `errors` (empty if the body was not an envelope),
+    /// with the token scrubbed.
+    errors: Vec<CfMessage>,
+}
+
 /// Why a call failed.
 #[derive(Debug)]
-pub(crate) enum ApiError {
-    /// Cloudflare gave a final answer other than success: retrying the same
-    /// request will not change it. The caller decides what it means.
-    Refused {
-        /// `METHOD /path?query`.
-        request: String,
-        /// The HTTP status.
-        status: u16,
-        /// The envelope's `errors` (empty if the body was not an envelope),
-        /// with the token scrubbed.
-        errors: Vec<CfMessage>,
-    },
-    /// Already classified: deadline, rate limit, transport, bad answer.
-    Failed(PluginError),
+pub(crate) struct ApiError {
+    /// The error: the SDK's reading of the answer, refined by Cloudflare's
+    /// codes; or, for a failure without a final answer (deadline, rate
+    /// limit, transport, bad answer), the finished error for the host.
+    error: PluginError,
+    /// Cloudflare's final answer other than success, if that is what
+    /// failed: retrying the same request will not change it. The caller
+    /// decides what it means.
+    refusal: Option<Refusal>,
 }
 
 impl ApiError {
+    /// A failure that is already classified for the host.
+    fn failed(error: PluginError) -> Self {
+        ApiError {
+            error,
+            refusal: None,
+        }
+    }
+
     /// Whether the answer carries one of `codes` (anywhere in the chain).
     pub(crate) fn has_code(&self, codes: &[i64]) -> bool {
-        match self {
-            ApiError::Refused { errors, .. } => all_codes(errors).any(|c| codes.contains(&c)),
-            ApiError::Failed(_) => false,
-        }
+        self.refusal
+            .as_ref()
+            .is_some_and(|r| all_codes(&r.errors).any(|c| codes.contains(&c)))
     }
 
-    /// Whether Cloudflare answered 404.
+    /// Whether Cloudflare answered that the thing is not there (404, 410).
     pub(crate) fn is_not_found(&self) -> bool {
-        matches!(self, ApiError::Refused { status: 404, .. })
-    }
-
-    /// Whether Cloudflare refused the token.
-    pub(crate) fn is_auth(&self) -> bool {
-        match self {
-            ApiError::Refused { status, .. } => {
-                *status == 401 || *status == 403 || self.has_code(AUTH_CODES)
-            }
-            ApiError::Failed(_) => false,
-        }
+        self.refusal.is_some() && self.error.kind == ErrorKind::NotFound
     }
 
     /// The plugin error for a failure while doing `action` in `zone`.
     pub(crate) fn into_plugin(self, zone: &str, action: &str) -> PluginError {
-        if self.is_auth() {
-            return PluginError::auth(format!("{} ({})", auth_message(zone), self.detail()));
-        }
-        match self {
-            ApiError::Failed(e) => e,
-            ApiError::Refused { status, .. } => {
-                let detail = self.detail();
-                match status {
-                    404 => {
-                        PluginError::not_found(format!("Cloudflare could not {action} ({detail})"))
-                    }
-                    400..=499 => {
-                        PluginError::config(format!("Cloudflare refused to {action} ({detail})"))
-                    }
-                    _ => PluginError::internal(format!(
-                        "Cloudflare gave an unexpected answer while trying to {action} ({detail})"
-                    )),
-                }
+        let Some(refusal) = &self.refusal else {
+            return self.error;
+        };
+        let detail = refusal.detail();
+        match self.error.kind {
+            ErrorKind::Auth => PluginError::auth(format!("{} ({detail})", auth_message(zone))),
+            ErrorKind::NotFound => {
+                PluginError::not_found(format!("Cloudflare could not {action} ({detail})"))
             }
+            ErrorKind::Config => {
+                PluginError::config(format!("Cloudflare refused to {action} ({detail})"))
+            }
+            kind => PluginError::new(
+                kind,
+                format!("Cloudflare gave an unexpected answer while trying to {action} ({detail})"),
+            ),
         }
     }
+}
 
+impl Refusal {
     /// "HTTP 403 to GET /zones?..., Cloudflare error 9109: Invalid access token".
     fn detail(&self) -> String {
-        match self {
-            ApiError::Refused {
-                request,
-                status,
-                errors,
-            } => {
-                let mut s = format!("HTTP {status} to {request}");
-                if !errors.is_empty() {
-                    s.push_str(", Cloudflare error ");
-                    s.push_str(&describe(errors));
-                }
-                s
-            }
-            ApiError::Failed(e) => e.message.clone(),
+        let mut s = format!("HTTP {} to {}", self.status, self.request);
+        if !self.errors.is_empty() {
+            s.push_str(", Cloudflare error ");
+            s.push_str(&describe(&self.errors));
         }
+        s
+    }
+}
+
+/// The error for an answer other than success: the SDK's mapping of the
+/// status (with `Retry-After`), then Cloudflare's refinement: a final
+/// refusal carrying a token-refused code is `auth` whatever its status
+/// (6003/6111 come with a 400). 429 and 5xx stay retryable whatever their
+/// codes.
+fn classify(
+    request: &str,
+    status: u16,
+    errors: &[CfMessage],
+    retry_after: Option<&str>,
+) -> PluginError {
+    let said = if errors.is_empty() {
+        // Not an envelope (the edge's HTML page): the status says it all.
+        String::new()
+    } else {
+        format!("Cloudflare error {}", describe(errors))
+    };
+    let e = PluginError::from_http_status(status, request, &said, retry_after);
+    if !e.retryable && all_codes(errors).any(|c| AUTH_CODES.contains(&c)) {
+        return PluginError::auth(e.message);
+    }
+    e
+}
+
+/// The error for a call given up: `tries` tries, the last failing with
+/// `last` (retryable: the deadline, less the reserve, came first).
+fn gave_up(request: &str, tries: u32, last: PluginError) -> PluginError {
+    if tries == 0 {
+        return PluginError::transient(format!(
+            "Cloudflare API {request}: no time left before the call's deadline"
+        ));
+    }
+    match last.kind {
+        ErrorKind::RateLimited => {
+            let after = last
+                .retry_after_ms
+                .map(|ms| {
+                    format!(
+                        ", retry after {} s",
+                        Duration::from_millis(ms).as_secs_f64()
+                    )
+                })
+                .unwrap_or_default();
+            PluginError::rate_limited(
+                format!(
+                    "Cloudflare is rate-limiting this token ({}{after}, later than the call's deadline); retry later or spread the requests",
+                    last.message
+                ),
+                last.retry_after_ms,
+            )
+        }
+        ErrorKind::Transient => {
+            let mut e = PluginError::transient(format!(
+                "Cloudflare API {request} failed {tries} time(s) before the call's deadline; last: {}",
+                last.message
+            ));
+            e.retry_after_ms = last.retry_after_ms;
+            e
+        }
+        _ => last,
     }
 }
 
@@ -333,165 +401,103 @@ impl Api {
             Some(q) => format!("{method} {}?{q}", url.path()),
             None => format!("{method} {}", url.path()),
         };
-        let mut backoff = BACKOFF_START;
         let mut tries = 0u32;
-        loop {
+        let outcome = retry(deadline, backoff(), |left| {
             tries += 1;
-            let remaining = deadline.remaining();
-            if remaining.is_zero() {
-                return Err(ApiError::Failed(PluginError::transient(format!(
-                    "Cloudflare API {request}: no time left before the call's deadline"
-                ))));
-            }
-            let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
-                .map_err(|_| {
-                    ApiError::Failed(PluginError::config("api_token cannot go in an HTTP header"))
-                })?;
-            auth.set_sensitive(true);
-            let mut rb = self
-                .http
-                .request(method.clone(), url.clone())
-                .header(AUTHORIZATION, auth)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .timeout(remaining.min(ATTEMPT_TIMEOUT));
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            // What to do when this try failed in a retryable way.
-            let (why, wait) = match rb.send().await {
-                Err(e) => (self.scrub(&error_chain(&e)), None),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .filter(|s| s.is_finite() && *s >= 0.0)
-                        .map(|s| Duration::from_millis((s * 1000.0) as u64));
-                    let bytes = match resp.bytes().await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            let why = format!(
-                                "HTTP {} but the body could not be read: {}",
-                                status.as_u16(),
-                                self.scrub(&error_chain(&e))
-                            );
-                            self.backoff_or_fail(&request, &why, &mut backoff, deadline, tries)
-                                .await?;
-                            continue;
-                        }
-                    };
-                    let envelope: Option<Envelope> = serde_json::from_slice(&bytes).ok();
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        let why = format!("HTTP 429{}", codes_suffix(envelope.as_ref()));
-                        match retry_after {
-                            Some(wait) if !allows_wait(deadline, wait) => {
-                                return Err(ApiError::Failed(PluginError::rate_limited(
-                                    format!(
-                                        "Cloudflare is rate-limiting this token ({request} answered {why}, retry after {} s, later than the call's deadline); retry later or spread the requests",
-                                        wait.as_secs_f64()
-                                    ),
-                                    Some(wait.as_millis() as u64),
-                                )));
-                            }
-                            _ => (why, retry_after),
-                        }
-                    } else if status.is_server_error() {
-                        (
-                            format!(
-                                "HTTP {}{}",
-                                status.as_u16(),
-                                codes_suffix(envelope.as_ref())
-                            ),
-                            None,
-                        )
-                    } else {
-                        return self.finish(&request, status, envelope, &bytes);
-                    }
-                }
-            };
-            match wait {
-                Some(wait) => {
-                    log::debug!(
-                        "cloudflare: {request}: {why}; retrying in {} ms as Retry-After asks",
-                        wait.as_millis()
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                None => {
-                    self.backoff_or_fail(&request, &why, &mut backoff, deadline, tries)
-                        .await?
-                }
-            }
+            self.attempt(&method, &url, body, &request, left)
+        })
+        .await;
+        match outcome {
+            Ok(final_answer) => final_answer,
+            Err(last) => Err(ApiError::failed(gave_up(&request, tries, last))),
         }
     }
 
-    /// Sleeps the current back-off and doubles it, or fails as transient if
-    /// that would pass the deadline.
-    async fn backoff_or_fail(
+    /// One try with at most `left` to get the answer: `Err` when it failed
+    /// in a way worth retrying, else the final answer (success or refusal).
+    async fn attempt<T: DeserializeOwned>(
         &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
         request: &str,
-        why: &str,
-        backoff: &mut Duration,
-        deadline: Deadline,
-        tries: u32,
-    ) -> Result<(), ApiError> {
-        if !allows_wait(deadline, *backoff) {
-            return Err(ApiError::Failed(PluginError::transient(format!(
-                "Cloudflare API {request} failed {tries} time(s) before the call's deadline; last: {why}"
+        left: Duration,
+    ) -> Result<Result<Answer<T>, ApiError>, PluginError> {
+        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) else {
+            return Ok(Err(ApiError::failed(PluginError::config(
+                "api_token cannot go in an HTTP header",
             ))));
+        };
+        auth.set_sensitive(true);
+        let mut rb = self
+            .http
+            .request(method.clone(), url.clone())
+            .header(AUTHORIZATION, auth)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(left.min(ATTEMPT_TIMEOUT));
+        if let Some(b) = body {
+            rb = rb.json(b);
         }
-        log::debug!(
-            "cloudflare: {request}: {why}; retrying in {} ms",
-            backoff.as_millis()
-        );
-        tokio::time::sleep(*backoff).await;
-        *backoff = (*backoff * 2).min(BACKOFF_CAP);
-        Ok(())
-    }
-
-    /// Turns a final (non-429, non-5xx) answer into a result.
-    fn finish<T: DeserializeOwned>(
-        &self,
-        request: &str,
-        status: StatusCode,
-        envelope: Option<Envelope>,
-        bytes: &[u8],
-    ) -> Result<Answer<T>, ApiError> {
-        let code = status.as_u16();
-        log::debug!("cloudflare: {request} → {code}");
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| self.scrubbed(PluginError::from_transport(request, &e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = resp.bytes().await.map_err(|e| {
+            self.scrubbed(PluginError::from_transport(
+                format_args!("{request} (reading its HTTP {status} answer)"),
+                &e,
+            ))
+        })?;
+        log::debug!("cloudflare: {request} → {status}");
+        let envelope: Option<Envelope> = serde_json::from_slice(&bytes).ok();
         match envelope {
-            Some(env) if status.is_success() && env.success => {
+            Some(env) if (200..300).contains(&status) && env.success => {
                 let result = serde_json::from_value(env.result).map_err(|e| {
-                    ApiError::Failed(PluginError::internal(format!(
+                    ApiError::failed(PluginError::internal(format!(
                         "Cloudflare API {request}: the answer's result has an unexpected shape: {e}"
                     )))
-                })?;
-                Ok(Answer {
+                });
+                Ok(result.map(|result| Answer {
                     result,
                     info: env.result_info,
-                })
+                }))
             }
-            Some(mut env) => {
-                self.scrub_all(&mut env.errors);
-                Err(ApiError::Refused {
-                    request: request.to_owned(),
-                    status: code,
-                    errors: env.errors,
-                })
+            None if (200..300).contains(&status) => {
+                Ok(Err(ApiError::failed(PluginError::internal(format!(
+                    "Cloudflare API {request}: HTTP {status} with a body that is not a Cloudflare API answer ({}); is api_base ({}) right?",
+                    self.scrub(&snippet(&bytes)),
+                    self.base
+                )))))
             }
-            None if status.is_success() => Err(ApiError::Failed(PluginError::internal(format!(
-                "Cloudflare API {request}: HTTP {code} with a body that is not a Cloudflare API answer ({}); is api_base ({}) right?",
-                self.scrub(&snippet(bytes)),
-                self.base
-            )))),
-            None => Err(ApiError::Refused {
-                request: request.to_owned(),
-                status: code,
-                errors: Vec::new(),
-            }),
+            env => {
+                let mut errors = env.map(|e| e.errors).unwrap_or_default();
+                self.scrub_all(&mut errors);
+                let error = classify(request, status, &errors, retry_after.as_deref());
+                if error.retryable {
+                    return Err(error);
+                }
+                Ok(Err(ApiError {
+                    error,
+                    refusal: Some(Refusal {
+                        request: request.to_owned(),
+                        status,
+                        errors,
+                    }),
+                }))
+            }
         }
+    }
+
+    /// `e` with the token scrubbed from its message.
+    fn scrubbed(&self, mut e: PluginError) -> PluginError {
+        e.message = self.scrub(&e.message);
+        e
     }
 
     /// Every page of a list call, concatenated. `url` carries the filters;
@@ -519,32 +525,6 @@ impl Api {
             page += 1;
         }
     }
-}
-
-/// ": 10000: Authentication error" when the body was an envelope with errors.
-fn codes_suffix(envelope: Option<&Envelope>) -> String {
-    match envelope {
-        Some(env) if !env.errors.is_empty() => {
-            format!(", Cloudflare error {}", describe(&env.errors))
-        }
-        _ => String::new(),
-    }
-}
-
-/// An error with its sources, which is where reqwest puts the useful part
-/// ("connection refused", "dns error", the TLS alert).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 /// The start of a body, printable, for messages.
@@ -576,13 +556,99 @@ mod tests {
             describe(&errors),
             "6003: Invalid request headers (6111: Invalid format for Authorization header)"
         );
-        let e = ApiError::Refused {
-            request: "GET /zones".into(),
-            status: 400,
-            errors,
+        let e = ApiError {
+            error: classify("GET /zones", 400, &errors, None),
+            refusal: Some(Refusal {
+                request: "GET /zones".into(),
+                status: 400,
+                errors,
+            }),
         };
         assert!(e.has_code(&[6111]));
-        assert!(e.is_auth(), "6003/6111 on a 400 is an auth failure");
+        assert_eq!(
+            e.into_plugin("z.test", "list").kind,
+            ErrorKind::Auth,
+            "6003/6111 on a 400 is an auth failure"
+        );
+    }
+
+    fn envelope_errors(json: &str) -> Vec<CfMessage> {
+        serde_json::from_str(json).expect("parses")
+    }
+
+    #[test]
+    fn answers_are_classified_by_the_sdk_then_by_codes() {
+        let auth = envelope_errors(r#"[{"code":10000,"message":"Authentication error"}]"#);
+        let dup =
+            envelope_errors(r#"[{"code":81058,"message":"An identical record already exists."}]"#);
+        let busy = envelope_errors(r#"[{"code":971,"message":"Please wait"}]"#);
+        let unknown =
+            envelope_errors(r#"[{"code":10002,"message":"An unknown error has occurred"}]"#);
+        let cases = [
+            (403, &auth[..], None, ErrorKind::Auth, false),
+            (400, &auth[..], None, ErrorKind::Auth, false),
+            (400, &dup[..], None, ErrorKind::Config, false),
+            (404, &[][..], None, ErrorKind::NotFound, false),
+            (429, &busy[..], Some("7"), ErrorKind::RateLimited, true),
+            (503, &unknown[..], None, ErrorKind::Transient, true),
+            (502, &[][..], None, ErrorKind::Transient, true),
+            // A 5xx stays retryable even with a token-refused code.
+            (500, &auth[..], None, ErrorKind::Transient, true),
+            (200, &[][..], None, ErrorKind::Internal, false),
+        ];
+        for (status, errors, retry_after, kind, retryable) in cases {
+            let e = classify("POST /zones/z/dns_records", status, errors, retry_after);
+            assert_eq!(
+                (e.kind, e.retryable),
+                (kind, retryable),
+                "{status} {errors:?}"
+            );
+            assert!(
+                e.message
+                    .starts_with(&format!("POST /zones/z/dns_records answered HTTP {status}"))
+            );
+        }
+        let e = classify("GET /x", 429, &busy, Some("7"));
+        assert_eq!(e.retry_after_ms, Some(7000));
+        assert!(
+            e.message.contains("Cloudflare error 971: Please wait"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn giving_up_says_why() {
+        let e = gave_up(
+            "GET /x",
+            4,
+            PluginError::transient("GET /x answered HTTP 503"),
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert!(
+            e.message.contains(
+                "failed 4 time(s) before the call's deadline; last: GET /x answered HTTP 503"
+            ),
+            "{}",
+            e.message
+        );
+        let e = gave_up(
+            "GET /x",
+            1,
+            PluginError::rate_limited("GET /x answered HTTP 429", Some(3_600_000)),
+        );
+        assert_eq!(
+            (e.kind, e.retry_after_ms),
+            (ErrorKind::RateLimited, Some(3_600_000))
+        );
+        assert!(
+            e.message
+                .contains("retry after 3600 s, later than the call's deadline"),
+            "{}",
+            e.message
+        );
+        let e = gave_up("GET /x", 0, PluginError::transient("deadline"));
+        assert!(e.message.contains("no time left"), "{}", e.message);
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!   name are listed and those holding our value (quoted or not) are
 //!   deleted. A record or zone already gone is success.
 //!
-//! Retries (429 with `Retry-After`, 5xx with back-off) live in [`api`].
+//! Retries (429 with `Retry-After`, 5xx with back-off: the SDK's `retry`)
+//! and the error classes (the SDK's HTTP mapping, refined by Cloudflare's
+//! error codes) live in [`api`].
 //! Errors: a refused token is `auth` ("Cloudflare rejected the API token:
 //! it needs Zone:DNS:Edit on <zone>"), a zone the token cannot see is
 //! `not_found`. The token is never in a message, a log line or a `Debug`

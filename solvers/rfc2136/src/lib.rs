@@ -82,7 +82,7 @@ impl fmt::Debug for Rfc2136Config {
             .field("server", &self.server)
             .field("tsig_key_name", &self.tsig_key_name)
             .field("tsig_algorithm", &self.tsig_algorithm)
-            .field("tsig_secret", &"<redacted>")
+            .field("tsig_secret", &self.tsig_secret)
             .field("ttl", &self.ttl)
             .field("timeout_s", &self.timeout_s)
             .finish()

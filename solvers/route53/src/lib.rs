@@ -33,15 +33,15 @@ mod txt;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Secret, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, Deadline, DnsTarget, NameLocks, PluginError, Presented,
+    Secret, Solver, async_trait, log,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -240,22 +240,6 @@ impl Settings {
             wait_for_sync: c.wait_for_sync.unwrap_or(true),
             static_keys,
         })
-    }
-}
-
-/// One lock per record name, so that concurrent read-modify-writes of one
-/// TXT record set inside this process never lose each other's values.
-/// Entries are kept for the instance's life: one per challenge name.
-#[derive(Debug, Default)]
-struct NameLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl NameLocks {
-    async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            map.entry(key).or_default().clone()
-        };
-        lock.lock_owned().await
     }
 }
 
@@ -673,7 +657,7 @@ impl Solver for Route53 {
         let fqdn = txt::normalize_name(&target.fqdn);
         let ttl = self.settings.ttl.unwrap_or(target.ttl);
         let change_id = {
-            let _guard = self.locks.lock(format!("{zone_id}/{fqdn}")).await;
+            let _guard = self.locks.lock(&format!("{zone_id}/{fqdn}")).await;
             self.add_value(aws, &zone_id, &fqdn, &target.value, ttl, &deadline)
                 .await?
         };
@@ -721,7 +705,7 @@ impl Solver for Route53 {
             },
         };
         let fqdn = txt::normalize_name(&target.fqdn);
-        let _guard = self.locks.lock(format!("{zone_id}/{fqdn}")).await;
+        let _guard = self.locks.lock(&format!("{zone_id}/{fqdn}")).await;
         match self
             .remove_value(aws, &zone_id, &fqdn, &target.value, &deadline)
             .await
