@@ -19,7 +19,7 @@ use crate::identifiers;
 use crate::keys::KeyType;
 use crate::plugin::PluginHostError;
 use crate::renewal::{self, CertFacts, RenewReason};
-use crate::store::{Lineage, RenewalRecord, RetiredRecord};
+use crate::store::{Lineage, RenewalRecord, RetiredRecord, Store};
 use crate::timefmt::rfc3339;
 
 /// The words for why a certificate renews when it does.
@@ -57,6 +57,16 @@ fn retired(job: &mut Job, record: &RetiredRecord) {
 
 /// Plans `plan`: an order of the request `make` builds (the solver is
 /// configured only now, for a certificate that is ordered), or a skip.
+/// The current version's facts, or the plan that orders a first version
+/// (there is none) or a replacement (it is damaged).
+fn current_or_plan(store: &Store, job: &mut Job, name: &str) -> Result<CertFacts, Plan> {
+    match renewal::read_current(store, name) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(Plan::Issue("no current version".to_owned())),
+        Err(e) => Err(damaged(job, e)),
+    }
+}
+
 fn order_with(
     job: &mut Job,
     plan: Option<Plan>,
@@ -301,18 +311,9 @@ impl Agent {
             Ok(request)
         };
         job.current_dir = self.store.current_dir(name);
-        let facts = match renewal::read_current(&self.store, name) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                order_with(
-                    &mut job,
-                    Some(Plan::Issue("no current version".to_owned())),
-                    make,
-                );
-                return job;
-            }
-            Err(e) => {
-                let plan = damaged(&mut job, e);
+        let facts = match current_or_plan(&self.store, &mut job, name) {
+            Ok(f) => f,
+            Err(plan) => {
                 order_with(&mut job, Some(plan), make);
                 return job;
             }
@@ -403,18 +404,9 @@ impl Agent {
             }
             return job;
         }
-        let facts = match renewal::read_current(&self.store, &name) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                order_with(
-                    &mut job,
-                    Some(Plan::Issue("no current version".to_owned())),
-                    make,
-                );
-                return job;
-            }
-            Err(e) => {
-                let plan = damaged(&mut job, e);
+        let facts = match current_or_plan(&self.store, &mut job, &name) {
+            Ok(f) => f,
+            Err(plan) => {
                 order_with(&mut job, Some(plan), make);
                 return job;
             }
