@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fsio::{
-    FileLock, STALE_TEMP_AGE, create_private_dir_all, fsync_dir, lock_file, parent, read_optional,
+    FileLock, create_private_dir_all, fsync_dir, is_stale_temp, lock_file, parent, read_optional,
     remove_stale_temps, sanitize, write_atomic, write_new,
 };
 use super::{
@@ -212,13 +212,7 @@ fn remove_if_stale_temp(entry: &fs::DirEntry) {
     if !name.contains(".tmp") {
         return;
     }
-    let old = entry
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age >= STALE_TEMP_AGE);
-    if old {
+    if is_stale_temp(entry) {
         log::debug!("removing leftover {}", entry.path().display());
         let _ = fs::remove_file(entry.path());
     }

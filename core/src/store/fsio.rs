@@ -134,6 +134,17 @@ pub(super) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> 
 /// milliseconds).
 pub(super) const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
+/// Whether `entry` was last written at least [`STALE_TEMP_AGE`] ago: a
+/// temp file of a write not under the store lock that old is a leftover.
+pub(super) fn is_stale_temp(entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age >= STALE_TEMP_AGE)
+}
+
 /// Removes leftovers of writes a crash interrupted (`.tmp-*` version
 /// directories, `.current-*` links, `.<file>.tmp-*` files) from `dir`.
 /// Only for a caller holding the store lock: then no write is in flight.
@@ -146,13 +157,7 @@ pub(super) fn remove_stale_temps(dir: &Path) {
         // The pending-order record is written without the store lock (a
         // run must be able to record its order while another holds the
         // lock): its temp file is a leftover only once it is old.
-        let old_pending = name.starts_with(".pending-order.json.tmp-")
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= STALE_TEMP_AGE);
+        let old_pending = name.starts_with(".pending-order.json.tmp-") && is_stale_temp(&entry);
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")
