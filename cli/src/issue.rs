@@ -14,11 +14,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use certsmith_core::acme::{AccountOptions, AcmeClient, Eab};
+use certsmith_core::acme::{AccountOptions, AcmeClient};
 use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
 use certsmith_core::dns::PropagationCheck;
 use certsmith_core::engine::{self, CertRequest, IssuedCert};
-use certsmith_core::envfile::{process_env, var_or_file};
 use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
 use certsmith_core::keys::KeyType;
@@ -241,43 +240,17 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     };
 
     // 6. The account options and the server.
-    // Each EAB value from its flag (or variable), else from the file its
-    // `*_FILE` variable names.
-    let from_file = |name: &str| {
-        var_or_file(name, &process_env)
-            .map(|v| v.map(|(_, value)| value))
-            .map_err(|e| Failure::from(IssueError::Eab(e.to_string())))
-    };
-    let kid = match &args.eab_kid {
-        Some(k) => Some(k.clone()),
-        None => from_file("CERTSMITH_EAB_KID")?,
-    }
-    .or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
-    let key = match &args.eab_hmac_key {
-        Some(k) => Some(k.0.clone()),
-        None => from_file("CERTSMITH_EAB_HMAC_KEY")?,
-    }
-    .or_else(|| defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned())));
-    let eab = match (kid, key) {
-        (Some(kid), Some(key)) => Some(Eab::new(&kid, &key)?),
-        (None, None) => None,
-        _ => {
-            return Err(
-                IssueError::Eab("it needs both a key id and an HMAC key".to_owned()).into(),
-            );
-        }
-    };
-    // The config's [defaults] fill in what the flags leave out.
-    let account = AccountOptions {
-        email: args
-            .email
-            .clone()
-            .or_else(|| defaults.and_then(|d| d.email.clone())),
-        agree_tos: args.agree_tos || defaults.is_some_and(|d| d.agree_tos),
-        eab,
-        set_contact: true,
-    };
-    account.contact()?;
+    // The flags win; the environment (and `*_FILE`) and the config's
+    // [defaults] fill in what they leave out.
+    let account = certsmith_core::agent::account_options(
+        defaults,
+        certsmith_core::agent::AccountFlags {
+            email: args.email.clone(),
+            agree_tos: args.agree_tos,
+            eab_kid: args.eab_kid.clone(),
+            eab_hmac_key: args.eab_hmac_key.as_ref().map(|k| k.0.clone()),
+        },
+    )?;
     let server = args
         .server
         .clone()

@@ -226,7 +226,10 @@ fn eab_account(
     email: Option<String>,
     agree_tos: bool,
 ) -> Result<AccountOptions, JobError> {
-    let mut opts = agent::account_options(config.map(|c| &c.defaults), email.clone())?;
+    let mut opts = agent::account_options(
+        config.map(|c| &c.defaults),
+        agent::AccountFlags::email(email.clone()),
+    )?;
     opts.email = email;
     opts.set_contact = false;
     opts.agree_tos |= agree_tos;

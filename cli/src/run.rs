@@ -80,10 +80,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         Ok(c) => c,
         Err(e) => return Failure::from_issue(&e).report(global, None),
     };
-    let account = match agent::account_options(Some(&config.defaults), None) {
-        Ok(a) => a,
-        Err(e) => return summary::account_failure(e).report(global, None),
-    };
+    let account =
+        match agent::account_options(Some(&config.defaults), agent::AccountFlags::default()) {
+            Ok(a) => a,
+            Err(e) => return summary::account_failure(e).report(global, None),
+        };
     let host = setup::plugin_host(global, Some(&config));
     let mut options = setup::agent_options(store, host, Some(&config), &args.dns);
     options.solver_opts = setup::solver_opts_by_code(&args.solver_opts);

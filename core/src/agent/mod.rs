@@ -200,14 +200,50 @@ impl Agent {
     }
 }
 
-/// Account options from the config file's `[defaults]` and the
+/// Account settings given on the command line; each wins over the
+/// environment and the config file. `Debug` never shows the HMAC key.
+#[derive(Clone, Default)]
+pub struct AccountFlags {
+    /// The contact e-mail.
+    pub email: Option<String>,
+    /// Agreement to the CA's terms of service.
+    pub agree_tos: bool,
+    /// The EAB key id.
+    pub eab_kid: Option<String>,
+    /// The EAB HMAC key (base64url).
+    pub eab_hmac_key: Option<String>,
+}
+
+impl AccountFlags {
+    /// Settings with only the contact e-mail given.
+    pub fn email(email: Option<String>) -> AccountFlags {
+        AccountFlags {
+            email,
+            ..AccountFlags::default()
+        }
+    }
+}
+
+impl std::fmt::Debug for AccountFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountFlags")
+            .field("email", &self.email)
+            .field("agree_tos", &self.agree_tos)
+            .field("eab_kid", &self.eab_kid)
+            .field(
+                "eab_hmac_key",
+                &self.eab_hmac_key.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
+}
+
+/// Account options from `given` (command-line values, which win), the
 /// environment (`CERTSMITH_EAB_KID`, `CERTSMITH_EAB_HMAC_KEY`, each also as
-/// `*_FILE`), the environment winning; `email` wins over the config's and,
-/// being the operator's current choice, becomes the account's contact
-/// ([`AccountOptions::set_contact`](crate::acme::AccountOptions::set_contact)).
+/// `*_FILE`) and the config file's `[defaults]`, in that order.
 pub fn account_options(
     defaults: Option<&crate::config::Defaults>,
-    email: Option<String>,
+    given: AccountFlags,
 ) -> Result<crate::acme::AccountOptions, IssueError> {
     use crate::envfile::{process_env, var_or_file};
     let env = |name: &str| -> Result<Option<String>, IssueError> {
@@ -215,9 +251,16 @@ pub fn account_options(
             .map(|v| v.map(|(_, value)| value))
             .map_err(|e| IssueError::Eab(e.to_string()))
     };
-    let kid = env("CERTSMITH_EAB_KID")?.or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
-    let key = env("CERTSMITH_EAB_HMAC_KEY")?
-        .or_else(|| defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned())));
+    let kid = match given.eab_kid {
+        Some(k) => Some(k),
+        None => env("CERTSMITH_EAB_KID")?,
+    }
+    .or_else(|| defaults.and_then(|d| d.eab_kid.clone()));
+    let key = match given.eab_hmac_key {
+        Some(k) => Some(k),
+        None => env("CERTSMITH_EAB_HMAC_KEY")?,
+    }
+    .or_else(|| defaults.and_then(|d| d.eab_hmac_key.as_ref().map(|k| k.expose().to_owned())));
     let eab = match (kid, key) {
         (Some(kid), Some(key)) => Some(crate::acme::Eab::new(&kid, &key)?),
         (None, None) => None,
@@ -228,8 +271,10 @@ pub fn account_options(
         }
     };
     let opts = crate::acme::AccountOptions {
-        email: email.or_else(|| defaults.and_then(|d| d.email.clone())),
-        agree_tos: defaults.is_some_and(|d| d.agree_tos),
+        email: given
+            .email
+            .or_else(|| defaults.and_then(|d| d.email.clone())),
+        agree_tos: given.agree_tos || defaults.is_some_and(|d| d.agree_tos),
         eab,
         set_contact: true,
     };
