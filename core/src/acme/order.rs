@@ -679,10 +679,14 @@ mod tests {
     /// Simulates a poll loop that never sees its final state: the waits
     /// add up to the timeout exactly (the last poll is at the deadline),
     /// each is at most the cap (with jitter), and no more than
-    /// `POLL_EARLY_MAX` polls fall in the order's first `POLL_EARLY_WINDOW`.
+    /// `POLL_EARLY_MAX` polls fall in the order's first `POLL_EARLY_WINDOW`
+    /// — but for the one last poll at a deadline inside that window, which
+    /// is always made. Jitter makes each run different, so each timeout is
+    /// simulated many times (a 1 s timeout takes the deadline poll as the
+    /// sixth early one in about a third of runs).
     #[test]
     fn polls_end_at_the_real_timeout_capped_and_sparse_at_first() {
-        for timeout in [180u64, 120, 1] {
+        for timeout in [180u64, 120, 1].repeat(200) {
             let t0 = Instant::now();
             let timeout = Duration::from_secs(timeout);
             let mut s = PollSchedule {
@@ -704,7 +708,15 @@ mod tests {
                 }
             }
             assert_eq!(now - t0, timeout, "the timeout is the real one");
-            assert!(early <= POLL_EARLY_MAX, "{early} polls in the first 3 s");
+            let allowed = if timeout < POLL_EARLY_WINDOW {
+                POLL_EARLY_MAX + 1
+            } else {
+                POLL_EARLY_MAX
+            };
+            assert!(
+                early <= allowed,
+                "{early} polls in the first 3 s with a {timeout:?} timeout"
+            );
         }
     }
 
