@@ -62,6 +62,15 @@ pub fn start(opts: CloudOpts) -> Result<StandIn, HarnessError> {
     )
 }
 
+/// What ARM answers a write whose `If-Match` no longer holds.
+pub fn precondition_failed() -> Answer {
+    arm_error(
+        412,
+        "PreconditionFailed",
+        "The condition '\"0\"' in the If-Match header was not satisfied. The current was '\"1\"'.",
+    )
+}
+
 fn aad_error(status: u16, error: &str, code: u32, description: &str) -> Answer {
     Answer::json(
         status,

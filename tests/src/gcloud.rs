@@ -98,6 +98,17 @@ pub fn start(opts: CloudOpts, public_key: Vec<u8>) -> Result<StandIn, HarnessErr
     )
 }
 
+/// What Cloud DNS answers a change whose deletion no longer matches the
+/// set (someone changed it in between).
+pub fn condition_not_met() -> Answer {
+    google_error(
+        412,
+        "Precondition not met for 'entity.change.deletions[0]'",
+        "conditionNotMet",
+        "FAILED_PRECONDITION",
+    )
+}
+
 fn google_error(code: u16, message: &str, reason: &str, status: &str) -> Answer {
     Answer::json(
         code,

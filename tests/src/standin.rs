@@ -366,7 +366,7 @@ pub(crate) type Router = dyn Fn(&mut DnsState, &Request) -> Answer + Send + Sync
 struct Inner {
     state: Mutex<DnsState>,
     log: Mutex<Vec<Logged>>,
-    injected: Mutex<VecDeque<(String, Answer)>>,
+    injected: Mutex<VecDeque<(Option<String>, String, Answer)>>,
 }
 
 /// A running stand-in. Stopped on drop.
@@ -472,7 +472,16 @@ impl StandIn {
             .injected
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back((path_part.to_owned(), answer));
+            .push_back((None, path_part.to_owned(), answer));
+    }
+
+    /// Like [`inject`](Self::inject), for the next `method` request only.
+    pub fn inject_on(&self, method: &str, path_part: &str, answer: Answer) {
+        self.inner
+            .injected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((Some(method.to_owned()), path_part.to_owned(), answer));
     }
 
     /// The TXT values at `fqdn`.
@@ -570,10 +579,10 @@ fn serve(stream: TcpStream, inner: &Inner, router: &Router) -> io::Result<()> {
             .injected
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let pos = q
-            .iter()
-            .position(|(part, _)| req.path.contains(part.as_str()));
-        pos.and_then(|p| q.remove(p)).map(|(_, a)| a)
+        let pos = q.iter().position(|(method, part, _)| {
+            req.path.contains(part.as_str()) && method.as_ref().is_none_or(|m| *m == req.method)
+        });
+        pos.and_then(|p| q.remove(p)).map(|(_, _, a)| a)
     };
     let was_injected = injected.is_some();
     let answer = match injected {

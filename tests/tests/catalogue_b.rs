@@ -15,7 +15,9 @@
 use std::process::{Command, Output};
 
 use certsmith_tests::catalogue::{self, Provider, Rig};
+use certsmith_tests::standin::CloudOpts;
 use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns};
+use certsmith_tests::{azure, gcloud};
 
 /// The zone each provider's test uses.
 fn zone(p: Provider) -> &'static str {
@@ -138,6 +140,13 @@ fn wildcard_and_apex(p: Provider) {
     if p != Provider::Azure {
         assert!(rig.paginated(), "no second page was read: {reqs:?}");
     }
+    if p == Provider::Gcloud {
+        assert!(
+            reqs.iter()
+                .any(|r| r.method == "GET" && r.path.contains("/changes/")),
+            "the pending change was polled until done: {reqs:?}"
+        );
+    }
     if matches!(p, Provider::Gcloud | Provider::Azure) {
         let tokens = reqs.iter().filter(|r| r.path.ends_with("/token")).count();
         assert_eq!(tokens, 1, "the access token is cached: {reqs:?}");
@@ -160,6 +169,7 @@ fn bad_credentials(p: Provider) {
     let z = zone(p);
     let o = issue(&pebble, &rig, &state, &[z], &rig.bad_env);
     let (out, err) = texts(&o);
+    eprintln!("{err}");
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
     let var = match p {
         Provider::Gcloud => "GCE_SERVICE_ACCOUNT_FILE",
@@ -183,13 +193,15 @@ fn bad_credentials(p: Provider) {
 
 /// `certsmith plugin check` on the built plugin passes and cleans up.
 fn plugin_check(p: Provider) {
-    let rig = catalogue::start(
-        p,
-        certsmith_tests::standin::CloudOpts::default()
-            .zones(&[zone(p)])
-            .max_per_page(1),
-    )
-    .expect("start the stand-in");
+    let rig = catalogue::start(p, CloudOpts::default().zones(&[zone(p)]).max_per_page(1))
+        .expect("start the stand-in");
+    check_passes(&rig, &rig.env);
+}
+
+/// Runs `certsmith plugin check` against `rig` with `env`; asserts it
+/// passed, wrote, and left no record.
+fn check_passes(rig: &Rig, env: &[(String, String)]) {
+    let p = rig.provider;
     let path = rig.plugin_path();
     assert!(
         path.is_file(),
@@ -201,7 +213,7 @@ fn plugin_check(p: Provider) {
         .arg("check")
         .arg(&path)
         .args(["--domain", zone(p)]);
-    with_env(&mut cmd, &rig, &rig.env);
+    with_env(&mut cmd, rig, env);
     let o = cmd.output().expect("run certsmith");
     let (out, err) = texts(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -284,4 +296,101 @@ fn azure_wrong_client_secret() {
 #[test]
 fn azure_plugin_check() {
     plugin_check(Provider::Azure);
+}
+
+/// The secret from `<VAR>_FILE`, as container secrets are mounted.
+fn secret_from_file(p: Provider) {
+    let rig = catalogue::start(p, CloudOpts::default().zones(&[zone(p)])).expect("start");
+    let state = TempState::new().expect("state");
+    let file = state.file("secret");
+    let mut env = Vec::new();
+    for (k, v) in &rig.env {
+        if k == p.secret_var() {
+            std::fs::write(&file, format!("{v}\n")).expect("write the secret file");
+            env.push((format!("{k}_FILE"), file.to_string_lossy().into_owned()));
+        } else {
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    check_passes(&rig, &env);
+}
+
+#[test]
+fn digitalocean_token_from_file() {
+    secret_from_file(Provider::DigitalOcean);
+}
+
+#[test]
+fn hetzner_token_from_file() {
+    secret_from_file(Provider::Hetzner);
+}
+
+#[test]
+fn azure_client_secret_from_file() {
+    secret_from_file(Provider::Azure);
+}
+
+/// A record set changed by someone else between our read and our write
+/// (the write's condition fails): the plugin reads it again and writes
+/// again, keeping the other value.
+fn set_changed_meanwhile(
+    p: Provider,
+    method: &str,
+    part: &str,
+    refusal: certsmith_tests::standin::Answer,
+) {
+    let rig = catalogue::start(p, CloudOpts::default().zones(&[zone(p)])).expect("start");
+    rig.standin.add_foreign_txt(
+        &format!("_acme-challenge.{}", zone(p)),
+        "someone-elses-value",
+    );
+    rig.standin.inject_on(method, part, refusal);
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.arg("plugin")
+        .arg("check")
+        .arg(rig.plugin_path())
+        .args(["--domain", zone(p)]);
+    with_env(&mut cmd, &rig, &rig.env);
+    let o = cmd.output().expect("run certsmith");
+    let (out, err) = texts(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let reqs = rig.standin.requests();
+    let refused = reqs
+        .iter()
+        .position(|r| r.status == 412)
+        .expect("the 412 was served");
+    assert!(
+        reqs[refused + 1..]
+            .iter()
+            .any(|r| r.method == "GET" && !r.path.ends_with("/token"))
+            && reqs[refused + 1..]
+                .iter()
+                .any(|r| r.method == method && r.status < 300),
+        "read again and written again after the 412: {reqs:?}"
+    );
+    assert_eq!(
+        rig.standin
+            .txt_values(&format!("_acme-challenge.{}", zone(p))),
+        vec!["someone-elses-value"]
+    );
+}
+
+#[test]
+fn azure_etag_conflict_is_read_again() {
+    set_changed_meanwhile(
+        Provider::Azure,
+        "PUT",
+        "/TXT/",
+        azure::precondition_failed(),
+    );
+}
+
+#[test]
+fn gcloud_change_conflict_is_read_again() {
+    set_changed_meanwhile(
+        Provider::Gcloud,
+        "POST",
+        "/changes",
+        gcloud::condition_not_met(),
+    );
 }

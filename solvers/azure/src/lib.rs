@@ -32,6 +32,7 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[path = "../../shared/rest.rs"]
 mod rest;
 
 use rest::{Reply, Rest, base_url, describe, form, join, normalize};

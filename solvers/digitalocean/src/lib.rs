@@ -34,6 +34,7 @@ use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::json;
 
+#[path = "../../shared/rest.rs"]
 mod rest;
 
 use rest::{Reply, Rest, base_url, describe, join, normalize};

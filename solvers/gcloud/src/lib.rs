@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 mod jwt;
+#[path = "../../shared/rest.rs"]
 mod rest;
 
 use jwt::ServiceAccount;

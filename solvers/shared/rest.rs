@@ -1,4 +1,4 @@
-//! One request to the provider's REST API, retried inside the call's
+//! One request to a provider's REST API, retried inside the call's
 //! deadline by the SDK's [`retry`]: 429 after its `Retry-After` (or, when
 //! the provider only sends `ratelimit-reset`, until that moment), 5xx, 408,
 //! 425 and transport failures with exponential back-off from 250 ms, capped
@@ -6,6 +6,11 @@
 //! knows what a 404 or a 422 means for the call it made. Statuses become
 //! error kinds through the SDK's [`PluginError::from_http_status`], so every
 //! plugin names the same failure the same way.
+//!
+//! One source for the catalogue's HTTP plugins (digitalocean, hetzner,
+//! gcloud, azure), each compiling it in with `#[path]`: the SDK depends on
+//! no HTTP client, and solvers depend on no crate but the plugin API, so
+//! this is the one copy until the SDK grows an HTTP-client feature.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -279,6 +284,10 @@ pub(crate) fn normalize(name: &str) -> String {
 
 /// `application/x-www-form-urlencoded` of `pairs` (reqwest's `form` is a
 /// feature the workspace does not enable for one call).
+#[allow(
+    dead_code,
+    reason = "only the OAuth plugins (gcloud, azure) post forms"
+)]
 pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     fn enc(s: &str) -> String {
         let mut out = String::with_capacity(s.len());
