@@ -201,26 +201,15 @@ fn plugin_check(p: Provider) {
 /// Runs `certsmith plugin check` against `rig` with `env`; asserts it
 /// passed, wrote, and left no record.
 fn check_passes(rig: &Rig, env: &[(String, String)]) {
-    let p = rig.provider;
     let path = rig.plugin_path();
     assert!(
         path.is_file(),
         "{} is not built: run `cargo build --workspace`",
         path.display()
     );
-    let mut cmd = Command::new(certsmith_bin());
-    cmd.arg("plugin")
-        .arg("check")
-        .arg(&path)
-        .args(["--domain", zone(p)]);
-    with_env(&mut cmd, rig, env);
-    let o = cmd.output().expect("run certsmith");
-    let (out, err) = texts(&o);
-    assert!(o.status.success(), "{out}\n{err}");
-    assert!(
-        format!("{out}{err}").contains("plugin check passed"),
-        "{out}\n{err}"
-    );
+    let (ok, all) = check(rig, env, &[]);
+    assert!(ok, "{all}");
+    assert!(all.contains("plugin check passed"), "{all}");
     let left: Vec<_> = rig.standin.state().records.clone();
     assert!(left.is_empty(), "cleanup left {left:?}");
     let writes = rig
@@ -345,15 +334,8 @@ fn set_changed_meanwhile(
         "someone-elses-value",
     );
     rig.standin.inject_on(method, part, refusal);
-    let mut cmd = Command::new(certsmith_bin());
-    cmd.arg("plugin")
-        .arg("check")
-        .arg(rig.plugin_path())
-        .args(["--domain", zone(p)]);
-    with_env(&mut cmd, &rig, &rig.env);
-    let o = cmd.output().expect("run certsmith");
-    let (out, err) = texts(&o);
-    assert!(o.status.success(), "{out}\n{err}");
+    let (ok, all) = check(&rig, &rig.env, &[]);
+    assert!(ok, "{all}");
     let reqs = rig.standin.requests();
     let refused = reqs
         .iter()
@@ -393,4 +375,54 @@ fn gcloud_change_conflict_is_read_again() {
         "/changes",
         gcloud::condition_not_met(),
     );
+}
+
+/// `certsmith plugin check` against `rig` with `env` and extra options.
+fn check(rig: &Rig, env: &[(String, String)], extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.arg("plugin")
+        .arg("check")
+        .arg(rig.plugin_path())
+        .args(["--domain", zone(rig.provider)]);
+    with_env(&mut cmd, rig, env);
+    for o in extra {
+        cmd.args(["--solver-opt", o]);
+    }
+    let o = cmd.output().expect("run certsmith");
+    let (out, err) = texts(&o);
+    (o.status.success(), format!("{out}\n{err}"))
+}
+
+#[test]
+fn gcloud_private_zone_only_when_allowed() {
+    let p = Provider::Gcloud;
+    let rig = catalogue::start(p, CloudOpts::default().private_zone(zone(p))).expect("start");
+    let (ok, all) = check(&rig, &rig.env, &[]);
+    assert!(!ok, "{all}");
+    assert!(all.contains("GCE_ALLOW_PRIVATE_ZONE=true"), "{all}");
+    let (ok, all) = check(&rig, &rig.env, &["allow_private_zone=true"]);
+    assert!(ok, "{all}");
+    assert!(rig.standin.state().records.is_empty());
+}
+
+#[test]
+fn azure_wrong_resource_group_names_the_setting() {
+    let rig =
+        catalogue::start(Provider::Azure, CloudOpts::default().zones(&["az.test"])).expect("start");
+    let env: Vec<(String, String)> = rig
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "AZURE_RESOURCE_GROUP" => (k.clone(), "not-the-dns-group".to_owned()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let (ok, all) = check(&rig, &env, &[]);
+    assert!(!ok, "{all}");
+    assert!(
+        all.contains("ResourceGroupNotFound")
+            || all.contains("Resource group 'not-the-dns-group' could not be found"),
+        "{all}"
+    );
+    assert!(all.contains("AZURE_RESOURCE_GROUP"), "{all}");
 }
