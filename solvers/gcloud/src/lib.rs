@@ -53,8 +53,11 @@ pub const DEFAULT_TTL: i64 = 120;
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 /// Read-modify-write cycles tried when others keep changing the set.
 const MAX_CYCLES: u32 = 5;
-/// Between two polls of a pending change.
-const CHANGE_POLL: Duration = Duration::from_millis(500);
+/// The first wait before polling a pending change (doubling, at most
+/// [`CHANGE_POLL_MAX`]): Cloud DNS usually applies a change within a second.
+const CHANGE_POLL: Duration = Duration::from_millis(200);
+/// The longest wait between two polls of a pending change.
+const CHANGE_POLL_MAX: Duration = Duration::from_secs(2);
 /// Upper bound on pages walked.
 const MAX_PAGES: u32 = 100;
 const PROVIDER: &str = "Google Cloud DNS";
@@ -449,6 +452,7 @@ impl Gcloud {
             return Err(self.refused(&reply, &format!("change the TXT records at {fqdn}")));
         }
         let mut change: Change = reply.json(PROVIDER)?;
+        let mut wait = CHANGE_POLL;
         while change.status != "done" {
             if !valid_segment(&change.id) {
                 return Err(PluginError::internal(format!(
@@ -456,13 +460,14 @@ impl Gcloud {
                     change.id
                 )));
             }
-            if deadline.remaining() <= CHANGE_POLL {
+            if deadline.remaining() <= wait {
                 return Err(PluginError::transient(format!(
                     "the Cloud DNS change {} at {fqdn} was still {} at the call's deadline",
                     change.id, change.status
                 )));
             }
-            tokio::time::sleep(CHANGE_POLL).await;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(CHANGE_POLL_MAX);
             let url = self.zone_url(zone_id, &["changes", &change.id]);
             let reply = self.call(Method::GET, &url, None, deadline).await?;
             if !reply.is_success() {
