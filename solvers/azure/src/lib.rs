@@ -416,14 +416,19 @@ impl Azure {
     }
 
     /// The zone as Azure names it, and our record set's name in it.
-    fn names(&self, target: &DnsTarget) -> (String, String) {
+    fn names(&self, target: &DnsTarget) -> Result<(String, String), PluginError> {
         let zone = self
             .zone_name
             .clone()
             .unwrap_or_else(|| normalize(&target.zone));
         let fqdn = normalize(&target.fqdn);
+        if fqdn != zone && !fqdn.ends_with(&format!(".{zone}")) {
+            return Err(PluginError::config(format!(
+                "the challenge record {fqdn} is not inside the Azure zone {zone}: set AZURE_ZONE_NAME to the zone that holds it, or leave it unset"
+            )));
+        }
         let name = relative(&fqdn, &zone);
-        (zone, name)
+        Ok((zone, name))
     }
 
     /// Adds (`add`) or removes our value, read-modify-write under the
@@ -434,7 +439,7 @@ impl Azure {
         add: bool,
         deadline: Deadline,
     ) -> Result<(), PluginError> {
-        let (zone, name) = self.names(target);
+        let (zone, name) = self.names(target)?;
         let _guard = self.locks.lock(&format!("{zone}/{name}")).await;
         for _ in 0..MAX_CYCLES {
             let current = self.read(&zone, &name, deadline).await?;
@@ -557,7 +562,7 @@ impl Solver for Azure {
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
         let target = target(req)?;
         self.change(target, true, req.deadline()).await?;
-        let (zone, name) = self.names(target);
+        let (zone, name) = self.names(target)?;
         Ok(Presented::new(json!({ "zone": zone, "record_set": name }))
             .with_ttl((self.ttl != target.ttl).then_some(self.ttl)))
     }
@@ -570,7 +575,14 @@ impl Solver for Azure {
         let Ok(target) = target(req) else {
             return Ok(());
         };
-        self.change(target, false, req.deadline()).await
+        match self.change(target, false, req.deadline()).await {
+            // The zone (or its group) is gone: so is our value.
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                log::warn!("azure: {}; nothing to clean up", e.message);
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
@@ -628,6 +640,24 @@ mod tests {
         let mut bad = config();
         bad.resource_group = "a/b".into();
         assert!(Azure::new(bad).is_err());
+    }
+
+    #[test]
+    fn a_record_outside_the_configured_zone_is_refused() {
+        let mut c = config();
+        c.zone_name = Some("other.test".into());
+        let a = Azure::new(c).expect("valid");
+        let t: DnsTarget = serde_json::from_value(json!({
+            "fqdn": "_acme-challenge.az.test", "name": "_acme-challenge", "zone": "az.test", "value": "v", "ttl": 60
+        }))
+        .expect("a dns target");
+        let e = a.names(&t).expect_err("outside");
+        assert!(e.message.contains("AZURE_ZONE_NAME"), "{}", e.message);
+        let a = Azure::new(config()).expect("valid");
+        assert_eq!(
+            a.names(&t).expect("inside"),
+            ("az.test".to_owned(), "_acme-challenge".to_owned())
+        );
     }
 
     #[test]
