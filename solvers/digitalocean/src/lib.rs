@@ -414,6 +414,26 @@ mod tests {
     }
 
     #[test]
+    fn next_page_links_only_go_to_the_api() {
+        let c: DigitalOceanConfig =
+            serde_json::from_str(r#"{"auth_token":"t","api_base":"http://127.0.0.1:9"}"#)
+                .expect("parses");
+        let s = DigitalOcean::new(c).expect("valid");
+        assert!(
+            s.same_origin("http://127.0.0.1:9/v2/domains/a/records?page=2")
+                .is_ok()
+        );
+        for elsewhere in [
+            "http://127.0.0.1:10/v2/domains/a/records?page=2",
+            "https://127.0.0.1:9/v2/domains/a/records?page=2",
+            "http://evil.example/v2/domains/a/records?page=2",
+            "not a url",
+        ] {
+            assert!(s.same_origin(elsewhere).is_err(), "{elsewhere}");
+        }
+    }
+
+    #[test]
     fn names_are_relative_to_the_domain() {
         assert_eq!(
             relative("_acme-challenge.do.test", "do.test"),
