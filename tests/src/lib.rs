@@ -36,16 +36,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 pub mod ari_proxy;
+pub mod azure;
 pub mod bind;
+pub mod catalogue;
 mod challtestsrv;
 pub mod cloudflare;
 mod conn_server;
+pub mod digitalocean;
 pub mod dns;
 pub mod fault_proxy;
+pub mod gcloud;
+pub mod hetzner;
 mod http;
 pub mod moto;
 mod pebble;
 mod process;
+pub mod standin;
 pub mod static_server;
 mod tls;
 

@@ -8,6 +8,7 @@
 //! --workspace`, as scripts/test does).
 
 mod accounts;
+mod catalogue_b;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;
