@@ -267,6 +267,13 @@ pub(super) fn is_stale_temp(entry: &fs::DirEntry) -> bool {
         .is_some_and(|age| age >= STALE_TEMP_AGE)
 }
 
+/// Whether a staging directory (`rest`: `<pid>-<n>`, after the prefix) is
+/// a leftover: its process is gone, or it is old (a recycled pid).
+fn staging_is_stale(rest: &str, entry: &fs::DirEntry) -> bool {
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    pid.is_none_or(|pid| !crate::journal::process_alive(pid, 0)) || is_stale_temp(entry)
+}
+
 /// Removes leftovers of writes a crash interrupted (`.tmp-*` version
 /// directories, `.current-*` links, `.<file>.tmp-*` files) from `dir`.
 /// Only for a caller holding the store lock: then no write is in flight.
@@ -280,9 +287,10 @@ pub(super) fn remove_stale_temps(dir: &Path) {
         // written without the store lock (a run must be able to record its
         // order while another holds the lock; fsyncs of concurrent saves
         // should overlap): their temp files are leftovers only once old.
-        let old_unlocked = (name.starts_with(".pending-order.json.tmp-")
-            || name.starts_with(super::fs::STAGING_PREFIX))
-            && is_stale_temp(&entry);
+        let old_unlocked = (name.starts_with(".pending-order.json.tmp-") && is_stale_temp(&entry))
+            || name
+                .strip_prefix(super::fs::STAGING_PREFIX)
+                .is_some_and(|rest| staging_is_stale(rest, &entry));
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")

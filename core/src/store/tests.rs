@@ -675,10 +675,16 @@ fn staging_directories_are_swept_once_old_and_never_become_versions() {
         .commit_version("s.example", &files("one"), &lineage(), record())
         .expect("save");
     let versions = store.root().join("certs/s.example/versions");
-    // A save killed while staging its files, long ago, and one staging now.
-    let old = versions.join(format!("{}4242-0", super::fs::STAGING_PREFIX));
-    let fresh = versions.join(format!("{}4243-0", super::fs::STAGING_PREFIX));
-    for d in [&old, &fresh] {
+    // A save killed while staging its files, long ago; one staging now in
+    // this process; one of a process that has exited.
+    let me = std::process::id();
+    let old = versions.join(format!("{}{me}-900", super::fs::STAGING_PREFIX));
+    let fresh = versions.join(format!("{}{me}-901", super::fs::STAGING_PREFIX));
+    let mut exited = std::process::Command::new("true").spawn().expect("spawn");
+    let dead_pid = exited.id();
+    exited.wait().expect("reap");
+    let dead = versions.join(format!("{}{dead_pid}-0", super::fs::STAGING_PREFIX));
+    for d in [&old, &fresh, &dead] {
         fs::create_dir(d).expect("mkdir");
         fs::write(d.join(CERT_FILE), "half").expect("write");
     }
@@ -690,7 +696,11 @@ fn staging_directories_are_swept_once_old_and_never_become_versions() {
         .commit_version("s.example", &files("two"), &lineage(), record())
         .expect("save");
     assert_eq!(saved.version, 2, "staging directories are not versions");
-    assert!(!old.exists(), "a leftover of a killed save is removed");
+    assert!(!old.exists(), "an old leftover is removed");
+    assert!(
+        !dead.exists(),
+        "the leftover of an exited process is removed"
+    );
     assert!(fresh.exists(), "a save that may be staging is left alone");
     let mut names: Vec<String> = fs::read_dir(&versions)
         .expect("list")
