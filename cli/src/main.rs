@@ -10,6 +10,7 @@ mod dns_args;
 mod envvars;
 mod exit;
 mod failure;
+mod gendocs;
 mod help;
 mod issue;
 mod list;
@@ -147,6 +148,12 @@ enum Command {
     /// Check plugin libraries.
     #[command(subcommand, after_help = help::PLUGIN)]
     Plugin(solvers::PluginCommand),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = help::COMPLETIONS)]
+    Completions(gendocs::CompletionsArgs),
+    /// Write the manual pages (certsmith.1 and one per subcommand).
+    #[command(after_help = help::MAN)]
+    Man(gendocs::ManArgs),
 }
 
 /// The whole command line, as parsed and as `--help` shows it.
@@ -293,6 +300,8 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,
             Command::Plugin(cmd) => solvers::run_plugin(&cli.global, cmd).await,
+            Command::Completions(args) => gendocs::completions(&args),
+            Command::Man(args) => gendocs::man(&cli.global, &args),
         }
     });
     // Plugins may hold runtime threads of their own; leaving without waiting

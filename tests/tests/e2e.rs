@@ -15,6 +15,7 @@ mod docs;
 mod eab;
 mod ergonomics;
 mod faults;
+mod gendocs;
 mod harness;
 mod hints;
 mod issue;
