@@ -15,7 +15,7 @@
 
 use certsmith_core::config::{Config, ConfigError};
 use certsmith_core::identifiers;
-use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
+use certsmith_core::plugin::{self, ConfigSources, PluginHost, PluginHostError};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -44,6 +44,55 @@ fn check(global: &GlobalArgs) -> u8 {
     };
     let path = &path;
     let host = setup::plugin_host(global, Some(&config));
+    let (errors, warnings) = diagnose(&config, &host);
+
+    match global.output {
+        OutputFormat::Json => print_json(&json!({
+            "file": path,
+            "valid": errors.is_empty(),
+            "certificates": config.certificates.iter().map(|c| json!({
+                "name": c.name,
+                "domains": c.domain_names(),
+                "solver": c.solver,
+                "key_type": c.key_type.as_str(),
+            })).collect::<Vec<_>>(),
+            "errors": errors.iter().map(setup::config_error_json).collect::<Vec<_>>(),
+            "warnings": warnings,
+        })),
+        OutputFormat::Text => {
+            if errors.is_empty() {
+                outln!(
+                    "{}: OK, {} certificate(s): {}",
+                    path.display(),
+                    config.certificates.len(),
+                    config
+                        .certificates
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    for e in &errors {
+        print_error(&e.to_string(), e.hint());
+    }
+    if errors.is_empty() {
+        exit::OK
+    } else {
+        exit::USAGE
+    }
+}
+
+/// What `config check` finds wrong with a loaded config beyond what
+/// parsing found: each certificate's solver exists, its options fit the
+/// manifest, it answers the challenges the names need. Errors (sorted by
+/// position) and warnings. `certsmith doctor` reports the same.
+pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>, Vec<String>) {
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     for e in host.duplicate_errors() {
@@ -90,47 +139,7 @@ fn check(global: &GlobalArgs) -> u8 {
         }
     }
     errors.sort_by_key(ConfigError::pos);
-
-    match global.output {
-        OutputFormat::Json => print_json(&json!({
-            "file": path,
-            "valid": errors.is_empty(),
-            "certificates": config.certificates.iter().map(|c| json!({
-                "name": c.name,
-                "domains": c.domain_names(),
-                "solver": c.solver,
-                "key_type": c.key_type.as_str(),
-            })).collect::<Vec<_>>(),
-            "errors": errors.iter().map(setup::config_error_json).collect::<Vec<_>>(),
-            "warnings": warnings,
-        })),
-        OutputFormat::Text => {
-            if errors.is_empty() {
-                outln!(
-                    "{}: OK, {} certificate(s): {}",
-                    path.display(),
-                    config.certificates.len(),
-                    config
-                        .certificates
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-    }
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    for e in &errors {
-        print_error(&e.to_string(), e.hint());
-    }
-    if errors.is_empty() {
-        exit::OK
-    } else {
-        exit::USAGE
-    }
+    (errors, warnings)
 }
 
 /// A solver option error, placed at the option (or the table, or the

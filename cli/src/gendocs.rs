@@ -82,7 +82,11 @@ pub(crate) fn man(global: &GlobalArgs, args: &ManArgs) -> u8 {
         let path = dir.join(name);
         if let Err(e) = write_page(dir, &path, text) {
             print_error(
-                &format!("--dir {}: cannot write {}: {e}", dir.display(), path.display()),
+                &format!(
+                    "--dir {}: cannot write {}: {e}",
+                    dir.display(),
+                    path.display()
+                ),
                 Some("give --dir a directory you can write to (it is created if missing)"),
             );
             return exit::USAGE;

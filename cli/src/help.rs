@@ -231,3 +231,12 @@ Examples:
 
   # Read the main page without installing it
   certsmith man | man -l -";
+
+/// `certsmith doctor --help`.
+pub(crate) const DOCTOR: &str = "\
+Examples:
+  # Before the first run, or after changing the config or the machine
+  certsmith doctor --config /etc/certsmith/certsmith.toml
+
+  # In CI: exit 10 when a check fails, one JSON object with every check
+  certsmith doctor --output json";

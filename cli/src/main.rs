@@ -7,6 +7,7 @@
 mod account;
 mod config_cmd;
 mod dns_args;
+mod doctor;
 mod envvars;
 mod exit;
 mod failure;
@@ -148,6 +149,10 @@ enum Command {
     /// Check plugin libraries.
     #[command(subcommand, after_help = help::PLUGIN)]
     Plugin(solvers::PluginCommand),
+    /// Check everything a run needs (config, state directory, plugins,
+    /// credentials, DNS, ports, webroots, the CA) without ordering anything.
+    #[command(after_help = help::DOCTOR)]
+    Doctor(doctor::DoctorArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     #[command(after_help = help::COMPLETIONS)]
     Completions(gendocs::CompletionsArgs),
@@ -300,6 +305,7 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,
             Command::Plugin(cmd) => solvers::run_plugin(&cli.global, cmd).await,
+            Command::Doctor(args) => doctor::run(&cli.global, args).await,
             Command::Completions(args) => gendocs::completions(&args),
             Command::Man(args) => gendocs::man(&cli.global, &args),
         }

@@ -12,6 +12,9 @@ use std::fmt;
 pub const METHOD_PRESENT: &str = "present";
 /// Method name of [`CleanupParams`] → `{}`.
 pub const METHOD_CLEANUP: &str = "cleanup";
+/// Method name of [`CredentialsCheck`] → [`CredentialsChecked`] (ABI 1.2,
+/// optional: a plugin without it answers `STATUS_UNSUPPORTED`).
+pub const METHOD_CHECK_CREDENTIALS: &str = "check_credentials";
 
 /// An ACME challenge type ([RFC 8555 §8](https://www.rfc-editor.org/rfc/rfc8555#section-8),
 /// [RFC 8737](https://www.rfc-editor.org/rfc/rfc8737)).
@@ -248,6 +251,55 @@ pub struct CleanupParams {
     /// What `present` returned (a default handle if it never returned).
     #[serde(default)]
     pub presented: Presented,
+}
+
+/// Params of `check_credentials` (ABI 1.2): `certsmith doctor` asks whether
+/// the configured credentials are accepted, before any certificate is
+/// ordered. The check must change nothing at the provider.
+///
+/// Non-exhaustive: build one with [`CredentialsCheck::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialsCheck {
+    /// Unix time in milliseconds by which the check must have answered.
+    pub deadline_unix_ms: u64,
+    /// The DNS zones (absolute, without the trailing dot) that the
+    /// certificates configured with this solver will write to, when the
+    /// host could find them; a solver whose credentials are per zone checks
+    /// these. May be empty.
+    #[serde(default)]
+    pub zones: Vec<String>,
+}
+
+impl CredentialsCheck {
+    /// A check that must answer by `deadline_unix_ms`, for `zones`.
+    pub fn new(deadline_unix_ms: u64, zones: Vec<String>) -> Self {
+        CredentialsCheck {
+            deadline_unix_ms,
+            zones,
+        }
+    }
+}
+
+/// What a successful `check_credentials` returns.
+///
+/// Non-exhaustive: build one with [`CredentialsChecked::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialsChecked {
+    /// What was checked and found good, for the operator ("the API token is
+    /// active", "hosted zone example.com found"). Never a secret.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl CredentialsChecked {
+    /// A success described by `detail`.
+    pub fn new(detail: impl Into<String>) -> Self {
+        CredentialsChecked {
+            detail: detail.into(),
+        }
+    }
 }
 
 /// The class of a plugin failure, which decides what the host does next.

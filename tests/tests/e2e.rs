@@ -12,6 +12,7 @@ mod cli_ergonomics;
 mod cloudflare;
 mod dns01;
 mod docs;
+mod doctor;
 mod eab;
 mod ergonomics;
 mod faults;
