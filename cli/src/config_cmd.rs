@@ -120,7 +120,7 @@ pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>,
                 ..Default::default()
             },
         ) {
-            errors.push(option_error(&config, cert, &e));
+            errors.push(option_error(config, cert, &e));
         }
         if let Err(e) = identifiers::check_solver(&cert.domains, manifest) {
             errors.push(config.error_at(
