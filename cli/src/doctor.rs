@@ -27,7 +27,7 @@ use certsmith_core::config::{CertificateConfig, Config};
 use certsmith_core::dns::{self, DnsOptions, PropagationCheck};
 use certsmith_core::plugin::{CallError, ConfigSources, LoadedPlugin, PluginHost, SolverInstance};
 use certsmith_core::store;
-use certsmith_plugin_api::{ChallengeType, CredentialsCheck, ErrorKind};
+use certsmith_plugin_api::{ChallengeType, CheckZone, CredentialsCheck, ErrorKind};
 use clap::Args;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -133,7 +133,7 @@ struct Solver {
     /// The certificates that use it.
     certs: Vec<CertificateConfig>,
     /// The dns-01 zones found for its names (for `check_credentials`).
-    zones: Vec<String>,
+    zones: Vec<CheckZone>,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: DoctorArgs) -> u8 {
@@ -555,8 +555,9 @@ async fn check_dns(s: &mut Solver, opts: &DnsOptions, report: &mut Report) {
                 continue;
             }
         };
-        if !s.zones.contains(&resolved.zone) {
-            s.zones.push(resolved.zone.clone());
+        if !s.zones.iter().any(|z| z.zone == resolved.zone) {
+            s.zones
+                .push(CheckZone::new(&resolved.zone, resolved.primary_ns.clone()));
         }
         let via = if resolved.chain.len() > 1 {
             format!(" (via CNAME {})", resolved.chain.join(" -> "))

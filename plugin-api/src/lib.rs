@@ -89,9 +89,9 @@ pub use manifest::{
     ConfigKey, ConfigType, ConfigValue, Defaults, Manifest, ManifestError, ValueError,
 };
 pub use wire::{
-    ChallengeRequest, ChallengeType, CleanupParams, CredentialsCheck, CredentialsChecked,
-    DnsTarget, ErrorBody, ErrorKind, METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP, METHOD_PRESENT,
-    PluginError, Presented,
+    ChallengeRequest, ChallengeType, CheckZone, CleanupParams, CredentialsCheck,
+    CredentialsChecked, DnsTarget, ErrorBody, ErrorKind, METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP,
+    METHOD_PRESENT, PluginError, Presented,
 };
 
 #[cfg(feature = "sdk")]

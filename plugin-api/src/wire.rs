@@ -263,20 +263,43 @@ pub struct CleanupParams {
 pub struct CredentialsCheck {
     /// Unix time in milliseconds by which the check must have answered.
     pub deadline_unix_ms: u64,
-    /// The DNS zones (absolute, without the trailing dot) that the
-    /// certificates configured with this solver will write to, when the
-    /// host could find them; a solver whose credentials are per zone checks
-    /// these. May be empty.
+    /// The DNS zones that the certificates configured with this solver
+    /// will write to, when the host could find them; a solver whose
+    /// credentials are per zone checks these. May be empty.
     #[serde(default)]
-    pub zones: Vec<String>,
+    pub zones: Vec<CheckZone>,
 }
 
 impl CredentialsCheck {
     /// A check that must answer by `deadline_unix_ms`, for `zones`.
-    pub fn new(deadline_unix_ms: u64, zones: Vec<String>) -> Self {
+    pub fn new(deadline_unix_ms: u64, zones: Vec<CheckZone>) -> Self {
         CredentialsCheck {
             deadline_unix_ms,
             zones,
+        }
+    }
+}
+
+/// A zone in a [`CredentialsCheck`], as the host found it for a dns-01
+/// name (the same values a [`DnsTarget`] would carry).
+///
+/// Non-exhaustive: build one with [`CheckZone::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckZone {
+    /// The zone's apex, without the trailing dot, e.g. `example.com`.
+    pub zone: String,
+    /// The zone's primary nameserver (its SOA MNAME), when known.
+    #[serde(default)]
+    pub primary_ns: Option<String>,
+}
+
+impl CheckZone {
+    /// The zone `zone`, with its primary nameserver when known.
+    pub fn new(zone: impl Into<String>, primary_ns: Option<String>) -> Self {
+        CheckZone {
+            zone: zone.into(),
+            primary_ns,
         }
     }
 }
@@ -445,6 +468,29 @@ mod tests {
             serde_json::from_str(r#"{"kind":"auth","message":"no"}"#).expect("minimal body parses");
         assert_eq!(e.kind, ErrorKind::Auth);
         assert!(!e.retryable);
+    }
+
+    #[test]
+    fn credentials_check_wire_shape_and_defaults() {
+        let req = CredentialsCheck::new(
+            7,
+            vec![CheckZone::new(
+                "example.com",
+                Some("ns1.example.com.".into()),
+            )],
+        );
+        assert_eq!(
+            serde_json::to_value(&req).expect("ser"),
+            serde_json::json!({"deadline_unix_ms": 7,
+                "zones": [{"zone": "example.com", "primary_ns": "ns1.example.com."}]})
+        );
+        let bare: CredentialsCheck =
+            serde_json::from_str(r#"{"deadline_unix_ms":1,"later":true}"#).expect("parses");
+        assert!(bare.zones.is_empty());
+        let zone: CheckZone = serde_json::from_str(r#"{"zone":"a.test"}"#).expect("parses");
+        assert_eq!(zone.primary_ns, None);
+        let done: CredentialsChecked = serde_json::from_str("{}").expect("parses");
+        assert_eq!(done.detail, "");
     }
 
     #[test]

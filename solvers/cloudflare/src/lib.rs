@@ -273,7 +273,7 @@ impl Cloudflare {
         }
         let mut found = Vec::new();
         for zone in &req.zones {
-            let zone = normalize(zone);
+            let zone = normalize(&zone.zone);
             let id = self.zone_id(&zone, deadline).await?;
             found.push(format!("{zone} ({id})"));
         }

@@ -250,11 +250,13 @@ impl Rfc2136 {
             ));
         }
         let mut checked = Vec::new();
-        for zone in &req.zones {
-            let zone = zone.trim_end_matches('.');
+        for z in &req.zones {
+            let zone = z.zone.trim_end_matches('.');
             // The probe is an update of the zone apex: the target's name is
-            // the zone itself; its value is never sent.
-            let target = DnsTarget::new(zone, "@", zone, "", 0);
+            // the zone itself; its value is never sent. The server is the
+            // one `present` would use: `server`, else the SOA MNAME.
+            let target =
+                DnsTarget::new(zone, "@", zone, "", 0).with_primary_ns(z.primary_ns.clone());
             let server = self.update(&target, Op::Probe, 0).await?;
             checked.push(format!("{zone} on {server}"));
         }

@@ -334,8 +334,8 @@ impl Route53 {
         }
         let mut found = Vec::new();
         for zone in &req.zones {
-            let id = self.zone_id(aws, zone, &deadline).await?;
-            found.push(format!("{} ({id})", txt::normalize_name(zone)));
+            let id = self.zone_id(aws, &zone.zone, &deadline).await?;
+            found.push(format!("{} ({id})", txt::normalize_name(&zone.zone)));
         }
         Ok(CredentialsChecked::new(format!(
             "the credentials can read hosted zone(s) {}",
