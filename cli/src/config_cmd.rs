@@ -15,7 +15,7 @@
 
 use certsmith_core::config::{Config, ConfigError};
 use certsmith_core::identifiers;
-use certsmith_core::plugin::{self, ConfigSources, PluginHostError};
+use certsmith_core::plugin::{self, ConfigSources, PluginHost, PluginHostError};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -44,52 +44,7 @@ fn check(global: &GlobalArgs) -> u8 {
     };
     let path = &path;
     let host = setup::plugin_host(global, Some(&config));
-    let mut errors: Vec<ConfigError> = Vec::new();
-    let mut warnings: Vec<String> = Vec::new();
-    for e in host.duplicate_errors() {
-        warnings.push(e.to_string());
-    }
-    for cert in &config.certificates {
-        let plugin = match host.get(&cert.solver) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(config.error_at(
-                    cert.solver_pos,
-                    cert.key("solver"),
-                    e.to_string(),
-                    Some("`certsmith solvers list` shows the solvers found; --plugin-dir adds a directory"),
-                ));
-                continue;
-            }
-        };
-        let manifest = plugin.manifest();
-        let table = config.solver_table(cert);
-        if let Err(e) = plugin::resolve(
-            manifest,
-            &ConfigSources {
-                file: Some(&table),
-                ..Default::default()
-            },
-        ) {
-            errors.push(option_error(&config, cert, &e));
-        }
-        if let Err(e) = identifiers::check_solver(&cert.domains, manifest) {
-            errors.push(config.error_at(
-                cert.domains_pos,
-                cert.key("domains"),
-                e.to_string(),
-                Some("a wildcard needs a dns-01 solver (RFC 8555 §8.4)"),
-            ));
-        }
-    }
-    for code in config.solvers.keys() {
-        if host.get(code).is_err() {
-            warnings.push(format!(
-                "[solvers.{code}] configures a solver that was not found"
-            ));
-        }
-    }
-    errors.sort_by_key(ConfigError::pos);
+    let (errors, warnings) = diagnose(&config, &host);
 
     match global.output {
         OutputFormat::Json => print_json(&json!({
@@ -131,6 +86,60 @@ fn check(global: &GlobalArgs) -> u8 {
     } else {
         exit::USAGE
     }
+}
+
+/// What `config check` finds wrong with a loaded config beyond what
+/// parsing found: each certificate's solver exists, its options fit the
+/// manifest, it answers the challenges the names need. Errors (sorted by
+/// position) and warnings. `certsmith doctor` reports the same.
+pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>, Vec<String>) {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    for e in host.duplicate_errors() {
+        warnings.push(e.to_string());
+    }
+    for cert in &config.certificates {
+        let plugin = match host.get(&cert.solver) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(config.error_at(
+                    cert.solver_pos,
+                    cert.key("solver"),
+                    e.to_string(),
+                    Some("`certsmith solvers list` shows the solvers found; --plugin-dir adds a directory"),
+                ));
+                continue;
+            }
+        };
+        let manifest = plugin.manifest();
+        let table = config.solver_table(cert);
+        if let Err(e) = plugin::resolve(
+            manifest,
+            &ConfigSources {
+                file: Some(&table),
+                ..Default::default()
+            },
+        ) {
+            errors.push(option_error(config, cert, &e));
+        }
+        if let Err(e) = identifiers::check_solver(&cert.domains, manifest) {
+            errors.push(config.error_at(
+                cert.domains_pos,
+                cert.key("domains"),
+                e.to_string(),
+                Some("a wildcard needs a dns-01 solver (RFC 8555 §8.4)"),
+            ));
+        }
+    }
+    for code in config.solvers.keys() {
+        if host.get(code).is_err() {
+            warnings.push(format!(
+                "[solvers.{code}] configures a solver that was not found"
+            ));
+        }
+    }
+    errors.sort_by_key(ConfigError::pos);
+    (errors, warnings)
 }
 
 /// A solver option error, placed at the option (or the table, or the

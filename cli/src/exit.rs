@@ -31,6 +31,9 @@ pub(crate) const PARTIAL: u8 = 8;
 /// Like every class, `run`/`renew` return it only when no certificate
 /// succeeded and all failed this way; otherwise [`PARTIAL`].
 pub(crate) const DEPLOY_HOOK: u8 = 9;
+/// `doctor`: at least one check failed (each failed check says how to fix
+/// it). Warnings and skipped checks alone exit 0.
+pub(crate) const DOCTOR: u8 = 10;
 /// stdout was closed before everything was printed (the reader went
 /// away, as `certsmith list | head -1` does): 128 + SIGPIPE, as shells
 /// report it. Nothing else is printed; the store work was done first.

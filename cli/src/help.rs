@@ -210,3 +210,33 @@ Examples:
 
   # An http-01 plugin crate in a directory of your choice
   certsmith plugin new mycdn --http ~/src/certsmith-mycdn";
+
+/// `certsmith completions --help`.
+pub(crate) const COMPLETIONS: &str = "\
+Examples:
+  # bash (needs the bash-completion package)
+  certsmith completions bash > /usr/share/bash-completion/completions/certsmith
+
+  # zsh: a directory on $fpath
+  certsmith completions zsh > /usr/local/share/zsh/site-functions/_certsmith
+
+  # fish
+  certsmith completions fish > ~/.config/fish/completions/certsmith.fish";
+
+/// `certsmith man --help`.
+pub(crate) const MAN: &str = "\
+Examples:
+  # Every page, where man finds them
+  certsmith man --dir /usr/local/share/man/man1
+
+  # Read the main page without installing it
+  certsmith man | man -l -";
+
+/// `certsmith doctor --help`.
+pub(crate) const DOCTOR: &str = "\
+Examples:
+  # Before the first run, or after changing the config or the machine
+  certsmith doctor --config /etc/certsmith/certsmith.toml
+
+  # In CI: exit 10 when a check fails, one JSON object with every check
+  certsmith doctor --output json";

@@ -7,9 +7,11 @@
 mod account;
 mod config_cmd;
 mod dns_args;
+mod doctor;
 mod envvars;
 mod exit;
 mod failure;
+mod gendocs;
 mod help;
 mod issue;
 mod list;
@@ -147,6 +149,16 @@ enum Command {
     /// Check plugin libraries.
     #[command(subcommand, after_help = help::PLUGIN)]
     Plugin(solvers::PluginCommand),
+    /// Check everything a run needs (config, state directory, plugins,
+    /// credentials, DNS, ports, webroots, the CA) without ordering anything.
+    #[command(after_help = help::DOCTOR)]
+    Doctor(doctor::DoctorArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    #[command(after_help = help::COMPLETIONS)]
+    Completions(gendocs::CompletionsArgs),
+    /// Write the manual pages (certsmith.1 and one per subcommand).
+    #[command(after_help = help::MAN)]
+    Man(gendocs::ManArgs),
 }
 
 /// The whole command line, as parsed and as `--help` shows it.
@@ -293,6 +305,9 @@ fn main() -> ExitCode {
             Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,
             Command::Plugin(cmd) => solvers::run_plugin(&cli.global, cmd).await,
+            Command::Doctor(args) => doctor::run(&cli.global, args).await,
+            Command::Completions(args) => gendocs::completions(&args),
+            Command::Man(args) => gendocs::man(&cli.global, &args),
         }
     });
     // Plugins may hold runtime threads of their own; leaving without waiting

@@ -54,7 +54,12 @@ pub const ABI_MAJOR: u16 = 1;
 /// * 1.1: manifest keys `min`, `max` and `pattern`, enforced by the host;
 ///   the host serializes `present`/`cleanup` at one (solver, name) across
 ///   processes sharing a state directory.
-pub const ABI_MINOR: u16 = 1;
+/// * 1.2: the optional method `check_credentials`
+///   ([`METHOD_CHECK_CREDENTIALS`](crate::wire::METHOD_CHECK_CREDENTIALS)),
+///   asked by `certsmith doctor`; a plugin without it answers
+///   [`STATUS_UNSUPPORTED`] (the SDK's default), and the host does not
+///   ask plugins built for an older minor at all.
+pub const ABI_MINOR: u16 = 2;
 
 /// [`PluginHeader::flags`] bit 0: the plugin was built with `panic = "unwind"`,
 /// so the SDK can turn panics into [`STATUS_PANICKED`]. A plugin built with

@@ -48,7 +48,7 @@
 //! # Versions
 //!
 //! This crate needs Rust 1.95 (edition 2024) and follows semver on its own.
-//! The ABI it implements is [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`] (1.1): a
+//! The ABI it implements is [`abi::ABI_MAJOR`].[`abi::ABI_MINOR`] (1.2): a
 //! host loads plugins built for its minor or an older one and refuses newer
 //! ones, naming both. The wire types are `#[non_exhaustive]`: read their
 //! fields, build them with their constructors.
@@ -89,8 +89,9 @@ pub use manifest::{
     ConfigKey, ConfigType, ConfigValue, Defaults, Manifest, ManifestError, ValueError,
 };
 pub use wire::{
-    ChallengeRequest, ChallengeType, CleanupParams, DnsTarget, ErrorBody, ErrorKind,
-    METHOD_CLEANUP, METHOD_PRESENT, PluginError, Presented,
+    ChallengeRequest, ChallengeType, CheckZone, CleanupParams, CredentialsCheck,
+    CredentialsChecked, DnsTarget, ErrorBody, ErrorKind, METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP,
+    METHOD_PRESENT, PluginError, Presented,
 };
 
 #[cfg(feature = "sdk")]

@@ -49,8 +49,8 @@ use crate::abi::{
     STATUS_UNSUPPORTED, SolverVTable,
 };
 use crate::wire::{
-    ChallengeRequest, CleanupParams, ErrorBody, METHOD_CLEANUP, METHOD_PRESENT, PluginError,
-    Presented,
+    ChallengeRequest, CleanupParams, CredentialsCheck, CredentialsChecked, ErrorBody,
+    METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP, METHOD_PRESENT, PluginError, Presented,
 };
 
 pub use async_trait::async_trait;
@@ -94,6 +94,23 @@ pub trait Solver: Send + Sync + Sized + 'static {
         req: &ChallengeRequest,
         presented: &Presented,
     ) -> Result<(), PluginError>;
+
+    /// Asks the provider whether the configured credentials are accepted,
+    /// changing nothing there (ABI 1.2; `certsmith doctor` calls it).
+    /// Check what `present` will need: that the token is valid, that it
+    /// may read the zones in [`CredentialsCheck::zones`]. Return an
+    /// [`auth`](PluginError::auth) error for refused credentials, with a
+    /// message that says which option to fix.
+    ///
+    /// The default, `None`, means "this solver has no such check": the
+    /// host reports it as skipped, never as passed.
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        let _ = req;
+        None
+    }
 }
 
 /// The plugin's runtime, started on first use and never shut down.
@@ -323,6 +340,25 @@ async fn run_method<S: Solver>(
             )
             .await?;
             Ok(serde_json::json!({}))
+        }
+        METHOD_CHECK_CREDENTIALS => {
+            let req: CredentialsCheck = serde_json::from_slice(&params).map_err(invalid_params)?;
+            let checked = match tokio::time::timeout(
+                req.deadline().remaining(),
+                solver.check_credentials(&req),
+            )
+            .await
+            {
+                Ok(None) => return Err(Failure::Unsupported),
+                Ok(Some(r)) => r.map_err(Failure::Error)?,
+                Err(_) => {
+                    return Err(Failure::Error(ErrorBody::transient(
+                        "the credentials check did not finish before its deadline",
+                    )));
+                }
+            };
+            serde_json::to_value(checked)
+                .map_err(|e| Failure::Error(ErrorBody::internal(format!("bad result: {e}"))))
         }
         _ => Err(Failure::Unsupported),
     }

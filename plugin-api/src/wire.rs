@@ -12,6 +12,9 @@ use std::fmt;
 pub const METHOD_PRESENT: &str = "present";
 /// Method name of [`CleanupParams`] → `{}`.
 pub const METHOD_CLEANUP: &str = "cleanup";
+/// Method name of [`CredentialsCheck`] → [`CredentialsChecked`] (ABI 1.2,
+/// optional: a plugin without it answers `STATUS_UNSUPPORTED`).
+pub const METHOD_CHECK_CREDENTIALS: &str = "check_credentials";
 
 /// An ACME challenge type ([RFC 8555 §8](https://www.rfc-editor.org/rfc/rfc8555#section-8),
 /// [RFC 8737](https://www.rfc-editor.org/rfc/rfc8737)).
@@ -250,6 +253,78 @@ pub struct CleanupParams {
     pub presented: Presented,
 }
 
+/// Params of `check_credentials` (ABI 1.2): `certsmith doctor` asks whether
+/// the configured credentials are accepted, before any certificate is
+/// ordered. The check must change nothing at the provider.
+///
+/// Non-exhaustive: build one with [`CredentialsCheck::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialsCheck {
+    /// Unix time in milliseconds by which the check must have answered.
+    pub deadline_unix_ms: u64,
+    /// The DNS zones that the certificates configured with this solver
+    /// will write to, when the host could find them; a solver whose
+    /// credentials are per zone checks these. May be empty.
+    #[serde(default)]
+    pub zones: Vec<CheckZone>,
+}
+
+impl CredentialsCheck {
+    /// A check that must answer by `deadline_unix_ms`, for `zones`.
+    pub fn new(deadline_unix_ms: u64, zones: Vec<CheckZone>) -> Self {
+        CredentialsCheck {
+            deadline_unix_ms,
+            zones,
+        }
+    }
+}
+
+/// A zone in a [`CredentialsCheck`], as the host found it for a dns-01
+/// name (the same values a [`DnsTarget`] would carry).
+///
+/// Non-exhaustive: build one with [`CheckZone::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckZone {
+    /// The zone's apex, without the trailing dot, e.g. `example.com`.
+    pub zone: String,
+    /// The zone's primary nameserver (its SOA MNAME), when known.
+    #[serde(default)]
+    pub primary_ns: Option<String>,
+}
+
+impl CheckZone {
+    /// The zone `zone`, with its primary nameserver when known.
+    pub fn new(zone: impl Into<String>, primary_ns: Option<String>) -> Self {
+        CheckZone {
+            zone: zone.into(),
+            primary_ns,
+        }
+    }
+}
+
+/// What a successful `check_credentials` returns.
+///
+/// Non-exhaustive: build one with [`CredentialsChecked::new`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialsChecked {
+    /// What was checked and found good, for the operator ("the API token is
+    /// active", "hosted zone example.com found"). Never a secret.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl CredentialsChecked {
+    /// A success described by `detail`.
+    pub fn new(detail: impl Into<String>) -> Self {
+        CredentialsChecked {
+            detail: detail.into(),
+        }
+    }
+}
+
 /// The class of a plugin failure, which decides what the host does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -393,6 +468,29 @@ mod tests {
             serde_json::from_str(r#"{"kind":"auth","message":"no"}"#).expect("minimal body parses");
         assert_eq!(e.kind, ErrorKind::Auth);
         assert!(!e.retryable);
+    }
+
+    #[test]
+    fn credentials_check_wire_shape_and_defaults() {
+        let req = CredentialsCheck::new(
+            7,
+            vec![CheckZone::new(
+                "example.com",
+                Some("ns1.example.com.".into()),
+            )],
+        );
+        assert_eq!(
+            serde_json::to_value(&req).expect("ser"),
+            serde_json::json!({"deadline_unix_ms": 7,
+                "zones": [{"zone": "example.com", "primary_ns": "ns1.example.com."}]})
+        );
+        let bare: CredentialsCheck =
+            serde_json::from_str(r#"{"deadline_unix_ms":1,"later":true}"#).expect("parses");
+        assert!(bare.zones.is_empty());
+        let zone: CheckZone = serde_json::from_str(r#"{"zone":"a.test"}"#).expect("parses");
+        assert_eq!(zone.primary_ns, None);
+        let done: CredentialsChecked = serde_json::from_str("{}").expect("parses");
+        assert_eq!(done.detail, "");
     }
 
     #[test]

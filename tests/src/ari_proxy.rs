@@ -56,6 +56,10 @@ struct State {
     new_orders: Vec<Option<String>>,
     new_order_path: Option<String>,
     errors: Vec<String>,
+    /// `meta.profiles` added to the directory (name → description).
+    profiles: Vec<(String, String)>,
+    /// Seconds added to the `Date` of the directory's answer.
+    date_offset_secs: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -171,6 +175,21 @@ impl AriProxy {
     /// nonce, are not counted).
     pub fn new_orders(&self) -> Vec<Option<String>> {
         self.inner.state().new_orders.clone()
+    }
+
+    /// Advertises these certificate profiles (name, description) in the
+    /// directory's `meta.profiles`, which Pebble 2.4.0 lacks.
+    pub fn set_profiles(&self, profiles: &[(&str, &str)]) {
+        self.inner.state().profiles = profiles
+            .iter()
+            .map(|(n, d)| ((*n).to_owned(), (*d).to_owned()))
+            .collect();
+    }
+
+    /// Answers the directory with a `Date` header this many seconds off
+    /// the real time (a CA whose clock, or this machine's, is wrong).
+    pub fn set_date_offset(&self, secs: i64) {
+        self.inner.state().date_offset_secs = Some(secs);
     }
 
     /// Problems the proxy met (upstream unreachable, bad requests).
@@ -408,6 +427,25 @@ fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
         }
         dir["renewalInfo"] =
             serde_json::Value::from(format!("https://{}{RENEWAL_INFO_PATH}", inner.addr));
+        let (profiles, offset) = {
+            let st = inner.state();
+            (st.profiles.clone(), st.date_offset_secs)
+        };
+        if !profiles.is_empty() {
+            let map: serde_json::Map<String, serde_json::Value> = profiles
+                .into_iter()
+                .map(|(n, d)| (n, serde_json::Value::from(d)))
+                .collect();
+            dir["meta"]["profiles"] = serde_json::Value::Object(map);
+        }
+        if let Some(secs) = offset {
+            let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+            let date = at
+                .format(&time::format_description::well_known::Rfc2822)
+                .map_err(io::Error::other)?;
+            rsp.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("date"));
+            rsp.headers.push(("Date".into(), date));
+        }
         rsp.body = serde_json::to_vec(&dir).map_err(io::Error::other)?;
     }
     if let Some(r) = &replaces

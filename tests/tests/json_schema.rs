@@ -222,6 +222,25 @@ const CONFIG_CHECK: &Schema = &[
     ("warnings", Ty::StrList, R),
 ];
 
+const DOCTOR_CHECK: &Schema = &[
+    ("check", Ty::Str, R),
+    ("status", Ty::OneOf(&["ok", "warn", "fail", "skipped"]), R),
+    ("detail", Ty::Str, R),
+    ("fix", STR_OR_NULL, R),
+];
+const DOCTOR_SUMMARY: &Schema = &[
+    ("ok", Ty::Int, R),
+    ("warn", Ty::Int, R),
+    ("fail", Ty::Int, R),
+    ("skipped", Ty::Int, R),
+];
+const MAN: &Schema = &[("man_pages", Ty::StrList, R)];
+const DOCTOR: &Schema = &[
+    ("checks", Ty::ObjList(DOCTOR_CHECK), R),
+    ("summary", Ty::Obj(DOCTOR_SUMMARY), R),
+    ("exit_code", Ty::Int, R),
+];
+
 fn check_ty(v: &Value, ty: Ty, at: &str) -> Result<(), String> {
     let ok = match ty {
         Ty::Str => v.is_string(),
@@ -403,6 +422,13 @@ fn every_command_output_matches_docs_json_md() {
     lines(&r, SOLVERS_INFO, None, false);
     let r = json(&["config", "check", "--config", c]).ok();
     lines(&r, CONFIG_CHECK, None, false);
+    // doctor: one object, ok or not (here the state dir holds certificates
+    // and the config's plugin needs nothing it lacks).
+    let r = json(&["doctor", "--config", c]);
+    assert_eq!(lines(&r, DOCTOR, None, false).len(), 1, "{}", r.describe());
+    let man_dir = format!("{s}-man");
+    let r = json(&["man", "--dir", &man_dir]).ok();
+    lines(&r, MAN, None, false);
 
     // revoke, rename, delete; their failures name the certificate.
     let r = json(&["revoke", "--config", c, "--cert-name", "b.test"]).ok();

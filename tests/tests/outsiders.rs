@@ -200,7 +200,7 @@ fn the_example_builds_outside_the_workspace_from_the_packaged_crate_and_loads() 
     let url = format!("url={}", cts.mgmt_url());
     let out = plugin_check(&lib, &["--solver-opt", &url]);
     assert!(out.contains("plugin check passed"), "{out}");
-    assert!(out.contains("(ABI 1.1)"), "{out}");
+    assert!(out.contains("(ABI 1.2)"), "{out}");
 }
 
 #[test]
@@ -228,6 +228,62 @@ fn a_plugin_built_against_abi_1_0_loads_and_passes_check() {
     assert!(
         out.contains("TXT record served by the DNS server"),
         "the check asked challtestsrv's DNS server: {out}"
+    );
+
+    // `certsmith doctor` does not ask a plugin built before ABI 1.2 to
+    // check its credentials (it could not know the method): a visible
+    // skip, not a pass, and not a failure.
+    let plugins = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(&lib, plugins.path().join("libcertsmith_challtestsrv.so")).expect("copy");
+    let config = tmp.path().join("doctor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[defaults]\nstate_dir = {:?}\n\n[[certificate]]\nname = \"c\"\ndomains = [\"c.example.test\"]\nsolver = \"challtestsrv\"\n[certificate.solver_options]\nurl = {:?}\n",
+            tmp.path().join("state").display().to_string(),
+            cts.mgmt_url()
+        ),
+    )
+    .expect("write the config");
+    let out = Command::new(certsmith_bin())
+        .args([
+            "doctor",
+            "--output",
+            "json",
+            "--server",
+            "https://127.0.0.1:9/dir",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .args(["--dns-resolver", &dns])
+        .output()
+        .expect("run certsmith doctor");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["check"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {report:#}"))
+    };
+    let plugin = check("plugin challtestsrv");
+    assert_eq!(plugin["status"], "ok", "{report:#}");
+    assert!(
+        plugin["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("(ABI 1.0)")),
+        "{plugin:#}"
+    );
+    let creds = check("credentials challtestsrv");
+    assert_eq!(creds["status"], "skipped", "{report:#}");
+    assert!(
+        creds["detail"].as_str().is_some_and(
+            |d| d.starts_with("not supported by this plugin (built for ABI 1.0), skipped")
+        ),
+        "{creds:#}"
     );
 }
 

@@ -124,6 +124,14 @@ pub struct DirectoryInfo {
     /// Whether the CA offers ACME Renewal Information
     /// ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)).
     pub renewal_info: bool,
+    /// The names of `meta.profiles` (ACME profiles, draft-aaron-acme-profiles),
+    /// sorted; empty when the CA advertises none.
+    pub profiles: Vec<String>,
+    /// The CA's clock: the `Date` header of the directory's answer, if any.
+    pub server_date: Option<std::time::SystemTime>,
+    /// This machine's clock when that answer arrived (to compare with
+    /// [`server_date`](DirectoryInfo::server_date)).
+    pub received_at: std::time::SystemTime,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +159,8 @@ struct DirectoryMeta {
     website: Option<String>,
     #[serde(default)]
     external_account_required: bool,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl AcmeClient {
@@ -256,6 +266,12 @@ impl AcmeClient {
             )
             .await
             .map_err(|e| IssueError::network(action, server, e))?;
+        let received_at = std::time::SystemTime::now();
+        let server_date = rsp
+            .headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(transport::http_date);
         let (status, body) = (rsp.status, rsp.body);
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             return Err(transport::problem_error(
@@ -286,6 +302,9 @@ impl AcmeClient {
             website: doc.meta.website,
             external_account_required: doc.meta.external_account_required,
             renewal_info: doc.renewal_info.is_some(),
+            profiles: doc.meta.profiles.into_keys().collect(),
+            server_date,
+            received_at,
         })
     }
 

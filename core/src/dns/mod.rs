@@ -52,9 +52,9 @@ use hickory_resolver::net::NetError;
 
 use propagation::propagation_message;
 pub use propagation::{
-    PropagationTarget, ServerState, check_once, txt_values_at, wait_for_propagation,
+    PropagationTarget, ServerState, check_once, serves_zone, txt_values_at, wait_for_propagation,
 };
-pub use resolve::{resolve_challenge_name, system_resolvers};
+pub use resolve::{lookup_addresses, resolve_challenge_name, system_resolvers};
 
 /// At most this many CNAMEs are followed from `_acme-challenge.<domain>`.
 pub const MAX_CNAME_HOPS: usize = 16;

@@ -117,6 +117,29 @@ pub(super) async fn query_direct(
         .map_err(|_| format!("no TCP answer within {}ms", timeout.as_millis()))?
 }
 
+/// Whether `server` answers authoritatively for `zone`: its SOA, asked
+/// without recursion, answered with the AA bit. `Err` says why not (no
+/// answer, a refusal, not authoritative), for a preflight check.
+pub async fn serves_zone(server: SocketAddr, zone: &str, timeout: Duration) -> Result<(), String> {
+    let name = to_name(zone).map_err(|e| e.to_string())?;
+    let reply = query_direct(server, &name, RecordType::SOA, timeout, false).await?;
+    let rcode = reply.metadata.response_code;
+    if rcode != hickory_proto::op::ResponseCode::NoError {
+        return Err(format!("it answered {rcode} to the SOA query for {zone}"));
+    }
+    if !reply.metadata.authoritative {
+        return Err(format!("it is not authoritative for {zone} (no AA bit)"));
+    }
+    let has_soa = reply
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA);
+    if !has_soa {
+        return Err(format!("its answer for {zone} holds no SOA record"));
+    }
+    Ok(())
+}
+
 /// The TXT values `server` serves at `fqdn`, asked without recursion.
 pub async fn txt_values_at(
     server: SocketAddr,

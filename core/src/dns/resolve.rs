@@ -205,6 +205,29 @@ pub(super) fn soa_of(answer: &Answer, candidate: &Name, name: &Name) -> Option<(
     }
 }
 
+/// The IPv4 and IPv6 addresses of `host`, as the resolvers of `opts` (or
+/// the system's) answer: where a CA's http-01 validation would connect.
+pub async fn lookup_addresses(
+    opts: &DnsOptions,
+    host: &str,
+) -> Result<Vec<std::net::IpAddr>, DnsError> {
+    let name = to_name(host)?;
+    let recursive = Recursive::new(opts)?;
+    let mut out = Vec::new();
+    for rtype in [RecordType::A, RecordType::AAAA] {
+        if let Answer::Records(found) = recursive.lookup(&name, rtype).await? {
+            for r in found.answers() {
+                match &r.data {
+                    RData::A(a) => out.push(std::net::IpAddr::V4(a.0)),
+                    RData::AAAA(a) => out.push(std::net::IpAddr::V6(a.0)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Follows CNAMEs from `_acme-challenge.<identifier>`, finds the zone, its
 /// primary and the servers to check for `opts`' propagation check (the
 /// zone's nameservers are looked up only when they are to be asked).

@@ -16,8 +16,8 @@ use certsmith_plugin_api::abi::{
     STATUS_UNSUPPORTED,
 };
 use certsmith_plugin_api::{
-    ChallengeRequest, CleanupParams, ErrorBody, ErrorKind, METHOD_CLEANUP, METHOD_PRESENT,
-    Manifest, Presented,
+    ChallengeRequest, CleanupParams, CredentialsCheck, CredentialsChecked, ErrorBody, ErrorKind,
+    METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP, METHOD_PRESENT, Manifest, Presented,
 };
 use tokio::sync::oneshot;
 
@@ -31,6 +31,9 @@ use super::load::LoadedPlugin;
 const GRACE: Duration = Duration::from_secs(5);
 
 type Reply = (u32, Vec<u8>);
+
+/// The ABI minor that added `check_credentials`.
+const CHECK_CREDENTIALS_MINOR: u16 = 2;
 
 /// The completion callback for `invoke` and `create`.
 unsafe extern "C" fn on_done(ctx: *mut c_void, status: u32, body: Bytes) {
@@ -211,6 +214,36 @@ impl SolverInstance {
         self.call(METHOD_CLEANUP, &params, timeout_for(req.deadline_unix_ms))
             .await
             .map(|_| ())
+    }
+
+    /// Asks the plugin whether its credentials are accepted (ABI 1.2's
+    /// optional `check_credentials`). `Ok(None)`: the plugin has no such
+    /// check — it answered "unsupported", or was built for an ABI minor
+    /// before 1.2 and is not asked at all (it could not know the method).
+    pub async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Result<Option<CredentialsChecked>, CallError> {
+        if self.inner.plugin.abi_minor() < CHECK_CREDENTIALS_MINOR {
+            return Ok(None);
+        }
+        let params = serde_json::to_vec(req).unwrap_or_default();
+        match self
+            .call(
+                METHOD_CHECK_CREDENTIALS,
+                &params,
+                timeout_for(req.deadline_unix_ms),
+            )
+            .await
+        {
+            Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|e| {
+                CallError::Plugin(ErrorBody::internal(format!(
+                    "the plugin's check_credentials result is not valid: {e}"
+                )))
+            }),
+            Err(CallError::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Invokes any method with a host-side timeout.

@@ -65,6 +65,10 @@ impl LoadedPlugin {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
+    /// The ABI minor version it was built for (what it may implement).
+    pub fn abi_minor(&self) -> u16 {
+        self.abi_minor
+    }
     /// `major.minor` of the ABI it was built for.
     pub fn abi_version(&self) -> String {
         format!("{ABI_MAJOR}.{}", self.abi_minor)

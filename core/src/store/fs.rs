@@ -67,6 +67,99 @@ pub fn default_root() -> Result<PathBuf, StoreError> {
     }
 }
 
+/// What a preflight (`certsmith doctor`) needs to know about a state
+/// directory, read without creating or changing anything in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateDirReport {
+    /// The directory inspected.
+    pub root: PathBuf,
+    /// Whether it exists (a first run creates it).
+    pub exists: bool,
+    /// Its owner's uid, when it exists.
+    pub owner_uid: Option<u32>,
+    /// Its permission bits (`0o700` as certsmith creates it).
+    pub mode: Option<u32>,
+    /// Whether a file could be created in it (or, when it does not exist,
+    /// in the nearest existing parent), with the reason when not.
+    pub writable: Result<(), String>,
+    /// Files holding private keys (certificate keys, account keys) that
+    /// a group or other users may read: (path, mode).
+    pub readable_keys: Vec<(PathBuf, u32)>,
+}
+
+/// Inspects the state directory at `root` for `certsmith doctor`: owner,
+/// mode, writability (by creating and removing a probe file) and the
+/// permissions of every private key file in it (`privkey.pem` of each
+/// certificate version, `account.json` of each account). Creates nothing
+/// but the probe.
+pub fn inspect_state_dir(root: &Path) -> StateDirReport {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(root).ok();
+    let mut report = StateDirReport {
+        root: root.to_path_buf(),
+        exists: meta.is_some(),
+        owner_uid: meta.as_ref().map(|m| m.uid()),
+        mode: meta.as_ref().map(|m| m.mode() & 0o7777),
+        writable: Ok(()),
+        readable_keys: Vec::new(),
+    };
+    let probe_dir = match &meta {
+        Some(m) if !m.is_dir() => {
+            report.writable = Err("it is not a directory".to_owned());
+            return report;
+        }
+        Some(_) => root.to_path_buf(),
+        None => {
+            let mut p = root.to_path_buf();
+            while !p.exists() {
+                if !p.pop() {
+                    break;
+                }
+            }
+            p
+        }
+    };
+    let probe = probe_dir.join(format!(".doctor-probe-{}", std::process::id()));
+    report.writable = match File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "cannot create a file in {}: {e}",
+            probe_dir.display()
+        )),
+    };
+    if report.exists {
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(m) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if m.is_dir() {
+                    todo.push(path);
+                } else if m.is_file()
+                    && matches!(
+                        path.file_name().and_then(|n| n.to_str()),
+                        Some(PRIVKEY_FILE | "account.json")
+                    )
+                    && m.mode() & 0o077 != 0
+                {
+                    report.readable_keys.push((path, m.mode() & 0o7777));
+                }
+            }
+        }
+        report.readable_keys.sort();
+    }
+    report
+}
+
 /// The state directory, opened and known to be writable.
 #[derive(Clone, Debug)]
 pub struct FsStore {

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::PrivateKeyPem;
 
-pub use fs::{DEFAULT_LOCK_TIMEOUT, FsStore, default_root};
+pub use fs::{DEFAULT_LOCK_TIMEOUT, FsStore, StateDirReport, default_root, inspect_state_dir};
 
 /// File names inside a version directory.
 pub const CERT_FILE: &str = "cert.pem";

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::wire::ChallengeRequest;
+use crate::wire::{ChallengeRequest, CredentialsCheck};
 
 /// How far ahead a deadline may lie. Later ones (a host clock far off, a
 /// nonsensical `deadline_unix_ms`) are clamped here instead of overflowing
@@ -113,6 +113,13 @@ impl ChallengeRequest {
     /// down, rather than calling this again in a loop.
     ///
     /// [`deadline_unix_ms`]: ChallengeRequest::deadline_unix_ms
+    pub fn deadline(&self) -> Deadline {
+        Deadline::from_unix_ms(self.deadline_unix_ms)
+    }
+}
+
+impl CredentialsCheck {
+    /// When the host stops waiting for the check, as a [`Deadline`].
     pub fn deadline(&self) -> Deadline {
         Deadline::from_unix_ms(self.deadline_unix_ms)
     }

@@ -109,6 +109,14 @@ pub(crate) struct Zone {
     pub(crate) status: String,
 }
 
+/// The answer of `GET /user/tokens/verify`.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct TokenStatus {
+    /// "active", "disabled" or "expired".
+    #[serde(default)]
+    pub(crate) status: String,
+}
+
 /// A DNS record, as far as this solver cares.
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct Record {

@@ -37,8 +37,8 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    ErrorKind, PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -47,7 +47,7 @@ use serde_json::json;
 mod api;
 
 pub use api::ApiToken;
-use api::{Api, ApiError, Record, Zone};
+use api::{Api, ApiError, Record, TokenStatus, Zone};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
@@ -245,6 +245,45 @@ impl Cloudflare {
         Ok(chosen.id.clone())
     }
 
+    /// What `check_credentials` does.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        let url = self.api.url(&["user", "tokens", "verify"]);
+        let token: TokenStatus = self
+            .api
+            .call(Method::GET, url, None, deadline)
+            .await
+            .map_err(|e| {
+                let e = e.into_plugin("any zone", "verify the API token");
+                if e.kind == ErrorKind::Auth {
+                    PluginError::auth(format!(
+                        "Cloudflare does not accept the API token ({}); set api_token (or CLOUDFLARE_API_TOKEN) to an active token with Zone:DNS:Edit",
+                        e.message
+                    ))
+                } else {
+                    e
+                }
+            })?
+            .result;
+        if token.status != "active" {
+            return Err(PluginError::auth(format!(
+                "the Cloudflare API token is {} (not active); set api_token (or CLOUDFLARE_API_TOKEN) to an active token with Zone:DNS:Edit",
+                token.status
+            )));
+        }
+        let mut found = Vec::new();
+        for zone in &req.zones {
+            let zone = normalize(&zone.zone);
+            let id = self.zone_id(&zone, deadline).await?;
+            found.push(format!("{zone} ({id})"));
+        }
+        let mut detail = "the API token is active".to_owned();
+        if !found.is_empty() {
+            detail.push_str(&format!("; zones visible to it: {}", found.join(", ")));
+        }
+        Ok(CredentialsChecked::new(detail))
+    }
+
     /// Every TXT record at `fqdn` holding `value`.
     async fn find_ours(
         &self,
@@ -333,6 +372,16 @@ impl Solver for Cloudflare {
             ttl,
             zones: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// `GET /user/tokens/verify` (the token is known and active), then the
+    /// zone lookup of every zone asked about (the token can see it). Both
+    /// only read.
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {

@@ -31,15 +31,19 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, PluginError, Presented, Secret, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, DnsTarget, PluginError,
+    Presented, Secret, Solver, async_trait, log,
 };
 use futures_util::{Stream, StreamExt as _};
+use hickory_net::DnsHandle as _;
 use hickory_net::client::{Client, ClientHandle as _};
-use hickory_net::proto::op::{DnsResponse, Message, ResponseCode, SerialMessage};
+use hickory_net::proto::op::update_message::UpdateMessage as _;
+use hickory_net::proto::op::{
+    DnsRequest, DnsResponse, Message, OpCode, Query, ResponseCode, SerialMessage,
+};
 use hickory_net::proto::rr::rdata::TXT;
 use hickory_net::proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
-use hickory_net::proto::rr::{Name, RData, Record, TSigner};
+use hickory_net::proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
 use hickory_net::xfer::DnsClientStream;
@@ -116,6 +120,10 @@ impl fmt::Debug for Rfc2136 {
 enum Op {
     Add,
     Delete,
+    /// A signed UPDATE whose only content is the prerequisite "the zone's
+    /// SOA exists" (RFC 2136 §2.4.1): the server checks the key and its
+    /// right to update the zone, and changes nothing.
+    Probe,
 }
 
 impl Op {
@@ -123,6 +131,7 @@ impl Op {
         match self {
             Op::Add => "add",
             Op::Delete => "delete",
+            Op::Probe => "check the key with a no-op update of",
         }
     }
 }
@@ -199,6 +208,16 @@ impl Solver for Rfc2136 {
         .with_ttl((ttl != target.ttl).then_some(ttl)))
     }
 
+    /// A signed no-op UPDATE of every zone asked about (see [`Op::Probe`]):
+    /// the server verifies the TSIG key and that the key may update the
+    /// zone, as it will for `present`.
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.probe_all(req).await)
+    }
+
     async fn cleanup(
         &self,
         req: &ChallengeRequest,
@@ -223,6 +242,32 @@ impl Solver for Rfc2136 {
 }
 
 impl Rfc2136 {
+    async fn probe_all(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        if req.zones.is_empty() {
+            return Err(PluginError::config(
+                "no zone to check the TSIG key against: no dns-01 name of this solver has a \
+                 zone certsmith could find (fix the names, or the resolver with --dns-resolver)",
+            ));
+        }
+        let mut checked = Vec::new();
+        for z in &req.zones {
+            let zone = z.zone.trim_end_matches('.');
+            // The probe is an update of the zone apex: the target's name is
+            // the zone itself; its value is never sent. The server is the
+            // one `present` would use: `server`, else the SOA MNAME.
+            let target =
+                DnsTarget::new(zone, "@", zone, "", 0).with_primary_ns(z.primary_ns.clone());
+            let server = self.update(&target, Op::Probe, 0).await?;
+            checked.push(format!("{zone} on {server}"));
+        }
+        Ok(CredentialsChecked::new(format!(
+            "TSIG key {} ({}) accepted for updates of {}",
+            self.key_name.to_string().trim_end_matches('.'),
+            self.algorithm,
+            checked.join(", ")
+        )))
+    }
+
     /// Sends one UPDATE adding or deleting the TXT record of `target`.
     /// Returns the server, as shown to the user.
     async fn update(&self, target: &DnsTarget, op: Op, ttl: u32) -> Result<String, PluginError> {
@@ -320,9 +365,19 @@ impl Rfc2136 {
         // so there is no UDP payload size to negotiate, and an OPT record
         // is one thing fewer for an old server to object to.
         client.disable_edns();
-        let sent = match op {
-            Op::Add => client.append(record, zone.clone(), false),
-            Op::Delete => client.delete_by_rdata(record, zone.clone()),
+        let sent = async {
+            match op {
+                Op::Add => client.append(record, zone.clone(), false).await,
+                Op::Delete => client.delete_by_rdata(record, zone.clone()).await,
+                Op::Probe => match client
+                    .send(DnsRequest::from(probe_message(zone)))
+                    .next()
+                    .await
+                {
+                    Some(r) => r,
+                    None => Err(NetError::Timeout),
+                },
+            }
         };
         let outcome = tokio::time::timeout(self.timeout + Duration::from_secs(1), sent).await;
         let answer = last_answer
@@ -442,6 +497,25 @@ impl Rfc2136 {
             self.key_name, self.algorithm
         ))
     }
+}
+
+/// The UPDATE of [`Op::Probe`]: zone section `zone SOA`, one
+/// prerequisite "an SOA RRset exists at the apex" (class ANY, TTL 0, no
+/// RDATA), no update section.
+fn probe_message(zone: &Name) -> Message {
+    let mut query = Query::new();
+    query
+        .set_name(zone.clone())
+        .set_query_class(DNSClass::IN)
+        .set_query_type(RecordType::SOA);
+    let mut message = Message::query();
+    message.metadata.op_code = OpCode::Update;
+    message.metadata.recursion_desired = false;
+    message.add_zone(query);
+    let mut exists = Record::update0(zone.clone(), 0, RecordType::SOA);
+    exists.dns_class = DNSClass::ANY;
+    message.add_pre_requisite(exists.into_record_of_rdata());
+    message
 }
 
 /// How an exchange failed.

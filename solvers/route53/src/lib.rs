@@ -40,8 +40,8 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    Backoff, ChallengeRequest, ChallengeType, Deadline, DnsTarget, NameLocks, PluginError,
-    Presented, Secret, Solver, async_trait, log,
+    Backoff, ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline,
+    DnsTarget, NameLocks, PluginError, Presented, Secret, Solver, async_trait, log,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -270,6 +270,47 @@ impl Route53 {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, id.clone());
         Ok(id)
+    }
+
+    /// What `check_credentials` does: reads only. `GetHostedZone` of the
+    /// configured `hosted_zone_id`, else the lookup by name of every zone
+    /// asked about, else one `ListHostedZonesByName` (any zone): each needs
+    /// the credentials to be accepted and allowed to read Route53.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        let aws = self.aws().await?;
+        if let Some(id) = &self.settings.hosted_zone_id {
+            let out = aws
+                .call(&deadline, "GetHostedZone", || {
+                    aws.client.get_hosted_zone().id(id.clone()).send()
+                })
+                .await?;
+            let name = out
+                .hosted_zone()
+                .map(|z| txt::normalize_name(z.name()))
+                .unwrap_or_default();
+            return Ok(CredentialsChecked::new(format!(
+                "the credentials can read hosted zone {name} ({id})"
+            )));
+        }
+        if req.zones.is_empty() {
+            aws.call(&deadline, "ListHostedZonesByName", || {
+                aws.client.list_hosted_zones_by_name().max_items(1).send()
+            })
+            .await?;
+            return Ok(CredentialsChecked::new(
+                "the credentials can list hosted zones",
+            ));
+        }
+        let mut found = Vec::new();
+        for zone in &req.zones {
+            let id = self.zone_id(aws, &zone.zone, &deadline).await?;
+            found.push(format!("{} ({id})", txt::normalize_name(&zone.zone)));
+        }
+        Ok(CredentialsChecked::new(format!(
+            "the credentials can read hosted zone(s) {}",
+            found.join(", ")
+        )))
     }
 
     /// `ListHostedZonesByName` from `zone`: every zone with exactly that
@@ -644,6 +685,13 @@ impl Solver for Route53 {
             zones: Mutex::new(HashMap::new()),
             locks: NameLocks::default(),
         })
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {

@@ -689,8 +689,15 @@ fn parse_retry_after(value: &str) -> Option<SystemTime> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(SystemTime::now() + Duration::from_secs(secs));
     }
+    http_date(value)
+}
+
+/// Parses an HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`,
+/// [RFC 9110 §5.6.7](https://www.rfc-editor.org/rfc/rfc9110#section-5.6.7)).
+pub(super) fn http_date(value: &str) -> Option<SystemTime> {
     let dt =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+        time::OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc2822)
+            .ok()?;
     Some(SystemTime::from(dt))
 }
 
