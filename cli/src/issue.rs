@@ -17,13 +17,14 @@ use std::time::Duration;
 use certsmith_core::acme::{AccountOptions, AcmeClient};
 use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
 use certsmith_core::dns::PropagationCheck;
-use certsmith_core::engine::{self, CertRequest, IssuedCert};
+use certsmith_core::engine::{self, CertRequest, IssuedCert, OrderOptions};
 use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
 use certsmith_core::keys::KeyType;
 use certsmith_core::plugin::parse_solver_opt;
 use certsmith_core::store;
 use certsmith_core::timefmt::rfc3339;
+use certsmith_plugin_api::ChallengeType;
 use serde_json::json;
 
 use crate::failure::Failure;
@@ -162,8 +163,65 @@ pub(crate) struct IssueArgs {
     /// Kill the deploy hook after SECS.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     deploy_hook_timeout: u64,
+    /// A challenge type to answer: http-01, tls-alpn-01 or dns-01;
+    /// repeat it for a preference order (the first the CA offers wins)
+    /// [default: http-01, then tls-alpn-01, then dns-01]. Recorded for
+    /// `renew`.
+    #[arg(long = "challenge", value_name = "TYPE", value_parser = parse_challenge)]
+    challenges: Vec<ChallengeType>,
+    /// Renewals keep this certificate's private key (for key pinning or
+    /// DANE TLSA records) instead of making a new one. Recorded for `renew`.
+    #[arg(long)]
+    reuse_key: bool,
+    /// Among the CA's alternate chains, store the one whose topmost
+    /// certificate was issued by this common name (e.g. "ISRG Root X1");
+    /// no match keeps the default chain. Recorded for `renew`.
+    #[arg(long, value_name = "ISSUER_CN")]
+    preferred_chain: Option<String>,
+    /// The ACME profile to order (one the CA's directory lists under
+    /// meta.profiles, e.g. "shortlived"). Recorded for `renew`.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
+}
+
+/// One `--challenge` value.
+fn parse_challenge(s: &str) -> Result<ChallengeType, String> {
+    ChallengeType::parse(s)
+        .ok_or_else(|| format!("unknown challenge type '{s}'; use http-01, tls-alpn-01 or dns-01"))
+}
+
+/// The order options of the flags, checked: no challenge type twice, no
+/// empty name.
+fn order_options(args: &IssueArgs) -> Result<OrderOptions, Failure> {
+    let mut order = OrderOptions::default();
+    for &c in &args.challenges {
+        if order.challenges.contains(&c) {
+            return Err(Failure::usage(
+                format!("--challenge {c} is given twice"),
+                Some("give each challenge type once, most preferred first"),
+            ));
+        }
+        order.challenges.push(c);
+    }
+    order.reuse_key = args.reuse_key;
+    let named =
+        |flag: &str, v: &Option<String>, hint: &'static str| match v.as_deref().map(str::trim) {
+            Some("") => Err(Failure::usage(format!("{flag} is empty"), Some(hint))),
+            other => Ok(other.map(str::to_owned)),
+        };
+    order.preferred_chain = named(
+        "--preferred-chain",
+        &args.preferred_chain,
+        "give the issuer common name of the chain wanted, e.g. --preferred-chain \"ISRG Root X1\"",
+    )?;
+    order.profile = named(
+        "--profile",
+        &args.profile,
+        "name one of the CA's profiles, e.g. --profile shortlived",
+    )?;
+    Ok(order)
 }
 
 /// Everything checked and ready, before any network traffic.
@@ -173,6 +231,7 @@ struct Prepared {
     /// when an order is planned.
     solver: (String, toml::Table),
     propagation_check: Option<PropagationCheck>,
+    order: OrderOptions,
     max_names: usize,
     client: AcmeClient,
     account: AccountOptions,
@@ -195,6 +254,8 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
             Some("pass --cert-name with a plain name such as example.com"),
         )
     })?;
+
+    let order = order_options(args)?;
 
     // 2. The config file: its plugin_dirs and [solvers.*] (through the one
     // config model, with the same checks and line/column errors as `run`).
@@ -266,6 +327,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         solver: (args.solver.clone(), table),
         // --propagation-check is in the engine's options and wins.
         propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
+        order,
         max_names,
         client,
         account,
@@ -283,6 +345,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         wanted,
         solver: (code, table),
         propagation_check,
+        order,
         max_names,
         client,
         account,
@@ -312,6 +375,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             key_type: wanted.key_type,
             replaces: None,
             propagation_check,
+            order: order.clone(),
         };
         engine::check_request(&request, max_names)?;
         Ok(request)
@@ -430,6 +494,7 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "serial": cert.serial,
             "version": cert.version,
             "key_type": cert.key_type.as_str(),
+            "chain_issuer": cert.chain_issuer,
         })),
         OutputFormat::Text => {
             outln!("certificate '{}' (version {})", cert.name, cert.version);
@@ -445,6 +510,9 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             );
             outln!("  serial:    {}", cert.serial);
             outln!("  key type:  {}", cert.key_type);
+            if let Some(issuer) = &cert.chain_issuer {
+                outln!("  root CA:   {issuer} (issuer of the topmost chain certificate)");
+            }
         }
     }
 }

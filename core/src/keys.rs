@@ -171,11 +171,35 @@ pub fn key_and_csr(key_type: KeyType, domains: &[String]) -> Result<KeyAndCsr, K
     })
 }
 
+/// A CSR for `domains` signed by an existing key (`--reuse-key`): the
+/// renewal certifies the same public key.
+pub fn csr_with_key(
+    key_type: KeyType,
+    private_key: &PrivateKeyPem,
+    domains: &[String],
+) -> Result<KeyAndCsr, KeyError> {
+    let key =
+        KeyPair::from_pem(private_key.expose()).map_err(|e| KeyError::Unreadable(e.to_string()))?;
+    let csr_der = csr_for(&key, domains)?;
+    Ok(KeyAndCsr {
+        key_type,
+        private_key: private_key.clone(),
+        csr_der,
+    })
+}
+
+/// The subjectAltNames are DNS names, or IP addresses (RFC 8738) for
+/// identifiers that parse as one (rcgen tells them apart the same way).
 fn csr_for(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, KeyError> {
     let mut params =
         CertificateParams::new(domains.to_vec()).map_err(|e| KeyError::Csr(e.to_string()))?;
     let mut dn = DistinguishedName::new();
-    if let Some(first) = domains.first().filter(|d| d.len() <= 64) {
+    // An IP address is never a common name (CA/B Forum BR 7.1.4.3 allows
+    // one, but Let's Encrypt's IP certificates carry none): no CN then.
+    if let Some(first) = domains
+        .first()
+        .filter(|d| d.len() <= 64 && d.parse::<std::net::IpAddr>().is_err())
+    {
         dn.push(DnType::CommonName, first.as_str());
     }
     params.distinguished_name = dn;

@@ -14,6 +14,13 @@
 //!   CA's answer is given the same `replaces`, as RFC 9773 §5 requires of
 //!   a server that accepts it.
 //!
+//! * ACME profiles (draft-ietf-acme-profiles), which Pebble 2.4.0 ignores:
+//!   after [`AriProxy::set_profiles`], the directory's `meta.profiles`
+//!   lists them, the `profile` of every new order is recorded
+//!   ([`AriProxy::new_order_profiles`]) and reflected in the CA's answer,
+//!   and an order for a profile not listed is refused with `invalidProfile`
+//!   (as Let's Encrypt's Boulder does).
+//!
 //! The `Host` header is forwarded unchanged, so Pebble builds every URL it
 //! hands out (and checks every JWS `url`) with the proxy's address: the
 //! client only ever talks to the proxy. One request per connection
@@ -54,6 +61,8 @@ struct State {
     retry_after_secs: u64,
     renewal_info_requests: Vec<String>,
     new_orders: Vec<Option<String>>,
+    new_order_profiles: Vec<Option<String>>,
+    profiles: Option<serde_json::Map<String, serde_json::Value>>,
     new_order_path: Option<String>,
     errors: Vec<String>,
 }
@@ -171,6 +180,22 @@ impl AriProxy {
     /// nonce, are not counted).
     pub fn new_orders(&self) -> Vec<Option<String>> {
         self.inner.state().new_orders.clone()
+    }
+
+    /// Advertises `profiles` (name, description) in the directory's
+    /// `meta.profiles` from now on.
+    pub fn set_profiles(&self, profiles: &[(&str, &str)]) {
+        let map = profiles
+            .iter()
+            .map(|(n, d)| ((*n).to_owned(), serde_json::Value::from(*d)))
+            .collect();
+        self.inner.state().profiles = Some(map);
+    }
+
+    /// The `profile` field of every new-order request that reached the
+    /// proxy (also those it refused), in order.
+    pub fn new_order_profiles(&self) -> Vec<Option<String>> {
+        self.inner.state().new_order_profiles.clone()
     }
 
     /// Problems the proxy met (upstream unreachable, bad requests).
@@ -390,7 +415,41 @@ fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
     } else {
         None
     };
+    let profile = if is_new_order {
+        jws_payload(&req.body)
+            .and_then(|p| p.get("profile").and_then(|v| v.as_str()).map(str::to_owned))
+    } else {
+        None
+    };
+    if is_new_order {
+        let mut st = inner.state();
+        st.new_order_profiles.push(profile.clone());
+        let known = st.profiles.as_ref();
+        if let Some(p) = &profile
+            && !known.is_some_and(|k| k.contains_key(p))
+        {
+            return Ok(Response {
+                status: 400,
+                reason: "Bad Request".into(),
+                headers: vec![("Content-Type".into(), "application/problem+json".into())],
+                body: serde_json::json!({
+                    "type": "urn:ietf:params:acme:error:invalidProfile",
+                    "detail": format!("profile {p:?} is not offered"),
+                    "status": 400,
+                })
+                .to_string()
+                .into_bytes(),
+            });
+        }
+    }
     let mut rsp = forward(&req, inner)?;
+    if let Some(p) = &profile
+        && (200..300).contains(&rsp.status)
+        && let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
+    {
+        order["profile"] = serde_json::Value::from(p.clone());
+        rsp.body = serde_json::to_vec(&order).map_err(io::Error::other)?;
+    }
     if is_new_order && (200..300).contains(&rsp.status) {
         // Only orders the CA created: one refused for its nonce is retried.
         inner.state().new_orders.push(replaces.clone());
@@ -408,6 +467,9 @@ fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
         }
         dir["renewalInfo"] =
             serde_json::Value::from(format!("https://{}{RENEWAL_INFO_PATH}", inner.addr));
+        if let Some(profiles) = inner.state().profiles.clone() {
+            dir["meta"]["profiles"] = serde_json::Value::Object(profiles);
+        }
         rsp.body = serde_json::to_vec(&dir).map_err(io::Error::other)?;
     }
     if let Some(r) = &replaces

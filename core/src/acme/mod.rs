@@ -23,6 +23,7 @@
 //!   deactivation, key rollover.
 //! * `jws`: the requests certsmith signs itself, where instant-acme lacks
 //!   the call.
+//! * `chains`: alternate certificate chains and `--preferred-chain`.
 
 use std::fmt;
 use std::path::Path;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use crate::error::{CaProblem, CaSubproblem, IssueError};
 
 mod account;
+mod chains;
 mod jws;
 mod lifecycle;
 mod order;
@@ -43,6 +45,7 @@ mod stored;
 mod transport;
 
 pub use account::{Account, AccountOptions, Eab};
+pub use chains::top_issuer_cn;
 pub use lifecycle::{RenewalInfo, RevocationReason};
 pub use order::{
     AuthzInfo, AuthzStatus, ChallengeInfo, FINALIZE_POLL_INITIAL_DELAY, Order, POLL_EARLY_MAX,
@@ -124,6 +127,10 @@ pub struct DirectoryInfo {
     /// Whether the CA offers ACME Renewal Information
     /// ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)).
     pub renewal_info: bool,
+    /// `meta.profiles`: the certificate profiles the CA offers, by name,
+    /// with their descriptions (draft-ietf-acme-profiles); empty when it
+    /// offers none.
+    pub profiles: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +158,8 @@ struct DirectoryMeta {
     website: Option<String>,
     #[serde(default)]
     external_account_required: bool,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, String>,
 }
 
 impl AcmeClient {
@@ -286,6 +295,22 @@ impl AcmeClient {
             website: doc.meta.website,
             external_account_required: doc.meta.external_account_required,
             renewal_info: doc.renewal_info.is_some(),
+            profiles: doc.meta.profiles,
+        })
+    }
+
+    /// Checks that the CA offers the profile `profile` (its directory's
+    /// `meta.profiles`, from the cache when it was fetched): the error
+    /// lists those it offers, or says it offers none.
+    pub async fn check_profile(&self, profile: &str) -> Result<(), IssueError> {
+        let doc = self.directory_doc().await?;
+        if doc.meta.profiles.contains_key(profile) {
+            return Ok(());
+        }
+        Err(IssueError::UnknownProfile {
+            profile: profile.to_owned(),
+            server: self.directory_url.clone(),
+            available: doc.meta.profiles.into_keys().collect(),
         })
     }
 

@@ -13,7 +13,7 @@ use super::Agent;
 use super::job::{Job, JobError, Plan, Settings};
 use crate::acme::AcmeClient;
 use crate::config::{self, CertificateConfig, Config};
-use crate::engine::{self, CertRequest};
+use crate::engine::{self, CertRequest, OrderOptions};
 use crate::error::IssueError;
 use crate::identifiers;
 use crate::keys::KeyType;
@@ -200,6 +200,7 @@ impl Agent {
                 key_type: cert.key_type,
                 replaces: None,
                 propagation_check: config.propagation_check(cert),
+                order: cert.order.clone(),
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -291,6 +292,13 @@ impl Agent {
                 return job;
             }
         };
+        let order = match OrderOptions::from_lineage(lineage) {
+            Ok(o) => o,
+            Err(e) => {
+                job.fail(JobError::context(format!("{name}: lineage"), e));
+                return job;
+            }
+        };
         let make = || -> Result<CertRequest, JobError> {
             let mut table = solver_table;
             for (k, v) in &lineage.solver_options {
@@ -306,6 +314,7 @@ impl Agent {
                 key_type,
                 replaces: None,
                 propagation_check: None,
+                order,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -375,6 +384,14 @@ impl Agent {
                 order_with(&mut job, Some(Plan::Issue(why.to_owned())), make);
                 return job;
             }
+        };
+        // Order options the request leaves unset keep the stored ones.
+        let stored_order = OrderOptions::from_lineage(&lineage).unwrap_or_default();
+        let make = move || {
+            make().map(|r| CertRequest {
+                order: r.order.clone().or(&stored_order),
+                ..r
+            })
         };
         settings.deploy_hook = settings.deploy_hook.or(lineage.deploy_hook.clone());
         settings.email = settings.email.or(lineage.email.clone());

@@ -428,6 +428,48 @@ impl Checker<'_, '_> {
             Some(h) => Some(h.get_ref().clone()),
             None => None,
         };
+        let mut order = crate::engine::OrderOptions::default();
+        for c in raw.challenges.iter().flat_map(|l| l.get_ref()) {
+            match certsmith_plugin_api::ChallengeType::parse(c.get_ref()) {
+                Some(t) if order.challenges.contains(&t) => self.err(
+                    c.span(),
+                    key("challenges"),
+                    format!("'{}' is listed twice", c.get_ref()),
+                    "list each challenge type once, most preferred first",
+                ),
+                Some(t) => order.challenges.push(t),
+                None => self.err(
+                    c.span(),
+                    key("challenges"),
+                    format!("unknown challenge type '{}'", c.get_ref()),
+                    "use http-01, tls-alpn-01 or dns-01, most preferred first: challenges = [\"tls-alpn-01\"]",
+                ),
+            }
+        }
+        order.reuse_key = raw.reuse_key.unwrap_or(false);
+        for (field, value, slot) in [
+            (
+                "preferred_chain",
+                &raw.preferred_chain,
+                &mut order.preferred_chain,
+            ),
+            ("profile", &raw.profile, &mut order.profile),
+        ] {
+            match value {
+                Some(v) if v.get_ref().trim().is_empty() => self.err(
+                    v.span(),
+                    key(field),
+                    "the value is empty".to_owned(),
+                    if field == "profile" {
+                        "name one of the CA's profiles (its directory lists them under meta.profiles), or remove profile"
+                    } else {
+                        "give the issuer common name of the chain wanted, e.g. \"ISRG Root X1\", or remove preferred_chain"
+                    },
+                ),
+                Some(v) => *slot = Some(v.get_ref().trim().to_owned()),
+                None => {}
+            }
+        }
         let solver_options = match raw.solver_options {
             Some(t) => solver_table(t, self.diag),
             None => SolverTable {
@@ -448,6 +490,7 @@ impl Checker<'_, '_> {
             deploy_hook,
             renew_before,
             propagation_check,
+            order,
             pos,
             domains_pos: self.diag.pos(raw.domains.span()),
             solver_pos,

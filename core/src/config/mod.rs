@@ -39,6 +39,10 @@
 //! deploy_hook = "..."
 //! renew_before = "20d"            # less than MAX_RENEW_BEFORE
 //! propagation_check = "wait:30"   # overrides [defaults] for this one
+//! challenges = ["tls-alpn-01"]    # challenge types, most preferred first
+//! reuse_key = true                # renewals keep the private key
+//! preferred_chain = "ISRG Root X1" # issuer CN of the chain wanted
+//! profile = "shortlived"          # an ACME profile the CA offers
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Line and column
@@ -215,6 +219,8 @@ pub struct CertificateConfig {
     pub renew_before: Option<Duration>,
     /// How this certificate's dns-01 propagation is checked, if it says.
     pub propagation_check: Option<PropagationCheck>,
+    /// `challenges`, `reuse_key`, `preferred_chain`, `profile`.
+    pub order: crate::engine::OrderOptions,
     /// Where the table starts.
     pub pos: Pos,
     /// Where `domains` is.

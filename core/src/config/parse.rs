@@ -58,6 +58,10 @@ const CERT_KEYS: &[&str] = &[
     "deploy_hook",
     "renew_before",
     "propagation_check",
+    "challenges",
+    "reuse_key",
+    "preferred_chain",
+    "profile",
 ];
 
 /// A list of strings, each with its span.
@@ -116,6 +120,10 @@ pub(super) struct RawCert {
     pub(super) deploy_hook: Option<Spanned<String>>,
     pub(super) renew_before: Option<Spanned<String>>,
     pub(super) propagation_check: Option<Spanned<String>>,
+    pub(super) challenges: Option<RawList>,
+    pub(super) reuse_key: Option<bool>,
+    pub(super) preferred_chain: Option<Spanned<String>>,
+    pub(super) profile: Option<Spanned<String>>,
 }
 
 /// Reads `text` into the model, reporting to `diagnostics` what does not
@@ -288,6 +296,10 @@ impl Reader<'_, '_> {
             deploy_hook: self.string(&t, "deploy_hook"),
             renew_before: self.string(&t, "renew_before"),
             propagation_check: self.string(&t, "propagation_check"),
+            challenges: self.strings(&t, "challenges"),
+            reuse_key: self.boolean(&t, "reuse_key"),
+            preferred_chain: self.string(&t, "preferred_chain"),
+            profile: self.string(&t, "profile"),
             domains: domains?,
         })
     }

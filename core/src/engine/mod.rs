@@ -41,6 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use certsmith_plugin_api::ChallengeType;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -75,6 +76,73 @@ pub struct CertRequest {
     /// configuration); `None`: the engine's. The engine's
     /// [`DnsOptions::propagation_check`], when set, wins.
     pub propagation_check: Option<PropagationCheck>,
+    /// What the order asks of the CA beyond its names (challenge types,
+    /// profile, chain, key reuse); recorded in the lineage.
+    pub order: OrderOptions,
+}
+
+/// What an order asks beyond its names, recorded in the lineage so that
+/// `renew` and `run` ask the same again (docs/design.md §4.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OrderOptions {
+    /// The challenge types to answer, most preferred first, each one the
+    /// solver supports; empty: http-01, then tls-alpn-01, then dns-01.
+    pub challenges: Vec<ChallengeType>,
+    /// Renewals keep the private key of the current version (for key
+    /// pinning and DANE TLSA records) instead of making a new one.
+    pub reuse_key: bool,
+    /// The common name of the issuer of the topmost certificate of the
+    /// chain wanted, among the CA's alternate chains; no match keeps the
+    /// default chain.
+    pub preferred_chain: Option<String>,
+    /// The ACME profile to order (draft-ietf-acme-profiles), checked
+    /// against the directory's `meta.profiles` before ordering.
+    pub profile: Option<String>,
+}
+
+impl OrderOptions {
+    /// The challenge types asked for, by name, in order.
+    pub fn challenge_names(&self) -> Vec<String> {
+        self.challenges
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect()
+    }
+
+    /// The options a lineage recorded; a challenge type the lineage names
+    /// that this version does not know is an error naming it.
+    pub fn from_lineage(lineage: &store::Lineage) -> Result<OrderOptions, IssueError> {
+        let challenges = lineage
+            .challenges
+            .iter()
+            .map(|c| {
+                ChallengeType::parse(c).ok_or_else(|| {
+                    IssueError::InvalidRequest(format!(
+                        "unknown challenge type '{c}' in the lineage's challenges; use http-01, tls-alpn-01 or dns-01"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OrderOptions {
+            challenges,
+            reuse_key: lineage.reuse_key,
+            preferred_chain: lineage.preferred_chain.clone(),
+            profile: lineage.profile.clone(),
+        })
+    }
+
+    /// Fills what `self` leaves unset from `stored` (a lineage's options):
+    /// an `issue` without the flag keeps what the certificate had.
+    pub fn or(mut self, stored: &OrderOptions) -> OrderOptions {
+        if self.challenges.is_empty() {
+            self.challenges = stored.challenges.clone();
+        }
+        self.reuse_key = self.reuse_key || stored.reuse_key;
+        self.preferred_chain = self.preferred_chain.or(stored.preferred_chain.clone());
+        self.profile = self.profile.or(stored.profile.clone());
+        self
+    }
 }
 
 impl CertRequest {
@@ -113,6 +181,9 @@ pub struct IssuedCert {
     pub serial: String,
     /// The key type.
     pub key_type: KeyType,
+    /// The common name of the issuer of the chain's topmost certificate
+    /// (what `--preferred-chain` matches), if it has one.
+    pub chain_issuer: Option<String>,
 }
 
 /// Cancels an engine run; cheap to clone. Cancelling makes every order stop
@@ -244,6 +315,29 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
         .into());
     }
     let manifest = req.solver.manifest();
+    for &c in &req.order.challenges {
+        if !manifest.supports(c) {
+            return Err(IssueError::UnsupportedChallenge {
+                challenge: c.as_str().to_owned(),
+                solver: manifest.code.clone(),
+                supported: manifest
+                    .challenge_types
+                    .iter()
+                    .map(|t| t.as_str().to_owned())
+                    .collect(),
+            });
+        }
+    }
     identifiers::check_solver(&req.domains, manifest)?;
+    if !req.order.challenges.is_empty()
+        && !req.order.challenges.contains(&ChallengeType::Dns01)
+        && let Some(w) = req.domains.iter().find(|d| d.is_wildcard())
+    {
+        return Err(IssueError::UnsupportedChallenge {
+            challenge: req.order.challenge_names().join(", "),
+            solver: manifest.code.clone(),
+            supported: vec![format!("dns-01 only for the wildcard '{w}'")],
+        });
+    }
     Ok(())
 }

@@ -137,6 +137,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        order.prefer_chain(req.order.preferred_chain.clone());
         let timeout = inner.options.finalize_timeout;
         let chain = match order.resumable() {
             Resumable::Download => order.issued_certificate(timeout).await?,

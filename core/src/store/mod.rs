@@ -227,6 +227,19 @@ pub struct Lineage {
     /// lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<String>,
+    /// The challenge types asked for, most preferred first (`--challenge`,
+    /// `challenges`); empty: the default order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<String>,
+    /// Renewals keep the current private key (`--reuse-key`, `reuse_key`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_key: bool,
+    /// The issuer common name of the chain wanted (`--preferred-chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_chain: Option<String>,
+    /// The ACME profile ordered (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// When the current version is due for renewal, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<RenewalRecord>,
