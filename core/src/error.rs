@@ -291,6 +291,25 @@ pub enum IssueError {
         /// What the solver supports, from its manifest.
         supported: Vec<String>,
     },
+    /// The names of the user's CSR are not the names asked for.
+    #[error(
+        "the CSR asks for {} but the names given are {}",
+        .csr.join(", "), .domains.join(", ")
+    )]
+    CsrNames {
+        /// The CSR's names.
+        csr: Vec<String>,
+        /// The names given (or stored).
+        domains: Vec<String>,
+    },
+    /// The user's CSR cannot be used.
+    #[error("{path}: {source}")]
+    Csr {
+        /// Where it was read from.
+        path: String,
+        /// Why.
+        source: crate::keys::KeyError,
+    },
     /// The ACME profile asked for is not among those the CA's directory
     /// lists (`meta.profiles`), or the CA lists none.
     #[error(
@@ -486,6 +505,8 @@ impl IssueError {
             | IssueError::AccountDeactivated { .. }
             | IssueError::NoUsableChallenge { .. }
             | IssueError::UnsupportedChallenge { .. }
+            | IssueError::CsrNames { .. }
+            | IssueError::Csr { .. }
             | IssueError::UnknownProfile { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {
                 crate::dns::DnsError::NoResolvers

@@ -608,3 +608,219 @@ fn ip_address_certificates_v4_and_v6_with_http_and_tls_alpn() {
         r.describe()
     );
 }
+
+// ---------------------------------------------------------------- 1. CSR ---
+
+/// A key and a CSR made by openssl, as an operator would.
+fn openssl_csr(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+    let key = dir.join("user-key.pem");
+    let csr = dir.join("user-csr.pem");
+    let san = names
+        .iter()
+        .map(|n| format!("DNS:{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        p(&key),
+        "-subj",
+        &format!("/CN={}", names[0]),
+        "-addext",
+        &format!("subjectAltName={san}"),
+        "-out",
+        p(&csr),
+    ]);
+    (key, csr)
+}
+
+fn cert_pubkey(cert: &Path) -> String {
+    openssl(&["x509", "-in", p(cert), "-noout", "-pubkey"])
+}
+
+/// `--csr` (PEM, then DER): the names come from the CSR, no private key is
+/// written (and the output says so), the CSR is stored with the
+/// certificate and chain, and a forced renewal sends it again (the same
+/// key is certified). -d names that differ, or a file that is no CSR,
+/// are refused before ordering, naming the flags.
+#[test]
+fn own_csr_keeps_the_key_with_the_user_and_renews_with_it() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("pebble");
+    let state = TempState::new().expect("state");
+    let (key, csr) = openssl_csr(state.path(), &["csr.example", "www.csr.example"]);
+    let user_pubkey = openssl(&["pkey", "-in", p(&key), "-pubout"]);
+    let listen = standalone_http(&pebble, "127.0.0.1");
+    let solver = ["--solver", "standalone", "--solver-opt", listen.as_str()];
+
+    let mut args = vec!["--csr", p(&csr)];
+    args.extend_from_slice(&solver);
+    let r = issue_at(&pebble, state.path(), &args);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = one(&r);
+    assert_eq!(v["name"], "csr.example", "{v}");
+    assert_eq!(
+        v["domains"],
+        serde_json::json!(["csr.example", "www.csr.example"]),
+        "{v}"
+    );
+    assert!(v["privkey_path"].is_null(), "{v}");
+    let dir = cert_dir(state.path(), "csr.example");
+    assert_eq!(
+        v["csr_path"].as_str(),
+        Some(p(&dir.join("current/csr.pem"))),
+        "{v}"
+    );
+    for version in ["versions/1"] {
+        let d = dir.join(version);
+        assert!(!d.join("privkey.pem").exists(), "no key stored");
+        for f in ["cert.pem", "chain.pem", "fullchain.pem", "csr.pem"] {
+            assert!(d.join(f).is_file(), "{f} stored");
+        }
+    }
+    assert_eq!(cert_pubkey(&dir.join("current/cert.pem")), user_pubkey);
+    assert_eq!(
+        lineage(state.path(), "csr.example")
+            .get("csr")
+            .and_then(toml::Value::as_bool),
+        Some(true)
+    );
+
+    let r = renew_forced(state.path(), "csr.example");
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.json();
+    assert_eq!(v[0]["action"], "renewed", "{}", r.describe());
+    assert!(v[0]["privkey_path"].is_null(), "{}", r.describe());
+    assert!(!dir.join("versions/2/privkey.pem").exists());
+    assert!(dir.join("versions/2/csr.pem").is_file());
+    assert_eq!(
+        cert_pubkey(&dir.join("versions/2/cert.pem")),
+        user_pubkey,
+        "the renewal certifies the user's key again"
+    );
+
+    // Text output says where the key is.
+    let r = certsmith(&[
+        "issue",
+        "--server",
+        &pebble.directory_url(),
+        "--ca-cert",
+        p(pebble.ca_cert_path()),
+        "--agree-tos",
+        "--state-dir",
+        p(state.path()),
+        "--csr",
+        p(&csr),
+        "--force",
+        "--solver",
+        "standalone",
+        "--solver-opt",
+        &listen,
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(r.stdout.contains("kept by you"), "{}", r.describe());
+
+    // DER, with -d naming the same set: accepted.
+    let der = state.file("user-csr.der");
+    openssl(&["req", "-in", p(&csr), "-outform", "DER", "-out", p(&der)]);
+    let mut args = vec![
+        "--csr",
+        p(&der),
+        "-d",
+        "www.csr.example",
+        "-d",
+        "csr.example",
+        "--cert-name",
+        "der",
+    ];
+    args.extend_from_slice(&solver);
+    let r = issue_at(&pebble, state.path(), &args);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(
+        cert_pubkey(&cert_dir(state.path(), "der").join("current/cert.pem")),
+        user_pubkey
+    );
+
+    // -d that differs: an error naming both.
+    let mut args = vec!["--csr", p(&csr), "-d", "other.example", "--cert-name", "x"];
+    args.extend_from_slice(&solver);
+    let r = issue_at(&pebble, state.path(), &args);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let e = &one(&r)["error"];
+    let msg = e["message"].as_str().expect("m");
+    assert!(
+        msg.contains("--csr") && msg.contains("-d") && msg.contains("other.example"),
+        "{msg}"
+    );
+    assert!(msg.contains("www.csr.example"), "{msg}");
+    assert!(!cert_dir(state.path(), "x").exists());
+
+    // Not a CSR.
+    let mut args = vec!["--csr", p(&key)];
+    args.extend_from_slice(&solver);
+    let r = issue_at(&pebble, state.path(), &args);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let e = &one(&r)["error"];
+    assert!(e["message"].as_str().expect("m").contains("--csr"), "{e}");
+    assert!(
+        e["hint"].as_str().expect("h").contains("openssl req"),
+        "{e}"
+    );
+
+    // --reuse-key with --csr: refused by the parser.
+    let mut args = vec!["--csr", p(&csr), "--reuse-key"];
+    args.extend_from_slice(&solver);
+    let r = issue_at(&pebble, state.path(), &args);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+}
+
+/// `csr = "file"` in a `[[certificate]]` without `domains`: `run` orders
+/// with the CSR's names and stores no key; a `domains` that differs is
+/// found by `config check`.
+#[test]
+fn config_csr_orders_with_its_names() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("pebble");
+    let state = TempState::new().expect("state");
+    // Next to the config file: `csr` is relative to it.
+    let (key, _) = openssl_csr(state.root(), &["cfg.example"]);
+    let cfg = state.file("certsmith.toml");
+    let text = format!(
+        "[defaults]\nserver = \"{}\"\nca_cert = \"{}\"\nagree_tos = true\nstate_dir = \"{}\"\n\n[[certificate]]\ncsr = \"user-csr.pem\"\nsolver = \"standalone\"\nsolver_options = {{ listen = [\"127.0.0.1:{}\"] }}\n",
+        pebble.directory_url(),
+        p(pebble.ca_cert_path()),
+        p(state.path()),
+        pebble.http_port()
+    );
+    fs::write(&cfg, &text).expect("config");
+    let r = certsmith(&["run", "--config", p(&cfg), "--output", "json"]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.json();
+    assert_eq!(v[0]["name"], "cfg.example", "{}", r.describe());
+    assert!(v[0]["privkey_path"].is_null(), "{}", r.describe());
+    let cur = cert_dir(state.path(), "cfg.example").join("current");
+    assert!(!cur.join("privkey.pem").exists());
+    assert_eq!(
+        cert_pubkey(&cur.join("cert.pem")),
+        openssl(&["pkey", "-in", p(&key), "-pubout"])
+    );
+
+    fs::write(
+        &cfg,
+        text.replace("csr = ", "domains = [\"other.example\"]\ncsr = "),
+    )
+    .expect("config");
+    let r = certsmith(&["config", "check", "--config", p(&cfg), "--output", "json"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let v = one(&r);
+    let err = &v["error"]["errors"][0];
+    assert_eq!(err["key"], "certificate[1].domains", "{v}");
+    assert!(
+        err["message"].as_str().expect("m").contains("cfg.example"),
+        "{v}"
+    );
+}

@@ -134,6 +134,27 @@ impl RequestMode {
     }
 }
 
+/// The order options a lineage recorded, with the user's CSR of its
+/// current version when it was ordered with one (renewals send it again).
+fn stored_order(store: &Store, name: &str, lineage: &Lineage) -> Result<OrderOptions, IssueError> {
+    let mut order = OrderOptions::from_lineage(lineage)?;
+    if lineage.csr {
+        let files = store.read_version(name, None)?;
+        let Some(pem) = files.and_then(|v| v.files.csr_pem) else {
+            return Err(IssueError::InvalidRequest(format!(
+                "'{name}' was ordered with a CSR, but its current version holds no {}; order it again with --csr",
+                crate::store::CSR_FILE
+            )));
+        };
+        let csr = crate::keys::read_csr(pem.as_bytes()).map_err(|source| IssueError::Csr {
+            path: format!("{name}/current/{}", crate::store::CSR_FILE),
+            source,
+        })?;
+        order.csr = Some(csr);
+    }
+    Ok(order)
+}
+
 /// A renew_before stored in a lineage, if valid.
 fn lineage_renew_before(name: &str, lineage: &Lineage) -> Option<Duration> {
     match lineage.renew_before.as_deref().map(config::parse_duration) {
@@ -292,7 +313,7 @@ impl Agent {
                 return job;
             }
         };
-        let order = match OrderOptions::from_lineage(lineage) {
+        let order = match stored_order(&self.store, name, lineage) {
             Ok(o) => o,
             Err(e) => {
                 job.fail(JobError::context(format!("{name}: lineage"), e));
@@ -386,7 +407,13 @@ impl Agent {
             }
         };
         // Order options the request leaves unset keep the stored ones.
-        let stored_order = OrderOptions::from_lineage(&lineage).unwrap_or_default();
+        let stored_order = match stored_order(&self.store, &name, &lineage) {
+            Ok(o) => o,
+            Err(e) => {
+                job.fail(JobError::context(format!("{name}: lineage"), e));
+                return job;
+            }
+        };
         let make = move || {
             make().map(|r| CertRequest {
                 order: r.order.clone().or(&stored_order),

@@ -99,6 +99,9 @@ pub struct OrderOptions {
     /// The ACME profile to order (draft-ietf-acme-profiles), checked
     /// against the directory's `meta.profiles` before ordering.
     pub profile: Option<String>,
+    /// The user's CSR: sent as is, no key made or stored; it is kept in
+    /// each version (`csr.pem`) and sent again at renewal.
+    pub csr: Option<crate::keys::UserCsr>,
 }
 
 impl OrderOptions {
@@ -110,7 +113,8 @@ impl OrderOptions {
             .collect()
     }
 
-    /// The options a lineage recorded; a challenge type the lineage names
+    /// The options a lineage recorded (without its CSR, which is in the
+    /// current version: see `store::CSR_FILE`); a challenge type the lineage names
     /// that this version does not know is an error naming it.
     pub fn from_lineage(lineage: &store::Lineage) -> Result<OrderOptions, IssueError> {
         let challenges = lineage
@@ -129,6 +133,7 @@ impl OrderOptions {
             reuse_key: lineage.reuse_key,
             preferred_chain: lineage.preferred_chain.clone(),
             profile: lineage.profile.clone(),
+            csr: None,
         })
     }
 
@@ -141,6 +146,7 @@ impl OrderOptions {
         self.reuse_key = self.reuse_key || stored.reuse_key;
         self.preferred_chain = self.preferred_chain.or(stored.preferred_chain.clone());
         self.profile = self.profile.or(stored.profile.clone());
+        self.csr = self.csr.or(stored.csr.clone());
         self
     }
 }
@@ -171,8 +177,11 @@ pub struct IssuedCert {
     pub chain_path: PathBuf,
     /// `certs/<name>/current/fullchain.pem`.
     pub fullchain_path: PathBuf,
-    /// `certs/<name>/current/privkey.pem`.
-    pub privkey_path: PathBuf,
+    /// `certs/<name>/current/privkey.pem`; `None` when the certificate was
+    /// ordered with the user's CSR (the key is theirs).
+    pub privkey_path: Option<PathBuf>,
+    /// `certs/<name>/current/csr.pem`, the user's CSR, when one was used.
+    pub csr_path: Option<PathBuf>,
     /// notBefore of the leaf.
     pub not_before: OffsetDateTime,
     /// notAfter of the leaf.
@@ -313,6 +322,24 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
             max: max_names,
         }
         .into());
+    }
+    if req.order.reuse_key && req.order.csr.is_some() {
+        return Err(IssueError::InvalidRequest(
+            "a certificate ordered with its own CSR cannot reuse a key: the key is not certsmith's"
+                .to_owned(),
+        ));
+    }
+    if let Some(csr) = &req.order.csr {
+        let mut asked: Vec<&str> = csr.names.iter().map(String::as_str).collect();
+        let mut ordered: Vec<&str> = req.domains.iter().map(Identifier::as_str).collect();
+        asked.sort_unstable();
+        ordered.sort_unstable();
+        if asked != ordered {
+            return Err(IssueError::CsrNames {
+                csr: csr.names.clone(),
+                domains: req.domains.iter().map(|d| d.as_str().to_owned()).collect(),
+            });
+        }
     }
     let manifest = req.solver.manifest();
     for &c in &req.order.challenges {

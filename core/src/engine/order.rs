@@ -158,7 +158,16 @@ impl Engine {
                 .order
                 .reuse_key
                 .then(|| (inner.store.clone(), req.name.clone()));
+            let csr = req.order.csr.clone();
             tokio::task::spawn_blocking(move || {
+                if let Some(csr) = csr {
+                    // The user's CSR: sent as is, the key is theirs.
+                    return Ok(keys::KeyAndCsr {
+                        key_type,
+                        private_key: None,
+                        csr_der: csr.der,
+                    });
+                }
                 match reuse.and_then(|(store, name)| reusable_key(&store, &name, key_type)) {
                     Some(key) => keys::csr_with_key(key_type, &key, &domains),
                     None => keys::key_and_csr(key_type, &domains),
@@ -227,7 +236,7 @@ impl Engine {
         req: &CertRequest,
         domains: Vec<String>,
         key_type: KeyType,
-        private_key: keys::PrivateKeyPem,
+        private_key: Option<keys::PrivateKeyPem>,
         chain: &str,
         order_url: &str,
     ) -> Result<IssuedCert, IssueError> {
@@ -244,6 +253,7 @@ impl Engine {
             versions: Vec::new(),
             challenges: req.order.challenge_names(),
             reuse_key: req.order.reuse_key,
+            csr: req.order.csr.is_some(),
             preferred_chain: req.order.preferred_chain.clone(),
             profile: req.order.profile.clone(),
             ..Lineage::default()
@@ -260,6 +270,7 @@ impl Engine {
             chain_pem: parsed.chain_pem,
             fullchain_pem: parsed.fullchain_pem,
             privkey_pem: private_key,
+            csr_pem: req.order.csr.as_ref().map(keys::UserCsr::to_pem),
         };
         let store = inner.store.clone();
         let name = req.name.clone();
@@ -286,7 +297,16 @@ impl Engine {
             cert_path: saved.current.join(store::CERT_FILE),
             chain_path: saved.current.join(store::CHAIN_FILE),
             fullchain_path: saved.current.join(store::FULLCHAIN_FILE),
-            privkey_path: saved.current.join(store::PRIVKEY_FILE),
+            privkey_path: req
+                .order
+                .csr
+                .is_none()
+                .then(|| saved.current.join(store::PRIVKEY_FILE)),
+            csr_path: req
+                .order
+                .csr
+                .is_some()
+                .then(|| saved.current.join(store::CSR_FILE)),
             not_before: parsed.not_before,
             not_after: parsed.not_after,
             serial: parsed.serial,
@@ -673,7 +693,7 @@ fn reusable_key(store: &Store, name: &str, key_type: KeyType) -> Option<keys::Pr
         return None;
     }
     match store.read_version(name, None) {
-        Ok(Some(v)) => Some(v.files.privkey_pem),
+        Ok(Some(v)) => v.files.privkey_pem,
         Ok(None) => None,
         Err(e) => {
             log::warn!("{name}: reuse_key: the current key cannot be read ({e}); making a new key");
