@@ -74,6 +74,8 @@ const ISSUE: &Schema = &[
     ("version_dir", Ty::Str, O),
     ("not_before", Ty::Str, O),
     ("key_type", Ty::Str, O),
+    ("chain_issuer", STR_OR_NULL, O),
+    ("csr_path", STR_OR_NULL, O),
 ];
 const BATCH: &Schema = &[
     ("name", Ty::Str, R),

@@ -43,6 +43,8 @@
 //! reuse_key = true                # renewals keep the private key
 //! preferred_chain = "ISRG Root X1" # issuer CN of the chain wanted
 //! profile = "shortlived"          # an ACME profile the CA offers
+//! # csr = "example.com.csr"       # your own CSR (PEM or DER): the names come
+//! #                               # from it (domains may be left out), no key is stored
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Line and column
@@ -219,7 +221,8 @@ pub struct CertificateConfig {
     pub renew_before: Option<Duration>,
     /// How this certificate's dns-01 propagation is checked, if it says.
     pub propagation_check: Option<PropagationCheck>,
-    /// `challenges`, `reuse_key`, `preferred_chain`, `profile`.
+    /// `challenges`, `reuse_key`, `preferred_chain`, `profile`, `csr`
+    /// (read and checked: its names are `domains`).
     pub order: crate::engine::OrderOptions,
     /// Where the table starts.
     pub pos: Pos,
