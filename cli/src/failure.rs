@@ -171,6 +171,15 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             "pass --challenge (or set `challenges` in the certificate's config) to one of what the solver offers: {}; or choose another --solver",
             supported.join(", ")
         ),
+        IssueError::WildcardChallenge { .. } => {
+            "add --challenge dns-01 (or dns-01 to `challenges` in the certificate's config), with a DNS solver".to_owned()
+        }
+        IssueError::CsrNames { .. } => {
+            "make the CSR for exactly the certificate's names, or leave out -d / `domains` (the names come from the CSR)".to_owned()
+        }
+        IssueError::Csr { .. } => {
+            "order the certificate again with --csr FILE (or `csr` in its config)".to_owned()
+        }
         IssueError::UnknownProfile { available, .. } if available.is_empty() => {
             "leave out --profile (or `profile` in the certificate's config): this CA offers none".to_owned()
         }

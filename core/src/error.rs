@@ -310,6 +310,18 @@ pub enum IssueError {
         /// Why.
         source: crate::keys::KeyError,
     },
+    /// A wildcard among the names, and dns-01 not among the challenge
+    /// types asked for (a wildcard is validated only with dns-01).
+    #[error(
+        "'{domain}' can only be validated with dns-01, but the challenge types asked for are {}",
+        .asked.join(", ")
+    )]
+    WildcardChallenge {
+        /// The wildcard.
+        domain: String,
+        /// The challenge types asked for.
+        asked: Vec<String>,
+    },
     /// The ACME profile asked for is not among those the CA's directory
     /// lists (`meta.profiles`), or the CA lists none.
     #[error(
@@ -506,6 +518,7 @@ impl IssueError {
             | IssueError::NoUsableChallenge { .. }
             | IssueError::UnsupportedChallenge { .. }
             | IssueError::CsrNames { .. }
+            | IssueError::WildcardChallenge { .. }
             | IssueError::Csr { .. }
             | IssueError::UnknownProfile { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {

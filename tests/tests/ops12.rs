@@ -704,6 +704,13 @@ fn own_csr_keeps_the_key_with_the_user_and_renews_with_it() {
         "the renewal certifies the user's key again"
     );
 
+    // `list` finds the CSR's version sound: its key is the CSR's.
+    let r = certsmith(&["list", "--state-dir", p(state.path()), "--output", "json"]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let listed = r.json();
+    assert_eq!(listed[0]["name"], "csr.example", "{}", r.describe());
+    assert_eq!(listed[0]["state"], "valid", "{}", r.describe());
+
     // Text output says where the key is.
     let r = certsmith(&[
         "issue",

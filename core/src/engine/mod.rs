@@ -360,10 +360,9 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
         && !req.order.challenges.contains(&ChallengeType::Dns01)
         && let Some(w) = req.domains.iter().find(|d| d.is_wildcard())
     {
-        return Err(IssueError::UnsupportedChallenge {
-            challenge: req.order.challenge_names().join(", "),
-            solver: manifest.code.clone(),
-            supported: vec![format!("dns-01 only for the wildcard '{w}'")],
+        return Err(IssueError::WildcardChallenge {
+            domain: w.as_str().to_owned(),
+            asked: req.order.challenge_names(),
         });
     }
     Ok(())
