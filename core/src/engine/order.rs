@@ -241,6 +241,14 @@ impl Engine {
         order_url: &str,
     ) -> Result<IssuedCert, IssueError> {
         let inner = &self.inner;
+        if private_key.is_none() && req.order.csr.is_none() {
+            // A pending order recorded without a key, picked up by a
+            // request without the CSR it was made for.
+            return Err(IssueError::InvalidRequest(format!(
+                "the pending order of '{}' was made with a CSR; order with that CSR again",
+                req.name
+            )));
+        }
         let parsed = parse_chain(chain, inner.client.directory_url())?;
         let chain_issuer = crate::acme::top_issuer_cn(&parsed.fullchain_pem);
         let lineage = Lineage {
