@@ -831,3 +831,69 @@ fn config_csr_orders_with_its_names() {
         "{v}"
     );
 }
+
+// ------------------------------------------------------- the config file ---
+
+/// Every order option from a `[[certificate]]` through `run`: tls-alpn-01
+/// only (the solver has `tls_listen` alone), the profile sent through the
+/// proxy, the chain of Pebble's alternate root 1, and a forced second run
+/// certifying the same key again.
+#[test]
+fn run_honours_every_order_option_of_the_config() {
+    let pebble = Pebble::start(PebbleOpts {
+        env: vec![
+            ("PEBBLE_ALTERNATE_ROOTS".into(), "1".into()),
+            ("PEBBLE_AUTHZREUSE".into(), "0".into()),
+        ],
+        ..PebbleOpts::default()
+    })
+    .expect("pebble");
+    let proxy = AriProxy::start(&pebble).expect("proxy");
+    proxy.set_profiles(&[("shortlived", "Six days")]);
+    let state = TempState::new().expect("state");
+    let root1 = pebble.root_pem_at_blocking(1).expect("root 1");
+    let cn1 = subject_cn(&root1, state.root());
+    let cfg = state.file("certsmith.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[defaults]\nserver = \"{}\"\nca_cert = \"{}\"\nagree_tos = true\nstate_dir = \"{}\"\n\n[[certificate]]\ndomains = [\"opts.example\"]\nsolver = \"standalone\"\nsolver_options = {{ tls_listen = [\"127.0.0.1:{}\"] }}\nchallenges = [\"tls-alpn-01\"]\nreuse_key = true\npreferred_chain = \"{cn1}\"\nprofile = \"shortlived\"\n",
+            proxy.directory_url(),
+            p(proxy.ca_bundle_path()),
+            p(state.path()),
+            pebble.tls_port()
+        ),
+    )
+    .expect("config");
+    let dir = cert_dir(state.path(), "opts.example");
+    for (round, extra) in [(1, None), (2, Some("--force"))] {
+        let mut args = vec!["run", "--config", p(&cfg), "--output", "json"];
+        args.extend(extra);
+        let r = certsmith(&args);
+        assert_eq!(r.code, Some(0), "round {round}: {}", r.describe());
+        assert!(r.stderr.contains("tls-alpn-01"), "{}", r.describe());
+        assert!(!r.stderr.contains("http-01"), "{}", r.describe());
+        let v = dir.join(format!("versions/{round}"));
+        assert!(
+            verifies_to(
+                &root1,
+                &v.join("chain.pem"),
+                &v.join("cert.pem"),
+                state.root()
+            ),
+            "round {round}: the chain of root 1"
+        );
+        assert_eq!(proxy.new_order_profiles().len(), round);
+    }
+    assert!(
+        proxy
+            .new_order_profiles()
+            .iter()
+            .all(|p| p.as_deref() == Some("shortlived"))
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("versions/1/privkey.pem")).expect("key 1"),
+        fs::read_to_string(dir.join("versions/2/privkey.pem")).expect("key 2"),
+        "reuse_key"
+    );
+}
