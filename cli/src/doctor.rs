@@ -944,7 +944,14 @@ async fn check_ca(args: &DoctorArgs, config: Option<&Config>, report: &mut Repor
     } else {
         report.ok(
             "profiles",
-            format!("the CA offers profiles: {}", dir.profiles.join(", ")),
+            format!(
+                "the CA offers profiles: {}",
+                dir.profiles
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
     }
 }

@@ -139,8 +139,12 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Identifier(IdentifierError::TooMany { .. }) => {
             "split the names over several certificates (each with its own --cert-name)".to_owned()
         }
+        IssueError::Identifier(IdentifierError::IpNeedsHttpOrTls { .. }) => {
+            "pass --solver standalone (or webroot) for IP addresses, or give DNS names with -d".to_owned()
+        }
         IssueError::Identifier(_) => {
-            "domains are DNS names such as example.com or *.example.com".to_owned()
+            "domains are DNS names such as example.com or *.example.com, or IP addresses such as 192.0.2.1 or 2001:db8::1"
+                .to_owned()
         }
         IssueError::BadServer { .. } => {
             "--server takes letsencrypt, letsencrypt-staging, zerossl, or the https URL of an ACME directory"
@@ -161,8 +165,28 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
             path.display()
         ),
         IssueError::NoUsableChallenge { .. } => {
-            "choose a solver for a challenge type this CA offers".to_owned()
+            "choose a solver for a challenge type this CA offers (or widen --challenge / `challenges`)".to_owned()
         }
+        IssueError::UnsupportedChallenge { supported, .. } => format!(
+            "pass --challenge (or set `challenges` in the certificate's config) to one of what the solver offers: {}; or choose another --solver",
+            supported.join(", ")
+        ),
+        IssueError::WildcardChallenge { .. } => {
+            "add --challenge dns-01 (or dns-01 to `challenges` in the certificate's config), with a DNS solver".to_owned()
+        }
+        IssueError::CsrNames { .. } => {
+            "make the CSR for exactly the certificate's names, or leave out -d / `domains` (the names come from the CSR)".to_owned()
+        }
+        IssueError::Csr { .. } => {
+            "order the certificate again with --csr FILE (or `csr` in its config)".to_owned()
+        }
+        IssueError::UnknownProfile { available, .. } if available.is_empty() => {
+            "leave out --profile (or `profile` in the certificate's config): this CA offers none".to_owned()
+        }
+        IssueError::UnknownProfile { available, .. } => format!(
+            "pass --profile (or set `profile` in the certificate's config) to one of: {}",
+            available.join(", ")
+        ),
         IssueError::Dns {
             source: DnsError::NoResolvers | DnsError::SystemConfig { .. },
             ..

@@ -62,7 +62,15 @@ Examples:
 
   # Against Let's Encrypt's staging CA, settings from the environment
   export CERTSMITH_SERVER=letsencrypt-staging CERTSMITH_EMAIL=admin@example.com CERTSMITH_AGREE_TOS=1
-  certsmith issue -d example.com --solver standalone";
+  certsmith issue -d example.com --solver standalone
+
+  # tls-alpn-01 on port 443 only; renewals keep the key (TLSA)
+  certsmith issue -d example.com --solver standalone --solver-opt tls_listen=0.0.0.0:443 \\
+      --challenge tls-alpn-01 --reuse-key --agree-tos
+
+  # Your own CSR (the key stays with you); an IP address certificate
+  certsmith issue --csr example.com.csr --solver webroot --solver-opt path=/var/www/html
+  certsmith issue -d 192.0.2.1 --solver standalone --profile shortlived";
 
 /// `certsmith run --help`.
 pub(crate) const RUN: &str = "\

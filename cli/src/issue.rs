@@ -17,13 +17,14 @@ use std::time::Duration;
 use certsmith_core::acme::{AccountOptions, AcmeClient};
 use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
 use certsmith_core::dns::PropagationCheck;
-use certsmith_core::engine::{self, CertRequest, IssuedCert};
+use certsmith_core::engine::{self, CertRequest, IssuedCert, OrderOptions};
 use certsmith_core::error::IssueError;
 use certsmith_core::identifiers;
-use certsmith_core::keys::KeyType;
+use certsmith_core::keys::{self, KeyType};
 use certsmith_core::plugin::parse_solver_opt;
 use certsmith_core::store;
 use certsmith_core::timefmt::rfc3339;
+use certsmith_plugin_api::ChallengeType;
 use serde_json::json;
 
 use crate::failure::Failure;
@@ -88,9 +89,21 @@ fn parse_opt(arg: &str) -> Result<SolverOpt, String> {
 /// Obtain a certificate now.
 #[derive(Debug, clap::Args)]
 pub(crate) struct IssueArgs {
-    /// A domain to include (repeatable); `*.example.com` for a wildcard.
-    #[arg(short = 'd', long = "domain", value_name = "DOMAIN", required = true)]
+    /// A domain to include (repeatable); `*.example.com` for a wildcard,
+    /// an IPv4 or IPv6 address for an IP certificate (RFC 8738).
+    #[arg(
+        short = 'd',
+        long = "domain",
+        value_name = "DOMAIN",
+        required_unless_present = "csr"
+    )]
     domains: Vec<String>,
+    /// Order with your own certificate signing request (PEM or DER): the
+    /// names come from it (-d, if given too, must be the same), the
+    /// private key stays with you (no privkey.pem is written) and the
+    /// key type is the CSR's. The CSR is stored and sent again at renewal.
+    #[arg(long, value_name = "FILE", conflicts_with = "reuse_key")]
+    csr: Option<PathBuf>,
     /// The solver plugin that answers the challenges (`certsmith solvers list`).
     #[arg(long, value_name = "CODE", env = "CERTSMITH_SOLVER")]
     solver: String,
@@ -162,8 +175,119 @@ pub(crate) struct IssueArgs {
     /// Kill the deploy hook after SECS.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     deploy_hook_timeout: u64,
+    /// A challenge type to answer: http-01, tls-alpn-01 or dns-01;
+    /// repeat it for a preference order (the first the CA offers wins)
+    /// [default: http-01, then tls-alpn-01, then dns-01]. Recorded for
+    /// `renew`.
+    #[arg(long = "challenge", value_name = "TYPE", value_parser = parse_challenge)]
+    challenges: Vec<ChallengeType>,
+    /// Renewals keep this certificate's private key (for key pinning or
+    /// DANE TLSA records) instead of making a new one. Recorded for `renew`.
+    #[arg(long)]
+    reuse_key: bool,
+    /// Among the CA's alternate chains, store the one whose topmost
+    /// certificate was issued by this common name (e.g. "ISRG Root X1");
+    /// no match keeps the default chain. Recorded for `renew`.
+    #[arg(long, value_name = "ISSUER_CN")]
+    preferred_chain: Option<String>,
+    /// The ACME profile to order (one the CA's directory lists under
+    /// meta.profiles, e.g. "shortlived"). Recorded for `renew`.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
     #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
+}
+
+/// Reads `--csr FILE`.
+fn read_user_csr(path: &std::path::Path) -> Result<keys::UserCsr, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Failure::usage(
+            format!("cannot read --csr {}: {e}", path.display()),
+            Some("give the path of a certificate signing request (PEM or DER)"),
+        )
+    })?;
+    keys::read_csr(&bytes).map_err(|e| {
+        Failure::usage(
+            format!("--csr {}: {e}", path.display()),
+            Some("make one with e.g. `openssl req -new -key KEY -subj /CN=example.com -addext subjectAltName=DNS:example.com -out csr.pem`"),
+        )
+    })
+}
+
+/// The names of `csr`, checked like -d names; `domains` (-d), when given,
+/// must be the same set.
+fn csr_names(
+    csr: &keys::UserCsr,
+    path: &std::path::Path,
+    domains: &[String],
+) -> Result<Vec<identifiers::Identifier>, Failure> {
+    let names = identifiers::parse_domains(&csr.names).map_err(|e| {
+        Failure::usage(
+            format!("--csr {}: {e}", path.display()),
+            Some("the CSR's subjectAltNames must be DNS names or IP addresses the CA can validate"),
+        )
+    })?;
+    if domains.is_empty() {
+        return Ok(names);
+    }
+    let given = identifiers::parse_domains(domains).map_err(IssueError::from)?;
+    let set = |ids: &[identifiers::Identifier]| {
+        ids.iter()
+            .map(|i| i.as_str().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    if set(&names) != set(&given) {
+        return Err(Failure::usage(
+            format!(
+                "the names of --csr {} ({}) differ from those of -d ({})",
+                path.display(),
+                set(&names).into_iter().collect::<Vec<_>>().join(", "),
+                set(&given).into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            Some(
+                "leave out -d (the names come from the CSR), or make a CSR for exactly the -d names",
+            ),
+        ));
+    }
+    Ok(names)
+}
+
+/// One `--challenge` value.
+fn parse_challenge(s: &str) -> Result<ChallengeType, String> {
+    ChallengeType::parse(s)
+        .ok_or_else(|| format!("unknown challenge type '{s}'; use http-01, tls-alpn-01 or dns-01"))
+}
+
+/// The order options of the flags, checked: no challenge type twice, no
+/// empty name.
+fn order_options(args: &IssueArgs) -> Result<OrderOptions, Failure> {
+    let mut order = OrderOptions::default();
+    for &c in &args.challenges {
+        if order.challenges.contains(&c) {
+            return Err(Failure::usage(
+                format!("--challenge {c} is given twice"),
+                Some("give each challenge type once, most preferred first"),
+            ));
+        }
+        order.challenges.push(c);
+    }
+    order.reuse_key = args.reuse_key;
+    let named =
+        |flag: &str, v: &Option<String>, hint: &'static str| match v.as_deref().map(str::trim) {
+            Some("") => Err(Failure::usage(format!("{flag} is empty"), Some(hint))),
+            other => Ok(other.map(str::to_owned)),
+        };
+    order.preferred_chain = named(
+        "--preferred-chain",
+        &args.preferred_chain,
+        "give the issuer common name of the chain wanted, e.g. --preferred-chain \"ISRG Root X1\"",
+    )?;
+    order.profile = named(
+        "--profile",
+        &args.profile,
+        "name one of the CA's profiles, e.g. --profile shortlived",
+    )?;
+    Ok(order)
 }
 
 /// Everything checked and ready, before any network traffic.
@@ -173,6 +297,7 @@ struct Prepared {
     /// when an order is planned.
     solver: (String, toml::Table),
     propagation_check: Option<PropagationCheck>,
+    order: OrderOptions,
     max_names: usize,
     client: AcmeClient,
     account: AccountOptions,
@@ -181,8 +306,21 @@ struct Prepared {
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
-    // 1. The names.
-    let domains = identifiers::parse_domains(&args.domains).map_err(IssueError::from)?;
+    // 1. The names: from -d, or from --csr (then -d must agree).
+    let mut order = order_options(args)?;
+    let (domains, key_type) = match &args.csr {
+        Some(path) => {
+            let csr = read_user_csr(path)?;
+            let domains = csr_names(&csr, path, &args.domains)?;
+            let key_type = csr.key_type;
+            order.csr = Some(csr);
+            (domains, key_type)
+        }
+        None => (
+            identifiers::parse_domains(&args.domains).map_err(IssueError::from)?,
+            args.key_type.into(),
+        ),
+    };
     let name = match &args.cert_name {
         Some(n) => n.clone(),
         None => identifiers::default_cert_name(&domains).ok_or_else(|| {
@@ -236,7 +374,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let wanted = WantedCert {
         name,
         domains,
-        key_type: args.key_type.into(),
+        key_type,
     };
 
     // 6. The account options and the server.
@@ -266,6 +404,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         solver: (args.solver.clone(), table),
         // --propagation-check is in the engine's options and wins.
         propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
+        order,
         max_names,
         client,
         account,
@@ -283,6 +422,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         wanted,
         solver: (code, table),
         propagation_check,
+        order,
         max_names,
         client,
         account,
@@ -312,6 +452,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             key_type: wanted.key_type,
             replaces: None,
             propagation_check,
+            order: order.clone(),
         };
         engine::check_request(&request, max_names)?;
         Ok(request)
@@ -377,7 +518,8 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             "serial": job.facts.as_ref().map(|f| f.serial.clone()),
             "not_after": job.facts.as_ref().map(|f| rfc3339(f.not_after)),
             "fullchain_path": path(store::FULLCHAIN_FILE),
-            "privkey_path": path(store::PRIVKEY_FILE),
+            // `null` for a certificate of the user's CSR: the key is theirs.
+            "privkey_path": path(store::PRIVKEY_FILE).filter(|p| p.exists()),
             "cert_path": path(store::CERT_FILE),
             "chain_path": path(store::CHAIN_FILE),
             "deploy_hook": null,
@@ -393,8 +535,9 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             if let Some(p) = path(store::FULLCHAIN_FILE) {
                 outln!("  fullchain: {}", p.display());
             }
-            if let Some(p) = path(store::PRIVKEY_FILE) {
-                outln!("  privkey:   {}", p.display());
+            match path(store::PRIVKEY_FILE).filter(|p| p.exists()) {
+                Some(p) => outln!("  privkey:   {}", p.display()),
+                None => outln!("  privkey:   kept by you (ordered with your CSR; none is stored)"),
             }
         }
     }
@@ -430,12 +573,24 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "serial": cert.serial,
             "version": cert.version,
             "key_type": cert.key_type.as_str(),
+            "chain_issuer": cert.chain_issuer,
+            "csr_path": cert.csr_path,
         })),
         OutputFormat::Text => {
             outln!("certificate '{}' (version {})", cert.name, cert.version);
             outln!("  domains:   {}", cert.domains.join(", "));
             outln!("  fullchain: {}", cert.fullchain_path.display());
-            outln!("  privkey:   {}", cert.privkey_path.display());
+            match (&cert.privkey_path, &cert.csr_path) {
+                (Some(p), _) => outln!("  privkey:   {}", p.display()),
+                (None, csr) => {
+                    outln!(
+                        "  privkey:   kept by you: ordered with your CSR, no private key is stored"
+                    );
+                    if let Some(c) = csr {
+                        outln!("  csr:       {} (sent again at renewal)", c.display());
+                    }
+                }
+            }
             outln!("  cert:      {}", cert.cert_path.display());
             outln!("  chain:     {}", cert.chain_path.display());
             outln!(
@@ -445,6 +600,9 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             );
             outln!("  serial:    {}", cert.serial);
             outln!("  key type:  {}", cert.key_type);
+            if let Some(issuer) = &cert.chain_issuer {
+                outln!("  root CA:   {issuer} (issuer of the topmost chain certificate)");
+            }
         }
     }
 }

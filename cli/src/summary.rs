@@ -154,7 +154,11 @@ fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) ->
         // A certificate skipped (or whose renewal failed) still has its
         // current files.
         "fullchain_path": cert.map(|c| c.fullchain_path.clone()).or_else(|| current_file(job, certsmith_core::store::FULLCHAIN_FILE)),
-        "privkey_path": cert.map(|c| c.privkey_path.clone()).or_else(|| current_file(job, certsmith_core::store::PRIVKEY_FILE)),
+        // `null` for a certificate of the user's CSR: the key is theirs.
+        "privkey_path": match cert {
+            Some(c) => c.privkey_path.clone(),
+            None => current_file(job, certsmith_core::store::PRIVKEY_FILE).filter(|p| p.exists()),
+        },
         "deploy_hook": hook,
         "error": failure.map(Failure::json),
     })

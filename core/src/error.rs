@@ -277,6 +277,69 @@ pub enum IssueError {
         /// What the solver supports.
         supported: Vec<String>,
     },
+    /// A challenge type asked for (the request's preference order) is not
+    /// one the solver answers.
+    #[error(
+        "challenge type {challenge} was asked for, but solver '{solver}' answers only {}",
+        .supported.join(", ")
+    )]
+    UnsupportedChallenge {
+        /// The challenge type asked for.
+        challenge: String,
+        /// The solver code.
+        solver: String,
+        /// What the solver supports, from its manifest.
+        supported: Vec<String>,
+    },
+    /// The names of the user's CSR are not the names asked for.
+    #[error(
+        "the CSR asks for {} but the names given are {}",
+        .csr.join(", "), .domains.join(", ")
+    )]
+    CsrNames {
+        /// The CSR's names.
+        csr: Vec<String>,
+        /// The names given (or stored).
+        domains: Vec<String>,
+    },
+    /// The user's CSR cannot be used.
+    #[error("{path}: {source}")]
+    Csr {
+        /// Where it was read from.
+        path: String,
+        /// Why.
+        source: crate::keys::KeyError,
+    },
+    /// A wildcard among the names, and dns-01 not among the challenge
+    /// types asked for (a wildcard is validated only with dns-01).
+    #[error(
+        "'{domain}' can only be validated with dns-01, but the challenge types asked for are {}",
+        .asked.join(", ")
+    )]
+    WildcardChallenge {
+        /// The wildcard.
+        domain: String,
+        /// The challenge types asked for.
+        asked: Vec<String>,
+    },
+    /// The ACME profile asked for is not among those the CA's directory
+    /// lists (`meta.profiles`), or the CA lists none.
+    #[error(
+        "the CA {server} {}",
+        if .available.is_empty() {
+            format!("offers no certificate profiles, so profile '{profile}' cannot be asked for")
+        } else {
+            format!("has no profile '{profile}'; it offers {}", .available.join(", "))
+        }
+    )]
+    UnknownProfile {
+        /// The profile asked for.
+        profile: String,
+        /// The directory URL.
+        server: String,
+        /// The profiles the CA offers, sorted; empty when it offers none.
+        available: Vec<String>,
+    },
     /// Finding where a dns-01 record goes failed (CNAME loop, no zone, DNS
     /// unreachable).
     #[error("dns-01 for '{domain}': {source}")]
@@ -452,7 +515,12 @@ impl IssueError {
             | IssueError::InvalidRequest(_)
             | IssueError::NoStoredAccount { .. }
             | IssueError::AccountDeactivated { .. }
-            | IssueError::NoUsableChallenge { .. } => ErrorClass::Usage,
+            | IssueError::NoUsableChallenge { .. }
+            | IssueError::UnsupportedChallenge { .. }
+            | IssueError::CsrNames { .. }
+            | IssueError::WildcardChallenge { .. }
+            | IssueError::Csr { .. }
+            | IssueError::UnknownProfile { .. } => ErrorClass::Usage,
             IssueError::Dns { source, .. } => match source {
                 crate::dns::DnsError::NoResolvers
                 | crate::dns::DnsError::SystemConfig { .. }

@@ -44,6 +44,12 @@ impl Identifier {
         &self.name
     }
 
+    /// Whether this is an IP address identifier
+    /// ([RFC 8738](https://www.rfc-editor.org/rfc/rfc8738)).
+    pub fn is_ip(&self) -> bool {
+        self.name.parse::<std::net::IpAddr>().is_ok()
+    }
+
     /// Whether this is a `*.` wildcard.
     pub fn is_wildcard(&self) -> bool {
         self.name.starts_with("*.")
@@ -139,8 +145,10 @@ pub enum IdentifierError {
         /// The domain as given.
         domain: String,
     },
-    /// The name is an IP address.
-    #[error("invalid domain '{domain}': IP address identifiers are not supported; give a DNS name")]
+    /// The name looks like an IP address but is not a valid one.
+    #[error(
+        "invalid domain '{domain}': it is neither a DNS name nor a valid IP address; give a DNS name, an IPv4 address (192.0.2.1) or an IPv6 address (2001:db8::1)"
+    )]
     IpAddress {
         /// The domain as given.
         domain: String,
@@ -168,6 +176,19 @@ pub enum IdentifierError {
         domain: String,
         /// The converter's reason.
         reason: String,
+    },
+    /// An IP address with a solver that answers neither http-01 nor
+    /// tls-alpn-01 (dns-01 cannot validate an address, RFC 8738 §7).
+    #[error(
+        "'{domain}' is an IP address, validated only with http-01 or tls-alpn-01; solver '{solver}' offers {offers}; use standalone or webroot"
+    )]
+    IpNeedsHttpOrTls {
+        /// The address.
+        domain: String,
+        /// The solver code.
+        solver: String,
+        /// The challenge types it offers, comma-separated.
+        offers: String,
     },
     /// A wildcard with a solver that cannot answer dns-01.
     #[error(
@@ -208,9 +229,19 @@ pub fn parse_domain(input: &str) -> Result<Identifier, IdentifierError> {
     if trimmed.is_empty() || trimmed.chars().all(|c| c == '.') {
         return Err(IdentifierError::EmptyName { domain: domain() });
     }
-    if trimmed.parse::<std::net::IpAddr>().is_ok()
-        || (trimmed.starts_with('[') && trimmed.ends_with(']'))
-    {
+    // An IP address identifier (RFC 8738), IPv6 also in brackets; its
+    // text is the canonical one (RFC 5952 for IPv6), as the CA writes it.
+    let unbracketed = trimmed
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(trimmed);
+    if let Ok(ip) = unbracketed.parse::<std::net::IpAddr>() {
+        return Ok(Identifier {
+            name: ip.to_string(),
+            input: input.to_owned(),
+        });
+    }
+    if unbracketed.len() != trimmed.len() {
         return Err(IdentifierError::IpAddress { domain: domain() });
     }
 
@@ -337,20 +368,37 @@ pub fn parse_domains<S: AsRef<str>>(inputs: &[S]) -> Result<Vec<Identifier>, Ide
 /// Checks that a solver can answer what the identifiers need: a wildcard
 /// can only be validated with dns-01
 /// ([RFC 8555 §8.4](https://www.rfc-editor.org/rfc/rfc8555#section-8.4)).
+///
+/// An IP address can only be validated with http-01 or tls-alpn-01
+/// ([RFC 8738 §7](https://www.rfc-editor.org/rfc/rfc8738#section-7)).
 pub fn check_solver(ids: &[Identifier], manifest: &Manifest) -> Result<(), IdentifierError> {
+    let offers = || {
+        manifest
+            .challenge_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !manifest.supports(ChallengeType::Http01)
+        && !manifest.supports(ChallengeType::TlsAlpn01)
+        && let Some(ip) = ids.iter().find(|i| i.is_ip())
+    {
+        return Err(IdentifierError::IpNeedsHttpOrTls {
+            domain: ip.as_str().to_owned(),
+            solver: manifest.code.clone(),
+            offers: offers(),
+        });
+    }
     if manifest.supports(ChallengeType::Dns01) {
         return Ok(());
     }
     if let Some(w) = ids.iter().find(|i| i.is_wildcard()) {
-        let offers: Vec<&str> = manifest
-            .challenge_types
-            .iter()
-            .map(|t| t.as_str())
-            .collect();
+        let offers = offers();
         return Err(IdentifierError::WildcardNeedsDns {
             domain: w.as_str().to_owned(),
             solver: manifest.code.clone(),
-            offers: offers.join(", "),
+            offers,
         });
     }
     Ok(())
@@ -361,8 +409,17 @@ pub fn check_solver(ids: &[Identifier], manifest: &Manifest) -> Result<(), Ident
 /// `_.example.com`) unless the set also holds the base itself, so that a
 /// wildcard-only certificate never takes the name of the apex certificate
 /// (`example.com` with `*.example.com` is named `example.com`).
+///
+/// An IP address names a certificate as itself when IPv4
+/// (`192.0.2.1`); an IPv6 one has its eight groups in hex joined by `-`
+/// (`::1` gives `0-0-0-0-0-0-0-1`), since `:` is no file name character
+/// everywhere and a compressed `::` would start or end a name with `-`.
 pub fn default_cert_name(ids: &[Identifier]) -> Option<String> {
     let first = ids.first()?;
+    if let Ok(std::net::IpAddr::V6(v6)) = first.as_str().parse::<std::net::IpAddr>() {
+        let groups: Vec<String> = v6.segments().iter().map(|g| format!("{g:x}")).collect();
+        return Some(groups.join("-"));
+    }
     let base = first.base();
     if first.is_wildcard() && !ids.iter().any(|i| i.as_str() == base) {
         Some(format!("_.{base}"))
@@ -492,14 +549,29 @@ mod tests {
         assert!(matches!(err(""), IdentifierError::EmptyName { .. }));
         assert!(matches!(err("."), IdentifierError::EmptyName { .. }));
         assert!(matches!(
-            err("192.0.2.1"),
-            IdentifierError::IpAddress { .. }
-        ));
-        assert!(matches!(err("::1"), IdentifierError::IpAddress { .. }));
-        assert!(matches!(
             err("10.1.2.300"),
             IdentifierError::IpAddress { .. }
         ));
+        assert!(matches!(err("[::g]"), IdentifierError::IpAddress { .. }));
+    }
+
+    /// IP addresses are identifiers of their own (RFC 8738), in canonical
+    /// text, and name their certificate with file-name-safe characters.
+    #[test]
+    fn ip_addresses_are_identifiers_with_safe_default_names() {
+        assert_eq!(ok("192.0.2.1"), "192.0.2.1");
+        assert_eq!(ok("::1"), "::1");
+        assert_eq!(ok("[::1]"), "::1");
+        assert_eq!(ok("2001:DB8:0:0::1"), "2001:db8::1");
+        assert!(parse_domain("127.0.0.1").expect("ip").is_ip());
+        assert!(!parse_domain("example.com").expect("dns").is_ip());
+        let name = |s: &str| default_cert_name(&parse_domains(&[s]).expect("ok")).expect("name");
+        assert_eq!(name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(name("::1"), "0-0-0-0-0-0-0-1");
+        assert_eq!(name("2001:db8::1"), "2001-db8-0-0-0-0-0-1");
+        for n in [name("::1"), name("2001:db8::1"), name("192.0.2.1")] {
+            assert!(crate::store::check_cert_name(&n).is_ok(), "{n}");
+        }
     }
 
     #[test]
@@ -594,5 +666,17 @@ mod tests {
         );
         let plain = parse_domains(&["x.example"]).expect("valid");
         assert!(check_solver(&plain, &manifest).is_ok());
+    }
+
+    #[test]
+    fn ip_address_needs_http_or_tls_solver() {
+        let dns = Manifest::parse(
+            "code = \"rfc2136\"\nname = \"R\"\nversion = \"0.1.0\"\nchallenge_types = [\"dns-01\"]\n",
+        )
+        .expect("manifest");
+        let ids = parse_domains(&["192.0.2.1"]).expect("valid");
+        let e = check_solver(&ids, &dns).expect_err("ip with a dns-01 solver");
+        assert!(matches!(e, IdentifierError::IpNeedsHttpOrTls { .. }));
+        assert!(e.to_string().contains("http-01 or tls-alpn-01"), "{e}");
     }
 }

@@ -99,15 +99,172 @@ impl fmt::Debug for PrivateKeyPem {
     }
 }
 
-/// A fresh key and a CSR for it.
+/// A fresh key and a CSR for it, or the user's CSR alone.
 #[derive(Debug)]
 pub struct KeyAndCsr {
     /// The key type.
     pub key_type: KeyType,
-    /// The private key.
-    pub private_key: PrivateKeyPem,
+    /// The private key; `None` for the user's CSR (the key is theirs).
+    pub private_key: Option<PrivateKeyPem>,
     /// The DER-encoded CSR.
     pub csr_der: Vec<u8>,
+}
+
+/// A certificate signing request the user brought (`--csr`, `csr = ...`):
+/// the key stays with them, certsmith only sends the CSR. Read with
+/// [`read_csr`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserCsr {
+    /// The CSR, DER.
+    pub der: Vec<u8>,
+    /// The names it asks for: its subjectAltNames (DNS names and IP
+    /// addresses), or, when it has none, its subject's common name.
+    pub names: Vec<String>,
+    /// The type of the key it certifies.
+    pub key_type: KeyType,
+}
+
+impl fmt::Debug for UserCsr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserCsr")
+            .field("names", &self.names)
+            .field("key_type", &self.key_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserCsr {
+    /// The CSR as PEM (`CERTIFICATE REQUEST`), as stored.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.der);
+        let mut out = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE REQUEST-----\n");
+        out
+    }
+
+    /// The raw public key bits it certifies (its SubjectPublicKeyInfo's
+    /// BIT STRING), to compare with a certificate's.
+    pub fn public_key(&self) -> Result<Vec<u8>, KeyError> {
+        use x509_parser::prelude::FromDer;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&self.der)
+                .map_err(|e| KeyError::BadCsr(format!("it does not parse as DER: {e}")))?;
+        Ok(csr
+            .certification_request_info
+            .subject_pki
+            .subject_public_key
+            .data
+            .to_vec())
+    }
+}
+
+/// Reads a CSR ([RFC 2986](https://www.rfc-editor.org/rfc/rfc2986)) in PEM
+/// (`CERTIFICATE REQUEST` or `NEW CERTIFICATE REQUEST`) or DER: its
+/// names and key type. The signature is the CA's to check.
+pub fn read_csr(bytes: &[u8]) -> Result<UserCsr, KeyError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let der = if bytes.starts_with(b"-----") || bytes.trim_ascii_start().starts_with(b"-----") {
+        let block = x509_parser::pem::Pem::iter_from_buffer(bytes)
+            .filter_map(Result::ok)
+            .find(|p| p.label.ends_with("CERTIFICATE REQUEST"))
+            .ok_or_else(|| {
+                KeyError::BadCsr(
+                    "it holds no PEM block -----BEGIN CERTIFICATE REQUEST-----".to_owned(),
+                )
+            })?;
+        block.contents
+    } else {
+        bytes.to_vec()
+    };
+    let (_, csr) = X509CertificationRequest::from_der(&der).map_err(|e| {
+        KeyError::BadCsr(format!(
+            "it is neither a PEM nor a DER certificate request ({e})"
+        ))
+    })?;
+    let mut names = Vec::new();
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                    GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                        Ok(v4) => names.push(std::net::Ipv4Addr::from(v4).to_string()),
+                        Err(_) => match <[u8; 16]>::try_from(*b) {
+                            Ok(v6) => names.push(std::net::Ipv6Addr::from(v6).to_string()),
+                            Err(_) => {
+                                return Err(KeyError::BadCsr(
+                                    "an IP address subjectAltName is neither 4 nor 16 bytes"
+                                        .to_owned(),
+                                ));
+                            }
+                        },
+                    },
+                    other => {
+                        return Err(KeyError::BadCsr(format!(
+                            "it asks for a subjectAltName an ACME CA cannot validate ({other}); only DNS names and IP addresses"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    if names.is_empty()
+        && let Some(cn) = csr
+            .certification_request_info
+            .subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+    {
+        names.push(cn.to_owned());
+    }
+    if names.is_empty() {
+        return Err(KeyError::BadCsr(
+            "it names no domain: no subjectAltName and no common name".to_owned(),
+        ));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let key_type = csr_key_type(spki)?;
+    Ok(UserCsr {
+        der,
+        names,
+        key_type,
+    })
+}
+
+/// The key type of a SubjectPublicKeyInfo: ECDSA P-256/P-384 or RSA
+/// 2048/3072/4096.
+fn csr_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyType, KeyError> {
+    use x509_parser::public_key::PublicKey;
+    let unsupported = |what: String| {
+        KeyError::BadCsr(format!(
+            "its key is {what}; certsmith orders ec-p256, ec-p384, rsa2048, rsa3072 or rsa4096 keys"
+        ))
+    };
+    match spki.parsed() {
+        Ok(PublicKey::EC(point)) => match point.key_size() {
+            256 => Ok(KeyType::EcP256),
+            384 => Ok(KeyType::EcP384),
+            n => Err(unsupported(format!("an EC key of {n} bits"))),
+        },
+        Ok(PublicKey::RSA(rsa)) => match rsa.key_size() {
+            2048 => Ok(KeyType::Rsa2048),
+            3072 => Ok(KeyType::Rsa3072),
+            4096 => Ok(KeyType::Rsa4096),
+            n => Err(unsupported(format!("an RSA key of {n} bits"))),
+        },
+        Ok(_) => Err(unsupported("of another algorithm".to_owned())),
+        Err(e) => Err(KeyError::BadCsr(format!(
+            "its public key does not parse ({e})"
+        ))),
+    }
 }
 
 /// Why a key or CSR could not be made.
@@ -128,6 +285,9 @@ pub enum KeyError {
     /// The CSR could not be built (e.g. a name rcgen refuses).
     #[error("cannot build the certificate request: {0}")]
     Csr(String),
+    /// A CSR given by the user cannot be used.
+    #[error("the certificate request cannot be used: {0}")]
+    BadCsr(String),
     /// A stored private key does not parse (the reason never quotes it).
     #[error("the private key does not parse: {0}")]
     Unreadable(String),
@@ -166,16 +326,40 @@ pub fn key_and_csr(key_type: KeyType, domains: &[String]) -> Result<KeyAndCsr, K
     let csr_der = csr_for(&key, domains)?;
     Ok(KeyAndCsr {
         key_type,
-        private_key: PrivateKeyPem(key.serialize_pem()),
+        private_key: Some(PrivateKeyPem(key.serialize_pem())),
         csr_der,
     })
 }
 
+/// A CSR for `domains` signed by an existing key (`--reuse-key`): the
+/// renewal certifies the same public key.
+pub fn csr_with_key(
+    key_type: KeyType,
+    private_key: &PrivateKeyPem,
+    domains: &[String],
+) -> Result<KeyAndCsr, KeyError> {
+    let key =
+        KeyPair::from_pem(private_key.expose()).map_err(|e| KeyError::Unreadable(e.to_string()))?;
+    let csr_der = csr_for(&key, domains)?;
+    Ok(KeyAndCsr {
+        key_type,
+        private_key: Some(private_key.clone()),
+        csr_der,
+    })
+}
+
+/// The subjectAltNames are DNS names, or IP addresses (RFC 8738) for
+/// identifiers that parse as one (rcgen tells them apart the same way).
 fn csr_for(key: &KeyPair, domains: &[String]) -> Result<Vec<u8>, KeyError> {
     let mut params =
         CertificateParams::new(domains.to_vec()).map_err(|e| KeyError::Csr(e.to_string()))?;
     let mut dn = DistinguishedName::new();
-    if let Some(first) = domains.first().filter(|d| d.len() <= 64) {
+    // An IP address is never a common name (CA/B Forum BR 7.1.4.3 allows
+    // one, but Let's Encrypt's IP certificates carry none): no CN then.
+    if let Some(first) = domains
+        .first()
+        .filter(|d| d.len() <= 64 && d.parse::<std::net::IpAddr>().is_err())
+    {
         dn.push(DnType::CommonName, first.as_str());
     }
     params.distinguished_name = dn;
@@ -231,14 +415,36 @@ mod tests {
                 };
                 assert_eq!(bits, want, "{kt}");
             }
-            assert!(
-                out.private_key
-                    .expose()
-                    .starts_with("-----BEGIN PRIVATE KEY-----")
-            );
+            let key = out.private_key.as_ref().expect("a key");
+            assert!(key.expose().starts_with("-----BEGIN PRIVATE KEY-----"));
             // The key round-trips through rcgen.
-            KeyPair::from_pem(out.private_key.expose()).expect("key parses");
+            KeyPair::from_pem(key.expose()).expect("key parses");
         }
+    }
+
+    /// A CSR made elsewhere reads back with its names and key type, in
+    /// DER and PEM; something else is refused saying why.
+    #[test]
+    fn user_csr_reads_names_and_key_type() {
+        let names = vec![
+            "a.example".to_owned(),
+            "192.0.2.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+            let made = key_and_csr(kt, &names).expect("csr");
+            let csr = read_csr(&made.csr_der).expect("DER reads");
+            assert_eq!(csr.names, names, "{kt}");
+            assert_eq!(csr.key_type, kt);
+            let from_pem = read_csr(csr.to_pem().as_bytes()).expect("PEM reads");
+            assert_eq!(from_pem, csr);
+            assert!(!format!("{csr:?}").contains("der"), "Debug shows no bytes");
+        }
+        let e = read_csr(b"not a csr").expect_err("garbage");
+        assert!(e.to_string().contains("neither a PEM nor a DER"), "{e}");
+        let e = read_csr(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .expect_err("a certificate");
+        assert!(e.to_string().contains("CERTIFICATE REQUEST"), "{e}");
     }
 
     #[test]

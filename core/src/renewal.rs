@@ -186,19 +186,26 @@ fn damage(files: &store::CertFiles, facts: &CertFacts) -> Option<String> {
     let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(&facts.der) else {
         return Some(format!("{} does not parse", store::CERT_FILE));
     };
-    match crate::keys::key_matches(
-        &files.privkey_pem,
-        &cert.public_key().subject_public_key.data,
-    ) {
+    let public_key = &cert.public_key().subject_public_key.data;
+    // The key, or for a certificate of the user's CSR, the key that CSR
+    // certifies, must be the certificate's.
+    let (file, matches) = match (&files.privkey_pem, &files.csr_pem) {
+        (Some(key), _) => (
+            store::PRIVKEY_FILE,
+            crate::keys::key_matches(key, public_key),
+        ),
+        (None, Some(csr)) => (
+            store::CSR_FILE,
+            crate::keys::read_csr(csr.as_bytes())
+                .and_then(|c| c.public_key())
+                .map(|k| k.as_slice() == public_key.as_ref()),
+        ),
+        (None, None) => return Some(format!("{} is missing", store::PRIVKEY_FILE)),
+    };
+    match matches {
         Ok(true) => {}
-        Ok(false) => {
-            return Some(format!(
-                "{} is not the key of {}",
-                store::PRIVKEY_FILE,
-                store::CERT_FILE
-            ));
-        }
-        Err(e) => return Some(format!("{}: {e}", store::PRIVKEY_FILE)),
+        Ok(false) => return Some(format!("{file} is not the key of {}", store::CERT_FILE)),
+        Err(e) => return Some(format!("{file}: {e}")),
     }
     let chain = match pem_certificates(&files.chain_pem) {
         Ok(c) => c,

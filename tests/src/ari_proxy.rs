@@ -14,6 +14,13 @@
 //!   CA's answer is given the same `replaces`, as RFC 9773 §5 requires of
 //!   a server that accepts it.
 //!
+//! * ACME profiles (draft-ietf-acme-profiles), which Pebble 2.4.0 ignores:
+//!   after [`AriProxy::set_profiles`], the directory's `meta.profiles`
+//!   lists them, the `profile` of every new order is recorded
+//!   ([`AriProxy::new_order_profiles`]) and reflected in the CA's answer,
+//!   and an order for a profile not listed is refused with `invalidProfile`
+//!   (as Let's Encrypt's Boulder does).
+//!
 //! The `Host` header is forwarded unchanged, so Pebble builds every URL it
 //! hands out (and checks every JWS `url`) with the proxy's address: the
 //! client only ever talks to the proxy. One request per connection
@@ -54,10 +61,10 @@ struct State {
     retry_after_secs: u64,
     renewal_info_requests: Vec<String>,
     new_orders: Vec<Option<String>>,
+    new_order_profiles: Vec<Option<String>>,
+    profiles: Option<serde_json::Map<String, serde_json::Value>>,
     new_order_path: Option<String>,
     errors: Vec<String>,
-    /// `meta.profiles` added to the directory (name → description).
-    profiles: Vec<(String, String)>,
     /// Seconds added to the `Date` of the directory's answer.
     date_offset_secs: Option<i64>,
 }
@@ -177,13 +184,20 @@ impl AriProxy {
         self.inner.state().new_orders.clone()
     }
 
-    /// Advertises these certificate profiles (name, description) in the
-    /// directory's `meta.profiles`, which Pebble 2.4.0 lacks.
+    /// Advertises `profiles` (name, description) in the directory's
+    /// `meta.profiles` from now on.
     pub fn set_profiles(&self, profiles: &[(&str, &str)]) {
-        self.inner.state().profiles = profiles
+        let map = profiles
             .iter()
-            .map(|(n, d)| ((*n).to_owned(), (*d).to_owned()))
+            .map(|(n, d)| ((*n).to_owned(), serde_json::Value::from(*d)))
             .collect();
+        self.inner.state().profiles = Some(map);
+    }
+
+    /// The `profile` field of every new-order request that reached the
+    /// proxy (also those it refused), in order.
+    pub fn new_order_profiles(&self) -> Vec<Option<String>> {
+        self.inner.state().new_order_profiles.clone()
     }
 
     /// Answers the directory with a `Date` header this many seconds off
@@ -409,7 +423,41 @@ fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
     } else {
         None
     };
+    let profile = if is_new_order {
+        jws_payload(&req.body)
+            .and_then(|p| p.get("profile").and_then(|v| v.as_str()).map(str::to_owned))
+    } else {
+        None
+    };
+    if is_new_order {
+        let mut st = inner.state();
+        st.new_order_profiles.push(profile.clone());
+        let known = st.profiles.as_ref();
+        if let Some(p) = &profile
+            && !known.is_some_and(|k| k.contains_key(p))
+        {
+            return Ok(Response {
+                status: 400,
+                reason: "Bad Request".into(),
+                headers: vec![("Content-Type".into(), "application/problem+json".into())],
+                body: serde_json::json!({
+                    "type": "urn:ietf:params:acme:error:invalidProfile",
+                    "detail": format!("profile {p:?} is not offered"),
+                    "status": 400,
+                })
+                .to_string()
+                .into_bytes(),
+            });
+        }
+    }
     let mut rsp = forward(&req, inner)?;
+    if let Some(p) = &profile
+        && (200..300).contains(&rsp.status)
+        && let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
+    {
+        order["profile"] = serde_json::Value::from(p.clone());
+        rsp.body = serde_json::to_vec(&order).map_err(io::Error::other)?;
+    }
     if is_new_order && (200..300).contains(&rsp.status) {
         // Only orders the CA created: one refused for its nonce is retried.
         inner.state().new_orders.push(replaces.clone());
@@ -431,12 +479,8 @@ fn handle(req: Request, inner: &Inner) -> io::Result<Response> {
             let st = inner.state();
             (st.profiles.clone(), st.date_offset_secs)
         };
-        if !profiles.is_empty() {
-            let map: serde_json::Map<String, serde_json::Value> = profiles
-                .into_iter()
-                .map(|(n, d)| (n, serde_json::Value::from(d)))
-                .collect();
-            dir["meta"]["profiles"] = serde_json::Value::Object(map);
+        if let Some(profiles) = profiles {
+            dir["meta"]["profiles"] = serde_json::Value::Object(profiles);
         }
         if let Some(secs) = offset {
             let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);

@@ -311,6 +311,15 @@ impl Pebble {
         self.expect_pem("/roots/0", status, body)
     }
 
+    /// Root `index` of Pebble's chains, PEM (`GET <management>/roots/<index>`):
+    /// 0 is the default chain's; with `PEBBLE_ALTERNATE_ROOTS=N`, 1..=N
+    /// are the alternate chains' roots.
+    pub fn root_pem_at_blocking(&self, index: usize) -> Result<String, HarnessError> {
+        let path = format!("/roots/{index}");
+        let (status, body) = self.mgmt_get_blocking(&path)?;
+        self.expect_pem(&path, status, body)
+    }
+
     /// [`Pebble::intermediate_pem`] without an async runtime.
     pub fn intermediate_pem_blocking(&self) -> Result<String, HarnessError> {
         let (status, body) = self.mgmt_get_blocking("/intermediates/0")?;

@@ -24,6 +24,7 @@ mod issue;
 mod json_schema;
 mod lifecycle;
 mod operator;
+mod ops12;
 mod outsiders;
 mod plugin_host;
 mod progress;

@@ -270,7 +270,7 @@ impl Issued {
             cert: c.cert_path.clone(),
             chain: c.chain_path.clone(),
             fullchain: c.fullchain_path.clone(),
-            privkey: c.privkey_path.clone(),
+            privkey: c.privkey_path.clone().expect("certsmith made the key"),
             serial: c.serial.clone(),
             not_before: rfc(c.not_before),
             not_after: rfc(c.not_after),
@@ -880,6 +880,7 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 key_type: KeyType::EcP256,
                 replaces: None,
                 propagation_check: None,
+                order: Default::default(),
             };
             (names, request)
         })

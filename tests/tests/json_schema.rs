@@ -74,6 +74,8 @@ const ISSUE: &Schema = &[
     ("version_dir", Ty::Str, O),
     ("not_before", Ty::Str, O),
     ("key_type", Ty::Str, O),
+    ("chain_issuer", STR_OR_NULL, O),
+    ("csr_path", STR_OR_NULL, O),
 ];
 const BATCH: &Schema = &[
     ("name", Ty::Str, R),
@@ -443,6 +445,33 @@ fn every_command_output_matches_docs_json_md() {
     let r = json(&["delete", "--state-dir", s, "--cert-name", "c.test"]);
     assert_ne!(r.code, Some(0), "{}", r.describe());
     lines(&r, DELETE, Some("c.test"), false);
+
+    // issue --csr: no key of ours (`privkey_path` null), the CSR stored;
+    // its renewal likewise.
+    let made = certsmith_core::keys::key_and_csr(
+        certsmith_core::keys::KeyType::EcP256,
+        &["csr.test".to_owned()],
+    )
+    .expect("a CSR");
+    let csr_file = dir.file("csr.der");
+    fs::write(&csr_file, &made.csr_der).expect("write CSR");
+    let r = json(&[
+        "issue",
+        "--config",
+        c,
+        "--solver",
+        "challtestsrv",
+        "--csr",
+        csr_file.to_str().expect("UTF-8"),
+    ])
+    .ok();
+    let v = &lines(&r, ISSUE, None, false)[0];
+    assert!(
+        v["privkey_path"].is_null() && v["csr_path"].is_string(),
+        "{v}"
+    );
+    let r = json(&["renew", "--config", c, "--cert-name", "csr.test", "--force"]).ok();
+    assert!(lines(&r, BATCH, None, true)[0]["privkey_path"].is_null());
 
     // Usage errors, from clap and after parsing.
     for args in [&["list", "--no-such-flag"][..], &["list", "-q", "-v"][..]] {

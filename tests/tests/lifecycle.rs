@@ -1390,7 +1390,7 @@ fn the_contrib_example_config_is_valid() {
     assert_eq!(r.code, Some(0), "{}", r.describe());
     let v = &r.json_lines()[0];
     assert_eq!(v["valid"], true, "{v}");
-    assert_eq!(v["certificates"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["certificates"].as_array().map(Vec::len), Some(3));
     // Without the token in the environment, the check says which variable.
     let r = certsmith(&["config", "check", "--config", p(&example)], &[]);
     assert_eq!(r.code, Some(2), "{}", r.describe());

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use certsmith_core::acme::{AcmeClient, account_id, legacy_account_id, stored_accounts};
-use certsmith_core::keys::PrivateKeyPem;
 use certsmith_core::renewal;
 use certsmith_core::store::{CertFiles, Store, VersionRecord};
 use certsmith_tests::{TempState, certsmith_bin};
@@ -70,7 +69,13 @@ fn a_state_directory_of_0_1_0_reads_unchanged() {
     assert_eq!(current.version, 2);
     let facts = renewal::read_cert_pem(&current.files.cert_pem, "v2").expect("a certificate");
     assert_eq!(facts.serial, lineage.versions[1].serial);
-    assert!(current.files.privkey_pem.expose().contains("PRIVATE KEY"));
+    assert!(
+        current
+            .files
+            .privkey_pem
+            .as_ref()
+            .is_some_and(|k| k.expose().contains("PRIVATE KEY"))
+    );
     assert!(
         current
             .files
@@ -124,7 +129,8 @@ fn a_state_directory_of_0_1_0_takes_a_new_version_in_the_same_layout() {
         cert_pem: v2.files.cert_pem.clone(),
         chain_pem: v2.files.chain_pem.clone(),
         fullchain_pem: v2.files.fullchain_pem.clone(),
-        privkey_pem: PrivateKeyPem::new(v2.files.privkey_pem.expose().to_owned()),
+        privkey_pem: v2.files.privkey_pem.clone(),
+        csr_pem: None,
     };
     let record = VersionRecord {
         version: 0,

@@ -7,10 +7,12 @@
 //! for all of them. The stored form is in the `stored` module.
 
 use std::fmt;
+use std::sync::Arc;
 
 use instant_acme as ia;
 
 use super::AcmeClient;
+use super::jws::JwsKey;
 use super::stored::{FoundAccount, StoredAccount};
 use super::transport::retry_bad_nonce;
 use crate::error::IssueError;
@@ -107,6 +109,10 @@ pub struct Account {
     url: String,
     pub(super) client: AcmeClient,
     contact_changed: Option<Vec<String>>,
+    /// The account key, for the requests certsmith signs itself
+    /// (alternate chains); `None` if it did not parse, which only
+    /// disables those.
+    pub(super) key: Option<Arc<JwsKey>>,
 }
 
 impl fmt::Debug for Account {
@@ -118,12 +124,20 @@ impl fmt::Debug for Account {
 }
 
 impl Account {
-    fn new(inner: ia::Account, client: &AcmeClient) -> Account {
+    fn new(inner: ia::Account, client: &AcmeClient, key_der: &[u8]) -> Account {
+        let key = match JwsKey::from_der(key_der) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                log::warn!("the account key cannot sign certsmith's own requests: {e}");
+                None
+            }
+        };
         Account {
             url: inner.id().to_owned(),
             inner,
             client: client.clone(),
             contact_changed: None,
+            key,
         }
     }
 
@@ -195,15 +209,15 @@ impl AcmeClient {
         opts: &AccountOptions,
     ) -> Result<(Account, bool), IssueError> {
         found.stored.ensure_active(&found.path)?;
-        let inner = self
-            .ia_account(found.stored.credentials(&found.path)?)
-            .await?;
+        let creds = found.stored.credentials(&found.path)?;
+        let key_der = creds.private_key().secret_pkcs8_der().to_vec();
+        let inner = self.ia_account(creds).await?;
         let changed = if opts.set_contact {
             self.update_contact(store, &inner, found, opts).await?
         } else {
             None
         };
-        let mut account = Account::new(inner, self);
+        let mut account = Account::new(inner, self, &key_der);
         account.contact_changed = changed;
         Ok((account, false))
     }
@@ -299,7 +313,10 @@ impl AcmeClient {
             );
             return self.use_stored(store, theirs, opts).await;
         }
-        Ok((Account::new(inner, self), true))
+        Ok((
+            Account::new(inner, self, creds.private_key().secret_pkcs8_der()),
+            true,
+        ))
     }
 }
 

@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 
-use super::transport::{NONCE_RETRIES, nonce_of, problem_error, retry_after_of};
+use super::transport::{Answer, NONCE_RETRIES, nonce_of, problem_error, retry_after_of};
 use super::{AcmeClient, DirectoryDoc};
 use crate::error::IssueError;
 
@@ -205,6 +205,22 @@ impl AcmeClient {
         action: &str,
         done_if: Option<&str>,
     ) -> Result<Bytes, IssueError> {
+        self.post_jws_answer(doc, url, (key, key_ref), payload, action, done_if)
+            .await
+            .map(|a| a.body)
+    }
+
+    /// [`AcmeClient::post_jws`], returning the whole successful answer
+    /// (its headers too: `Link` of a certificate download).
+    pub(super) async fn post_jws_answer(
+        &self,
+        doc: &DirectoryDoc,
+        url: &str,
+        (key, key_ref): (&JwsKey, KeyRef<'_>),
+        payload: Option<&serde_json::Value>,
+        action: &str,
+        done_if: Option<&str>,
+    ) -> Result<Answer, IssueError> {
         let mut nonce = self.fresh_nonce(&doc.new_nonce).await?;
         let mut attempt = 0u32;
         let mut lost = 0u32;
@@ -235,10 +251,10 @@ impl AcmeClient {
             let status = rsp.status;
             let next_nonce = nonce_of(&rsp.headers);
             let retry_after = retry_after_of(&rsp.headers);
-            let body = rsp.body;
             if status.is_success() {
-                return Ok(body);
+                return Ok(rsp);
             }
+            let body = rsp.body;
             let err = problem_error(action, status.as_u16(), &body, retry_after, url);
             let bad_nonce =
                 matches!(&err, IssueError::CaRefused { problem, .. } if problem.is("badNonce"));
@@ -246,7 +262,11 @@ impl AcmeClient {
                 && let (Some(done), IssueError::CaRefused { problem, .. }) = (done_if, &err)
                 && problem.is(done)
             {
-                return Ok(Bytes::new());
+                return Ok(Answer {
+                    status,
+                    headers: http::HeaderMap::new(),
+                    body: Bytes::new(),
+                });
             }
             // instant-acme's three attempts plus ours, as for its calls.
             if bad_nonce && attempt < NONCE_RETRIES + 3 {

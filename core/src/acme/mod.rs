@@ -23,6 +23,7 @@
 //!   deactivation, key rollover.
 //! * `jws`: the requests certsmith signs itself, where instant-acme lacks
 //!   the call.
+//! * `chains`: alternate certificate chains and `--preferred-chain`.
 
 use std::fmt;
 use std::path::Path;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use crate::error::{CaProblem, CaSubproblem, IssueError};
 
 mod account;
+mod chains;
 mod jws;
 mod lifecycle;
 mod order;
@@ -43,6 +45,7 @@ mod stored;
 mod transport;
 
 pub use account::{Account, AccountOptions, Eab};
+pub use chains::top_issuer_cn;
 pub use lifecycle::{RenewalInfo, RevocationReason};
 pub use order::{
     AuthzInfo, AuthzStatus, ChallengeInfo, FINALIZE_POLL_INITIAL_DELAY, Order, POLL_EARLY_MAX,
@@ -124,9 +127,10 @@ pub struct DirectoryInfo {
     /// Whether the CA offers ACME Renewal Information
     /// ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)).
     pub renewal_info: bool,
-    /// The names of `meta.profiles` (ACME profiles, draft-aaron-acme-profiles),
-    /// sorted; empty when the CA advertises none.
-    pub profiles: Vec<String>,
+    /// `meta.profiles`: the certificate profiles the CA offers, by name,
+    /// with their descriptions (draft-ietf-acme-profiles); empty when it
+    /// offers none.
+    pub profiles: std::collections::BTreeMap<String, String>,
     /// The CA's clock: the `Date` header of the directory's answer, if any.
     pub server_date: Option<std::time::SystemTime>,
     /// This machine's clock when that answer arrived (to compare with
@@ -161,6 +165,24 @@ struct DirectoryMeta {
     external_account_required: bool,
     #[serde(default)]
     profiles: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// `meta.profiles` as name → description. The draft makes each value a
+/// human-readable string; a CA that sends something else still has its
+/// profile names kept (with the value as JSON).
+fn profile_descriptions(
+    profiles: std::collections::BTreeMap<String, serde_json::Value>,
+) -> std::collections::BTreeMap<String, String> {
+    profiles
+        .into_iter()
+        .map(|(name, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect()
 }
 
 impl AcmeClient {
@@ -302,9 +324,24 @@ impl AcmeClient {
             website: doc.meta.website,
             external_account_required: doc.meta.external_account_required,
             renewal_info: doc.renewal_info.is_some(),
-            profiles: doc.meta.profiles.into_keys().collect(),
+            profiles: profile_descriptions(doc.meta.profiles),
             server_date,
             received_at,
+        })
+    }
+
+    /// Checks that the CA offers the profile `profile` (its directory's
+    /// `meta.profiles`, from the cache when it was fetched): the error
+    /// lists those it offers, or says it offers none.
+    pub async fn check_profile(&self, profile: &str) -> Result<(), IssueError> {
+        let doc = self.directory_doc().await?;
+        if doc.meta.profiles.contains_key(profile) {
+            return Ok(());
+        }
+        Err(IssueError::UnknownProfile {
+            profile: profile.to_owned(),
+            server: self.directory_url.clone(),
+            available: doc.meta.profiles.into_keys().collect(),
         })
     }
 

@@ -94,16 +94,21 @@ impl Account {
     /// Places an order for `identifiers` (ASCII, `*.` allowed)
     /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)).
     pub async fn new_order(&self, identifiers: &[String]) -> Result<Order, IssueError> {
-        self.new_order_in(identifiers, OrderScope::new()).await
+        self.new_order_in(identifiers, None, OrderScope::new())
+            .await
     }
 
     async fn new_order_in(
         &self,
         identifiers: &[String],
+        profile: Option<&str>,
         scope: Arc<OrderScope>,
     ) -> Result<Order, IssueError> {
-        let ids = dns_identifiers(identifiers);
-        let new = ia::NewOrder::new(&ids);
+        let ids = acme_identifiers(identifiers);
+        let mut new = ia::NewOrder::new(&ids);
+        if let Some(p) = profile {
+            new = new.profile(p);
+        }
         let inner = ORDER_SCOPE
             .scope(scope.clone(), self.place(&new, &scope))
             .await
@@ -134,27 +139,36 @@ impl Account {
             thumbprint: self.inner.key_thumbprint().to_owned(),
             client: self.client.clone(),
             scope,
+            signer: self.key.clone().map(|k| (k, self.url().to_owned())),
+            preferred_chain: None,
         }
     }
 
     /// Places an order like [`Account::new_order`], naming the certificate
     /// it replaces (`replaces`, [RFC 9773 §5](https://www.rfc-editor.org/rfc/rfc9773#section-5))
     /// when `replaces` is a certificate identifier and the CA offers ARI.
+    /// With `profile`, the order asks for that ACME profile
+    /// (draft-ietf-acme-profiles; check it first with
+    /// [`AcmeClient::check_profile`]).
     pub async fn new_order_replacing(
         &self,
         identifiers: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<Order, IssueError> {
         let scope = OrderScope::new();
         let Some((aki, serial)) = replaces.and_then(|r| r.split_once('.')) else {
-            return self.new_order_in(identifiers, scope).await;
+            return self.new_order_in(identifiers, profile, scope).await;
         };
-        let ids = dns_identifiers(identifiers);
+        let ids = acme_identifiers(identifiers);
         let cert_id = ia::CertificateIdentifier {
             authority_key_identifier: aki.into(),
             serial: serial.into(),
         };
-        let new = ia::NewOrder::new(&ids).replaces(cert_id);
+        let mut new = ia::NewOrder::new(&ids).replaces(cert_id);
+        if let Some(p) = profile {
+            new = new.profile(p);
+        }
         match ORDER_SCOPE
             .scope(scope.clone(), self.place(&new, &scope))
             .await
@@ -162,17 +176,17 @@ impl Account {
             Ok(inner) => Ok(self.order(inner, scope)),
             // The CA has no ARI after all, or refuses this replacement
             // (already replaced, unknown): order without it.
-            Err(ia::Error::Unsupported(_)) => self.new_order_in(identifiers, scope).await,
+            Err(ia::Error::Unsupported(_)) => self.new_order_in(identifiers, profile, scope).await,
             Err(ia::Error::Other(e)) if e.to_string().contains("replaces field mismatch") => {
                 log::info!("the CA ignored `replaces`; ordering without it");
-                self.new_order_in(identifiers, scope).await
+                self.new_order_in(identifiers, profile, scope).await
             }
             Err(ia::Error::Api(p)) if !is_rate_limit(&p) => {
                 log::info!(
                     "the CA refused the order naming the certificate it replaces ({}); ordering without `replaces`",
                     convert_problem(&p)
                 );
-                self.new_order_in(identifiers, scope).await
+                self.new_order_in(identifiers, profile, scope).await
             }
             Err(e) => Err(self.client.map_error(e, "create the order")),
         }
@@ -183,10 +197,16 @@ fn is_rate_limit(p: &ia::Problem) -> bool {
     p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited")
 }
 
-fn dns_identifiers(identifiers: &[String]) -> Vec<ia::Identifier> {
+/// The identifiers of a new order: an IP address is an `ip` identifier
+/// ([RFC 8738](https://www.rfc-editor.org/rfc/rfc8738)), anything else a
+/// `dns` one.
+fn acme_identifiers(identifiers: &[String]) -> Vec<ia::Identifier> {
     identifiers
         .iter()
-        .map(|d| ia::Identifier::Dns(d.clone()))
+        .map(|d| match d.parse::<std::net::IpAddr>() {
+            Ok(ip) => ia::Identifier::Ip(ip),
+            Err(_) => ia::Identifier::Dns(d.clone()),
+        })
         .collect()
 }
 
@@ -306,6 +326,10 @@ pub struct Order {
     pub(super) client: AcmeClient,
     /// This order's retry budget, its polls, the last `Retry-After`.
     pub(super) scope: Arc<OrderScope>,
+    /// The account key and URL, for the downloads certsmith signs itself.
+    pub(super) signer: Option<(Arc<super::jws::JwsKey>, String)>,
+    /// The issuer CN of the chain wanted among the alternates.
+    pub(super) preferred_chain: Option<String>,
 }
 
 impl fmt::Debug for Order {
@@ -320,6 +344,14 @@ impl Order {
     /// The order URL.
     pub fn url(&self) -> &str {
         self.inner.url()
+    }
+
+    /// Asks for the chain whose topmost certificate was issued by `cn`
+    /// (its issuer's common name) among the CA's alternate chains
+    /// ([RFC 8555 §7.4.2](https://www.rfc-editor.org/rfc/rfc8555#section-7.4.2));
+    /// `None`: the CA's default chain.
+    pub fn prefer_chain(&mut self, cn: Option<String>) {
+        self.preferred_chain = cn;
     }
 
     /// Whether the CA considers every authorization done.
@@ -597,6 +629,15 @@ impl Order {
                 }
             }
         }
+        if let Some(cn) = self.preferred_chain.clone() {
+            return self.download_preferred(&cn).await;
+        }
+        self.default_chain().await
+    }
+
+    /// Downloads the certificate of a valid order with the CA's default
+    /// chain.
+    pub(super) async fn default_chain(&mut self) -> Result<String, IssueError> {
         match retry_bad_nonce!(self.inner.certificate().await) {
             Ok(Some(chain)) => Ok(chain),
             Ok(None) => Err(IssueError::Internal(

@@ -13,7 +13,7 @@ use super::Agent;
 use super::job::{Job, JobError, Plan, Settings};
 use crate::acme::AcmeClient;
 use crate::config::{self, CertificateConfig, Config};
-use crate::engine::{self, CertRequest};
+use crate::engine::{self, CertRequest, OrderOptions};
 use crate::error::IssueError;
 use crate::identifiers;
 use crate::keys::KeyType;
@@ -134,6 +134,27 @@ impl RequestMode {
     }
 }
 
+/// The order options a lineage recorded, with the user's CSR of its
+/// current version when it was ordered with one (renewals send it again).
+fn stored_order(store: &Store, name: &str, lineage: &Lineage) -> Result<OrderOptions, IssueError> {
+    let mut order = OrderOptions::from_lineage(lineage)?;
+    if lineage.csr {
+        let files = store.read_version(name, None)?;
+        let Some(pem) = files.and_then(|v| v.files.csr_pem) else {
+            return Err(IssueError::InvalidRequest(format!(
+                "'{name}' was ordered with a CSR, but its current version holds no {}; order it again with --csr",
+                crate::store::CSR_FILE
+            )));
+        };
+        let csr = crate::keys::read_csr(pem.as_bytes()).map_err(|source| IssueError::Csr {
+            path: format!("{name}/current/{}", crate::store::CSR_FILE),
+            source,
+        })?;
+        order.csr = Some(csr);
+    }
+    Ok(order)
+}
+
 /// A renew_before stored in a lineage, if valid.
 fn lineage_renew_before(name: &str, lineage: &Lineage) -> Option<Duration> {
     match lineage.renew_before.as_deref().map(config::parse_duration) {
@@ -200,6 +221,7 @@ impl Agent {
                 key_type: cert.key_type,
                 replaces: None,
                 propagation_check: config.propagation_check(cert),
+                order: cert.order.clone(),
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -291,6 +313,13 @@ impl Agent {
                 return job;
             }
         };
+        let order = match stored_order(&self.store, name, lineage) {
+            Ok(o) => o,
+            Err(e) => {
+                job.fail(JobError::context(format!("{name}: lineage"), e));
+                return job;
+            }
+        };
         let make = || -> Result<CertRequest, JobError> {
             let mut table = solver_table;
             for (k, v) in &lineage.solver_options {
@@ -306,6 +335,7 @@ impl Agent {
                 key_type,
                 replaces: None,
                 propagation_check: None,
+                order,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -375,6 +405,20 @@ impl Agent {
                 order_with(&mut job, Some(Plan::Issue(why.to_owned())), make);
                 return job;
             }
+        };
+        // Order options the request leaves unset keep the stored ones.
+        let stored_order = match stored_order(&self.store, &name, &lineage) {
+            Ok(o) => o,
+            Err(e) => {
+                job.fail(JobError::context(format!("{name}: lineage"), e));
+                return job;
+            }
+        };
+        let make = move || {
+            make().map(|r| CertRequest {
+                order: r.order.clone().or(&stored_order),
+                ..r
+            })
         };
         settings.deploy_hook = settings.deploy_hook.or(lineage.deploy_hook.clone());
         settings.email = settings.email.or(lineage.email.clone());

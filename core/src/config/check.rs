@@ -332,8 +332,68 @@ impl Checker<'_, '_> {
         let key = |f: &str| format!("certificate[{index}].{f}");
         let errors_before = self.diag.count();
 
+        // `csr`: the user's CSR; its names are the certificate's, and
+        // `domains`, if given too, must be the same.
+        let csr = raw.csr.as_ref().and_then(|c| {
+            let path = self.path_value(c.get_ref());
+            let read = std::fs::read(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|b| crate::keys::read_csr(&b).map_err(|e| format!("{}: {e}", path.display())));
+            match read {
+                Ok(csr) => Some(csr),
+                Err(message) => {
+                    self.err(
+                        c.span(),
+                        key("csr"),
+                        message,
+                        "give the path of a certificate signing request, PEM or DER (relative paths start at the config file's directory)",
+                    );
+                    None
+                }
+            }
+        });
         let mut domains = Vec::new();
-        if raw.domains.get_ref().is_empty() {
+        if let Some(csr) = &csr {
+            match identifiers::parse_domains(&csr.names) {
+                Ok(ids) if raw.domains.get_ref().is_empty() => domains = ids,
+                Ok(ids) => {
+                    let mut a: Vec<&str> = ids.iter().map(Identifier::as_str).collect();
+                    let mut b: Vec<String> = Vec::new();
+                    for d in raw.domains.get_ref() {
+                        if let Ok(id) = identifiers::parse_domain(d.get_ref()) {
+                            b.push(id.as_str().to_owned());
+                        }
+                    }
+                    a.sort_unstable();
+                    a.dedup();
+                    b.sort_unstable();
+                    b.dedup();
+                    if a != b {
+                        self.err(
+                            raw.domains.span(),
+                            key("domains"),
+                            format!(
+                                "the CSR asks for {} but domains lists {}",
+                                a.join(", "),
+                                b.join(", ")
+                            ),
+                            "remove domains (the names come from the CSR), or list exactly the CSR's names",
+                        );
+                    }
+                }
+                Err(e) => {
+                    if let Some(c) = &raw.csr {
+                        self.err(
+                            c.span(),
+                            key("csr"),
+                            format!("the CSR's names: {e}"),
+                            "the CSR's subjectAltNames must be DNS names or IP addresses the CA can validate",
+                        );
+                    }
+                }
+            }
+        }
+        if raw.domains.get_ref().is_empty() && raw.csr.is_none() {
             self.err(
                 raw.domains.span(),
                 key("domains"),
@@ -403,9 +463,10 @@ impl Checker<'_, '_> {
             );
         }
 
-        let key_type = match &raw.key_type {
-            Some(k) => self.key_type(k, &key("key_type")),
-            None => Some(defaults.key_type.unwrap_or_default()),
+        let key_type = match (&raw.key_type, &csr) {
+            (_, Some(c)) => Some(c.key_type),
+            (Some(k), None) => self.key_type(k, &key("key_type")),
+            (None, None) => Some(defaults.key_type.unwrap_or_default()),
         };
         let renew_before = match &raw.renew_before {
             Some(r) => self.renew_before(r, &key("renew_before")),
@@ -428,6 +489,60 @@ impl Checker<'_, '_> {
             Some(h) => Some(h.get_ref().clone()),
             None => None,
         };
+        let mut order = crate::engine::OrderOptions::default();
+        for c in raw.challenges.iter().flat_map(|l| l.get_ref()) {
+            match certsmith_plugin_api::ChallengeType::parse(c.get_ref()) {
+                Some(t) if order.challenges.contains(&t) => self.err(
+                    c.span(),
+                    key("challenges"),
+                    format!("'{}' is listed twice", c.get_ref()),
+                    "list each challenge type once, most preferred first",
+                ),
+                Some(t) => order.challenges.push(t),
+                None => self.err(
+                    c.span(),
+                    key("challenges"),
+                    format!("unknown challenge type '{}'", c.get_ref()),
+                    "use http-01, tls-alpn-01 or dns-01, most preferred first: challenges = [\"tls-alpn-01\"]",
+                ),
+            }
+        }
+        order.reuse_key = raw.reuse_key.unwrap_or(false);
+        if order.reuse_key
+            && let Some(c) = &raw.csr
+        {
+            self.err(
+                c.span(),
+                key("reuse_key"),
+                "reuse_key and csr together: with a CSR the key is yours, not certsmith's"
+                    .to_owned(),
+                "remove reuse_key (renewals send the same CSR, so the same key, anyway)",
+            );
+        }
+        order.csr = csr;
+        for (field, value, slot) in [
+            (
+                "preferred_chain",
+                &raw.preferred_chain,
+                &mut order.preferred_chain,
+            ),
+            ("profile", &raw.profile, &mut order.profile),
+        ] {
+            match value {
+                Some(v) if v.get_ref().trim().is_empty() => self.err(
+                    v.span(),
+                    key(field),
+                    "the value is empty".to_owned(),
+                    if field == "profile" {
+                        "name one of the CA's profiles (its directory lists them under meta.profiles), or remove profile"
+                    } else {
+                        "give the issuer common name of the chain wanted, e.g. \"ISRG Root X1\", or remove preferred_chain"
+                    },
+                ),
+                Some(v) => *slot = Some(v.get_ref().trim().to_owned()),
+                None => {}
+            }
+        }
         let solver_options = match raw.solver_options {
             Some(t) => solver_table(t, self.diag),
             None => SolverTable {
@@ -448,6 +563,7 @@ impl Checker<'_, '_> {
             deploy_hook,
             renew_before,
             propagation_check,
+            order,
             pos,
             domains_pos: self.diag.pos(raw.domains.span()),
             solver_pos,

@@ -39,6 +39,12 @@
 //! deploy_hook = "..."
 //! renew_before = "20d"            # less than MAX_RENEW_BEFORE
 //! propagation_check = "wait:30"   # overrides [defaults] for this one
+//! challenges = ["tls-alpn-01"]    # challenge types, most preferred first
+//! reuse_key = true                # renewals keep the private key
+//! preferred_chain = "ISRG Root X1" # issuer CN of the chain wanted
+//! profile = "shortlived"          # an ACME profile the CA offers
+//! # csr = "example.com.csr"       # your own CSR (PEM or DER): the names come
+//! #                               # from it (domains may be left out), no key is stored
 //! ```
 //!
 //! Relative paths are relative to the directory of the file. Line and column
@@ -215,6 +221,9 @@ pub struct CertificateConfig {
     pub renew_before: Option<Duration>,
     /// How this certificate's dns-01 propagation is checked, if it says.
     pub propagation_check: Option<PropagationCheck>,
+    /// `challenges`, `reuse_key`, `preferred_chain`, `profile`, `csr`
+    /// (read and checked: its names are `domains`).
+    pub order: crate::engine::OrderOptions,
     /// Where the table starts.
     pub pos: Pos,
     /// Where `domains` is.

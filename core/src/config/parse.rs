@@ -58,6 +58,11 @@ const CERT_KEYS: &[&str] = &[
     "deploy_hook",
     "renew_before",
     "propagation_check",
+    "challenges",
+    "reuse_key",
+    "preferred_chain",
+    "profile",
+    "csr",
 ];
 
 /// A list of strings, each with its span.
@@ -116,6 +121,11 @@ pub(super) struct RawCert {
     pub(super) deploy_hook: Option<Spanned<String>>,
     pub(super) renew_before: Option<Spanned<String>>,
     pub(super) propagation_check: Option<Spanned<String>>,
+    pub(super) challenges: Option<RawList>,
+    pub(super) reuse_key: Option<bool>,
+    pub(super) preferred_chain: Option<Spanned<String>>,
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) csr: Option<Spanned<String>>,
 }
 
 /// Reads `text` into the model, reporting to `diagnostics` what does not
@@ -257,8 +267,15 @@ impl Reader<'_, '_> {
     /// One certificate; `None` when `domains` is missing or unreadable.
     fn cert(&mut self, index: usize, entries: &DeTable<'_>, span: Range<usize>) -> Option<RawCert> {
         let t = self.table(entries, span, format!("certificate[{index}]"), CERT_KEYS);
-        let domains = self.strings(&t, "domains");
-        if t.get("domains").is_none() && !t.meant.contains(&"domains") {
+        let csr = self.string(&t, "csr");
+        // With a CSR the names come from it: `domains` may be left out.
+        let domains = match self.strings(&t, "domains") {
+            None if csr.is_some() && t.get("domains").is_none() => {
+                Some(Spanned::new(t.span.clone(), Vec::new()))
+            }
+            other => other,
+        };
+        if t.get("domains").is_none() && !t.meant.contains(&"domains") && csr.is_none() {
             self.diagnostics
                 .missing_key(t.span.clone(), t.key("domains"), "domains");
         }
@@ -288,6 +305,11 @@ impl Reader<'_, '_> {
             deploy_hook: self.string(&t, "deploy_hook"),
             renew_before: self.string(&t, "renew_before"),
             propagation_check: self.string(&t, "propagation_check"),
+            challenges: self.strings(&t, "challenges"),
+            reuse_key: self.boolean(&t, "reuse_key"),
+            preferred_chain: self.string(&t, "preferred_chain"),
+            profile: self.string(&t, "profile"),
+            csr,
             domains: domains?,
         })
     }

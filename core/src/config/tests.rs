@@ -494,3 +494,55 @@ fn renew_before_must_be_shorter_than_any_lifetime() {
         Some(MAX_RENEW_BEFORE - Duration::from_secs(3600))
     );
 }
+
+/// The order options of a `[[certificate]]`: read, and each bad value an
+/// error at its key with a fix.
+#[test]
+fn order_options_per_certificate() {
+    let c = parse(
+        "[[certificate]]\ndomains = [\"a.example\", \"192.0.2.1\"]\nsolver = \"standalone\"\nchallenges = [\"tls-alpn-01\", \"http-01\"]\nreuse_key = true\npreferred_chain = \" ISRG Root X1 \"\nprofile = \"shortlived\"\n",
+    )
+    .expect("valid");
+    let o = &c.certificates[0].order;
+    assert_eq!(
+        o.challenges,
+        [
+            certsmith_plugin_api::ChallengeType::TlsAlpn01,
+            certsmith_plugin_api::ChallengeType::Http01
+        ]
+    );
+    assert!(o.reuse_key);
+    assert_eq!(o.preferred_chain.as_deref(), Some("ISRG Root X1"));
+    assert_eq!(o.profile.as_deref(), Some("shortlived"));
+    assert_eq!(c.certificates[0].domain_names(), ["a.example", "192.0.2.1"]);
+
+    for (line, key, want) in [
+        (
+            "challenges = [\"http-01\", \"http-01\"]",
+            "challenges",
+            "twice",
+        ),
+        (
+            "challenges = [\"http01\"]",
+            "challenges",
+            "unknown challenge type 'http01'",
+        ),
+        ("profile = \"\"", "profile", "empty"),
+        ("preferred_chain = \" \"", "preferred_chain", "empty"),
+    ] {
+        let e = one_error(&format!(
+            "[[certificate]]\ndomains = [\"a.example\"]\nsolver = \"s\"\n{line}\n"
+        ));
+        assert_eq!(
+            e.key(),
+            Some(format!("certificate[1].{key}").as_str()),
+            "{e}"
+        );
+        assert_eq!(e.pos().map(|p| p.line), Some(4), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+        assert!(e.hint().is_some(), "{e:?}");
+    }
+    let e = one_error("[[certificate]]\ncsr = \"missing.csr\"\nsolver = \"s\"\n");
+    assert_eq!(e.key(), Some("certificate[1].csr"), "{e}");
+    assert!(e.to_string().contains("/etc/certsmith/missing.csr"), "{e}");
+}

@@ -58,12 +58,23 @@ pub(super) fn call_deadline(manifest: &Manifest) -> u64 {
     now_unix_ms().saturating_add(manifest.defaults.call_timeout_s.saturating_mul(1000))
 }
 
-/// Picks the challenge to answer for `authz` among those the CA offers.
+/// Picks the challenge to answer for `authz` among those the CA offers:
+/// the first of `wanted` (the request's preference order; empty: the
+/// default order) that the solver answers and the CA offers.
 pub(super) fn choose_challenge<'a>(
     authz: &'a AuthzInfo,
     manifest: &Manifest,
+    wanted: &[ChallengeType],
 ) -> Result<(ChallengeType, &'a ChallengeInfo), IssueError> {
-    for &t in preference(authz.wildcard) {
+    let order = if wanted.is_empty() {
+        preference(authz.wildcard)
+    } else {
+        wanted
+    };
+    for &t in order {
+        if authz.wildcard && t != ChallengeType::Dns01 {
+            continue;
+        }
         if !manifest.supports(t) {
             continue;
         }

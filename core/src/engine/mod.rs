@@ -41,6 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use certsmith_plugin_api::ChallengeType;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -75,6 +76,79 @@ pub struct CertRequest {
     /// configuration); `None`: the engine's. The engine's
     /// [`DnsOptions::propagation_check`], when set, wins.
     pub propagation_check: Option<PropagationCheck>,
+    /// What the order asks of the CA beyond its names (challenge types,
+    /// profile, chain, key reuse); recorded in the lineage.
+    pub order: OrderOptions,
+}
+
+/// What an order asks beyond its names, recorded in the lineage so that
+/// `renew` and `run` ask the same again (docs/design.md §4.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OrderOptions {
+    /// The challenge types to answer, most preferred first, each one the
+    /// solver supports; empty: http-01, then tls-alpn-01, then dns-01.
+    pub challenges: Vec<ChallengeType>,
+    /// Renewals keep the private key of the current version (for key
+    /// pinning and DANE TLSA records) instead of making a new one.
+    pub reuse_key: bool,
+    /// The common name of the issuer of the topmost certificate of the
+    /// chain wanted, among the CA's alternate chains; no match keeps the
+    /// default chain.
+    pub preferred_chain: Option<String>,
+    /// The ACME profile to order (draft-ietf-acme-profiles), checked
+    /// against the directory's `meta.profiles` before ordering.
+    pub profile: Option<String>,
+    /// The user's CSR: sent as is, no key made or stored; it is kept in
+    /// each version (`csr.pem`) and sent again at renewal.
+    pub csr: Option<crate::keys::UserCsr>,
+}
+
+impl OrderOptions {
+    /// The challenge types asked for, by name, in order.
+    pub fn challenge_names(&self) -> Vec<String> {
+        self.challenges
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect()
+    }
+
+    /// The options a lineage recorded (without its CSR, which is in the
+    /// current version: see `store::CSR_FILE`); a challenge type the lineage names
+    /// that this version does not know is an error naming it.
+    pub fn from_lineage(lineage: &store::Lineage) -> Result<OrderOptions, IssueError> {
+        let challenges = lineage
+            .challenges
+            .iter()
+            .map(|c| {
+                ChallengeType::parse(c).ok_or_else(|| {
+                    IssueError::InvalidRequest(format!(
+                        "unknown challenge type '{c}' in the lineage's challenges; use http-01, tls-alpn-01 or dns-01"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OrderOptions {
+            challenges,
+            reuse_key: lineage.reuse_key,
+            preferred_chain: lineage.preferred_chain.clone(),
+            profile: lineage.profile.clone(),
+            csr: None,
+        })
+    }
+
+    /// Fills what `self` leaves unset from `stored` (a lineage's options):
+    /// an `issue` without the flag keeps what the certificate had.
+    pub fn or(mut self, stored: &OrderOptions) -> OrderOptions {
+        if self.challenges.is_empty() {
+            self.challenges = stored.challenges.clone();
+        }
+        self.reuse_key = self.reuse_key || stored.reuse_key;
+        self.preferred_chain = self.preferred_chain.or(stored.preferred_chain.clone());
+        self.profile = self.profile.or(stored.profile.clone());
+        self.csr = self.csr.or(stored.csr.clone());
+        self
+    }
 }
 
 impl CertRequest {
@@ -103,8 +177,11 @@ pub struct IssuedCert {
     pub chain_path: PathBuf,
     /// `certs/<name>/current/fullchain.pem`.
     pub fullchain_path: PathBuf,
-    /// `certs/<name>/current/privkey.pem`.
-    pub privkey_path: PathBuf,
+    /// `certs/<name>/current/privkey.pem`; `None` when the certificate was
+    /// ordered with the user's CSR (the key is theirs).
+    pub privkey_path: Option<PathBuf>,
+    /// `certs/<name>/current/csr.pem`, the user's CSR, when one was used.
+    pub csr_path: Option<PathBuf>,
     /// notBefore of the leaf.
     pub not_before: OffsetDateTime,
     /// notAfter of the leaf.
@@ -113,6 +190,9 @@ pub struct IssuedCert {
     pub serial: String,
     /// The key type.
     pub key_type: KeyType,
+    /// The common name of the issuer of the chain's topmost certificate
+    /// (what `--preferred-chain` matches), if it has one.
+    pub chain_issuer: Option<String>,
 }
 
 /// Cancels an engine run; cheap to clone. Cancelling makes every order stop
@@ -243,7 +323,47 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
         }
         .into());
     }
+    if req.order.reuse_key && req.order.csr.is_some() {
+        return Err(IssueError::InvalidRequest(
+            "a certificate ordered with its own CSR cannot reuse a key: the key is not certsmith's"
+                .to_owned(),
+        ));
+    }
+    if let Some(csr) = &req.order.csr {
+        let mut asked: Vec<&str> = csr.names.iter().map(String::as_str).collect();
+        let mut ordered: Vec<&str> = req.domains.iter().map(Identifier::as_str).collect();
+        asked.sort_unstable();
+        ordered.sort_unstable();
+        if asked != ordered {
+            return Err(IssueError::CsrNames {
+                csr: csr.names.clone(),
+                domains: req.domains.iter().map(|d| d.as_str().to_owned()).collect(),
+            });
+        }
+    }
     let manifest = req.solver.manifest();
+    for &c in &req.order.challenges {
+        if !manifest.supports(c) {
+            return Err(IssueError::UnsupportedChallenge {
+                challenge: c.as_str().to_owned(),
+                solver: manifest.code.clone(),
+                supported: manifest
+                    .challenge_types
+                    .iter()
+                    .map(|t| t.as_str().to_owned())
+                    .collect(),
+            });
+        }
+    }
     identifiers::check_solver(&req.domains, manifest)?;
+    if !req.order.challenges.is_empty()
+        && !req.order.challenges.contains(&ChallengeType::Dns01)
+        && let Some(w) = req.domains.iter().find(|d| d.is_wildcard())
+    {
+        return Err(IssueError::WildcardChallenge {
+            domain: w.as_str().to_owned(),
+            asked: req.order.challenge_names(),
+        });
+    }
     Ok(())
 }

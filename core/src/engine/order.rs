@@ -149,11 +149,30 @@ impl Engine {
             return Ok(cert);
         }
 
-        // The key is needed only at finalization: make it while the CA works.
+        // The key is needed only at finalization: make it while the CA
+        // works (or, with reuse_key, read the current one).
         let key_type = req.key_type;
         let keygen = {
             let domains = domains.clone();
-            tokio::task::spawn_blocking(move || keys::key_and_csr(key_type, &domains))
+            let reuse = req
+                .order
+                .reuse_key
+                .then(|| (inner.store.clone(), req.name.clone()));
+            let csr = req.order.csr.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(csr) = csr {
+                    // The user's CSR: sent as is, the key is theirs.
+                    return Ok(keys::KeyAndCsr {
+                        key_type,
+                        private_key: None,
+                        csr_der: csr.der,
+                    });
+                }
+                match reuse.and_then(|(store, name)| reusable_key(&store, &name, key_type)) {
+                    Some(key) => keys::csr_with_key(key_type, &key, &domains),
+                    None => keys::key_and_csr(key_type, &domains),
+                }
+            })
         };
 
         let cleanup = CleanupList::new(
@@ -217,12 +236,21 @@ impl Engine {
         req: &CertRequest,
         domains: Vec<String>,
         key_type: KeyType,
-        private_key: keys::PrivateKeyPem,
+        private_key: Option<keys::PrivateKeyPem>,
         chain: &str,
         order_url: &str,
     ) -> Result<IssuedCert, IssueError> {
         let inner = &self.inner;
+        if private_key.is_none() && req.order.csr.is_none() {
+            // A pending order recorded without a key, picked up by a
+            // request without the CSR it was made for.
+            return Err(IssueError::InvalidRequest(format!(
+                "the pending order of '{}' was made with a CSR; order with that CSR again",
+                req.name
+            )));
+        }
         let parsed = parse_chain(chain, inner.client.directory_url())?;
+        let chain_issuer = crate::acme::top_issuer_cn(&parsed.fullchain_pem);
         let lineage = Lineage {
             domains: domains.clone(),
             solver: req.solver.code().to_owned(),
@@ -231,6 +259,11 @@ impl Engine {
             key_type: key_type.as_str().to_owned(),
             server: inner.client.directory_url().to_owned(),
             versions: Vec::new(),
+            challenges: req.order.challenge_names(),
+            reuse_key: req.order.reuse_key,
+            csr: req.order.csr.is_some(),
+            preferred_chain: req.order.preferred_chain.clone(),
+            profile: req.order.profile.clone(),
             ..Lineage::default()
         };
         let record = VersionRecord {
@@ -245,6 +278,7 @@ impl Engine {
             chain_pem: parsed.chain_pem,
             fullchain_pem: parsed.fullchain_pem,
             privkey_pem: private_key,
+            csr_pem: req.order.csr.as_ref().map(keys::UserCsr::to_pem),
         };
         let store = inner.store.clone();
         let name = req.name.clone();
@@ -271,11 +305,21 @@ impl Engine {
             cert_path: saved.current.join(store::CERT_FILE),
             chain_path: saved.current.join(store::CHAIN_FILE),
             fullchain_path: saved.current.join(store::FULLCHAIN_FILE),
-            privkey_path: saved.current.join(store::PRIVKEY_FILE),
+            privkey_path: req
+                .order
+                .csr
+                .is_none()
+                .then(|| saved.current.join(store::PRIVKEY_FILE)),
+            csr_path: req
+                .order
+                .csr
+                .is_some()
+                .then(|| saved.current.join(store::CSR_FILE)),
             not_before: parsed.not_before,
             not_after: parsed.not_after,
             serial: parsed.serial,
             key_type,
+            chain_issuer,
         })
     }
 
@@ -285,13 +329,17 @@ impl Engine {
         &self,
         domains: &[String],
         replaces: Option<&str>,
+        profile: Option<&str>,
     ) -> Result<crate::acme::Order, IssueError> {
         let inner = &self.inner;
         let (generation, account) = {
             let guard = inner.account.lock().await;
             (guard.0, guard.1.clone())
         };
-        match account.new_order_replacing(domains, replaces).await {
+        match account
+            .new_order_replacing(domains, replaces, profile)
+            .await
+        {
             Err(IssueError::CaRefused { problem, .. }) if problem.is("accountDoesNotExist") => {
                 log::info!("the CA does not know the stored account; creating a new one");
                 let account = {
@@ -311,7 +359,9 @@ impl Engine {
                     }
                     guard.1.clone()
                 };
-                account.new_order_replacing(domains, replaces).await
+                account
+                    .new_order_replacing(domains, replaces, profile)
+                    .await
             }
             other => other,
         }
@@ -472,7 +522,17 @@ impl Engine {
         let name = &req.name;
         let manifest = req.solver.manifest();
 
-        let mut order = self.new_order(domains, req.replaces.as_deref()).await?;
+        if let Some(p) = &req.order.profile {
+            inner.client.check_profile(p).await?;
+        }
+        let mut order = self
+            .new_order(
+                domains,
+                req.replaces.as_deref(),
+                req.order.profile.as_deref(),
+            )
+            .await?;
+        order.prefer_chain(req.order.preferred_chain.clone());
         let authzs = order.authorizations().await?;
         progress.emit(ProgressEvent::OrderCreated {
             name: name.clone(),
@@ -514,7 +574,8 @@ impl Engine {
                     });
                 }
             }
-            let (challenge_type, challenge) = choose_challenge(authz, manifest)?;
+            let (challenge_type, challenge) =
+                choose_challenge(authz, manifest, &req.order.challenges)?;
             let resolved = if challenge_type == ChallengeType::Dns01 {
                 Some(
                     self.resolve_dns(req, &authz.domain(), &authz.identifier, &mut resolved_names)
@@ -622,6 +683,29 @@ impl Engine {
                 Err(IssueError::ValidationFailed { failures })
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The private key of the current version of `name`, to certify again
+/// (`reuse_key`): only when the lineage has the same key type; otherwise
+/// (a first version, a key type changed, a damaged version) a new key is
+/// made, and said so.
+fn reusable_key(store: &Store, name: &str, key_type: KeyType) -> Option<keys::PrivateKeyPem> {
+    let lineage = store.load_lineage(name).ok().flatten()?;
+    if lineage.key_type != key_type.as_str() {
+        log::info!(
+            "{name}: reuse_key: the key type changes from {} to {key_type}; making a new key",
+            lineage.key_type
+        );
+        return None;
+    }
+    match store.read_version(name, None) {
+        Ok(Some(v)) => v.files.privkey_pem,
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("{name}: reuse_key: the current key cannot be read ({e}); making a new key");
+            None
         }
     }
 }

@@ -31,7 +31,12 @@ impl Engine {
             order_url: order.url().to_owned(),
             domains: domains.to_vec(),
             key_type: key.key_type.as_str().to_owned(),
-            privkey_pem: key.private_key.expose().to_owned(),
+            // Empty for the user's CSR: there is no key of ours.
+            privkey_pem: key
+                .private_key
+                .as_ref()
+                .map(|k| k.expose().to_owned())
+                .unwrap_or_default(),
             csr_der_b64: URL_SAFE_NO_PAD.encode(&key.csr_der),
             finalized_at: now_rfc3339(),
             pid: std::process::id(),
@@ -137,6 +142,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        order.prefer_chain(req.order.preferred_chain.clone());
         let timeout = inner.options.finalize_timeout;
         let chain = match order.resumable() {
             Resumable::Download => order.issued_certificate(timeout).await?,
@@ -154,7 +160,8 @@ impl Engine {
             name: req.name.clone(),
             order_url: pending.order_url.clone(),
         });
-        let key = PrivateKeyPem::new(pending.privkey_pem);
+        let key =
+            (!pending.privkey_pem.is_empty()).then(|| PrivateKeyPem::new(pending.privkey_pem));
         self.store_issued(
             req,
             domains.to_vec(),

@@ -41,28 +41,57 @@ const ALL: [ChallengeType; 3] = [
 fn challenge_preference() {
     let m = manifest("\"tls-alpn-01\", \"http-01\"");
     let a = authz(false, &ALL);
-    let (t, c) = choose_challenge(&a, &m).expect("choice");
+    let (t, c) = choose_challenge(&a, &m, &[]).expect("choice");
     assert_eq!(t, ChallengeType::Http01);
     assert_eq!(c.url, "https://ca/chall/http-01");
-    let (t, _) = choose_challenge(&authz(false, &[ChallengeType::TlsAlpn01]), &m).expect("c");
+    let (t, _) = choose_challenge(&authz(false, &[ChallengeType::TlsAlpn01]), &m, &[]).expect("c");
     assert_eq!(t, ChallengeType::TlsAlpn01);
 
-    let e = choose_challenge(&authz(false, &[ChallengeType::Dns01]), &m).expect_err("none");
+    let e = choose_challenge(&authz(false, &[ChallengeType::Dns01]), &m, &[]).expect_err("none");
     assert_eq!(
         e.to_string(),
         "the CA offers dns-01 for 'a.example', but solver 't' answers only tls-alpn-01, http-01"
     );
     // A wildcard only ever uses dns-01.
     let dns = manifest("\"http-01\", \"dns-01\"");
-    let (t, _) = choose_challenge(&authz(true, &ALL), &dns).expect("choice");
+    let (t, _) = choose_challenge(&authz(true, &ALL), &dns, &[]).expect("choice");
     assert_eq!(t, ChallengeType::Dns01);
+}
+
+/// `--challenge` / `challenges`: the first asked for that the CA offers
+/// wins, whatever the default order says.
+#[test]
+fn challenge_preference_asked_for() {
+    let m = manifest("\"http-01\", \"tls-alpn-01\"");
+    let a = authz(false, &ALL);
+    let (t, _) = choose_challenge(&a, &m, &[ChallengeType::TlsAlpn01]).expect("choice");
+    assert_eq!(t, ChallengeType::TlsAlpn01);
+    let (t, _) = choose_challenge(
+        &authz(false, &[ChallengeType::Http01]),
+        &m,
+        &[ChallengeType::TlsAlpn01, ChallengeType::Http01],
+    )
+    .expect("choice");
+    assert_eq!(
+        t,
+        ChallengeType::Http01,
+        "the second choice when the CA lacks the first"
+    );
+    assert!(
+        choose_challenge(
+            &authz(false, &[ChallengeType::Http01]),
+            &m,
+            &[ChallengeType::TlsAlpn01]
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn challenge_request_fields() {
     let m = manifest("\"http-01\"");
     let a = authz(false, &ALL);
-    let (t, c) = choose_challenge(&a, &m).expect("choice");
+    let (t, c) = choose_challenge(&a, &m, &[]).expect("choice");
     let before = now_unix_ms();
     let r = challenge_request(&a, t, c, &m, None).expect("request");
     assert_eq!(r.challenge_type, ChallengeType::Http01);

@@ -32,9 +32,9 @@ use super::fsio::{
     remove_stale_temps, sanitize, write_atomic, write_new,
 };
 use super::{
-    AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CertFiles, FULLCHAIN_FILE, JournalEntry, Lease,
-    Lineage, PRIVKEY_FILE, PendingOrder, RateLimitRecord, SavedVersion, Storage, StoreError,
-    StoredAccountDoc, VersionFiles, VersionRecord, check_cert_name,
+    AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CSR_FILE, CertFiles, FULLCHAIN_FILE,
+    JournalEntry, Lease, Lineage, PRIVKEY_FILE, PendingOrder, RateLimitRecord, SavedVersion,
+    Storage, StoreError, StoredAccountDoc, VersionFiles, VersionRecord, check_cert_name,
 };
 use crate::keys::PrivateKeyPem;
 
@@ -351,9 +351,14 @@ fn stage_version(staging: &Path, files: &CertFiles) -> Result<(), StoreError> {
         (CERT_FILE, files.cert_pem.as_str(), 0o644),
         (CHAIN_FILE, files.chain_pem.as_str(), 0o644),
         (FULLCHAIN_FILE, files.fullchain_pem.as_str(), 0o644),
-        (PRIVKEY_FILE, files.privkey_pem.expose(), 0o600),
     ] {
         write_new(&staging.join(file), data.as_bytes(), mode)?;
+    }
+    if let Some(key) = &files.privkey_pem {
+        write_new(&staging.join(PRIVKEY_FILE), key.expose().as_bytes(), 0o600)?;
+    }
+    if let Some(csr) = &files.csr_pem {
+        write_new(&staging.join(CSR_FILE), csr.as_bytes(), 0o644)?;
     }
     fsync_dir(staging)
 }
@@ -639,11 +644,25 @@ impl Storage for FsStore {
         if !dir.is_dir() {
             return Ok(None);
         }
+        // A version ordered with the user's CSR has it instead of a key;
+        // any other misses its key only when damaged (then it is an error).
+        let csr_path = dir.join(CSR_FILE);
+        let csr_pem = if csr_path.is_file() {
+            Some(read_pem(&csr_path)?)
+        } else {
+            None
+        };
+        let privkey_pem = match (&csr_pem, read_pem(&dir.join(PRIVKEY_FILE))) {
+            (_, Ok(k)) => Some(PrivateKeyPem::new(k)),
+            (Some(_), Err(_)) => None,
+            (None, Err(e)) => return Err(e),
+        };
         let files = CertFiles {
             cert_pem: read_pem(&dir.join(CERT_FILE))?,
             chain_pem: read_pem(&dir.join(CHAIN_FILE))?,
             fullchain_pem: read_pem(&dir.join(FULLCHAIN_FILE))?,
-            privkey_pem: PrivateKeyPem::new(read_pem(&dir.join(PRIVKEY_FILE))?),
+            privkey_pem,
+            csr_pem,
         };
         Ok(Some(VersionFiles {
             version,

@@ -13,7 +13,7 @@
 //! ```text
 //! <root>/accounts/<ca-host>/<account-id>/account.json     0600
 //! <root>/certs/<name>/current -> versions/<n>              switched atomically
-//! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem
+//! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem   (csr.pem instead of privkey.pem: the user's CSR)
 //! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
 //! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored
 //! <root>/rate-limits.json                                 rate limits the CA reported, until they lift
@@ -54,6 +54,9 @@ pub const CHAIN_FILE: &str = "chain.pem";
 pub const FULLCHAIN_FILE: &str = "fullchain.pem";
 /// The private key, mode 0600.
 pub const PRIVKEY_FILE: &str = "privkey.pem";
+/// The user's CSR, for a certificate ordered with one (then there is no
+/// [`PRIVKEY_FILE`]: the key is the user's).
+pub const CSR_FILE: &str = "csr.pem";
 
 /// Why the store could not be read or written. Each message names the
 /// place (file, directory, table) concerned.
@@ -158,8 +161,11 @@ pub struct CertFiles {
     pub chain_pem: String,
     /// Leaf followed by intermediates (PEM).
     pub fullchain_pem: String,
-    /// The private key (PEM), written 0600.
-    pub privkey_pem: PrivateKeyPem,
+    /// The private key (PEM), written 0600; `None` for a certificate
+    /// ordered with the user's CSR.
+    pub privkey_pem: Option<PrivateKeyPem>,
+    /// The user's CSR (PEM), when the certificate was ordered with one.
+    pub csr_pem: Option<String>,
 }
 
 /// One stored version, read back.
@@ -227,6 +233,23 @@ pub struct Lineage {
     /// lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before: Option<String>,
+    /// The challenge types asked for, most preferred first (`--challenge`,
+    /// `challenges`); empty: the default order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<String>,
+    /// Ordered with the user's CSR (`--csr`, `csr`): each version holds
+    /// `csr.pem` and no private key; renewals send the CSR again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csr: bool,
+    /// Renewals keep the current private key (`--reuse-key`, `reuse_key`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse_key: bool,
+    /// The issuer common name of the chain wanted (`--preferred-chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_chain: Option<String>,
+    /// The ACME profile ordered (`--profile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// When the current version is due for renewal, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<RenewalRecord>,
@@ -389,7 +412,8 @@ pub struct PendingOrder {
     pub domains: Vec<String>,
     /// The key type name, e.g. `ec-p256`.
     pub key_type: String,
-    /// The certificate's private key (PEM).
+    /// The certificate's private key (PEM); empty for an order of the
+    /// user's CSR (the key is theirs).
     pub privkey_pem: String,
     /// The CSR sent (DER, base64url), to finalize again if the CA did not
     /// get it.

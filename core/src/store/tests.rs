@@ -16,7 +16,8 @@ fn files(tag: &str) -> CertFiles {
         cert_pem: format!("CERT {tag}\n"),
         chain_pem: format!("CHAIN {tag}\n"),
         fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
-        privkey_pem: PrivateKeyPem::new(format!("KEY {tag}\n")),
+        privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
+        csr_pem: None,
     }
 }
 
@@ -182,6 +183,36 @@ fn permissions() {
         ..key
     };
     assert!(store.load_account(&nope).expect("read").is_none());
+}
+
+/// A version of the user's CSR holds `csr.pem` and no key, and reads
+/// back so; a version that lacks its key without a CSR is an error.
+#[test]
+fn csr_version_has_no_key_and_reads_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let csr_files = CertFiles {
+        privkey_pem: None,
+        csr_pem: Some("CSR\n".into()),
+        ..files("c")
+    };
+    let v = store
+        .commit_version("c.example", &csr_files, &lineage(), record())
+        .expect("save");
+    assert!(!v.dir.join(PRIVKEY_FILE).exists(), "no key written");
+    assert_eq!(mode(&v.dir.join(CSR_FILE)), 0o644);
+    let back = store
+        .read_version("c.example", None)
+        .expect("read")
+        .expect("a version");
+    assert!(back.files.privkey_pem.is_none());
+    assert_eq!(back.files.csr_pem.as_deref(), Some("CSR\n"));
+
+    let v = store
+        .commit_version("k.example", &files("k"), &lineage(), record())
+        .expect("save");
+    fs::remove_file(v.dir.join(PRIVKEY_FILE)).expect("rm");
+    assert!(store.read_version("k.example", None).is_err());
 }
 
 #[test]
@@ -469,7 +500,10 @@ fn read_version_gives_one_whole_version() {
         .expect("current");
     assert_eq!(cur.version, 2);
     assert_eq!(cur.files.cert_pem, "CERT two\n");
-    assert_eq!(cur.files.privkey_pem.expose(), "KEY two\n");
+    assert_eq!(
+        cur.files.privkey_pem.as_ref().map(PrivateKeyPem::expose),
+        Some("KEY two\n")
+    );
     let one = store
         .read_version("r.example", Some(1))
         .expect("read")
