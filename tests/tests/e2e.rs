@@ -9,6 +9,7 @@
 
 mod accounts;
 mod cli_ergonomics;
+mod catalogue_a;
 mod cloudflare;
 mod dns01;
 mod docs;
