@@ -178,16 +178,26 @@ fn error(e: &str) -> String {
     json!({ "error": e }).to_string()
 }
 
-fn serve(stream: TcpStream, state: &Mutex<State>, updater: &Updater, zone: &str) -> std::io::Result<()> {
+fn serve(
+    stream: TcpStream,
+    state: &Mutex<State>,
+    updater: &Updater,
+    zone: &str,
+) -> std::io::Result<()> {
     let Some(req) = read_request(&stream)? else {
         return Ok(());
     };
     let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
     let injected = st.failures.pop_front();
     let (status, body, retry_after) = match (injected, req.method.as_str(), req.path.as_str()) {
-        (Some(HookFailure::Throttled { status, retry_after_secs }), _, _) => {
-            (status, error("try_later"), Some(retry_after_secs))
-        }
+        (
+            Some(HookFailure::Throttled {
+                status,
+                retry_after_secs,
+            }),
+            _,
+            _,
+        ) => (status, error("try_later"), Some(retry_after_secs)),
         (None, "GET", "/health") => (200, String::new(), None),
         (None, "POST", "/register") => {
             let asked: Value = if req.body.is_empty() {
@@ -198,7 +208,12 @@ fn serve(stream: TcpStream, state: &Mutex<State>, updater: &Updater, zone: &str)
             let allow: Vec<String> = asked
                 .get("allowfrom")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
             if asked.is_null() {
                 (400, error("malformed_json_payload"), None)
@@ -234,7 +249,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>, updater: &Updater, zone: &str)
             let key = req.header("x-api-key").unwrap_or_default().to_owned();
             let asked: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
             let sub = asked.get("subdomain").and_then(Value::as_str).unwrap_or("");
-            let txt = asked.get("txt").and_then(Value::as_str).unwrap_or("").to_owned();
+            let txt = asked
+                .get("txt")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             match st.accounts.get_mut(&user) {
                 Some(a) if a.password == key && a.subdomain == sub => {
                     if txt.chars().count() != 43 {

@@ -66,7 +66,14 @@ impl Setup {
     /// DNS, with the state in `state`; JSON output.
     pub fn issue(&self, state: &Path, domains: &[&str]) -> Command {
         let mut cmd = Command::new(certsmith_bin());
-        cmd.args(["issue", "--solver", self.solver, "--agree-tos", "--output", "json"]);
+        cmd.args([
+            "issue",
+            "--solver",
+            self.solver,
+            "--agree-tos",
+            "--output",
+            "json",
+        ]);
         for d in domains {
             cmd.args(["-d", d]);
         }
@@ -210,7 +217,10 @@ pub fn acmedns_delegate(setup: &Setup, domain: &str) -> Result<String, HarnessEr
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
     let account = acme.register()?;
-    let full = account["fulldomain"].as_str().unwrap_or_default().to_owned();
+    let full = account["fulldomain"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let path = acmedns_storage(setup.dir.path());
     let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(&path)
         .ok()

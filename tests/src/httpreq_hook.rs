@@ -75,8 +75,12 @@ impl HttpreqHook {
             })?;
         let state = Arc::new(Mutex::new(State::default()));
         let updater = Updater::new(bind);
-        let expected = credentials
-            .map(|(u, p)| format!("Basic {}", crate::bind::base64(format!("{u}:{p}").as_bytes())));
+        let expected = credentials.map(|(u, p)| {
+            format!(
+                "Basic {}",
+                crate::bind::base64(format!("{u}:{p}").as_bytes())
+            )
+        });
         let prefix = prefix.trim_end_matches('/').to_owned();
         let (st, pre) = (Arc::clone(&state), prefix.clone());
         let server = ConnServer::spawn(listener, "httpreq-hook", move |stream| {
@@ -157,7 +161,11 @@ fn serve(
                 }
             }
             (Some(f), Some(_)) => (400, format!("fqdn {f:?} has no trailing dot"), None),
-            _ => (400, "this hook wants {\"fqdn\", \"value\"} (lego's default mode)".to_owned(), None),
+            _ => (
+                400,
+                "this hook wants {\"fqdn\", \"value\"} (lego's default mode)".to_owned(),
+                None,
+            ),
         }
     };
     state

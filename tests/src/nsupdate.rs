@@ -24,7 +24,9 @@ pub struct Updater {
 
 impl std::fmt::Debug for Updater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Updater").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Updater")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,10 +74,12 @@ impl Updater {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(script.as_bytes());
         }
-        let out = child.wait_with_output().map_err(|source| HarnessError::Io {
-            context: format!("waiting for {bin}"),
-            source,
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| HarnessError::Io {
+                context: format!("waiting for {bin}"),
+                source,
+            })?;
         if out.status.success() {
             Ok(())
         } else {
@@ -118,6 +122,8 @@ impl Updater {
     pub fn set_cname(&self, fqdn: &str, target: &str) -> Result<(), HarnessError> {
         let name = format!("{}.", fqdn.trim_end_matches('.'));
         let to = format!("{}.", target.trim_end_matches('.'));
-        self.run(&format!("update delete {name} CNAME\nupdate add {name} 60 CNAME {to}"))
+        self.run(&format!(
+            "update delete {name} CNAME\nupdate add {name} 60 CNAME {to}"
+        ))
     }
 }

@@ -65,7 +65,10 @@ impl Pdns {
             std::env::var("PDNS_SQLITE_SCHEMA").unwrap_or_else(|_| PDNS_SQLITE_SCHEMA.to_owned()),
         );
         if !schema.is_file() {
-            return Err(not_installed("the gsqlite3 schema (pdns-backend-sqlite3)", &schema));
+            return Err(not_installed(
+                "the gsqlite3 schema (pdns-backend-sqlite3)",
+                &schema,
+            ));
         }
         let dir = crate::temp_dir("certsmith-pdns-")?;
         let db = dir.path().join("pdns.sqlite3");
@@ -88,8 +91,8 @@ impl Pdns {
                 source: std::io::Error::other("sqlite3 failed"),
             });
         }
-        let key = crate::bind::base64(&crate::bind::random_bytes(24)?)
-            .replace(['+', '/', '='], "x");
+        let key =
+            crate::bind::base64(&crate::bind::random_bytes(24)?).replace(['+', '/', '='], "x");
         for attempt in 1..=ATTEMPTS {
             let dns = SocketAddr::from((Ipv4Addr::LOCALHOST, free_udp_tcp_port()));
             let web = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -125,7 +128,8 @@ impl Pdns {
             let deadline = Instant::now() + READY_TIMEOUT;
             let ready = loop {
                 let text = child.log();
-                if text.contains("Address already in use") || crate::log_shows_port_collision(&text) {
+                if text.contains("Address already in use") || crate::log_shows_port_collision(&text)
+                {
                     child.kill();
                     break false;
                 }
@@ -137,14 +141,23 @@ impl Pdns {
                         log_tail: child.log_tail(20),
                     });
                 }
-                if text.contains("Done launching threads")
-                    && send(web, "GET", "/api/v1/servers/localhost", &[("X-API-Key", &key)], None)
-                        .is_ok_and(|(s, b)| s == 200 && b.contains("authoritative"))
+                if text.contains("Listening for HTTP requests")
+                    && send(
+                        web,
+                        "GET",
+                        "/api/v1/servers/localhost",
+                        &[("X-API-Key", &key)],
+                        None,
+                    )
+                    .is_ok_and(|(s, b)| s == 200 && b.contains("authoritative"))
                 {
                     break true;
                 }
                 if Instant::now() >= deadline {
-                    return Err(child.not_ready(format!("GET http://{web}/api/v1/servers/localhost"), READY_TIMEOUT));
+                    return Err(child.not_ready(
+                        format!("GET http://{web}/api/v1/servers/localhost"),
+                        READY_TIMEOUT,
+                    ));
                 }
                 thread::sleep(Duration::from_millis(30));
             };
@@ -156,7 +169,10 @@ impl Pdns {
                 dns,
                 web,
                 key: key.clone(),
-                zones: zones.iter().map(|z| z.trim_end_matches('.').to_ascii_lowercase()).collect(),
+                zones: zones
+                    .iter()
+                    .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+                    .collect(),
                 dir,
             };
             for z in &pdns.zones {
@@ -176,7 +192,13 @@ impl Pdns {
     }
 
     /// One API call that must answer `want`; its JSON (`Null` if empty).
-    pub fn api(&self, method: &'static str, path: &str, body: Option<Value>, want: u16) -> Result<Value, HarnessError> {
+    pub fn api(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> Result<Value, HarnessError> {
         let bytes = body.map(|b| b.to_string().into_bytes());
         let fail = |message: String| HarnessError::Http {
             method,
@@ -184,8 +206,14 @@ impl Pdns {
             message,
             log_path: self.child.log_path().to_path_buf(),
         };
-        let (status, text) = send(self.web, method, path, &[("X-API-Key", &self.key)], bytes.as_deref())
-            .map_err(|e| fail(e.to_string()))?;
+        let (status, text) = send(
+            self.web,
+            method,
+            path,
+            &[("X-API-Key", &self.key)],
+            bytes.as_deref(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
         if status != want {
             return Err(fail(format!("status {status} (wanted {want}): {text}")));
         }
@@ -223,7 +251,12 @@ impl Pdns {
     /// The TXT records at `fqdn` in `zone` as the API shows them, with
     /// their `disabled` flags: `(content, disabled)`.
     pub fn txt_records(&self, zone: &str, fqdn: &str) -> Result<Vec<(String, bool)>, HarnessError> {
-        let z = self.api("GET", &format!("/api/v1/servers/localhost/zones/{zone}."), None, 200)?;
+        let z = self.api(
+            "GET",
+            &format!("/api/v1/servers/localhost/zones/{zone}."),
+            None,
+            200,
+        )?;
         let want = format!("{}.", fqdn.trim_end_matches('.'));
         Ok(z["rrsets"]
             .as_array()
@@ -242,7 +275,12 @@ impl Pdns {
 
     /// Makes the TXT set at `fqdn` hold `records` `(content, disabled)`,
     /// as another tool would (content in presentation format, quoted).
-    pub fn put_txt(&self, zone: &str, fqdn: &str, records: &[(&str, bool)]) -> Result<(), HarnessError> {
+    pub fn put_txt(
+        &self,
+        zone: &str,
+        fqdn: &str,
+        records: &[(&str, bool)],
+    ) -> Result<(), HarnessError> {
         let recs: Vec<Value> = records
             .iter()
             .map(|(c, d)| json!({"content": c, "disabled": d}))

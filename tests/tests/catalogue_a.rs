@@ -115,7 +115,9 @@ fn exec_runs_a_lego_nsupdate_script_unchanged_for_wildcard_and_apex() {
     let setup = exec_setup("exec.test").expect("setup");
     let name = "_acme-challenge.exec.test";
     let updater = setup.updater().expect("bind");
-    updater.add_txt(name, "someone-elses-value").expect("foreign TXT");
+    updater
+        .add_txt(name, "someone-elses-value")
+        .expect("foreign TXT");
     let state = TempState::new().expect("state");
     issue_wildcard_and_apex(&setup, &state);
     // Both values gone, the foreign one kept.
@@ -139,10 +141,16 @@ fn exec_puts_the_scripts_output_in_the_error() {
         .expect("run");
     let (out, err) = texts(&o);
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
-    assert!(err.contains("lego-exec-nsupdate.sh present _acme-challenge.exec.test."), "{err}");
+    assert!(
+        err.contains("lego-exec-nsupdate.sh present _acme-challenge.exec.test."),
+        "{err}"
+    );
     assert!(err.contains("exit code"), "{err}");
     // nsupdate's complaint, as the script printed it.
-    assert!(err.to_lowercase().contains("tsig") || err.contains("NOTAUTH") || err.contains("REFUSED"), "{err}");
+    assert!(
+        err.to_lowercase().contains("tsig") || err.contains("NOTAUTH") || err.contains("REFUSED"),
+        "{err}"
+    );
     assert!(!err.contains("c2VjcmV0LXRoYXQtaXMtd3Jvbmc="), "{err}");
 }
 
@@ -163,7 +171,10 @@ fn httpreq_posts_to_a_lego_hook_with_basic_auth_and_rides_out_a_rate_limit() {
     });
     let state = TempState::new().expect("state");
     let (out, err) = issue_wildcard_and_apex(&setup, &state);
-    assert!(!out.contains(password) && !err.contains(password), "password leaked");
+    assert!(
+        !out.contains(password) && !err.contains(password),
+        "password leaked"
+    );
     let reqs = hook.requests();
     assert_eq!(reqs[0].status, 429);
     assert_eq!(reqs[1].status, 503);
@@ -196,12 +207,18 @@ fn httpreq_a_wrong_password_is_a_solver_error_with_the_answer_and_no_password() 
         }
     }
     let state = TempState::new().expect("state");
-    let o = setup.issue(state.path(), &["hook.test"]).output().expect("run");
+    let o = setup
+        .issue(state.path(), &["hook.test"])
+        .output()
+        .expect("run");
     let (out, err) = texts(&o);
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
     assert!(err.contains("HTTP 401"), "{err}");
     assert!(err.contains("HTTPREQ_PASSWORD"), "{err}");
-    assert!(!out.contains(wrong) && !err.contains(wrong), "password leaked");
+    assert!(
+        !out.contains(wrong) && !err.contains(wrong),
+        "password leaked"
+    );
 }
 
 // ---- acmedns ----------------------------------------------------------
@@ -225,8 +242,17 @@ fn acmedns_registers_names_the_cname_then_issues_through_it() {
     assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
     let st = storage(&setup);
     let account = &st["adns.test"];
-    let full = account["fulldomain"].as_str().expect("fulldomain").to_owned();
-    for key in ["username", "password", "subdomain", "allowfrom", "server_url"] {
+    let full = account["fulldomain"]
+        .as_str()
+        .expect("fulldomain")
+        .to_owned();
+    for key in [
+        "username",
+        "password",
+        "subdomain",
+        "allowfrom",
+        "server_url",
+    ] {
         assert!(account.get(key).is_some(), "{key} missing: {st}");
     }
     assert!(
@@ -234,7 +260,10 @@ fn acmedns_registers_names_the_cname_then_issues_through_it() {
         "{err}"
     );
     let password = account["password"].as_str().expect("password");
-    assert!(!err.contains(password) && !out.contains(password), "password leaked");
+    assert!(
+        !err.contains(password) && !out.contains(password),
+        "password leaked"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -257,7 +286,11 @@ fn acmedns_registers_names_the_cname_then_issues_through_it() {
     let sub = account["subdomain"].as_str().expect("subdomain");
     let acme = setup.acmedns.as_ref().expect("acme-dns");
     assert_eq!(acme.values(sub), [certsmith_acmedns_cleared(); 2]);
-    assert!(txt(&setup, &full).iter().all(|v| v == certsmith_acmedns_cleared()));
+    assert!(
+        txt(&setup, &full)
+            .iter()
+            .all(|v| v == certsmith_acmedns_cleared())
+    );
 }
 
 fn certsmith_acmedns_cleared() -> &'static str {
@@ -284,7 +317,11 @@ fn acmedns_uses_a_certbot_storage_file_and_rides_out_a_503() {
         1,
         "{reqs:?}"
     );
-    assert!(txt(&setup, &full).iter().all(|v| v == certsmith_acmedns_cleared()));
+    assert!(
+        txt(&setup, &full)
+            .iter()
+            .all(|v| v == certsmith_acmedns_cleared())
+    );
     assert_check_passes(&setup, "bot.test");
 }
 
@@ -299,11 +336,17 @@ fn acmedns_a_cname_to_the_wrong_place_is_refused_before_any_update() {
         .expect("CNAME");
     let before = setup.acmedns.as_ref().expect("acme").requests().len();
     let state = TempState::new().expect("state");
-    let o = setup.issue(state.path(), &["bad.test"]).output().expect("run");
+    let o = setup
+        .issue(state.path(), &["bad.test"])
+        .output()
+        .expect("run");
     let (out, err) = texts(&o);
     assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
     assert!(err.contains("leads to elsewhere.auth.test"), "{err}");
-    assert_eq!(setup.acmedns.as_ref().expect("acme").requests().len(), before);
+    assert_eq!(
+        setup.acmedns.as_ref().expect("acme").requests().len(),
+        before
+    );
 }
 
 // ---- pdns -------------------------------------------------------------
@@ -315,16 +358,26 @@ fn pdns_issues_wildcard_and_apex_through_a_real_powerdns_keeping_other_records()
     let name = "_acme-challenge.pdns.test";
     // Someone else's value, and a disabled record the filtered API view
     // would not show: both must survive.
-    pdns.put_txt("pdns.test", name, &[("\"someone-elses-value\"", false), ("\"parked\"", true)])
-        .expect("foreign records");
+    pdns.put_txt(
+        "pdns.test",
+        name,
+        &[("\"someone-elses-value\"", false), ("\"parked\"", true)],
+    )
+    .expect("foreign records");
     let state = TempState::new().expect("state");
     let (out, err) = issue_wildcard_and_apex(&setup, &state);
-    assert!(!out.contains(pdns.api_key()) && !err.contains(pdns.api_key()), "key leaked");
+    assert!(
+        !out.contains(pdns.api_key()) && !err.contains(pdns.api_key()),
+        "key leaked"
+    );
     let mut left = pdns.txt_records("pdns.test", name).expect("records");
     left.sort();
     assert_eq!(
         left,
-        [("\"parked\"".to_owned(), true), ("\"someone-elses-value\"".to_owned(), false)]
+        [
+            ("\"parked\"".to_owned(), true),
+            ("\"someone-elses-value\"".to_owned(), false)
+        ]
     );
     assert_eq!(txt(&setup, name), ["someone-elses-value"]);
     assert_check_passes(&setup, "pdns.test");
@@ -340,7 +393,10 @@ fn pdns_a_wrong_key_is_an_auth_error_without_the_key() {
         }
     }
     let state = TempState::new().expect("state");
-    let o = setup.issue(state.path(), &["pdns.test"]).output().expect("run");
+    let o = setup
+        .issue(state.path(), &["pdns.test"])
+        .output()
+        .expect("run");
     let (out, err) = texts(&o);
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
     assert!(err.contains("PowerDNS refused the API key"), "{err}");
@@ -358,7 +414,10 @@ fn pdns_key_from_a_file() {
         .env
         .push(("PDNS_API_KEY_FILE".into(), file.display().to_string()));
     let state = TempState::new().expect("state");
-    let o = setup.issue(state.path(), &["pdns.test"]).output().expect("run");
+    let o = setup
+        .issue(state.path(), &["pdns.test"])
+        .output()
+        .expect("run");
     let (out, err) = texts(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
 }

@@ -8,8 +8,8 @@
 //! --workspace`, as scripts/test does).
 
 mod accounts;
-mod cli_ergonomics;
 mod catalogue_a;
+mod cli_ergonomics;
 mod cloudflare;
 mod dns01;
 mod docs;

@@ -250,7 +250,10 @@ impl Acmedns {
             .await
             .map_err(|e| {
                 let mut e = e;
-                e.message = format!("could not register an acme-dns account for {domain}: {}", e.message);
+                e.message = format!(
+                    "could not register an acme-dns account for {domain}: {}",
+                    e.message
+                );
                 e
             })?;
         let Value::Object(mut entry) = answer else {
@@ -405,12 +408,18 @@ mod tests {
     fn manifest_uses_legos_variables() {
         let m = Manifest::parse(include_str!("../plugin.toml")).expect("valid manifest");
         assert_eq!(m.code, "acmedns");
-        assert_eq!(m.config["api_base"].env.as_deref(), Some("ACME_DNS_API_BASE"));
+        assert_eq!(
+            m.config["api_base"].env.as_deref(),
+            Some("ACME_DNS_API_BASE")
+        );
         assert_eq!(
             m.config["storage_path"].env.as_deref(),
             Some("ACME_DNS_STORAGE_PATH")
         );
-        assert_eq!(m.config["allowlist"].env.as_deref(), Some("ACME_DNS_ALLOWLIST"));
+        assert_eq!(
+            m.config["allowlist"].env.as_deref(),
+            Some("ACME_DNS_ALLOWLIST")
+        );
     }
 
     #[test]

@@ -193,16 +193,21 @@ mod tests {
         .expect("write");
         let st = Storage::new(&path);
         let all = st.load().expect("load");
-        let (k, a) = Storage::find(&all, "example.com", "_acme-challenge.example.com").expect("found");
+        let (k, a) =
+            Storage::find(&all, "example.com", "_acme-challenge.example.com").expect("found");
         assert_eq!((k.as_str(), a.subdomain.as_str()), ("example.com", "s1"));
         // By CNAME target, for a domain stored under another name.
-        let (k, _) = Storage::find(&all, "www.other.org", "s2.auth.example.org").expect("by target");
+        let (k, _) =
+            Storage::find(&all, "www.other.org", "s2.auth.example.org").expect("by target");
         assert_eq!(k, "other.org");
         assert!(Storage::find(&all, "nope.test", "x").is_none());
         assert!(!format!("{a:?}").contains("p1"));
 
-        st.put("new.test", json!({"username": "u3", "password": "p3", "fulldomain": "f", "subdomain": "s3"}))
-            .expect("put");
+        st.put(
+            "new.test",
+            json!({"username": "u3", "password": "p3", "fulldomain": "f", "subdomain": "s3"}),
+        )
+        .expect("put");
         let again = st.load().expect("reload");
         assert_eq!(again.len(), 3);
         assert_eq!(again["other.org"]["server_url"], "https://auth.example.org");
@@ -219,6 +224,10 @@ mod tests {
         assert!(st.load().expect("empty").is_empty());
         std::fs::write(st.path(), "{\"secret-ish\": ").expect("write");
         let e = st.load().expect_err("broken");
-        assert!(e.message.contains("none.json") && !e.message.contains("secret-ish"), "{}", e.message);
+        assert!(
+            e.message.contains("none.json") && !e.message.contains("secret-ish"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -219,12 +219,14 @@ impl Exec {
         };
         let out = Arc::new(Mutex::new(Output::default()));
         let pumps = [
-            child.stdout.take().map(|s| {
-                tokio::spawn(pump(s, Arc::clone(&out), shown.clone()))
-            }),
-            child.stderr.take().map(|s| {
-                tokio::spawn(pump(s, Arc::clone(&out), shown.clone()))
-            }),
+            child
+                .stdout
+                .take()
+                .map(|s| tokio::spawn(pump(s, Arc::clone(&out), shown.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|s| tokio::spawn(pump(s, Arc::clone(&out), shown.clone()))),
         ];
         let status: Option<std::io::Result<ExitStatus>> =
             tokio::time::timeout(limit, child.wait()).await.ok();
@@ -330,7 +332,10 @@ impl Solver for Exec {
         if config.timeout_s == 0 {
             return Err(PluginError::config("timeout_s must be at least 1"));
         }
-        log::debug!("exec: program {path}, mode {mode:?}, timeout {} s", config.timeout_s);
+        log::debug!(
+            "exec: program {path}, mode {mode:?}, timeout {} s",
+            config.timeout_s
+        );
         Ok(Exec {
             program: PathBuf::from(path),
             mode,

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use certsmith_exec::{Exec, ExecConfig, OUTPUT_EXCERPT};
-use certsmith_plugin_api::{ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver};
+use certsmith_plugin_api::{
+    ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver,
+};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
@@ -67,7 +69,9 @@ async fn present_and_cleanup_get_legos_arguments_without_a_shell() {
     e.cleanup(&r, &p).await.expect("cleanup");
     let raw = solver(&s, "RAW", 10);
     raw.present(&r).await.expect("present raw");
-    raw.cleanup(&r, &Presented::default()).await.expect("cleanup raw");
+    raw.cleanup(&r, &Presented::default())
+        .await
+        .expect("cleanup raw");
     let calls = std::fs::read_to_string(&log).expect("calls");
     assert_eq!(
         calls.lines().collect::<Vec<_>>(),
@@ -95,7 +99,11 @@ async fn a_failing_program_puts_its_trimmed_output_in_the_error() {
         .expect_err("fails");
     assert_eq!(err.kind, ErrorKind::Config);
     assert!(err.message.contains("exit code 3"), "{}", err.message);
-    assert!(err.message.contains("update failed: REFUSED"), "{}", err.message);
+    assert!(
+        err.message.contains("update failed: REFUSED"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("run it by hand"), "{}", err.message);
     assert!(
         err.message.len() < OUTPUT_EXCERPT * 2 + 600,
@@ -112,7 +120,11 @@ async fn a_missing_or_unexecutable_program_says_so() {
         .present(&request("v"))
         .await
         .expect_err("missing");
-    assert!(err.message.contains("there is no such file"), "{}", err.message);
+    assert!(
+        err.message.contains("there is no such file"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("EXEC_PATH"), "{}", err.message);
     let f = dir.path().join("plain");
     std::fs::write(&f, "echo hi").expect("write");
@@ -143,7 +155,11 @@ async fn a_hung_program_and_its_children_are_killed_at_the_timeout() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(err.kind, ErrorKind::Transient);
-    assert!(err.message.contains("did not finish within 1 s"), "{}", err.message);
+    assert!(
+        err.message.contains("did not finish within 1 s"),
+        "{}",
+        err.message
+    );
     assert!(err.message.contains("started"), "{}", err.message);
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .expect("pid")

@@ -17,7 +17,13 @@ fn request(value: &str, secs: u64) -> ChallengeRequest {
         .as_millis() as u64
         + secs * 1000;
     ChallengeRequest::new(ChallengeType::Dns01, "h.test", "t", "t.k", deadline).with_dns(Some(
-        DnsTarget::new("h.test", "_acme-challenge", "_acme-challenge.h.test", value, 60),
+        DnsTarget::new(
+            "h.test",
+            "_acme-challenge",
+            "_acme-challenge.h.test",
+            value,
+            60,
+        ),
     ))
 }
 
@@ -33,16 +39,36 @@ async fn values_reach_bind_through_the_hook_after_rate_limits() {
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "/hook", Some(("u", "pw"))).expect("hook");
     let s = Httpreq::new(config(&hook, "pw")).expect("config");
-    hook.inject(HookFailure::Throttled { status: 429, retry_after_secs: 1 });
-    hook.inject(HookFailure::Throttled { status: 503, retry_after_secs: 1 });
+    hook.inject(HookFailure::Throttled {
+        status: 429,
+        retry_after_secs: 1,
+    });
+    hook.inject(HookFailure::Throttled {
+        status: 503,
+        retry_after_secs: 1,
+    });
     let started = Instant::now();
     let r = request("value-a", 30);
     let p = s.present(&r).await.expect("present");
-    assert!(started.elapsed() >= Duration::from_millis(1900), "Retry-After honoured");
-    assert_eq!(bind.query_txt("_acme-challenge.h.test").expect("query"), ["value-a"]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "Retry-After honoured"
+    );
+    assert_eq!(
+        bind.query_txt("_acme-challenge.h.test").expect("query"),
+        ["value-a"]
+    );
     s.cleanup(&r, &p).await.expect("cleanup");
-    assert!(bind.query_txt("_acme-challenge.h.test").expect("query").is_empty());
-    let paths: Vec<(String, u16)> = hook.requests().into_iter().map(|r| (r.path, r.status)).collect();
+    assert!(
+        bind.query_txt("_acme-challenge.h.test")
+            .expect("query")
+            .is_empty()
+    );
+    let paths: Vec<(String, u16)> = hook
+        .requests()
+        .into_iter()
+        .map(|r| (r.path, r.status))
+        .collect();
     assert_eq!(
         paths,
         [
@@ -59,7 +85,10 @@ async fn a_retry_after_past_the_deadline_is_not_waited_and_refusals_are_final() 
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "", Some(("u", "pw"))).expect("hook");
     let s = Httpreq::new(config(&hook, "pw")).expect("config");
-    hook.inject(HookFailure::Throttled { status: 429, retry_after_secs: 600 });
+    hook.inject(HookFailure::Throttled {
+        status: 429,
+        retry_after_secs: 600,
+    });
     let started = Instant::now();
     let e = s.present(&request("v", 5)).await.expect_err("rate limited");
     assert_eq!(e.kind, ErrorKind::RateLimited);
@@ -69,6 +98,10 @@ async fn a_retry_after_past_the_deadline_is_not_waited_and_refusals_are_final() 
     let wrong = Httpreq::new(config(&hook, "not-pw")).expect("config");
     let e = wrong.present(&request("v", 5)).await.expect_err("401");
     assert_eq!(e.kind, ErrorKind::Auth);
-    assert!(e.message.contains("HTTP 401: Unauthorized"), "{}", e.message);
+    assert!(
+        e.message.contains("HTTP 401: Unauthorized"),
+        "{}",
+        e.message
+    );
     assert!(!e.message.contains("not-pw"), "{}", e.message);
 }

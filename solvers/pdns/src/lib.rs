@@ -289,10 +289,13 @@ impl Pdns {
             return Ok(z.clone());
         }
         let mut url = self.url(&["zones"]);
-        url.query_pairs_mut().append_pair("zone", &format!("{zone}."));
+        url.query_pairs_mut()
+            .append_pair("zone", &format!("{zone}."));
         let list = self.call(Method::GET, url, None, deadline).await?;
         let zones: Vec<Zone> = serde_json::from_value(list).map_err(|e| {
-            PluginError::internal(format!("PowerDNS's zone list is not what the API documents: {e}"))
+            PluginError::internal(format!(
+                "PowerDNS's zone list is not what the API documents: {e}"
+            ))
         })?;
         let Some(z) = zones.into_iter().find(|z| normalize(&z.name) == zone) else {
             return Err(PluginError::not_found(format!(
@@ -319,7 +322,9 @@ impl Pdns {
             .call(Method::GET, self.url(&["zones", id]), None, deadline)
             .await?;
         let zone: Zone = serde_json::from_value(z).map_err(|e| {
-            PluginError::internal(format!("PowerDNS's zone is not what the API documents: {e}"))
+            PluginError::internal(format!(
+                "PowerDNS's zone is not what the API documents: {e}"
+            ))
         })?;
         Ok(txt_set(&zone.rrsets, fqdn).cloned())
     }
@@ -331,12 +336,19 @@ impl Pdns {
         body: &Value,
         deadline: Deadline,
     ) -> Result<(), PluginError> {
-        self.call(Method::PATCH, self.url(&["zones", id]), Some(body), deadline)
-            .await?;
+        self.call(
+            Method::PATCH,
+            self.url(&["zones", id]),
+            Some(body),
+            deadline,
+        )
+        .await?;
         if kind.eq_ignore_ascii_case("Master") || kind.eq_ignore_ascii_case("Primary") {
             let notify = self.url(&["zones", id, "notify"]);
             if let Err(e) = self.call(Method::PUT, notify, None, deadline).await {
-                log::warn!("pdns: NOTIFY for zone {id} failed ({e}); secondaries will see the change at their next refresh");
+                log::warn!(
+                    "pdns: NOTIFY for zone {id} failed ({e}); secondaries will see the change at their next refresh"
+                );
             }
         }
         Ok(())
@@ -410,7 +422,10 @@ impl Solver for Pdns {
         let _name = self.locks.lock(&fqdn).await;
         let set = self.read_set(&id, &fqdn, deadline).await?;
         let mut records = set.as_ref().map(|s| s.records.clone()).unwrap_or_default();
-        if records.iter().any(|r| unquoted(&r.content) == t.value && !r.disabled) {
+        if records
+            .iter()
+            .any(|r| unquoted(&r.content) == t.value && !r.disabled)
+        {
             log::debug!("pdns: {fqdn} already holds the value");
         } else {
             records.retain(|r| unquoted(&r.content) != t.value);
@@ -425,7 +440,10 @@ impl Solver for Pdns {
                     e.message = format!("could not add the TXT value at {fqdn}: {}", e.message);
                     e
                 })?;
-            log::info!("pdns: added a TXT value at {fqdn} ({} in the set)", records.len());
+            log::info!(
+                "pdns: added a TXT value at {fqdn} ({} in the set)",
+                records.len()
+            );
         }
         Ok(Presented::new(json!({ "zone_id": id })))
     }
@@ -492,7 +510,10 @@ mod tests {
         assert_eq!(m.config["api_url"].env.as_deref(), Some("PDNS_API_URL"));
         assert_eq!(m.config["api_key"].env.as_deref(), Some("PDNS_API_KEY"));
         assert!(m.config["api_key"].secret);
-        assert_eq!(m.config["server_name"].env.as_deref(), Some("PDNS_SERVER_NAME"));
+        assert_eq!(
+            m.config["server_name"].env.as_deref(),
+            Some("PDNS_SERVER_NAME")
+        );
     }
 
     #[test]
@@ -505,8 +526,14 @@ mod tests {
     #[test]
     fn patch_keeps_other_records_and_deletes_an_empty_set() {
         let recs = vec![
-            ApiRecord { content: quoted("other"), disabled: true },
-            ApiRecord { content: quoted("ours"), disabled: false },
+            ApiRecord {
+                content: quoted("other"),
+                disabled: true,
+            },
+            ApiRecord {
+                content: quoted("ours"),
+                disabled: false,
+            },
         ];
         let b = patch_body("_acme-challenge.example.test", 60, &recs);
         assert_eq!(b["rrsets"][0]["changetype"], "REPLACE");
@@ -521,7 +548,10 @@ mod tests {
         for (given, want) in [
             ("http://h:8081", "http://h:8081/api/v1/servers/localhost"),
             ("http://h:8081/", "http://h:8081/api/v1/servers/localhost"),
-            ("http://h/pdns/api/v1", "http://h/pdns/api/v1/servers/localhost"),
+            (
+                "http://h/pdns/api/v1",
+                "http://h/pdns/api/v1/servers/localhost",
+            ),
         ] {
             let p = Pdns::new(PdnsConfig::new(given, "k")).expect("config");
             assert_eq!(p.server.as_str(), want);

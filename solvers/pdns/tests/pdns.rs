@@ -6,7 +6,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use certsmith_pdns::{Pdns, PdnsConfig};
-use certsmith_plugin_api::{ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver};
+use certsmith_plugin_api::{
+    ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver,
+};
 use certsmith_tests::pdns::Pdns as PdnsServer;
 
 fn request(value: &str) -> ChallengeRequest {
@@ -16,7 +18,13 @@ fn request(value: &str) -> ChallengeRequest {
         .as_millis() as u64
         + 30_000;
     ChallengeRequest::new(ChallengeType::Dns01, "zone.test", "t", "t.k", in_30s).with_dns(Some(
-        DnsTarget::new("zone.test", "_acme-challenge", "_acme-challenge.zone.test", value, 60),
+        DnsTarget::new(
+            "zone.test",
+            "_acme-challenge",
+            "_acme-challenge.zone.test",
+            value,
+            60,
+        ),
     ))
 }
 
@@ -25,7 +33,11 @@ async fn concurrent_values_land_and_only_ours_are_removed() {
     let server = PdnsServer::start(&["zone.test"]).expect("start PowerDNS");
     let name = "_acme-challenge.zone.test";
     server
-        .put_txt("zone.test", name, &[("\"other\"", false), ("\"parked\"", true)])
+        .put_txt(
+            "zone.test",
+            name,
+            &[("\"other\"", false), ("\"parked\"", true)],
+        )
         .expect("foreign records");
     let s = Pdns::new(PdnsConfig::new(server.api_url(), server.api_key())).expect("config");
     let (a, b) = (request("value-a"), request("value-b"));
@@ -35,7 +47,13 @@ async fn concurrent_values_land_and_only_ours_are_removed() {
     served.sort();
     assert_eq!(served, ["other", "value-a", "value-b"]);
     s.present(&a).await.expect("present again is harmless");
-    assert_eq!(server.txt_records("zone.test", name).expect("records").len(), 4);
+    assert_eq!(
+        server
+            .txt_records("zone.test", name)
+            .expect("records")
+            .len(),
+        4
+    );
 
     s.cleanup(&a, &pa).await.expect("cleanup a");
     s.cleanup(&a, &pa).await.expect("cleanup a again");
@@ -44,15 +62,25 @@ async fn concurrent_values_land_and_only_ours_are_removed() {
     left.sort();
     assert_eq!(
         left,
-        [("\"other\"".to_owned(), false), ("\"parked\"".to_owned(), true)]
+        [
+            ("\"other\"".to_owned(), false),
+            ("\"parked\"".to_owned(), true)
+        ]
     );
 
     // The last value gone deletes the set.
     server.put_txt("zone.test", name, &[]).expect("clear");
     let p = s.present(&a).await.expect("present");
     s.cleanup(&a, &p).await.expect("cleanup");
-    assert!(server.txt_records("zone.test", name).expect("records").is_empty());
-    s.cleanup(&b, &Presented::default()).await.expect("nothing there");
+    assert!(
+        server
+            .txt_records("zone.test", name)
+            .expect("records")
+            .is_empty()
+    );
+    s.cleanup(&b, &Presented::default())
+        .await
+        .expect("nothing there");
 }
 
 #[tokio::test]
@@ -65,7 +93,11 @@ async fn a_zone_powerdns_does_not_have_and_a_wrong_key_are_told_apart() {
     }
     let e = s.present(&r).await.expect_err("no zone");
     assert_eq!(e.kind, ErrorKind::NotFound);
-    assert!(e.message.contains("PowerDNS has no zone missing.test"), "{}", e.message);
+    assert!(
+        e.message.contains("PowerDNS has no zone missing.test"),
+        "{}",
+        e.message
+    );
     let bad = Pdns::new(PdnsConfig::new(server.api_url(), "wrong-key")).expect("config");
     let e = bad.present(&request("v")).await.expect_err("auth");
     assert_eq!(e.kind, ErrorKind::Auth);
