@@ -53,6 +53,7 @@ pub mod pdns;
 mod pebble;
 mod process;
 pub mod static_server;
+pub mod throttle_proxy;
 mod tls;
 
 pub use bind::{Bind, ZoneSpec};

@@ -228,6 +228,11 @@ impl Pdns {
         format!("http://{}", self.web)
     }
 
+    /// Where its webserver (the API) listens.
+    pub fn web_addr(&self) -> SocketAddr {
+        self.web
+    }
+
     /// The API key (`PDNS_API_KEY`).
     pub fn api_key(&self) -> &str {
         &self.key

@@ -9,7 +9,9 @@ use certsmith_pdns::{Pdns, PdnsConfig};
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver,
 };
+use certsmith_tests::httpreq_hook::HookFailure;
 use certsmith_tests::pdns::Pdns as PdnsServer;
+use certsmith_tests::throttle_proxy::ThrottleProxy;
 
 fn request(value: &str) -> ChallengeRequest {
     let in_30s = SystemTime::now()
@@ -102,4 +104,55 @@ async fn a_zone_powerdns_does_not_have_and_a_wrong_key_are_told_apart() {
     let e = bad.present(&request("v")).await.expect_err("auth");
     assert_eq!(e.kind, ErrorKind::Auth);
     assert!(!e.message.contains("wrong-key"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_of_a_gateway_in_front_are_waited_out_within_the_deadline() {
+    let server = PdnsServer::start(&["zone.test"]).expect("start PowerDNS");
+    let proxy = ThrottleProxy::start(server.web_addr()).expect("proxy");
+    proxy.inject(HookFailure::Throttled {
+        status: 429,
+        retry_after_secs: 1,
+    });
+    proxy.inject(HookFailure::Throttled {
+        status: 503,
+        retry_after_secs: 1,
+    });
+    let s = Pdns::new(PdnsConfig::new(proxy.url(), server.api_key())).expect("config");
+    let started = std::time::Instant::now();
+    let r = request("value-a");
+    let p = s.present(&r).await.expect("present through the throttling");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900));
+    assert_eq!(
+        server
+            .query_txt("_acme-challenge.zone.test")
+            .expect("query"),
+        ["value-a"]
+    );
+    let statuses: Vec<u16> = proxy.requests().iter().map(|(_, _, s)| *s).collect();
+    assert_eq!(&statuses[..3], [429, 503, 200], "{:?}", proxy.requests());
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|(m, _, s)| m == "PATCH" && *s == 204)
+    );
+
+    // A Retry-After beyond the deadline ends the call at once, with the wait.
+    proxy.inject(HookFailure::Throttled {
+        status: 429,
+        retry_after_secs: 3600,
+    });
+    let started = std::time::Instant::now();
+    let e = s.cleanup(&r, &p).await.expect_err("rate limited");
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert_eq!(e.retry_after_ms, Some(3_600_000));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    s.cleanup(&r, &p).await.expect("cleanup");
+    assert!(
+        server
+            .query_txt("_acme-challenge.zone.test")
+            .expect("query")
+            .is_empty()
+    );
 }
