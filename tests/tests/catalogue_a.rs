@@ -126,6 +126,21 @@ fn exec_runs_a_lego_nsupdate_script_unchanged_for_wildcard_and_apex() {
 }
 
 #[test]
+fn exec_raw_mode_runs_a_lego_raw_script() {
+    let mut setup = exec_setup("raw.test").expect("setup");
+    setup.env.retain(|(k, _)| k != "EXEC_PATH");
+    let raw = certsmith_tests::catalogue_a::lego_exec_script()
+        .with_file_name("lego-exec-raw-nsupdate.sh")
+        .display()
+        .to_string();
+    setup.env.push(("EXEC_PATH".into(), raw));
+    setup.env.push(("EXEC_MODE".into(), "RAW".into()));
+    let state = TempState::new().expect("state");
+    issue_wildcard_and_apex(&setup, &state);
+    assert!(txt(&setup, "_acme-challenge.raw.test").is_empty());
+}
+
+#[test]
 fn exec_puts_the_scripts_output_in_the_error() {
     let mut setup = exec_setup("exec.test").expect("setup");
     // The script as is, with a TSIG key BIND does not know.
@@ -218,6 +233,31 @@ fn httpreq_a_wrong_password_is_a_solver_error_with_the_answer_and_no_password() 
     assert!(
         !out.contains(wrong) && !err.contains(wrong),
         "password leaked"
+    );
+}
+
+#[test]
+fn httpreq_password_from_a_file() {
+    let password = "file-password-987";
+    let mut setup = httpreq_setup("hook.test", ("certsmith", password)).expect("setup");
+    let file = setup.dir.path().join("hook-password");
+    std::fs::write(&file, format!("{password}\n")).expect("password file");
+    setup.env.retain(|(k, _)| k != "HTTPREQ_PASSWORD");
+    setup
+        .env
+        .push(("HTTPREQ_PASSWORD_FILE".into(), file.display().to_string()));
+    let state = TempState::new().expect("state");
+    let o = setup
+        .issue(state.path(), &["hook.test"])
+        .output()
+        .expect("run");
+    let (out, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    let hook = setup.hook.as_ref().expect("hook");
+    assert!(
+        hook.requests()
+            .iter()
+            .all(|r| r.authorized && r.status == 200)
     );
 }
 
