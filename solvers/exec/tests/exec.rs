@@ -189,3 +189,31 @@ async fn the_deadline_bounds_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(err.message.contains("was killed"), "{}", err.message);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_are_sequential_as_in_lego() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("order");
+    let s = script(
+        dir.path(),
+        "slow.sh",
+        &format!(
+            "echo \"start $3\" >> {l}; sleep 0.3; echo \"end $3\" >> {l}",
+            l = log.display()
+        ),
+    );
+    let e = solver(&s, "", 10);
+    let (a, b) = (request("a"), request("b"));
+    let (ra, rb) = tokio::join!(e.present(&a), e.present(&b));
+    ra.expect("a");
+    rb.expect("b");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 4);
+    // Each run ends before the next starts.
+    assert_eq!(lines[0].replace("start", "end"), lines[1], "{lines:?}");
+    assert_eq!(lines[2].replace("start", "end"), lines[3], "{lines:?}");
+}
