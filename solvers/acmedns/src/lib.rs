@@ -20,10 +20,13 @@
 //! acme-dns keeps the two most recent values of an account and has no
 //! delete, so `example.com` and `*.example.com` can be validated together,
 //! and cleanup sends a placeholder ([`CLEARED`]) that pushes the older
-//! value out: after both cleanups of such a pair, neither value is served
-//! (`rotate_on_cleanup = false` keeps lego's "leave them"). Retries: 429 and 5xx (with
-//! `Retry-After`) and transport errors, with the SDK's [`retry`], inside
-//! the call's deadline. Account passwords come from the storage file and
+//! value out: after both cleanups of such a pair, neither value is served;
+//! a lone challenge's value goes with the next update. Only one
+//! placeholder per cleanup: a second would also push out a value of the
+//! same account that may still be under validation
+//! (`rotate_on_cleanup = false` keeps lego's "leave them"). Retries: 429
+//! and 5xx (with `Retry-After`) and transport errors, with the SDK's
+//! [`retry`], inside the call's deadline. Account passwords come from the storage file and
 //! never reach a message, a log line or a `Debug` output.
 
 use std::fmt;
