@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::{Value, json};
 
 use crate::conn_server::ConnServer;
-use crate::httpreq_hook::HookFailure;
 use crate::mini_http::{read_request, respond};
 use crate::nsupdate::Updater;
+use crate::throttle_proxy::Throttle;
 use crate::{Bind, HarnessError};
 
 #[derive(Debug, Clone)]
@@ -51,7 +51,7 @@ pub struct AcmeDnsRequest {
 #[derive(Debug, Default)]
 struct State {
     accounts: HashMap<String, Account>,
-    failures: VecDeque<HookFailure>,
+    failures: VecDeque<Throttle>,
     log: Vec<AcmeDnsRequest>,
 }
 
@@ -96,7 +96,7 @@ impl AcmeDnsStandIn {
     }
 
     /// Answers the next request with `f`.
-    pub fn inject(&self, f: HookFailure) {
+    pub fn inject(&self, f: Throttle) {
         self.state().failures.push_back(f);
     }
 
@@ -191,7 +191,7 @@ fn serve(
     let injected = st.failures.pop_front();
     let (status, body, retry_after) = match (injected, req.method.as_str(), req.path.as_str()) {
         (
-            Some(HookFailure::Throttled {
+            Some(Throttle {
                 status,
                 retry_after_secs,
             }),

@@ -18,19 +18,8 @@ use serde_json::Value;
 use crate::conn_server::ConnServer;
 use crate::mini_http::{read_request, respond};
 use crate::nsupdate::Updater;
+use crate::throttle_proxy::Throttle;
 use crate::{Bind, HarnessError};
-
-/// A failure to answer instead of serving the next request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookFailure {
-    /// `status` (429 or 503) with `Retry-After: secs`.
-    Throttled {
-        /// The status.
-        status: u16,
-        /// Seconds.
-        retry_after_secs: u64,
-    },
-}
 
 /// One request the hook received.
 #[derive(Debug, Clone)]
@@ -47,7 +36,7 @@ pub struct HookRequest {
 
 #[derive(Debug, Default)]
 struct State {
-    failures: VecDeque<HookFailure>,
+    failures: VecDeque<Throttle>,
     log: Vec<HookRequest>,
 }
 
@@ -99,7 +88,7 @@ impl HttpreqHook {
     }
 
     /// Answers the next request with `f` instead of serving it.
-    pub fn inject(&self, f: HookFailure) {
+    pub fn inject(&self, f: Throttle) {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -135,7 +124,7 @@ fn serve(
         .failures
         .pop_front();
     let action = req.path.strip_prefix(prefix).unwrap_or("");
-    let (status, text, retry_after) = if let Some(HookFailure::Throttled {
+    let (status, text, retry_after) = if let Some(Throttle {
         status,
         retry_after_secs,
     }) = injected

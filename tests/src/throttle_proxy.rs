@@ -10,12 +10,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::HarnessError;
 use crate::conn_server::ConnServer;
-use crate::httpreq_hook::HookFailure;
 use crate::mini_http::{read_request, respond, send};
+
+/// A rate-limit answer a stand-in gives instead of serving the next
+/// request: `status` (429 or 503) with `Retry-After: retry_after_secs`.
+/// The httpreq hook, the acme-dns stand-in and [`ThrottleProxy`] take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// The status.
+    pub status: u16,
+    /// Seconds.
+    pub retry_after_secs: u64,
+}
 
 #[derive(Debug, Default)]
 struct State {
-    failures: VecDeque<HookFailure>,
+    failures: VecDeque<Throttle>,
     /// (method, path, status) of every request.
     log: Vec<(String, String, u16)>,
 }
@@ -49,7 +59,7 @@ impl ThrottleProxy {
     }
 
     /// Answers the next request with `f` instead of forwarding it.
-    pub fn inject(&self, f: HookFailure) {
+    pub fn inject(&self, f: Throttle) {
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -77,7 +87,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>, upstream: SocketAddr) -> std::
         .failures
         .pop_front();
     let (status, body, extra) = match injected {
-        Some(HookFailure::Throttled {
+        Some(Throttle {
             status,
             retry_after_secs,
         }) => (

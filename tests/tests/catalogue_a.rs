@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use certsmith_tests::catalogue_a::{
     Setup, acmedns_delegate, acmedns_setup, acmedns_storage, exec_setup, httpreq_setup, pdns_setup,
 };
-use certsmith_tests::httpreq_hook::HookFailure;
+use certsmith_tests::throttle_proxy::Throttle;
 use certsmith_tests::{TempState, certsmith_bin};
 
 fn texts(o: &Output) -> (String, String) {
@@ -176,11 +176,11 @@ fn httpreq_posts_to_a_lego_hook_with_basic_auth_and_rides_out_a_rate_limit() {
     let password = "hook-password-0123456789";
     let setup = httpreq_setup("hook.test", ("certsmith", password)).expect("setup");
     let hook = setup.hook.as_ref().expect("hook");
-    hook.inject(HookFailure::Throttled {
+    hook.inject(Throttle {
         status: 429,
         retry_after_secs: 1,
     });
-    hook.inject(HookFailure::Throttled {
+    hook.inject(Throttle {
         status: 503,
         retry_after_secs: 1,
     });
@@ -342,7 +342,7 @@ fn acmedns_uses_a_certbot_storage_file_and_rides_out_a_503() {
     let setup = acmedns_setup("bot.test").expect("setup");
     let full = acmedns_delegate(&setup, "bot.test").expect("account + CNAME");
     let acme = setup.acmedns.as_ref().expect("acme-dns");
-    acme.inject(HookFailure::Throttled {
+    acme.inject(Throttle {
         status: 503,
         retry_after_secs: 1,
     });

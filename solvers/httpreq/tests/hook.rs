@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use certsmith_httpreq::{Httpreq, HttpreqConfig};
 use certsmith_plugin_api::{ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Secret, Solver};
-use certsmith_tests::httpreq_hook::{HookFailure, HttpreqHook};
+use certsmith_tests::httpreq_hook::HttpreqHook;
+use certsmith_tests::throttle_proxy::Throttle;
 use certsmith_tests::{Bind, ZoneSpec};
 
 fn request(value: &str, secs: u64) -> ChallengeRequest {
@@ -39,11 +40,11 @@ async fn values_reach_bind_through_the_hook_after_rate_limits() {
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "/hook", Some(("u", "pw"))).expect("hook");
     let s = Httpreq::new(config(&hook, "pw")).expect("config");
-    hook.inject(HookFailure::Throttled {
+    hook.inject(Throttle {
         status: 429,
         retry_after_secs: 1,
     });
-    hook.inject(HookFailure::Throttled {
+    hook.inject(Throttle {
         status: 503,
         retry_after_secs: 1,
     });
@@ -85,7 +86,7 @@ async fn a_retry_after_past_the_deadline_is_not_waited_and_refusals_are_final() 
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "", Some(("u", "pw"))).expect("hook");
     let s = Httpreq::new(config(&hook, "pw")).expect("config");
-    hook.inject(HookFailure::Throttled {
+    hook.inject(Throttle {
         status: 429,
         retry_after_secs: 600,
     });

@@ -9,8 +9,8 @@ use certsmith_pdns::{Pdns, PdnsConfig};
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, Presented, Solver,
 };
-use certsmith_tests::httpreq_hook::HookFailure;
 use certsmith_tests::pdns::Pdns as PdnsServer;
+use certsmith_tests::throttle_proxy::Throttle;
 use certsmith_tests::throttle_proxy::ThrottleProxy;
 
 fn request(value: &str) -> ChallengeRequest {
@@ -110,11 +110,11 @@ async fn a_zone_powerdns_does_not_have_and_a_wrong_key_are_told_apart() {
 async fn rate_limits_of_a_gateway_in_front_are_waited_out_within_the_deadline() {
     let server = PdnsServer::start(&["zone.test"]).expect("start PowerDNS");
     let proxy = ThrottleProxy::start(server.web_addr()).expect("proxy");
-    proxy.inject(HookFailure::Throttled {
+    proxy.inject(Throttle {
         status: 429,
         retry_after_secs: 1,
     });
-    proxy.inject(HookFailure::Throttled {
+    proxy.inject(Throttle {
         status: 503,
         retry_after_secs: 1,
     });
@@ -139,7 +139,7 @@ async fn rate_limits_of_a_gateway_in_front_are_waited_out_within_the_deadline() 
     );
 
     // A Retry-After beyond the deadline ends the call at once, with the wait.
-    proxy.inject(HookFailure::Throttled {
+    proxy.inject(Throttle {
         status: 429,
         retry_after_secs: 3600,
     });
