@@ -1,5 +1,5 @@
 //! Changes to a running [`Bind`]'s zones with `nsupdate` (Debian package
-//! `bnsutils`/`dnsutils`), the tool a lego exec script uses: the stand-ins
+//! `bind9-dnsutils`), the tool a lego exec script uses: the stand-ins
 //! (acme-dns, lego's httpreq hook) write what they serve into BIND through
 //! it, and tests add CNAMEs with it, so Pebble's VA sees real DNS.
 
