@@ -357,15 +357,16 @@ fn driver(args: &[String]) {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| die(&format!("run {}: {e}", bin.display())));
-        let (ok, rss) = wait_with_rusage(child);
+        let used = wait_with_rusage(child);
         let wall = started.elapsed();
-        if !ok {
+        if !used.ok {
             die("certsmith issue failed (run it by hand with the same flags to see why)");
         }
-        cli.push((wall.as_secs_f64(), rss));
+        cli.push((wall.as_secs_f64(), used.rss_kib, used.cpu.as_secs_f64()));
     }
     let wall = median(cli.iter().map(|c| c.0).collect());
     let rss = cli.iter().map(|c| c.1).max().unwrap_or(0);
+    let cli_cpu = median(cli.iter().map(|c| c.2).collect());
     println!(
         "{:>11} {:>9.3} s {:>9.3} s {:>8.1} ms {:>10} {:>7.1} MiB   (the binary: `certsmith issue`, 1 cert)",
         "cli",
@@ -379,6 +380,127 @@ fn driver(args: &[String]) {
     println!();
     for v in verdicts {
         println!("{v}");
+    }
+    side_by_side(&pebble, runs, (wall, cli_cpu, rss));
+}
+
+/// One certificate from a fresh state by each client as its user runs it
+/// (`certsmith issue`, `lego run`, `certbot certonly`), standalone http-01
+/// against the same Pebble: wall time, CPU time (user + system, from
+/// wait4) and peak RSS, medians of `runs`. A client that is not installed
+/// is named with the package to install (scripts/bench installs both).
+fn side_by_side(pebble: &Pebble, runs: usize, ours: (f64, f64, u64)) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| die(&e.to_string()));
+    let port = pebble.http_port().to_string();
+    let dir = pebble.directory_url();
+    let ca = pebble.ca_cert_path().to_path_buf();
+    println!();
+    println!(
+        "side by side, 1 certificate from a fresh state, standalone http-01, median of {runs}:"
+    );
+    println!(
+        "{:>22} {:>9} {:>9} {:>10}",
+        "client", "wall", "CPU", "peak RSS"
+    );
+    let row = |name: &str, wall: f64, cpu: f64, rss: u64| {
+        println!(
+            "{name:>22} {wall:>7.3} s {cpu:>7.3} s {:>6.1} MiB",
+            rss as f64 / 1024.0
+        );
+    };
+    row(
+        &format!("certsmith {}", env!("CARGO_PKG_VERSION")),
+        ours.0,
+        ours.1,
+        ours.2,
+    );
+    let version = |prog: &str, arg: &str| {
+        Command::new(prog)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let measure = |name: &str, mut make: Box<dyn FnMut(usize) -> Command + '_>| {
+        let mut got = Vec::new();
+        for run in 0..runs {
+            let mut cmd = make(run);
+            let started = Instant::now();
+            let child = cmd
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| die(&format!("run {name}: {e}")));
+            let used = wait_with_rusage(child);
+            if !used.ok {
+                println!("{name:>22}   failed (run it by hand with the same flags to see why)");
+                return;
+            }
+            got.push((
+                started.elapsed().as_secs_f64(),
+                used.cpu.as_secs_f64(),
+                used.rss_kib,
+            ));
+        }
+        row(
+            name,
+            median(got.iter().map(|g| g.0).collect()),
+            median(got.iter().map(|g| g.1).collect()),
+            got.iter().map(|g| g.2).max().unwrap_or(0),
+        );
+    };
+    match version("lego", "--version") {
+        Some(v) => measure(
+            &v.replace("lego version ", "lego ")
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
+            Box::new(|run| {
+                let mut c = Command::new("lego");
+                c.env("LEGO_CA_CERTIFICATES", &ca)
+                    .args([
+                        "--server",
+                        &dir,
+                        "--accept-tos",
+                        "--email",
+                        "bench@example.com",
+                    ])
+                    .args(["--domains", &format!("lego{run}.bench.test")])
+                    .args(["--http", "--http.port", &format!("127.0.0.1:{port}")])
+                    .arg("--path")
+                    .arg(tmp.path().join(format!("lego-{run}")))
+                    .args(["--key-type", "ec256", "run"]);
+                c
+            }),
+        ),
+        None => println!("{:>22}   not installed (apt-get install lego)", "lego"),
+    }
+    match version("certbot", "--version") {
+        Some(v) => measure(
+            &v,
+            Box::new(|run| {
+                let base = tmp.path().join(format!("certbot-{run}"));
+                let mut c = Command::new("certbot");
+                c.env("REQUESTS_CA_BUNDLE", &ca)
+                    .args(["certonly", "--non-interactive", "--standalone"])
+                    .args(["--server", &dir, "--agree-tos", "-m", "bench@example.com"])
+                    .args(["-d", &format!("certbot{run}.bench.test")])
+                    .args(["--http-01-port", &port, "--http-01-address", "127.0.0.1"])
+                    .args(["--key-type", "ecdsa"])
+                    .arg("--config-dir")
+                    .arg(base.join("config"))
+                    .arg("--work-dir")
+                    .arg(base.join("work"))
+                    .arg("--logs-dir")
+                    .arg(base.join("logs"));
+                c
+            }),
+        ),
+        None => println!(
+            "{:>22}   not installed (apt-get install certbot)",
+            "certbot"
+        ),
     }
 }
 
@@ -424,8 +546,7 @@ fn dns_bench(bin: &Path, runs: usize) -> String {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| die(&format!("run {}: {e}", bin.display())));
-        let (ok, _) = wait_with_rusage(child);
-        if !ok {
+        if !wait_with_rusage(child).ok {
             die("the rfc2136 issuance failed (run it by hand with the same flags to see why)");
         }
         walls.push(started.elapsed().as_secs_f64());
@@ -446,9 +567,18 @@ fn dns_bench(bin: &Path, runs: usize) -> String {
     )
 }
 
-/// Waits for `child`; whether it exited 0, and its peak RSS in KiB
-/// (`ru_maxrss` from wait4: the same figure as its VmHWM at exit).
-fn wait_with_rusage(child: std::process::Child) -> (bool, u64) {
+/// What one finished child used.
+struct Usage {
+    /// Whether it exited 0.
+    ok: bool,
+    /// Peak RSS in KiB (`ru_maxrss` from wait4: its VmHWM at exit).
+    rss_kib: u64,
+    /// User + system CPU time.
+    cpu: Duration,
+}
+
+/// Waits for `child` and reads what it used (wait4's rusage).
+fn wait_with_rusage(child: std::process::Child) -> Usage {
     let pid = libc::pid_t::try_from(child.id()).unwrap_or_else(|_| die("pid"));
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
@@ -467,6 +597,13 @@ fn wait_with_rusage(child: std::process::Child) -> (bool, u64) {
         die("wait4 failed");
     }
     drop(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Usage {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    }
 }

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod catalogue_a;
+mod catalogue_b;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;

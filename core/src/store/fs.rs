@@ -9,10 +9,12 @@
 //!
 //! * Files are written to a temporary name, fsynced, renamed, and the
 //!   directory fsynced (the rename is what makes them appear atomically).
-//! * A version is written completely into `versions/.tmp-*`, then renamed to
-//!   `versions/<n>`, and only then does `current` move, by renaming a new
-//!   symlink over it. Leftover `.tmp-*` directories from a crash are never
-//!   mistaken for versions and are removed by the next writer.
+//! * A version is written completely into `versions/.staging-*` (outside
+//!   the lock: the fsyncs of concurrent saves overlap), then renamed to
+//!   `versions/<n>` under the lock, and only then does `current` move, by
+//!   renaming a new symlink over it. Leftover staging directories from a
+//!   crash are never mistaken for versions and are removed by a later
+//!   writer once they are old.
 //! * The `lock` file is held (`flock`) only while writing, not during an ACME
 //!   order, so two `certsmith issue` processes on one store both finish.
 //!   `run.lock` is the lease a whole batch holds.
@@ -22,6 +24,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::fsio::{
@@ -141,9 +144,16 @@ impl FsStore {
     }
 
     /// Takes the store lock, waiting up to the lock timeout for another
-    /// process to release it.
+    /// writer to release it.
     pub(super) fn lock(&self) -> Result<FileLock, StoreError> {
-        lock_file(self.root.join("lock"), self.lock_timeout)
+        lock_file(self.root.join("lock"), Some(self.lock_timeout))
+    }
+
+    /// Takes the store lock however long another writer holds it: for
+    /// saving a certificate the CA has issued, which must not be lost to a
+    /// slow neighbour.
+    fn lock_for_save(&self) -> Result<FileLock, StoreError> {
+        lock_file(self.root.join("lock"), None)
     }
 
     fn account_dir(&self, key: &AccountKey) -> PathBuf {
@@ -181,10 +191,78 @@ impl FsStore {
             location: path,
         })
     }
+
+    /// Records `version` (already in `versions/`) in the lineage and points
+    /// `current` at it. The caller holds the store lock.
+    fn publish_version(
+        &self,
+        name: &str,
+        cert_dir: &Path,
+        version: u32,
+        lineage: &Lineage,
+        mut record: VersionRecord,
+    ) -> Result<PathBuf, StoreError> {
+        // The lineage: the stored history plus this version. Settings the
+        // caller leaves unset (account, CA bundle, hook, margin) carry
+        // over; renewal state and a revocation belonged to the old version.
+        let old = self.load_lineage(name).ok().flatten();
+        let mut lineage = lineage.clone();
+        let mut history = Vec::new();
+        if let Some(old) = old {
+            history = old.versions;
+            lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
+            lineage.email = lineage.email.or(old.email);
+            lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
+            lineage.renew_before = lineage.renew_before.or(old.renew_before);
+        }
+        record.version = version;
+        history.retain(|v| v.version != version);
+        history.push(record);
+        lineage.versions = history;
+        self.write_lineage(name, &lineage)?;
+
+        // Then switch `current` atomically: a new symlink renamed over the
+        // old. The lineage is written first so that a crash in between
+        // leaves a stored version the lineage knows, never a `current` it
+        // does not.
+        let current = cert_dir.join("current");
+        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
+            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
+        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
+        fsync_dir(cert_dir)?;
+        Ok(current)
+    }
 }
 
 fn read_pem(path: &Path) -> Result<String, StoreError> {
     fs::read_to_string(path).map_err(|e| StoreError::io("read", path, e))
+}
+
+/// Staging directories of versions being written, in `versions/`: written
+/// without the store lock, so a leftover only once it is old.
+pub(super) const STAGING_PREFIX: &str = ".staging-";
+
+/// Distinguishes the staging directories of one process.
+static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes the files of a version into `staging` (a new directory) and
+/// makes them durable.
+fn stage_version(staging: &Path, files: &CertFiles) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(staging)
+        .map_err(|e| StoreError::io("create", staging, e))?;
+    for (file, data, mode) in [
+        (CERT_FILE, files.cert_pem.as_str(), 0o644),
+        (CHAIN_FILE, files.chain_pem.as_str(), 0o644),
+        (FULLCHAIN_FILE, files.fullchain_pem.as_str(), 0o644),
+        (PRIVKEY_FILE, files.privkey_pem.expose(), 0o600),
+    ] {
+        write_new(&staging.join(file), data.as_bytes(), mode)?;
+    }
+    fsync_dir(staging)
 }
 
 /// The next version number: one more than the largest numeric directory.
@@ -340,81 +418,48 @@ impl Storage for FsStore {
         name: &str,
         files: &CertFiles,
         lineage: &Lineage,
-        mut record: VersionRecord,
+        record: VersionRecord,
     ) -> Result<SavedVersion, StoreError> {
         check_cert_name(name)?;
         let cert_dir = self.cert_dir(name);
         let versions_dir = cert_dir.join("versions");
-        let _lock = self.lock()?;
         // `versions/` is 0700 like the root (keys are inside; the operator
         // grants a web server access explicitly, by group or ACL); the
         // version directories within are 0755.
         create_private_dir_all(&versions_dir)
             .map_err(|e| StoreError::io("create", &versions_dir, e))?;
 
-        // We hold the lock: no other writer is active, so any temp file or
-        // directory is a leftover of a crash.
-        remove_stale_temps(&versions_dir);
-        remove_stale_temps(&cert_dir);
-        let version = next_version(&versions_dir)?;
-
-        let tmp = versions_dir.join(format!(".tmp-{version}-{}", std::process::id()));
-        if tmp.exists() {
-            let _ = fs::remove_dir_all(&tmp);
+        // The files are written and fsynced before the lock is taken: the
+        // fsyncs of concurrent saves then overlap (and share the
+        // filesystem's journal commits) instead of queueing behind the lock,
+        // which is held only to number, rename and switch.
+        let staging = versions_dir.join(format!(
+            "{STAGING_PREFIX}{}-{}",
+            std::process::id(),
+            STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let staged = stage_version(&staging, files);
+        let dir = staged.and_then(|()| {
+            let _lock = self.lock_for_save()?;
+            // We hold the lock: any temp file or directory is a leftover of
+            // a crash (a staging directory once it is old).
+            remove_stale_temps(&versions_dir);
+            remove_stale_temps(&cert_dir);
+            let version = next_version(&versions_dir)?;
+            let dir = versions_dir.join(version.to_string());
+            fs::rename(&staging, &dir).map_err(|e| StoreError::io("rename", &staging, e))?;
+            fsync_dir(&versions_dir)?;
+            self.publish_version(name, &cert_dir, version, lineage, record)
+                .map(|current| SavedVersion {
+                    version,
+                    dir,
+                    current,
+                })
+        });
+        if dir.is_err() {
+            let _ = fs::remove_dir_all(&staging);
         }
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&tmp)
-            .map_err(|e| StoreError::io("create", &tmp, e))?;
-        for (file, data, mode) in [
-            (CERT_FILE, files.cert_pem.as_str(), 0o644),
-            (CHAIN_FILE, files.chain_pem.as_str(), 0o644),
-            (FULLCHAIN_FILE, files.fullchain_pem.as_str(), 0o644),
-            (PRIVKEY_FILE, files.privkey_pem.expose(), 0o600),
-        ] {
-            write_new(&tmp.join(file), data.as_bytes(), mode)?;
-        }
-        fsync_dir(&tmp)?;
-        let dir = versions_dir.join(version.to_string());
-        fs::rename(&tmp, &dir).map_err(|e| StoreError::io("rename", &tmp, e))?;
-        fsync_dir(&versions_dir)?;
-
-        // The lineage: the stored history plus this version. Settings the
-        // caller leaves unset (account, CA bundle, hook, margin) carry
-        // over; renewal state and a revocation belonged to the old version.
-        let old = self.load_lineage(name).ok().flatten();
-        let mut lineage = lineage.clone();
-        let mut history = Vec::new();
-        if let Some(old) = old {
-            history = old.versions;
-            lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
-            lineage.email = lineage.email.or(old.email);
-            lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
-            lineage.renew_before = lineage.renew_before.or(old.renew_before);
-        }
-        record.version = version;
-        history.retain(|v| v.version != version);
-        history.push(record);
-        lineage.versions = history;
-        self.write_lineage(name, &lineage)?;
-
-        // Then switch `current` atomically: a new symlink renamed over the
-        // old. The lineage is written first so that a crash in between
-        // leaves a stored version the lineage knows, never a `current` it
-        // does not.
-        let current = cert_dir.join("current");
-        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
-        let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
-            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
-        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
-        fsync_dir(&cert_dir)?;
-
-        Ok(SavedVersion {
-            version,
-            dir,
-            current,
-        })
+        dir
     }
 
     fn remove_cert(&self, name: &str, keep_files: bool) -> Result<bool, StoreError> {
@@ -551,7 +596,7 @@ impl Storage for FsStore {
 
     fn remove_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
         check_cert_name(name)?;
-        let _lock = self.lock()?;
+        let _lock = self.lock_for_save()?;
         match self.pending_order(name) {
             Ok(Some(p)) if p.order_url != order_url => return Ok(()),
             Ok(None) => return Ok(()),
@@ -653,7 +698,10 @@ impl Storage for FsStore {
     }
 
     fn lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {
-        let mut lock = lock_file(self.root.join(format!("{}.lock", sanitize(scope))), wait)?;
+        let mut lock = lock_file(
+            self.root.join(format!("{}.lock", sanitize(scope))),
+            Some(wait),
+        )?;
         let token = lock.next_token()?;
         let holder = lock.path().display().to_string();
         Ok(Lease::new(token, holder, Box::new(lock)))
@@ -666,7 +714,7 @@ impl Storage for FsStore {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| StoreError::io("create", &dir, e))?;
-        let lock = lock_file(dir.join(format!("{}.lock", sanitize(scope))), wait)?;
+        let lock = lock_file(dir.join(format!("{}.lock", sanitize(scope))), Some(wait))?;
         let holder = lock.path().display().to_string();
         Ok(Lease::new(0, holder, Box::new(lock)))
     }

@@ -5,22 +5,76 @@
 //! file appears complete or not at all; a rename is made durable by
 //! fsyncing its directory), and `fs.rs` should read as the layout alone.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use super::StoreError;
 
 /// An exclusive `flock` on a file; released when dropped (closing the file
-/// releases the lock).
+/// releases the lock, then the next writer of this process is woken).
 #[derive(Debug)]
 pub(super) struct FileLock {
+    // Field order is drop order: the kernel lock goes first, then the turn.
     file: File,
     path: PathBuf,
+    _turn: Turn,
+}
+
+/// The lock files held by this process. Writers of one process queue for a
+/// lock file here, on a condition variable, so that only the one whose turn
+/// it is asks the kernel; `flock` would refuse the others too (it locks
+/// per open file), and they would have to poll.
+static HELD: LazyLock<(Mutex<HashSet<PathBuf>>, Condvar)> =
+    LazyLock::new(|| (Mutex::new(HashSet::new()), Condvar::new()));
+
+fn held() -> MutexGuard<'static, HashSet<PathBuf>> {
+    // The set stays consistent through a panic (insert and remove are
+    // single calls), so a poisoned lock is still usable.
+    HELD.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This process's turn at one lock file; the next waiter's when dropped.
+#[derive(Debug)]
+struct Turn {
+    path: PathBuf,
+}
+
+impl Turn {
+    /// Waits until no other writer of this process holds `path`, until
+    /// `deadline` at the latest (`None`: as long as it takes).
+    fn take(path: &Path, deadline: Option<Instant>) -> Option<Turn> {
+        let mut set = held();
+        while set.contains(path) {
+            set = match deadline {
+                None => HELD.1.wait(set).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    HELD.1
+                        .wait_timeout(set, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        set.insert(path.to_path_buf());
+        Some(Turn {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        held().remove(&self.path);
+        HELD.1.notify_all();
+    }
 }
 
 impl FileLock {
@@ -47,8 +101,20 @@ impl FileLock {
     }
 }
 
-/// Takes an exclusive `flock` on `path`, retrying until `timeout`.
-pub(super) fn lock_file(path: PathBuf, timeout: Duration) -> Result<FileLock, StoreError> {
+/// Takes an exclusive `flock` on `path`, waiting up to `timeout` (`None`:
+/// as long as it takes) for other holders to release it: first the writers
+/// of this process (in memory, in turn), then other processes (in the
+/// kernel). Nothing polls.
+pub(super) fn lock_file(path: PathBuf, timeout: Option<Duration>) -> Result<FileLock, StoreError> {
+    let start = Instant::now();
+    let deadline = timeout.map(|t| start + t);
+    let locked = |path: PathBuf| StoreError::Locked {
+        path,
+        waited: start.elapsed(),
+    };
+    let Some(turn) = Turn::take(&path, deadline) else {
+        return Err(locked(path));
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -57,25 +123,81 @@ pub(super) fn lock_file(path: PathBuf, timeout: Duration) -> Result<FileLock, St
         .mode(0o600)
         .open(&path)
         .map_err(|e| StoreError::io("open", &path, e))?;
-    let start = Instant::now();
+    match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            // Another process holds it.
+            let waited = match deadline {
+                None => flock(&file, libc::LOCK_EX).map(|()| true),
+                Some(d) => flock_until(&file, d),
+            };
+            match waited {
+                Ok(true) => {}
+                Ok(false) => return Err(locked(path)),
+                Err(e) => return Err(StoreError::io("lock", &path, e)),
+            }
+        }
+        Err(e) => return Err(StoreError::io("lock", &path, e)),
+    }
+    Ok(FileLock {
+        file,
+        path,
+        _turn: turn,
+    })
+}
+
+/// `flock(file, op)`, again when a signal interrupts it.
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     loop {
         // SAFETY: the fd is valid for the lifetime of `file`; flock has no
         // memory-safety preconditions.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc == 0 {
-            return Ok(FileLock { file, path });
+            return Ok(());
         }
         let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::WouldBlock && err.raw_os_error() != Some(libc::EINTR) {
-            return Err(StoreError::io("lock", &path, err));
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
         }
-        if start.elapsed() >= timeout {
-            return Err(StoreError::Locked {
-                path,
-                waited: start.elapsed(),
-            });
+    }
+}
+
+/// A blocking `flock(LOCK_EX)` on `file` that gives up at `deadline`:
+/// `Ok(false)` then. The kernel call cannot time out, so a thread makes it
+/// on a second descriptor of the same open file (a `flock` belongs to the
+/// open file, so the lock it gets is `file`'s). Given up on, the thread
+/// keeps waiting and, once it has the lock, closes its descriptor — with
+/// `file` gone too, that releases it.
+fn flock_until(file: &File, deadline: Instant) -> io::Result<bool> {
+    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+        return Ok(false);
+    };
+    let twin = file.try_clone()?;
+    let (tx, rx) = mpsc::channel();
+    let abandoned = Arc::new(Mutex::new(false));
+    let gave_up = Arc::clone(&abandoned);
+    std::thread::Builder::new()
+        .name("certsmith-flock".into())
+        .spawn(move || {
+            let got = flock(&twin, libc::LOCK_EX);
+            let abandoned = gave_up.lock().unwrap_or_else(|p| p.into_inner());
+            if !*abandoned {
+                // The receiver waits until `abandoned` is set, under this
+                // mutex: a send that fails has nobody to tell.
+                let _ = tx.send(got);
+            }
+            drop(twin);
+        })?;
+    match rx.recv_timeout(left) {
+        Ok(got) => got.map(|()| true),
+        Err(_) => {
+            *abandoned.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            // The thread may have sent just before the flag was set.
+            match rx.try_recv() {
+                Ok(got) => got.map(|()| true),
+                Err(_) => Ok(false),
+            }
         }
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -154,14 +276,17 @@ pub(super) fn remove_stale_temps(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // The pending-order record is written without the store lock (a
-        // run must be able to record its order while another holds the
-        // lock): its temp file is a leftover only once it is old.
-        let old_pending = name.starts_with(".pending-order.json.tmp-") && is_stale_temp(&entry);
+        // The pending-order record and the files of a version (staged) are
+        // written without the store lock (a run must be able to record its
+        // order while another holds the lock; fsyncs of concurrent saves
+        // should overlap): their temp files are leftovers only once old.
+        let old_unlocked = (name.starts_with(".pending-order.json.tmp-")
+            || name.starts_with(super::fs::STAGING_PREFIX))
+            && is_stale_temp(&entry);
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")
-            || old_pending
+            || old_unlocked
         {
             log::debug!("removing leftover {}", entry.path().display());
             let path = entry.path();

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::fsio::sanitize;
 use super::*;
@@ -247,6 +247,83 @@ fn lock_contention_waits_then_fails_clearly() {
     drop(held);
     let saved = t.join().expect("thread").expect("save after wait");
     assert_eq!(saved.version, 1);
+}
+
+/// Another process holding the lock: a plain `flock` on the lock file
+/// through a descriptor of its own, as another process would take it.
+fn hold_as_another_process(store: &FsStore) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(store.root().join("lock"))
+        .expect("open lock");
+    // SAFETY: a valid descriptor; flock has no memory preconditions.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    f
+}
+
+#[test]
+fn saving_an_issued_certificate_outwaits_the_lock_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state"))
+        .expect("open")
+        .with_lock_timeout(Duration::from_millis(100));
+    let other = hold_as_another_process(&store);
+    // An ordinary writer gives up after the timeout, waiting in the kernel.
+    let started = Instant::now();
+    let err = store.lock().expect_err("held elsewhere");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // A save waits for as long as the other holder takes (here 4 timeouts).
+    let s2 = store.clone();
+    let saver = std::thread::spawn(move || {
+        s2.commit_version("w.example", &files("x"), &lineage(), record())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!saver.is_finished(), "the save waits");
+    drop(other);
+    let saved = saver.join().expect("thread").expect("saved after the wait");
+    assert_eq!(saved.version, 1);
+    // The writer that gave up left nothing held: the lock is free.
+    drop(store.lock().expect("free"));
+}
+
+#[test]
+fn writers_of_one_process_take_turns_without_failing() {
+    // 16 threads of one process, each saving 5 versions of one name, with a
+    // lock timeout far below what queueing behind the others takes for
+    // ordinary writers: saves never time out, and every version is distinct.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state"))
+        .expect("open")
+        .with_lock_timeout(Duration::from_millis(1));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|j| {
+                        s.commit_version(
+                            "q.example",
+                            &files(&format!("{i}-{j}")),
+                            &lineage(),
+                            record(),
+                        )
+                        .map(|v| v.version)
+                    })
+                    .collect::<Result<Vec<u32>, _>>()
+            })
+        })
+        .collect();
+    let mut versions: Vec<u32> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("thread").expect("every save succeeds"))
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=80).collect::<Vec<u32>>());
 }
 
 #[test]
@@ -588,4 +665,38 @@ fn pending_order_writes_and_commits_interleave_safely() {
     for h in handles {
         h.join().expect("no writer failed");
     }
+}
+
+#[test]
+fn staging_directories_are_swept_once_old_and_never_become_versions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    store
+        .commit_version("s.example", &files("one"), &lineage(), record())
+        .expect("save");
+    let versions = store.root().join("certs/s.example/versions");
+    // A save killed while staging its files, long ago, and one staging now.
+    let old = versions.join(format!("{}4242-0", super::fs::STAGING_PREFIX));
+    let fresh = versions.join(format!("{}4243-0", super::fs::STAGING_PREFIX));
+    for d in [&old, &fresh] {
+        fs::create_dir(d).expect("mkdir");
+        fs::write(d.join(CERT_FILE), "half").expect("write");
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(&old)
+        .and_then(|f| f.set_modified(long_ago))
+        .expect("age it");
+    let saved = store
+        .commit_version("s.example", &files("two"), &lineage(), record())
+        .expect("save");
+    assert_eq!(saved.version, 2, "staging directories are not versions");
+    assert!(!old.exists(), "a leftover of a killed save is removed");
+    assert!(fresh.exists(), "a save that may be staging is left alone");
+    let mut names: Vec<String> = fs::read_dir(&versions)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["1", "2"]);
 }

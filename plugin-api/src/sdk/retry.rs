@@ -2,6 +2,7 @@
 //! backoff, never past the request's [`Deadline`].
 
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use super::Deadline;
@@ -25,6 +26,9 @@ pub struct Backoff {
     /// Whether [`max`](Self::max) also caps the provider's `Retry-After`
     /// (default `true`). See [`whole_retry_after`](Self::whole_retry_after).
     pub cap_retry_after: bool,
+    /// Whether each backoff wait is "equal jitter": half of it fixed, half
+    /// random (default `false`). See [`with_equal_jitter`](Self::with_equal_jitter).
+    pub equal_jitter: bool,
 }
 
 impl Default for Backoff {
@@ -36,6 +40,7 @@ impl Default for Backoff {
             max: Duration::from_secs(10),
             reserve: Duration::ZERO,
             cap_retry_after: true,
+            equal_jitter: false,
         }
     }
 }
@@ -50,7 +55,18 @@ impl Backoff {
             max,
             reserve: Duration::ZERO,
             cap_retry_after: true,
+            equal_jitter: false,
         }
+    }
+
+    /// The same policy, but each backoff wait drawn at random between half
+    /// of it and all of it ("equal jitter"), so that callers throttled
+    /// together, by one account-wide limit such as Route53's, spread out
+    /// instead of retrying in lockstep, and still back off. A provider's
+    /// `Retry-After` is waited as given, never jittered.
+    pub fn with_equal_jitter(mut self) -> Self {
+        self.equal_jitter = true;
+        self
     }
 
     /// The same policy, but starting no wait that would leave less than
@@ -75,7 +91,16 @@ impl Backoff {
     /// The wait after failed attempt `n` (1-based).
     fn wait(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
+        let full = self.initial.saturating_mul(factor).min(self.max);
+        if !self.equal_jitter {
+            return full;
+        }
+        // A fresh `RandomState` is randomly keyed: enough randomness to
+        // spread retries, without a dependency on a random-number crate.
+        let half = full / 2;
+        let span = u64::try_from((full - half).as_millis()).unwrap_or(u64::MAX);
+        let random = RandomState::new().hash_one(n) % span.saturating_add(1);
+        half + Duration::from_millis(random)
     }
 }
 
@@ -305,6 +330,42 @@ mod tests {
         assert_eq!((b.reserve, b.cap_retry_after), (Duration::ZERO, true));
         let d = Backoff::default();
         assert_eq!((d.reserve, d.cap_retry_after), (Duration::ZERO, true));
+        assert!(!b.equal_jitter && !d.equal_jitter);
+    }
+
+    #[test]
+    fn equal_jitter_keeps_half_of_each_wait_and_spreads_the_rest() {
+        let b = Backoff::new(10, Duration::from_millis(400), Duration::from_secs(10))
+            .with_equal_jitter();
+        for n in 1..=8 {
+            let full = Backoff {
+                equal_jitter: false,
+                ..b
+            }
+            .wait(n);
+            let waits: std::collections::BTreeSet<Duration> = (0..64).map(|_| b.wait(n)).collect();
+            for w in &waits {
+                assert!(
+                    *w >= full / 2 && *w <= full,
+                    "attempt {n}: {w:?} of {full:?}"
+                );
+            }
+            // 64 draws from a span of at least 200 ms are not all equal.
+            assert!(waits.len() > 1, "attempt {n}: no jitter");
+        }
+    }
+
+    #[test]
+    fn equal_jitter_does_not_touch_retry_after() {
+        let b =
+            Backoff::new(2, Duration::from_millis(1), Duration::from_secs(10)).with_equal_jitter();
+        let started = std::time::Instant::now();
+        let _: Result<(), _> = rt().block_on(retry(
+            Deadline::from_now(Duration::from_secs(5)),
+            b,
+            |_| async { Err(PluginError::rate_limited("429", Some(200))) },
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
     #[test]

@@ -6,11 +6,14 @@
 //! because the record set moved under it must be *recomputed* (read again),
 //! not resent. So every request goes through [`Aws::call`], which retries
 //! throttling (`Throttling`, `PriorRequestNotComplete`, HTTP 429), 5xx and
-//! transport failures with jittered exponential backoff for as long as the
-//! deadline allows, and hands everything else to the caller classified.
+//! transport failures with the plugin SDK's [`retry`] (equal jitter: every
+//! caller of one account shares Route53's 5 requests per second) for as long
+//! as the deadline allows, and hands everything else to the caller
+//! classified. [`retry_until`] is the same loop for the solver's own
+//! repeats (a change recomputed after a race, `GetChange` until `INSYNC`).
 
 use std::error::Error as StdError;
-use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -19,7 +22,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_route53::Client;
 use aws_sdk_route53::config::{Credentials, ProvideCredentials, Region};
 use aws_sdk_route53::error::{ProvideErrorMetadata, SdkError};
-use certsmith_plugin_api::{Deadline, PluginError, log};
+use certsmith_plugin_api::sdk::{Backoff, retry};
+use certsmith_plugin_api::{Deadline, ErrorKind, PluginError};
 
 use crate::Settings;
 
@@ -31,9 +35,79 @@ route53:ListResourceRecordSets, route53:GetChange and route53:ListHostedZonesByN
 /// First backoff step; doubled per attempt up to [`BACKOFF_CAP`], jittered.
 const BACKOFF_BASE: Duration = Duration::from_millis(400);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// Stop retrying when less than this would remain after the next sleep, so
+/// No wait starts that would leave less than this before the deadline, so
 /// the caller gets the real reason instead of the SDK's generic timeout.
 pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
+
+/// The policy of every retry here: `attempts` tries at most (`u32::MAX`:
+/// until the deadline), waits from 400 ms doubling to 10 s with equal
+/// jitter, and [`DEADLINE_MARGIN`] kept free.
+pub(crate) fn backoff(attempts: u32) -> Backoff {
+    Backoff::new(attempts, BACKOFF_BASE, BACKOFF_CAP)
+        .with_reserve(DEADLINE_MARGIN)
+        .with_equal_jitter()
+}
+
+/// What one attempt under [`retry_until`] asks for.
+pub(crate) enum Try<E> {
+    /// Try again after a wait, if attempts and the deadline allow; the
+    /// error (retryable) is the result otherwise.
+    Again(PluginError),
+    /// Stop now with this.
+    Stop(E),
+}
+
+/// How [`retry_until`] ended without a value.
+#[derive(Debug)]
+pub(crate) enum GaveUp<E> {
+    /// Out of attempts or of time: the last [`Try::Again`] error (or the
+    /// SDK's "deadline passed" error).
+    Again(PluginError),
+    /// An attempt said [`Try::Stop`].
+    Stop(E),
+}
+
+/// Runs `attempt` under the SDK's [`retry`] with `backoff`, retrying only
+/// what it returns as [`Try::Again`]. A [`Try::Stop`] value travels beside
+/// the SDK's loop (which only knows `PluginError`) and is handed back as it
+/// was.
+pub(crate) async fn retry_until<T, E, F, Fut>(
+    deadline: &Deadline,
+    backoff: Backoff,
+    mut attempt: F,
+) -> Result<T, GaveUp<E>>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Try<E>>>,
+{
+    let stopped: Mutex<Option<E>> = Mutex::new(None);
+    let result = retry(*deadline, backoff, |left| {
+        let fut = attempt(left);
+        let stopped = &stopped;
+        async move {
+            match fut.await {
+                Ok(v) => Ok(v),
+                Err(Try::Again(mut e)) => {
+                    e.retryable = true;
+                    Err(e)
+                }
+                Err(Try::Stop(e)) => {
+                    *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    // Not retryable: ends the SDK's loop; replaced below.
+                    Err(PluginError::internal("stopped"))
+                }
+            }
+        }
+    })
+    .await;
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => match stopped.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(stop) => Err(GaveUp::Stop(stop)),
+            None => Err(GaveUp::Again(e)),
+        },
+    }
+}
 
 /// Error codes that mean the credentials, the signature or the permissions
 /// were refused.
@@ -72,35 +146,6 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
     "ServiceUnavailable",
 ];
-
-/// Whether sleeping `d` still leaves time for another request before
-/// `deadline` (more than [`DEADLINE_MARGIN`]).
-pub(crate) fn allows(deadline: &Deadline, d: Duration) -> bool {
-    deadline.remaining() > d + DEADLINE_MARGIN
-}
-
-/// Jittered exponential backoff.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    /// The next pause, or `None` when it would leave no time for another
-    /// request before `deadline`.
-    pub(crate) fn next(&mut self, deadline: &Deadline) -> Option<Duration> {
-        let full = BACKOFF_BASE
-            .saturating_mul(1u32 << self.attempt.min(8))
-            .min(BACKOFF_CAP);
-        self.attempt += 1;
-        // "Equal jitter": half fixed, half random, so that concurrent callers
-        // hitting one throttle spread out but still back off.
-        let half = full / 2;
-        let random = RandomState::new().hash_one(self.attempt) % (half.as_millis() as u64 + 1);
-        let d = half + Duration::from_millis(random);
-        allows(deadline, d).then_some(d)
-    }
-}
 
 /// Why a request failed, once retries are over.
 #[derive(Debug)]
@@ -203,39 +248,46 @@ impl Aws {
         Fut: Future<Output = Result<T, SdkError<E>>>,
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
-        let mut backoff = Backoff { attempt: 0 };
-        loop {
-            let err = match send().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let (msg, throttled) = match self.classify(op, &err) {
-                Class::Throttled(msg) => (msg, true),
-                Class::Transient(msg) => (msg, false),
-                Class::Race(msg) => return Err(Failure::Race(msg)),
-                Class::Fatal(e) => return Err(Failure::Fatal(e)),
-            };
-            match backoff.next(deadline) {
-                Some(d) => {
-                    log::debug!("route53: {msg}; retrying in {} ms", d.as_millis());
-                    tokio::time::sleep(d).await;
-                }
-                None if throttled => {
-                    return Err(Failure::Fatal(PluginError::rate_limited(
-                        format!(
-                            "{msg}; Route53 kept throttling until the call's deadline \
-                             (Route53 allows 5 requests per second per account: other \
-                             tools using the same account compete for them)"
-                        ),
-                        None,
-                    )));
-                }
-                None => {
-                    return Err(Failure::Fatal(PluginError::transient(format!(
-                        "{msg}; retried until the call's deadline"
-                    ))));
+        let result = retry_until(deadline, backoff(u32::MAX), |left| {
+            let sent = tokio::time::timeout(left, send());
+            async move {
+                let err = match sent.await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => e,
+                    Err(_) => {
+                        return Err(Try::Again(PluginError::transient(format!(
+                            "Route53 {op} got no answer before the call's deadline"
+                        ))));
+                    }
+                };
+                match self.classify(op, &err) {
+                    Class::Throttled(msg) => Err(Try::Again(PluginError::rate_limited(msg, None))),
+                    Class::Transient(msg) => Err(Try::Again(PluginError::transient(msg))),
+                    Class::Race(msg) => Err(Try::Stop(Failure::Race(msg))),
+                    Class::Fatal(e) => Err(Try::Stop(Failure::Fatal(e))),
                 }
             }
+        })
+        .await;
+        match result {
+            Ok(v) => Ok(v),
+            Err(GaveUp::Stop(f)) => Err(f),
+            // Attempts are unlimited: only the deadline ends the retries.
+            Err(GaveUp::Again(e)) if e.kind == ErrorKind::RateLimited => {
+                Err(Failure::Fatal(PluginError::rate_limited(
+                    format!(
+                        "{}; Route53 kept throttling until the call's deadline (Route53 \
+                         allows 5 requests per second per account: other tools using the \
+                         same account compete for them)",
+                        e.message
+                    ),
+                    None,
+                )))
+            }
+            Err(GaveUp::Again(e)) => Err(Failure::Fatal(PluginError::transient(format!(
+                "{}; retried until the call's deadline",
+                e.message
+            )))),
         }
     }
 
@@ -425,29 +477,60 @@ mod tests {
     }
 
     #[test]
-    fn backoff_stays_within_the_deadline() {
-        // Simulated time: after pauses adding up to `total`, the deadline is
-        // `total` nearer. No pause may run past it.
-        let budget = Duration::from_secs(3);
-        let mut b = Backoff { attempt: 0 };
-        let mut total = Duration::ZERO;
-        loop {
-            let remaining = budget.saturating_sub(total);
-            let Some(d) = b.next(&Deadline::from_now(remaining)) else {
-                break;
-            };
-            assert!(d <= BACKOFF_CAP);
-            total += d;
-            assert!(total < budget, "{total:?}");
-            assert!(b.attempt <= 50, "backoff never gave up");
+    fn the_policy_is_jittered_and_keeps_the_margin() {
+        let b = backoff(3);
+        assert_eq!(b.attempts, 3);
+        assert_eq!((b.initial, b.max), (BACKOFF_BASE, BACKOFF_CAP));
+        assert_eq!(b.reserve, DEADLINE_MARGIN);
+        assert!(b.equal_jitter);
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn retry_until_hands_back_a_stop_as_it_was() {
+        let mut calls = 0;
+        let r: Result<(), GaveUp<&str>> = rt().block_on(retry_until(
+            &Deadline::from_now(Duration::from_secs(5)),
+            Backoff::new(5, Duration::from_millis(1), Duration::from_millis(1)),
+            |_| {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err(Try::Again(PluginError::internal("not retryable by kind")))
+                    } else {
+                        Err(Try::Stop("race"))
+                    }
+                }
+            },
+        ));
+        // `Again` is retried even for a kind that is not retryable itself.
+        assert_eq!(calls, 3);
+        assert!(matches!(r, Err(GaveUp::Stop("race"))), "{r:?}");
+    }
+
+    #[test]
+    fn retry_until_gives_up_with_the_last_error() {
+        let mut calls = 0;
+        let r: Result<(), GaveUp<()>> = rt().block_on(retry_until(
+            &Deadline::from_now(Duration::from_secs(5)),
+            Backoff::new(2, Duration::from_millis(1), Duration::from_millis(1)),
+            |_| {
+                calls += 1;
+                let n = calls;
+                async move { Err(Try::Again(PluginError::transient(format!("try {n}")))) }
+            },
+        ));
+        assert_eq!(calls, 2);
+        match r {
+            Err(GaveUp::Again(e)) => assert_eq!(e.message, "try 2"),
+            other => panic!("{other:?}"),
         }
-        let deadline = Deadline::from_now(budget);
-        let first = Backoff { attempt: 0 }
-            .next(&deadline)
-            .expect("time for one");
-        assert!(
-            first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE,
-            "{first:?}"
-        );
     }
 }

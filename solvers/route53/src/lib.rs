@@ -40,13 +40,13 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, NameLocks, PluginError, Presented,
-    Secret, Solver, async_trait, log,
+    Backoff, ChallengeRequest, ChallengeType, Deadline, DnsTarget, NameLocks, PluginError,
+    Presented, Secret, Solver, async_trait, log,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use crate::aws::{Aws, Backoff, Failure};
+use crate::aws::{Aws, Failure, GaveUp, Try, backoff, retry_until};
 
 /// The region used for signing when none is configured. Route53 is a global
 /// service whose API lives in us-east-1 for the `aws` partition.
@@ -55,36 +55,6 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// How many times a change is recomputed after Route53 said the record set
 /// changed under it.
 const MAX_RACES: u32 = 5;
-
-/// Counts the `InvalidChangeBatch` races met on one name and waits before
-/// the record set is read again, up to [`MAX_RACES`] times.
-#[derive(Debug, Default)]
-struct RaceRetry {
-    races: u32,
-    backoff: Backoff,
-}
-
-impl RaceRetry {
-    /// Waits before the next read, or gives the race up as an error.
-    async fn wait(
-        &mut self,
-        msg: String,
-        fqdn: &str,
-        deadline: &Deadline,
-    ) -> Result<(), PluginError> {
-        if self.races >= MAX_RACES {
-            return Err(Failure::Race(msg).into());
-        }
-        self.races += 1;
-        // Another writer is at work on this name: let it finish.
-        let Some(pause) = self.backoff.next(deadline) else {
-            return Err(Failure::Race(msg).into());
-        };
-        log::debug!("route53: {fqdn} changed meanwhile ({msg}); reading it again");
-        tokio::time::sleep(pause).await;
-        Ok(())
-    }
-}
 
 /// How often `GetChange` is asked at most, and at least.
 const SYNC_POLL_FIRST: Duration = Duration::from_secs(1);
@@ -431,11 +401,13 @@ impl Route53 {
         ttl: u32,
         deadline: &Deadline,
     ) -> Result<Option<String>, PluginError> {
-        let mut races = RaceRetry::default();
-        loop {
-            let mut values = match self.read_set(aws, zone_id, fqdn, deadline).await? {
-                Some(cur) => cur.values,
-                None => Vec::new(),
+        // A race (the set changed between our read and our change) means
+        // another writer is at work on this name: let it finish, read again.
+        let added = retry_until(deadline, backoff(MAX_RACES + 1), |_| async move {
+            let mut values = match self.read_set(aws, zone_id, fqdn, deadline).await {
+                Ok(Some(cur)) => cur.values,
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(Try::Stop(e)),
             };
             if values.iter().any(|v| txt::is_value(v, value)) {
                 log::debug!("route53: {fqdn} already has our TXT value");
@@ -443,7 +415,7 @@ impl Route53 {
             }
             values.push(txt::quote(value));
             let n = values.len();
-            let set = txt_set(fqdn, ttl, values)?;
+            let set = txt_set(fqdn, ttl, values).map_err(Try::Stop)?;
             match self
                 .change(aws, zone_id, ChangeAction::Upsert, set, deadline)
                 .await
@@ -452,12 +424,14 @@ impl Route53 {
                     log::info!(
                         "route53: added a TXT value at {fqdn} in zone {zone_id} ({n} now, change {id})"
                     );
-                    return Ok(Some(id));
+                    Ok(Some(id))
                 }
-                Err(Failure::Race(msg)) => races.wait(msg, fqdn, deadline).await?,
-                Err(e) => return Err(e.into()),
+                Err(Failure::Race(msg)) => Err(Try::Again(race(msg, fqdn))),
+                Err(e) => Err(Try::Stop(e)),
             }
-        }
+        })
+        .await;
+        added.map_err(gave_up)
     }
 
     /// Removes `value` from the set at `fqdn`, deleting the set when no
@@ -470,9 +444,12 @@ impl Route53 {
         value: &str,
         deadline: &Deadline,
     ) -> Result<(), PluginError> {
-        let mut races = RaceRetry::default();
-        loop {
-            let Some(cur) = self.read_set(aws, zone_id, fqdn, deadline).await? else {
+        let removed = retry_until(deadline, backoff(MAX_RACES + 1), |_| async move {
+            let Some(cur) = self
+                .read_set(aws, zone_id, fqdn, deadline)
+                .await
+                .map_err(Try::Stop)?
+            else {
                 log::debug!("route53: no TXT record at {fqdn}; nothing to clean up");
                 return Ok(());
             };
@@ -496,19 +473,24 @@ impl Route53 {
                     .ttl()
                     .and_then(|t| u32::try_from(t).ok())
                     .unwrap_or(60);
-                (ChangeAction::Upsert, txt_set(fqdn, ttl, others)?)
+                (
+                    ChangeAction::Upsert,
+                    txt_set(fqdn, ttl, others).map_err(Try::Stop)?,
+                )
             };
             match self.change(aws, zone_id, action, set, deadline).await {
                 Ok(id) => {
                     log::info!(
                         "route53: removed our TXT value at {fqdn} in zone {zone_id} ({n} left, change {id})"
                     );
-                    return Ok(());
+                    Ok(())
                 }
-                Err(Failure::Race(msg)) => races.wait(msg, fqdn, deadline).await?,
-                Err(e) => return Err(e.into()),
+                Err(Failure::Race(msg)) => Err(Try::Again(race(msg, fqdn))),
+                Err(e) => Err(Try::Stop(e)),
             }
-        }
+        })
+        .await;
+        removed.map_err(gave_up)
     }
 
     /// Polls `GetChange` until `INSYNC`.
@@ -518,29 +500,44 @@ impl Route53 {
         change_id: &str,
         deadline: &Deadline,
     ) -> Result<(), PluginError> {
-        let mut delay = SYNC_POLL_FIRST;
-        loop {
+        // Polling, not retrying: "still PENDING" is the answer to wait on.
+        let polls = Backoff::new(u32::MAX, SYNC_POLL_FIRST, SYNC_POLL_MAX)
+            .with_reserve(aws::DEADLINE_MARGIN);
+        let synced = retry_until(deadline, polls, |_| async move {
             let out = aws
                 .call(deadline, "GetChange", || {
                     aws.client.get_change().id(change_id).send()
                 })
-                .await?;
+                .await
+                .map_err(Try::Stop)?;
             let status = out.change_info().map(|c| c.status().clone());
             if status == Some(ChangeStatus::Insync) {
                 log::debug!("route53: change {change_id} is INSYNC");
                 return Ok(());
             }
-            if !aws::allows(deadline, delay) {
-                return Err(PluginError::transient(format!(
-                    "Route53 change {change_id} was still {} when the call's deadline came; \
-                     Route53 usually syncs within a minute: raise the call timeout, or set \
-                     wait_for_sync=false to rely on certsmith's own propagation check",
-                    status.as_ref().map_or("unknown", |s| s.as_str())
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(SYNC_POLL_MAX);
-        }
+            Err(Try::Again(PluginError::transient(format!(
+                "Route53 change {change_id} was still {} when the call's deadline came; \
+                 Route53 usually syncs within a minute: raise the call timeout, or set \
+                 wait_for_sync=false to rely on certsmith's own propagation check",
+                status.as_ref().map_or("unknown", |s| s.as_str())
+            ))))
+        })
+        .await;
+        synced.map_err(gave_up)
+    }
+}
+
+/// A lost race on `fqdn`, as the error given if it is the last.
+fn race(msg: String, fqdn: &str) -> PluginError {
+    log::debug!("route53: {fqdn} changed meanwhile ({msg}); reading it again");
+    Failure::Race(msg).into()
+}
+
+/// The error of a [`retry_until`] that ended without a value.
+fn gave_up(g: GaveUp<Failure>) -> PluginError {
+    match g {
+        GaveUp::Again(e) => e,
+        GaveUp::Stop(f) => f.into(),
     }
 }
 

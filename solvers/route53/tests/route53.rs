@@ -525,6 +525,11 @@ async fn throttling_until_the_deadline_is_rate_limited() {
     assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
     assert!(e.retryable);
     assert!(e.message.contains("Throttling"), "{e}");
+    assert!(
+        e.message
+            .contains("Route53 kept throttling until the call's deadline"),
+        "says why it stopped: {e}"
+    );
     assert!(took < timeout, "gave up before the deadline ({took:?})");
     assert!(
         moto.faults_served() >= 3,
@@ -548,4 +553,8 @@ async fn an_unreachable_endpoint_is_transient() {
     eprintln!("{e}");
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert!(e.message.contains("could not reach"), "{e}");
+    assert!(
+        e.message.contains("retried until the call's deadline"),
+        "{e}"
+    );
 }
