@@ -25,31 +25,32 @@
 //! placeholder per cleanup: a second would also push out a value of the
 //! same account that may still be under validation
 //! (`rotate_on_cleanup = false` keeps lego's "leave them"). Retries: 429
-//! and 5xx (with `Retry-After`) and transport errors, with the SDK's
-//! [`retry`], inside the call's deadline. Account passwords come from the storage file and
+//! and 5xx (with `Retry-After`) and transport errors, inside the call's
+//! deadline, by `solvers/shared/rest.rs`, the one HTTP call of the REST
+//! plugins (the SDK's `retry` and status mapping). Account passwords come from the storage file and
 //! never reach a message, a log line or a `Debug` output.
 
 use std::fmt;
-use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, NameLocks, retry};
+use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, PluginError, Presented, Solver,
     async_trait, log,
 };
-use reqwest::Url;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub mod storage;
 
+#[path = "../../shared/rest.rs"]
+mod rest;
+
+use rest::{Rest, base_url, describe, join, normalize};
+
 use storage::{Account, Storage};
 
-/// Time kept free before the deadline for the try after a wait.
-const RESERVE: Duration = Duration::from_secs(1);
-/// Longest single HTTP exchange.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// What cleanup sends: 43 characters, as acme-dns requires, and plainly
 /// not a challenge value.
 pub const CLEARED: &str = "certsmith_cleared_xxxxxxxxxxxxxxxxxxxxxxxxx";
@@ -91,7 +92,7 @@ impl AcmednsConfig {
 
 /// The solver.
 pub struct Acmedns {
-    http: reqwest::Client,
+    rest: Rest,
     base: Url,
     storage: Storage,
     allowlist: Vec<String>,
@@ -111,10 +112,6 @@ impl fmt::Debug for Acmedns {
             .field("register", &self.register)
             .finish_non_exhaustive()
     }
-}
-
-fn normalize(name: &str) -> String {
-    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
@@ -138,16 +135,8 @@ fn cname_line(domain: &str, fulldomain: &str) -> String {
 }
 
 impl Acmedns {
-    fn url(&self, segment: &str) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().push(segment);
-        }
-        url
-    }
-
     /// POSTs `body` to `/<segment>` with `headers`, retried as the module
-    /// says; the answer's JSON on 2xx.
+    /// says; the answer's JSON on 2xx (`Null` when empty).
     async fn post(
         &self,
         segment: &str,
@@ -155,57 +144,34 @@ impl Acmedns {
         body: Option<&Value>,
         req: &ChallengeRequest,
     ) -> Result<Value, PluginError> {
-        let url = self.url(segment);
-        let shown = format!("POST {url}");
-        let backoff = Backoff::new(u32::MAX, Duration::from_millis(250), Duration::from_secs(5))
-            .with_reserve(RESERVE)
-            .whole_retry_after();
-        retry(req.deadline(), backoff, |left| {
-            let (url, shown) = (url.clone(), shown.clone());
-            async move {
+        let url = join(&self.base, &[segment]);
+        let request = describe(&Method::POST, &url);
+        let text = body.map(Value::to_string);
+        let reply = self
+            .rest
+            .send(req.deadline(), &request, |left| {
                 let mut rb = self
-                    .http
-                    .post(url)
+                    .rest
+                    .client()
+                    .post(url.clone())
                     .header(ACCEPT, "application/json")
-                    .timeout(left.min(ATTEMPT_TIMEOUT));
+                    .timeout(left);
                 for (k, v) in headers {
                     rb = rb.header(*k, v.clone());
                 }
-                if let Some(b) = body {
-                    rb = rb.header(CONTENT_TYPE, "application/json").body(b.to_string());
+                match &text {
+                    Some(t) => rb.header(CONTENT_TYPE, "application/json").body(t.clone()),
+                    None => rb,
                 }
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| PluginError::from_transport(&shown, &e))?;
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let text = resp.text().await.unwrap_or_default();
-                log::debug!("acmedns: {shown} → {status}");
-                if (200..300).contains(&status) {
-                    return serde_json::from_str(&text).or_else(|_| {
-                        if text.trim().is_empty() {
-                            Ok(Value::Null)
-                        } else {
-                            Err(PluginError::internal(format!(
-                                "{shown} answered HTTP {status} with a body that is not JSON; is api_base the acme-dns API?"
-                            )))
-                        }
-                    });
-                }
-                Err(PluginError::from_http_status(
-                    status,
-                    &shown,
-                    &text,
-                    retry_after.as_deref(),
-                ))
-            }
-        })
-        .await
+            })
+            .await?;
+        if !reply.is_success() {
+            return Err(reply.error("acme-dns refused the request"));
+        }
+        if reply.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        reply.json("acme-dns")
     }
 
     /// `POST /update` of `value` for `account`.
@@ -296,6 +262,8 @@ impl Solver for Acmedns {
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(bad("must be an http:// or https:// URL".into()));
         }
+        // Checked above; base_url also refuses a query and drops a trailing slash.
+        let base = base_url(base.as_str(), "api_base", "(required)").map_err(|e| bad(e.message))?;
         if config.storage_path.trim().is_empty() {
             return Err(PluginError::config(
                 "storage_path is empty: set ACME_DNS_STORAGE_PATH to the JSON file holding the acme-dns accounts (it is created if missing)",
@@ -304,14 +272,12 @@ impl Solver for Acmedns {
         let storage = Storage::new(config.storage_path.trim());
         // Read it now, so a broken file is reported before any challenge.
         storage.load()?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certsmith-acmedns/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        let rest = Rest::new(
+            "acme-dns",
+            concat!("certsmith-acmedns/", env!("CARGO_PKG_VERSION")),
+        )?;
         Ok(Acmedns {
-            http,
+            rest,
             base,
             storage,
             allowlist: config.allowlist,

@@ -16,27 +16,34 @@
 //!   user name and password are set; any 2xx is success.
 //!
 //! What certsmith adds: 429 (with `Retry-After`) and 5xx answers and
-//! connection failures are retried with the SDK's [`retry`] inside the
-//! call's deadline, every other answer fails with the server's status and
-//! body (the SDK's [`PluginError::from_http_status`]), and the password
+//! connection failures are retried inside the call's deadline, every other
+//! answer fails with the server's status and body — both through
+//! `solvers/shared/rest.rs`, the one HTTP call of the REST plugins (the
+//! SDK's `retry` and `PluginError::from_http_status`) — and the password
 //! never reaches a message, a log line or a `Debug` output.
 
 use std::fmt;
 use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, retry};
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, PluginError, Presented, Secret, Solver, async_trait, log,
 };
-use reqwest::Url;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::json;
 
+#[path = "../../shared/rest.rs"]
+#[allow(
+    dead_code,
+    reason = "shared by the REST plugins; httpreq parses no answer body and no DNS name"
+)]
+mod rest;
+
+use rest::{Rest, base_url, describe, join};
+
 /// The default of `http_timeout_s` (lego's `HTTPREQ_HTTP_TIMEOUT`).
 pub const DEFAULT_HTTP_TIMEOUT_S: u64 = 30;
-/// Time kept free before the deadline for the try after a wait.
-const RESERVE: Duration = Duration::from_secs(1);
 
 /// How the body is built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +92,7 @@ impl HttpreqConfig {
 
 /// The solver.
 pub struct Httpreq {
-    http: reqwest::Client,
+    rest: Rest,
     endpoint: Url,
     mode: Mode,
     auth: Option<(String, Secret)>,
@@ -101,15 +108,6 @@ impl fmt::Debug for Httpreq {
             .field("attempt_timeout", &self.attempt_timeout)
             .finish_non_exhaustive()
     }
-}
-
-/// `endpoint` with `segment` appended to its path (Go's `url.JoinPath`).
-pub fn join(endpoint: &Url, segment: &str) -> Url {
-    let mut url = endpoint.clone();
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().push(segment);
-    }
-    url
 }
 
 impl Httpreq {
@@ -142,52 +140,32 @@ impl Httpreq {
         body: &serde_json::Value,
         req: &ChallengeRequest,
     ) -> Result<(), PluginError> {
-        let url = join(&self.endpoint, action);
-        let shown = format!("POST {url}");
-        let backoff = Backoff::new(u32::MAX, Duration::from_millis(250), Duration::from_secs(5))
-            .with_reserve(RESERVE)
-            .whole_retry_after();
-        retry(req.deadline(), backoff, |left| {
-            let url = url.clone();
-            let shown = shown.clone();
-            async move {
-                let mut rb = self
-                    .http
-                    .post(url)
+        let url = join(&self.endpoint, &[action]);
+        let request = describe(&Method::POST, &url);
+        let text = body.to_string();
+        let reply = self
+            .rest
+            .send(req.deadline(), &request, |left| {
+                let rb = self
+                    .rest
+                    .client()
+                    .post(url.clone())
                     .header(ACCEPT, "application/json")
                     .header(CONTENT_TYPE, "application/json")
-                    .body(body.to_string())
+                    .body(text.clone())
                     .timeout(left.min(self.attempt_timeout));
-                if let Some((user, password)) = &self.auth {
-                    rb = rb.basic_auth(user, Some(password.expose()));
+                match &self.auth {
+                    Some((user, password)) => rb.basic_auth(user, Some(password.expose())),
+                    None => rb,
                 }
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| PluginError::from_transport(&shown, &e))?;
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let text = resp.text().await.unwrap_or_default();
-                log::debug!("httpreq: {shown} → {status}");
-                if (200..300).contains(&status) {
-                    return Ok(());
-                }
-                let mut e =
-                    PluginError::from_http_status(status, &shown, &text, retry_after.as_deref());
-                if matches!(status, 401 | 403) {
-                    e.message = format!(
-                        "{} (set HTTPREQ_USERNAME and HTTPREQ_PASSWORD to the credentials the server expects)",
-                        e.message
-                    );
-                }
-                Err(e)
-            }
-        })
-        .await
+            })
+            .await?;
+        if reply.is_success() {
+            return Ok(());
+        }
+        Err(reply.error(
+            "the httpreq endpoint refused the credentials: set HTTPREQ_USERNAME and HTTPREQ_PASSWORD to the ones it expects",
+        ))
     }
 }
 
@@ -248,15 +226,16 @@ impl Solver for Httpreq {
         if config.http_timeout_s == 0 {
             return Err(PluginError::config("http_timeout_s must be at least 1"));
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certsmith-httpreq/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        // Checked above; base_url only drops a trailing slash now.
+        let endpoint =
+            base_url(endpoint.as_str(), "endpoint", "(required)").map_err(|e| bad(e.message))?;
+        let rest = Rest::new(
+            "the httpreq endpoint",
+            concat!("certsmith-httpreq/", env!("CARGO_PKG_VERSION")),
+        )?;
         log::debug!("httpreq: endpoint {endpoint}, mode {mode:?}");
         Ok(Httpreq {
-            http,
+            rest,
             endpoint,
             mode,
             auth,
@@ -310,12 +289,18 @@ mod tests {
 
     #[test]
     fn endpoint_paths_are_kept() {
-        let u = Url::parse("https://h:9090/acme").expect("url");
-        assert_eq!(join(&u, "present").as_str(), "https://h:9090/acme/present");
-        let u = Url::parse("https://h/acme/").expect("url");
-        assert_eq!(join(&u, "cleanup").as_str(), "https://h/acme/cleanup");
-        let u = Url::parse("http://h").expect("url");
-        assert_eq!(join(&u, "present").as_str(), "http://h/present");
+        for (endpoint, action, want) in [
+            (
+                "https://h:9090/acme",
+                "present",
+                "https://h:9090/acme/present",
+            ),
+            ("https://h/acme/", "cleanup", "https://h/acme/cleanup"),
+            ("http://h", "present", "http://h/present"),
+        ] {
+            let s = Httpreq::new(HttpreqConfig::new(endpoint)).expect("config");
+            assert_eq!(join(&s.endpoint, &[action]).as_str(), want);
+        }
     }
 
     #[test]

@@ -20,31 +20,32 @@
 //!
 //! The API has no pagination (a zone comes whole) and no rate limits of its
 //! own; 429 and 5xx from a proxy in front of it, and transport errors, are
-//! retried with the SDK's [`retry`] inside the call's deadline. The API
+//! retried inside the call's deadline by `solvers/shared/rest.rs`, the one
+//! HTTP call of the REST plugins (the SDK's `retry` and status mapping). The API
 //! key is a [`Secret`] sent as `X-API-Key` (marked sensitive) and never in
 //! a message, a log line or a `Debug` output.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, NameLocks, retry};
+use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
     Secret, Solver, async_trait, log,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[path = "../../shared/rest.rs"]
+mod rest;
+
+use rest::{Rest, base_url, describe, join, normalize};
+
 /// The default of `ttl` (lego's).
 pub const DEFAULT_TTL: u32 = 120;
-/// Time kept free before the deadline for the try after a wait.
-const RESERVE: Duration = Duration::from_secs(1);
-/// Longest single HTTP exchange.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The configuration (see `plugin.toml`).
 #[derive(Clone, Debug, Deserialize)]
@@ -120,7 +121,7 @@ struct Zone {
 
 /// The solver.
 pub struct Pdns {
-    http: reqwest::Client,
+    rest: Rest,
     /// `<api_url>/api/v1/servers/<server>`.
     server: Url,
     key: Secret,
@@ -138,11 +139,6 @@ impl fmt::Debug for Pdns {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
-}
-
-/// Lower case, no trailing dot.
-fn normalize(name: &str) -> String {
-    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// TXT content as PowerDNS wants it: one quoted string (our values are
@@ -199,11 +195,7 @@ fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
 
 impl Pdns {
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.server.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url
+        join(&self.server, segments)
     }
 
     /// One API call, retried as the module says; the answer's JSON (`Null`
@@ -215,67 +207,39 @@ impl Pdns {
         body: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Value, PluginError> {
-        let shown = match url.query() {
-            Some(q) => format!("{method} {}?{q}", url.path()),
-            None => format!("{method} {}", url.path()),
-        };
-        let backoff = Backoff::new(u32::MAX, Duration::from_millis(250), Duration::from_secs(5))
-            .with_reserve(RESERVE)
-            .whole_retry_after();
-        let mut key = HeaderValue::from_str(self.key.expose())
-            .map_err(|_| PluginError::config("api_key cannot go in an HTTP header (a line break?); set PDNS_API_KEY to the key alone"))?;
+        let request = describe(&method, &url);
+        let mut key = HeaderValue::from_str(self.key.expose()).map_err(|_| {
+            PluginError::config(
+                "api_key cannot go in an HTTP header (a line break?); set PDNS_API_KEY to the key alone",
+            )
+        })?;
         key.set_sensitive(true);
-        retry(deadline, backoff, |left| {
-            let (method, url, shown, key) = (method.clone(), url.clone(), shown.clone(), key.clone());
-            async move {
-                let mut rb = self
-                    .http
-                    .request(method, url)
-                    .header("X-API-Key", key)
+        let text = body.map(Value::to_string);
+        let reply = self
+            .rest
+            .send(deadline, &request, |left| {
+                let rb = self
+                    .rest
+                    .client()
+                    .request(method.clone(), url.clone())
+                    .header("X-API-Key", key.clone())
                     .header(ACCEPT, "application/json")
-                    .timeout(left.min(ATTEMPT_TIMEOUT));
-                if let Some(b) = body {
-                    rb = rb.header(CONTENT_TYPE, "application/json").body(b.to_string());
+                    .timeout(left);
+                match &text {
+                    Some(t) => rb.header(CONTENT_TYPE, "application/json").body(t.clone()),
+                    None => rb,
                 }
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| PluginError::from_transport(&shown, &e))?;
-                let status = resp.status().as_u16();
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let text = resp.text().await.unwrap_or_default();
-                log::debug!("pdns: {shown} → {status}");
-                if (200..300).contains(&status) {
-                    if text.trim().is_empty() {
-                        return Ok(Value::Null);
-                    }
-                    return serde_json::from_str(&text).map_err(|_| {
-                        PluginError::internal(format!(
-                            "{shown} answered HTTP {status} with a body that is not JSON; is api_url the PowerDNS webserver?"
-                        ))
-                    });
-                }
-                // PowerDNS says why in {"error": "..."}.
-                let said = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                    .unwrap_or(text);
-                let mut e =
-                    PluginError::from_http_status(status, &shown, &said, retry_after.as_deref());
-                if e.kind == ErrorKind::Auth {
-                    e.message = format!(
-                        "PowerDNS refused the API key: set PDNS_API_KEY to the server's api-key ({})",
-                        e.message
-                    );
-                }
-                Err(e)
-            }
-        })
-        .await
+            })
+            .await?;
+        if !reply.is_success() {
+            // PowerDNS says why in {"error": "..."}; the shared code reads it.
+            return Err(reply
+                .error("PowerDNS refused the API key: set PDNS_API_KEY to the server's api-key"));
+        }
+        if reply.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        reply.json("PowerDNS")
     }
 
     /// The id and kind of `zone` (normalized).
@@ -366,13 +330,15 @@ impl Solver for Pdns {
                 "api_url {raw:?} {why}; set PDNS_API_URL to the PowerDNS webserver, e.g. http://127.0.0.1:8081"
             ))
         };
-        let mut url = Url::parse(raw).map_err(|e| bad(format!("is not a URL ({e})")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        let parsed = Url::parse(raw).map_err(|e| bad(format!("is not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
             return Err(bad("must be an http:// or https:// URL".into()));
         }
-        if url.query().is_some() || url.fragment().is_some() {
+        if parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("must not have a query or fragment".into()));
         }
+        // Checked above; base_url only drops a trailing slash now.
+        let mut url = base_url(raw, "api_url", "(required)").map_err(|e| bad(e.message))?;
         if config.api_key.expose().trim().is_empty() {
             return Err(PluginError::config(
                 "api_key is empty: set PDNS_API_KEY (or PDNS_API_KEY_FILE) to the server's api-key",
@@ -397,14 +363,12 @@ impl Solver for Pdns {
         if let Ok(mut p) = url.path_segments_mut() {
             p.push("servers").push(server_name);
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certsmith-pdns/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
+        let rest = Rest::new(
+            "PowerDNS",
+            concat!("certsmith-pdns/", env!("CARGO_PKG_VERSION")),
+        )?;
         Ok(Pdns {
-            http,
+            rest,
             server: url,
             key: Secret::new(config.api_key.expose().trim()),
             ttl: config.ttl,
