@@ -8,7 +8,8 @@
 //! plugin names the same failure the same way.
 //!
 //! One source for the catalogue's HTTP plugins (digitalocean, hetzner,
-//! gcloud, azure), each compiling it in with `#[path]`: the SDK depends on
+//! gcloud, azure, httpreq, acmedns, pdns), each compiling it in with
+//! `#[path]`: the SDK depends on
 //! no HTTP client, and solvers depend on no crate but the plugin API, so
 //! this is the one copy until the SDK grows an HTTP-client feature.
 

@@ -398,7 +398,7 @@ fn try_start(
     }
 }
 
-fn random_bytes(n: usize) -> Result<Vec<u8>, HarnessError> {
+pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>, HarnessError> {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -410,7 +410,7 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, HarnessError> {
 }
 
 /// Standard base64 with padding, as BIND writes secrets.
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

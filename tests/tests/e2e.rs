@@ -8,6 +8,7 @@
 //! --workspace`, as scripts/test does).
 
 mod accounts;
+mod catalogue_a;
 mod catalogue_b;
 mod cli_ergonomics;
 mod cloudflare;
