@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient};
 use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
@@ -154,14 +153,8 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
-    /// Run this shell command after the certificate is stored; it gets
-    /// CERTSMITH_CERT_NAME, CERTSMITH_DOMAINS, CERTSMITH_CERT_DIR,
-    /// CERTSMITH_FULLCHAIN and CERTSMITH_PRIVKEY. Recorded for `renew`.
-    #[arg(long, value_name = "CMD")]
-    deploy_hook: Option<String>,
-    /// Kill the deploy hook after SECS.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    deploy_hook_timeout: u64,
+    #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
     #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
 }
@@ -178,6 +171,8 @@ struct Prepared {
     account: AccountOptions,
     session: Session,
     ca_cert: Option<PathBuf>,
+    /// The hooks: the flags, else the config's `[defaults]`.
+    hooks: crate::hook_args::HookArgs,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -271,6 +266,12 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         account,
         session,
         ca_cert,
+        hooks: crate::hook_args::HookArgs {
+            pre_hook: args.hooks.pre_hook.clone().or_else(|| defaults.and_then(|d| d.pre_hook.clone())),
+            post_hook: args.hooks.post_hook.clone().or_else(|| defaults.and_then(|d| d.post_hook.clone())),
+            deploy_hook: args.hooks.deploy_hook.clone().or_else(|| defaults.and_then(|d| d.deploy_hook.clone())),
+            hook_timeout: args.hooks.hook_timeout.or_else(|| defaults.and_then(|d| d.deploy_hook_timeout)),
+        },
     })
 }
 
@@ -288,6 +289,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         account,
         session,
         ca_cert,
+        hooks,
     } = prepared;
     let name = wanted.name.clone();
     // What `renew` needs besides the request: recorded in the lineage
@@ -299,10 +301,11 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             .email
             .as_ref()
             .map(|e| e.trim().trim_start_matches("mailto:").to_owned()),
-        args.deploy_hook.clone(),
-        Some(Duration::from_secs(args.deploy_hook_timeout)),
+        hooks.deploy_hook,
+        hooks.hook_timeout,
         None,
-    );
+    )
+    .with_hooks(hooks.pre_hook, hooks.post_hook);
     let mode = RequestMode::new(args.force, args.expand, args.replace);
     let make = || -> Result<CertRequest, JobError> {
         let request = CertRequest {
@@ -312,6 +315,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             key_type: wanted.key_type,
             replaces: None,
             propagation_check,
+            hooks: Default::default(),
         };
         engine::check_request(&request, max_names)?;
         Ok(request)
@@ -343,8 +347,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     if let Some(e) = &outcome.error {
         return Failure::from_job(e).report(global, Some(&name));
     }
-    let hook_failure = match &outcome.hook {
-        Some(Err(e)) => Some(Failure::from_job(e)),
+    // A deploy hook's failure first; else the post-hook's.
+    let hook_failure = match (&outcome.hook, &outcome.post_hook) {
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Failure::from_job(e)),
         _ => None,
     };
     if let Some(cert) = &outcome.cert {
@@ -381,6 +386,7 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             "cert_path": path(store::CERT_FILE),
             "chain_path": path(store::CHAIN_FILE),
             "deploy_hook": null,
+            "post_hook": null,
             "error": null,
         })),
         OutputFormat::Text => {
@@ -402,14 +408,13 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
 
 fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&Failure>) {
     let (action, reason, _) = job.result();
-    let hook_json = job
-        .outcome
-        .as_ref()
-        .and_then(|o| o.hook.as_ref())
-        .map(|_| match hook {
-            Some(f) => json!({"status": "failed", "error": f.json()}),
-            None => json!({"status": "ok"}),
-        });
+    let status = |h: &Result<(), JobError>| match h {
+        Ok(()) => json!({"status": "ok"}),
+        Err(e) => json!({"status": "failed", "error": Failure::from_job(e).json()}),
+    };
+    let outcome = job.outcome.as_ref();
+    let hook_json = outcome.and_then(|o| o.hook.as_ref()).map(status);
+    let post_hook_json = outcome.and_then(|o| o.post_hook.as_ref()).map(status);
     match global.output {
         OutputFormat::Json => print_json(&json!({
             "name": cert.name,
@@ -418,6 +423,7 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
             "renewal_reason": job.next.map(|(_, r)| r.as_str()),
             "deploy_hook": hook_json,
+            "post_hook": post_hook_json,
             "error": hook.map(Failure::json),
             "domains": cert.domains,
             "cert_path": cert.cert_path,

@@ -11,6 +11,7 @@ mod envvars;
 mod exit;
 mod failure;
 mod help;
+mod hook_args;
 mod issue;
 mod list;
 mod manage;

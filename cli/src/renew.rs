@@ -40,10 +40,9 @@ pub(crate) struct RenewArgs {
     /// Sleep a random time of up to SECS first (for scheduled runs).
     #[arg(long, value_name = "SECS")]
     jitter: Option<u64>,
-    /// Run this command after each renewal, and record it in place of the
-    /// hook recorded at issuance.
-    #[arg(long, value_name = "CMD")]
-    deploy_hook: Option<String>,
+    /// The hooks (each recorded in place of the one recorded at issuance).
+    #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
     /// Extra CA certificates (PEM) for the CA's HTTPS [default: the one
     /// recorded at issuance].
     #[arg(long, value_name = "PEM")]
@@ -188,14 +187,24 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
         };
         let mut group_jobs = Vec::new();
         for (name, lineage) in members {
+            // Each hook: the flag, else the one recorded at issuance.
+            let hooks = &args.hooks;
             let settings = Settings::new(
                 key.ca_cert.clone(),
                 key.email.clone(),
-                args.deploy_hook
+                hooks
+                    .deploy_hook
                     .clone()
                     .or_else(|| lineage.deploy_hook.clone()),
-                config.and_then(|c| c.defaults.deploy_hook_timeout),
+                hooks
+                    .hook_timeout
+                    .or_else(|| agent::lineage_hook_timeout(&name, &lineage))
+                    .or_else(|| config.and_then(|c| c.defaults.deploy_hook_timeout)),
                 None,
+            )
+            .with_hooks(
+                hooks.pre_hook.clone().or_else(|| lineage.pre_hook.clone()),
+                hooks.post_hook.clone().or_else(|| lineage.post_hook.clone()),
             );
             // Options: the config file's [solvers.<code>] (where secrets
             // may be), then what was recorded for this certificate.

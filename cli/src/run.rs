@@ -37,14 +37,20 @@ pub(crate) struct RunArgs {
     #[arg(long = "solver-opt", value_name = "CODE:KEY=VALUE", value_parser = setup::parse_coded_opt)]
     solver_opts: Vec<setup::CodedOpt>,
     #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
+    #[command(flatten)]
     dns: DnsArgs,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
-    let (path, config) = match setup::require_config(global, "run") {
+    let (path, mut config) = match setup::require_config(global, "run") {
         Ok(found) => found,
         Err(code) => return code,
     };
+    // The hook flags win over every certificate's hooks and [defaults].
+    for cert in &mut config.certificates {
+        args.hooks.apply(cert);
+    }
     let path = &path;
     if !global.quiet {
         for w in issue_only_variables(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty())) {

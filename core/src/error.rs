@@ -41,6 +41,8 @@ pub enum ErrorClass {
     Cancelled,
     /// A dns-01 record did not reach every authoritative nameserver in time.
     PropagationTimeout,
+    /// A hook failed (a pre-hook: the certificate was not ordered).
+    Hook,
 }
 
 impl ErrorClass {
@@ -56,6 +58,7 @@ impl ErrorClass {
             ErrorClass::Internal => "internal",
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::PropagationTimeout => "propagation_timeout",
+            ErrorClass::Hook => "hook",
         }
     }
 }
@@ -371,6 +374,10 @@ pub enum IssueError {
     /// The key or CSR could not be made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The certificate's pre-hook failed: nothing was ordered for it (its
+    /// post-hook ran).
+    #[error(transparent)]
+    PreHook(crate::hooks::HookError),
     /// The run was cancelled before this certificate was obtained.
     #[error("cancelled")]
     Cancelled,
@@ -470,6 +477,7 @@ impl IssueError {
             IssueError::Store(_) => ErrorClass::Store,
             IssueError::Key(_) | IssueError::Internal(_) => ErrorClass::Internal,
             IssueError::Cancelled => ErrorClass::Cancelled,
+            IssueError::PreHook(_) => ErrorClass::Hook,
         }
     }
 

@@ -132,6 +132,7 @@ fn child(args: &[String]) {
                     key_type: KeyType::EcP256,
                     replaces: None,
                     propagation_check: None,
+                    hooks: Default::default(),
                 }
             })
             .collect();

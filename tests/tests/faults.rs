@@ -325,6 +325,7 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
                     key_type: KeyType::EcP256,
                     replaces: None,
                     propagation_check: None,
+                    hooks: Default::default(),
                 }
             })
             .collect();

@@ -872,6 +872,7 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 key_type: KeyType::EcP256,
                 replaces: None,
                 propagation_check: None,
+                hooks: Default::default(),
             };
             (names, request)
         })

@@ -68,6 +68,7 @@ const ISSUE: &Schema = &[
     ("cert_path", STR_OR_NULL, R),
     ("chain_path", STR_OR_NULL, R),
     ("deploy_hook", Ty::Null(&Ty::Obj(HOOK)), R),
+    ("post_hook", Ty::Null(&Ty::Obj(HOOK)), R),
     ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
     // Only when a certificate was obtained (not `skipped`).
     ("version", Ty::Int, O),
@@ -93,6 +94,7 @@ const BATCH: &Schema = &[
     ("fullchain_path", STR_OR_NULL, R),
     ("privkey_path", STR_OR_NULL, R),
     ("deploy_hook", Ty::Null(&Ty::Obj(HOOK)), R),
+    ("post_hook", Ty::Null(&Ty::Obj(HOOK)), R),
     ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
 ];
 const COUNTS: &Schema = &[

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use job::{Job, JobError, Outcome, Plan, Settings};
-pub use plan::{RequestMode, WantedCert, reason_words};
+pub use plan::{RequestMode, WantedCert, lineage_hook_timeout, reason_words};
 
 use crate::dns::DnsOptions;
 use crate::engine::{CancelToken, DEFAULT_CONCURRENCY, DEFAULT_MAX_NAMES};

@@ -76,10 +76,12 @@ fn order_with(
     match make() {
         Ok(request) => {
             let replaces = job.replaces.clone();
+            let hooks = job.settings.order_hooks();
             job.order(
                 plan,
                 CertRequest {
                     replaces,
+                    hooks,
                     ..request
                 },
             );
@@ -146,6 +148,18 @@ fn lineage_renew_before(name: &str, lineage: &Lineage) -> Option<Duration> {
     }
 }
 
+/// A hook timeout stored in a lineage, if valid.
+pub fn lineage_hook_timeout(name: &str, lineage: &Lineage) -> Option<Duration> {
+    match lineage.hook_timeout.as_deref().map(config::parse_duration) {
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(Ok(_)) | Some(Err(_)) => {
+            log::warn!("{name}: hook_timeout in the lineage is not a duration; using the default");
+            None
+        }
+        None => None,
+    }
+}
+
 /// Context for a solver that cannot be configured at renewal: where each
 /// option it misses came from at the last order.
 fn solver_context(name: &str, lineage: &Lineage, e: &IssueError) -> String {
@@ -182,9 +196,10 @@ impl Agent {
             config.defaults.ca_cert.clone(),
             config.defaults.email.clone(),
             config.deploy_hook(cert),
-            config.defaults.deploy_hook_timeout,
+            config.hook_timeout(cert),
             config.renew_before(cert),
-        );
+        )
+        .with_hooks(config.pre_hook(cert), config.post_hook(cert));
         // The solver, configured: secrets come from the environment or the
         // file now, never from the store.
         let make = || -> Result<CertRequest, JobError> {
@@ -200,6 +215,7 @@ impl Agent {
                 key_type: cert.key_type,
                 replaces: None,
                 propagation_check: config.propagation_check(cert),
+                hooks: Default::default(),
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -306,6 +322,7 @@ impl Agent {
                 key_type,
                 replaces: None,
                 propagation_check: None,
+                hooks: Default::default(),
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -377,6 +394,11 @@ impl Agent {
             }
         };
         settings.deploy_hook = settings.deploy_hook.or(lineage.deploy_hook.clone());
+        settings.pre_hook = settings.pre_hook.or(lineage.pre_hook.clone());
+        settings.post_hook = settings.post_hook.or(lineage.post_hook.clone());
+        settings.hook_timeout = settings
+            .hook_timeout
+            .or_else(|| lineage_hook_timeout(&name, &lineage));
         settings.email = settings.email.or(lineage.email.clone());
         settings.ca_cert = settings
             .ca_cert

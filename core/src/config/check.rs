@@ -18,7 +18,7 @@ use toml::Spanned;
 use super::diagnostics::Diagnostics;
 use super::parse::{RawCert, RawFile, RawOptions};
 use super::{
-    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_RENEW_BEFORE, Pos,
+    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_HOOK_TIMEOUT, MAX_RENEW_BEFORE, Pos,
     SecretString, SolverTable, format_duration, parse_duration,
 };
 use crate::dns::PropagationCheck;
@@ -90,6 +90,37 @@ impl Checker<'_, '_> {
     }
 
     /// A `renew_before`: a duration shorter than [`MAX_RENEW_BEFORE`].
+    /// A hook's timeout: a duration, not zero, at most a day.
+    fn hook_timeout(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d.is_zero() || d > MAX_HOOK_TIMEOUT {
+            self.err(
+                v.span(),
+                key,
+                format!("'{}' is not between 1s and 24h", v.get_ref()),
+                "give each hook some time, e.g. \"120s\"",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A hook's command: not empty.
+    fn hook(&mut self, v: &Option<Spanned<String>>, key: &str) -> Option<String> {
+        let h = v.as_ref()?;
+        if h.get_ref().trim().is_empty() {
+            let field = key.rsplit('.').next().unwrap_or(key);
+            self.err(
+                h.span(),
+                key,
+                "the command is empty".to_owned(),
+                &format!("remove {field} or give a shell command"),
+            );
+            return None;
+        }
+        Some(h.get_ref().clone())
+    }
+
     fn renew_before(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
         let d = self.duration(v, key)?;
         if d >= MAX_RENEW_BEFORE {
@@ -237,17 +268,24 @@ impl Checker<'_, '_> {
         if let Some(r) = &d.renew_before {
             defaults.renew_before = self.renew_before(r, "defaults.renew_before");
         }
-        if let Some(t) = &d.deploy_hook_timeout {
-            defaults.deploy_hook_timeout = self.duration(t, "defaults.deploy_hook_timeout");
-            if defaults.deploy_hook_timeout == Some(Duration::ZERO) {
-                self.err(
-                    t.span(),
-                    "defaults.deploy_hook_timeout",
-                    "the timeout is zero".to_owned(),
-                    "give the hook some time, e.g. \"120s\"",
-                );
+        match (&d.hook_timeout, &d.deploy_hook_timeout) {
+            (Some(_), Some(old)) => self.err(
+                old.span(),
+                "defaults.deploy_hook_timeout",
+                "both hook_timeout and deploy_hook_timeout are set".to_owned(),
+                "keep hook_timeout (deploy_hook_timeout is its older name) and remove deploy_hook_timeout",
+            ),
+            (Some(t), None) => {
+                defaults.deploy_hook_timeout = self.hook_timeout(t, "defaults.hook_timeout");
             }
+            (None, Some(t)) => {
+                defaults.deploy_hook_timeout =
+                    self.hook_timeout(t, "defaults.deploy_hook_timeout");
+            }
+            (None, None) => {}
         }
+        defaults.pre_hook = self.hook(&d.pre_hook, "defaults.pre_hook");
+        defaults.post_hook = self.hook(&d.post_hook, "defaults.post_hook");
         if let Some(t) = &d.propagation_timeout {
             defaults.propagation_timeout = self.duration(t, "defaults.propagation_timeout");
         }
@@ -415,6 +453,12 @@ impl Checker<'_, '_> {
             Some(c) => self.propagation_check(c, &key("propagation_check")),
             None => None,
         };
+        let pre_hook = self.hook(&raw.pre_hook, &key("pre_hook"));
+        let post_hook = self.hook(&raw.post_hook, &key("post_hook"));
+        let hook_timeout = match &raw.hook_timeout {
+            Some(t) => self.hook_timeout(t, &key("hook_timeout")),
+            None => None,
+        };
         let deploy_hook = match &raw.deploy_hook {
             Some(h) if h.get_ref().trim().is_empty() => {
                 self.err(
@@ -446,6 +490,9 @@ impl Checker<'_, '_> {
             solver_options,
             key_type: key_type.unwrap_or_default(),
             deploy_hook,
+            pre_hook,
+            post_hook,
+            hook_timeout,
             renew_before,
             propagation_check,
             pos,

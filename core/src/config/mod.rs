@@ -19,8 +19,11 @@
 //! concurrency = 4
 //! renew_before = "30d"            # default: when 1/3 of the lifetime is left
 //! solver = "cloudflare"           # for certificates that name none
-//! deploy_hook = "systemctl reload nginx"
-//! deploy_hook_timeout = "120s"
+//! deploy_hook = "systemctl reload nginx"   # after each certificate is stored
+//! pre_hook = "systemctl stop nginx"         # before a certificate's challenges
+//! post_hook = "systemctl start nginx"       # after them, always
+//! hook_timeout = "120s"           # each hook, then killed with its process group
+//!                                 # (deploy_hook_timeout: its older name)
 //! dns_resolvers = ["192.0.2.53"]
 //! propagation_servers = ["127.0.0.1:8053"]
 //! propagation_timeout = "300s"
@@ -36,7 +39,8 @@
 //! solver = "cloudflare"
 //! solver_options = { ttl = 120 }  # overrides [solvers.cloudflare] for this one
 //! key_type = "ec-p384"
-//! deploy_hook = "..."
+//! deploy_hook = "..."            # pre_hook, post_hook, hook_timeout too:
+//!                                 # each overrides [defaults] for this one
 //! renew_before = "20d"            # less than MAX_RENEW_BEFORE
 //! propagation_check = "wait:30"   # overrides [defaults] for this one
 //! ```
@@ -100,8 +104,11 @@ pub const MAX_CONCURRENCY: usize = 1024;
 /// ([`crate::renewal::expiry_time`] falls back to 1/3 of the lifetime).
 pub const MAX_RENEW_BEFORE: Duration = Duration::from_secs(100 * 86_400);
 
-/// The default time a deploy hook may run.
+/// The default time a hook (pre, post, deploy) may run.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The longest time a hook may be given.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,8 +148,13 @@ pub struct Defaults {
     pub solver: Option<Located<String>>,
     /// Command run after a certificate changes.
     pub deploy_hook: Option<String>,
-    /// How long a deploy hook may run.
+    /// How long each hook may run (`hook_timeout`, or its older name
+    /// `deploy_hook_timeout`).
     pub deploy_hook_timeout: Option<Duration>,
+    /// Command run before a certificate's challenges.
+    pub pre_hook: Option<String>,
+    /// Command run after a certificate's challenges, whatever happened.
+    pub post_hook: Option<String>,
     /// Resolvers for dns-01 discovery (SOA/NS/CNAME).
     pub dns_resolvers: Vec<SocketAddr>,
     /// Servers asked whether a dns-01 record has propagated, instead of the
@@ -211,6 +223,12 @@ pub struct CertificateConfig {
     pub key_type: KeyType,
     /// Command run after this certificate changes.
     pub deploy_hook: Option<String>,
+    /// Command run before this certificate's challenges.
+    pub pre_hook: Option<String>,
+    /// Command run after them, whatever happened.
+    pub post_hook: Option<String>,
+    /// How long each of its hooks may run.
+    pub hook_timeout: Option<Duration>,
     /// Renew when less than this is left.
     pub renew_before: Option<Duration>,
     /// How this certificate's dns-01 propagation is checked, if it says.
@@ -347,5 +365,24 @@ impl Config {
         cert.deploy_hook
             .clone()
             .or_else(|| self.defaults.deploy_hook.clone())
+    }
+
+    /// The pre-hook that applies to `cert`.
+    pub fn pre_hook(&self, cert: &CertificateConfig) -> Option<String> {
+        cert.pre_hook
+            .clone()
+            .or_else(|| self.defaults.pre_hook.clone())
+    }
+
+    /// The post-hook that applies to `cert`.
+    pub fn post_hook(&self, cert: &CertificateConfig) -> Option<String> {
+        cert.post_hook
+            .clone()
+            .or_else(|| self.defaults.post_hook.clone())
+    }
+
+    /// The hook timeout that applies to `cert`.
+    pub fn hook_timeout(&self, cert: &CertificateConfig) -> Option<Duration> {
+        cert.hook_timeout.or(self.defaults.deploy_hook_timeout)
     }
 }

@@ -47,11 +47,12 @@ use tokio::sync::watch;
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::dns::{DnsOptions, PropagationCheck};
 use crate::error::IssueError;
+use crate::hooks::{self, HookContext, HookError, HookKind, OrderHooks};
 use crate::identifiers::{self, Identifier};
 use crate::journal::Journal;
 use crate::keys::KeyType;
 use crate::plugin::SolverInstance;
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressEvent};
 use crate::store::{self, Store};
 
 /// The default bound on concurrent orders.
@@ -75,6 +76,9 @@ pub struct CertRequest {
     /// configuration); `None`: the engine's. The engine's
     /// [`DnsOptions::propagation_check`], when set, wins.
     pub propagation_check: Option<PropagationCheck>,
+    /// The pre-hook run before the order, the post-hook after its
+    /// challenges are cleaned up (docs/design.md §4.5).
+    pub hooks: OrderHooks,
 }
 
 impl CertRequest {
@@ -246,4 +250,79 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
     let manifest = req.solver.manifest();
     identifiers::check_solver(&req.domains, manifest)?;
     Ok(())
+}
+
+/// Runs the hook `command` for `ctx` (killed with its process group after
+/// `timeout`), reporting its start, every line it prints and its end as
+/// progress.
+pub(crate) async fn run_hook_reported(
+    progress: &Progress,
+    command: &str,
+    ctx: &HookContext,
+    timeout: Duration,
+) -> Result<(), HookError> {
+    let (name, hook) = (ctx.cert_name.clone(), ctx.kind);
+    progress.emit(ProgressEvent::HookStarted {
+        name: name.clone(),
+        hook,
+    });
+    match hooks::run_hook(command, ctx, timeout).await {
+        Ok(out) => {
+            for line in out.output.lines() {
+                progress.emit(ProgressEvent::HookOutput {
+                    name: name.clone(),
+                    hook,
+                    line: line.to_owned(),
+                });
+            }
+            progress.emit(ProgressEvent::HookFinished {
+                name,
+                hook,
+                elapsed: out.elapsed,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            progress.emit(ProgressEvent::HookFailed {
+                name,
+                hook,
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+impl Engine {
+    /// Runs `req`'s pre-hook, if any; on failure, runs its post-hook too
+    /// (a post-hook always follows) and returns the failure.
+    async fn pre_hook(&self, req: &CertRequest, domains: &[String]) -> Result<(), IssueError> {
+        let Some(cmd) = &req.hooks.pre else {
+            return Ok(());
+        };
+        let ctx = HookContext::around(HookKind::Pre, &req.name, domains, false);
+        let progress = &self.inner.progress;
+        match run_hook_reported(progress, cmd, &ctx, req.hooks.timeout).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.post_hook(req, domains, false).await;
+                Err(IssueError::PreHook(e))
+            }
+        }
+    }
+
+    /// Runs `req`'s post-hook, if any, telling it whether the challenges
+    /// were validated; its failure is kept in `req.hooks` for the caller.
+    async fn post_hook(&self, req: &CertRequest, domains: &[String], validated: bool) {
+        let Some(cmd) = &req.hooks.post else {
+            return;
+        };
+        let ctx = HookContext::around(HookKind::Post, &req.name, domains, validated);
+        if let Err(e) =
+            run_hook_reported(&self.inner.progress, cmd, &ctx, req.hooks.timeout).await
+        {
+            log::warn!("{e}");
+            req.hooks.record_post_failure(e);
+        }
+    }
 }

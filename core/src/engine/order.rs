@@ -83,6 +83,18 @@ impl Engine {
         requests: Vec<CertRequest>,
         concurrency: usize,
     ) -> Vec<Result<IssuedCert, IssueError>> {
+        self.issue_all_notify(requests, concurrency, None).await
+    }
+
+    /// [`Engine::issue_all`], also sending each certificate (with its index
+    /// in `requests`) to `saved` as soon as it is stored, while the other
+    /// orders go on: the agent runs its deploy hook then.
+    pub async fn issue_all_notify(
+        &self,
+        requests: Vec<CertRequest>,
+        concurrency: usize,
+        saved: Option<tokio::sync::mpsc::UnboundedSender<(usize, IssuedCert)>>,
+    ) -> Vec<Result<IssuedCert, IssueError>> {
         let n = requests.len();
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut set = JoinSet::new();
@@ -90,6 +102,7 @@ impl Engine {
         for (i, req) in requests.into_iter().enumerate() {
             let engine = self.clone();
             let permits = permits.clone();
+            let saved = saved.clone();
             let handle = set.spawn(async move {
                 let name = req.name.clone();
                 let cancel = engine.inner.options.cancel.clone();
@@ -102,6 +115,10 @@ impl Engine {
                     Some(_permit) => engine.issue(req).await,
                     None => Err(IssueError::Cancelled),
                 };
+                if let (Some(tx), Ok(cert)) = (&saved, &result) {
+                    // The receiver gone means nobody waits for it.
+                    let _ = tx.send((i, cert.clone()));
+                }
                 if let Err(e) = &result {
                     engine.inner.progress.emit(ProgressEvent::Failed {
                         name,
@@ -112,6 +129,8 @@ impl Engine {
             });
             index_of.insert(handle.id(), i);
         }
+        // The tasks hold the only senders now: the receiver ends with them.
+        drop(saved);
         let mut results: Vec<Option<Result<IssuedCert, IssueError>>> =
             (0..n).map(|_| None).collect();
         while let Some(joined) = set.join_next_with_id().await {
@@ -156,6 +175,10 @@ impl Engine {
             tokio::task::spawn_blocking(move || keys::key_and_csr(key_type, &domains))
         };
 
+        // The pre-hook (e.g. stopping a web server that holds port 80)
+        // before anything is presented; its post-hook after the cleanup,
+        // whatever happened (docs/design.md §4.5).
+        self.pre_hook(&req, &domains).await?;
         let cleanup = CleanupList::new(
             req.solver.clone(),
             req.name.clone(),
@@ -171,6 +194,7 @@ impl Engine {
             Ok(order) => order,
             Err(e) => {
                 cleanup.run().await;
+                self.post_hook(&req, &domains, false).await;
                 return Err(e);
             }
         };
@@ -204,7 +228,11 @@ impl Engine {
                 r = finalize => r,
             }
         };
-        let (finalized, ()) = tokio::join!(finalize, cleanup.run());
+        let after_challenges = async {
+            cleanup.run().await;
+            self.post_hook(&req, &domains, true).await;
+        };
+        let (finalized, ()) = tokio::join!(finalize, after_challenges);
         let (key, chain, order_url) = finalized?;
         self.store_issued(&req, domains, key_type, key.private_key, &chain, &order_url)
             .await

@@ -223,6 +223,15 @@ pub struct Lineage {
     /// The command run after the certificate changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_hook: Option<String>,
+    /// The command run before the certificate's challenges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<String>,
+    /// The command run after its challenges, whatever happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hook: Option<String>,
+    /// How long each hook may run (e.g. `120s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout: Option<String>,
     /// Renew when less than this is left (e.g. `30d`); default 1/3 of the
     /// lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
