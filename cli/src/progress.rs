@@ -141,7 +141,12 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
     Some(match event {
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
-        ProgressEvent::CleanupFailed { .. } | ProgressEvent::LeftoverKept { .. } => {
+        ProgressEvent::CleanupFailed { .. }
+        | ProgressEvent::LeftoverKept { .. }
+        | ProgressEvent::HookFailed {
+            hook: certsmith_core::hooks::HookKind::Post,
+            ..
+        } => {
             format!("warning: {event}")
         }
         _ => event.to_string(),

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod catalogue_b;
+mod cli12;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;

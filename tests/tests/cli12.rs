@@ -1,0 +1,323 @@
+//! Issue 12, items 8 and 9, through the built binary against a real
+//! Pebble: pre-, post- and deploy hooks (their order around the
+//! challenges, a deploy hook per certificate as soon as it is stored while
+//! the batch goes on, a failing or hanging pre-hook), and `--dry-run`
+//! (`issue`, `run`, `renew` against a `--dry-run-server`, the state
+//! directory unchanged byte for byte, a report naming each certificate).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin};
+use serde_json::Value;
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", self.describe()))
+            })
+            .collect()
+    }
+
+    /// The object about certificate `name`.
+    fn about(&self, name: &str) -> Value {
+        self.json()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no object for {name}: {}", self.describe()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// The index of the first stderr line containing every one of `parts`.
+    fn line_of(&self, parts: &[&str]) -> usize {
+        self.stderr
+            .lines()
+            .position(|l| parts.iter().all(|p| l.contains(p)))
+            .unwrap_or_else(|| panic!("no stderr line with {parts:?}: {}", self.describe()))
+    }
+}
+
+fn certsmith(args: &[&str]) -> Run {
+    let out = Command::new(certsmith_bin())
+        .args(args)
+        .env_remove("CERTSMITH_STATE_DIR")
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env_remove("CERTSMITH_CONFIG")
+        .env_remove("CERTSMITH_OUTPUT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run certsmith");
+    Run::from(out)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+fn orders_in_log(pebble: &Pebble) -> usize {
+    fs::read_to_string(pebble.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Added order"))
+        .count()
+}
+
+/// `[defaults]` for Pebble with its challtestsrv as the solver, then `extra`.
+fn config(pebble: &Pebble, state: &Path, dir: &Path, extra: &str) -> PathBuf {
+    let cts = pebble.challtestsrv().expect("Pebble's challtestsrv");
+    let text = format!(
+        r#"[defaults]
+server = "{server}"
+ca_cert = "{ca}"
+email = "ops@example.com"
+agree_tos = true
+state_dir = "{state}"
+solver = "challtestsrv"
+dns_resolvers = ["{dns}"]
+propagation_servers = ["{dns}"]
+propagation_timeout = "30s"
+
+[solvers.challtestsrv]
+url = "{mgmt}"
+{extra}
+"#,
+        server = pebble.directory_url(),
+        ca = p(pebble.ca_cert_path()),
+        state = p(state),
+        dns = cts.dns_addr(),
+        mgmt = cts.mgmt_url(),
+    );
+    let path = dir.join("certsmith.toml");
+    fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Every file under `dir` (symlinks as their targets), with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let rel = path.strip_prefix(root).expect("under root").to_owned();
+            let meta = fs::symlink_metadata(&path).expect("metadata");
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).expect("link");
+                out.insert(rel, target.into_os_string().into_encoded_bytes());
+            } else if meta.is_dir() {
+                out.insert(rel.join(""), Vec::new());
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, fs::read(&path).expect("read"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Item 8: the pre-hook runs before the challenge is presented, the
+/// post-hook after it is removed, the deploy hook right after the
+/// certificate is saved, each with its variables; a hook timing out is
+/// killed with a clear error (exit 9) and nothing is ordered.
+#[test]
+fn hooks_run_around_the_challenges_and_after_the_save() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let state = TempState::new().expect("state");
+    let dir = state.root().to_owned();
+    let log = dir.join("hooks.log");
+    let config = config(&pebble, state.path(), &dir, "");
+    let record = |what: &str| {
+        format!(
+            "echo \"{what} $CERTSMITH_HOOK $CERTSMITH_CERT_NAME [$CERTSMITH_DOMAINS] result=$CERTSMITH_RESULT version=$CERTSMITH_VERSION full=$CERTSMITH_FULLCHAIN\" >> {}",
+            p(&log)
+        )
+    };
+    let (pre, post, deploy) = (record("PRE"), record("POST"), record("DEPLOY"));
+    let r = certsmith(&[
+        "issue",
+        "--solver",
+        "challtestsrv",
+        "--config",
+        p(&config),
+        "-d",
+        "hooks.test",
+        "--pre-hook",
+        &pre,
+        "--post-hook",
+        &post,
+        "--deploy-hook",
+        &deploy,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.about("hooks.test");
+    assert_eq!(v["deploy_hook"]["status"], "ok", "{v}");
+    assert_eq!(v["post_hook"]["status"], "ok", "{v}");
+    // The order on stderr: pre-hook, challenge presented, removed,
+    // post-hook; saved, deploy hook.
+    let pre_at = r.line_of(&["hooks.test", "running the pre-hook"]);
+    let presented = r.line_of(&["hooks.test", "response in place"]);
+    let removed = r.line_of(&["hooks.test", "response removed"]);
+    let post_at = r.line_of(&["hooks.test", "running the post-hook"]);
+    let saved = r.line_of(&["hooks.test", "saved version 1"]);
+    let deploy_at = r.line_of(&["hooks.test", "running the deploy hook"]);
+    assert!(pre_at < presented && presented < removed && removed < post_at, "{}", r.describe());
+    assert!(saved < deploy_at, "{}", r.describe());
+    let lines: Vec<String> = fs::read_to_string(&log)
+        .expect("hook log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let full = state.path().join("certs/hooks.test/current/fullchain.pem");
+    assert_eq!(
+        lines,
+        [
+            "PRE pre hooks.test [hooks.test] result= version= full=".to_owned(),
+            "POST post hooks.test [hooks.test] result=ok version= full=".to_owned(),
+            format!("DEPLOY deploy hooks.test [hooks.test] result= version=1 full={}", full.display()),
+        ],
+        "{}",
+        r.describe()
+    );
+
+    // The hooks are recorded: `renew` runs them again.
+    fs::remove_file(&log).expect("rm log");
+    let r = certsmith(&[
+        "renew", "--config", p(&config), "--cert-name", "hooks.test", "--force", "--output", "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let kinds: Vec<String> = fs::read_to_string(&log)
+        .expect("hook log")
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(kinds, ["PRE", "POST", "DEPLOY"], "{}", r.describe());
+
+    // A pre-hook that hangs is killed with its process group after
+    // --hook-timeout: nothing is ordered, the post-hook still runs, exit 9.
+    fs::remove_file(&log).expect("rm log");
+    let survivor = dir.join("survived");
+    let hang = format!("(sleep 4; touch {}) & sleep 60", p(&survivor));
+    let orders = orders_in_log(&pebble);
+    let r = certsmith(&[
+        "issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "slow.test", "--pre-hook", &hang,
+        "--post-hook", &post, "--hook-timeout", "1", "--output", "json",
+    ]);
+    assert_eq!(r.code, Some(9), "{}", r.describe());
+    let v = r.about("slow.test");
+    assert_eq!(v["error"]["class"], "hook", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("pre-hook") && msg.contains("within 1s"), "{v}");
+    assert!(v["error"]["hint"].as_str().is_some_and(|h| h.contains("--hook-timeout")), "{v}");
+    assert_eq!(orders_in_log(&pebble), orders, "no order after a failed pre-hook");
+    let text = fs::read_to_string(&log).expect("post-hook ran");
+    assert!(text.contains("POST post slow.test [slow.test] result=failed"), "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    assert!(!survivor.exists(), "the pre-hook's process group was killed");
+
+    // Bad flag values name the flag.
+    let r = certsmith(&["issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "x.test", "--hook-timeout", "0"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("--hook-timeout"), "{}", r.describe());
+    let r = certsmith(&["issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "x.test", "--pre-hook", " "]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("--pre-hook"), "{}", r.describe());
+}
+
+/// Item 8: in a batch, each certificate's deploy hook runs as soon as it
+/// is stored while the other orders go on (the second certificate's
+/// pre-hook waits for the first's deploy hook: with deploy hooks after the
+/// whole batch it would time out), and a failing pre-hook stops only its
+/// certificate (its post-hook runs; exit 8, the others stored).
+#[test]
+fn deploy_hooks_run_per_certificate_while_the_batch_goes_on() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let state = TempState::new().expect("state");
+    let dir = state.root().to_owned();
+    let log = dir.join("hooks.log");
+    let marker = dir.join("first-deployed");
+    let extra = format!(
+        r#"
+[[certificate]]
+domains = ["first.test"]
+deploy_hook = "echo deploy $CERTSMITH_CERT_NAME >> {log}; touch {marker}"
+
+[[certificate]]
+domains = ["second.test"]
+pre_hook = "for i in $(seq 1 200); do [ -e {marker} ] && exit 0; sleep 0.1; done; exit 1"
+deploy_hook = "echo deploy $CERTSMITH_CERT_NAME >> {log}"
+
+[[certificate]]
+domains = ["broken.test"]
+pre_hook = "echo 'port 80 still busy' >&2; exit 3"
+post_hook = "echo post $CERTSMITH_CERT_NAME $CERTSMITH_RESULT >> {log}"
+"#,
+        log = p(&log),
+        marker = p(&marker),
+    );
+    let config = config(&pebble, state.path(), &dir, &extra);
+    let r = certsmith(&["run", "--config", p(&config), "--output", "json"]);
+    assert_eq!(r.code, Some(8), "{}", r.describe());
+    assert_eq!(r.about("first.test")["action"], "issued", "{}", r.describe());
+    assert_eq!(r.about("first.test")["deploy_hook"]["status"], "ok");
+    assert_eq!(r.about("second.test")["action"], "issued", "{}", r.describe());
+    let broken = r.about("broken.test");
+    assert_eq!(broken["action"], "failed", "{broken}");
+    assert_eq!(broken["error"]["class"], "hook", "{broken}");
+    assert_eq!(broken["error"]["exit_code"], 9, "{broken}");
+    assert!(
+        broken["error"]["message"].as_str().is_some_and(|m| m.contains("port 80 still busy")),
+        "{broken}"
+    );
+    assert_eq!(broken["post_hook"]["status"], "ok", "{broken}");
+    let mut lines: Vec<String> = fs::read_to_string(&log)
+        .expect("hook log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // first's deploy necessarily came before second's (second waited for it).
+    assert_eq!(lines.iter().filter(|l| l.starts_with("deploy")).cloned().collect::<Vec<_>>(), ["deploy first.test", "deploy second.test"]);
+    lines.retain(|l| l.starts_with("post"));
+    assert_eq!(lines, ["post broken.test failed"]);
+    // The config is checked: an empty hook and a zero timeout are named.
+    let bad = dir.join("bad.toml");
+    fs::write(
+        &bad,
+        "[defaults]\nsolver = \"x\"\nhook_timeout = \"0s\"\n[[certificate]]\ndomains = [\"a.test\"]\npre_hook = \"\"\n",
+    )
+    .expect("write");
+    let r = certsmith(&["config", "check", "--config", p(&bad), "--output", "json"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stdout.contains("defaults.hook_timeout"), "{}", r.describe());
+    assert!(r.stdout.contains("certificate[1].pre_hook"), "{}", r.describe());
+}
