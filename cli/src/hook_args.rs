@@ -38,7 +38,9 @@ pub(crate) struct HookArgs {
 fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |s: &str| {
         if s.trim().is_empty() {
-            Err(format!("{flag} is empty: give a shell command, or leave the flag out"))
+            Err(format!(
+                "{flag} is empty: give a shell command, or leave the flag out"
+            ))
         } else {
             Ok(s.to_owned())
         }

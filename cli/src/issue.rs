@@ -156,6 +156,8 @@ pub(crate) struct IssueArgs {
     #[command(flatten)]
     hooks: crate::hook_args::HookArgs,
     #[command(flatten)]
+    dry_run: crate::dry_run::DryRunArgs,
+    #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
 }
 
@@ -173,6 +175,9 @@ struct Prepared {
     ca_cert: Option<PathBuf>,
     /// The hooks: the flags, else the config's `[defaults]`.
     hooks: crate::hook_args::HookArgs,
+    /// A dry run's client (the staging CA), and the empty store it plans
+    /// against when the state directory does not exist.
+    dry_run: Option<(AcmeClient, Option<crate::dry_run::Scratch>)>,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -202,7 +207,13 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
 
     // 3. The state directory, writable: --state-dir, else the config's
     // state_dir, else the default.
-    let store = setup::open_store(global, config.as_ref())?;
+    // A dry run reads it and writes nothing to it.
+    let (store, scratch) = if args.dry_run.dry_run {
+        let (store, scratch) = crate::dry_run::planning_store(global, config.as_ref())?;
+        (store, Some(scratch))
+    } else {
+        (setup::open_store(global, config.as_ref())?, None)
+    };
     let defaults = config.as_ref().map(|c| &c.defaults);
 
     // 4. The solver: found, loaded, configured (by the agent, with the
@@ -210,6 +221,7 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let host = setup::plugin_host(global, config.as_ref());
     let mut options = setup::agent_options(store, host, config.as_ref(), &args.dns);
     options.concurrency = args.concurrency as usize;
+    options.dry_run = args.dry_run.dry_run;
     let max_names = options.max_names;
     let cli_opts: Vec<(String, String)> = args
         .solver_opts
@@ -256,6 +268,10 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         .clone()
         .or_else(|| defaults.and_then(|d| d.ca_cert.clone()));
     let client = AcmeClient::new(&server, ca_cert.as_deref())?;
+    let dry_run = match scratch {
+        Some(scratch) => Some((args.dry_run.client(&client, ca_cert.as_deref())?, scratch)),
+        None => None,
+    };
     Ok(Prepared {
         wanted,
         solver: (args.solver.clone(), table),
@@ -267,11 +283,27 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         session,
         ca_cert,
         hooks: crate::hook_args::HookArgs {
-            pre_hook: args.hooks.pre_hook.clone().or_else(|| defaults.and_then(|d| d.pre_hook.clone())),
-            post_hook: args.hooks.post_hook.clone().or_else(|| defaults.and_then(|d| d.post_hook.clone())),
-            deploy_hook: args.hooks.deploy_hook.clone().or_else(|| defaults.and_then(|d| d.deploy_hook.clone())),
-            hook_timeout: args.hooks.hook_timeout.or_else(|| defaults.and_then(|d| d.deploy_hook_timeout)),
+            pre_hook: args
+                .hooks
+                .pre_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.pre_hook.clone())),
+            post_hook: args
+                .hooks
+                .post_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.post_hook.clone())),
+            deploy_hook: args
+                .hooks
+                .deploy_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.deploy_hook.clone())),
+            hook_timeout: args
+                .hooks
+                .hook_timeout
+                .or_else(|| defaults.and_then(|d| d.deploy_hook_timeout)),
         },
+        dry_run,
     })
 }
 
@@ -290,6 +322,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         session,
         ca_cert,
         hooks,
+        dry_run,
     } = prepared;
     let name = wanted.name.clone();
     // What `renew` needs besides the request: recorded in the lineage
@@ -322,8 +355,28 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     };
     let job = session
         .agent
-        .plan_request(wanted.clone(), settings, &client, mode, make)
+        .plan_request(wanted.clone(), settings.clone(), &client, mode, &make)
         .await;
+    if let Some((staging, _planned_on)) = dry_run {
+        // What a real run would do is `job`; the test order goes to the
+        // staging CA, into a store thrown away afterwards.
+        let scratch = match crate::dry_run::Scratch::new() {
+            Ok(s) => s,
+            Err(f) => {
+                session.finish().await;
+                return f.report(global, Some(&name));
+            }
+        };
+        let trial = session.agent.trial(scratch.store.clone());
+        let mut tests = [trial
+            .plan_request(wanted.clone(), settings, &staging, mode, &make)
+            .await];
+        let interrupted = trial.execute(&staging, &account, &mut tests).await;
+        drop(trial);
+        session.finish().await;
+        let server = staging.directory_url().to_owned();
+        return crate::dry_run::report(global, &server, &[job], &tests, interrupted, false);
+    }
     let mut jobs = [job];
     let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
     session.finish().await;

@@ -7,6 +7,7 @@
 mod account;
 mod config_cmd;
 mod dns_args;
+mod dry_run;
 mod envvars;
 mod exit;
 mod failure;

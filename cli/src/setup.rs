@@ -181,7 +181,7 @@ pub(crate) fn require_config(global: &GlobalArgs, command: &str) -> Result<(Path
 
 /// The state directory: `--state-dir`/`CERTSMITH_STATE_DIR`, then the
 /// config file's `state_dir`, then the default.
-fn state_root(global: &GlobalArgs, config: Option<&Config>) -> Result<PathBuf, Failure> {
+pub(crate) fn state_root(global: &GlobalArgs, config: Option<&Config>) -> Result<PathBuf, Failure> {
     Ok(
         match (
             &global.state_dir,

@@ -445,8 +445,14 @@ mod tests {
         let deploy = names(&ctx(dir));
         let pre = names(&HookContext::around(HookKind::Pre, "a", &[], false));
         let post = HookContext::around(HookKind::Post, "a", &[], false);
-        assert_eq!(pre, ["CERTSMITH_HOOK", "CERTSMITH_CERT_NAME", "CERTSMITH_DOMAINS"]);
-        assert!(post.env().contains(&("CERTSMITH_RESULT", "failed".to_owned())));
+        assert_eq!(
+            pre,
+            ["CERTSMITH_HOOK", "CERTSMITH_CERT_NAME", "CERTSMITH_DOMAINS"]
+        );
+        assert!(
+            post.env()
+                .contains(&("CERTSMITH_RESULT", "failed".to_owned()))
+        );
         assert!(deploy.contains(&"CERTSMITH_VERSION") && !deploy.contains(&"CERTSMITH_RESULT"));
         let mut all: Vec<&str> = deploy.into_iter().chain(names(&post)).collect();
         all.sort_unstable();

@@ -419,11 +419,7 @@ impl fmt::Display for ProgressEvent {
                 name,
                 hook,
                 elapsed,
-            } => write!(
-                f,
-                "{name}: {hook} done in {:.1}s",
-                elapsed.as_secs_f64()
-            ),
+            } => write!(f, "{name}: {hook} done in {:.1}s", elapsed.as_secs_f64()),
             ProgressEvent::Failed { name, error } => write!(f, "{name}: {error}"),
         }
     }

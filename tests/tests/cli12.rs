@@ -191,7 +191,11 @@ fn hooks_run_around_the_challenges_and_after_the_save() {
     let post_at = r.line_of(&["hooks.test", "running the post-hook"]);
     let saved = r.line_of(&["hooks.test", "saved version 1"]);
     let deploy_at = r.line_of(&["hooks.test", "running the deploy hook"]);
-    assert!(pre_at < presented && presented < removed && removed < post_at, "{}", r.describe());
+    assert!(
+        pre_at < presented && presented < removed && removed < post_at,
+        "{}",
+        r.describe()
+    );
     assert!(saved < deploy_at, "{}", r.describe());
     let lines: Vec<String> = fs::read_to_string(&log)
         .expect("hook log")
@@ -204,7 +208,10 @@ fn hooks_run_around_the_challenges_and_after_the_save() {
         [
             "PRE pre hooks.test [hooks.test] result= version= full=".to_owned(),
             "POST post hooks.test [hooks.test] result=ok version= full=".to_owned(),
-            format!("DEPLOY deploy hooks.test [hooks.test] result= version=1 full={}", full.display()),
+            format!(
+                "DEPLOY deploy hooks.test [hooks.test] result= version=1 full={}",
+                full.display()
+            ),
         ],
         "{}",
         r.describe()
@@ -213,7 +220,14 @@ fn hooks_run_around_the_challenges_and_after_the_save() {
     // The hooks are recorded: `renew` runs them again.
     fs::remove_file(&log).expect("rm log");
     let r = certsmith(&[
-        "renew", "--config", p(&config), "--cert-name", "hooks.test", "--force", "--output", "json",
+        "renew",
+        "--config",
+        p(&config),
+        "--cert-name",
+        "hooks.test",
+        "--force",
+        "--output",
+        "json",
     ]);
     assert_eq!(r.code, Some(0), "{}", r.describe());
     let kinds: Vec<String> = fs::read_to_string(&log)
@@ -230,26 +244,74 @@ fn hooks_run_around_the_challenges_and_after_the_save() {
     let hang = format!("(sleep 4; touch {}) & sleep 60", p(&survivor));
     let orders = orders_in_log(&pebble);
     let r = certsmith(&[
-        "issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "slow.test", "--pre-hook", &hang,
-        "--post-hook", &post, "--hook-timeout", "1", "--output", "json",
+        "issue",
+        "--solver",
+        "challtestsrv",
+        "--config",
+        p(&config),
+        "-d",
+        "slow.test",
+        "--pre-hook",
+        &hang,
+        "--post-hook",
+        &post,
+        "--hook-timeout",
+        "1",
+        "--output",
+        "json",
     ]);
     assert_eq!(r.code, Some(9), "{}", r.describe());
     let v = r.about("slow.test");
     assert_eq!(v["error"]["class"], "hook", "{v}");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("pre-hook") && msg.contains("within 1s"), "{v}");
-    assert!(v["error"]["hint"].as_str().is_some_and(|h| h.contains("--hook-timeout")), "{v}");
-    assert_eq!(orders_in_log(&pebble), orders, "no order after a failed pre-hook");
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("--hook-timeout")),
+        "{v}"
+    );
+    assert_eq!(
+        orders_in_log(&pebble),
+        orders,
+        "no order after a failed pre-hook"
+    );
     let text = fs::read_to_string(&log).expect("post-hook ran");
-    assert!(text.contains("POST post slow.test [slow.test] result=failed"), "{text}");
+    assert!(
+        text.contains("POST post slow.test [slow.test] result=failed"),
+        "{text}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(4500));
-    assert!(!survivor.exists(), "the pre-hook's process group was killed");
+    assert!(
+        !survivor.exists(),
+        "the pre-hook's process group was killed"
+    );
 
     // Bad flag values name the flag.
-    let r = certsmith(&["issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "x.test", "--hook-timeout", "0"]);
+    let r = certsmith(&[
+        "issue",
+        "--solver",
+        "challtestsrv",
+        "--config",
+        p(&config),
+        "-d",
+        "x.test",
+        "--hook-timeout",
+        "0",
+    ]);
     assert_eq!(r.code, Some(2), "{}", r.describe());
     assert!(r.stderr.contains("--hook-timeout"), "{}", r.describe());
-    let r = certsmith(&["issue", "--solver", "challtestsrv", "--config", p(&config), "-d", "x.test", "--pre-hook", " "]);
+    let r = certsmith(&[
+        "issue",
+        "--solver",
+        "challtestsrv",
+        "--config",
+        p(&config),
+        "-d",
+        "x.test",
+        "--pre-hook",
+        " ",
+    ]);
     assert_eq!(r.code, Some(2), "{}", r.describe());
     assert!(r.stderr.contains("--pre-hook"), "{}", r.describe());
 }
@@ -288,15 +350,27 @@ post_hook = "echo post $CERTSMITH_CERT_NAME $CERTSMITH_RESULT >> {log}"
     let config = config(&pebble, state.path(), &dir, &extra);
     let r = certsmith(&["run", "--config", p(&config), "--output", "json"]);
     assert_eq!(r.code, Some(8), "{}", r.describe());
-    assert_eq!(r.about("first.test")["action"], "issued", "{}", r.describe());
+    assert_eq!(
+        r.about("first.test")["action"],
+        "issued",
+        "{}",
+        r.describe()
+    );
     assert_eq!(r.about("first.test")["deploy_hook"]["status"], "ok");
-    assert_eq!(r.about("second.test")["action"], "issued", "{}", r.describe());
+    assert_eq!(
+        r.about("second.test")["action"],
+        "issued",
+        "{}",
+        r.describe()
+    );
     let broken = r.about("broken.test");
     assert_eq!(broken["action"], "failed", "{broken}");
     assert_eq!(broken["error"]["class"], "hook", "{broken}");
     assert_eq!(broken["error"]["exit_code"], 9, "{broken}");
     assert!(
-        broken["error"]["message"].as_str().is_some_and(|m| m.contains("port 80 still busy")),
+        broken["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("port 80 still busy")),
         "{broken}"
     );
     assert_eq!(broken["post_hook"]["status"], "ok", "{broken}");
@@ -306,7 +380,14 @@ post_hook = "echo post $CERTSMITH_CERT_NAME $CERTSMITH_RESULT >> {log}"
         .map(str::to_owned)
         .collect();
     // first's deploy necessarily came before second's (second waited for it).
-    assert_eq!(lines.iter().filter(|l| l.starts_with("deploy")).cloned().collect::<Vec<_>>(), ["deploy first.test", "deploy second.test"]);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("deploy"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        ["deploy first.test", "deploy second.test"]
+    );
     lines.retain(|l| l.starts_with("post"));
     assert_eq!(lines, ["post broken.test failed"]);
     // The config is checked: an empty hook and a zero timeout are named.
@@ -318,6 +399,230 @@ post_hook = "echo post $CERTSMITH_CERT_NAME $CERTSMITH_RESULT >> {log}"
     .expect("write");
     let r = certsmith(&["config", "check", "--config", p(&bad), "--output", "json"]);
     assert_eq!(r.code, Some(2), "{}", r.describe());
-    assert!(r.stdout.contains("defaults.hook_timeout"), "{}", r.describe());
-    assert!(r.stdout.contains("certificate[1].pre_hook"), "{}", r.describe());
+    assert!(
+        r.stdout.contains("defaults.hook_timeout"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stdout.contains("certificate[1].pre_hook"),
+        "{}",
+        r.describe()
+    );
+}
+
+/// Runs `args` with `--dry-run --dry-run-server` Pebble and JSON output;
+/// every line must match docs/json.md.
+fn dry_run(pebble: &Pebble, args: &[&str]) -> Run {
+    let server = pebble.directory_url();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--dry-run", "--dry-run-server", &server, "--output", "json"]);
+    let r = certsmith(&all);
+    for v in r.json() {
+        if let Err(e) = crate::json_schema::check_dry_run_line(&v) {
+            panic!("{e}: {v}\n{}", r.describe());
+        }
+    }
+    r
+}
+
+/// Item 9: `--dry-run` for `issue`, `run` and `renew` orders from the
+/// `--dry-run-server` (Pebble here), runs no deploy hook, leaves the state
+/// directory byte for byte as it was, and reports, naming each
+/// certificate, what a real run would do.
+#[test]
+fn dry_runs_order_from_the_staging_server_and_store_nothing() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let state = TempState::new().expect("state");
+    let dir = state.root().to_owned();
+    let deployed = dir.join("deployed");
+    let extra = format!(
+        r#"
+[[certificate]]
+domains = ["kept.test"]
+deploy_hook = "touch {deployed}"
+
+[[certificate]]
+domains = ["fresh.test"]
+deploy_hook = "touch {deployed}"
+"#,
+        deployed = p(&deployed)
+    );
+    let config = config(&pebble, state.path(), &dir, &extra);
+    let c = p(&config);
+    // One certificate stored for real (its deploy hook runs then).
+    let r = certsmith(&[
+        "run",
+        "--config",
+        c,
+        "--cert-name",
+        "kept.test",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    fs::remove_file(&deployed).expect("the real run deployed");
+    let before = snapshot(state.path());
+    assert!(
+        before.keys().any(|k| k.starts_with("accounts")),
+        "{before:?}"
+    );
+
+    // run: kept.test would be skipped (not due), fresh.test issued; both
+    // are ordered from the dry-run server.
+    let orders = orders_in_log(&pebble);
+    let r = dry_run(&pebble, &["run", "--config", c]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let kept = r.about("kept.test");
+    assert_eq!(kept["would"], "skip", "{kept}");
+    assert!(
+        kept["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("not due")),
+        "{kept}"
+    );
+    assert_eq!(kept["test_order"], "ok", "{kept}");
+    assert_eq!(kept["server"], pebble.directory_url());
+    let fresh = r.about("fresh.test");
+    assert_eq!(fresh["would"], "issue", "{fresh}");
+    assert_eq!(fresh["test_order"], "ok", "{fresh}");
+    let summary = r.json().pop().expect("summary");
+    assert_eq!(summary["summary"]["total"], 2, "{summary}");
+    assert_eq!(orders_in_log(&pebble), orders + 2, "both tried for real");
+
+    // renew: the stored certificate, from its lineage.
+    let r = dry_run(&pebble, &["renew", "--config", c, "--all"]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.about("kept.test")["test_order"], "ok", "{}", r.describe());
+    assert_eq!(r.about("kept.test")["would"], "skip", "{}", r.describe());
+    let r = dry_run(
+        &pebble,
+        &[
+            "renew",
+            "--config",
+            c,
+            "--cert-name",
+            "kept.test",
+            "--force",
+        ],
+    );
+    assert_eq!(r.about("kept.test")["would"], "renew", "{}", r.describe());
+
+    // issue: a new name, and the stored one with a name added (a real
+    // issue would refuse it without --expand: the report says so).
+    let r = dry_run(
+        &pebble,
+        &[
+            "issue",
+            "--solver",
+            "challtestsrv",
+            "--config",
+            c,
+            "-d",
+            "other.test",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.about("other.test");
+    assert_eq!(
+        (v["would"].as_str(), v["test_order"].as_str()),
+        (Some("issue"), Some("ok")),
+        "{v}"
+    );
+    let r = dry_run(
+        &pebble,
+        &[
+            "issue",
+            "--solver",
+            "challtestsrv",
+            "--config",
+            c,
+            "-d",
+            "kept.test",
+            "-d",
+            "more.kept.test",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    let v = r.about("kept.test");
+    assert_eq!(v["would"], "fail", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("ordering would replace it")),
+        "{v}"
+    );
+
+    // Text output names each certificate.
+    let server = pebble.directory_url();
+    let r = certsmith(&[
+        "run",
+        "--config",
+        c,
+        "--dry-run",
+        "--dry-run-server",
+        &server,
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(
+        r.stdout.contains("dry run: test orders from"),
+        "{}",
+        r.describe()
+    );
+    for name in ["kept.test", "fresh.test"] {
+        assert!(
+            r.stdout.lines().any(|l| l == name),
+            "{name}: {}",
+            r.describe()
+        );
+    }
+
+    assert_eq!(
+        snapshot(state.path()),
+        before,
+        "the state directory is unchanged"
+    );
+    assert!(!deployed.exists(), "no deploy hook ran in a dry run");
+
+    // A state directory that does not exist is not created.
+    let absent = dir.join("absent");
+    let r = dry_run(
+        &pebble,
+        &[
+            "issue",
+            "--solver",
+            "challtestsrv",
+            "--config",
+            c,
+            "--state-dir",
+            p(&absent),
+            "-d",
+            "new.test",
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(!absent.exists(), "{}", r.describe());
+
+    // Bad input: no staging directory is known for Pebble; the server
+    // flag needs --dry-run.
+    let r = certsmith(&[
+        "issue",
+        "--solver",
+        "challtestsrv",
+        "--config",
+        c,
+        "-d",
+        "a.test",
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("--dry-run-server"), "{}", r.describe());
+    let r = certsmith(&["run", "--config", c, "--dry-run-server", &server]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("--dry-run"), "{}", r.describe());
+    assert_eq!(
+        snapshot(state.path()),
+        before,
+        "the state directory is unchanged"
+    );
 }

@@ -20,7 +20,7 @@ mod faults;
 mod harness;
 mod hints;
 mod issue;
-mod json_schema;
+pub(crate) mod json_schema;
 mod lifecycle;
 mod operator;
 mod outsiders;

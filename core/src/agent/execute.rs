@@ -107,7 +107,7 @@ impl Agent {
                 let job = &mut jobs[i];
                 self.after_issue(client, job, &cert).await;
                 let hook = match &job.settings.deploy_hook {
-                    Some(cmd) if !self.cancel.is_cancelled() && !job.settings.dry_run => {
+                    Some(cmd) if !self.cancel.is_cancelled() && !self.dry_run => {
                         Some(self.run_hook(cmd, &cert, job.settings.hook_timeout()).await)
                     }
                     _ => None,

@@ -114,9 +114,6 @@ pub struct Settings {
     pub pre_hook: Option<String>,
     /// Run after its challenges are cleaned up, whatever happened.
     pub post_hook: Option<String>,
-    /// Whether this is a dry run: no deploy hook runs, nothing is
-    /// recorded.
-    pub dry_run: bool,
     /// Renew when less than this is left.
     pub renew_before: Option<Duration>,
 }

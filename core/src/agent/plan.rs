@@ -511,6 +511,9 @@ impl Agent {
     /// Records a renewal schedule in the lineage (a failure is only
     /// warned about: the schedule is computed again next time).
     pub(super) async fn persist_schedule(&self, name: &str, record: RenewalRecord) {
+        if self.dry_run {
+            return;
+        }
         let (store, name) = (self.store.clone(), name.to_owned());
         let result = tokio::task::spawn_blocking(move || {
             let mut record = Some(record);

@@ -18,8 +18,8 @@ use toml::Spanned;
 use super::diagnostics::Diagnostics;
 use super::parse::{RawCert, RawFile, RawOptions};
 use super::{
-    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_HOOK_TIMEOUT, MAX_RENEW_BEFORE, Pos,
-    SecretString, SolverTable, format_duration, parse_duration,
+    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_HOOK_TIMEOUT,
+    MAX_RENEW_BEFORE, Pos, SecretString, SolverTable, format_duration, parse_duration,
 };
 use crate::dns::PropagationCheck;
 use crate::identifiers::{self, Identifier};

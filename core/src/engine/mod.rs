@@ -318,8 +318,7 @@ impl Engine {
             return;
         };
         let ctx = HookContext::around(HookKind::Post, &req.name, domains, validated);
-        if let Err(e) =
-            run_hook_reported(&self.inner.progress, cmd, &ctx, req.hooks.timeout).await
+        if let Err(e) = run_hook_reported(&self.inner.progress, cmd, &ctx, req.hooks.timeout).await
         {
             log::warn!("{e}");
             req.hooks.record_post_failure(e);
