@@ -67,21 +67,130 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One `--solver-opt KEY=VALUE`; `Debug` shows the key only (values may be
+/// One `--solver-opt [SOLVER:]KEY=VALUE` (the solver: the default
+/// `--solver` when left out); `Debug` shows the key only (values may be
 /// API tokens).
 #[derive(Clone)]
-pub(crate) struct SolverOpt(String, String);
+pub(crate) struct SolverOpt(Option<String>, String, String);
 
 impl fmt::Debug for SolverOpt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}=[redacted]", self.0)
+        match &self.0 {
+            Some(s) => write!(f, "{s}:{}=[redacted]", self.1),
+            None => write!(f, "{}=[redacted]", self.1),
+        }
     }
 }
 
 fn parse_opt(arg: &str) -> Result<SolverOpt, String> {
-    parse_solver_opt(arg)
-        .map(|(k, v)| SolverOpt(k, v))
+    let (solver, rest) = match arg.split_once('=') {
+        Some((k, _)) if k.contains(':') => match arg.split_once(':') {
+            Some((s, rest)) if !s.trim().is_empty() => (Some(s.trim().to_owned()), rest),
+            _ => return Err(format!("'{arg}': write SOLVER:KEY=VALUE or KEY=VALUE")),
+        },
+        _ => (None, arg),
+    };
+    parse_solver_opt(rest)
+        .map(|(k, v)| SolverOpt(solver, k, v))
         .map_err(|e| e.to_string())
+}
+
+/// One `--solver`: `CODE` (every name without a solver of its own) or
+/// `NAME=CODE` (that name); CODE is a plugin code or a `[solvers.<name>]`
+/// instance of the config file.
+#[derive(Clone, Debug)]
+pub(crate) struct SolverArg {
+    name: Option<String>,
+    solver: String,
+}
+
+fn parse_solver_arg(arg: &str) -> Result<SolverArg, String> {
+    let (name, solver) = match arg.split_once('=') {
+        Some((n, s)) => (Some(n.trim().to_owned()), s.trim()),
+        None => (None, arg.trim()),
+    };
+    if solver.is_empty() || name.as_deref().is_some_and(str::is_empty) {
+        return Err(format!(
+            "'{arg}': write --solver CODE (every name) or --solver NAME=CODE (one name)"
+        ));
+    }
+    Ok(SolverArg {
+        name,
+        solver: solver.to_owned(),
+    })
+}
+
+/// The solver of each name from the `--solver` values: the default (for
+/// names not listed) and the solver of each name listed, by identifier.
+/// A name listed that is not a `-d` domain, a name listed twice, two
+/// defaults, or a name left without a solver is an error naming the fix.
+fn solvers_by_name(
+    args: &[SolverArg],
+    domains: &[identifiers::Identifier],
+) -> Result<(Option<String>, BTreeMap<String, String>), Failure> {
+    let mut default: Option<String> = None;
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    for a in args {
+        match &a.name {
+            None => {
+                if let Some(d) = &default {
+                    return Err(Failure::usage(
+                        format!(
+                            "two default solvers: --solver {d} and --solver {}",
+                            a.solver
+                        ),
+                        Some(
+                            "give one --solver CODE for every name, and --solver NAME=CODE for the names that need another",
+                        ),
+                    ));
+                }
+                default = Some(a.solver.clone());
+            }
+            Some(name) => {
+                let id = identifiers::parse_domains(std::slice::from_ref(name))
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .filter(|id| domains.iter().any(|d| d.as_str() == id.as_str()))
+                    .ok_or_else(|| {
+                        Failure::usage(
+                            format!("--solver {name}={}: '{name}' is not one of the -d/--domain names", a.solver),
+                            Some("the NAME of --solver NAME=CODE is a -d name, written the same way (\"*.example.com\" for the wildcard)"),
+                        )
+                    })?;
+                if by_name
+                    .insert(id.as_str().to_owned(), a.solver.clone())
+                    .is_some()
+                {
+                    return Err(Failure::usage(
+                        format!("--solver gives '{name}' two solvers"),
+                        Some("give each name one --solver NAME=CODE"),
+                    ));
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = domains
+        .iter()
+        .map(|d| d.as_str())
+        .filter(|d| !by_name.contains_key(*d))
+        .collect();
+    if default.is_none() && !missing.is_empty() {
+        return Err(Failure::usage(
+            format!(
+                "no solver for {}",
+                missing
+                    .iter()
+                    .map(|d| format!("'{d}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(&format!(
+                "pass --solver {}=CODE, or --solver CODE for every name without its own",
+                missing[0]
+            )),
+        ));
+    }
+    Ok((default, by_name))
 }
 
 /// Obtain a certificate now.
@@ -90,11 +199,16 @@ pub(crate) struct IssueArgs {
     /// A domain to include (repeatable); `*.example.com` for a wildcard.
     #[arg(short = 'd', long = "domain", value_name = "DOMAIN", required = true)]
     domains: Vec<String>,
-    /// The solver plugin that answers the challenges (`certsmith solvers list`).
-    #[arg(long, value_name = "CODE", env = "CERTSMITH_SOLVER")]
-    solver: String,
-    /// A solver option (repeatable); see `certsmith solvers info CODE`.
-    #[arg(long = "solver-opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
+    /// The solver plugin that answers the challenges (`certsmith solvers
+    /// list`), or a [solvers.<name>] instance of the config file;
+    /// repeatable: `--solver CODE` for every name, `--solver NAME=CODE` for
+    /// one name (e.g. `--solver '*.example.com=rfc2136' --solver webroot`).
+    #[arg(long, value_name = "[NAME=]CODE", env = "CERTSMITH_SOLVER", required = true,
+          value_parser = parse_solver_arg)]
+    solver: Vec<SolverArg>,
+    /// A solver option (repeatable); `SOLVER:KEY=VALUE` for a solver other
+    /// than the default `--solver`; see `certsmith solvers info CODE`.
+    #[arg(long = "solver-opt", value_name = "[SOLVER:]KEY=VALUE", value_parser = parse_opt)]
     solver_opts: Vec<SolverOpt>,
     /// The certificate's name in the store [default: the first domain;
     /// `_.example.com` for a wildcard `*.example.com` without its apex].
@@ -164,9 +278,11 @@ pub(crate) struct IssueArgs {
 /// Everything checked and ready, before any network traffic.
 struct Prepared {
     wanted: WantedCert,
-    /// The solver's code and its `[solvers.<code>]` table: configured only
+    /// The default solver's (name, plugin code, `[solvers.<name>]` table),
+    /// and those of each name with its own, by identifier: configured only
     /// when an order is planned.
-    solver: (String, toml::Table),
+    solver: Option<(String, String, toml::Table)>,
+    name_solvers: BTreeMap<String, (String, String, toml::Table)>,
     propagation_check: Option<PropagationCheck>,
     max_names: usize,
     client: AcmeClient,
@@ -223,18 +339,50 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     options.concurrency = args.concurrency as usize;
     options.dry_run = args.dry_run.dry_run;
     let max_names = options.max_names;
-    let cli_opts: Vec<(String, String)> = args
-        .solver_opts
+    let (default, by_name) = solvers_by_name(&args.solver, &domains)?;
+    // --solver-opt KEY=VALUE: the default solver's (the only one's when
+    // every name has its own); SOLVER:KEY=VALUE: that solver's.
+    let only = by_name.values().next().cloned();
+    let plain_to = default.clone().or(only);
+    let mut cli_opts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for o in &args.solver_opts {
+        let Some(solver) = o.0.clone().or_else(|| plain_to.clone()) else {
+            continue;
+        };
+        let used =
+            default.as_deref() == Some(solver.as_str()) || by_name.values().any(|s| *s == solver);
+        if !used {
+            return Err(Failure::usage(
+                format!(
+                    "--solver-opt {solver}:{}=...: no --solver uses '{solver}'",
+                    o.1
+                ),
+                Some("write --solver-opt SOLVER:KEY=VALUE with a SOLVER given to --solver"),
+            ));
+        }
+        cli_opts
+            .entry(solver)
+            .or_default()
+            .push((o.1.clone(), o.2.clone()));
+    }
+    options.solver_opts = cli_opts;
+    let instance = |name: &str| {
+        let code = config
+            .as_ref()
+            .map_or_else(|| name.to_owned(), |c| c.plugin_code(name));
+        let table = options
+            .solver_tables
+            .get(name)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        (name.to_owned(), code, table)
+    };
+    let solver = default.as_deref().map(instance);
+    let name_solvers: BTreeMap<String, (String, String, toml::Table)> = by_name
         .iter()
-        .map(|o| (o.0.clone(), o.1.clone()))
+        .map(|(id, name)| (id.clone(), instance(name)))
         .collect();
-    options.solver_opts = BTreeMap::from([(args.solver.clone(), cli_opts)]);
-    let table = options
-        .solver_tables
-        .get(&args.solver)
-        .and_then(toml::Value::as_table)
-        .cloned()
-        .unwrap_or_default();
     let session = Session::start(global, options);
 
     // 5. The certificate asked for; the request as a whole (the solver,
@@ -274,7 +422,8 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     };
     Ok(Prepared {
         wanted,
-        solver: (args.solver.clone(), table),
+        solver,
+        name_solvers,
         // --propagation-check is in the engine's options and wins.
         propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
         max_names,
@@ -314,7 +463,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     };
     let Prepared {
         wanted,
-        solver: (code, table),
+        solver,
+        name_solvers,
         propagation_check,
         max_names,
         client,
@@ -341,14 +491,32 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     .with_hooks(hooks.pre_hook, hooks.post_hook);
     let mode = RequestMode::new(args.force, args.expand, args.replace);
     let make = || -> Result<CertRequest, JobError> {
+        let agent = &session.agent;
+        let mut per_name = BTreeMap::new();
+        for (id, (name, code, table)) in &name_solvers {
+            per_name.insert(id.clone(), agent.solver_named(name, code, table)?);
+        }
+        // Without a default every name has its own: the first one's
+        // stands for the certificate.
+        let default = match &solver {
+            Some((name, code, table)) => agent.solver_named(name, code, table)?,
+            None => per_name
+                .values()
+                .next()
+                .cloned()
+                .ok_or_else(|| JobError::Invalid {
+                    message: "no solver: pass --solver CODE".to_owned(),
+                })?,
+        };
         let request = CertRequest {
             name: wanted.name.clone(),
             domains: wanted.domains.clone(),
-            solver: session.agent.solver(&code, &table)?,
+            solver: default,
             key_type: wanted.key_type,
             replaces: None,
             propagation_check,
             hooks: Default::default(),
+            name_solvers: per_name,
         };
         engine::check_request(&request, max_names)?;
         Ok(request)

@@ -133,6 +133,7 @@ fn child(args: &[String]) {
                     replaces: None,
                     propagation_check: None,
                     hooks: Default::default(),
+                    name_solvers: Default::default(),
                 }
             })
             .collect();

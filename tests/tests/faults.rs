@@ -326,6 +326,7 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
                     replaces: None,
                     propagation_check: None,
                     hooks: Default::default(),
+                    name_solvers: Default::default(),
                 }
             })
             .collect();

@@ -873,6 +873,7 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 replaces: None,
                 propagation_check: None,
                 hooks: Default::default(),
+                name_solvers: Default::default(),
             };
             (names, request)
         })

@@ -186,7 +186,20 @@ impl Agent {
     /// The instance of solver `code` configured with `table` (plus this
     /// agent's options for it and the environment), created on first use.
     pub fn solver(&self, code: &str, table: &toml::Table) -> Result<SolverInstance, IssueError> {
-        let key = format!("{code}\n{table}");
+        self.solver_named(code, code, table)
+    }
+
+    /// The instance of solver `name` (a `[solvers.<name>]` instance of
+    /// plugin `code`, or the plugin itself when `name` is its code)
+    /// configured with `table`, plus this agent's options for `name` and
+    /// the environment; created on first use.
+    pub fn solver_named(
+        &self,
+        name: &str,
+        code: &str,
+        table: &toml::Table,
+    ) -> Result<SolverInstance, IssueError> {
+        let key = format!("{name}\n{code}\n{table}");
         let mut made = self
             .solvers
             .lock()
@@ -195,7 +208,7 @@ impl Agent {
             return Ok(s.clone());
         }
         let plugin = self.host.get(code)?;
-        let cli = self.solver_opts.get(code).map(Vec::as_slice).unwrap_or(&[]);
+        let cli = self.solver_opts.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let solver = plugin.instantiate(&ConfigSources {
             cli,
             file: Some(table),

@@ -5,6 +5,7 @@
 //! file, `renew` in their stored lineage; after that the decision is the
 //! same, and it is made here once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -204,10 +205,30 @@ impl Agent {
         // file now, never from the store.
         let make = || -> Result<CertRequest, JobError> {
             let solver = self
-                .solver(&cert.solver, &config.solver_table(cert))
+                .solver_named(
+                    &cert.solver,
+                    &config.plugin_code(&cert.solver),
+                    &config.solver_table(cert),
+                )
                 .map_err(|e| {
                     JobError::context(format!("{} ({})", cert.key("solver"), cert.solver), e)
                 })?;
+            let mut name_solvers = BTreeMap::new();
+            for (id, name, _) in &cert.name_solvers {
+                let s = self
+                    .solver_named(
+                        name,
+                        &config.plugin_code(name),
+                        &config.instance_table(name),
+                    )
+                    .map_err(|e| {
+                        JobError::context(
+                            format!("{} ({name})", cert.key(&format!("solvers.\"{id}\""))),
+                            e,
+                        )
+                    })?;
+                name_solvers.insert(id.clone(), s);
+            }
             let request = CertRequest {
                 name: cert.name.clone(),
                 domains: cert.domains.clone(),
@@ -216,6 +237,7 @@ impl Agent {
                 replaces: None,
                 propagation_check: config.propagation_check(cert),
                 hooks: Default::default(),
+                name_solvers,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -315,6 +337,25 @@ impl Agent {
             let solver = self
                 .solver(&lineage.solver, &table)
                 .map_err(|e| JobError::context(solver_context(name, lineage, &e), e))?;
+            let mut name_solvers = BTreeMap::new();
+            for (id, record) in &lineage.name_solvers {
+                let mut table = self
+                    .solver_tables
+                    .get(&record.solver)
+                    .and_then(toml::Value::as_table)
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, v) in &record.solver_options {
+                    table.insert(k.clone(), v.clone());
+                }
+                let s = self.solver(&record.solver, &table).map_err(|e| {
+                    JobError::context(
+                        format!("{name}: the solver of '{id}' ({})", record.solver),
+                        e,
+                    )
+                })?;
+                name_solvers.insert(id.clone(), s);
+            }
             let request = CertRequest {
                 name: name.to_owned(),
                 domains,
@@ -323,6 +364,7 @@ impl Agent {
                 replaces: None,
                 propagation_check: None,
                 hooks: Default::default(),
+                name_solvers,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)

@@ -54,6 +54,29 @@ fn solver_table(raw: Spanned<RawOptions>, diag: &Diagnostics<'_>) -> SolverTable
     t
 }
 
+/// `[solvers.<name>]`: its options, and `plugin = "<code>"` taken out of
+/// them (a string naming a plugin).
+fn instance_table(
+    name: &str,
+    raw: Spanned<RawOptions>,
+    checker: &mut Checker<'_, '_>,
+) -> SolverTable {
+    let mut t = solver_table(raw, checker.diag);
+    if let Some(v) = t.options.remove("plugin") {
+        let pos = t.positions.remove("plugin").unwrap_or(t.pos);
+        match v.as_str().map(str::trim) {
+            Some(code) if !code.is_empty() => t.plugin = Some(code.to_owned()),
+            _ => checker.diag.invalid_at(
+                pos,
+                format!("solvers.{name}.plugin"),
+                "plugin must name a solver plugin".to_owned(),
+                "write plugin = \"CODE\" (see `certsmith solvers list`), or remove it when the table's name is the plugin's code",
+            ),
+        }
+    }
+    t
+}
+
 struct Checker<'d, 'a> {
     path: PathBuf,
     diag: &'d mut Diagnostics<'a>,
@@ -319,8 +342,9 @@ impl Checker<'_, '_> {
         }
 
         let mut solvers = BTreeMap::new();
-        for (code, table) in raw.solvers {
-            solvers.insert(code, solver_table(table, self.diag));
+        for (name, table) in raw.solvers {
+            let t = instance_table(&name, table, self);
+            solvers.insert(name, t);
         }
 
         let mut certificates: Vec<CertificateConfig> = Vec::new();
@@ -414,9 +438,74 @@ impl Checker<'_, '_> {
             None => identifiers::default_cert_name(&domains).unwrap_or_default(),
         };
 
+        // The solver of each name: `solvers = { "<name>" = "<solver>" }`,
+        // names from `domains` only, each once.
+        let mut name_solvers: Vec<(String, String, Pos)> = Vec::new();
+        if let Some(map) = &raw.solvers {
+            for (name, solver) in map.get_ref() {
+                let wanted = identifiers::parse_domains(std::slice::from_ref(name.get_ref()))
+                    .ok()
+                    .and_then(|mut ids| ids.pop());
+                let field = format!("solvers.\"{}\"", name.get_ref());
+                match wanted {
+                    Some(id) if domains.iter().any(|d| d.as_str() == id.as_str()) => {
+                        if solver.get_ref().trim().is_empty() {
+                            self.err(
+                                solver.span(),
+                                key(&field),
+                                "the solver is empty".to_owned(),
+                                "name a solver (see `certsmith solvers list`) or a [solvers.<name>] table",
+                            );
+                        } else if name_solvers.iter().any(|(n, _, _)| n == id.as_str()) {
+                            self.err(
+                                name.span(),
+                                key(&field),
+                                format!("'{}' is given a solver twice", id.as_str()),
+                                "keep one entry per name",
+                            );
+                        } else {
+                            name_solvers.push((
+                                id.as_str().to_owned(),
+                                solver.get_ref().trim().to_owned(),
+                                self.diag.pos(solver.span()),
+                            ));
+                        }
+                    }
+                    _ => self.err(
+                        name.span(),
+                        key(&field),
+                        format!("'{}' is not one of this certificate's domains", name.get_ref()),
+                        "the keys of solvers are names listed in domains, written the same way (\"*.example.com\" for the wildcard)",
+                    ),
+                }
+            }
+        }
+        let unmapped: Vec<&str> = domains
+            .iter()
+            .map(Identifier::as_str)
+            .filter(|d| !name_solvers.iter().any(|(n, _, _)| n == d))
+            .collect();
         let (solver, solver_pos) = match (&raw.solver, &defaults.solver) {
             (Some(s), _) => (s.get_ref().trim().to_owned(), self.diag.pos(s.span())),
             (None, Some(d)) => (d.value.clone(), d.pos),
+            (None, None) if unmapped.is_empty() && !name_solvers.is_empty() => {
+                // Every name has its own: the first one's stands for the
+                // certificate (and is recorded as its solver).
+                let (_, s, p) = &name_solvers[0];
+                (s.clone(), *p)
+            }
+            (None, None) if !name_solvers.is_empty() => {
+                self.err(
+                    raw.domains.span(),
+                    key("solver"),
+                    format!(
+                        "no solver for {}: solvers does not name one for it and neither this certificate nor [defaults] has a solver",
+                        unmapped.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ")
+                    ),
+                    "add the name to solvers = { ... }, or add solver = \"CODE\" for the names not listed",
+                );
+                (String::new(), pos)
+            }
             (None, None) => {
                 self.err(
                     raw.domains.span(),
@@ -487,6 +576,7 @@ impl Checker<'_, '_> {
             name: name.clone(),
             domains,
             solver,
+            name_solvers,
             solver_options,
             key_type: key_type.unwrap_or_default(),
             deploy_hook,

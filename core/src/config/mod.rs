@@ -185,11 +185,16 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// One `[solvers.<code>]` table. `Debug` shows only the keys: values may
-/// be secrets, and which ones only the plugin's manifest knows.
+/// One `[solvers.<name>]` table: a solver instance. Its name is the
+/// plugin's code, or any name with `plugin = "<code>"` in the table, so
+/// that one plugin can serve with two sets of options (two webroot
+/// directories). `Debug` shows only the keys: values may be secrets, and
+/// which ones only the plugin's manifest knows.
 #[derive(Clone, Default)]
 pub struct SolverTable {
-    /// The options, as written.
+    /// `plugin = "<code>"`, when the instance has a name of its own.
+    pub plugin: Option<String>,
+    /// The options, as written (without `plugin`).
     pub options: toml::Table,
     /// Where each option's value is.
     pub positions: BTreeMap<String, Pos>,
@@ -215,9 +220,15 @@ pub struct CertificateConfig {
     pub name: String,
     /// The identifiers, checked.
     pub domains: Vec<Identifier>,
-    /// The solver code.
+    /// The solver (a plugin code or a `[solvers.<name>]` instance) of the
+    /// names `name_solvers` leaves out; when it covers every name, the
+    /// first name's solver.
     pub solver: String,
-    /// Options for this certificate only, over `[solvers.<code>]`.
+    /// The solver of some names (`solvers = { "<name>" = "<solver>" }`):
+    /// (identifier as in `domains`, solver, where it is written).
+    pub name_solvers: Vec<(String, String, Pos)>,
+    /// Options for this certificate only, over `[solvers.<code>]` (of its
+    /// `solver` only).
     pub solver_options: SolverTable,
     /// The key type.
     pub key_type: KeyType,
@@ -338,6 +349,22 @@ impl Config {
             return (t.pos, format!("solvers.{}", cert.solver));
         }
         (cert.solver_pos, cert.key("solver"))
+    }
+
+    /// The plugin code of solver `name`: its `plugin`, else the name.
+    pub fn plugin_code(&self, name: &str) -> String {
+        self.solvers
+            .get(name)
+            .and_then(|t| t.plugin.clone())
+            .unwrap_or_else(|| name.to_owned())
+    }
+
+    /// The options of solver instance `name` (`[solvers.<name>]`).
+    pub fn instance_table(&self, name: &str) -> toml::Table {
+        self.solvers
+            .get(name)
+            .map(|t| t.options.clone())
+            .unwrap_or_default()
     }
 
     /// Every `[solvers.*]` table as one table (what the journal sweep and

@@ -56,6 +56,7 @@ const CERT_KEYS: &[&str] = &[
     "name",
     "domains",
     "solver",
+    "solvers",
     "solver_options",
     "key_type",
     "deploy_hook",
@@ -68,6 +69,10 @@ const CERT_KEYS: &[&str] = &[
 
 /// A list of strings, each with its span.
 pub(super) type RawList = Spanned<Vec<Spanned<String>>>;
+
+/// `solvers = { "<name>" = "<solver>" }` as written: each name and
+/// solver with its span.
+pub(super) type RawNameSolvers = Vec<(Spanned<String>, Spanned<String>)>;
 
 /// Solver options as written: each key with its span, each value as the
 /// plugin will get it.
@@ -120,6 +125,8 @@ pub(super) struct RawCert {
     pub(super) name: Option<Spanned<String>>,
     pub(super) domains: RawList,
     pub(super) solver: Option<Spanned<String>>,
+    /// `solvers = { "<name>" = "<solver>" }`: the solver of each name.
+    pub(super) solvers: Option<Spanned<RawNameSolvers>>,
     pub(super) solver_options: Option<Spanned<RawOptions>>,
     pub(super) key_type: Option<Spanned<String>>,
     pub(super) deploy_hook: Option<Spanned<String>>,
@@ -294,10 +301,44 @@ impl Reader<'_, '_> {
             },
             None => None,
         };
+        let solvers = match t.get("solvers") {
+            Some(v) => match v.get_ref() {
+                DeValue::Table(entries) => {
+                    let key = t.key("solvers");
+                    let mut out = Vec::new();
+                    for (name, value) in entries.iter() {
+                        match value.get_ref() {
+                            DeValue::String(s) => out.push((
+                                Spanned::new(name.span(), name.get_ref().to_string()),
+                                Spanned::new(value.span(), s.to_string()),
+                            )),
+                            other => self.diagnostics.wrong_type(
+                                value.span(),
+                                join(&key, name.get_ref()),
+                                Expected::String,
+                                found(other),
+                            ),
+                        }
+                    }
+                    Some(Spanned::new(v.span(), out))
+                }
+                other => {
+                    self.diagnostics.wrong_type(
+                        v.span(),
+                        t.key("solvers"),
+                        Expected::Table,
+                        found(other),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         Some(RawCert {
             index,
             name: self.string(&t, "name"),
             solver: self.string(&t, "solver"),
+            solvers,
             solver_options,
             key_type: self.string(&t, "key_type"),
             deploy_hook: self.string(&t, "deploy_hook"),

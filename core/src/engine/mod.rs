@@ -65,8 +65,12 @@ pub struct CertRequest {
     pub name: String,
     /// The identifiers, checked (see [`crate::identifiers`]).
     pub domains: Vec<Identifier>,
-    /// The configured solver that answers the challenges.
+    /// The configured solver that answers the challenges (of the names
+    /// `name_solvers` leaves out).
     pub solver: SolverInstance,
+    /// The solvers of some identifiers, instead of `solver`: by identifier
+    /// as ordered ([`Identifier::as_str`], `*.`-prefixed for a wildcard).
+    pub name_solvers: std::collections::BTreeMap<String, SolverInstance>,
     /// The key type of the certificate.
     pub key_type: KeyType,
     /// The RFC 9773 identifier of the certificate this one replaces, sent
@@ -82,6 +86,27 @@ pub struct CertRequest {
 }
 
 impl CertRequest {
+    /// The solver that answers the challenge of `identifier` (as ordered,
+    /// `*.`-prefixed for a wildcard).
+    pub fn solver_for(&self, identifier: &str) -> &SolverInstance {
+        self.name_solvers.get(identifier).unwrap_or(&self.solver)
+    }
+
+    /// Every solver this request uses, each once (by code and options).
+    pub fn solvers(&self) -> Vec<&SolverInstance> {
+        let mut out: Vec<&SolverInstance> = Vec::new();
+        let used = self.domains.iter().map(|d| self.solver_for(d.as_str()));
+        for s in used {
+            if !out
+                .iter()
+                .any(|o| o.code() == s.code() && o.public_options() == s.public_options())
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
     /// The propagation check that applies to this request under `dns`.
     pub fn effective_propagation_check(&self, dns: &DnsOptions) -> PropagationCheck {
         dns.propagation_check
@@ -247,8 +272,10 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
         }
         .into());
     }
-    let manifest = req.solver.manifest();
-    identifiers::check_solver(&req.domains, manifest)?;
+    for d in &req.domains {
+        let manifest = req.solver_for(d.as_str()).manifest();
+        identifiers::check_solver(std::slice::from_ref(d), manifest)?;
+    }
     Ok(())
 }
 

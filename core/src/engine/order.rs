@@ -180,7 +180,6 @@ impl Engine {
         // whatever happened (docs/design.md §4.5).
         self.pre_hook(&req, &domains).await?;
         let cleanup = CleanupList::new(
-            req.solver.clone(),
             req.name.clone(),
             inner.progress.clone(),
             inner.options.journal.clone(),
@@ -251,11 +250,25 @@ impl Engine {
     ) -> Result<IssuedCert, IssueError> {
         let inner = &self.inner;
         let parsed = parse_chain(chain, inner.client.directory_url())?;
+        // The solver of names without one of their own, and those of the
+        // others, so that a renewal answers each name the same way.
+        let name_solvers = req
+            .name_solvers
+            .iter()
+            .map(|(id, s)| {
+                let record = store::NameSolverRecord {
+                    solver: s.code().to_owned(),
+                    solver_options: s.public_options(),
+                };
+                (id.clone(), record)
+            })
+            .collect();
         let lineage = Lineage {
             domains: domains.clone(),
             solver: req.solver.code().to_owned(),
             solver_options: req.solver.public_options(),
             option_sources: req.solver.option_sources(),
+            name_solvers,
             key_type: key_type.as_str().to_owned(),
             server: inner.client.directory_url().to_owned(),
             versions: Vec::new(),
@@ -406,7 +419,12 @@ impl Engine {
         if targets.is_empty() {
             return Ok(());
         }
-        let manifest = req.solver.manifest();
+        // The timeout and interval of the dns-01 solver (the first one's,
+        // should several answer the names of one certificate).
+        let manifest = targets
+            .first()
+            .map(|(_, domain)| req.solver_for(domain).manifest())
+            .unwrap_or_else(|| req.solver.manifest());
         let opts = &self.inner.options.dns;
         let recursive = match req.effective_propagation_check(opts) {
             PropagationCheck::Wait(wait) => {
@@ -498,7 +516,6 @@ impl Engine {
         let inner = &self.inner;
         let progress = &inner.progress;
         let name = &req.name;
-        let manifest = req.solver.manifest();
 
         let mut order = self.new_order(domains, req.replaces.as_deref()).await?;
         let authzs = order.authorizations().await?;
@@ -508,7 +525,8 @@ impl Engine {
             authorizations: authzs.len(),
         });
 
-        struct Work {
+        struct Work<'r> {
+            solver: &'r crate::plugin::SolverInstance,
             authz_url: String,
             domain: String,
             challenge_type: ChallengeType,
@@ -542,6 +560,8 @@ impl Engine {
                     });
                 }
             }
+            let solver = req.solver_for(&authz.domain());
+            let manifest = solver.manifest();
             let (challenge_type, challenge) = choose_challenge(authz, manifest)?;
             let resolved = if challenge_type == ChallengeType::Dns01 {
                 Some(
@@ -567,6 +587,7 @@ impl Engine {
                 challenge: challenge_type,
             });
             work.push(Work {
+                solver,
                 authz_url: authz.url.clone(),
                 domain: authz.domain(),
                 challenge_type,
@@ -577,15 +598,15 @@ impl Engine {
         // Present everything, in parallel, before marking anything ready
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
-            let slot = cleanup.register(w.request.clone(), w.domain.clone())?;
+            let slot = cleanup.register(w.solver, w.request.clone(), w.domain.clone())?;
             let lease = namelock::lock(
                 &inner.store,
-                req.solver.code(),
+                w.solver.code(),
                 &w.request,
-                call_timeout(req.solver.manifest()),
+                call_timeout(w.solver.manifest()),
             )
             .await;
-            let outcome = req.solver.present(&w.request).await;
+            let outcome = w.solver.present(&w.request).await;
             drop(lease);
             match outcome {
                 Ok(presented) => {
@@ -598,7 +619,7 @@ impl Engine {
                     Ok(())
                 }
                 Err(source) => Err(IssueError::Solver {
-                    solver: req.solver.code().to_owned(),
+                    solver: w.solver.code().to_owned(),
                     operation: "present",
                     challenge: w.challenge_type.to_string(),
                     domain: w.domain.clone(),

@@ -209,6 +209,10 @@ pub struct Lineage {
     /// from and what to set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub option_sources: BTreeMap<String, String>,
+    /// The solvers of names that do not use `solver` (by identifier,
+    /// `*.`-prefixed for a wildcard): `[name_solvers."<name>"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub name_solvers: BTreeMap<String, NameSolverRecord>,
     /// The key type name, e.g. `ec-p256`.
     pub key_type: String,
     /// The ACME directory URL.
@@ -249,6 +253,16 @@ pub struct Lineage {
     /// Every version stored, oldest first.
     #[serde(default)]
     pub versions: Vec<VersionRecord>,
+}
+
+/// The solver of one name of a certificate that uses several.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameSolverRecord {
+    /// The solver (plugin) code.
+    pub solver: String,
+    /// Its options that were set explicitly and are not secret.
+    #[serde(default)]
+    pub solver_options: BTreeMap<String, toml::Value>,
 }
 
 /// `[retired]` of `lineage.toml`: the certificate is no longer wanted.
