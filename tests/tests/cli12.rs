@@ -626,3 +626,298 @@ deploy_hook = "touch {deployed}"
         "the state directory is unchanged"
     );
 }
+
+/// Item 7: one certificate, two names, two webroot directories served by
+/// two web servers (one per name: the CA finds each name's file only in its
+/// own directory): named instances of one plugin (`[solvers.<name>]` with
+/// `plugin = "webroot"`), chosen per name by `--solver NAME=CODE` and by a
+/// certificate's `solvers` map; `renew` answers each name the same way
+/// again; names without a solver are refused, naming them.
+#[test]
+fn two_webroot_directories_in_one_certificate() {
+    use certsmith_tests::static_server::StaticServer;
+    use std::net::Ipv4Addr;
+    // No authorization reused: the renewal answers every challenge again.
+    let pebble = Pebble::start(PebbleOpts {
+        env: vec![("PEBBLE_AUTHZREUSE".to_owned(), "0".to_owned())],
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let cts = pebble.challtestsrv().expect("challtestsrv");
+    let state = TempState::new().expect("state");
+    let dir = state.root().to_owned();
+    let (root1, root2) = (dir.join("www1"), dir.join("www2"));
+    fs::create_dir_all(&root1).expect("mkdir");
+    fs::create_dir_all(&root2).expect("mkdir");
+    let second = Ipv4Addr::new(127, 0, 0, 2);
+    for name in ["one.test", "cfg-one.test"] {
+        cts.add_a(name, Ipv4Addr::LOCALHOST).expect("A record");
+    }
+    for name in ["two.test", "cfg-two.test"] {
+        cts.add_a(name, second).expect("A record");
+    }
+    let web1 = StaticServer::start_on(&root1, Ipv4Addr::LOCALHOST, pebble.http_port())
+        .expect("web server 1");
+    let web2 = StaticServer::start_on(&root2, second, pebble.http_port()).expect("web server 2");
+    let extra = format!(
+        r#"
+[solvers.web1]
+plugin = "webroot"
+path = "{root1}"
+
+[solvers.web2]
+plugin = "webroot"
+path = "{root2}"
+
+[[certificate]]
+domains = ["cfg-one.test", "cfg-two.test"]
+solvers = {{ "cfg-one.test" = "web1", "cfg-two.test" = "web2" }}
+"#,
+        root1 = p(&root1),
+        root2 = p(&root2),
+    );
+    let config = config(&pebble, state.path(), &dir, &extra);
+    let c = p(&config);
+
+    let r = certsmith(&[
+        "issue",
+        "--config",
+        c,
+        "-d",
+        "one.test",
+        "-d",
+        "two.test",
+        "--solver",
+        "web1",
+        "--solver",
+        "two.test=web2",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.about("one.test")["action"], "issued", "{}", r.describe());
+    let served = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("acme-challenge") && l.contains(" 200 "))
+            .count()
+    };
+    assert!(
+        served(&web1.log()) >= 1,
+        "web server 1 served one.test: {}",
+        web1.log()
+    );
+    assert!(
+        served(&web2.log()) >= 1,
+        "web server 2 served two.test: {}",
+        web2.log()
+    );
+    let lineage =
+        fs::read_to_string(state.path().join("certs/one.test/lineage.toml")).expect("lineage");
+    assert!(lineage.contains("[name_solvers.\"two.test\"]"), "{lineage}");
+    assert!(lineage.contains(p(&root2)), "{lineage}");
+    // Both directories are clean again.
+    for root in [&root1, &root2] {
+        let left = fs::read_dir(root.join(".well-known/acme-challenge"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{}", root.display());
+    }
+
+    // renew answers each name from its recorded solver.
+    let before2 = served(&web2.log());
+    let r = certsmith(&[
+        "renew",
+        "--config",
+        c,
+        "--cert-name",
+        "one.test",
+        "--force",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(r.about("one.test")["action"], "renewed", "{}", r.describe());
+    assert!(served(&web2.log()) > before2, "{}", web2.log());
+
+    // run: the certificate's solvers map.
+    let r = certsmith(&[
+        "run",
+        "--config",
+        c,
+        "--cert-name",
+        "cfg-one.test",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert_eq!(
+        r.about("cfg-one.test")["action"],
+        "issued",
+        "{}",
+        r.describe()
+    );
+
+    // Bad input, each named with its fix, before any order.
+    let orders = orders_in_log(&pebble);
+    let r = certsmith(&[
+        "issue",
+        "--config",
+        c,
+        "-d",
+        "one.test",
+        "-d",
+        "three.test",
+        "--solver",
+        "one.test=web1",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(
+        r.stderr.contains("no solver for 'three.test'"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr.contains("--solver three.test=CODE"),
+        "{}",
+        r.describe()
+    );
+    let r = certsmith(&[
+        "issue",
+        "--config",
+        c,
+        "-d",
+        "one.test",
+        "--solver",
+        "web1",
+        "--solver",
+        "other.test=web2",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("'other.test' is not one of the -d/--domain names"),
+        "{}",
+        r.describe()
+    );
+    let r = certsmith(&[
+        "issue",
+        "--config",
+        c,
+        "-d",
+        "one.test",
+        "--solver",
+        "web1",
+        "--solver-opt",
+        "web9:path=/x",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(
+        r.stderr.contains("no --solver uses 'web9'"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(orders_in_log(&pebble), orders, "nothing ordered");
+    let bad = dir.join("bad.toml");
+    fs::write(
+        &bad,
+        "[solvers.w]\nplugin = 3\n[[certificate]]\ndomains = [\"a.test\", \"b.test\"]\nsolvers = { \"a.test\" = \"webroot\", \"c.test\" = \"webroot\" }\n",
+    )
+    .expect("write");
+    let r = certsmith(&["config", "check", "--config", p(&bad), "--output", "json"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    for key in [
+        "solvers.w.plugin",
+        "certificate[1].solvers.\\\"c.test\\\"",
+        "certificate[1].solver",
+    ] {
+        assert!(r.stdout.contains(key), "{key}: {}", r.describe());
+    }
+    assert!(
+        r.stdout.contains("no solver for 'b.test'"),
+        "{}",
+        r.describe()
+    );
+}
+
+/// Item 7: one certificate mixing dns-01 (rfc2136 into BIND9) for the
+/// wildcard with http-01 (webroot) for another name.
+#[test]
+fn a_wildcard_through_rfc2136_and_a_name_through_webroot() {
+    use certsmith_tests::static_server::StaticServer;
+    use certsmith_tests::{Bind, ZoneSpec};
+    let bind = Bind::start_resolving(&[ZoneSpec::new("mixed.test").record("www IN A 127.0.0.1")])
+        .expect("start BIND9");
+    let pebble = Pebble::start(PebbleOpts {
+        dns_server: Some(bind.addr()),
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let state = TempState::new().expect("state");
+    let root = state.root().join("www");
+    fs::create_dir_all(&root).expect("mkdir");
+    let web = StaticServer::start(&root, pebble.http_port()).expect("web server");
+    let a = bind.addr().to_string();
+    let server = pebble.directory_url();
+    let out = Command::new(certsmith_bin())
+        .args([
+            "issue",
+            "-d",
+            "*.mixed.test",
+            "-d",
+            "www.mixed.test",
+            "--solver",
+            "webroot",
+            "--solver",
+            "*.mixed.test=rfc2136",
+            "--solver-opt",
+            &format!("webroot:path={}", p(&root)),
+            "--solver-opt",
+            &format!("rfc2136:server={a}"),
+            "--solver-opt",
+            &format!("rfc2136:tsig_key_name={}", bind.tsig_key_name()),
+            "--dns-resolver",
+            &a,
+            "--propagation-server",
+            &a,
+            "--server",
+            &server,
+            "--ca-cert",
+            p(pebble.ca_cert_path()),
+            "--state-dir",
+            p(state.path()),
+            "--agree-tos",
+            "--output",
+            "json",
+        ])
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run certsmith");
+    let r = Run::from(out);
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let v = r.about("_.mixed.test");
+    assert_eq!(
+        v["domains"],
+        serde_json::json!(["*.mixed.test", "www.mixed.test"]),
+        "{v}"
+    );
+    r.line_of(&["*.mixed.test", "dns-01 response in place"]);
+    r.line_of(&["www.mixed.test", "http-01 response in place"]);
+    assert!(web.log().contains("acme-challenge"), "{}", web.log());
+    assert!(
+        bind.query_txt("_acme-challenge.mixed.test")
+            .expect("query")
+            .is_empty(),
+        "the TXT record was removed"
+    );
+    let lineage =
+        fs::read_to_string(state.path().join("certs/_.mixed.test/lineage.toml")).expect("lineage");
+    assert!(
+        lineage.contains("[name_solvers.\"*.mixed.test\"]")
+            && lineage.contains("solver = \"rfc2136\""),
+        "{lineage}"
+    );
+}
