@@ -206,9 +206,9 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "[NAME=]CODE", env = "CERTSMITH_SOLVER", required = true,
           value_parser = parse_solver_arg)]
     solver: Vec<SolverArg>,
-    /// A solver option (repeatable); `SOLVER:KEY=VALUE` for a solver other
-    /// than the default `--solver`; see `certsmith solvers info CODE`.
-    #[arg(long = "solver-opt", value_name = "[SOLVER:]KEY=VALUE", value_parser = parse_opt)]
+    /// A solver option (repeatable), for the default --solver;
+    /// `SOLVER:KEY=VALUE` for another one; see `certsmith solvers info CODE`.
+    #[arg(long = "solver-opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
     solver_opts: Vec<SolverOpt>,
     /// The certificate's name in the store [default: the first domain;
     /// `_.example.com` for a wildcard `*.example.com` without its apex].

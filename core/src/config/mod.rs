@@ -33,10 +33,15 @@
 //! [solvers.cloudflare]            # options of one plugin (secrets: use its env vars)
 //! zone_id = "..."
 //!
+//! [solvers.site-b]                # a named instance: plugin webroot, other options
+//! plugin = "webroot"
+//! path = "/srv/b"
+//!
 //! [[certificate]]
 //! name = "example.com"            # default: the first domain
 //! domains = ["example.com", "*.example.com"]
-//! solver = "cloudflare"
+//! solver = "cloudflare"           # the names `solvers` does not list
+//! solvers = { "b.example.com" = "site-b" }  # a name's own solver (keys as in domains)
 //! solver_options = { ttl = 120 }  # overrides [solvers.cloudflare] for this one
 //! key_type = "ec-p384"
 //! deploy_hook = "..."            # pre_hook, post_hook, hook_timeout too:
