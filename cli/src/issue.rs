@@ -675,3 +675,59 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<identifiers::Identifier> {
+        identifiers::parse_domains(&names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .expect("valid names")
+    }
+
+    fn args(values: &[&str]) -> Vec<SolverArg> {
+        values
+            .iter()
+            .map(|v| parse_solver_arg(v).expect("parses"))
+            .collect()
+    }
+
+    #[test]
+    fn solvers_by_name_from_the_flags() {
+        let d = ids(&["a.ex.test", "*.ex.test"]);
+        let (default, by) =
+            solvers_by_name(&args(&["webroot", "*.ex.test=rfc2136"]), &d).expect("ok");
+        assert_eq!(default.as_deref(), Some("webroot"));
+        assert_eq!(by.get("*.ex.test").map(String::as_str), Some("rfc2136"));
+
+        let e = solvers_by_name(&args(&["a.ex.test=webroot"]), &d).expect_err("one left");
+        assert!(e.message.contains("no solver for '*.ex.test'"), "{e:?}");
+        assert!(
+            e.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--solver *.ex.test=CODE")),
+            "{e:?}"
+        );
+        let e = solvers_by_name(&args(&["x", "y"]), &d).expect_err("two defaults");
+        assert!(e.message.contains("two default solvers"), "{e:?}");
+        let e = solvers_by_name(&args(&["x", "b.ex.test=y"]), &d).expect_err("not a domain");
+        assert!(e.message.contains("--solver b.ex.test=y"), "{e:?}");
+        assert!(parse_solver_arg("a.ex.test=").is_err());
+        assert!(parse_solver_arg("=x").is_err());
+    }
+
+    #[test]
+    fn solver_options_name_their_solver_or_the_default() {
+        let o = parse_opt("rfc2136:server=127.0.0.1:53").expect("coded");
+        assert_eq!(
+            (o.0.as_deref(), o.1.as_str(), o.2.as_str()),
+            (Some("rfc2136"), "server", "127.0.0.1:53")
+        );
+        let o = parse_opt("url=http://x:1/").expect("plain");
+        assert_eq!(
+            (o.0.as_deref(), o.1.as_str(), o.2.as_str()),
+            (None, "url", "http://x:1/")
+        );
+        assert_eq!(format!("{o:?}"), "url=[redacted]");
+    }
+}

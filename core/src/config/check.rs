@@ -480,6 +480,9 @@ impl Checker<'_, '_> {
                 }
             }
         }
+        // In the order of `domains`: the first name's solver stands for a
+        // certificate whose every name has its own.
+        name_solvers.sort_by_key(|(n, _, _)| domains.iter().position(|d| d.as_str() == n));
         let unmapped: Vec<&str> = domains
             .iter()
             .map(Identifier::as_str)
