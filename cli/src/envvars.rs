@@ -6,7 +6,7 @@
 //! order goes to the production CA. Every set variable with certsmith's
 //! prefix is checked against the names certsmith reads (every `env` of the
 //! command line, and those read elsewhere) and those it sets for others
-//! (deploy hooks) or that its test suite reads, and a stranger is named on
+//! (hooks) or that its test suite reads, and a stranger is named on
 //! stderr with the nearest known name.
 
 use std::collections::BTreeSet;

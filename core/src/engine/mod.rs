@@ -18,11 +18,14 @@
 //!   [`crate::store`], which switches `current` only after a complete set is
 //!   on disk.
 //!
-//! Per order: new order → fetch authorizations → choose per authorization
-//! the challenge type the solver supports (http-01, then tls-alpn-01, then
-//! dns-01; a wildcard needs dns-01) → present all → mark them ready → poll
+//! Per order: pre-hook → new order → fetch authorizations → choose per
+//! authorization its name's solver and the challenge type that solver
+//! supports (http-01, then tls-alpn-01, then dns-01; a wildcard needs
+//! dns-01) → present all → mark them ready → poll
 //! (honouring `Retry-After`) → clean up, while finalizing with a CSR whose
-//! key was generated in parallel → download the chain → store.
+//! key was generated in parallel → post-hook (after the cleanup, whatever
+//! happened) → download the chain → store → tell the caller (the agent runs
+//! the deploy hook while the other orders go on).
 
 pub use ratelimit::{RateLimits, registered_domain};
 
