@@ -342,12 +342,21 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let (default, by_name) = solvers_by_name(&args.solver, &domains)?;
     // --solver-opt KEY=VALUE: the default solver's (the only one's when
     // every name has its own); SOLVER:KEY=VALUE: that solver's.
-    let only = by_name.values().next().cloned();
+    let distinct: std::collections::BTreeSet<&String> = by_name.values().collect();
+    let only = (distinct.len() == 1)
+        .then(|| by_name.values().next().cloned())
+        .flatten();
     let plain_to = default.clone().or(only);
     let mut cli_opts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for o in &args.solver_opts {
         let Some(solver) = o.0.clone().or_else(|| plain_to.clone()) else {
-            continue;
+            return Err(Failure::usage(
+                format!(
+                    "--solver-opt {}=...: which solver? no default --solver, and the names use several",
+                    o.1
+                ),
+                Some("write --solver-opt SOLVER:KEY=VALUE with a SOLVER given to --solver"),
+            ));
         };
         let used =
             default.as_deref() == Some(solver.as_str()) || by_name.values().any(|s| *s == solver);

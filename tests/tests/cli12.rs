@@ -818,6 +818,24 @@ solvers = {{ "cfg-one.test" = "web1", "cfg-two.test" = "web2" }}
         "{}",
         r.describe()
     );
+    let r = certsmith(&[
+        "issue",
+        "--config",
+        c,
+        "-d",
+        "one.test",
+        "-d",
+        "two.test",
+        "--solver",
+        "one.test=web1",
+        "--solver",
+        "two.test=web2",
+        "--solver-opt",
+        "path=/x",
+    ]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(r.stderr.contains("which solver?"), "{}", r.describe());
+    assert!(r.stderr.contains("SOLVER:KEY=VALUE"), "{}", r.describe());
     assert_eq!(orders_in_log(&pebble), orders, "nothing ordered");
     let bad = dir.join("bad.toml");
     fs::write(
