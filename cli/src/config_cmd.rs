@@ -99,7 +99,52 @@ pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>,
         warnings.push(e.to_string());
     }
     for cert in &config.certificates {
-        let plugin = match host.get(&cert.solver) {
+        // The solvers of names with their own.
+        for (id, name, pos) in &cert.name_solvers {
+            let key = cert.key(&format!("solvers.\"{id}\""));
+            let plugin = match host.get(&config.plugin_code(name)) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.push(config.error_at(
+                        *pos,
+                        key,
+                        e.to_string(),
+                        Some("name a plugin (`certsmith solvers list`) or a [solvers.<name>] table with plugin = \"CODE\""),
+                    ));
+                    continue;
+                }
+            };
+            let table = config.instance_table(name);
+            if let Err(e) = plugin::resolve(
+                plugin.manifest(),
+                &ConfigSources {
+                    file: Some(&table),
+                    ..Default::default()
+                },
+            ) {
+                errors.push(config.error_at(
+                    *pos,
+                    key.clone(),
+                    format!("solver '{name}': {e}"),
+                    Some("fix its options in [solvers.<name>]"),
+                ));
+            }
+            let ids: Vec<_> = cert
+                .domains
+                .iter()
+                .filter(|d| d.as_str() == id)
+                .cloned()
+                .collect();
+            if let Err(e) = identifiers::check_solver(&ids, plugin.manifest()) {
+                errors.push(config.error_at(
+                    *pos,
+                    key,
+                    e.to_string(),
+                    Some("a wildcard needs a dns-01 solver (RFC 8555 §8.4)"),
+                ));
+            }
+        }
+        let plugin = match host.get(&config.plugin_code(&cert.solver)) {
             Ok(p) => p,
             Err(e) => {
                 errors.push(config.error_at(
@@ -122,7 +167,13 @@ pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>,
         ) {
             errors.push(option_error(config, cert, &e));
         }
-        if let Err(e) = identifiers::check_solver(&cert.domains, manifest) {
+        let own: Vec<_> = cert
+            .domains
+            .iter()
+            .filter(|d| !cert.name_solvers.iter().any(|(id, _, _)| id == d.as_str()))
+            .cloned()
+            .collect();
+        if let Err(e) = identifiers::check_solver(&own, manifest) {
             errors.push(config.error_at(
                 cert.domains_pos,
                 cert.key("domains"),
@@ -131,11 +182,14 @@ pub(crate) fn diagnose(config: &Config, host: &PluginHost) -> (Vec<ConfigError>,
             ));
         }
     }
-    for code in config.solvers.keys() {
-        if host.get(code).is_err() {
-            warnings.push(format!(
-                "[solvers.{code}] configures a solver that was not found"
-            ));
+    for name in config.solvers.keys() {
+        let code = config.plugin_code(name);
+        if host.get(&code).is_err() {
+            warnings.push(if code == *name {
+                format!("[solvers.{name}] configures a solver that was not found")
+            } else {
+                format!("[solvers.{name}] names plugin '{code}', which was not found")
+            });
         }
     }
     errors.sort_by_key(ConfigError::pos);

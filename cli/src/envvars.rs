@@ -6,7 +6,7 @@
 //! order goes to the production CA. Every set variable with certsmith's
 //! prefix is checked against the names certsmith reads (every `env` of the
 //! command line, and those read elsewhere) and those it sets for others
-//! (deploy hooks) or that its test suite reads, and a stranger is named on
+//! (hooks) or that its test suite reads, and a stranger is named on
 //! stderr with the nearest known name.
 
 use std::collections::BTreeSet;
@@ -25,15 +25,7 @@ const OTHER_KNOWN: &[&str] = &[
     // Read with their `_FILE` forms (core::envfile).
     "CERTSMITH_EAB_KID_FILE",
     "CERTSMITH_EAB_HMAC_KEY_FILE",
-    // Set for deploy hooks (core::hooks::HookContext::env).
-    "CERTSMITH_CERT_NAME",
-    "CERTSMITH_DOMAINS",
-    "CERTSMITH_CERT_DIR",
-    "CERTSMITH_FULLCHAIN",
-    "CERTSMITH_PRIVKEY",
-    "CERTSMITH_CERT",
-    "CERTSMITH_CHAIN",
-    "CERTSMITH_VERSION",
+    // Set for hooks: core::hooks::HOOK_VARIABLES (added in known_names).
     // Read by the test suite and its harness (tests/).
     "CERTSMITH_BIN",
     "CERTSMITH_BLESS",
@@ -55,7 +47,11 @@ pub(crate) fn known_names(cmd: &clap::Command) -> BTreeSet<String> {
             walk(sub, out);
         }
     }
-    let mut out: BTreeSet<String> = OTHER_KNOWN.iter().map(|s| (*s).to_owned()).collect();
+    let mut out: BTreeSet<String> = OTHER_KNOWN
+        .iter()
+        .chain(certsmith_core::hooks::HOOK_VARIABLES)
+        .map(|s| (*s).to_owned())
+        .collect();
     walk(cmd, &mut out);
     out
 }
@@ -170,15 +166,17 @@ mod tests {
         ] {
             assert!(known.contains(name), "{name} is not known");
         }
-        // What deploy hooks receive, from the code that sets it.
-        let ctx = certsmith_core::hooks::HookContext {
-            cert_name: "a".into(),
-            domains: vec!["a".into()],
-            cert_dir: "/x".into(),
-            version: 1,
-        };
-        for (name, _) in ctx.env() {
-            assert!(known.contains(name), "hook variable {name} is not known");
+        // What each hook receives, from the code that sets it.
+        use certsmith_core::hooks::{HookContext, HookKind};
+        let contexts = [
+            HookContext::deploy("a", &["a".into()], "/x".into(), 1),
+            HookContext::around(HookKind::Pre, "a", &["a".into()], false),
+            HookContext::around(HookKind::Post, "a", &["a".into()], true),
+        ];
+        for ctx in contexts {
+            for (name, _) in ctx.env() {
+                assert!(known.contains(name), "hook variable {name} is not known");
+            }
         }
     }
 }

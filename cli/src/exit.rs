@@ -26,8 +26,10 @@ pub(crate) const NETWORK: u8 = 7;
 /// failed for different reasons. When every certificate that failed did so
 /// for one class, and none succeeded, that class's code is used instead.
 pub(crate) const PARTIAL: u8 = 8;
-/// A deploy hook failed or timed out. The new certificate is in place and
-/// valid; only the hook (e.g. the web server reload) needs attention.
+/// A hook failed or timed out. A deploy hook or post-hook: the new
+/// certificate is in place and valid; only the hook (e.g. the web server
+/// reload) needs attention. A pre-hook: that certificate was not ordered
+/// (its post-hook ran).
 /// Like every class, `run`/`renew` return it only when no certificate
 /// succeeded and all failed this way; otherwise [`PARTIAL`].
 pub(crate) const DEPLOY_HOOK: u8 = 9;

@@ -49,7 +49,10 @@ impl Failure {
         match e {
             JobError::Hook(h) => Failure {
                 code: exit::DEPLOY_HOOK,
-                class: "deploy_hook",
+                class: match h.kind() {
+                    certsmith_core::hooks::HookKind::Deploy => "deploy_hook",
+                    _ => "hook",
+                },
                 message: e.to_string(),
                 hint: Some(h.hint().to_owned()),
             },
@@ -123,6 +126,7 @@ pub(crate) fn exit_code(class: ErrorClass) -> u8 {
         ErrorClass::Network => exit::NETWORK,
         ErrorClass::Cancelled => exit::INTERRUPTED,
         ErrorClass::PropagationTimeout => exit::PROPAGATION_TIMEOUT,
+        ErrorClass::Hook => exit::DEPLOY_HOOK,
         _ => exit::INTERNAL,
     }
 }
@@ -292,6 +296,7 @@ pub(crate) fn issue_hint(e: &IssueError) -> Option<String> {
         IssueError::Store(_) => {
             "pass a writable --state-dir (or set CERTSMITH_STATE_DIR)".to_owned()
         }
+        IssueError::PreHook(h) => h.hint().to_owned(),
         _ => return None,
     })
 }

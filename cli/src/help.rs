@@ -70,7 +70,20 @@ Examples:
 
   # Your own CSR (the key stays with you); an IP address certificate
   certsmith issue --csr example.com.csr --solver webroot --solver-opt path=/var/www/html
-  certsmith issue -d 192.0.2.1 --solver standalone --profile shortlived";
+  certsmith issue -d 192.0.2.1 --solver standalone --profile shortlived
+
+  # A solver per name: the wildcard through DNS, www through the web server
+  certsmith issue -d '*.example.com' -d www.example.com --agree-tos \\
+      --solver webroot --solver-opt webroot:path=/var/www/html \\
+      --solver '*.example.com=cloudflare'
+
+  # Port 80 held by nginx: stop it around the challenges, reload after
+  certsmith issue -d example.com --solver standalone --agree-tos \\
+      --pre-hook 'systemctl stop nginx' --post-hook 'systemctl start nginx' \\
+      --deploy-hook 'systemctl reload nginx'
+
+  # Try it all against Let's Encrypt's staging CA; nothing is stored
+  certsmith issue -d example.com --solver standalone --agree-tos --dry-run";
 
 /// `certsmith run --help`.
 pub(crate) const RUN: &str = "\
@@ -82,7 +95,10 @@ Examples:
   certsmith run --config /etc/certsmith/certsmith.toml --jitter 300 --output json
 
   # Renew one certificate of the file now
-  certsmith run --cert-name www --force";
+  certsmith run --cert-name www --force
+
+  # What would change, tried against the staging CA; nothing is stored
+  certsmith run --dry-run";
 
 /// `certsmith renew --help`.
 pub(crate) const RENEW: &str = "\
@@ -91,7 +107,10 @@ Examples:
   certsmith renew --all
 
   # One certificate, now, due or not
-  certsmith renew --cert-name example.com --force";
+  certsmith renew --cert-name example.com --force
+
+  # Would every renewal still work? Tried against the staging CA, nothing stored
+  certsmith renew --all --dry-run";
 
 /// `certsmith revoke --help`.
 pub(crate) const REVOKE: &str = "\

@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient};
 use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
@@ -69,21 +68,130 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One `--solver-opt KEY=VALUE`; `Debug` shows the key only (values may be
+/// One `--solver-opt [SOLVER:]KEY=VALUE` (the solver: the default
+/// `--solver` when left out); `Debug` shows the key only (values may be
 /// API tokens).
 #[derive(Clone)]
-pub(crate) struct SolverOpt(String, String);
+pub(crate) struct SolverOpt(Option<String>, String, String);
 
 impl fmt::Debug for SolverOpt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}=[redacted]", self.0)
+        match &self.0 {
+            Some(s) => write!(f, "{s}:{}=[redacted]", self.1),
+            None => write!(f, "{}=[redacted]", self.1),
+        }
     }
 }
 
 fn parse_opt(arg: &str) -> Result<SolverOpt, String> {
-    parse_solver_opt(arg)
-        .map(|(k, v)| SolverOpt(k, v))
+    let (solver, rest) = match arg.split_once('=') {
+        Some((k, _)) if k.contains(':') => match arg.split_once(':') {
+            Some((s, rest)) if !s.trim().is_empty() => (Some(s.trim().to_owned()), rest),
+            _ => return Err(format!("'{arg}': write SOLVER:KEY=VALUE or KEY=VALUE")),
+        },
+        _ => (None, arg),
+    };
+    parse_solver_opt(rest)
+        .map(|(k, v)| SolverOpt(solver, k, v))
         .map_err(|e| e.to_string())
+}
+
+/// One `--solver`: `CODE` (every name without a solver of its own) or
+/// `NAME=CODE` (that name); CODE is a plugin code or a `[solvers.<name>]`
+/// instance of the config file.
+#[derive(Clone, Debug)]
+pub(crate) struct SolverArg {
+    name: Option<String>,
+    solver: String,
+}
+
+fn parse_solver_arg(arg: &str) -> Result<SolverArg, String> {
+    let (name, solver) = match arg.split_once('=') {
+        Some((n, s)) => (Some(n.trim().to_owned()), s.trim()),
+        None => (None, arg.trim()),
+    };
+    if solver.is_empty() || name.as_deref().is_some_and(str::is_empty) {
+        return Err(format!(
+            "'{arg}': write --solver CODE (every name) or --solver NAME=CODE (one name)"
+        ));
+    }
+    Ok(SolverArg {
+        name,
+        solver: solver.to_owned(),
+    })
+}
+
+/// The solver of each name from the `--solver` values: the default (for
+/// names not listed) and the solver of each name listed, by identifier.
+/// A name listed that is not a `-d` domain, a name listed twice, two
+/// defaults, or a name left without a solver is an error naming the fix.
+fn solvers_by_name(
+    args: &[SolverArg],
+    domains: &[identifiers::Identifier],
+) -> Result<(Option<String>, BTreeMap<String, String>), Failure> {
+    let mut default: Option<String> = None;
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    for a in args {
+        match &a.name {
+            None => {
+                if let Some(d) = &default {
+                    return Err(Failure::usage(
+                        format!(
+                            "two default solvers: --solver {d} and --solver {}",
+                            a.solver
+                        ),
+                        Some(
+                            "give one --solver CODE for every name, and --solver NAME=CODE for the names that need another",
+                        ),
+                    ));
+                }
+                default = Some(a.solver.clone());
+            }
+            Some(name) => {
+                let id = identifiers::parse_domains(std::slice::from_ref(name))
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .filter(|id| domains.iter().any(|d| d.as_str() == id.as_str()))
+                    .ok_or_else(|| {
+                        Failure::usage(
+                            format!("--solver {name}={}: '{name}' is not one of the -d/--domain names", a.solver),
+                            Some("the NAME of --solver NAME=CODE is a -d name, written the same way (\"*.example.com\" for the wildcard)"),
+                        )
+                    })?;
+                if by_name
+                    .insert(id.as_str().to_owned(), a.solver.clone())
+                    .is_some()
+                {
+                    return Err(Failure::usage(
+                        format!("--solver gives '{name}' two solvers"),
+                        Some("give each name one --solver NAME=CODE"),
+                    ));
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> = domains
+        .iter()
+        .map(|d| d.as_str())
+        .filter(|d| !by_name.contains_key(*d))
+        .collect();
+    if default.is_none() && !missing.is_empty() {
+        return Err(Failure::usage(
+            format!(
+                "no solver for {}",
+                missing
+                    .iter()
+                    .map(|d| format!("'{d}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(&format!(
+                "pass --solver {}=CODE, or --solver CODE for every name without its own",
+                missing[0]
+            )),
+        ));
+    }
+    Ok((default, by_name))
 }
 
 /// Obtain a certificate now.
@@ -104,10 +212,15 @@ pub(crate) struct IssueArgs {
     /// key type is the CSR's. The CSR is stored and sent again at renewal.
     #[arg(long, value_name = "FILE", conflicts_with = "reuse_key")]
     csr: Option<PathBuf>,
-    /// The solver plugin that answers the challenges (`certsmith solvers list`).
-    #[arg(long, value_name = "CODE", env = "CERTSMITH_SOLVER")]
-    solver: String,
-    /// A solver option (repeatable); see `certsmith solvers info CODE`.
+    /// The solver plugin that answers the challenges (`certsmith solvers
+    /// list`), or a [solvers.<name>] instance of the config file;
+    /// repeatable: `--solver CODE` for every name, `--solver NAME=CODE` for
+    /// one name (e.g. `--solver '*.example.com=rfc2136' --solver webroot`).
+    #[arg(long, value_name = "[NAME=]CODE", env = "CERTSMITH_SOLVER", required = true,
+          value_parser = parse_solver_arg)]
+    solver: Vec<SolverArg>,
+    /// A solver option (repeatable), for the default --solver;
+    /// `SOLVER:KEY=VALUE` for another one; see `certsmith solvers info CODE`.
     #[arg(long = "solver-opt", value_name = "KEY=VALUE", value_parser = parse_opt)]
     solver_opts: Vec<SolverOpt>,
     /// The certificate's name in the store [default: the first domain;
@@ -167,14 +280,6 @@ pub(crate) struct IssueArgs {
     #[arg(long, value_name = "N", default_value_t = engine::DEFAULT_CONCURRENCY as u32,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
-    /// Run this shell command after the certificate is stored; it gets
-    /// CERTSMITH_CERT_NAME, CERTSMITH_DOMAINS, CERTSMITH_CERT_DIR,
-    /// CERTSMITH_FULLCHAIN and CERTSMITH_PRIVKEY. Recorded for `renew`.
-    #[arg(long, value_name = "CMD")]
-    deploy_hook: Option<String>,
-    /// Kill the deploy hook after SECS.
-    #[arg(long, value_name = "SECS", default_value_t = 120)]
-    deploy_hook_timeout: u64,
     /// A challenge type to answer: http-01, tls-alpn-01 or dns-01;
     /// repeat it for a preference order (the first the CA offers wins)
     /// [default: http-01, then tls-alpn-01, then dns-01]. Recorded for
@@ -194,6 +299,10 @@ pub(crate) struct IssueArgs {
     /// meta.profiles, e.g. "shortlived"). Recorded for `renew`.
     #[arg(long, value_name = "NAME")]
     profile: Option<String>,
+    #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
+    #[command(flatten)]
+    dry_run: crate::dry_run::DryRunArgs,
     #[command(flatten)]
     dns: crate::dns_args::DnsArgs,
 }
@@ -293,9 +402,11 @@ fn order_options(args: &IssueArgs) -> Result<OrderOptions, Failure> {
 /// Everything checked and ready, before any network traffic.
 struct Prepared {
     wanted: WantedCert,
-    /// The solver's code and its `[solvers.<code>]` table: configured only
+    /// The default solver's (name, plugin code, `[solvers.<name>]` table),
+    /// and those of each name with its own, by identifier: configured only
     /// when an order is planned.
-    solver: (String, toml::Table),
+    solver: Option<(String, String, toml::Table)>,
+    name_solvers: BTreeMap<String, (String, String, toml::Table)>,
     propagation_check: Option<PropagationCheck>,
     order: OrderOptions,
     max_names: usize,
@@ -303,6 +414,11 @@ struct Prepared {
     account: AccountOptions,
     session: Session,
     ca_cert: Option<PathBuf>,
+    /// The hooks: the flags, else the config's `[defaults]`.
+    hooks: crate::hook_args::HookArgs,
+    /// A dry run's client (the staging CA), and the empty store it plans
+    /// against when the state directory does not exist.
+    dry_run: Option<(AcmeClient, Option<crate::dry_run::Scratch>)>,
 }
 
 fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
@@ -345,7 +461,13 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
 
     // 3. The state directory, writable: --state-dir, else the config's
     // state_dir, else the default.
-    let store = setup::open_store(global, config.as_ref())?;
+    // A dry run reads it and writes nothing to it.
+    let (store, scratch) = if args.dry_run.dry_run {
+        let (store, scratch) = crate::dry_run::planning_store(global, config.as_ref())?;
+        (store, Some(scratch))
+    } else {
+        (setup::open_store(global, config.as_ref())?, None)
+    };
     let defaults = config.as_ref().map(|c| &c.defaults);
 
     // 4. The solver: found, loaded, configured (by the agent, with the
@@ -353,19 +475,61 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
     let host = setup::plugin_host(global, config.as_ref());
     let mut options = setup::agent_options(store, host, config.as_ref(), &args.dns);
     options.concurrency = args.concurrency as usize;
+    options.dry_run = args.dry_run.dry_run;
     let max_names = options.max_names;
-    let cli_opts: Vec<(String, String)> = args
-        .solver_opts
+    let (default, by_name) = solvers_by_name(&args.solver, &domains)?;
+    // --solver-opt KEY=VALUE: the default solver's (the only one's when
+    // every name has its own); SOLVER:KEY=VALUE: that solver's.
+    let distinct: std::collections::BTreeSet<&String> = by_name.values().collect();
+    let only = (distinct.len() == 1)
+        .then(|| by_name.values().next().cloned())
+        .flatten();
+    let plain_to = default.clone().or(only);
+    let mut cli_opts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for o in &args.solver_opts {
+        let Some(solver) = o.0.clone().or_else(|| plain_to.clone()) else {
+            return Err(Failure::usage(
+                format!(
+                    "--solver-opt {}=...: which solver? no default --solver, and the names use several",
+                    o.1
+                ),
+                Some("write --solver-opt SOLVER:KEY=VALUE with a SOLVER given to --solver"),
+            ));
+        };
+        let used =
+            default.as_deref() == Some(solver.as_str()) || by_name.values().any(|s| *s == solver);
+        if !used {
+            return Err(Failure::usage(
+                format!(
+                    "--solver-opt {solver}:{}=...: no --solver uses '{solver}'",
+                    o.1
+                ),
+                Some("write --solver-opt SOLVER:KEY=VALUE with a SOLVER given to --solver"),
+            ));
+        }
+        cli_opts
+            .entry(solver)
+            .or_default()
+            .push((o.1.clone(), o.2.clone()));
+    }
+    options.solver_opts = cli_opts;
+    let instance = |name: &str| {
+        let code = config
+            .as_ref()
+            .map_or_else(|| name.to_owned(), |c| c.plugin_code(name));
+        let table = options
+            .solver_tables
+            .get(name)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        (name.to_owned(), code, table)
+    };
+    let solver = default.as_deref().map(instance);
+    let name_solvers: BTreeMap<String, (String, String, toml::Table)> = by_name
         .iter()
-        .map(|o| (o.0.clone(), o.1.clone()))
+        .map(|(id, name)| (id.clone(), instance(name)))
         .collect();
-    options.solver_opts = BTreeMap::from([(args.solver.clone(), cli_opts)]);
-    let table = options
-        .solver_tables
-        .get(&args.solver)
-        .and_then(toml::Value::as_table)
-        .cloned()
-        .unwrap_or_default();
     let session = Session::start(global, options);
 
     // 5. The certificate asked for; the request as a whole (the solver,
@@ -399,9 +563,14 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         .clone()
         .or_else(|| defaults.and_then(|d| d.ca_cert.clone()));
     let client = AcmeClient::new(&server, ca_cert.as_deref())?;
+    let dry_run = match scratch {
+        Some(scratch) => Some((args.dry_run.client(&client, ca_cert.as_deref())?, scratch)),
+        None => None,
+    };
     Ok(Prepared {
         wanted,
-        solver: (args.solver.clone(), table),
+        solver,
+        name_solvers,
         // --propagation-check is in the engine's options and wins.
         propagation_check: config.as_ref().and_then(|c| c.defaults.propagation_check),
         order,
@@ -410,6 +579,28 @@ fn prepare(global: &GlobalArgs, args: &IssueArgs) -> Result<Prepared, Failure> {
         account,
         session,
         ca_cert,
+        hooks: crate::hook_args::HookArgs {
+            pre_hook: args
+                .hooks
+                .pre_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.pre_hook.clone())),
+            post_hook: args
+                .hooks
+                .post_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.post_hook.clone())),
+            deploy_hook: args
+                .hooks
+                .deploy_hook
+                .clone()
+                .or_else(|| defaults.and_then(|d| d.deploy_hook.clone())),
+            hook_timeout: args
+                .hooks
+                .hook_timeout
+                .or_else(|| defaults.and_then(|d| d.deploy_hook_timeout)),
+        },
+        dry_run,
     })
 }
 
@@ -420,7 +611,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     };
     let Prepared {
         wanted,
-        solver: (code, table),
+        solver,
+        name_solvers,
         propagation_check,
         order,
         max_names,
@@ -428,6 +620,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         account,
         session,
         ca_cert,
+        hooks,
+        dry_run,
     } = prepared;
     let name = wanted.name.clone();
     // What `renew` needs besides the request: recorded in the lineage
@@ -439,28 +633,68 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             .email
             .as_ref()
             .map(|e| e.trim().trim_start_matches("mailto:").to_owned()),
-        args.deploy_hook.clone(),
-        Some(Duration::from_secs(args.deploy_hook_timeout)),
+        hooks.deploy_hook,
+        hooks.hook_timeout,
         None,
-    );
+    )
+    .with_hooks(hooks.pre_hook, hooks.post_hook);
     let mode = RequestMode::new(args.force, args.expand, args.replace);
     let make = || -> Result<CertRequest, JobError> {
+        let agent = &session.agent;
+        let mut per_name = BTreeMap::new();
+        for (id, (name, code, table)) in &name_solvers {
+            per_name.insert(id.clone(), agent.solver_named(name, code, table)?);
+        }
+        // Without a default every name has its own: the first one's
+        // stands for the certificate.
+        let default = match &solver {
+            Some((name, code, table)) => agent.solver_named(name, code, table)?,
+            None => per_name
+                .values()
+                .next()
+                .cloned()
+                .ok_or_else(|| JobError::Invalid {
+                    message: "no solver: pass --solver CODE".to_owned(),
+                })?,
+        };
         let request = CertRequest {
             name: wanted.name.clone(),
             domains: wanted.domains.clone(),
-            solver: session.agent.solver(&code, &table)?,
+            solver: default,
             key_type: wanted.key_type,
             replaces: None,
             propagation_check,
             order: order.clone(),
+            hooks: Default::default(),
+            name_solvers: per_name,
         };
         engine::check_request(&request, max_names)?;
         Ok(request)
     };
     let job = session
         .agent
-        .plan_request(wanted.clone(), settings, &client, mode, make)
+        .plan_request(wanted.clone(), settings.clone(), &client, mode, &make)
         .await;
+    if let Some((staging, _planned_on)) = dry_run {
+        // What a real run would do is `job`; the test order goes to the
+        // staging CA, into a store thrown away afterwards.
+        let scratch = match crate::dry_run::Scratch::new() {
+            Ok(s) => s,
+            Err(f) => {
+                session.finish().await;
+                return f.report(global, Some(&name));
+            }
+        };
+        let trial = session.agent.trial(scratch.store.clone());
+        let mut tests = [trial
+            .plan_request(wanted.clone(), settings, &staging, mode, &make)
+            .await];
+        let interrupted = trial.execute(&staging, &account, &mut tests).await;
+        drop(trial);
+        session.finish().await;
+        let server = staging.directory_url().to_owned();
+        return crate::dry_run::report(global, &server, &[job], &tests, interrupted, false);
+    }
     let mut jobs = [job];
     let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
     session.finish().await;
@@ -484,8 +718,9 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
     if let Some(e) = &outcome.error {
         return Failure::from_job(e).report(global, Some(&name));
     }
-    let hook_failure = match &outcome.hook {
-        Some(Err(e)) => Some(Failure::from_job(e)),
+    // A deploy hook's failure first; else the post-hook's.
+    let hook_failure = match (&outcome.hook, &outcome.post_hook) {
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Failure::from_job(e)),
         _ => None,
     };
     if let Some(cert) = &outcome.cert {
@@ -523,6 +758,7 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
             "cert_path": path(store::CERT_FILE),
             "chain_path": path(store::CHAIN_FILE),
             "deploy_hook": null,
+            "post_hook": null,
             "error": null,
         })),
         OutputFormat::Text => {
@@ -545,14 +781,13 @@ fn print_skipped(global: &GlobalArgs, job: &Job, why: &str) {
 
 fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&Failure>) {
     let (action, reason, _) = job.result();
-    let hook_json = job
-        .outcome
-        .as_ref()
-        .and_then(|o| o.hook.as_ref())
-        .map(|_| match hook {
-            Some(f) => json!({"status": "failed", "error": f.json()}),
-            None => json!({"status": "ok"}),
-        });
+    let status = |h: &Result<(), JobError>| match h {
+        Ok(()) => json!({"status": "ok"}),
+        Err(e) => json!({"status": "failed", "error": Failure::from_job(e).json()}),
+    };
+    let outcome = job.outcome.as_ref();
+    let hook_json = outcome.and_then(|o| o.hook.as_ref()).map(status);
+    let post_hook_json = outcome.and_then(|o| o.post_hook.as_ref()).map(status);
     match global.output {
         OutputFormat::Json => print_json(&json!({
             "name": cert.name,
@@ -561,6 +796,7 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
             "next_renewal": job.next.map(|(t, _)| rfc3339(t)),
             "renewal_reason": job.next.map(|(_, r)| r.as_str()),
             "deploy_hook": hook_json,
+            "post_hook": post_hook_json,
             "error": hook.map(Failure::json),
             "domains": cert.domains,
             "cert_path": cert.cert_path,
@@ -604,5 +840,61 @@ fn print_cert(global: &GlobalArgs, cert: &IssuedCert, job: &Job, hook: Option<&F
                 outln!("  root CA:   {issuer} (issuer of the topmost chain certificate)");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<identifiers::Identifier> {
+        identifiers::parse_domains(&names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .expect("valid names")
+    }
+
+    fn args(values: &[&str]) -> Vec<SolverArg> {
+        values
+            .iter()
+            .map(|v| parse_solver_arg(v).expect("parses"))
+            .collect()
+    }
+
+    #[test]
+    fn solvers_by_name_from_the_flags() {
+        let d = ids(&["a.ex.test", "*.ex.test"]);
+        let (default, by) =
+            solvers_by_name(&args(&["webroot", "*.ex.test=rfc2136"]), &d).expect("ok");
+        assert_eq!(default.as_deref(), Some("webroot"));
+        assert_eq!(by.get("*.ex.test").map(String::as_str), Some("rfc2136"));
+
+        let e = solvers_by_name(&args(&["a.ex.test=webroot"]), &d).expect_err("one left");
+        assert!(e.message.contains("no solver for '*.ex.test'"), "{e:?}");
+        assert!(
+            e.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("--solver *.ex.test=CODE")),
+            "{e:?}"
+        );
+        let e = solvers_by_name(&args(&["x", "y"]), &d).expect_err("two defaults");
+        assert!(e.message.contains("two default solvers"), "{e:?}");
+        let e = solvers_by_name(&args(&["x", "b.ex.test=y"]), &d).expect_err("not a domain");
+        assert!(e.message.contains("--solver b.ex.test=y"), "{e:?}");
+        assert!(parse_solver_arg("a.ex.test=").is_err());
+        assert!(parse_solver_arg("=x").is_err());
+    }
+
+    #[test]
+    fn solver_options_name_their_solver_or_the_default() {
+        let o = parse_opt("rfc2136:server=127.0.0.1:53").expect("coded");
+        assert_eq!(
+            (o.0.as_deref(), o.1.as_str(), o.2.as_str()),
+            (Some("rfc2136"), "server", "127.0.0.1:53")
+        );
+        let o = parse_opt("url=http://x:1/").expect("plain");
+        assert_eq!(
+            (o.0.as_deref(), o.1.as_str(), o.2.as_str()),
+            (None, "url", "http://x:1/")
+        );
+        assert_eq!(format!("{o:?}"), "url=[redacted]");
     }
 }

@@ -141,7 +141,18 @@ pub(crate) fn line(event: &ProgressEvent) -> Option<String> {
     Some(match event {
         // The final error is printed once, with its hint, by the command.
         ProgressEvent::Failed { .. } => return None,
-        ProgressEvent::CleanupFailed { .. } | ProgressEvent::LeftoverKept { .. } => {
+        // So is a pre-hook's or deploy hook's failure (the post-hook's
+        // may follow a failed order, whose error is the one printed).
+        ProgressEvent::HookFailed {
+            hook: certsmith_core::hooks::HookKind::Pre | certsmith_core::hooks::HookKind::Deploy,
+            ..
+        } => return None,
+        ProgressEvent::CleanupFailed { .. }
+        | ProgressEvent::LeftoverKept { .. }
+        | ProgressEvent::HookFailed {
+            hook: certsmith_core::hooks::HookKind::Post,
+            ..
+        } => {
             format!("warning: {event}")
         }
         _ => event.to_string(),

@@ -40,10 +40,9 @@ pub(crate) struct RenewArgs {
     /// Sleep a random time of up to SECS first (for scheduled runs).
     #[arg(long, value_name = "SECS")]
     jitter: Option<u64>,
-    /// Run this command after each renewal, and record it in place of the
-    /// hook recorded at issuance.
-    #[arg(long, value_name = "CMD")]
-    deploy_hook: Option<String>,
+    /// The hooks (each recorded in place of the one recorded at issuance).
+    #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
     /// Extra CA certificates (PEM) for the CA's HTTPS [default: the one
     /// recorded at issuance].
     #[arg(long, value_name = "PEM")]
@@ -65,6 +64,8 @@ pub(crate) struct RenewArgs {
     #[arg(long = "solver-opt", value_name = "CODE:KEY=VALUE", value_parser = setup::parse_coded_opt)]
     solver_opts: Vec<setup::CodedOpt>,
     #[command(flatten)]
+    dry_run: crate::dry_run::DryRunArgs,
+    #[command(flatten)]
     dns: DnsArgs,
 }
 
@@ -82,7 +83,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
         Err(e) => return setup::report_config_errors(global, &e),
     };
     let config = config.as_ref();
-    let store = match setup::open_store(global, config) {
+    // A dry run reads the state directory and writes nothing to it.
+    let dry_run = args.dry_run.dry_run;
+    let opened = if dry_run {
+        crate::dry_run::planning_store(global, config)
+    } else {
+        setup::open_store(global, config).map(|s| (s, None))
+    };
+    let (store, _planned_on) = match opened {
         Ok(s) => s,
         Err(f) => return f.report(global, None),
     };
@@ -97,11 +105,32 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
     if options.dns.propagation_check.is_none() {
         options.dns.propagation_check = config.and_then(|c| c.defaults.propagation_check);
     }
-    let (session, _lease) = match Session::start_batch(global, options).await {
-        Ok(s) => s,
-        Err(code) => return code,
+    options.dry_run = dry_run;
+    // A dry run takes no lease: it writes nothing a batch could race with.
+    let (session, _lease) = if dry_run {
+        (Session::start(global, options), None)
+    } else {
+        match Session::start_batch(global, options).await {
+            Ok((s, lease)) => (s, Some(lease)),
+            Err(code) => return code,
+        }
     };
     let agent = &session.agent;
+    // A dry run's test orders: into a store thrown away afterwards.
+    let scratch = if dry_run {
+        match crate::dry_run::Scratch::new() {
+            Ok(s) => Some(s),
+            Err(f) => {
+                session.finish().await;
+                return f.report(global, None);
+            }
+        }
+    } else {
+        None
+    };
+    let trial = scratch.as_ref().map(|s| agent.trial(s.store.clone()));
+    let mut tests: Vec<Job> = Vec::new();
+    let mut staging_url = String::new();
     let stored = match store.cert_names() {
         Ok(n) => n,
         Err(e) => {
@@ -159,11 +188,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
                     message: format!("'{name}' has no lineage"),
                 });
                 jobs.push(job);
+                tests.push(not_tried(&name));
             }
             Err(e) => {
-                let mut job = Job::new(name, Vec::new());
+                let mut job = Job::new(name.clone(), Vec::new());
                 job.fail(IssueError::from(e).into());
                 jobs.push(job);
+                tests.push(not_tried(&name));
             }
         }
     }
@@ -179,6 +210,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
             Ok(r) => r,
             Err(e) => {
                 for (name, l) in members {
+                    tests.push(not_tried(&name));
                     let mut job = Job::new(name, l.domains.clone());
                     job.fail(e.clone());
                     jobs.push(job);
@@ -186,16 +218,41 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
                 continue;
             }
         };
+        let staging = match &trial {
+            Some(_) => match args.dry_run.client(&client, key.ca_cert.as_deref()) {
+                Ok(c) => Some(c),
+                Err(f) => {
+                    drop(trial);
+                    session.finish().await;
+                    return f.report(global, None);
+                }
+            },
+            None => None,
+        };
         let mut group_jobs = Vec::new();
+        let mut test_jobs = Vec::new();
         for (name, lineage) in members {
+            // Each hook: the flag, else the one recorded at issuance.
+            let hooks = &args.hooks;
             let settings = Settings::new(
                 key.ca_cert.clone(),
                 key.email.clone(),
-                args.deploy_hook
+                hooks
+                    .deploy_hook
                     .clone()
                     .or_else(|| lineage.deploy_hook.clone()),
-                config.and_then(|c| c.defaults.deploy_hook_timeout),
+                hooks
+                    .hook_timeout
+                    .or_else(|| agent::lineage_hook_timeout(&name, &lineage))
+                    .or_else(|| config.and_then(|c| c.defaults.deploy_hook_timeout)),
                 None,
+            )
+            .with_hooks(
+                hooks.pre_hook.clone().or_else(|| lineage.pre_hook.clone()),
+                hooks
+                    .post_hook
+                    .clone()
+                    .or_else(|| lineage.post_hook.clone()),
             );
             // Options: the config file's [solvers.<code>] (where secrets
             // may be), then what was recorded for this certificate.
@@ -204,18 +261,52 @@ pub(crate) async fn run(global: &GlobalArgs, args: RenewArgs) -> u8 {
                 .map(|t| t.options.clone())
                 .unwrap_or_default();
             let job = agent
-                .plan_stored(&name, &lineage, table, settings, &client, args.force)
+                .plan_stored(
+                    &name,
+                    &lineage,
+                    table.clone(),
+                    settings.clone(),
+                    &client,
+                    args.force,
+                )
                 .await;
             group_jobs.push(job);
+            if let (Some(trial), Some(staging)) = (&trial, &staging) {
+                test_jobs.push(
+                    trial
+                        .plan_stored(&name, &lineage, table, settings, staging, true)
+                        .await,
+                );
+            }
         }
-        interrupted |= agent.execute(&client, &account, &mut group_jobs).await;
+        match (&trial, &staging) {
+            (Some(trial), Some(staging)) => {
+                interrupted |= trial.execute(staging, &account, &mut test_jobs).await;
+                staging_url = staging.directory_url().to_owned();
+                tests.extend(test_jobs);
+            }
+            _ => interrupted |= agent.execute(&client, &account, &mut group_jobs).await,
+        }
         jobs.extend(group_jobs);
         if interrupted {
             break;
         }
     }
+    let dry_run = trial.is_some();
+    drop(trial);
     session.finish().await;
+    if dry_run {
+        return crate::dry_run::report(global, &staging_url, &jobs, &tests, interrupted, true);
+    }
     summary::summarize(global, &jobs, interrupted)
+}
+
+/// The test order of a certificate a dry run could not try (its real
+/// plan failed first; the report shows that failure).
+fn not_tried(name: &str) -> Job {
+    let mut job = Job::new(name.to_owned(), Vec::new());
+    job.fail(JobError::NotAttempted);
+    job
 }
 
 /// Account options for a lineage's contact: EAB from the environment or

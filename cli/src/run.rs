@@ -37,14 +37,22 @@ pub(crate) struct RunArgs {
     #[arg(long = "solver-opt", value_name = "CODE:KEY=VALUE", value_parser = setup::parse_coded_opt)]
     solver_opts: Vec<setup::CodedOpt>,
     #[command(flatten)]
+    hooks: crate::hook_args::HookArgs,
+    #[command(flatten)]
+    dry_run: crate::dry_run::DryRunArgs,
+    #[command(flatten)]
     dns: DnsArgs,
 }
 
 pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
-    let (path, config) = match setup::require_config(global, "run") {
+    let (path, mut config) = match setup::require_config(global, "run") {
         Ok(found) => found,
         Err(code) => return code,
     };
+    // The hook flags win over every certificate's hooks and [defaults].
+    for cert in &mut config.certificates {
+        args.hooks.apply(cert);
+    }
     let path = &path;
     if !global.quiet {
         for w in issue_only_variables(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty())) {
@@ -67,7 +75,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
     }
     setup::jitter(args.jitter, global.quiet).await;
 
-    let store = match setup::open_store(global, Some(&config)) {
+    // A dry run reads the state directory and writes nothing to it.
+    let dry_run = args.dry_run.dry_run;
+    let opened = if dry_run {
+        crate::dry_run::planning_store(global, Some(&config))
+    } else {
+        setup::open_store(global, Some(&config)).map(|s| (s, None))
+    };
+    let (store, _planned_on) = match opened {
         Ok(s) => s,
         Err(f) => return f.report(global, None),
     };
@@ -80,6 +95,17 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
         Ok(c) => c,
         Err(e) => return Failure::from_issue(&e).report(global, None),
     };
+    let staging = if dry_run {
+        match args
+            .dry_run
+            .client(&client, config.defaults.ca_cert.as_deref())
+        {
+            Ok(c) => Some(c),
+            Err(f) => return f.report(global, None),
+        }
+    } else {
+        None
+    };
     let account =
         match agent::account_options(Some(&config.defaults), agent::AccountFlags::default()) {
             Ok(a) => a,
@@ -88,9 +114,15 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
     let host = setup::plugin_host(global, Some(&config));
     let mut options = setup::agent_options(store, host, Some(&config), &args.dns);
     options.solver_opts = setup::solver_opts_by_code(&args.solver_opts);
-    let (session, _lease) = match Session::start_batch(global, options).await {
-        Ok(s) => s,
-        Err(code) => return code,
+    options.dry_run = dry_run;
+    // A dry run takes no lease: it writes nothing a batch could race with.
+    let (session, _lease) = if dry_run {
+        (Session::start(global, options), None)
+    } else {
+        match Session::start_batch(global, options).await {
+            Ok((s, lease)) => (s, Some(lease)),
+            Err(code) => return code,
+        }
     };
     let agent = &session.agent;
 
@@ -104,6 +136,29 @@ pub(crate) async fn run(global: &GlobalArgs, args: RunArgs) -> u8 {
                 .plan_configured(&config, cert, &client, args.force)
                 .await,
         );
+    }
+    if let Some(staging) = staging {
+        // What a real run would do is `jobs`; the test orders go to the
+        // staging CA, into a store thrown away afterwards.
+        let scratch = match crate::dry_run::Scratch::new() {
+            Ok(s) => s,
+            Err(f) => {
+                session.finish().await;
+                return f.report(global, None);
+            }
+        };
+        let trial = agent.trial(scratch.store.clone());
+        let mut tests = Vec::new();
+        for cert in &config.certificates {
+            if args.only.is_empty() || args.only.contains(&cert.name) {
+                tests.push(trial.plan_configured(&config, cert, &staging, true).await);
+            }
+        }
+        let interrupted = trial.execute(&staging, &account, &mut tests).await;
+        drop(trial);
+        session.finish().await;
+        let server = staging.directory_url().to_owned();
+        return crate::dry_run::report(global, &server, &jobs, &tests, interrupted, true);
     }
     let interrupted = agent.execute(&client, &account, &mut jobs).await;
     session.finish().await;

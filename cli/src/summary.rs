@@ -132,14 +132,20 @@ fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) ->
     let not_after = cert
         .map(|c| c.not_after)
         .or_else(|| job.facts.as_ref().map(|f| f.not_after));
+    let hook_json = |h: &Result<(), JobError>| match h {
+        Ok(()) => json!({"status": "ok"}),
+        Err(e) => json!({"status": "failed", "error": batch_failure(e).json()}),
+    };
     let hook = job
         .outcome
         .as_ref()
         .and_then(|o| o.hook.as_ref())
-        .map(|h| match h {
-            Ok(()) => json!({"status": "ok"}),
-            Err(e) => json!({"status": "failed", "error": batch_failure(e).json()}),
-        });
+        .map(hook_json);
+    let post_hook = job
+        .outcome
+        .as_ref()
+        .and_then(|o| o.post_hook.as_ref())
+        .map(hook_json);
     json!({
         "name": job.name,
         "domains": job.domains,
@@ -160,6 +166,7 @@ fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) ->
             None => current_file(job, certsmith_core::store::PRIVKEY_FILE).filter(|p| p.exists()),
         },
         "deploy_hook": hook,
+        "post_hook": post_hook,
         "error": failure.map(Failure::json),
     })
 }

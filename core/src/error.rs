@@ -41,6 +41,8 @@ pub enum ErrorClass {
     Cancelled,
     /// A dns-01 record did not reach every authoritative nameserver in time.
     PropagationTimeout,
+    /// A hook failed (a pre-hook: the certificate was not ordered).
+    Hook,
 }
 
 impl ErrorClass {
@@ -56,6 +58,7 @@ impl ErrorClass {
             ErrorClass::Internal => "internal",
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::PropagationTimeout => "propagation_timeout",
+            ErrorClass::Hook => "hook",
         }
     }
 }
@@ -277,14 +280,14 @@ pub enum IssueError {
         /// What the solver supports.
         supported: Vec<String>,
     },
-    /// A challenge type asked for (the request's preference order) is not
-    /// one the solver answers.
+    /// None of the challenge types asked for (the request's preference
+    /// order) is one the solver of a name answers.
     #[error(
-        "challenge type {challenge} was asked for, but solver '{solver}' answers only {}",
+        "the challenge types asked for ({challenge}) are not answered by solver '{solver}', which answers only {}",
         .supported.join(", ")
     )]
     UnsupportedChallenge {
-        /// The challenge type asked for.
+        /// The challenge types asked for, comma-separated.
         challenge: String,
         /// The solver code.
         solver: String,
@@ -434,6 +437,10 @@ pub enum IssueError {
     /// The key or CSR could not be made.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The certificate's pre-hook failed: nothing was ordered for it (its
+    /// post-hook ran).
+    #[error(transparent)]
+    PreHook(crate::hooks::HookError),
     /// The run was cancelled before this certificate was obtained.
     #[error("cancelled")]
     Cancelled,
@@ -538,6 +545,7 @@ impl IssueError {
             IssueError::Store(_) => ErrorClass::Store,
             IssueError::Key(_) | IssueError::Internal(_) => ErrorClass::Internal,
             IssueError::Cancelled => ErrorClass::Cancelled,
+            IssueError::PreHook(_) => ErrorClass::Hook,
         }
     }
 

@@ -1,30 +1,39 @@
-//! Deploy hooks: the command run after a certificate changes.
+//! Hooks: the commands run around a certificate's challenges (pre, post)
+//! and after it is stored (deploy).
 //!
 //! Why this module exists: a new certificate on disk is worth nothing until
-//! the web server reloads it. A hook (`--deploy-hook CMD`, `deploy_hook` in
-//! the config file) is the bridge, and it must be dependable in unattended
-//! runs: it gets the certificate's paths in its environment, it cannot hang
-//! the agent (a timeout kills its whole process group), its output reaches
-//! the log, and its failure is reported with that output. A failing hook
-//! never removes the new certificate: the files are already in place and
-//! valid; only the reload failed.
+//! the web server reloads it (the deploy hook), and a web server that holds
+//! port 80 must make way for a standalone solver and come back afterwards
+//! (the pre- and post-hook). Hooks (`--pre-hook`, `--post-hook`,
+//! `--deploy-hook`; `pre_hook`, `post_hook`, `deploy_hook` in the config
+//! file) must be dependable in unattended runs: they get the certificate in
+//! their environment, they cannot hang the agent (a timeout kills the whole
+//! process group), their output reaches the log, and a failure is reported
+//! with that output. A failing deploy hook never removes the new
+//! certificate: the files are already in place and valid; only the reload
+//! failed. A failing pre-hook stops that certificate's order (nothing is
+//! presented); its post-hook still runs.
 //!
-//! The command runs as `sh -c CMD` with the agent's environment plus:
+//! Each command runs as `sh -c CMD` with the agent's environment plus:
 //!
-//! | variable | value |
-//! |---|---|
-//! | `CERTSMITH_CERT_NAME` | the certificate name |
-//! | `CERTSMITH_DOMAINS` | its domains, separated by spaces |
-//! | `CERTSMITH_CERT_DIR` | `certs/<name>/current`, the directory of the files |
-//! | `CERTSMITH_FULLCHAIN` | `.../current/fullchain.pem` |
-//! | `CERTSMITH_PRIVKEY` | `.../current/privkey.pem` |
-//! | `CERTSMITH_CERT` | `.../current/cert.pem` |
-//! | `CERTSMITH_CHAIN` | `.../current/chain.pem` |
-//! | `CERTSMITH_VERSION` | the version number now current |
+//! | variable | hooks | value |
+//! |---|---|---|
+//! | `CERTSMITH_HOOK` | all | `pre`, `post` or `deploy` |
+//! | `CERTSMITH_CERT_NAME` | all | the certificate name |
+//! | `CERTSMITH_DOMAINS` | all | its domains, separated by spaces |
+//! | `CERTSMITH_RESULT` | post | `ok` when every challenge was validated, else `failed` |
+//! | `CERTSMITH_CERT_DIR` | deploy | `certs/<name>/current`, the directory of the files |
+//! | `CERTSMITH_FULLCHAIN` | deploy | `.../current/fullchain.pem` |
+//! | `CERTSMITH_PRIVKEY` | deploy | `.../current/privkey.pem` |
+//! | `CERTSMITH_CERT` | deploy | `.../current/cert.pem` |
+//! | `CERTSMITH_CHAIN` | deploy | `.../current/chain.pem` |
+//! | `CERTSMITH_VERSION` | deploy | the version number now current |
 
+use std::fmt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -36,33 +45,168 @@ const MAX_OUTPUT: usize = 64 * 1024;
 /// How many lines of output an error message repeats.
 const TAIL_LINES: usize = 10;
 
+/// Every variable a hook may receive, for documentation and for the
+/// CLI's list of known `CERTSMITH_*` names.
+pub const HOOK_VARIABLES: &[&str] = &[
+    "CERTSMITH_HOOK",
+    "CERTSMITH_CERT_NAME",
+    "CERTSMITH_DOMAINS",
+    "CERTSMITH_RESULT",
+    "CERTSMITH_CERT_DIR",
+    "CERTSMITH_FULLCHAIN",
+    "CERTSMITH_PRIVKEY",
+    "CERTSMITH_CERT",
+    "CERTSMITH_CHAIN",
+    "CERTSMITH_VERSION",
+];
+
+/// Which hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum HookKind {
+    /// Before a certificate's challenges are presented.
+    Pre,
+    /// After its challenges are cleaned up, whatever happened.
+    Post,
+    /// After the certificate is stored.
+    Deploy,
+}
+
+impl HookKind {
+    /// `pre`, `post` or `deploy` (the value of `CERTSMITH_HOOK`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Pre => "pre",
+            HookKind::Post => "post",
+            HookKind::Deploy => "deploy",
+        }
+    }
+}
+
+impl fmt::Display for HookKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HookKind::Pre => "pre-hook",
+            HookKind::Post => "post-hook",
+            HookKind::Deploy => "deploy hook",
+        })
+    }
+}
+
 /// What a hook is told about the certificate.
 #[derive(Clone, Debug)]
 pub struct HookContext {
+    /// Which hook this is.
+    pub kind: HookKind,
     /// The certificate name.
     pub cert_name: String,
     /// Its domains (ASCII).
     pub domains: Vec<String>,
-    /// `certs/<name>/current`.
+    /// `certs/<name>/current` (deploy hooks).
     pub cert_dir: PathBuf,
-    /// The version now current.
+    /// The version now current (deploy hooks).
     pub version: u32,
+    /// Whether every challenge was validated (post-hooks).
+    pub validated: bool,
 }
 
 impl HookContext {
-    /// The environment variables the hook receives.
+    /// The context of a deploy hook for the version `version` stored in `cert_dir`.
+    pub fn deploy(cert_name: &str, domains: &[String], cert_dir: PathBuf, version: u32) -> Self {
+        HookContext {
+            kind: HookKind::Deploy,
+            cert_name: cert_name.to_owned(),
+            domains: domains.to_vec(),
+            cert_dir,
+            version,
+            validated: true,
+        }
+    }
+
+    /// The context of a pre-hook (`validated` unused) or post-hook.
+    pub fn around(kind: HookKind, cert_name: &str, domains: &[String], validated: bool) -> Self {
+        HookContext {
+            kind,
+            cert_name: cert_name.to_owned(),
+            domains: domains.to_vec(),
+            cert_dir: PathBuf::new(),
+            version: 0,
+            validated,
+        }
+    }
+
+    /// The environment variables the hook receives (see the module docs).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let file = |f: &str| self.cert_dir.join(f).display().to_string();
-        vec![
+        let mut env = vec![
+            ("CERTSMITH_HOOK", self.kind.as_str().to_owned()),
             ("CERTSMITH_CERT_NAME", self.cert_name.clone()),
             ("CERTSMITH_DOMAINS", self.domains.join(" ")),
-            ("CERTSMITH_CERT_DIR", self.cert_dir.display().to_string()),
-            ("CERTSMITH_FULLCHAIN", file(store::FULLCHAIN_FILE)),
-            ("CERTSMITH_PRIVKEY", file(store::PRIVKEY_FILE)),
-            ("CERTSMITH_CERT", file(store::CERT_FILE)),
-            ("CERTSMITH_CHAIN", file(store::CHAIN_FILE)),
-            ("CERTSMITH_VERSION", self.version.to_string()),
-        ]
+        ];
+        match self.kind {
+            HookKind::Pre => {}
+            HookKind::Post => env.push((
+                "CERTSMITH_RESULT",
+                if self.validated { "ok" } else { "failed" }.to_owned(),
+            )),
+            HookKind::Deploy => env.extend([
+                ("CERTSMITH_CERT_DIR", self.cert_dir.display().to_string()),
+                ("CERTSMITH_FULLCHAIN", file(store::FULLCHAIN_FILE)),
+                ("CERTSMITH_PRIVKEY", file(store::PRIVKEY_FILE)),
+                ("CERTSMITH_CERT", file(store::CERT_FILE)),
+                ("CERTSMITH_CHAIN", file(store::CHAIN_FILE)),
+                ("CERTSMITH_VERSION", self.version.to_string()),
+            ]),
+        }
+        env
+    }
+}
+
+/// The pre- and post-hook of one order, run by the engine around its
+/// challenges. Cheap to clone: clones share where the post-hook's failure
+/// is kept, so the agent that made the order reads it afterwards.
+#[derive(Clone, Debug, Default)]
+pub struct OrderHooks {
+    /// Run before the order is placed; its failure stops the order.
+    pub pre: Option<String>,
+    /// Run after the challenges are cleaned up, whatever happened.
+    pub post: Option<String>,
+    /// How long each may run.
+    pub timeout: Duration,
+    post_failure: Arc<Mutex<Option<Arc<HookError>>>>,
+}
+
+impl OrderHooks {
+    /// Hooks with the given commands and timeout.
+    pub fn new(pre: Option<String>, post: Option<String>, timeout: Duration) -> OrderHooks {
+        OrderHooks {
+            pre,
+            post,
+            timeout,
+            post_failure: Arc::default(),
+        }
+    }
+
+    /// Whether there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.pre.is_none() && self.post.is_none()
+    }
+
+    /// Keeps the post-hook's failure for [`OrderHooks::take_post_failure`].
+    pub fn record_post_failure(&self, e: HookError) {
+        *self
+            .post_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(e));
+    }
+
+    /// The post-hook's failure, if it failed.
+    pub fn take_post_failure(&self) -> Option<Arc<HookError>> {
+        self.post_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -80,16 +224,20 @@ pub struct HookOutcome {
 #[non_exhaustive]
 pub enum HookError {
     /// `sh` could not be started.
-    #[error("cannot start the deploy hook `{command}`: {source}")]
+    #[error("cannot start the {kind} `{command}`: {source}")]
     Spawn {
+        /// Which hook.
+        kind: HookKind,
         /// The command.
         command: String,
         /// The OS error.
         source: std::io::Error,
     },
     /// The hook exited with a non-zero status or was killed by a signal.
-    #[error("the deploy hook `{command}` failed ({status}){}", tail(.output))]
+    #[error("the {kind} `{command}` failed ({status}){}", tail(.output))]
     Failed {
+        /// Which hook.
+        kind: HookKind,
         /// The command.
         command: String,
         /// "exit status 3", "killed by signal 9".
@@ -99,8 +247,10 @@ pub enum HookError {
     },
     /// The hook ran longer than its timeout and was killed with its
     /// process group.
-    #[error("the deploy hook `{command}` did not finish within {}s and was killed{}", .after.as_secs(), tail(.output))]
+    #[error("the {kind} `{command}` did not finish within {}s and was killed with its process group{}", .after.as_secs(), tail(.output))]
     TimedOut {
+        /// Which hook.
+        kind: HookKind,
         /// The command.
         command: String,
         /// The timeout.
@@ -111,15 +261,36 @@ pub enum HookError {
 }
 
 impl HookError {
+    /// Which hook failed.
+    pub fn kind(&self) -> HookKind {
+        match self {
+            HookError::Spawn { kind, .. }
+            | HookError::Failed { kind, .. }
+            | HookError::TimedOut { kind, .. } => *kind,
+        }
+    }
+
     /// What the operator can do.
     pub fn hint(&self) -> &'static str {
-        match self {
-            HookError::Spawn { .. } => "check that /bin/sh exists and the command is valid",
-            HookError::Failed { .. } => {
-                "the new certificate is in place; fix the hook and run it by hand (it takes the CERTSMITH_* variables)"
+        match (self, self.kind()) {
+            (HookError::Spawn { .. }, _) => "check that /bin/sh exists and the command is valid",
+            (HookError::Failed { .. }, HookKind::Deploy) => {
+                "the new certificate is in place; fix the deploy hook and run it by hand (it takes the CERTSMITH_* variables)"
             }
-            HookError::TimedOut { .. } => {
-                "the new certificate is in place; make the hook finish sooner or raise deploy_hook_timeout"
+            (HookError::TimedOut { .. }, HookKind::Deploy) => {
+                "the new certificate is in place; make the deploy hook finish sooner or raise hook_timeout (--hook-timeout)"
+            }
+            (HookError::Failed { .. }, HookKind::Pre) => {
+                "nothing was ordered for this certificate and its post-hook ran; fix the pre-hook (pre_hook, --pre-hook)"
+            }
+            (HookError::TimedOut { .. }, HookKind::Pre) => {
+                "nothing was ordered for this certificate and its post-hook ran; make the pre-hook finish sooner or raise hook_timeout (--hook-timeout)"
+            }
+            (HookError::Failed { .. }, _) => {
+                "the challenges were cleaned up; fix the post-hook (post_hook, --post-hook) and run it by hand"
+            }
+            (HookError::TimedOut { .. }, _) => {
+                "the challenges were cleaned up; make the post-hook finish sooner or raise hook_timeout (--hook-timeout)"
             }
         }
     }
@@ -142,7 +313,8 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// Runs `command` with `sh -c` for `ctx`, waiting at most `timeout`.
+/// Runs `command` with `sh -c` for `ctx`, waiting at most `timeout`
+/// (then the hook's process group is killed).
 /// Every line it prints is logged (`log::info!`, target `certsmith::hook`)
 /// as it arrives.
 pub async fn run_hook(
@@ -163,7 +335,9 @@ pub async fn run_hook(
     for (k, v) in ctx.env() {
         cmd.env(k, v);
     }
+    let kind = ctx.kind;
     let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+        kind,
         command: command.to_owned(),
         source,
     })?;
@@ -179,7 +353,7 @@ pub async fn run_hook(
     let collect = async move {
         let mut output = String::new();
         while let Some(line) = rx.recv().await {
-            log::info!(target: "certsmith::hook", "deploy hook for {name}: {line}");
+            log::info!(target: "certsmith::hook", "{kind} for {name}: {line}");
             if output.len() + line.len() < MAX_OUTPUT {
                 output.push_str(&line);
                 output.push('\n');
@@ -193,7 +367,7 @@ pub async fn run_hook(
     let status = match waited {
         Ok(Ok(status)) => Some(status),
         Ok(Err(e)) => {
-            log::warn!("waiting for the deploy hook failed: {e}");
+            log::warn!("waiting for the {kind} failed: {e}");
             None
         }
         Err(_) => {
@@ -223,11 +397,13 @@ pub async fn run_hook(
             elapsed: started.elapsed(),
         }),
         Some(s) => Err(HookError::Failed {
+            kind,
             command: command.to_owned(),
             status: describe(s),
             output,
         }),
         None => Err(HookError::TimedOut {
+            kind,
             command: command.to_owned(),
             after: timeout,
             output,
@@ -254,12 +430,50 @@ mod tests {
     use super::*;
 
     fn ctx(dir: &std::path::Path) -> HookContext {
-        HookContext {
-            cert_name: "a.example".into(),
-            domains: vec!["a.example".into(), "www.a.example".into()],
-            cert_dir: dir.join("current"),
-            version: 3,
-        }
+        HookContext::deploy(
+            "a.example",
+            &["a.example".into(), "www.a.example".into()],
+            dir.join("current"),
+            3,
+        )
+    }
+
+    #[test]
+    fn each_hook_gets_its_variables_and_every_one_is_listed() {
+        let dir = std::path::Path::new("/s");
+        let names = |c: &HookContext| c.env().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let deploy = names(&ctx(dir));
+        let pre = names(&HookContext::around(HookKind::Pre, "a", &[], false));
+        let post = HookContext::around(HookKind::Post, "a", &[], false);
+        assert_eq!(
+            pre,
+            ["CERTSMITH_HOOK", "CERTSMITH_CERT_NAME", "CERTSMITH_DOMAINS"]
+        );
+        assert!(
+            post.env()
+                .contains(&("CERTSMITH_RESULT", "failed".to_owned()))
+        );
+        assert!(deploy.contains(&"CERTSMITH_VERSION") && !deploy.contains(&"CERTSMITH_RESULT"));
+        let mut all: Vec<&str> = deploy.into_iter().chain(names(&post)).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut listed = HOOK_VARIABLES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(all, listed, "HOOK_VARIABLES lists exactly what hooks get");
+    }
+
+    #[tokio::test]
+    async fn a_failing_pre_hook_is_named_and_says_nothing_was_ordered() {
+        let e = run_hook(
+            "exit 4",
+            &HookContext::around(HookKind::Pre, "a", &[], false),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect_err("fails");
+        assert!(e.to_string().contains("pre-hook"), "{e}");
+        assert_eq!(e.kind(), HookKind::Pre);
+        assert!(e.hint().contains("--pre-hook"), "{}", e.hint());
     }
 
     #[tokio::test]

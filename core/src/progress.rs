@@ -196,24 +196,39 @@ pub enum ProgressEvent {
         /// Why it could not be removed (redacted).
         error: String,
     },
-    /// A certificate's deploy hook started.
+    /// A certificate's hook started (pre, post or deploy).
     HookStarted {
         /// Certificate name.
         name: String,
+        /// Which hook.
+        hook: crate::hooks::HookKind,
     },
-    /// A line the deploy hook printed.
+    /// A line a hook printed.
     HookOutput {
         /// Certificate name.
         name: String,
+        /// Which hook.
+        hook: crate::hooks::HookKind,
         /// The line.
         line: String,
     },
-    /// A certificate's deploy hook finished successfully.
+    /// A certificate's hook finished successfully.
     HookFinished {
         /// Certificate name.
         name: String,
+        /// Which hook.
+        hook: crate::hooks::HookKind,
         /// How long it ran.
         elapsed: std::time::Duration,
+    },
+    /// A certificate's hook failed (the error says what follows from it).
+    HookFailed {
+        /// Certificate name.
+        name: String,
+        /// Which hook.
+        hook: crate::hooks::HookKind,
+        /// The error.
+        error: String,
     },
     /// This certificate failed; others go on.
     Failed {
@@ -250,7 +265,8 @@ impl ProgressEvent {
             | ProgressEvent::DnsRecord { name, .. }
             | ProgressEvent::Propagation { name, .. }
             | ProgressEvent::PropagationWait { name, .. }
-            | ProgressEvent::HookStarted { name }
+            | ProgressEvent::HookStarted { name, .. }
+            | ProgressEvent::HookFailed { name, .. }
             | ProgressEvent::HookOutput { name, .. }
             | ProgressEvent::HookFinished { name, .. } => Some(name),
         }
@@ -396,13 +412,14 @@ impl fmt::Display for ProgressEvent {
                 f,
                 "could not remove {description}: {error}; will retry on the next run"
             ),
-            ProgressEvent::HookStarted { name } => write!(f, "{name}: running the deploy hook"),
-            ProgressEvent::HookOutput { name, line } => write!(f, "{name} hook: {line}"),
-            ProgressEvent::HookFinished { name, elapsed } => write!(
-                f,
-                "{name}: deploy hook done in {:.1}s",
-                elapsed.as_secs_f64()
-            ),
+            ProgressEvent::HookStarted { name, hook } => write!(f, "{name}: running the {hook}"),
+            ProgressEvent::HookOutput { name, hook, line } => write!(f, "{name} {hook}: {line}"),
+            ProgressEvent::HookFailed { name, error, .. } => write!(f, "{name}: {error}"),
+            ProgressEvent::HookFinished {
+                name,
+                hook,
+                elapsed,
+            } => write!(f, "{name}: {hook} done in {:.1}s", elapsed.as_secs_f64()),
             ProgressEvent::Failed { name, error } => write!(f, "{name}: {error}"),
         }
     }

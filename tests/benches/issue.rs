@@ -133,6 +133,8 @@ fn child(args: &[String]) {
                     replaces: None,
                     propagation_check: None,
                     order: Default::default(),
+                    hooks: Default::default(),
+                    name_solvers: Default::default(),
                 }
             })
             .collect();

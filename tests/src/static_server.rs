@@ -29,6 +29,12 @@ impl StaticServer {
     /// connections. `port` must be free (e.g. [`crate::free_port`] or
     /// Pebble's `http_port()`, which nothing else listens on).
     pub fn start(root: &Path, port: u16) -> Result<StaticServer, HarnessError> {
+        StaticServer::start_on(root, Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// Serve `root` on `ip:port` (a loopback address: 127.0.0.2 lets two
+    /// servers share a port, as two web servers of two names do).
+    pub fn start_on(root: &Path, ip: Ipv4Addr, port: u16) -> Result<StaticServer, HarnessError> {
         let dir = crate::temp_dir("certsmith-static-")?;
         let log = dir.path().join("http-server.log");
         let mut cmd = Command::new("python3");
@@ -37,7 +43,7 @@ impl StaticServer {
             "http.server",
             &port.to_string(),
             "--bind",
-            "127.0.0.1",
+            &ip.to_string(),
         ])
         .arg("--directory")
         .arg(root)
@@ -62,12 +68,7 @@ impl StaticServer {
                     log_tail: child.log_tail(20),
                 });
             }
-            if TcpStream::connect_timeout(
-                &(Ipv4Addr::LOCALHOST, port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
+            if TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(200)).is_ok() {
                 return Ok(StaticServer {
                     child,
                     port,
@@ -76,10 +77,9 @@ impl StaticServer {
                 });
             }
             if Instant::now() >= deadline {
-                return Err(child.not_ready(
-                    format!("TCP connections on 127.0.0.1:{port}"),
-                    READY_TIMEOUT,
-                ));
+                return Err(
+                    child.not_ready(format!("TCP connections on {ip}:{port}"), READY_TIMEOUT)
+                );
             }
             thread::sleep(Duration::from_millis(25));
         }

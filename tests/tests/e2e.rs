@@ -10,6 +10,7 @@
 mod accounts;
 mod catalogue_a;
 mod catalogue_b;
+mod cli12;
 mod cli_ergonomics;
 mod cloudflare;
 mod dns01;
@@ -22,7 +23,7 @@ mod gendocs;
 mod harness;
 mod hints;
 mod issue;
-mod json_schema;
+pub(crate) mod json_schema;
 mod lifecycle;
 mod operator;
 mod ops12;

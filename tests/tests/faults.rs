@@ -326,6 +326,8 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
                     replaces: None,
                     propagation_check: None,
                     order: Default::default(),
+                    hooks: Default::default(),
+                    name_solvers: Default::default(),
                 }
             })
             .collect();

@@ -881,6 +881,8 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 replaces: None,
                 propagation_check: None,
                 order: Default::default(),
+                hooks: Default::default(),
+                name_solvers: Default::default(),
             };
             (names, request)
         })

@@ -68,6 +68,7 @@ const ISSUE: &Schema = &[
     ("cert_path", STR_OR_NULL, R),
     ("chain_path", STR_OR_NULL, R),
     ("deploy_hook", Ty::Null(&Ty::Obj(HOOK)), R),
+    ("post_hook", Ty::Null(&Ty::Obj(HOOK)), R),
     ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
     // Only when a certificate was obtained (not `skipped`).
     ("version", Ty::Int, O),
@@ -95,6 +96,7 @@ const BATCH: &Schema = &[
     ("fullchain_path", STR_OR_NULL, R),
     ("privkey_path", STR_OR_NULL, R),
     ("deploy_hook", Ty::Null(&Ty::Obj(HOOK)), R),
+    ("post_hook", Ty::Null(&Ty::Obj(HOOK)), R),
     ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
 ];
 const COUNTS: &Schema = &[
@@ -104,6 +106,17 @@ const COUNTS: &Schema = &[
     ("skipped", Ty::Int, R),
     ("failed", Ty::Int, R),
     ("interrupted", Ty::Bool, R),
+];
+/// `issue`, `run`, `renew` with `--dry-run`: one object per certificate.
+const DRY_RUN: &Schema = &[
+    ("name", Ty::Str, R),
+    ("domains", Ty::StrList, R),
+    ("dry_run", Ty::Bool, R),
+    ("server", Ty::Str, R),
+    ("would", Ty::OneOf(&["issue", "renew", "skip", "fail"]), R),
+    ("reason", Ty::Str, R),
+    ("test_order", Ty::OneOf(&["ok", "failed", "skipped"]), R),
+    ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
 ];
 /// The last line of `run` and `renew`: the one object without `name`.
 const SUMMARY: &Schema = &[("summary", Ty::Obj(COUNTS), R), ("exit_code", Ty::Int, R)];
@@ -242,6 +255,16 @@ const DOCTOR: &Schema = &[
     ("summary", Ty::Obj(DOCTOR_SUMMARY), R),
     ("exit_code", Ty::Int, R),
 ];
+
+/// Checks one line of a `--dry-run` output (tests/tests/cli12.rs runs
+/// them): a certificate's object, or the summary of `run`/`renew`.
+pub(crate) fn check_dry_run_line(v: &Value) -> Result<(), String> {
+    if v.get("summary").is_some() {
+        check(v, SUMMARY, "dry-run summary")
+    } else {
+        check(v, DRY_RUN, "dry-run certificate")
+    }
+}
 
 fn check_ty(v: &Value, ty: Ty, at: &str) -> Result<(), String> {
     let ok = match ty {

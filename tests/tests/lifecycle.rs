@@ -1015,7 +1015,7 @@ fn deploy_hooks_get_the_environment_and_failures_keep_the_certificate() {
     assert_eq!(r.code, Some(0), "{}", r.describe());
     assert_eq!(r.result("hooked")["deploy_hook"]["status"], "ok");
     assert!(
-        r.stderr.contains("hooked hook: reloaded"),
+        r.stderr.contains("hooked deploy hook: reloaded"),
         "output is shown: {}",
         r.describe()
     );

@@ -66,6 +66,16 @@ pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.
 /// ZeroSSL's directory (requires EAB).
 pub const ZEROSSL: &str = "https://acme.zerossl.com/v2/DV90";
 
+/// The staging directory of the CA whose directory is `directory_url`,
+/// where a dry run orders: Let's Encrypt's for Let's Encrypt (production
+/// or staging); `None` for a CA whose staging directory is not known.
+pub fn staging_directory(directory_url: &str) -> Option<&'static str> {
+    match directory_url {
+        LETSENCRYPT | LETSENCRYPT_STAGING => Some(LETSENCRYPT_STAGING),
+        _ => None,
+    }
+}
+
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("certsmith/", env!("CARGO_PKG_VERSION"));
 
@@ -436,6 +446,19 @@ fn convert_problem(p: &ia::Problem) -> CaProblem {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_lets_encrypt_has_a_known_staging_directory() {
+        assert_eq!(
+            super::staging_directory(LETSENCRYPT),
+            Some(LETSENCRYPT_STAGING)
+        );
+        assert_eq!(
+            super::staging_directory(LETSENCRYPT_STAGING),
+            Some(LETSENCRYPT_STAGING)
+        );
+        assert_eq!(super::staging_directory(ZEROSSL), None);
+    }
+
     use super::*;
 
     #[test]

@@ -16,10 +16,9 @@ use super::Agent;
 use super::job::{Job, JobError, Outcome};
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::config;
-use crate::engine::{CertRequest, Engine, EngineOptions, IssuedCert, RateLimits};
+use crate::engine::{self, CertRequest, Engine, EngineOptions, IssuedCert, RateLimits};
 use crate::error::IssueError;
-use crate::hooks::{self, HookContext};
-use crate::progress::ProgressEvent;
+use crate::hooks::{HookContext, OrderHooks};
 use crate::renewal;
 
 impl Agent {
@@ -79,8 +78,10 @@ impl Agent {
             .iter()
             .filter_map(|&i| jobs[i].request.take())
             .collect();
-        let results = match connected {
-            Ok(engine) => engine.issue_all(requests, self.concurrency).await,
+        // Each request's hooks share where its post-hook's failure is kept.
+        let order_hooks: Vec<OrderHooks> = requests.iter().map(|r| r.hooks.clone()).collect();
+        let engine = match connected {
+            Ok(engine) => engine,
             Err(e) => {
                 // No account, no CA: every order of the batch fails alike.
                 let failure = JobError::from(e);
@@ -89,36 +90,55 @@ impl Agent {
                         cert: None,
                         error: Some(failure.clone()),
                         hook: None,
+                        post_hook: None,
                     });
                 }
                 return self.cancel.is_cancelled();
             }
         };
-        for (&i, result) in pending.iter().zip(results) {
-            let job = &mut jobs[i];
-            job.outcome = Some(match result {
-                Ok(cert) => {
-                    self.after_issue(client, job, &cert).await;
-                    let hook = match &job.settings.deploy_hook {
-                        Some(cmd) if !self.cancel.is_cancelled() => {
-                            let timeout = job
-                                .settings
-                                .hook_timeout
-                                .unwrap_or(config::DEFAULT_HOOK_TIMEOUT);
-                            Some(self.run_hook(cmd, &cert, timeout).await)
-                        }
-                        _ => None,
-                    };
-                    Outcome {
-                        cert: Some(cert),
-                        error: None,
-                        hook,
+        // Each certificate's record and deploy hook as soon as it is
+        // stored, while the other orders go on (docs/design.md §4.5).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, IssuedCert)>();
+        let orders = engine.issue_all_notify(requests, self.concurrency, Some(tx));
+        let mut deploys: Vec<Option<Result<(), JobError>>> = pending.iter().map(|_| None).collect();
+        let after = async {
+            while let Some((k, cert)) = rx.recv().await {
+                let Some(&i) = pending.get(k) else { continue };
+                let job = &mut jobs[i];
+                self.after_issue(client, job, &cert).await;
+                let hook = match &job.settings.deploy_hook {
+                    Some(cmd) if !self.cancel.is_cancelled() && !self.dry_run => {
+                        Some(self.run_hook(cmd, &cert, job.settings.hook_timeout()).await)
                     }
+                    _ => None,
+                };
+                if let Some(slot) = deploys.get_mut(k) {
+                    *slot = hook;
                 }
+            }
+        };
+        let (results, ()) = tokio::join!(orders, after);
+        for (k, (&i, result)) in pending.iter().zip(results).enumerate() {
+            let job = &mut jobs[i];
+            let post_hook = order_hooks.get(k).and_then(|h| {
+                let ran = h.post.is_some();
+                match h.take_post_failure() {
+                    Some(e) => Some(Err(JobError::Hook(e))),
+                    None => ran.then_some(Ok(())),
+                }
+            });
+            job.outcome = Some(match result {
+                Ok(cert) => Outcome {
+                    cert: Some(cert),
+                    error: None,
+                    hook: deploys.get_mut(k).and_then(Option::take),
+                    post_hook,
+                },
                 Err(e) => Outcome {
                     cert: None,
                     error: Some(e.into()),
                     hook: None,
+                    post_hook,
                 },
             });
         }
@@ -135,6 +155,9 @@ impl Agent {
                 l.ca_cert = settings.ca_cert.as_ref().map(|p| p.display().to_string());
                 l.email = settings.email.clone();
                 l.deploy_hook = settings.deploy_hook.clone();
+                l.pre_hook = settings.pre_hook.clone();
+                l.post_hook = settings.post_hook.clone();
+                l.hook_timeout = settings.hook_timeout.map(config::format_duration);
                 l.renew_before = settings.renew_before.map(config::format_duration);
             })
         })
@@ -171,32 +194,17 @@ impl Agent {
         cert: &IssuedCert,
         timeout: std::time::Duration,
     ) -> Result<(), JobError> {
-        let ctx = HookContext {
-            cert_name: cert.name.clone(),
-            domains: cert.domains.clone(),
-            cert_dir: cert
-                .fullchain_path
+        let ctx = HookContext::deploy(
+            &cert.name,
+            &cert.domains,
+            cert.fullchain_path
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_default(),
-            version: cert.version,
-        };
-        self.progress.emit(ProgressEvent::HookStarted {
-            name: cert.name.clone(),
-        });
-        let out = hooks::run_hook(command, &ctx, timeout)
+            cert.version,
+        );
+        engine::run_hook_reported(&self.progress, command, &ctx, timeout)
             .await
-            .map_err(|e| JobError::Hook(Arc::new(e)))?;
-        for line in out.output.lines() {
-            self.progress.emit(ProgressEvent::HookOutput {
-                name: cert.name.clone(),
-                line: line.to_owned(),
-            });
-        }
-        self.progress.emit(ProgressEvent::HookFinished {
-            name: cert.name.clone(),
-            elapsed: out.elapsed,
-        });
-        Ok(())
+            .map_err(|e| JobError::Hook(Arc::new(e)))
     }
 }

@@ -108,8 +108,12 @@ pub struct Settings {
     pub email: Option<String>,
     /// The deploy hook command.
     pub deploy_hook: Option<String>,
-    /// The deploy hook's timeout (default [`crate::config::DEFAULT_HOOK_TIMEOUT`]).
+    /// The timeout of each hook (default [`crate::config::DEFAULT_HOOK_TIMEOUT`]).
     pub hook_timeout: Option<Duration>,
+    /// Run before the certificate's challenges are presented.
+    pub pre_hook: Option<String>,
+    /// Run after its challenges are cleaned up, whatever happened.
+    pub post_hook: Option<String>,
     /// Renew when less than this is left.
     pub renew_before: Option<Duration>,
 }
@@ -129,7 +133,30 @@ impl Settings {
             deploy_hook,
             hook_timeout,
             renew_before,
+            ..Settings::default()
         }
+    }
+
+    /// The same settings with a pre- and post-hook.
+    pub fn with_hooks(mut self, pre_hook: Option<String>, post_hook: Option<String>) -> Settings {
+        self.pre_hook = pre_hook;
+        self.post_hook = post_hook;
+        self
+    }
+
+    /// The timeout of each hook.
+    pub fn hook_timeout(&self) -> Duration {
+        self.hook_timeout
+            .unwrap_or(crate::config::DEFAULT_HOOK_TIMEOUT)
+    }
+
+    /// The pre- and post-hook an order runs.
+    pub fn order_hooks(&self) -> crate::hooks::OrderHooks {
+        crate::hooks::OrderHooks::new(
+            self.pre_hook.clone(),
+            self.post_hook.clone(),
+            self.hook_timeout(),
+        )
     }
 }
 
@@ -143,6 +170,8 @@ pub struct Outcome {
     pub error: Option<JobError>,
     /// The deploy hook's result, when one ran.
     pub hook: Option<Result<(), JobError>>,
+    /// The post-hook's result, when one ran.
+    pub post_hook: Option<Result<(), JobError>>,
 }
 
 /// One certificate of a batch.
@@ -249,9 +278,12 @@ impl Job {
                     Plan::Issue(w) => ("issued", w),
                     Plan::Renew(w) | Plan::Skip(w) => ("renewed", w),
                 };
-                match (&o.error, &o.hook) {
-                    (Some(f), _) => ("failed", why.clone(), Some(f)),
-                    (None, Some(Err(f))) => (verb, format!("{why}; deploy hook failed"), Some(f)),
+                match (&o.error, &o.hook, &o.post_hook) {
+                    (Some(f), _, _) => ("failed", why.clone(), Some(f)),
+                    (None, Some(Err(f)), _) => {
+                        (verb, format!("{why}; deploy hook failed"), Some(f))
+                    }
+                    (None, _, Some(Err(f))) => (verb, format!("{why}; post-hook failed"), Some(f)),
                     _ => (verb, why.clone(), None),
                 }
             }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use job::{Job, JobError, Outcome, Plan, Settings};
-pub use plan::{RequestMode, WantedCert, reason_words};
+pub use plan::{RequestMode, WantedCert, lineage_hook_timeout, reason_words};
 
 use crate::dns::DnsOptions;
 use crate::engine::{CancelToken, DEFAULT_CONCURRENCY, DEFAULT_MAX_NAMES};
@@ -58,6 +58,10 @@ pub struct AgentOptions {
     pub cancel: CancelToken,
     /// Where progress goes.
     pub progress: Progress,
+    /// A dry run: planning writes nothing to the store (no renewal
+    /// schedule), and no deploy hook runs. Orders still go wherever the
+    /// front end sends them (a staging CA, a temporary store).
+    pub dry_run: bool,
 }
 
 impl AgentOptions {
@@ -74,6 +78,7 @@ impl AgentOptions {
             max_names: DEFAULT_MAX_NAMES,
             cancel: CancelToken::new(),
             progress: Progress::none(),
+            dry_run: false,
         }
     }
 }
@@ -91,6 +96,7 @@ pub struct Agent {
     max_names: usize,
     cancel: CancelToken,
     progress: Progress,
+    dry_run: bool,
     /// Solver instances shared between certificates with the same solver
     /// and options: one standalone listener set, one API client and rate
     /// limiter per DNS provider, however many certificates use it.
@@ -111,6 +117,7 @@ impl Agent {
             max_names: options.max_names,
             cancel: options.cancel,
             progress: options.progress,
+            dry_run: options.dry_run,
             solvers: Mutex::new(BTreeMap::new()),
         }
     }
@@ -118,6 +125,27 @@ impl Agent {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// An agent like this one (plugins, solver options, DNS, concurrency,
+    /// cancel token, progress) working on `store` as a dry run: what a
+    /// dry run orders goes into a throwaway store, never this one's, and
+    /// no deploy hook runs.
+    pub fn trial(&self, store: Store) -> Agent {
+        Agent {
+            journal: Journal::new(store.clone()),
+            store,
+            host: self.host.clone(),
+            solver_tables: self.solver_tables.clone(),
+            solver_opts: self.solver_opts.clone(),
+            dns: self.dns.clone(),
+            concurrency: self.concurrency,
+            max_names: self.max_names,
+            cancel: self.cancel.clone(),
+            progress: self.progress.clone(),
+            dry_run: true,
+            solvers: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The token that cancels this agent's work.
@@ -158,7 +186,20 @@ impl Agent {
     /// The instance of solver `code` configured with `table` (plus this
     /// agent's options for it and the environment), created on first use.
     pub fn solver(&self, code: &str, table: &toml::Table) -> Result<SolverInstance, IssueError> {
-        let key = format!("{code}\n{table}");
+        self.solver_named(code, code, table)
+    }
+
+    /// The instance of solver `name` (a `[solvers.<name>]` instance of
+    /// plugin `code`, or the plugin itself when `name` is its code)
+    /// configured with `table`, plus this agent's options for `name` and
+    /// the environment; created on first use.
+    pub fn solver_named(
+        &self,
+        name: &str,
+        code: &str,
+        table: &toml::Table,
+    ) -> Result<SolverInstance, IssueError> {
+        let key = format!("{name}\n{code}\n{table}");
         let mut made = self
             .solvers
             .lock()
@@ -167,7 +208,7 @@ impl Agent {
             return Ok(s.clone());
         }
         let plugin = self.host.get(code)?;
-        let cli = self.solver_opts.get(code).map(Vec::as_slice).unwrap_or(&[]);
+        let cli = self.solver_opts.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let solver = plugin.instantiate(&ConfigSources {
             cli,
             file: Some(table),

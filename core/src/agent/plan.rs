@@ -5,6 +5,7 @@
 //! file, `renew` in their stored lineage; after that the decision is the
 //! same, and it is made here once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -76,10 +77,12 @@ fn order_with(
     match make() {
         Ok(request) => {
             let replaces = job.replaces.clone();
+            let hooks = job.settings.order_hooks();
             job.order(
                 plan,
                 CertRequest {
                     replaces,
+                    hooks,
                     ..request
                 },
             );
@@ -167,6 +170,18 @@ fn lineage_renew_before(name: &str, lineage: &Lineage) -> Option<Duration> {
     }
 }
 
+/// A hook timeout stored in a lineage, if valid.
+pub fn lineage_hook_timeout(name: &str, lineage: &Lineage) -> Option<Duration> {
+    match lineage.hook_timeout.as_deref().map(config::parse_duration) {
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(Ok(_)) | Some(Err(_)) => {
+            log::warn!("{name}: hook_timeout in the lineage is not a duration; using the default");
+            None
+        }
+        None => None,
+    }
+}
+
 /// Context for a solver that cannot be configured at renewal: where each
 /// option it misses came from at the last order.
 fn solver_context(name: &str, lineage: &Lineage, e: &IssueError) -> String {
@@ -203,17 +218,38 @@ impl Agent {
             config.defaults.ca_cert.clone(),
             config.defaults.email.clone(),
             config.deploy_hook(cert),
-            config.defaults.deploy_hook_timeout,
+            config.hook_timeout(cert),
             config.renew_before(cert),
-        );
+        )
+        .with_hooks(config.pre_hook(cert), config.post_hook(cert));
         // The solver, configured: secrets come from the environment or the
         // file now, never from the store.
         let make = || -> Result<CertRequest, JobError> {
             let solver = self
-                .solver(&cert.solver, &config.solver_table(cert))
+                .solver_named(
+                    &cert.solver,
+                    &config.plugin_code(&cert.solver),
+                    &config.solver_table(cert),
+                )
                 .map_err(|e| {
                     JobError::context(format!("{} ({})", cert.key("solver"), cert.solver), e)
                 })?;
+            let mut name_solvers = BTreeMap::new();
+            for (id, name, _) in &cert.name_solvers {
+                let s = self
+                    .solver_named(
+                        name,
+                        &config.plugin_code(name),
+                        &config.instance_table(name),
+                    )
+                    .map_err(|e| {
+                        JobError::context(
+                            format!("{} ({name})", cert.key(&format!("solvers.\"{id}\""))),
+                            e,
+                        )
+                    })?;
+                name_solvers.insert(id.clone(), s);
+            }
             let request = CertRequest {
                 name: cert.name.clone(),
                 domains: cert.domains.clone(),
@@ -222,6 +258,8 @@ impl Agent {
                 replaces: None,
                 propagation_check: config.propagation_check(cert),
                 order: cert.order.clone(),
+                hooks: Default::default(),
+                name_solvers,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -328,6 +366,25 @@ impl Agent {
             let solver = self
                 .solver(&lineage.solver, &table)
                 .map_err(|e| JobError::context(solver_context(name, lineage, &e), e))?;
+            let mut name_solvers = BTreeMap::new();
+            for (id, record) in &lineage.name_solvers {
+                let mut table = self
+                    .solver_tables
+                    .get(&record.solver)
+                    .and_then(toml::Value::as_table)
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, v) in &record.solver_options {
+                    table.insert(k.clone(), v.clone());
+                }
+                let s = self.solver(&record.solver, &table).map_err(|e| {
+                    JobError::context(
+                        format!("{name}: the solver of '{id}' ({})", record.solver),
+                        e,
+                    )
+                })?;
+                name_solvers.insert(id.clone(), s);
+            }
             let request = CertRequest {
                 name: name.to_owned(),
                 domains,
@@ -336,6 +393,8 @@ impl Agent {
                 replaces: None,
                 propagation_check: None,
                 order,
+                hooks: Default::default(),
+                name_solvers,
             };
             engine::check_request(&request, self.max_names)?;
             Ok(request)
@@ -421,6 +480,11 @@ impl Agent {
             })
         };
         settings.deploy_hook = settings.deploy_hook.or(lineage.deploy_hook.clone());
+        settings.pre_hook = settings.pre_hook.or(lineage.pre_hook.clone());
+        settings.post_hook = settings.post_hook.or(lineage.post_hook.clone());
+        settings.hook_timeout = settings
+            .hook_timeout
+            .or_else(|| lineage_hook_timeout(&name, &lineage));
         settings.email = settings.email.or(lineage.email.clone());
         settings.ca_cert = settings
             .ca_cert
@@ -533,6 +597,9 @@ impl Agent {
     /// Records a renewal schedule in the lineage (a failure is only
     /// warned about: the schedule is computed again next time).
     pub(super) async fn persist_schedule(&self, name: &str, record: RenewalRecord) {
+        if self.dry_run {
+            return;
+        }
         let (store, name) = (self.store.clone(), name.to_owned());
         let result = tokio::task::spawn_blocking(move || {
             let mut record = Some(record);

@@ -18,8 +18,8 @@ use toml::Spanned;
 use super::diagnostics::Diagnostics;
 use super::parse::{RawCert, RawFile, RawOptions};
 use super::{
-    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_RENEW_BEFORE, Pos,
-    SecretString, SolverTable, format_duration, parse_duration,
+    CertificateConfig, Config, Defaults, Located, MAX_CONCURRENCY, MAX_HOOK_TIMEOUT,
+    MAX_RENEW_BEFORE, Pos, SecretString, SolverTable, format_duration, parse_duration,
 };
 use crate::dns::PropagationCheck;
 use crate::identifiers::{self, Identifier};
@@ -50,6 +50,29 @@ fn solver_table(raw: Spanned<RawOptions>, diag: &Diagnostics<'_>) -> SolverTable
     for (k, v) in raw.into_inner() {
         t.positions.insert(k.get_ref().clone(), diag.pos(k.span()));
         t.options.insert(k.into_inner(), v);
+    }
+    t
+}
+
+/// `[solvers.<name>]`: its options, and `plugin = "<code>"` taken out of
+/// them (a string naming a plugin).
+fn instance_table(
+    name: &str,
+    raw: Spanned<RawOptions>,
+    checker: &mut Checker<'_, '_>,
+) -> SolverTable {
+    let mut t = solver_table(raw, checker.diag);
+    if let Some(v) = t.options.remove("plugin") {
+        let pos = t.positions.remove("plugin").unwrap_or(t.pos);
+        match v.as_str().map(str::trim) {
+            Some(code) if !code.is_empty() => t.plugin = Some(code.to_owned()),
+            _ => checker.diag.invalid_at(
+                pos,
+                format!("solvers.{name}.plugin"),
+                "plugin must name a solver plugin".to_owned(),
+                "write plugin = \"CODE\" (see `certsmith solvers list`), or remove it when the table's name is the plugin's code",
+            ),
+        }
     }
     t
 }
@@ -90,6 +113,37 @@ impl Checker<'_, '_> {
     }
 
     /// A `renew_before`: a duration shorter than [`MAX_RENEW_BEFORE`].
+    /// A hook's timeout: a duration, not zero, at most a day.
+    fn hook_timeout(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d.is_zero() || d > MAX_HOOK_TIMEOUT {
+            self.err(
+                v.span(),
+                key,
+                format!("'{}' is not between 1s and 24h", v.get_ref()),
+                "give each hook some time, e.g. \"120s\"",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A hook's command: not empty.
+    fn hook(&mut self, v: &Option<Spanned<String>>, key: &str) -> Option<String> {
+        let h = v.as_ref()?;
+        if h.get_ref().trim().is_empty() {
+            let field = key.rsplit('.').next().unwrap_or(key);
+            self.err(
+                h.span(),
+                key,
+                "the command is empty".to_owned(),
+                &format!("remove {field} or give a shell command"),
+            );
+            return None;
+        }
+        Some(h.get_ref().clone())
+    }
+
     fn renew_before(&mut self, v: &Spanned<String>, key: &str) -> Option<Duration> {
         let d = self.duration(v, key)?;
         if d >= MAX_RENEW_BEFORE {
@@ -237,17 +291,24 @@ impl Checker<'_, '_> {
         if let Some(r) = &d.renew_before {
             defaults.renew_before = self.renew_before(r, "defaults.renew_before");
         }
-        if let Some(t) = &d.deploy_hook_timeout {
-            defaults.deploy_hook_timeout = self.duration(t, "defaults.deploy_hook_timeout");
-            if defaults.deploy_hook_timeout == Some(Duration::ZERO) {
-                self.err(
-                    t.span(),
-                    "defaults.deploy_hook_timeout",
-                    "the timeout is zero".to_owned(),
-                    "give the hook some time, e.g. \"120s\"",
-                );
+        match (&d.hook_timeout, &d.deploy_hook_timeout) {
+            (Some(_), Some(old)) => self.err(
+                old.span(),
+                "defaults.deploy_hook_timeout",
+                "both hook_timeout and deploy_hook_timeout are set".to_owned(),
+                "keep hook_timeout (deploy_hook_timeout is its older name) and remove deploy_hook_timeout",
+            ),
+            (Some(t), None) => {
+                defaults.deploy_hook_timeout = self.hook_timeout(t, "defaults.hook_timeout");
             }
+            (None, Some(t)) => {
+                defaults.deploy_hook_timeout =
+                    self.hook_timeout(t, "defaults.deploy_hook_timeout");
+            }
+            (None, None) => {}
         }
+        defaults.pre_hook = self.hook(&d.pre_hook, "defaults.pre_hook");
+        defaults.post_hook = self.hook(&d.post_hook, "defaults.post_hook");
         if let Some(t) = &d.propagation_timeout {
             defaults.propagation_timeout = self.duration(t, "defaults.propagation_timeout");
         }
@@ -281,8 +342,9 @@ impl Checker<'_, '_> {
         }
 
         let mut solvers = BTreeMap::new();
-        for (code, table) in raw.solvers {
-            solvers.insert(code, solver_table(table, self.diag));
+        for (name, table) in raw.solvers {
+            let t = instance_table(&name, table, self);
+            solvers.insert(name, t);
         }
 
         let mut certificates: Vec<CertificateConfig> = Vec::new();
@@ -436,9 +498,77 @@ impl Checker<'_, '_> {
             None => identifiers::default_cert_name(&domains).unwrap_or_default(),
         };
 
+        // The solver of each name: `solvers = { "<name>" = "<solver>" }`,
+        // names from `domains` only, each once.
+        let mut name_solvers: Vec<(String, String, Pos)> = Vec::new();
+        if let Some(map) = &raw.solvers {
+            for (name, solver) in map.get_ref() {
+                let wanted = identifiers::parse_domains(std::slice::from_ref(name.get_ref()))
+                    .ok()
+                    .and_then(|mut ids| ids.pop());
+                let field = format!("solvers.\"{}\"", name.get_ref());
+                match wanted {
+                    Some(id) if domains.iter().any(|d| d.as_str() == id.as_str()) => {
+                        if solver.get_ref().trim().is_empty() {
+                            self.err(
+                                solver.span(),
+                                key(&field),
+                                "the solver is empty".to_owned(),
+                                "name a solver (see `certsmith solvers list`) or a [solvers.<name>] table",
+                            );
+                        } else if name_solvers.iter().any(|(n, _, _)| n == id.as_str()) {
+                            self.err(
+                                name.span(),
+                                key(&field),
+                                format!("'{}' is given a solver twice", id.as_str()),
+                                "keep one entry per name",
+                            );
+                        } else {
+                            name_solvers.push((
+                                id.as_str().to_owned(),
+                                solver.get_ref().trim().to_owned(),
+                                self.diag.pos(solver.span()),
+                            ));
+                        }
+                    }
+                    _ => self.err(
+                        name.span(),
+                        key(&field),
+                        format!("'{}' is not one of this certificate's domains", name.get_ref()),
+                        "the keys of solvers are names listed in domains, written the same way (\"*.example.com\" for the wildcard)",
+                    ),
+                }
+            }
+        }
+        // In the order of `domains`: the first name's solver stands for a
+        // certificate whose every name has its own.
+        name_solvers.sort_by_key(|(n, _, _)| domains.iter().position(|d| d.as_str() == n));
+        let unmapped: Vec<&str> = domains
+            .iter()
+            .map(Identifier::as_str)
+            .filter(|d| !name_solvers.iter().any(|(n, _, _)| n == d))
+            .collect();
         let (solver, solver_pos) = match (&raw.solver, &defaults.solver) {
             (Some(s), _) => (s.get_ref().trim().to_owned(), self.diag.pos(s.span())),
             (None, Some(d)) => (d.value.clone(), d.pos),
+            (None, None) if unmapped.is_empty() && !name_solvers.is_empty() => {
+                // Every name has its own: the first one's stands for the
+                // certificate (and is recorded as its solver).
+                let (_, s, p) = &name_solvers[0];
+                (s.clone(), *p)
+            }
+            (None, None) if !name_solvers.is_empty() => {
+                self.err(
+                    raw.domains.span(),
+                    key("solver"),
+                    format!(
+                        "no solver for {}: solvers does not name one for it and neither this certificate nor [defaults] has a solver",
+                        unmapped.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ")
+                    ),
+                    "add the name to solvers = { ... }, or add solver = \"CODE\" for the names not listed",
+                );
+                (String::new(), pos)
+            }
             (None, None) => {
                 self.err(
                     raw.domains.span(),
@@ -474,6 +604,12 @@ impl Checker<'_, '_> {
         };
         let propagation_check = match &raw.propagation_check {
             Some(c) => self.propagation_check(c, &key("propagation_check")),
+            None => None,
+        };
+        let pre_hook = self.hook(&raw.pre_hook, &key("pre_hook"));
+        let post_hook = self.hook(&raw.post_hook, &key("post_hook"));
+        let hook_timeout = match &raw.hook_timeout {
+            Some(t) => self.hook_timeout(t, &key("hook_timeout")),
             None => None,
         };
         let deploy_hook = match &raw.deploy_hook {
@@ -558,9 +694,13 @@ impl Checker<'_, '_> {
             name: name.clone(),
             domains,
             solver,
+            name_solvers,
             solver_options,
             key_type: key_type.unwrap_or_default(),
             deploy_hook,
+            pre_hook,
+            post_hook,
+            hook_timeout,
             renew_before,
             propagation_check,
             order,

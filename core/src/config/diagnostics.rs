@@ -207,6 +207,23 @@ impl<'a> Diagnostics<'a> {
 
     /// A value that is well-formed but not acceptable. An empty `hint`
     /// means none.
+    /// An invalid value at `pos` (when only its position is kept).
+    pub(super) fn invalid_at(
+        &mut self,
+        pos: Pos,
+        key: impl Into<String>,
+        message: String,
+        hint: &str,
+    ) {
+        self.errors.push(ConfigError::Invalid {
+            path: self.path.to_owned(),
+            pos,
+            key: key.into(),
+            message,
+            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        });
+    }
+
     pub(super) fn invalid(
         &mut self,
         span: Range<usize>,

@@ -19,8 +19,11 @@
 //! concurrency = 4
 //! renew_before = "30d"            # default: when 1/3 of the lifetime is left
 //! solver = "cloudflare"           # for certificates that name none
-//! deploy_hook = "systemctl reload nginx"
-//! deploy_hook_timeout = "120s"
+//! deploy_hook = "systemctl reload nginx"   # after each certificate is stored
+//! pre_hook = "systemctl stop nginx"         # before a certificate's challenges
+//! post_hook = "systemctl start nginx"       # after them, always
+//! hook_timeout = "120s"           # each hook, then killed with its process group
+//!                                 # (deploy_hook_timeout: its older name)
 //! dns_resolvers = ["192.0.2.53"]
 //! propagation_servers = ["127.0.0.1:8053"]
 //! propagation_timeout = "300s"
@@ -30,13 +33,19 @@
 //! [solvers.cloudflare]            # options of one plugin (secrets: use its env vars)
 //! zone_id = "..."
 //!
+//! [solvers.site-b]                # a named instance: plugin webroot, other options
+//! plugin = "webroot"
+//! path = "/srv/b"
+//!
 //! [[certificate]]
 //! name = "example.com"            # default: the first domain
 //! domains = ["example.com", "*.example.com"]
-//! solver = "cloudflare"
+//! solver = "cloudflare"           # the names `solvers` does not list
+//! solvers = { "b.example.com" = "site-b" }  # a name's own solver (keys as in domains)
 //! solver_options = { ttl = 120 }  # overrides [solvers.cloudflare] for this one
 //! key_type = "ec-p384"
-//! deploy_hook = "..."
+//! deploy_hook = "..."            # pre_hook, post_hook, hook_timeout too:
+//!                                 # each overrides [defaults] for this one
 //! renew_before = "20d"            # less than MAX_RENEW_BEFORE
 //! propagation_check = "wait:30"   # overrides [defaults] for this one
 //! challenges = ["tls-alpn-01"]    # challenge types, most preferred first
@@ -106,8 +115,11 @@ pub const MAX_CONCURRENCY: usize = 1024;
 /// ([`crate::renewal::expiry_time`] falls back to 1/3 of the lifetime).
 pub const MAX_RENEW_BEFORE: Duration = Duration::from_secs(100 * 86_400);
 
-/// The default time a deploy hook may run.
+/// The default time a hook (pre, post, deploy) may run.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The longest time a hook may be given.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// A value and where it was written.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,8 +159,13 @@ pub struct Defaults {
     pub solver: Option<Located<String>>,
     /// Command run after a certificate changes.
     pub deploy_hook: Option<String>,
-    /// How long a deploy hook may run.
+    /// How long each hook may run (`hook_timeout`, or its older name
+    /// `deploy_hook_timeout`).
     pub deploy_hook_timeout: Option<Duration>,
+    /// Command run before a certificate's challenges.
+    pub pre_hook: Option<String>,
+    /// Command run after a certificate's challenges, whatever happened.
+    pub post_hook: Option<String>,
     /// Resolvers for dns-01 discovery (SOA/NS/CNAME).
     pub dns_resolvers: Vec<SocketAddr>,
     /// Servers asked whether a dns-01 record has propagated, instead of the
@@ -179,11 +196,16 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// One `[solvers.<code>]` table. `Debug` shows only the keys: values may
-/// be secrets, and which ones only the plugin's manifest knows.
+/// One `[solvers.<name>]` table: a solver instance. Its name is the
+/// plugin's code, or any name with `plugin = "<code>"` in the table, so
+/// that one plugin can serve with two sets of options (two webroot
+/// directories). `Debug` shows only the keys: values may be secrets, and
+/// which ones only the plugin's manifest knows.
 #[derive(Clone, Default)]
 pub struct SolverTable {
-    /// The options, as written.
+    /// `plugin = "<code>"`, when the instance has a name of its own.
+    pub plugin: Option<String>,
+    /// The options, as written (without `plugin`).
     pub options: toml::Table,
     /// Where each option's value is.
     pub positions: BTreeMap<String, Pos>,
@@ -209,14 +231,26 @@ pub struct CertificateConfig {
     pub name: String,
     /// The identifiers, checked.
     pub domains: Vec<Identifier>,
-    /// The solver code.
+    /// The solver (a plugin code or a `[solvers.<name>]` instance) of the
+    /// names `name_solvers` leaves out; when it covers every name, the
+    /// first name's solver.
     pub solver: String,
-    /// Options for this certificate only, over `[solvers.<code>]`.
+    /// The solver of some names (`solvers = { "<name>" = "<solver>" }`):
+    /// (identifier as in `domains`, solver, where it is written).
+    pub name_solvers: Vec<(String, String, Pos)>,
+    /// Options for this certificate only, over `[solvers.<code>]` (of its
+    /// `solver` only).
     pub solver_options: SolverTable,
     /// The key type.
     pub key_type: KeyType,
     /// Command run after this certificate changes.
     pub deploy_hook: Option<String>,
+    /// Command run before this certificate's challenges.
+    pub pre_hook: Option<String>,
+    /// Command run after them, whatever happened.
+    pub post_hook: Option<String>,
+    /// How long each of its hooks may run.
+    pub hook_timeout: Option<Duration>,
     /// Renew when less than this is left.
     pub renew_before: Option<Duration>,
     /// How this certificate's dns-01 propagation is checked, if it says.
@@ -331,6 +365,22 @@ impl Config {
         (cert.solver_pos, cert.key("solver"))
     }
 
+    /// The plugin code of solver `name`: its `plugin`, else the name.
+    pub fn plugin_code(&self, name: &str) -> String {
+        self.solvers
+            .get(name)
+            .and_then(|t| t.plugin.clone())
+            .unwrap_or_else(|| name.to_owned())
+    }
+
+    /// The options of solver instance `name` (`[solvers.<name>]`).
+    pub fn instance_table(&self, name: &str) -> toml::Table {
+        self.solvers
+            .get(name)
+            .map(|t| t.options.clone())
+            .unwrap_or_default()
+    }
+
     /// Every `[solvers.*]` table as one table (what the journal sweep and
     /// `issue` take).
     pub fn solvers_table(&self) -> toml::Table {
@@ -356,5 +406,24 @@ impl Config {
         cert.deploy_hook
             .clone()
             .or_else(|| self.defaults.deploy_hook.clone())
+    }
+
+    /// The pre-hook that applies to `cert`.
+    pub fn pre_hook(&self, cert: &CertificateConfig) -> Option<String> {
+        cert.pre_hook
+            .clone()
+            .or_else(|| self.defaults.pre_hook.clone())
+    }
+
+    /// The post-hook that applies to `cert`.
+    pub fn post_hook(&self, cert: &CertificateConfig) -> Option<String> {
+        cert.post_hook
+            .clone()
+            .or_else(|| self.defaults.post_hook.clone())
+    }
+
+    /// The hook timeout that applies to `cert`.
+    pub fn hook_timeout(&self, cert: &CertificateConfig) -> Option<Duration> {
+        cert.hook_timeout.or(self.defaults.deploy_hook_timeout)
     }
 }

@@ -41,6 +41,9 @@ const DEFAULTS_KEYS: &[&str] = &[
     "solver",
     "deploy_hook",
     "deploy_hook_timeout",
+    "pre_hook",
+    "post_hook",
+    "hook_timeout",
     "dns_resolvers",
     "propagation_servers",
     "propagation_timeout",
@@ -53,9 +56,13 @@ const CERT_KEYS: &[&str] = &[
     "name",
     "domains",
     "solver",
+    "solvers",
     "solver_options",
     "key_type",
     "deploy_hook",
+    "pre_hook",
+    "post_hook",
+    "hook_timeout",
     "renew_before",
     "propagation_check",
     "challenges",
@@ -67,6 +74,10 @@ const CERT_KEYS: &[&str] = &[
 
 /// A list of strings, each with its span.
 pub(super) type RawList = Spanned<Vec<Spanned<String>>>;
+
+/// `solvers = { "<name>" = "<solver>" }` as written: each name and
+/// solver with its span.
+pub(super) type RawNameSolvers = Vec<(Spanned<String>, Spanned<String>)>;
 
 /// Solver options as written: each key with its span, each value as the
 /// plugin will get it.
@@ -102,6 +113,9 @@ pub(super) struct RawDefaults {
     pub(super) solver: Option<Spanned<String>>,
     pub(super) deploy_hook: Option<Spanned<String>>,
     pub(super) deploy_hook_timeout: Option<Spanned<String>>,
+    pub(super) pre_hook: Option<Spanned<String>>,
+    pub(super) post_hook: Option<Spanned<String>>,
+    pub(super) hook_timeout: Option<Spanned<String>>,
     pub(super) dns_resolvers: Option<RawList>,
     pub(super) propagation_servers: Option<RawList>,
     pub(super) propagation_timeout: Option<Spanned<String>>,
@@ -116,9 +130,14 @@ pub(super) struct RawCert {
     pub(super) name: Option<Spanned<String>>,
     pub(super) domains: RawList,
     pub(super) solver: Option<Spanned<String>>,
+    /// `solvers = { "<name>" = "<solver>" }`: the solver of each name.
+    pub(super) solvers: Option<Spanned<RawNameSolvers>>,
     pub(super) solver_options: Option<Spanned<RawOptions>>,
     pub(super) key_type: Option<Spanned<String>>,
     pub(super) deploy_hook: Option<Spanned<String>>,
+    pub(super) pre_hook: Option<Spanned<String>>,
+    pub(super) post_hook: Option<Spanned<String>>,
+    pub(super) hook_timeout: Option<Spanned<String>>,
     pub(super) renew_before: Option<Spanned<String>>,
     pub(super) propagation_check: Option<Spanned<String>>,
     pub(super) challenges: Option<RawList>,
@@ -200,6 +219,9 @@ impl Reader<'_, '_> {
             solver: self.string(d, "solver"),
             deploy_hook: self.string(d, "deploy_hook"),
             deploy_hook_timeout: self.string(d, "deploy_hook_timeout"),
+            pre_hook: self.string(d, "pre_hook"),
+            post_hook: self.string(d, "post_hook"),
+            hook_timeout: self.string(d, "hook_timeout"),
             dns_resolvers: self.strings(d, "dns_resolvers"),
             propagation_servers: self.strings(d, "propagation_servers"),
             propagation_timeout: self.string(d, "propagation_timeout"),
@@ -296,13 +318,50 @@ impl Reader<'_, '_> {
             },
             None => None,
         };
+        let solvers = match t.get("solvers") {
+            Some(v) => match v.get_ref() {
+                DeValue::Table(entries) => {
+                    let key = t.key("solvers");
+                    let mut out = Vec::new();
+                    for (name, value) in entries.iter() {
+                        match value.get_ref() {
+                            DeValue::String(s) => out.push((
+                                Spanned::new(name.span(), name.get_ref().to_string()),
+                                Spanned::new(value.span(), s.to_string()),
+                            )),
+                            other => self.diagnostics.wrong_type(
+                                value.span(),
+                                join(&key, name.get_ref()),
+                                Expected::String,
+                                found(other),
+                            ),
+                        }
+                    }
+                    Some(Spanned::new(v.span(), out))
+                }
+                other => {
+                    self.diagnostics.wrong_type(
+                        v.span(),
+                        t.key("solvers"),
+                        Expected::Table,
+                        found(other),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         Some(RawCert {
             index,
             name: self.string(&t, "name"),
             solver: self.string(&t, "solver"),
+            solvers,
             solver_options,
             key_type: self.string(&t, "key_type"),
             deploy_hook: self.string(&t, "deploy_hook"),
+            pre_hook: self.string(&t, "pre_hook"),
+            post_hook: self.string(&t, "post_hook"),
+            hook_timeout: self.string(&t, "hook_timeout"),
             renew_before: self.string(&t, "renew_before"),
             propagation_check: self.string(&t, "propagation_check"),
             challenges: self.strings(&t, "challenges"),

@@ -546,3 +546,101 @@ fn order_options_per_certificate() {
     assert_eq!(e.key(), Some("certificate[1].csr"), "{e}");
     assert!(e.to_string().contains("/etc/certsmith/missing.csr"), "{e}");
 }
+
+#[test]
+fn per_name_solvers_and_named_instances() {
+    let c = parse(
+        r#"
+[solvers.site-b]
+plugin = "webroot"
+path = "/srv/b"
+
+[[certificate]]
+domains = ["a.ex.test", "b.ex.test", "*.ex.test"]
+solver = "webroot"
+solvers = { "B.ex.test" = "site-b", "*.ex.test" = "rfc2136" }
+"#,
+    )
+    .expect("valid");
+    let cert = &c.certificates[0];
+    let names: Vec<(&str, &str)> = cert
+        .name_solvers
+        .iter()
+        .map(|(n, s, _)| (n.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(names, [("b.ex.test", "site-b"), ("*.ex.test", "rfc2136")]);
+    assert_eq!(c.plugin_code("site-b"), "webroot");
+    assert_eq!(c.plugin_code("rfc2136"), "rfc2136");
+    let table = c.instance_table("site-b");
+    assert_eq!(
+        table.get("path").and_then(toml::Value::as_str),
+        Some("/srv/b")
+    );
+    assert!(
+        !table.contains_key("plugin"),
+        "plugin is not a solver option"
+    );
+
+    // Every name listed: no default needed; the first stands for it.
+    let c = parse(
+        "[[certificate]]\ndomains = [\"a.ex.test\", \"b.ex.test\"]\nsolvers = { \"a.ex.test\" = \"x\", \"b.ex.test\" = \"y\" }\n",
+    )
+    .expect("valid");
+    assert_eq!(c.certificates[0].solver, "x");
+
+    // A name left without a solver is named; a key that is no domain too.
+    let e = one_error(
+        "[[certificate]]\ndomains = [\"a.ex.test\", \"b.ex.test\"]\nsolvers = { \"a.ex.test\" = \"x\" }\n",
+    );
+    assert_eq!(e.key(), Some("certificate[1].solver"));
+    assert!(e.to_string().contains("'b.ex.test'"), "{e}");
+    let e = one_error(
+        "[[certificate]]\ndomains = [\"a.ex.test\"]\nsolver = \"x\"\nsolvers = { \"c.ex.test\" = \"x\" }\n",
+    );
+    assert_eq!(e.key(), Some("certificate[1].solvers.\"c.ex.test\""));
+    assert!(e.hint().is_some_and(|h| h.contains("domains")), "{e:?}");
+    let e = one_error("[solvers.w]\nplugin = \"\"\n");
+    assert_eq!(e.key(), Some("solvers.w.plugin"));
+}
+
+#[test]
+fn hooks_per_certificate_over_defaults() {
+    let c = parse(
+        r#"
+[defaults]
+solver = "webroot"
+pre_hook = "stop"
+post_hook = "start"
+hook_timeout = "5m"
+
+[[certificate]]
+domains = ["a.example"]
+pre_hook = "stop a"
+hook_timeout = "10s"
+
+[[certificate]]
+domains = ["b.example"]
+"#,
+    )
+    .expect("valid");
+    let (a, b) = (&c.certificates[0], &c.certificates[1]);
+    assert_eq!(c.pre_hook(a).as_deref(), Some("stop a"));
+    assert_eq!(c.post_hook(a).as_deref(), Some("start"));
+    assert_eq!(c.hook_timeout(a), Some(Duration::from_secs(10)));
+    assert_eq!(c.pre_hook(b).as_deref(), Some("stop"));
+    assert_eq!(c.hook_timeout(b), Some(Duration::from_secs(300)));
+
+    let e = one_error("[defaults]\nhook_timeout = \"2d\"\n");
+    assert_eq!(e.key(), Some("defaults.hook_timeout"));
+    let e = one_error("[defaults]\nhook_timeout = \"2s\"\ndeploy_hook_timeout = \"3s\"\n");
+    assert_eq!(e.key(), Some("defaults.deploy_hook_timeout"));
+    assert!(
+        e.hint().is_some_and(|h| h.contains("hook_timeout")),
+        "{e:?}"
+    );
+    let e = one_error(
+        "[defaults]\nsolver = \"x\"\n[[certificate]]\ndomains = [\"a.example\"]\npost_hook = \" \"\n",
+    );
+    assert_eq!(e.key(), Some("certificate[1].post_hook"));
+    assert!(e.hint().is_some_and(|h| h.contains("post_hook")), "{e:?}");
+}

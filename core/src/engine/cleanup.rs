@@ -13,6 +13,8 @@ use super::challenge::call_deadline;
 
 /// A challenge that may have been presented and must be cleaned up.
 pub(super) struct CleanupEntry {
+    /// The solver that presented it (one certificate may use several).
+    solver: SolverInstance,
     request: ChallengeRequest,
     domain: String,
     presented: Presented,
@@ -24,7 +26,6 @@ pub(super) struct CleanupEntry {
 /// `present` is called (a cancelled `present` may still have created
 /// something; solvers treat cleanup of nothing as success).
 pub(super) struct CleanupList {
-    solver: SolverInstance,
     name: String,
     progress: Progress,
     journal: Option<Journal>,
@@ -32,14 +33,8 @@ pub(super) struct CleanupList {
 }
 
 impl CleanupList {
-    pub(super) fn new(
-        solver: SolverInstance,
-        name: String,
-        progress: Progress,
-        journal: Option<Journal>,
-    ) -> Self {
+    pub(super) fn new(name: String, progress: Progress, journal: Option<Journal>) -> Self {
         CleanupList {
-            solver,
             name,
             progress,
             journal,
@@ -59,12 +54,13 @@ impl CleanupList {
     /// leaves a trace the next run cleans up); returns its slot.
     pub(super) fn register(
         &self,
+        solver: &SolverInstance,
         request: ChallengeRequest,
         domain: String,
     ) -> Result<usize, IssueError> {
         let journal_entry = match &self.journal {
             Some(j) => Some(
-                j.record(self.solver.code(), self.solver.public_options(), &request)
+                j.record(solver.code(), solver.public_options(), &request)
                     .map_err(|e| {
                         IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
                     })?,
@@ -73,6 +69,7 @@ impl CleanupList {
         };
         let mut entries = self.lock();
         entries.push(Some(CleanupEntry {
+            solver: solver.clone(),
             request,
             domain,
             presented: Presented::default(),
@@ -103,25 +100,18 @@ impl CleanupList {
     /// reported as progress events and logged; they do not fail the order.
     pub(super) async fn run(&self) {
         let entries = self.take();
-        clean_entries(
-            &self.solver,
-            &self.name,
-            &self.progress,
-            self.journal.as_ref(),
-            entries,
-        )
-        .await;
+        clean_entries(&self.name, &self.progress, self.journal.as_ref(), entries).await;
     }
 }
 
 pub(super) async fn clean_entries(
-    solver: &SolverInstance,
     name: &str,
     progress: &Progress,
     journal: Option<&Journal>,
     entries: Vec<CleanupEntry>,
 ) {
     for mut entry in entries {
+        let solver = entry.solver.clone();
         // A fresh deadline: the one of `present` may have passed while the
         // CA validated.
         entry.request.deadline_unix_ms = call_deadline(solver.manifest());
@@ -181,14 +171,13 @@ impl Drop for CleanupList {
         // entries to a task, if a runtime is still there to run it.
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                let (solver, name, progress, journal) = (
-                    self.solver.clone(),
+                let (name, progress, journal) = (
                     self.name.clone(),
                     self.progress.clone(),
                     self.journal.clone(),
                 );
                 handle.spawn(async move {
-                    clean_entries(&solver, &name, &progress, journal.as_ref(), entries).await
+                    clean_entries(&name, &progress, journal.as_ref(), entries).await
                 });
             }
             Err(_) => log::warn!(

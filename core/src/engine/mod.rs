@@ -18,11 +18,14 @@
 //!   [`crate::store`], which switches `current` only after a complete set is
 //!   on disk.
 //!
-//! Per order: new order → fetch authorizations → choose per authorization
-//! the challenge type the solver supports (http-01, then tls-alpn-01, then
-//! dns-01; a wildcard needs dns-01) → present all → mark them ready → poll
+//! Per order: pre-hook → new order → fetch authorizations → choose per
+//! authorization its name's solver and the challenge type that solver
+//! supports (http-01, then tls-alpn-01, then dns-01; a wildcard needs
+//! dns-01) → present all → mark them ready → poll
 //! (honouring `Retry-After`) → clean up, while finalizing with a CSR whose
-//! key was generated in parallel → download the chain → store.
+//! key was generated in parallel → post-hook (after the cleanup, whatever
+//! happened) → download the chain → store → tell the caller (the agent runs
+//! the deploy hook while the other orders go on).
 
 pub use ratelimit::{RateLimits, registered_domain};
 
@@ -48,11 +51,12 @@ use tokio::sync::watch;
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::dns::{DnsOptions, PropagationCheck};
 use crate::error::IssueError;
+use crate::hooks::{self, HookContext, HookError, HookKind, OrderHooks};
 use crate::identifiers::{self, Identifier};
 use crate::journal::Journal;
 use crate::keys::KeyType;
 use crate::plugin::SolverInstance;
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressEvent};
 use crate::store::{self, Store};
 
 /// The default bound on concurrent orders.
@@ -65,8 +69,12 @@ pub struct CertRequest {
     pub name: String,
     /// The identifiers, checked (see [`crate::identifiers`]).
     pub domains: Vec<Identifier>,
-    /// The configured solver that answers the challenges.
+    /// The configured solver that answers the challenges (of the names
+    /// `name_solvers` leaves out).
     pub solver: SolverInstance,
+    /// The solvers of some identifiers, instead of `solver`: by identifier
+    /// as ordered ([`Identifier::as_str`], `*.`-prefixed for a wildcard).
+    pub name_solvers: std::collections::BTreeMap<String, SolverInstance>,
     /// The key type of the certificate.
     pub key_type: KeyType,
     /// The RFC 9773 identifier of the certificate this one replaces, sent
@@ -79,6 +87,9 @@ pub struct CertRequest {
     /// What the order asks of the CA beyond its names (challenge types,
     /// profile, chain, key reuse); recorded in the lineage.
     pub order: OrderOptions,
+    /// The pre-hook run before the order, the post-hook after its
+    /// challenges are cleaned up (docs/design.md §4.5).
+    pub hooks: OrderHooks,
 }
 
 /// What an order asks beyond its names, recorded in the lineage so that
@@ -152,6 +163,27 @@ impl OrderOptions {
 }
 
 impl CertRequest {
+    /// The solver that answers the challenge of `identifier` (as ordered,
+    /// `*.`-prefixed for a wildcard).
+    pub fn solver_for(&self, identifier: &str) -> &SolverInstance {
+        self.name_solvers.get(identifier).unwrap_or(&self.solver)
+    }
+
+    /// Every solver this request uses, each once (by code and options).
+    pub fn solvers(&self) -> Vec<&SolverInstance> {
+        let mut out: Vec<&SolverInstance> = Vec::new();
+        let used = self.domains.iter().map(|d| self.solver_for(d.as_str()));
+        for s in used {
+            if !out
+                .iter()
+                .any(|o| o.code() == s.code() && o.public_options() == s.public_options())
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
     /// The propagation check that applies to this request under `dns`.
     pub fn effective_propagation_check(&self, dns: &DnsOptions) -> PropagationCheck {
         dns.propagation_check
@@ -341,11 +373,15 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
             });
         }
     }
-    let manifest = req.solver.manifest();
-    for &c in &req.order.challenges {
-        if !manifest.supports(c) {
+    for d in &req.domains {
+        let manifest = req.solver_for(d.as_str()).manifest();
+        // Of the challenge types asked for, the name's solver must offer
+        // one (with one solver per name, each may answer a different one).
+        if !req.order.challenges.is_empty()
+            && !req.order.challenges.iter().any(|&c| manifest.supports(c))
+        {
             return Err(IssueError::UnsupportedChallenge {
-                challenge: c.as_str().to_owned(),
+                challenge: req.order.challenge_names().join(", "),
                 solver: manifest.code.clone(),
                 supported: manifest
                     .challenge_types
@@ -354,8 +390,8 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
                     .collect(),
             });
         }
+        identifiers::check_solver(std::slice::from_ref(d), manifest)?;
     }
-    identifiers::check_solver(&req.domains, manifest)?;
     if !req.order.challenges.is_empty()
         && !req.order.challenges.contains(&ChallengeType::Dns01)
         && let Some(w) = req.domains.iter().find(|d| d.is_wildcard())
@@ -366,4 +402,78 @@ pub fn check_request(req: &CertRequest, max_names: usize) -> Result<(), IssueErr
         });
     }
     Ok(())
+}
+
+/// Runs the hook `command` for `ctx` (killed with its process group after
+/// `timeout`), reporting its start, every line it prints and its end as
+/// progress.
+pub(crate) async fn run_hook_reported(
+    progress: &Progress,
+    command: &str,
+    ctx: &HookContext,
+    timeout: Duration,
+) -> Result<(), HookError> {
+    let (name, hook) = (ctx.cert_name.clone(), ctx.kind);
+    progress.emit(ProgressEvent::HookStarted {
+        name: name.clone(),
+        hook,
+    });
+    match hooks::run_hook(command, ctx, timeout).await {
+        Ok(out) => {
+            for line in out.output.lines() {
+                progress.emit(ProgressEvent::HookOutput {
+                    name: name.clone(),
+                    hook,
+                    line: line.to_owned(),
+                });
+            }
+            progress.emit(ProgressEvent::HookFinished {
+                name,
+                hook,
+                elapsed: out.elapsed,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            progress.emit(ProgressEvent::HookFailed {
+                name,
+                hook,
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+impl Engine {
+    /// Runs `req`'s pre-hook, if any; on failure, runs its post-hook too
+    /// (a post-hook always follows) and returns the failure.
+    async fn pre_hook(&self, req: &CertRequest, domains: &[String]) -> Result<(), IssueError> {
+        let Some(cmd) = &req.hooks.pre else {
+            return Ok(());
+        };
+        let ctx = HookContext::around(HookKind::Pre, &req.name, domains, false);
+        let progress = &self.inner.progress;
+        match run_hook_reported(progress, cmd, &ctx, req.hooks.timeout).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.post_hook(req, domains, false).await;
+                Err(IssueError::PreHook(e))
+            }
+        }
+    }
+
+    /// Runs `req`'s post-hook, if any, telling it whether the challenges
+    /// were validated; its failure is kept in `req.hooks` for the caller.
+    async fn post_hook(&self, req: &CertRequest, domains: &[String], validated: bool) {
+        let Some(cmd) = &req.hooks.post else {
+            return;
+        };
+        let ctx = HookContext::around(HookKind::Post, &req.name, domains, validated);
+        if let Err(e) = run_hook_reported(&self.inner.progress, cmd, &ctx, req.hooks.timeout).await
+        {
+            log::warn!("{e}");
+            req.hooks.record_post_failure(e);
+        }
+    }
 }

@@ -83,6 +83,18 @@ impl Engine {
         requests: Vec<CertRequest>,
         concurrency: usize,
     ) -> Vec<Result<IssuedCert, IssueError>> {
+        self.issue_all_notify(requests, concurrency, None).await
+    }
+
+    /// [`Engine::issue_all`], also sending each certificate (with its index
+    /// in `requests`) to `saved` as soon as it is stored, while the other
+    /// orders go on: the agent runs its deploy hook then.
+    pub async fn issue_all_notify(
+        &self,
+        requests: Vec<CertRequest>,
+        concurrency: usize,
+        saved: Option<tokio::sync::mpsc::UnboundedSender<(usize, IssuedCert)>>,
+    ) -> Vec<Result<IssuedCert, IssueError>> {
         let n = requests.len();
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut set = JoinSet::new();
@@ -90,6 +102,7 @@ impl Engine {
         for (i, req) in requests.into_iter().enumerate() {
             let engine = self.clone();
             let permits = permits.clone();
+            let saved = saved.clone();
             let handle = set.spawn(async move {
                 let name = req.name.clone();
                 let cancel = engine.inner.options.cancel.clone();
@@ -102,6 +115,10 @@ impl Engine {
                     Some(_permit) => engine.issue(req).await,
                     None => Err(IssueError::Cancelled),
                 };
+                if let (Some(tx), Ok(cert)) = (&saved, &result) {
+                    // The receiver gone means nobody waits for it.
+                    let _ = tx.send((i, cert.clone()));
+                }
                 if let Err(e) = &result {
                     engine.inner.progress.emit(ProgressEvent::Failed {
                         name,
@@ -112,6 +129,8 @@ impl Engine {
             });
             index_of.insert(handle.id(), i);
         }
+        // The tasks hold the only senders now: the receiver ends with them.
+        drop(saved);
         let mut results: Vec<Option<Result<IssuedCert, IssueError>>> =
             (0..n).map(|_| None).collect();
         while let Some(joined) = set.join_next_with_id().await {
@@ -175,8 +194,11 @@ impl Engine {
             })
         };
 
+        // The pre-hook (e.g. stopping a web server that holds port 80)
+        // before anything is presented; its post-hook after the cleanup,
+        // whatever happened (docs/design.md §4.5).
+        self.pre_hook(&req, &domains).await?;
         let cleanup = CleanupList::new(
-            req.solver.clone(),
             req.name.clone(),
             inner.progress.clone(),
             inner.options.journal.clone(),
@@ -190,6 +212,7 @@ impl Engine {
             Ok(order) => order,
             Err(e) => {
                 cleanup.run().await;
+                self.post_hook(&req, &domains, false).await;
                 return Err(e);
             }
         };
@@ -223,7 +246,11 @@ impl Engine {
                 r = finalize => r,
             }
         };
-        let (finalized, ()) = tokio::join!(finalize, cleanup.run());
+        let after_challenges = async {
+            cleanup.run().await;
+            self.post_hook(&req, &domains, true).await;
+        };
+        let (finalized, ()) = tokio::join!(finalize, after_challenges);
         let (key, chain, order_url) = finalized?;
         self.store_issued(&req, domains, key_type, key.private_key, &chain, &order_url)
             .await
@@ -251,11 +278,25 @@ impl Engine {
         }
         let parsed = parse_chain(chain, inner.client.directory_url())?;
         let chain_issuer = crate::acme::top_issuer_cn(&parsed.fullchain_pem);
+        // The solver of names without one of their own, and those of the
+        // others, so that a renewal answers each name the same way.
+        let name_solvers = req
+            .name_solvers
+            .iter()
+            .map(|(id, s)| {
+                let record = store::NameSolverRecord {
+                    solver: s.code().to_owned(),
+                    solver_options: s.public_options(),
+                };
+                (id.clone(), record)
+            })
+            .collect();
         let lineage = Lineage {
             domains: domains.clone(),
             solver: req.solver.code().to_owned(),
             solver_options: req.solver.public_options(),
             option_sources: req.solver.option_sources(),
+            name_solvers,
             key_type: key_type.as_str().to_owned(),
             server: inner.client.directory_url().to_owned(),
             versions: Vec::new(),
@@ -428,7 +469,12 @@ impl Engine {
         if targets.is_empty() {
             return Ok(());
         }
-        let manifest = req.solver.manifest();
+        // The timeout and interval of the dns-01 solver (the first one's,
+        // should several answer the names of one certificate).
+        let manifest = targets
+            .first()
+            .map(|(_, domain)| req.solver_for(domain).manifest())
+            .unwrap_or_else(|| req.solver.manifest());
         let opts = &self.inner.options.dns;
         let recursive = match req.effective_propagation_check(opts) {
             PropagationCheck::Wait(wait) => {
@@ -520,7 +566,6 @@ impl Engine {
         let inner = &self.inner;
         let progress = &inner.progress;
         let name = &req.name;
-        let manifest = req.solver.manifest();
 
         if let Some(p) = &req.order.profile {
             inner.client.check_profile(p).await?;
@@ -540,7 +585,8 @@ impl Engine {
             authorizations: authzs.len(),
         });
 
-        struct Work {
+        struct Work<'r> {
+            solver: &'r crate::plugin::SolverInstance,
             authz_url: String,
             domain: String,
             challenge_type: ChallengeType,
@@ -574,6 +620,8 @@ impl Engine {
                     });
                 }
             }
+            let solver = req.solver_for(&authz.domain());
+            let manifest = solver.manifest();
             let (challenge_type, challenge) =
                 choose_challenge(authz, manifest, &req.order.challenges)?;
             let resolved = if challenge_type == ChallengeType::Dns01 {
@@ -600,6 +648,7 @@ impl Engine {
                 challenge: challenge_type,
             });
             work.push(Work {
+                solver,
                 authz_url: authz.url.clone(),
                 domain: authz.domain(),
                 challenge_type,
@@ -610,15 +659,15 @@ impl Engine {
         // Present everything, in parallel, before marking anything ready
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
-            let slot = cleanup.register(w.request.clone(), w.domain.clone())?;
+            let slot = cleanup.register(w.solver, w.request.clone(), w.domain.clone())?;
             let lease = namelock::lock(
                 &inner.store,
-                req.solver.code(),
+                w.solver.code(),
                 &w.request,
-                call_timeout(req.solver.manifest()),
+                call_timeout(w.solver.manifest()),
             )
             .await;
-            let outcome = req.solver.present(&w.request).await;
+            let outcome = w.solver.present(&w.request).await;
             drop(lease);
             match outcome {
                 Ok(presented) => {
@@ -631,7 +680,7 @@ impl Engine {
                     Ok(())
                 }
                 Err(source) => Err(IssueError::Solver {
-                    solver: req.solver.code().to_owned(),
+                    solver: w.solver.code().to_owned(),
                     operation: "present",
                     challenge: w.challenge_type.to_string(),
                     domain: w.domain.clone(),

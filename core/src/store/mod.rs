@@ -215,6 +215,10 @@ pub struct Lineage {
     /// from and what to set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub option_sources: BTreeMap<String, String>,
+    /// The solvers of names that do not use `solver` (by identifier,
+    /// `*.`-prefixed for a wildcard): `[name_solvers."<name>"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub name_solvers: BTreeMap<String, NameSolverRecord>,
     /// The key type name, e.g. `ec-p256`.
     pub key_type: String,
     /// The ACME directory URL.
@@ -229,6 +233,15 @@ pub struct Lineage {
     /// The command run after the certificate changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_hook: Option<String>,
+    /// The command run before the certificate's challenges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_hook: Option<String>,
+    /// The command run after its challenges, whatever happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_hook: Option<String>,
+    /// How long each hook may run (e.g. `120s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_timeout: Option<String>,
     /// Renew when less than this is left (e.g. `30d`); default 1/3 of the
     /// lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,6 +276,16 @@ pub struct Lineage {
     /// Every version stored, oldest first.
     #[serde(default)]
     pub versions: Vec<VersionRecord>,
+}
+
+/// The solver of one name of a certificate that uses several.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NameSolverRecord {
+    /// The solver (plugin) code.
+    pub solver: String,
+    /// Its options that were set explicitly and are not secret.
+    #[serde(default)]
+    pub solver_options: BTreeMap<String, toml::Value>,
 }
 
 /// `[retired]` of `lineage.toml`: the certificate is no longer wanted.
