@@ -24,8 +24,9 @@ pub(crate) struct HookArgs {
     /// Run this shell command as soon as each certificate is stored (other
     /// orders of the batch go on). Gets CERTSMITH_HOOK=deploy,
     /// CERTSMITH_CERT_NAME, CERTSMITH_DOMAINS, CERTSMITH_CERT_DIR,
-    /// CERTSMITH_FULLCHAIN, CERTSMITH_PRIVKEY, CERTSMITH_CERT,
-    /// CERTSMITH_CHAIN and CERTSMITH_VERSION.
+    /// CERTSMITH_FULLCHAIN, CERTSMITH_PRIVKEY (empty with --csr),
+    /// CERTSMITH_CSR (with --csr), CERTSMITH_CERT, CERTSMITH_CHAIN and
+    /// CERTSMITH_VERSION.
     #[arg(long, value_name = "CMD", value_parser = non_empty("--deploy-hook"))]
     pub(crate) deploy_hook: Option<String>,
     /// Kill each hook (with its process group) after this long: SECS or a

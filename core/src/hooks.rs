@@ -24,7 +24,8 @@
 //! | `CERTSMITH_RESULT` | post | `ok` when every challenge was validated, else `failed` |
 //! | `CERTSMITH_CERT_DIR` | deploy | `certs/<name>/current`, the directory of the files |
 //! | `CERTSMITH_FULLCHAIN` | deploy | `.../current/fullchain.pem` |
-//! | `CERTSMITH_PRIVKEY` | deploy | `.../current/privkey.pem` |
+//! | `CERTSMITH_PRIVKEY` | deploy | `.../current/privkey.pem`; empty for a certificate ordered with `--csr` (the key is the user's) |
+//! | `CERTSMITH_CSR` | deploy | `.../current/csr.pem` for a certificate ordered with `--csr`, else empty |
 //! | `CERTSMITH_CERT` | deploy | `.../current/cert.pem` |
 //! | `CERTSMITH_CHAIN` | deploy | `.../current/chain.pem` |
 //! | `CERTSMITH_VERSION` | deploy | the version number now current |
@@ -55,6 +56,7 @@ pub const HOOK_VARIABLES: &[&str] = &[
     "CERTSMITH_CERT_DIR",
     "CERTSMITH_FULLCHAIN",
     "CERTSMITH_PRIVKEY",
+    "CERTSMITH_CSR",
     "CERTSMITH_CERT",
     "CERTSMITH_CHAIN",
     "CERTSMITH_VERSION",
@@ -136,6 +138,17 @@ impl HookContext {
         }
     }
 
+    /// `file` of the current version when the version was ordered with the
+    /// user's CSR (`csr`) or not (`!csr`), else empty.
+    fn own_key_file(&self, file: &str, csr: bool) -> String {
+        let with_csr = self.cert_dir.join(store::CSR_FILE).is_file();
+        if with_csr == csr {
+            self.cert_dir.join(file).display().to_string()
+        } else {
+            String::new()
+        }
+    }
+
     /// The environment variables the hook receives (see the module docs).
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let file = |f: &str| self.cert_dir.join(f).display().to_string();
@@ -153,7 +166,14 @@ impl HookContext {
             HookKind::Deploy => env.extend([
                 ("CERTSMITH_CERT_DIR", self.cert_dir.display().to_string()),
                 ("CERTSMITH_FULLCHAIN", file(store::FULLCHAIN_FILE)),
-                ("CERTSMITH_PRIVKEY", file(store::PRIVKEY_FILE)),
+                // A version ordered with the user's CSR has no key of
+                // certsmith's, only the CSR: a path to a missing file
+                // would send a hook's `cp` or `chmod` astray.
+                (
+                    "CERTSMITH_PRIVKEY",
+                    self.own_key_file(store::PRIVKEY_FILE, false),
+                ),
+                ("CERTSMITH_CSR", self.own_key_file(store::CSR_FILE, true)),
                 ("CERTSMITH_CERT", file(store::CERT_FILE)),
                 ("CERTSMITH_CHAIN", file(store::CHAIN_FILE)),
                 ("CERTSMITH_VERSION", self.version.to_string()),
@@ -498,6 +518,31 @@ mod tests {
             out.output
         );
         assert!(out.output.contains("err"), "{}", out.output);
+    }
+
+    #[test]
+    fn a_version_ordered_with_a_csr_has_no_key_path_but_its_csr() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = dir.path().join("current");
+        std::fs::create_dir(&current).expect("mkdir");
+        let env = |c: &HookContext| {
+            c.env()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let own = env(&ctx(dir.path()));
+        assert_eq!(
+            own["CERTSMITH_PRIVKEY"],
+            current.join("privkey.pem").display().to_string()
+        );
+        assert_eq!(own["CERTSMITH_CSR"], "");
+        std::fs::write(current.join("csr.pem"), "CSR").expect("write");
+        let theirs = env(&ctx(dir.path()));
+        assert_eq!(theirs["CERTSMITH_PRIVKEY"], "", "the key is the user's");
+        assert_eq!(
+            theirs["CERTSMITH_CSR"],
+            current.join("csr.pem").display().to_string()
+        );
     }
 
     #[tokio::test]
