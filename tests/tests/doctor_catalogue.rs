@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use certsmith_tests::catalogue::{self, Provider};
 use certsmith_tests::catalogue_a::{self, Setup};
-use certsmith_tests::standin::CloudOpts;
+use certsmith_tests::standin::{Answer, CloudOpts};
 use certsmith_tests::{Bind, Pebble, PebbleOpts, TempState, ZoneSpec};
 
 use crate::doctor::{DOCTOR_FAILED, Doctor, run_doctor, write_config};
@@ -148,6 +148,85 @@ fn gcloud_key_good_and_rotated() {
 #[test]
 fn azure_secret_good_and_bad() {
     cloud(Provider::Azure, "az.test");
+}
+
+/// No zone found for the name (the DNS check fails): each cloud check
+/// still proves the credentials, with a read that needs no zone.
+#[test]
+fn cloud_credentials_without_a_zone() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let bind = Bind::start(&[ZoneSpec::new("other.test")]).expect("start BIND");
+    let home = TempState::new().expect("temp");
+    let a = bind.addr().to_string();
+    let dns = ["--dns-resolver", &a, "--propagation-server", &a];
+    for provider in Provider::ALL {
+        let rig = catalogue::start(provider, CloudOpts::default().zones(&["cloud.test"]))
+            .expect("start the stand-in");
+        let code = provider.code();
+        let cfg = write_config(
+            &home,
+            &format!("{code}.toml"),
+            &pebble.directory_url(),
+            pebble.ca_cert_path(),
+            &cert(code, "www.nowhere.test", &rig.opts),
+        );
+        let d = run_doctor(&cfg, &dns, &env_of(&rig.env));
+        assert!(
+            d.expect("dns www.nowhere.test", "fail")
+                .contains("no zone found")
+        );
+        let detail = d.expect(&format!("credentials {code}"), "ok");
+        let read = ["account active", "zones listed", "are readable"];
+        assert!(read.iter().any(|r| detail.contains(r)), "{code}: {detail}");
+        assert!(
+            rig.standin
+                .requests()
+                .iter()
+                .all(|r| r.method == "GET" || r.path.ends_with("/token")),
+            "{code}: {:?}",
+            rig.standin.requests()
+        );
+    }
+}
+
+/// A scoped DigitalOcean token that may not read the account (403) is no
+/// failure when it sees the domain.
+#[test]
+fn digitalocean_scoped_token_without_account_read() {
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let bind = Bind::start(&[ZoneSpec::new("do.test")]).expect("start BIND");
+    let rig = catalogue::start(
+        Provider::DigitalOcean,
+        CloudOpts::default().zones(&["do.test"]),
+    )
+    .expect("start the stand-in");
+    rig.standin.inject(
+        "/v2/account",
+        Answer::json(
+            403,
+            serde_json::json!({"id": "forbidden", "message": "You are not authorized to perform this operation"}),
+        ),
+    );
+    let home = TempState::new().expect("temp");
+    let cfg = write_config(
+        &home,
+        "do.toml",
+        &pebble.directory_url(),
+        pebble.ca_cert_path(),
+        &cert("digitalocean", "do.test", &rig.opts),
+    );
+    let a = bind.addr().to_string();
+    let d = run_doctor(
+        &cfg,
+        &["--dns-resolver", &a, "--propagation-server", &a],
+        &env_of(&rig.env),
+    );
+    assert_eq!(d.code, Some(0), "{:#}", d.json);
+    let detail = d.expect("credentials digitalocean", "ok");
+    assert!(
+        detail.contains("not readable with its scopes") && detail.contains("do.test"),
+        "{detail}"
+    );
 }
 
 /// A zone the token does not see: a not-found naming the zone.

@@ -323,7 +323,8 @@ impl Azure {
             let url = self.zones_url(&[]);
             let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
             if !reply.is_success() {
-                return Err(self.refused(&reply, "(any)", "list the DNS zones"));
+                // `*`: the hint then reads "the DNS zone * in resource group …".
+                return Err(self.refused(&reply, "*", "list the DNS zones"));
             }
             detail.push_str(&format!(
                 "; the DNS zones of resource group {} are readable",
