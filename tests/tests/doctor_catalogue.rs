@@ -256,7 +256,7 @@ fn digitalocean_zone_not_visible() {
     assert_eq!(d.code, Some(DOCTOR_FAILED));
     let detail = d.expect("credentials digitalocean", "fail");
     assert!(
-        detail.contains("no domain other.test") && detail.contains("Networking"),
+        detail.contains("no domain other.test") && detail.contains("DO_AUTH_TOKEN"),
         "{detail}"
     );
 }

@@ -161,7 +161,7 @@ fn auth_hint(zone: &str) -> String {
 /// The error for a domain the token does not see.
 fn no_domain(zone: &str) -> PluginError {
     PluginError::not_found(format!(
-        "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or check that the token belongs to its team"
+        "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or set DO_AUTH_TOKEN to a token of the team that holds it"
     ))
 }
 

@@ -162,7 +162,7 @@ fn auth_hint(zone: &str) -> String {
 /// The error for a zone the token does not see.
 fn no_zone(zone: &str) -> PluginError {
     PluginError::not_found(format!(
-        "Hetzner DNS has no zone named {zone} for this token: add the zone at https://dns.hetzner.com, or use the token of the account that holds it"
+        "Hetzner DNS has no zone named {zone} for this token: add the zone at https://dns.hetzner.com, or set HETZNER_API_KEY to the token of the account that holds it"
     ))
 }
 
