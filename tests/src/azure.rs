@@ -19,6 +19,11 @@
 //!   `If-Match` / `If-None-Match: *` are enforced (412
 //!   `PreconditionFailed`); PUT answers 201 when it created the set, 200
 //!   when it replaced it; DELETE answers 200, or 204 when there was none;
+//! - `GET .../dnsZones/{zone}?api-version=` → the zone resource (`id`,
+//!   `name`, `type: Microsoft.Network/dnszones`, `location: global`,
+//!   `etag`, `properties` with `nameServers`, `numberOfRecordSets`,
+//!   `zoneType: Public`), unknown → 404 `ResourceNotFound`; `GET
+//!   .../dnsZones` → `{"value": [zones]}`;
 //! - [`rate_limited`]: 429 `TooManyRequests` with `Retry-After`.
 
 use std::sync::Arc;
@@ -179,6 +184,21 @@ fn route(st: &mut DnsState, req: &Request, etags: &mut Vec<(String, String)>) ->
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         );
+    }
+    if let [
+        "subscriptions",
+        sub,
+        "resourceGroups",
+        rg,
+        "providers",
+        "Microsoft.Network",
+        "dnsZones",
+        zone @ ..,
+    ] = seg.as_slice()
+        && zone.len() <= 1
+        && req.method == "GET"
+    {
+        return zones(st, sub, rg, zone.first().copied());
     }
     let [
         "subscriptions",
@@ -348,4 +368,60 @@ fn new_etag() -> String {
         &t[16..20],
         &t[20..32]
     )
+}
+
+/// `GET` of one zone resource (`zone`) or of the resource group's zones.
+fn zones(st: &DnsState, sub: &str, rg: &str, zone: Option<&str>) -> Answer {
+    if sub != SUBSCRIPTION {
+        return arm_error(
+            404,
+            "SubscriptionNotFound",
+            &format!("The subscription '{sub}' could not be found."),
+        );
+    }
+    if !rg.eq_ignore_ascii_case(RESOURCE_GROUP) {
+        return arm_error(
+            404,
+            "ResourceGroupNotFound",
+            &format!("Resource group '{rg}' could not be found."),
+        );
+    }
+    let resource = |name: &str| {
+        let count = st.records.iter().filter(|r| r.zone == name).count() + 2;
+        json!({
+            "id": format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/dnszones/{name}"),
+            "name": name,
+            "type": "Microsoft.Network/dnszones",
+            "location": "global",
+            "etag": "00000002-0000-0000-76c2-f7ad90b5d101",
+            "tags": {},
+            "properties": {
+                "maxNumberOfRecordSets": 10000,
+                "numberOfRecordSets": count,
+                "nameServers": ["ns1-01.azure-dns.com.", "ns2-01.azure-dns.net."],
+                "zoneType": "Public"
+            }
+        })
+    };
+    let public = st.zones.iter().filter(|z| !z.private);
+    match zone {
+        None => Answer::json(
+            200,
+            json!({"value": public.map(|z| resource(&z.name)).collect::<Vec<_>>()}),
+        ),
+        Some(zone) => {
+            let zone = normalize(zone);
+            if st.zones.iter().any(|z| z.name == zone && !z.private) {
+                Answer::json(200, resource(&zone))
+            } else {
+                arm_error(
+                    404,
+                    "ResourceNotFound",
+                    &format!(
+                        "The Resource 'Microsoft.Network/dnszones/{zone}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+                    ),
+                )
+            }
+        }
+    }
 }

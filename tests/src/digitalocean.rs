@@ -12,6 +12,10 @@
 //!   `{"domain_record"}` (TTL below 30 → 422); `DELETE .../records/{id}`
 //!   → 204; unknown domain or record → 404
 //!   `{"id":"not_found","message":"The resource you were accessing could not be found."}`;
+//! - `GET /v2/account` → `{"account": {droplet_limit, floating_ip_limit,
+//!   email, uuid, email_verified, status: "active", status_message, team}}`;
+//! - `GET /v2/domains/{domain}` → `{"domain": {name, ttl, zone_file}}`,
+//!   unknown → 404 `not_found`;
 //! - [`rate_limited`]: the hourly limit's 429, `{"id":"too_many_requests"}`
 //!   with `ratelimit-limit`, `ratelimit-remaining: 0` and
 //!   `ratelimit-reset` (a Unix time), no `Retry-After`.
@@ -78,6 +82,32 @@ fn route(st: &mut DnsState, req: &Request) -> Answer {
     }
     let seg = req.segments();
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    match (req.method.as_str(), seg.as_slice()) {
+        ("GET", ["v2", "account"]) => {
+            return Answer::json(
+                200,
+                json!({"account": {
+                    "droplet_limit": 25, "floating_ip_limit": 3, "email": "ops@do.test",
+                    "name": "Ops", "uuid": "b6fr89dbf6d9156cace5f3c78dc9851d957381ef",
+                    "email_verified": true, "status": "active", "status_message": "",
+                    "team": {"uuid": "5df3e3004a17e242b7c20ca6c9fc25b701a47ece", "name": "My Team"}
+                }}),
+            );
+        }
+        ("GET", ["v2", "domains", domain]) => {
+            let domain = normalize(domain);
+            if !st.zones.iter().any(|z| z.name == domain && !z.private) {
+                return not_found();
+            }
+            return Answer::json(
+                200,
+                json!({"domain": {"name": domain, "ttl": 1800, "zone_file": format!(
+                    "$ORIGIN {domain}.\n$TTL 1800\n{domain}. IN SOA ns1.digitalocean.com. hostmaster.{domain}. 1 10800 3600 604800 1800\n"
+                )}}),
+            );
+        }
+        _ => {}
+    }
     let ["v2", "domains", domain, "records", rest @ ..] = seg.as_slice() else {
         return not_found();
     };

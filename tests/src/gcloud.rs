@@ -14,6 +14,7 @@
 //! - `GET /dns/v1/projects/{p}/managedZones?dnsName=&pageToken=&maxResults=`
 //!   (at most [`CloudOpts::max_per_page`] per page, `nextPageToken`),
 //!   zones with `visibility` public or private;
+//! - `GET .../managedZones/{zone}` → the managed zone resource;
 //! - `GET .../managedZones/{zone}/rrsets?name=&type=`;
 //! - `POST .../changes` `{additions, deletions}`: each deletion must match
 //!   the current set exactly (else 412 `conditionNotMet`), an addition
@@ -33,7 +34,7 @@ use serde_json::{Value, json};
 
 use crate::HarnessError;
 use crate::standin::{
-    Answer, CloudOpts, DnsState, Request, StandIn, normalize, random_token, unix_now,
+    Answer, CloudOpts, DnsState, Request, StandIn, Zone, normalize, random_token, unix_now,
 };
 
 /// The project the stand-in serves.
@@ -264,11 +265,7 @@ fn route(st: &mut DnsState, req: &Request, public_key: &[u8]) -> Answer {
                 .zones
                 .iter()
                 .filter(|z| dns_name.as_ref().is_none_or(|n| &z.name == n))
-                .map(|z| json!({"kind": "dns#managedZone", "name": zone_name(&z.name, z.private),
-                                "dnsName": format!("{}.", z.name), "id": u64::from_str_radix(&z.id[..12], 16).unwrap_or(1).to_string(),
-                                "visibility": if z.private { "private" } else { "public" },
-                                "nameServers": ["ns-cloud-a1.googledomains.com."],
-                                "creationTime": "2026-01-01T00:00:00.000Z", "description": ""}))
+                .map(zone_json)
                 .collect();
             let start: usize = req
                 .param("pageToken")
@@ -320,6 +317,7 @@ fn route(st: &mut DnsState, req: &Request, public_key: &[u8]) -> Answer {
                         json!({"kind": "dns#resourceRecordSetsListResponse", "rrsets": sets}),
                     )
                 }
+                ("GET", []) => Answer::json(200, zone_json(&z)),
                 ("POST", ["changes"]) => change(st, &z.name, req),
                 ("GET", ["changes", id]) => Answer::json(
                     200,
@@ -406,4 +404,13 @@ fn change(st: &mut DnsState, zone: &str, req: &Request) -> Answer {
         json!({"kind": "dns#change", "id": st.serial.to_string(), "status": "pending",
                              "startTime": "2026-01-01T00:00:00.000Z", "additions": additions, "deletions": deletions}),
     )
+}
+
+/// A managed zone resource (`dns#managedZone`).
+fn zone_json(z: &Zone) -> Value {
+    json!({"kind": "dns#managedZone", "name": zone_name(&z.name, z.private),
+           "dnsName": format!("{}.", z.name), "id": u64::from_str_radix(&z.id[..12], 16).unwrap_or(1).to_string(),
+           "visibility": if z.private { "private" } else { "public" },
+           "nameServers": ["ns-cloud-a1.googledomains.com."],
+           "creationTime": "2026-01-01T00:00:00.000Z", "description": ""})
 }

@@ -24,17 +24,34 @@ use certsmith_tests::{
 use serde_json::Value;
 
 /// The exit code of a doctor with a failed check (README, cli/src/exit.rs).
-const DOCTOR_FAILED: i32 = 10;
+pub(crate) const DOCTOR_FAILED: i32 = 10;
 
-struct Doctor {
-    code: Option<i32>,
-    json: Value,
-    stderr: String,
+/// The prefixes of the variables certsmith and its solvers read.
+const SOLVER_ENV_PREFIXES: &[&str] = &[
+    "CERTSMITH_",
+    "CLOUDFLARE_",
+    "RFC2136_",
+    "AWS_",
+    "DO_",
+    "HETZNER_",
+    "GCE_",
+    "AZURE_",
+    "PDNS_",
+    "ACME_DNS_",
+    "EXEC_",
+    "HTTPREQ_",
+];
+
+/// A doctor run: its exit code, its JSON report, its stderr.
+pub(crate) struct Doctor {
+    pub(crate) code: Option<i32>,
+    pub(crate) json: Value,
+    pub(crate) stderr: String,
 }
 
 impl Doctor {
     /// The check named `name` (the first one, when several share it).
-    fn check(&self, name: &str) -> &Value {
+    pub(crate) fn check(&self, name: &str) -> &Value {
         self.json["checks"]
             .as_array()
             .and_then(|a| a.iter().find(|c| c["check"] == name))
@@ -42,7 +59,7 @@ impl Doctor {
     }
 
     /// Asserts the status of `name`, and that a non-ok one has a fix.
-    fn expect(&self, name: &str, status: &str) -> String {
+    pub(crate) fn expect(&self, name: &str, status: &str) -> String {
         let c = self.check(name);
         assert_eq!(c["status"], status, "{name}: {c:#}\nall: {:#}", self.json);
         if status == "ok" {
@@ -55,7 +72,7 @@ impl Doctor {
     }
 }
 
-fn run_doctor(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Doctor {
+pub(crate) fn run_doctor(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Doctor {
     let out = doctor_cmd(config, extra, env, "json");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -77,14 +94,18 @@ fn run_doctor(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Doctor {
     Doctor { code, json, stderr }
 }
 
-fn doctor_cmd(config: &Path, extra: &[&str], env: &[(&str, &str)], output: &str) -> Output {
+pub(crate) fn doctor_cmd(
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    output: &str,
+) -> Output {
     let mut cmd = Command::new(certsmith_bin());
+    // Only what the test sets reaches a solver: no credential of the
+    // environment the tests run in.
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CERTSMITH_")
-            || k.to_string_lossy().starts_with("CLOUDFLARE_")
-            || k.to_string_lossy().starts_with("RFC2136_")
-            || k.to_string_lossy().starts_with("AWS_")
-        {
+        let k_ = k.to_string_lossy();
+        if SOLVER_ENV_PREFIXES.iter().any(|p| k_.starts_with(p)) {
             cmd.env_remove(k);
         }
     }
@@ -96,7 +117,7 @@ fn doctor_cmd(config: &Path, extra: &[&str], env: &[(&str, &str)], output: &str)
 }
 
 /// A config file: `[defaults]` with the state dir and CA, then `certs`.
-fn write_config(
+pub(crate) fn write_config(
     home: &TempState,
     file: &str,
     pebble_dir: &str,

@@ -16,6 +16,7 @@ mod cloudflare;
 mod dns01;
 mod docs;
 mod doctor;
+mod doctor_catalogue;
 mod eab;
 mod ergonomics;
 mod faults;

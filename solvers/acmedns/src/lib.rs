@@ -27,15 +27,23 @@
 //! (`rotate_on_cleanup = false` keeps lego's "leave them"). Retries: 429
 //! and 5xx (with `Retry-After`) and transport errors, inside the call's
 //! deadline, by `solvers/shared/rest.rs`, the one HTTP call of the REST
-//! plugins (the SDK's `retry` and status mapping). Account passwords come from the storage file and
+//! plugins (the SDK's `retry` and status mapping).
+//!
+//! `check_credentials` (`certsmith doctor`) reads the storage file and
+//! asks the server `GET /health`; it never registers or updates. acme-dns
+//! has no read-only call that takes an account's credentials, so what it
+//! can check is that each zone of the check has a stored account: one
+//! stored under a domain in the zone (the CNAME not created yet: the zone
+//! is the domain's own), or one whose fulldomain is in it (the CNAME
+//! followed to the acme-dns zone). Account passwords come from the storage file and
 //! never reach a message, a log line or a `Debug` output.
 
 use std::fmt;
 
 use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, DnsTarget, ErrorKind, PluginError, Presented, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, DnsTarget, ErrorKind,
+    PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -172,6 +180,72 @@ impl Acmedns {
             return Ok(Value::Null);
         }
         reply.json("acme-dns")
+    }
+
+    /// `check_credentials`: the storage's accounts cover the zones, and
+    /// the server answers `/health`. Nothing is sent but that GET.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let entries = {
+            let _file = self.locks.lock("").await;
+            self.storage.load()?
+        };
+        let path = self.storage.path().display();
+        let norm = |s: &str| normalize(s.trim_start_matches("*."));
+        let within = |name: &str, zone: &str| name == zone || name.ends_with(&format!(".{zone}"));
+        let mut covered = Vec::new();
+        for z in &req.zones {
+            let zone = normalize(&z.zone);
+            let found = entries.iter().find(|(domain, entry)| {
+                Account::from_entry(entry).is_some_and(|a| {
+                    within(&norm(domain), &zone) || within(&norm(&a.fulldomain), &zone)
+                })
+            });
+            let Some((domain, _)) = found else {
+                let how = if self.register {
+                    "run `certsmith issue` for it once: an account is registered and stored, and the error names the CNAME to create"
+                } else {
+                    "set register = true and run `certsmith issue` for it once, or copy its entry from the lego or certbot acme-dns storage file"
+                };
+                return Err(PluginError::not_found(format!(
+                    "the acme-dns storage file {path} (ACME_DNS_STORAGE_PATH) has no account for a name in the zone {zone}; {how}"
+                )));
+            };
+            covered.push(format!("{zone} ({})", norm(domain)));
+        }
+        let url = join(&self.base, &["health"]);
+        let request = describe(&Method::GET, &url);
+        let reply = self
+            .rest
+            .send(req.deadline(), &request, |left| {
+                self.rest.client().get(url.clone()).timeout(left)
+            })
+            .await
+            .map_err(|mut e| {
+                e.message = format!(
+                    "the acme-dns server at {} (ACME_DNS_API_BASE) does not answer: {}",
+                    self.base, e.message
+                );
+                e
+            })?;
+        if !reply.is_success() {
+            return Err(PluginError::from_http_status(
+                reply.status,
+                format!(
+                    "{request} at {} (is ACME_DNS_API_BASE the acme-dns API?)",
+                    self.base
+                ),
+                &rest::provider_message(&reply.body),
+                None,
+            ));
+        }
+        let mut detail = format!(
+            "the acme-dns server answers /health; {} account(s) in {path}",
+            entries.len()
+        );
+        if !covered.is_empty() {
+            detail.push_str(&format!(", for zones {}", covered.join(", ")));
+        }
+        Ok(CredentialsChecked::new(detail))
     }
 
     /// `POST /update` of `value` for `account`.
@@ -363,6 +437,13 @@ impl Solver for Acmedns {
         self.update(&domain, &account, CLEARED, req).await?;
         log::info!("acmedns: rotated a placeholder into {fqdn} for {domain}");
         Ok(())
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 

@@ -15,7 +15,11 @@
 //! Credentials: a service principal's client id and secret are exchanged
 //! for an access token at `{authority}/{tenant}/oauth2/v2.0/token`
 //! (client-credentials grant, scope `https://management.azure.com/.default`),
-//! cached until a minute before it expires. Retries and rate limits (429
+//! cached until a minute before it expires. `check_credentials`
+//! (`certsmith doctor`) gets a token and reads each zone of the check
+//! (`GET .../dnsZones/{zone}`; the configured `zone_name` instead, when
+//! set; the resource group's zones when there is neither): no write.
+//! Retries and rate limits (429
 //! with `Retry-After`) are the SDK's, through [`rest`]. The secret and the
 //! token are never in a message, a log line or a `Debug` output.
 
@@ -24,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use certsmith_plugin_api::sdk::{NameLocks, Secret};
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
-    Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    ErrorKind, PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -278,26 +282,69 @@ impl Azure {
         Ok(value)
     }
 
-    /// The record set's URL.
-    fn set_url(&self, zone: &str, name: &str) -> Url {
-        let mut url = join(
-            &self.base,
-            &[
-                "subscriptions",
-                &self.subscription_id,
-                "resourceGroups",
-                &self.resource_group,
-                "providers",
-                "Microsoft.Network",
-                "dnsZones",
-                zone,
-                "TXT",
-                name,
-            ],
-        );
+    /// The URL of `tail` under the resource group's DNS zones
+    /// (`[zone, "TXT", name]` is a record set, `[zone]` a zone, `[]` all).
+    fn zones_url(&self, tail: &[&str]) -> Url {
+        let mut segments = vec![
+            "subscriptions",
+            self.subscription_id.as_str(),
+            "resourceGroups",
+            self.resource_group.as_str(),
+            "providers",
+            "Microsoft.Network",
+            "dnsZones",
+        ];
+        segments.extend_from_slice(tail);
+        let mut url = join(&self.base, &segments);
         url.query_pairs_mut()
             .append_pair("api-version", API_VERSION);
         url
+    }
+
+    /// The record set's URL.
+    fn set_url(&self, zone: &str, name: &str) -> Url {
+        self.zones_url(&[zone, "TXT", name])
+    }
+
+    /// `check_credentials`: a token, then GETs of the zones.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        self.access_token(deadline).await?;
+        let mut detail = format!(
+            "the service principal {} got an access token",
+            self.client_id
+        );
+        let mut zones: Vec<String> = match &self.zone_name {
+            Some(z) => vec![z.clone()],
+            None => req.zones.iter().map(|z| normalize(&z.zone)).collect(),
+        };
+        zones.dedup();
+        if zones.is_empty() {
+            let url = self.zones_url(&[]);
+            let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
+            if !reply.is_success() {
+                // `*`: the hint then reads "the DNS zone * in resource group …".
+                return Err(self.refused(&reply, "*", "list the DNS zones"));
+            }
+            detail.push_str(&format!(
+                "; the DNS zones of resource group {} are readable",
+                self.resource_group
+            ));
+            return Ok(CredentialsChecked::new(detail));
+        }
+        for zone in &zones {
+            let url = self.zones_url(&[zone]);
+            let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
+            if !reply.is_success() {
+                return Err(self.refused(&reply, zone, &format!("read the DNS zone {zone}")));
+            }
+        }
+        detail.push_str(&format!(
+            "; DNS zones readable in resource group {}: {}",
+            self.resource_group,
+            zones.join(", ")
+        ));
+        Ok(CredentialsChecked::new(detail))
     }
 
     /// One management call with the token.
@@ -583,6 +630,13 @@ impl Solver for Azure {
             }
             other => other,
         }
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 

@@ -16,6 +16,11 @@
 //! * **cleanup**: the same listing, then `DELETE ...records/{id}` for each
 //!   record holding our value. Gone already is success.
 //!
+//! * **check_credentials** (`certsmith doctor`): `GET /v2/account` (the
+//!   token is valid, the account not locked; a scoped token without
+//!   `account:read` gets 403 there, which is no reason to fail), then
+//!   `GET /v2/domains/{zone}` for each zone of the check. Read-only.
+//!
 //! The domain is the zone the core found (a DigitalOcean "domain" is a
 //! zone). Retries, rate limits (`Retry-After`, or `ratelimit-reset`) and
 //! the error classes are the SDK's, through [`rest`]. The token travels
@@ -26,8 +31,8 @@ use std::fmt;
 
 use certsmith_plugin_api::sdk::Secret;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, PluginError, Presented, Solver,
-    async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Url};
@@ -111,6 +116,19 @@ struct Pages {
 }
 
 #[derive(Debug, Deserialize)]
+struct AccountReply {
+    account: Account,
+}
+
+#[derive(Debug, Deserialize)]
+struct Account {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    status_message: String,
+}
+
+#[derive(Debug, Deserialize)]
 struct Created {
     domain_record: DomainRecord,
 }
@@ -138,6 +156,13 @@ fn auth_hint(zone: &str) -> String {
     format!(
         "DigitalOcean rejected the API token: set DO_AUTH_TOKEN (or DO_AUTH_TOKEN_FILE) to a personal access token with read and write access to the domain {zone} (https://cloud.digitalocean.com/account/api/tokens)"
     )
+}
+
+/// The error for a domain the token does not see.
+fn no_domain(zone: &str) -> PluginError {
+    PluginError::not_found(format!(
+        "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or set DO_AUTH_TOKEN to a token of the team that holds it"
+    ))
 }
 
 /// The dns-01 target of a request, or why there is none.
@@ -245,6 +270,47 @@ impl DigitalOcean {
         }
     }
 
+    /// `check_credentials`: the account, then each zone's domain; GETs only.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        let zones: Vec<String> = req.zones.iter().map(|z| normalize(&z.zone)).collect();
+        let any = zones.first().map_or("your domains", String::as_str);
+        let url = join(&self.base, &["v2", "account"]);
+        let reply = self.call(Method::GET, url, None, deadline).await?;
+        let mut detail = match reply.status {
+            s if (200..300).contains(&s) => {
+                let account = reply.json::<AccountReply>(PROVIDER)?.account;
+                if account.status == "locked" {
+                    return Err(PluginError::auth(format!(
+                        "the DigitalOcean account of DO_AUTH_TOKEN is locked ({}); resolve it at https://cloud.digitalocean.com/account, or set DO_AUTH_TOKEN to a token of another team",
+                        account.status_message
+                    )));
+                }
+                format!("the API token is accepted (account {})", account.status)
+            }
+            // A custom-scoped token without account:read: it is valid
+            // (else 401), and the domains below say whether it suffices.
+            403 => "the API token is accepted (account not readable with its scopes)".to_owned(),
+            _ => return Err(self.refused(&reply, any, "read the account")),
+        };
+        let mut found = Vec::new();
+        for zone in &zones {
+            let url = join(&self.base, &["v2", "domains", zone]);
+            let reply = self.call(Method::GET, url, None, deadline).await?;
+            if reply.status == 404 {
+                return Err(no_domain(zone));
+            }
+            if !reply.is_success() {
+                return Err(self.refused(&reply, zone, &format!("read the domain {zone}")));
+            }
+            found.push(zone.as_str());
+        }
+        if !found.is_empty() {
+            detail.push_str(&format!("; domains visible to it: {}", found.join(", ")));
+        }
+        Ok(CredentialsChecked::new(detail))
+    }
+
     /// The error for a final refusal while doing `action`.
     fn refused(&self, reply: &Reply, zone: &str, action: &str) -> PluginError {
         let e = reply.error(&auth_hint(zone));
@@ -301,9 +367,7 @@ impl Solver for DigitalOcean {
             .find_ours(&zone, &fqdn, &target.value, deadline)
             .await?
         else {
-            return Err(PluginError::not_found(format!(
-                "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or check that the token belongs to its team"
-            )));
+            return Err(no_domain(&zone));
         };
         let id = match existing.first() {
             Some(r) => {
@@ -380,6 +444,13 @@ impl Solver for DigitalOcean {
             }
         }
         Ok(())
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 

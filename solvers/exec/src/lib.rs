@@ -22,15 +22,24 @@
 //! hung `nsupdate` under the script dies too; and the program's output in
 //! the error when it fails, trimmed and bounded, so the operator sees why
 //! without digging in logs.
+//!
+//! `check_credentials` (`certsmith doctor`) has no credentials to check;
+//! it checks what every run needs: that the program exists (found on
+//! `PATH` when the path has no `/`, as running it would) and that this user
+//! may execute it. It never runs the program: a hook has side effects.
 
+use std::ffi::CString;
 use std::fmt;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, ErrorKind, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, ErrorKind, PluginError,
+    Presented, Solver, async_trait, log,
 };
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -298,6 +307,54 @@ fn spawn_error(program: &str, e: &std::io::Error) -> PluginError {
     ))
 }
 
+/// Where running `program` would find it: itself when it has a `/`, else
+/// the first executable of that name on `PATH`.
+fn locate(program: &Path) -> Result<PathBuf, PluginError> {
+    let shown = program.display();
+    let fix = "set EXEC_PATH (or --solver-opt path=...) to an executable program";
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        let meta = std::fs::metadata(program).map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "there is no such file".to_owned(),
+                _ => e.to_string(),
+            };
+            PluginError::config(format!("cannot use {shown}: {why}; {fix}"))
+        })?;
+        if !meta.is_file() {
+            return Err(PluginError::config(format!(
+                "{shown} is not a regular file; {fix}"
+            )));
+        }
+        if !executable(program) {
+            return Err(PluginError::config(format!(
+                "{shown} is not executable by this user (mode {:04o}); chmod +x it, or {fix}",
+                meta.permissions().mode() & 0o7777
+            )));
+        }
+        return Ok(program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file() && executable(p))
+        .ok_or_else(|| {
+            PluginError::config(format!(
+                "there is no executable {shown} on PATH; {fix}, e.g. an absolute path"
+            ))
+        })
+}
+
+/// Whether this process may execute `path` (access(2) with `X_OK`, which
+/// knows about the user, its groups and root, as exec(2) will).
+fn executable(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) reads the NUL-terminated path `c` owns, which
+    // lives until after the call; it keeps no pointer.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
 fn check_dns01(req: &ChallengeRequest) -> Result<(), PluginError> {
     if req.challenge_type == ChallengeType::Dns01 {
         Ok(())
@@ -363,6 +420,18 @@ impl Solver for Exec {
         let args = self.args("cleanup", req)?;
         self.run(&args, req.deadline().remaining()).await
     }
+
+    async fn check_credentials(
+        &self,
+        _req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(locate(&self.program).map(|found| {
+            CredentialsChecked::new(format!(
+                "{} is executable by this user (not run: a hook has side effects)",
+                found.display()
+            ))
+        }))
+    }
 }
 
 certsmith_plugin_api::export_solver!(Exec, manifest = include_str!("../plugin.toml"));
@@ -426,6 +495,26 @@ mod tests {
         c.mode = "raw-ish".into();
         let e = Exec::new(c).expect_err("unknown mode");
         assert!(e.message.contains("RAW"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_program_is_located_as_running_it_would() {
+        // A bare name is looked up on PATH (sh is on every Debian PATH).
+        let sh = locate(Path::new("sh")).expect("sh on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        let e = locate(Path::new("no-such-program-certsmith")).expect_err("absent");
+        assert!(e.message.contains("on PATH"), "{}", e.message);
+        // A directory, a file without the execute bit: refused, named.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let e = locate(dir.path()).expect_err("a directory");
+        assert!(e.message.contains("not a regular file"), "{}", e.message);
+        let plain = dir.path().join("hook");
+        std::fs::write(&plain, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = locate(&plain).expect_err("not executable");
+        assert!(e.message.contains("mode 0644"), "{}", e.message);
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(locate(&plain).expect("executable"), plain);
     }
 
     #[test]

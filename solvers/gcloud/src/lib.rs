@@ -19,6 +19,10 @@
 //! * **credentials**: a service-account JSON key, exchanged for an access
 //!   token by a signed JWT ([`jwt`]) at the key's `token_uri`; the token is
 //!   cached until a minute before it expires.
+//! * **check_credentials** (`certsmith doctor`): an access token obtained
+//!   with the key, then each zone of the check found among the project's
+//!   managed zones (or the configured `zone_id` read; with no zone, one
+//!   page of managed zones listed). Only GETs reach Cloud DNS.
 //!
 //! Retries and rate limits are the SDK's, through [`rest`]. The key and the
 //! token are never in a message, a log line or a `Debug` output.
@@ -30,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use certsmith_plugin_api::sdk::{NameLocks, Secret};
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
-    Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    ErrorKind, PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -406,6 +410,60 @@ impl Gcloud {
         Ok(chosen.name.clone())
     }
 
+    /// `check_credentials`: the token, then the zones; nothing is changed.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        self.access_token(deadline).await?;
+        let mut detail = format!(
+            "the service account {} got an access token",
+            self.account.client_email
+        );
+        let mut found = Vec::new();
+        if let Some(id) = &self.zone_id {
+            let reply = self
+                .call(Method::GET, &self.zone_url(id, &[]), None, deadline)
+                .await?;
+            if reply.status == 404 {
+                return Err(PluginError::not_found(format!(
+                    "project {} has no Cloud DNS managed zone named {id}; fix GCE_ZONE_ID (the zone's name, not its DNS name) or GCE_PROJECT",
+                    self.project
+                )));
+            }
+            if !reply.is_success() {
+                return Err(self.refused(&reply, &format!("read the managed zone {id}")));
+            }
+            found.push(id.clone());
+        } else if req.zones.is_empty() {
+            let mut url = join(&self.base, &["projects", &self.project, "managedZones"]);
+            url.query_pairs_mut().append_pair("maxResults", "1");
+            let reply = self.call(Method::GET, &url, None, deadline).await?;
+            if !reply.is_success() {
+                return Err(self.refused(
+                    &reply,
+                    &format!("list the managed zones of project {}", self.project),
+                ));
+            }
+            detail.push_str(&format!(
+                "; the managed zones of project {} are readable",
+                self.project
+            ));
+        } else {
+            for z in &req.zones {
+                let zone = normalize(&z.zone);
+                let id = self.zone_id(&zone, deadline).await?;
+                found.push(format!("{zone} ({id})"));
+            }
+        }
+        if !found.is_empty() {
+            detail.push_str(&format!(
+                "; managed zones of project {}: {}",
+                self.project,
+                found.join(", ")
+            ));
+        }
+        Ok(CredentialsChecked::new(detail))
+    }
+
     /// The TXT set at `fqdn`, if any.
     async fn read(
         &self,
@@ -626,6 +684,13 @@ impl Solver for Gcloud {
             }
             other => other,
         }
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 

@@ -16,6 +16,10 @@
 //! * **cleanup**: the same listing, then `DELETE /records/{id}` for each
 //!   record holding our value at our name. Gone already is success.
 //!
+//! * **check_credentials** (`certsmith doctor`): `GET /zones?name=<zone>`
+//!   for each zone of the check, or `GET /zones?per_page=1` when there is
+//!   none, which proves the token without changing anything.
+//!
 //! Retries and rate limits (Hetzner's gateway answers 429 with
 //! `Retry-After` and `RateLimit-Reset`) are the SDK's, through [`rest`].
 //! The token travels only in the `Auth-API-Token` header and is never in a
@@ -27,8 +31,8 @@ use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::sdk::Secret;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
-    Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    ErrorKind, PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::HeaderValue;
 use reqwest::{Method, Url};
@@ -155,6 +159,13 @@ fn auth_hint(zone: &str) -> String {
     )
 }
 
+/// The error for a zone the token does not see.
+fn no_zone(zone: &str) -> PluginError {
+    PluginError::not_found(format!(
+        "Hetzner DNS has no zone named {zone} for this token: add the zone at https://dns.hetzner.com, or set HETZNER_API_KEY to the token of the account that holds it"
+    ))
+}
+
 fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
     if req.challenge_type != ChallengeType::Dns01 {
         return Err(PluginError::config(format!(
@@ -271,6 +282,37 @@ impl Hetzner {
     }
 
     /// The TXT records at `fqdn` holding `value`, over every page.
+    /// `check_credentials`: each zone of the check found, or (with none)
+    /// the first page of zones listed; nothing is written.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        if req.zones.is_empty() {
+            let mut url = join(&self.base, &["zones"]);
+            url.query_pairs_mut()
+                .append_pair("page", "1")
+                .append_pair("per_page", "1");
+            let reply = self.call(Method::GET, url, None, deadline).await?;
+            if !reply.is_success() {
+                return Err(self.refused(&reply, "your zones", "list the zones"));
+            }
+            return Ok(CredentialsChecked::new(
+                "the API token is accepted (zones listed)",
+            ));
+        }
+        let mut found = Vec::new();
+        for zone in &req.zones {
+            let zone = normalize(&zone.zone);
+            let Some(id) = self.zone_id(&zone, deadline).await? else {
+                return Err(no_zone(&zone));
+            };
+            found.push(format!("{zone} ({id})"));
+        }
+        Ok(CredentialsChecked::new(format!(
+            "the API token is accepted; zones visible to it: {}",
+            found.join(", ")
+        )))
+    }
+
     async fn find_ours(
         &self,
         zone: &str,
@@ -352,9 +394,7 @@ impl Solver for Hetzner {
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
         let Some(zone_id) = self.zone_id(&zone, deadline).await? else {
-            return Err(PluginError::not_found(format!(
-                "Hetzner DNS has no zone named {zone} for this token: add the zone at https://dns.hetzner.com, or use the token of the account that holds it"
-            )));
+            return Err(no_zone(&zone));
         };
         let existing = self
             .find_ours(&zone, &zone_id, &fqdn, &target.value, deadline)
@@ -425,6 +465,13 @@ impl Solver for Hetzner {
             }
         }
         Ok(())
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 

@@ -17,6 +17,9 @@
 //!   success;
 //! * after a change to a primary zone, `PUT .../notify` (a failure is
 //!   logged, not fatal: secondaries also poll).
+//! * **check_credentials** (`certsmith doctor`): `GET /servers/{server}`
+//!   (the key is accepted, the server name exists), then each zone of the
+//!   check looked up as present does (`GET .../zones?zone=`). Read-only.
 //!
 //! The API has no pagination (a zone comes whole) and no rate limits of its
 //! own; 429 and 5xx from a proxy in front of it, and transport errors, are
@@ -31,8 +34,8 @@ use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
-    Secret, Solver, async_trait, log,
+    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
+    ErrorKind, PluginError, Presented, Secret, Solver, async_trait, log,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -275,6 +278,33 @@ impl Pdns {
         Ok(found)
     }
 
+    /// `check_credentials`: the server, then the zones; GETs only.
+    async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
+        let deadline = req.deadline();
+        let server = match self.call(Method::GET, self.url(&[]), None, deadline).await {
+            Ok(s) => s,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(PluginError::not_found(format!(
+                    "PowerDNS has no server {}: set server_name (PDNS_SERVER_NAME) to the server's name, usually localhost ({})",
+                    self.server, e.message
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let version = server["version"].as_str().unwrap_or("unknown version");
+        let mut detail = format!("the API key is accepted by PowerDNS {version}");
+        let mut found = Vec::new();
+        for z in &req.zones {
+            let zone = normalize(&z.zone);
+            let (_, kind) = self.zone(&zone, deadline).await?;
+            found.push(format!("{zone} ({kind})"));
+        }
+        if !found.is_empty() {
+            detail.push_str(&format!("; zones: {}", found.join(", ")));
+        }
+        Ok(CredentialsChecked::new(detail))
+    }
+
     /// The TXT set at `fqdn` in zone `id`, read from the whole zone.
     async fn read_set(
         &self,
@@ -457,6 +487,13 @@ impl Solver for Pdns {
             })?;
         log::info!("pdns: removed a TXT value at {fqdn} ({} left)", kept.len());
         Ok(())
+    }
+
+    async fn check_credentials(
+        &self,
+        req: &CredentialsCheck,
+    ) -> Option<Result<CredentialsChecked, PluginError>> {
+        Some(self.verify(req).await)
     }
 }
 
