@@ -3,7 +3,8 @@
 //! process against a local Pebble (`PEBBLE_VA_NOSLEEP=1`, authorization
 //! reuse off, no nonce rejection), through the engine API and the
 //! standalone plugin, on a release build. Plus one `certsmith issue` run
-//! of the built binary, as a user runs it.
+//! of the built binary, as a user runs it. dns-01 (a wildcard + apex
+//! certificate through each DNS plugin) is the `solvers` bench.
 //!
 //! ```text
 //! scripts/bench                       # builds release, runs this, prints the table
@@ -41,6 +42,9 @@ use certsmith_core::progress::Progress;
 use certsmith_core::store::Store;
 use certsmith_tests::{Pebble, PebbleOpts, certsmith_bin};
 
+mod common;
+use common::{die, flag, median};
+
 /// Targets from issue 3, shown next to the figures.
 const TARGET_ONE: Duration = Duration::from_millis(300);
 const TARGET_HUNDRED: Duration = Duration::from_secs(3);
@@ -53,18 +57,6 @@ fn main() {
     } else {
         driver(&args);
     }
-}
-
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("bench: {msg}");
-    std::process::exit(2);
 }
 
 // ----------------------------------------------------------------- child ---
@@ -191,11 +183,6 @@ struct Sample {
     requests: f64,
     /// Order polls per certificate.
     polls: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn driver(args: &[String]) {
@@ -379,7 +366,6 @@ fn driver(args: &[String]) {
         "-",
         rss as f64 / 1024.0
     );
-    verdicts.push(dns_bench(&bin, runs));
     println!();
     for v in verdicts {
         println!("{v}");
@@ -505,69 +491,6 @@ fn side_by_side(pebble: &Pebble, runs: usize, ours: (f64, f64, u64)) {
             "certbot"
         ),
     }
-}
-
-/// One wildcard + apex certificate through dns-01: `certsmith issue` with
-/// the rfc2136 plugin writing into a BIND9 on loopback, which Pebble's VA
-/// also asks. Propagation is checked against BIND as the authoritative
-/// server. Target (issue 4): under 1 s wall on a release build.
-fn dns_bench(bin: &Path, runs: usize) -> String {
-    use certsmith_tests::bind::{Bind, ZoneSpec};
-    let bind =
-        Bind::start(&[ZoneSpec::new("bench.test")]).unwrap_or_else(|e| die(&format!("{e:?}")));
-    let pebble = Pebble::start(PebbleOpts {
-        nonce_reject_percent: Some(0),
-        dns_server: Some(bind.addr()),
-        env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
-        ..PebbleOpts::default()
-    })
-    .unwrap_or_else(|e| die(&format!("{e:?}")));
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| die(&e.to_string()));
-    let server = bind.addr().to_string();
-    let mut walls = Vec::new();
-    for run in 0..runs {
-        let apex = format!("dns{run}.bench.test");
-        let wildcard = format!("*.{apex}");
-        let started = Instant::now();
-        let child = Command::new(bin)
-            .args([
-                "issue", "-q", "-d", &wildcard, "-d", &apex, "--solver", "rfc2136",
-            ])
-            .args(["--solver-opt", &format!("server={server}")])
-            .args([
-                "--solver-opt",
-                &format!("tsig_key_name={}", bind.tsig_key_name()),
-            ])
-            .args(["--dns-resolver", &server, "--propagation-server", &server])
-            .args(["--server", &pebble.directory_url(), "--agree-tos"])
-            .arg("--ca-cert")
-            .arg(pebble.ca_cert_path())
-            .arg("--state-dir")
-            .arg(tmp.path().join(format!("state-{run}")))
-            .env("RFC2136_TSIG_SECRET", bind.tsig_secret_b64())
-            .env_remove("CERTSMITH_PLUGIN_PATH")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| die(&format!("run {}: {e}", bin.display())));
-        if !wait_with_rusage(child).ok {
-            die("the rfc2136 issuance failed (run it by hand with the same flags to see why)");
-        }
-        walls.push(started.elapsed().as_secs_f64());
-    }
-    let wall = median(walls.clone());
-    println!(
-        "{:>11} {:>9.3} s {:>9.3} s {:>8.1} ms {:>10} {:>11}   (dns-01: `certsmith issue` wildcard + apex via rfc2136 into BIND9)",
-        "dns-01",
-        wall,
-        walls.iter().copied().fold(f64::INFINITY, f64::min),
-        wall * 1000.0,
-        "-",
-        "-"
-    );
-    format!(
-        "dns-01 wildcard+apex via rfc2136: {wall:.3} s, target < 1.0 s: {}",
-        if wall < 1.0 { "met" } else { "MISSED" }
-    )
 }
 
 /// What one finished child used.
