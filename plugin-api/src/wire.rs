@@ -114,6 +114,25 @@ impl fmt::Debug for ChallengeRequest {
 }
 
 impl ChallengeRequest {
+    /// The DNS target of this request, for a solver (`solver`: its code,
+    /// for the message) that answers dns-01 only: a `config` error for
+    /// another challenge type (a manifest that lists more types than the
+    /// solver answers), an `internal` one for a dns-01 request that came
+    /// without its target.
+    pub fn dns01_target(&self, solver: &str) -> Result<&DnsTarget, PluginError> {
+        if self.challenge_type != ChallengeType::Dns01 {
+            return Err(PluginError::config(format!(
+                "the {solver} solver answers dns-01 only, not {}",
+                self.challenge_type
+            )));
+        }
+        self.dns.as_ref().ok_or_else(|| {
+            PluginError::internal(
+                "a dns-01 request came without its DNS target (zone, name, value)",
+            )
+        })
+    }
+
     /// A request without a DNS target and not for a wildcard; the fields
     /// added later take their defaults.
     pub fn new(

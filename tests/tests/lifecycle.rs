@@ -534,7 +534,14 @@ fn overlapping_runs_order_each_certificate_once() {
 
 #[test]
 fn ari_window_decides_renewal_and_the_chosen_time_is_kept() {
-    let pebble = pebble();
+    // New-order requests are counted: no nonce rejection, or the client's
+    // badNonce retry would send one twice.
+    let pebble = Pebble::start(PebbleOpts {
+        certificate_validity_period: Some(VALIDITY),
+        nonce_reject_percent: Some(0),
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
     let proxy = AriProxy::start(&pebble).expect("ARI proxy");
     proxy.set_window_relative(20 * 86_400, 21 * 86_400);
     proxy.set_retry_after(2);

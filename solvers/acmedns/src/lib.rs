@@ -42,8 +42,8 @@ use std::fmt;
 
 use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, DnsTarget, ErrorKind,
-    PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, ErrorKind, PluginError, Presented,
+    Solver, async_trait, log,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -120,18 +120,6 @@ impl fmt::Debug for Acmedns {
             .field("register", &self.register)
             .finish_non_exhaustive()
     }
-}
-
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the acmedns solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 /// The CNAME the operator must create for `domain`.
@@ -362,7 +350,7 @@ impl Solver for Acmedns {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let t = target(req)?;
+        let t = req.dns01_target("acmedns")?;
         let domain = normalize(&req.identifier);
         let fqdn = normalize(&t.fqdn);
         let own_name = format!("_acme-challenge.{domain}");
@@ -414,7 +402,7 @@ impl Solver for Acmedns {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(t) = target(req) else {
+        let Ok(t) = req.dns01_target("acmedns") else {
             return Ok(());
         };
         if !self.rotate_on_cleanup {

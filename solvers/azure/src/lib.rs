@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use certsmith_plugin_api::sdk::{NameLocks, Secret};
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    ErrorKind, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget, ErrorKind,
+    PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -187,18 +187,6 @@ impl fmt::Debug for Azure {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
-}
-
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the azure solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 /// `fqdn` relative to `zone`: `@` at the apex.
@@ -607,7 +595,7 @@ impl Solver for Azure {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = target(req)?;
+        let target = req.dns01_target("azure")?;
         self.change(target, true, req.deadline()).await?;
         let (zone, name) = self.names(target)?;
         Ok(Presented::new(json!({ "zone": zone, "record_set": name }))
@@ -619,7 +607,7 @@ impl Solver for Azure {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = target(req) else {
+        let Ok(target) = req.dns01_target("azure") else {
             return Ok(());
         };
         match self.change(target, false, req.deadline()).await {

@@ -37,8 +37,8 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    ErrorKind, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
+    Presented, Solver, async_trait, log,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -163,19 +163,6 @@ fn unquoted(content: &str) -> &str {
 /// Whether `r` is the TXT record holding `value` at `fqdn`.
 fn is_ours(r: &Record, fqdn: &str, value: &str) -> bool {
     r.ty.eq_ignore_ascii_case("TXT") && normalize(&r.name) == fqdn && unquoted(&r.content) == value
-}
-
-/// The dns-01 target of a request, or why there is none.
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the cloudflare solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 impl Cloudflare {
@@ -385,7 +372,7 @@ impl Solver for Cloudflare {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = target(req)?;
+        let target = req.dns01_target("cloudflare")?;
         let deadline = req.deadline();
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
@@ -457,7 +444,7 @@ impl Solver for Cloudflare {
         req: &ChallengeRequest,
         presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = target(req) else {
+        let Ok(target) = req.dns01_target("cloudflare") else {
             // Never presented (present refuses it), so nothing to remove.
             return Ok(());
         };
@@ -543,7 +530,7 @@ certsmith_plugin_api::export_solver!(Cloudflare, manifest = include_str!("../plu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use certsmith_plugin_api::Manifest;
+    use certsmith_plugin_api::{ChallengeType, Manifest};
 
     #[test]
     fn manifest_parses_and_matches_the_config_defaults() {

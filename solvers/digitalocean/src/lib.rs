@@ -31,8 +31,8 @@ use std::fmt;
 
 use certsmith_plugin_api::sdk::Secret;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, PluginError, Presented,
+    Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Url};
@@ -163,19 +163,6 @@ fn no_domain(zone: &str) -> PluginError {
     PluginError::not_found(format!(
         "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or set DO_AUTH_TOKEN to a token of the team that holds it"
     ))
-}
-
-/// The dns-01 target of a request, or why there is none.
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the digitalocean solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 /// `fqdn` relative to `zone`: `@` at the apex.
@@ -359,7 +346,7 @@ impl Solver for DigitalOcean {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = target(req)?;
+        let target = req.dns01_target("digitalocean")?;
         let deadline = req.deadline();
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
@@ -410,7 +397,7 @@ impl Solver for DigitalOcean {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = target(req) else {
+        let Ok(target) = req.dns01_target("digitalocean") else {
             return Ok(());
         };
         let deadline = req.deadline();

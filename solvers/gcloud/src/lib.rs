@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use certsmith_plugin_api::sdk::{NameLocks, Secret};
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    ErrorKind, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget, ErrorKind,
+    PluginError, Presented, Solver, async_trait, log,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -195,18 +195,6 @@ impl fmt::Debug for Gcloud {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
-}
-
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the gcloud solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 /// TXT rdata as Cloud DNS stores it: one quoted string.
@@ -663,7 +651,7 @@ impl Solver for Gcloud {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = target(req)?;
+        let target = req.dns01_target("gcloud")?;
         self.change(target, true, req.deadline()).await?;
         Ok(Presented::new(json!({ "fqdn": normalize(&target.fqdn) }))
             .with_ttl((self.ttl != target.ttl).then_some(self.ttl)))
@@ -674,7 +662,7 @@ impl Solver for Gcloud {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = target(req) else {
+        let Ok(target) = req.dns01_target("gcloud") else {
             return Ok(());
         };
         match self.change(target, false, req.deadline()).await {

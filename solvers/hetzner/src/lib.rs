@@ -31,8 +31,8 @@ use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::sdk::Secret;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    ErrorKind, PluginError, Presented, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
+    Presented, Solver, async_trait, log,
 };
 use reqwest::header::HeaderValue;
 use reqwest::{Method, Url};
@@ -164,18 +164,6 @@ fn no_zone(zone: &str) -> PluginError {
     PluginError::not_found(format!(
         "Hetzner DNS has no zone named {zone} for this token: add the zone at https://dns.hetzner.com, or set HETZNER_API_KEY to the token of the account that holds it"
     ))
-}
-
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the hetzner solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 /// `fqdn` relative to `zone`: `@` at the apex.
@@ -389,7 +377,7 @@ impl Solver for Hetzner {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = target(req)?;
+        let target = req.dns01_target("hetzner")?;
         let deadline = req.deadline();
         let zone = normalize(&target.zone);
         let fqdn = normalize(&target.fqdn);
@@ -434,7 +422,7 @@ impl Solver for Hetzner {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = target(req) else {
+        let Ok(target) = req.dns01_target("hetzner") else {
             return Ok(());
         };
         let deadline = req.deadline();

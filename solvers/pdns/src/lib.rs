@@ -34,8 +34,8 @@ use std::sync::{Mutex, PoisonError};
 
 use certsmith_plugin_api::sdk::NameLocks;
 use certsmith_plugin_api::{
-    ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget,
-    ErrorKind, PluginError, Presented, Secret, Solver, async_trait, log,
+    ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
+    Presented, Secret, Solver, async_trait, log,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, Url};
@@ -182,18 +182,6 @@ pub fn patch_body(fqdn: &str, ttl: u32, records: &[ApiRecord]) -> Value {
         .map(|r| json!({"content": r.content, "disabled": r.disabled}))
         .collect();
     json!({"rrsets": [{"name": name, "type": "TXT", "ttl": ttl, "changetype": "REPLACE", "records": recs}]})
-}
-
-fn target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the pdns solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("a dns-01 request came without its dns target (zone, name, value)")
-    })
 }
 
 impl Pdns {
@@ -408,7 +396,7 @@ impl Solver for Pdns {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let t = target(req)?;
+        let t = req.dns01_target("pdns")?;
         let deadline = req.deadline();
         let zone = normalize(&t.zone);
         let fqdn = normalize(&t.fqdn);
@@ -447,7 +435,7 @@ impl Solver for Pdns {
         req: &ChallengeRequest,
         _presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(t) = target(req) else {
+        let Ok(t) = req.dns01_target("pdns") else {
             return Ok(());
         };
         let deadline = req.deadline();

@@ -184,17 +184,7 @@ impl Solver for Rfc2136 {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        if req.challenge_type != ChallengeType::Dns01 {
-            return Err(PluginError::config(format!(
-                "the rfc2136 solver answers dns-01 only, not {}",
-                req.challenge_type
-            )));
-        }
-        let Some(target) = &req.dns else {
-            return Err(PluginError::internal(
-                "the host sent a dns-01 request without its DNS target (zone, name, value)",
-            ));
-        };
+        let target = req.dns01_target("rfc2136")?;
         let ttl = self.ttl.unwrap_or(target.ttl);
         let server = self.update(target, Op::Add, ttl).await?;
         log::debug!(

@@ -40,8 +40,8 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use certsmith_plugin_api::{
-    Backoff, ChallengeRequest, ChallengeType, CredentialsCheck, CredentialsChecked, Deadline,
-    DnsTarget, NameLocks, PluginError, Presented, Secret, Solver, async_trait, log,
+    Backoff, ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, NameLocks,
+    PluginError, Presented, Secret, Solver, async_trait, log,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -661,19 +661,6 @@ fn choose_zone(
     }
 }
 
-/// The DNS target of a dns-01 request.
-fn dns_target(req: &ChallengeRequest) -> Result<&DnsTarget, PluginError> {
-    if req.challenge_type != ChallengeType::Dns01 {
-        return Err(PluginError::config(format!(
-            "the route53 solver answers dns-01 only, not {}",
-            req.challenge_type
-        )));
-    }
-    req.dns.as_ref().ok_or_else(|| {
-        PluginError::internal("the host sent a dns-01 request without its DNS target")
-    })
-}
-
 #[async_trait]
 impl Solver for Route53 {
     type Config = Route53Config;
@@ -695,7 +682,7 @@ impl Solver for Route53 {
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
-        let target = dns_target(req)?;
+        let target = req.dns01_target("route53")?;
         let deadline = req.deadline();
         let aws = self.aws().await?;
         let zone_id = self.zone_id(aws, &target.zone, &deadline).await?;
@@ -724,7 +711,7 @@ impl Solver for Route53 {
         req: &ChallengeRequest,
         presented: &Presented,
     ) -> Result<(), PluginError> {
-        let Ok(target) = dns_target(req) else {
+        let Ok(target) = req.dns01_target("route53") else {
             // present refuses these, so nothing was created.
             return Ok(());
         };
