@@ -57,12 +57,14 @@ pub use async_trait::async_trait;
 pub use deadline::Deadline;
 pub use http::parse_retry_after;
 pub use locks::{NameGuard, NameLocks};
+pub use names::relative_name;
 pub use retry::{Backoff, retry};
 pub use secret::Secret;
 
 mod deadline;
 mod http;
 mod locks;
+mod names;
 mod retry;
 mod secret;
 

@@ -26,7 +26,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use certsmith_plugin_api::sdk::{NameLocks, Secret};
+use certsmith_plugin_api::sdk::{NameLocks, Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget, ErrorKind,
     PluginError, Presented, Solver, async_trait, log,
@@ -186,17 +186,6 @@ impl fmt::Debug for Azure {
             .field("zone_name", &self.zone_name)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
-    }
-}
-
-/// `fqdn` relative to `zone`: `@` at the apex.
-fn relative(fqdn: &str, zone: &str) -> String {
-    if fqdn == zone {
-        "@".to_owned()
-    } else {
-        fqdn.strip_suffix(&format!(".{zone}"))
-            .unwrap_or(fqdn)
-            .to_owned()
     }
 }
 
@@ -462,7 +451,7 @@ impl Azure {
                 "the challenge record {fqdn} is not inside the Azure zone {zone}: set AZURE_ZONE_NAME to the zone that holds it, or leave it unset"
             )));
         }
-        let name = relative(&fqdn, &zone);
+        let name = relative_name(&fqdn, &zone);
         Ok((zone, name))
     }
 

@@ -29,7 +29,7 @@
 
 use std::fmt;
 
-use certsmith_plugin_api::sdk::Secret;
+use certsmith_plugin_api::sdk::{Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, PluginError, Presented,
     Solver, async_trait, log,
@@ -163,17 +163,6 @@ fn no_domain(zone: &str) -> PluginError {
     PluginError::not_found(format!(
         "DigitalOcean has no domain {zone} visible to this token: add the domain under Networking → Domains, or set DO_AUTH_TOKEN to a token of the team that holds it"
     ))
-}
-
-/// `fqdn` relative to `zone`: `@` at the apex.
-fn relative(fqdn: &str, zone: &str) -> String {
-    if fqdn == zone {
-        "@".to_owned()
-    } else {
-        fqdn.strip_suffix(&format!(".{zone}"))
-            .unwrap_or(fqdn)
-            .to_owned()
-    }
 }
 
 impl DigitalOcean {
@@ -368,7 +357,7 @@ impl Solver for DigitalOcean {
                 let url = join(&self.base, &["v2", "domains", &zone, "records"]);
                 let body = json!({
                     "type": "TXT",
-                    "name": relative(&fqdn, &zone),
+                    "name": relative_name(&fqdn, &zone),
                     "data": target.value,
                     "ttl": self.ttl,
                 });
@@ -494,10 +483,10 @@ mod tests {
     #[test]
     fn names_are_relative_to_the_domain() {
         assert_eq!(
-            relative("_acme-challenge.do.test", "do.test"),
+            relative_name("_acme-challenge.do.test", "do.test"),
             "_acme-challenge"
         );
-        assert_eq!(relative("do.test", "do.test"), "@");
+        assert_eq!(relative_name("do.test", "do.test"), "@");
     }
 
     #[test]

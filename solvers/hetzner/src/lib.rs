@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use certsmith_plugin_api::sdk::Secret;
+use certsmith_plugin_api::sdk::{Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
     Presented, Solver, async_trait, log,
@@ -166,17 +166,6 @@ fn no_zone(zone: &str) -> PluginError {
     ))
 }
 
-/// `fqdn` relative to `zone`: `@` at the apex.
-fn relative(fqdn: &str, zone: &str) -> String {
-    if fqdn == zone {
-        "@".to_owned()
-    } else {
-        fqdn.strip_suffix(&format!(".{zone}"))
-            .unwrap_or(fqdn)
-            .to_owned()
-    }
-}
-
 /// TXT content without one pair of surrounding quotes (the console stores
 /// values quoted, the API takes them bare).
 fn unquoted(v: &str) -> &str {
@@ -309,7 +298,7 @@ impl Hetzner {
         value: &str,
         deadline: Deadline,
     ) -> Result<Vec<Record>, PluginError> {
-        let name = relative(fqdn, zone);
+        let name = relative_name(fqdn, zone);
         let mut ours = Vec::new();
         let mut page = 1u32;
         loop {
@@ -394,7 +383,7 @@ impl Solver for Hetzner {
                 let body = json!({
                     "zone_id": zone_id,
                     "type": "TXT",
-                    "name": relative(&fqdn, &zone),
+                    "name": relative_name(&fqdn, &zone),
                     "value": target.value,
                     "ttl": self.ttl,
                 });
@@ -497,9 +486,9 @@ mod tests {
     fn values_and_names() {
         assert_eq!(unquoted("\"abc\""), "abc");
         assert_eq!(unquoted("abc"), "abc");
-        assert_eq!(relative("hz.test", "hz.test"), "@");
+        assert_eq!(relative_name("hz.test", "hz.test"), "@");
         assert_eq!(
-            relative("_acme-challenge.a.hz.test", "hz.test"),
+            relative_name("_acme-challenge.a.hz.test", "hz.test"),
             "_acme-challenge.a"
         );
     }
