@@ -19,6 +19,31 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// What a finished process printed and how it exited.
+    pub(crate) fn from(o: std::process::Output) -> Run {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The JSON object about certificate `name`.
+    pub(crate) fn about(&self, name: &str) -> Value {
+        self.json()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no object for {name}: {}", self.describe()))
+    }
+
+    /// The index of the first stderr line containing every one of `parts`.
+    pub(crate) fn line_of(&self, parts: &[&str]) -> usize {
+        self.stderr
+            .lines()
+            .position(|l| parts.iter().all(|p| l.contains(p)))
+            .unwrap_or_else(|| panic!("no stderr line with {parts:?}: {}", self.describe()))
+    }
+
     pub(crate) fn json(&self) -> Vec<Value> {
         self.stdout
             .lines()
@@ -56,11 +81,7 @@ pub(crate) fn certsmith(args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("run certsmith");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::from(out)
 }
 
 pub(crate) fn p(path: &Path) -> &str {

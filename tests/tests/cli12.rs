@@ -8,77 +8,11 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin};
-use serde_json::Value;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from(o: Output) -> Run {
-        Run {
-            code: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-
-    fn json(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", self.describe()))
-            })
-            .collect()
-    }
-
-    /// The object about certificate `name`.
-    fn about(&self, name: &str) -> Value {
-        self.json()
-            .into_iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no object for {name}: {}", self.describe()))
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    /// The index of the first stderr line containing every one of `parts`.
-    fn line_of(&self, parts: &[&str]) -> usize {
-        self.stderr
-            .lines()
-            .position(|l| parts.iter().all(|p| l.contains(p)))
-            .unwrap_or_else(|| panic!("no stderr line with {parts:?}: {}", self.describe()))
-    }
-}
-
-fn certsmith(args: &[&str]) -> Run {
-    let out = Command::new(certsmith_bin())
-        .args(args)
-        .env_remove("CERTSMITH_STATE_DIR")
-        .env_remove("CERTSMITH_PLUGIN_PATH")
-        .env_remove("CERTSMITH_CONFIG")
-        .env_remove("CERTSMITH_OUTPUT")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run certsmith");
-    Run::from(out)
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
+use crate::accounts::{Run, certsmith, p};
 
 fn orders_in_log(pebble: &Pebble) -> usize {
     fs::read_to_string(pebble.log_path())
