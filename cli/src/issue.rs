@@ -666,6 +666,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
             propagation_check,
             order: order.clone(),
             hooks: Default::default(),
+            fence: None,
             name_solvers: per_name,
         };
         engine::check_request(&request, max_names)?;

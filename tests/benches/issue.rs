@@ -126,6 +126,7 @@ fn child(args: &[String]) {
                     propagation_check: None,
                     order: Default::default(),
                     hooks: Default::default(),
+                    fence: None,
                     name_solvers: Default::default(),
                 }
             })

@@ -327,6 +327,7 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
                     propagation_check: None,
                     order: Default::default(),
                     hooks: Default::default(),
+                    fence: None,
                     name_solvers: Default::default(),
                 }
             })

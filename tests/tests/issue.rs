@@ -882,6 +882,7 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
                 propagation_check: None,
                 order: Default::default(),
                 hooks: Default::default(),
+                fence: None,
                 name_solvers: Default::default(),
             };
             (names, request)

@@ -203,6 +203,17 @@ pub struct Job {
     pub(crate) renew_before_warned: bool,
 }
 
+impl Job {
+    /// Commits this job's new version only while `lease` (the worker's
+    /// [`crate::store::Storage::cert_lease`] on the certificate) is still
+    /// current: a worker whose lease passed to another cannot publish.
+    pub fn fence_with(&mut self, lease: &crate::store::Lease) {
+        if let Some(request) = self.request.as_mut() {
+            request.fence = Some(lease.token());
+        }
+    }
+}
+
 impl fmt::Debug for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")

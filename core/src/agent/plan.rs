@@ -259,6 +259,7 @@ impl Agent {
                 propagation_check: config.propagation_check(cert),
                 order: cert.order.clone(),
                 hooks: Default::default(),
+                fence: None,
                 name_solvers,
             };
             engine::check_request(&request, self.max_names)?;
@@ -394,6 +395,7 @@ impl Agent {
                 propagation_check: None,
                 order,
                 hooks: Default::default(),
+                fence: None,
                 name_solvers,
             };
             engine::check_request(&request, self.max_names)?;

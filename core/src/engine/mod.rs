@@ -90,6 +90,11 @@ pub struct CertRequest {
     /// The pre-hook run before the order, the post-hook after its
     /// challenges are cleaned up (docs/design.md §4.5).
     pub hooks: OrderHooks,
+    /// The token of the worker's lease on the certificate
+    /// ([`crate::store::Storage::cert_lease`]): the new version is
+    /// committed only if the lease is still this worker's. `None`: no
+    /// lease is checked (one process owns the store's batch).
+    pub fence: Option<u64>,
 }
 
 /// What an order asks beyond its names, recorded in the lineage so that

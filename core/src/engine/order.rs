@@ -324,8 +324,9 @@ impl Engine {
         let store = inner.store.clone();
         let name = req.name.clone();
         let order_url = order_url.to_owned();
+        let fence = req.fence;
         let saved = tokio::task::spawn_blocking(move || {
-            let saved = store.commit_version(&name, &files, &lineage, record)?;
+            let saved = store.commit_version_fenced(&name, &files, &lineage, record, fence)?;
             if let Err(e) = store.remove_pending_order(&name, &order_url) {
                 log::warn!("{e}");
             }

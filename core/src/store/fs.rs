@@ -313,20 +313,48 @@ impl FsStore {
         history.push(record);
         lineage.versions = history;
         self.write_lineage(name, &lineage)?;
-
-        // Then switch `current` atomically: a new symlink renamed over the
-        // old. The lineage is written first so that a crash in between
-        // leaves a stored version the lineage knows, never a `current` it
-        // does not.
-        let current = cert_dir.join("current");
-        let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
-        let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
-            .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
-        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
-        fsync_dir(cert_dir)?;
-        Ok(current)
+        // The lineage is written first so that a crash in between leaves a
+        // stored version the lineage knows, never a `current` it does not.
+        switch_current(cert_dir, version)
     }
+
+    /// The lock file of the lease on certificate `name`, which also keeps
+    /// its fencing token.
+    fn cert_lease_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("locks")
+            .join(format!("cert.{}.lock", sanitize(name)))
+    }
+
+    /// Whether `token` is still the token of the lease on `name` (the
+    /// last one taken, kept in its lock file).
+    fn check_fence(&self, name: &str, token: u64) -> Result<(), StoreError> {
+        let path = self.cert_lease_path(name);
+        let current = read_optional(&path)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        if current == Some(token) {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                name: name.to_owned(),
+                token,
+            })
+        }
+    }
+}
+
+/// Points `cert_dir/current` at `versions/<version>`, atomically: a new
+/// symlink renamed over the old.
+fn switch_current(cert_dir: &Path, version: u32) -> Result<PathBuf, StoreError> {
+    let current = cert_dir.join("current");
+    let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
+        .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
+    fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
+    fsync_dir(cert_dir)?;
+    Ok(current)
 }
 
 fn read_pem(path: &Path) -> Result<String, StoreError> {
@@ -511,12 +539,13 @@ impl Storage for FsStore {
         Ok(Some(lineage))
     }
 
-    fn commit_version(
+    fn commit_version_fenced(
         &self,
         name: &str,
         files: &CertFiles,
         lineage: &Lineage,
         record: VersionRecord,
+        fence: Option<u64>,
     ) -> Result<SavedVersion, StoreError> {
         check_cert_name(name)?;
         let cert_dir = self.cert_dir(name);
@@ -539,6 +568,9 @@ impl Storage for FsStore {
         let staged = stage_version(&staging, files);
         let dir = staged.and_then(|()| {
             let _lock = self.lock_for_save()?;
+            if let Some(token) = fence {
+                self.check_fence(name, token)?;
+            }
             // We hold the lock: any temp file or directory is a leftover of
             // a crash (a staging directory once it is old).
             remove_stale_temps(&versions_dir);
@@ -817,6 +849,68 @@ impl Storage for FsStore {
         let token = lock.next_token()?;
         let holder = lock.path().display().to_string();
         Ok(Lease::new(token, holder, Box::new(lock)))
+    }
+
+    fn cert_lease(&self, name: &str, _ttl: Duration) -> Result<Option<Lease>, StoreError> {
+        check_cert_name(name)?;
+        let dir = self.root.join("locks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| StoreError::io("create", &dir, e))?;
+        // Held until dropped: a process that dies releases its flock, so
+        // the time to live is not needed here.
+        let mut lock = match lock_file(self.cert_lease_path(name), Some(Duration::ZERO)) {
+            Ok(lock) => lock,
+            Err(StoreError::Locked { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let token = lock.next_token()?;
+        let holder = lock.path().display().to_string();
+        Ok(Some(Lease::new(token, holder, Box::new(lock))))
+    }
+
+    fn restore_cert(
+        &self,
+        name: &str,
+        lineage: &Lineage,
+        versions: &[VersionFiles],
+        current: Option<u32>,
+    ) -> Result<(), StoreError> {
+        check_cert_name(name)?;
+        let cert_dir = self.cert_dir(name);
+        let versions_dir = cert_dir.join("versions");
+        let _lock = self.lock_for_save()?;
+        if self.load_lineage(name)?.is_some() || versions_dir.exists() {
+            return Err(StoreError::Exists {
+                name: name.to_owned(),
+                location: self.location(),
+            });
+        }
+        create_private_dir_all(&versions_dir)
+            .map_err(|e| StoreError::io("create", &versions_dir, e))?;
+        for v in versions {
+            let staging = versions_dir.join(format!(
+                "{STAGING_PREFIX}{}-{}",
+                std::process::id(),
+                STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let dir = versions_dir.join(v.version.to_string());
+            let staged = stage_version(&staging, &v.files).and_then(|()| {
+                fs::rename(&staging, &dir).map_err(|e| StoreError::io("rename", &staging, e))
+            });
+            if let Err(e) = staged {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        }
+        fsync_dir(&versions_dir)?;
+        self.write_lineage(name, lineage)?;
+        if let Some(version) = current {
+            switch_current(&cert_dir, version)?;
+        }
+        Ok(())
     }
 
     fn name_lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {

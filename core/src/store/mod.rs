@@ -26,6 +26,8 @@
 //! Every method is blocking (a backend may do file or database I/O): call
 //! it from a blocking thread inside async code.
 
+#[doc(hidden)]
+pub mod conformance;
 mod fs;
 mod fsio;
 #[cfg(test)]
@@ -115,6 +117,18 @@ pub enum StoreError {
         name: String,
         /// The store.
         location: String,
+    },
+    /// A commit was refused because the worker's lease on the certificate
+    /// expired and passed to another (its fencing token is no longer the
+    /// current one): another worker is now responsible for it.
+    #[error(
+        "the lease on certificate '{name}' passed to another worker (token {token} is stale): not publishing"
+    )]
+    Fenced {
+        /// The certificate.
+        name: String,
+        /// The stale token.
+        token: u64,
     },
     /// Something stored does not parse.
     #[error("{path} is corrupt: {reason}")]
@@ -485,11 +499,20 @@ pub struct RateLimitRecord {
 /// dropped. Its fencing token grows with every lease taken on the scope,
 /// so a backend shared by several machines can refuse a commit from a
 /// holder whose lease has since passed to another.
-#[derive(Debug)]
 pub struct Lease {
     token: u64,
     holder: String,
+    renewer: Option<Box<dyn Fn(u64) -> Result<(), StoreError> + Send + Sync>>,
     _guard: Box<dyn fmt::Debug + Send + Sync>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("token", &self.token)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
@@ -498,6 +521,7 @@ impl Lease {
         Lease {
             token,
             holder,
+            renewer: None,
             _guard: guard,
         }
     }
@@ -510,6 +534,26 @@ impl Lease {
     /// What holds it, for messages (the lock file in the filesystem backend).
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// Extends a lease that expires (a database backend's) by its time to
+    /// live; `Err(StoreError::Fenced)` when it has expired and passed to
+    /// another worker. A lease that cannot expire (the filesystem
+    /// backend's) always renews.
+    pub fn renew(&self) -> Result<(), StoreError> {
+        match &self.renewer {
+            Some(renew) => renew(self.token),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the lease a way to renew itself (see [`Lease::renew`]).
+    pub fn with_renewer(
+        mut self,
+        renew: Box<dyn Fn(u64) -> Result<(), StoreError> + Send + Sync>,
+    ) -> Lease {
+        self.renewer = Some(renew);
+        self
     }
 }
 
@@ -570,6 +614,22 @@ pub trait Storage: Send + Sync + fmt::Debug {
         files: &CertFiles,
         lineage: &Lineage,
         record: VersionRecord,
+    ) -> Result<SavedVersion, StoreError> {
+        self.commit_version_fenced(name, files, lineage, record, None)
+    }
+
+    /// [`commit_version`](Storage::commit_version), refused with
+    /// [`StoreError::Fenced`] unless `fence` is still the token of the
+    /// current lease on the certificate ([`Storage::cert_lease`]), checked
+    /// in the same step as the commit: a worker whose lease expired and
+    /// passed to another cannot publish. `None` commits unconditionally.
+    fn commit_version_fenced(
+        &self,
+        name: &str,
+        files: &CertFiles,
+        lineage: &Lineage,
+        record: VersionRecord,
+        fence: Option<u64>,
     ) -> Result<SavedVersion, StoreError>;
 
     /// Removes the certificate `name` from the store: its lineage and
@@ -640,6 +700,28 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn name_lease(&self, scope: &str, wait: Duration) -> Result<Lease, StoreError> {
         self.lease(scope, wait)
     }
+
+    /// Claims the work on certificate `name` for `ttl` without waiting:
+    /// `None` when another worker holds it. The lease's token grows with
+    /// every claim of the certificate and is the fence of
+    /// [`Storage::commit_version_fenced`]. A backend shared by machines
+    /// lets the lease expire after `ttl` unless it is renewed
+    /// ([`Lease::renew`]), and another worker may then claim it; the
+    /// filesystem backend holds it until it is dropped.
+    fn cert_lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, StoreError>;
+
+    /// Stores a whole certificate copied from another store (`certsmith
+    /// store migrate`): its lineage and every version, keeping their
+    /// numbers, with `current` the current one. [`StoreError::Exists`]
+    /// when the store already has a certificate of that name: nothing is
+    /// replaced.
+    fn restore_cert(
+        &self,
+        name: &str,
+        lineage: &Lineage,
+        versions: &[VersionFiles],
+        current: Option<u32>,
+    ) -> Result<(), StoreError>;
 }
 
 /// A handle on a store backend: cheap to clone, shared by every task.

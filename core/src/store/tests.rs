@@ -744,3 +744,17 @@ fn staging_directories_are_swept_once_old_and_never_become_versions() {
     names.sort();
     assert_eq!(names, ["1", "2"]);
 }
+
+#[test]
+fn conformance_cert_leases_fence_commits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    conformance::cert_leases_fence_commits(&store);
+}
+
+#[test]
+fn conformance_restore_keeps_versions() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    conformance::restore_keeps_versions(&store);
+}
