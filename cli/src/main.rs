@@ -71,6 +71,11 @@ pub(crate) struct GlobalArgs {
     /// config's state_dir, else $XDG_DATA_HOME/certsmith, or /var/lib/certsmith as root]
     #[arg(long, global = true, value_name = "DIR", env = "CERTSMITH_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// A shared store instead of the state directory: `postgres://USER@HOST/DB`
+    /// (a fleet's database; private keys encrypted with CERTSMITH_STORE_KEY)
+    /// [default: the config's [store] url, else the state directory]
+    #[arg(long, global = true, value_name = "URL", env = "CERTSMITH_STORE")]
+    pub(crate) store: Option<String>,
     /// A directory searched for solver plugins before the standard ones
     /// (repeatable) [env: CERTSMITH_PLUGIN_PATH: more directories, colon-separated, searched after these]
     // Not `env = ...`: CERTSMITH_PLUGIN_PATH adds to --plugin-dir instead of

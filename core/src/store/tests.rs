@@ -758,3 +758,16 @@ fn conformance_restore_keeps_versions() {
     let store = FsStore::open(tmp.path().join("state")).expect("open");
     conformance::restore_keeps_versions(&store);
 }
+
+#[test]
+fn store_urls_lose_their_password_in_messages() {
+    assert_eq!(
+        redact_url("postgres://certsmith:s3cret@db.example:5432/certs?sslmode=require"),
+        "postgres://certsmith:***@db.example:5432/certs?sslmode=require"
+    );
+    assert_eq!(
+        redact_url("postgres://db.example/certs?user=a&password=s3cret"),
+        "postgres://db.example/certs?user=a&password=***"
+    );
+    assert_eq!(redact_url("postgres://a@h/d"), "postgres://a@h/d");
+}
