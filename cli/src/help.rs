@@ -100,6 +100,23 @@ Examples:
   # What would change, tried against the staging CA; nothing is stored
   certsmith run --dry-run";
 
+/// `certsmith daemon --help`.
+pub(crate) const DAEMON: &str = "\
+Examples:
+  # Under systemd: every certificate of the file, metrics for Prometheus
+  certsmith daemon --config /etc/certsmith/certsmith.toml --metrics-listen 127.0.0.1:9415
+
+  # Several daemons sharing one store each take what is due, never the same certificate
+  certsmith daemon --store postgres://certsmith@db/certsmith --check-interval 10m
+
+  # Reload the config file; stop (orders in flight finish, up to --shutdown-grace)
+  kill -HUP $(pidof certsmith); kill -TERM $(pidof certsmith)
+
+/metrics serves certsmith_certificates{state}, certsmith_certificate_expiry_seconds{name},
+certsmith_orders_total{result}, certsmith_solver_seconds (a histogram by solver) and
+certsmith_ca_requests_total{status}; /healthz answers 200 \"ok\" while the loop runs and
+the store is readable, else 503 and why.";
+
 /// `certsmith renew --help`.
 pub(crate) const RENEW: &str = "\
 Examples:

@@ -6,6 +6,7 @@
 
 mod account;
 mod config_cmd;
+mod daemon;
 mod dns_args;
 mod doctor;
 mod dry_run;
@@ -130,6 +131,10 @@ enum Command {
     /// (for cron, systemd timers and CI).
     #[command(after_help = help::RUN)]
     Run(run::RunArgs),
+    /// Keep every certificate of the config file issued and renewed, for as
+    /// long as it runs (SIGHUP reloads the file; optional Prometheus metrics).
+    #[command(after_help = help::DAEMON)]
+    Daemon(daemon::DaemonArgs),
     /// Renew stored certificates from their lineage.
     #[command(after_help = help::RENEW)]
     Renew(renew::RenewArgs),
@@ -304,6 +309,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Issue(args) => issue::run(&cli.global, *args).await,
             Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Daemon(args) => daemon::run(&cli.global, args).await,
             Command::Renew(args) => renew::run(&cli.global, args).await,
             Command::Revoke(args) => revoke::run(&cli.global, args).await,
             Command::List(args) => list::run(&cli.global, args).await,

@@ -290,6 +290,11 @@ static CANCEL: OnceLock<CancelToken> = OnceLock::new();
 static BATCH: AtomicBool = AtomicBool::new(false);
 /// `-q`: the signal handler's notice is not printed.
 static QUIET: AtomicBool = AtomicBool::new(false);
+/// `certsmith daemon` runs: the first signal stops it gracefully ([`STOP`]).
+static DAEMON: AtomicBool = AtomicBool::new(false);
+/// Cancelled by the first SIGINT or SIGTERM in a daemon: no new work; the
+/// daemon cancels the work in flight ([`CANCEL`]) after its grace period.
+static STOP: OnceLock<CancelToken> = OnceLock::new();
 
 /// Records `-q` for the signal handler.
 pub(crate) fn set_quiet(quiet: bool) {
@@ -301,11 +306,20 @@ pub(crate) fn cancel_token() -> CancelToken {
     CANCEL.get_or_init(CancelToken::new).clone()
 }
 
+/// Makes the first SIGINT or SIGTERM stop a daemon instead of ending the
+/// process or cancelling a batch: returns the token it cancels. A second
+/// signal still ends the process at once.
+pub(crate) fn daemon_stop_token() -> CancelToken {
+    DAEMON.store(true, Ordering::SeqCst);
+    STOP.get_or_init(CancelToken::new).clone()
+}
+
 /// Installs the SIGINT and SIGTERM handlers. Called first thing in the
 /// runtime, so that a signal at any moment ends certsmith as an
 /// interruption (exit 130), never by the signal's default action: during a
 /// batch the first signal cancels it (presented challenges are removed),
-/// a second one exits at once; outside a batch the first one exits.
+/// a second one exits at once; outside a batch the first one exits; in a
+/// daemon the first one stops it gracefully ([`daemon_stop_token`]).
 pub(crate) fn install_signal_handlers() -> std::io::Result<JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     // Registered here, synchronously: from now on the default action is off.
@@ -317,16 +331,24 @@ pub(crate) fn install_signal_handlers() -> std::io::Result<JoinHandle<()>> {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        if !BATCH.load(Ordering::SeqCst) {
+        if DAEMON.load(Ordering::SeqCst) {
+            if !QUIET.load(Ordering::SeqCst) {
+                eprintln!(
+                    "[certsmith] stopping: no new orders; the ones in flight finish (press Ctrl-C again to quit now)"
+                );
+            }
+            STOP.get_or_init(CancelToken::new).cancel();
+        } else if !BATCH.load(Ordering::SeqCst) {
             eprintln!("error: interrupted");
             std::process::exit(i32::from(exit::INTERRUPTED));
+        } else {
+            if !QUIET.load(Ordering::SeqCst) {
+                eprintln!(
+                    "[certsmith] interrupted: removing presented challenges (press Ctrl-C again to quit now)"
+                );
+            }
+            token.cancel();
         }
-        if !QUIET.load(Ordering::SeqCst) {
-            eprintln!(
-                "[certsmith] interrupted: removing presented challenges (press Ctrl-C again to quit now)"
-            );
-        }
-        token.cancel();
         tokio::select! {
             _ = int.recv() => {},
             _ = term.recv() => {},

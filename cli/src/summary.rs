@@ -16,7 +16,7 @@ use crate::{GlobalArgs, OutputFormat, exit};
 
 /// A job's failure as a batch reports it: the hints of `issue` name its
 /// flags, so the ones about the account say where a batch takes them from.
-fn batch_failure(e: &JobError) -> Failure {
+pub(crate) fn batch_failure(e: &JobError) -> Failure {
     let mut f = Failure::from_job(e);
     match e.issue_error() {
         Some(IssueError::TermsNotAgreed { .. }) => {
@@ -127,7 +127,12 @@ pub(crate) fn summarize(global: &GlobalArgs, jobs: &[Job], interrupted: bool) ->
 }
 
 /// One certificate of a batch as JSON.
-fn job_json(job: &Job, action: &str, detail: &str, failure: Option<&Failure>) -> serde_json::Value {
+pub(crate) fn job_json(
+    job: &Job,
+    action: &str,
+    detail: &str,
+    failure: Option<&Failure>,
+) -> serde_json::Value {
     let cert = job.outcome.as_ref().and_then(|o| o.cert.as_ref());
     let not_after = cert
         .map(|c| c.not_after)

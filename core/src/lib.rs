@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod identifiers;
 pub mod journal;
 pub mod keys;
+pub mod metrics;
 pub mod plugin;
 pub mod progress;
 pub mod renewal;

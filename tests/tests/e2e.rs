@@ -13,6 +13,7 @@ mod catalogue_b;
 mod cli12;
 mod cli_ergonomics;
 mod cloudflare;
+mod daemon;
 mod dns01;
 mod docs;
 mod doctor;

@@ -256,6 +256,29 @@ const DOCTOR: &Schema = &[
     ("exit_code", Ty::Int, R),
 ];
 
+/// A `daemon` event (the certificates' objects are [`BATCH`]'s).
+const DAEMON: &Schema = &[
+    (
+        "daemon",
+        Ty::OneOf(&["started", "reloaded", "reload_failed", "stopped"]),
+        R,
+    ),
+    ("config", Ty::Str, O),
+    ("certificates", Ty::Int, O),
+    ("metrics", STR_OR_NULL, O),
+    ("errors", Ty::ObjList(CONFIG_ERROR), O),
+];
+
+/// Checks one line of `daemon --output json` (tests/tests/daemon.rs runs
+/// it): a daemon event, or a certificate's object as `run` prints it.
+pub(crate) fn check_daemon_line(v: &Value) -> Result<(), String> {
+    if v.get("daemon").is_some() {
+        check(v, DAEMON, "daemon event")
+    } else {
+        check(v, BATCH, "daemon certificate")
+    }
+}
+
 /// Checks one line of a `--dry-run` output (tests/tests/cli12.rs runs
 /// them): a certificate's object, or the summary of `run`/`renew`.
 pub(crate) fn check_dry_run_line(v: &Value) -> Result<(), String> {

@@ -39,7 +39,8 @@
 //!   bucket shared by every order of a client): Let's Encrypt's published
 //!   per-endpoint limits for its directories, [`DEFAULT_REQUEST_RATE`] for
 //!   other CAs, none for a CA on a loopback address.
-//! * Counters of requests, retries and polls ([`TransportStats`]).
+//! * Counters of requests, retries and polls ([`TransportStats`]), and the
+//!   process-wide count of the CA's responses by status ([`crate::metrics`]).
 
 mod kind;
 mod rate;
@@ -430,6 +431,10 @@ pub(super) async fn send(
             })
         }
         .await;
+        match &sent {
+            Ok(a) => crate::metrics::count_ca_response(a.status.as_u16()),
+            Err(_) => crate::metrics::count_ca_failure(),
+        }
         if let Ok(a) = &sent {
             log::debug!(
                 "{method} {url} -> {} in {:.1} ms",
