@@ -434,8 +434,8 @@ fn two_daemons_on_one_state_directory_issue_each_certificate_once() {
     let config = dir.root().join("certsmith.toml");
     let names = ["a.test", "b.test", "c.test", "d.test", "e.test", "f.test"];
     write_config(&pebble, &state, &config, &names, "");
-    let mut first = Daemon::start(&config, &[]);
-    let mut second = Daemon::start(&config, &[]);
+    let mut first = Daemon::start(&config, &["-v"]);
+    let mut second = Daemon::start(&config, &["-v"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let done: BTreeSet<String> = issued(&first.json())

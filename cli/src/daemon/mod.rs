@@ -282,7 +282,7 @@ impl Schedule {
 struct Ctl<'a> {
     global: &'a GlobalArgs,
     args: &'a DaemonArgs,
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     /// Stops claiming (the first SIGTERM or SIGINT).
     stop: &'a CancelToken,
     /// Cancels the orders in flight (after the grace period).
@@ -292,6 +292,14 @@ struct Ctl<'a> {
 pub(crate) async fn run(global: &GlobalArgs, args: DaemonArgs) -> u8 {
     // First: from now on a SIGTERM stops the daemon gracefully.
     let stop = setup::daemon_stop_token();
+    // Likewise a SIGHUP, whose default action would end the process.
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install the SIGHUP handler: {e}");
+            return exit::INTERNAL;
+        }
+    };
     let (path, config) = match setup::require_config(global, "daemon") {
         Ok(found) => found,
         Err(code) => return code,
@@ -299,13 +307,6 @@ pub(crate) async fn run(global: &GlobalArgs, args: DaemonArgs) -> u8 {
     let store = match setup::open_store(global, Some(&config)) {
         Ok(s) => s,
         Err(f) => return f.report(global, None),
-    };
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot install the SIGHUP handler: {e}");
-            return exit::INTERNAL;
-        }
     };
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -621,12 +622,15 @@ async fn execute(ctl: &Ctl<'_>, world: &World, jobs: &mut [Job], leases: Vec<(St
     let leases = Arc::new(leases);
     let renewer = {
         let leases = leases.clone();
+        let shared = ctl.shared.clone();
         let every = (ctl.args.lease_ttl / 3).max(Duration::from_millis(100));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
+                // A long batch is the loop at work, not a stuck one.
+                shared.beat();
                 let held = leases.clone();
                 let renewed = tokio::task::spawn_blocking(move || {
                     held.iter()
@@ -754,4 +758,51 @@ async fn next_wake(ctl: &Ctl<'_>, world: &World, schedule: &Schedule) -> Duratio
     // wake apart.
     let jitter = renewal::random_below((wait / 20).min(Duration::from_secs(30)));
     (wait + jitter).max(MIN_SLEEP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_with_jitter_up_to_the_cap() {
+        let mut s = Schedule::default();
+        let check = Duration::from_secs(3600);
+        let waits: Vec<Duration> = (0..20).map(|_| s.failed("a", check)).collect();
+        for (i, w) in waits.iter().take(5).enumerate() {
+            let full = BACKOFF_FIRST * (1 << i);
+            assert!(*w >= full / 2 && *w <= full, "failure {i}: {w:?}");
+        }
+        assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
+        assert!(waits.last().is_some_and(|w| *w >= BACKOFF_MAX / 2));
+        assert!(s.not_before("a").is_some());
+        s.succeeded("a");
+        assert!(s.not_before("a").is_none());
+        // A short check interval makes the first wait short too (tests).
+        let w = s.failed("b", Duration::from_secs(1));
+        assert!(w <= Duration::from_secs(1), "{w:?}");
+    }
+
+    #[tokio::test]
+    async fn health_says_when_the_loop_is_stuck() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = Shared {
+            store: Store::open(dir.path().join("state")).expect("store"),
+            metrics: Metrics::default(),
+            heartbeat: Mutex::new(Instant::now()),
+            stale_after: Duration::from_millis(200),
+        };
+        assert_eq!(shared.health().await, Ok(()));
+        assert!(
+            shared
+                .scrape()
+                .await
+                .is_ok_and(|t| t.contains("certsmith_orders_total"))
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let why = shared.health().await.expect_err("stale");
+        assert!(why.contains("the loop has not run"), "{why}");
+        shared.beat();
+        assert_eq!(shared.health().await, Ok(()));
+    }
 }
