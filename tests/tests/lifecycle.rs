@@ -1419,6 +1419,13 @@ fn the_contrib_example_config_is_valid() {
     }
     let help = certsmith(&["run", "--help"], &[]);
     assert!(help.stdout.contains("--jitter") && help.stdout.contains("--config"));
+    let unit = fs::read_to_string(root.join("contrib/systemd/certsmith-daemon.service"))
+        .expect("contrib file");
+    assert!(unit.contains(
+        "certsmith daemon --config /etc/certsmith/certsmith.toml --metrics-listen 127.0.0.1:9415"
+    ));
+    let help = certsmith(&["daemon", "--help"], &[]);
+    assert!(help.stdout.contains("--metrics-listen") && help.stdout.contains("--shutdown-grace"));
 }
 
 // ------------------------------------------------------ damaged current ---
