@@ -28,6 +28,7 @@ pub(crate) mod json_schema;
 mod lifecycle;
 mod operator;
 mod ops12;
+mod pg_store;
 mod outsiders;
 mod plugin_host;
 mod progress;
