@@ -1324,10 +1324,35 @@ impl Storage for PgStore {
     }
 
     fn current_dir(&self, name: &str) -> Option<PathBuf> {
-        self.inner
-            .mirror
-            .as_ref()
-            .map(|m| m.cert_dir(name).join("current"))
+        // The local copy is brought up to date first: a machine that did
+        // not issue the certificate (the next CI runner, another node)
+        // gets its files where a web server and a deploy hook read them.
+        let mirror = self.inner.mirror.as_ref()?;
+        let current = mirror.cert_dir(name).join("current");
+        match self.current_version(name) {
+            Ok(Some(v))
+                if !mirror
+                    .cert_dir(name)
+                    .join("versions")
+                    .join(v.to_string())
+                    .is_dir()
+                    || std::fs::read_link(&current).ok()
+                        != Some(PathBuf::from("versions").join(v.to_string())) =>
+            {
+                match self.read_version(name, Some(v)) {
+                    Ok(Some(files)) => {
+                        if let Err(e) = mirror.place_version(name, v, &files.files) {
+                            log::warn!("cannot write the local copy of '{name}': {e}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::warn!("cannot read '{name}' for its local copy: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot read '{name}' for its local copy: {e}"),
+        }
+        Some(current)
     }
 
     fn put_pending_order(&self, name: &str, order: &PendingOrder) -> Result<(), StoreError> {
