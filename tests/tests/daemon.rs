@@ -3,7 +3,9 @@
 //! the config, serves Prometheus metrics and a health check, picks up a
 //! certificate added by SIGHUP and survives a broken config on SIGHUP,
 //! stops on SIGTERM with exit 0 and nothing left in the journal; two
-//! daemons on one state directory issue each certificate exactly once.
+//! daemons on one state directory, and two on one PostgreSQL store (each
+//! with its own state directory, as two machines), issue each certificate
+//! exactly once.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use certsmith_tests::postgres::Postgres;
 use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, free_port};
 use serde_json::Value;
 
@@ -61,6 +64,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_env(config, extra, &[])
+    }
+
+    fn start_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![
@@ -82,6 +89,7 @@ impl Daemon {
             .env_remove("CERTSMITH_CONFIG")
             .env_remove("CERTSMITH_OUTPUT")
             .env_remove("CERTSMITH_STORE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -436,33 +444,11 @@ fn two_daemons_on_one_state_directory_issue_each_certificate_once() {
     write_config(&pebble, &state, &config, &names, "");
     let mut first = Daemon::start(&config, &["-v"]);
     let mut second = Daemon::start(&config, &["-v"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: BTreeSet<String> = issued(&first.json())
-            .into_iter()
-            .chain(issued(&second.json()))
-            .collect();
-        if done.len() == names.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not all issued\n{}\n{}",
-            first.describe(),
-            second.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_all_issued(&[&first, &second], &names);
     // A few more rounds of both: nothing is ordered again.
     std::thread::sleep(Duration::from_secs(3));
-    let orders = |d: &Daemon| {
-        let (status, page) = d.get("/metrics");
-        assert_eq!(status, 200, "{page}");
-        metric(&page, "certsmith_orders_total{result=\"issued\"}")
-            + metric(&page, "certsmith_orders_total{result=\"renewed\"}")
-    };
     assert_eq!(
-        orders(&first) + orders(&second),
+        orders_done(&first) + orders_done(&second),
         names.len() as f64,
         "{}\n{}",
         first.describe(),
@@ -482,4 +468,109 @@ fn two_daemons_on_one_state_directory_issue_each_certificate_once() {
         assert_eq!(code, Some(0), "{}", d.describe());
     }
     assert_eq!(journal_entries(&state), 0);
+}
+
+/// Waits until the daemons together have issued every one of `names`.
+fn wait_all_issued(daemons: &[&Daemon], names: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: BTreeSet<String> = daemons.iter().flat_map(|d| issued(&d.json())).collect();
+        if done.len() == names.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all issued\n{}",
+            daemons
+                .iter()
+                .map(|d| d.describe())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Orders a daemon placed that succeeded, from its `/metrics`.
+fn orders_done(d: &Daemon) -> f64 {
+    let (status, page) = d.get("/metrics");
+    assert_eq!(status, 200, "{page}");
+    metric(&page, "certsmith_orders_total{result=\"issued\"}")
+        + metric(&page, "certsmith_orders_total{result=\"renewed\"}")
+}
+
+/// Two machines (two state directories) sharing one PostgreSQL store:
+/// each certificate is claimed by one daemon (a row lease with SKIP
+/// LOCKED), ordered once at the CA, and both daemons see them all valid.
+#[test]
+fn two_daemons_on_one_postgresql_store_order_each_certificate_once() {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("fleet").expect("database");
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let dir = TempState::new().expect("state");
+    let names = [
+        "p1.test", "p2.test", "p3.test", "p4.test", "p5.test", "p6.test",
+    ];
+    let (cfg_a, cfg_b) = (dir.root().join("a.toml"), dir.root().join("b.toml"));
+    write_config(&pebble, &dir.path().join("a"), &cfg_a, &names, "");
+    write_config(&pebble, &dir.path().join("b"), &cfg_b, &names, "");
+    let env = [
+        ("CERTSMITH_STORE", url.as_str()),
+        ("CERTSMITH_STORE_KEY", KEY),
+    ];
+    let mut a = Daemon::start_env(&cfg_a, &["-v"], &env);
+    let mut b = Daemon::start_env(&cfg_b, &["-v"], &env);
+    wait_all_issued(&[&a, &b], &names);
+    // A few more rounds of both: nothing is ordered again.
+    std::thread::sleep(Duration::from_secs(3));
+    let orders_at_ca = fs::read_to_string(pebble.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Added order"))
+        .count();
+    assert_eq!(
+        orders_at_ca,
+        names.len(),
+        "{}\n{}",
+        a.describe(),
+        b.describe()
+    );
+    assert_eq!(
+        orders_done(&a) + orders_done(&b),
+        names.len() as f64,
+        "{}\n{}",
+        a.describe(),
+        b.describe()
+    );
+    let rows = pg
+        .psql(
+            "fleet",
+            "SELECT name, current_version FROM certsmith_certs ORDER BY name",
+        )
+        .expect("psql");
+    let expected: Vec<String> = names.iter().map(|n| format!("{n}|1")).collect();
+    assert_eq!(rows, expected.join("\n"));
+    // Each daemon reads the shared store: all six valid, and healthy.
+    for d in [&a, &b] {
+        let (_, page) = d.get("/metrics");
+        assert_eq!(
+            metric(&page, "certsmith_certificates{state=\"valid\"}"),
+            6.0,
+            "{page}"
+        );
+        assert_eq!(d.get("/healthz"), (200, "ok\n".to_owned()));
+    }
+    assert!(
+        !a.describe().contains(pg.password()) && !b.describe().contains(pg.password()),
+        "the database password leaked"
+    );
+    for d in [&mut a, &mut b] {
+        let (code, _) = d.terminate();
+        assert_eq!(code, Some(0), "{}", d.describe());
+    }
 }
