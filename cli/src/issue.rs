@@ -14,7 +14,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use certsmith_core::acme::{AccountOptions, AcmeClient};
-use certsmith_core::agent::{Job, JobError, Plan, RequestMode, Settings, WantedCert};
+use certsmith_core::agent::{
+    CERT_LEASE_TTL, Job, JobError, Plan, RUN_LEASE_WAIT, RequestMode, Settings, WantedCert,
+};
 use certsmith_core::dns::PropagationCheck;
 use certsmith_core::engine::{self, CertRequest, IssuedCert, OrderOptions};
 use certsmith_core::error::IssueError;
@@ -696,8 +698,34 @@ pub(crate) async fn run(global: &GlobalArgs, args: IssueArgs) -> u8 {
         let server = staging.directory_url().to_owned();
         return crate::dry_run::report(global, &server, &[job], &tests, interrupted, false);
     }
+    // Another worker on a shared store (a daemon, a concurrent CI runner)
+    // may be ordering the same certificate: claim it, then decide again
+    // under the claim, so that one of them orders and the other finds it.
+    let mut job = job;
+    let mut _held = None;
+    if job.plan.as_ref().is_ok_and(|p| p.orders()) {
+        match session
+            .agent
+            .claim_cert(&name, CERT_LEASE_TTL, RUN_LEASE_WAIT)
+            .await
+        {
+            Ok(held) => {
+                job = session
+                    .agent
+                    .plan_request(wanted.clone(), settings.clone(), &client, mode, &make)
+                    .await;
+                job.fence_with(held.lease());
+                _held = Some(held);
+            }
+            Err(e) => {
+                session.finish().await;
+                return Failure::from(e).report(global, Some(&name));
+            }
+        }
+    }
     let mut jobs = [job];
     let interrupted = session.agent.execute(&client, &account, &mut jobs).await;
+    drop(_held);
     session.finish().await;
     let [job] = jobs;
 

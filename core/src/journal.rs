@@ -86,6 +86,31 @@ pub(crate) fn process_alive(pid: u32, recorded_start: u64) -> bool {
     recorded_start == 0 || start_time(pid) == recorded_start
 }
 
+/// After how long an entry written on another machine is taken as
+/// abandoned (its process cannot be checked from here).
+pub const FOREIGN_ENTRY_HORIZON: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
+/// This machine's boot (`/proc/sys/kernel/random/boot_id`), empty where
+/// unavailable.
+pub(crate) fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// Whether `entry` was left by a process that is gone: one of this
+/// machine (and boot) that no longer runs, or one of another machine that
+/// is older than [`FOREIGN_ENTRY_HORIZON`].
+fn abandoned(entry: &JournalEntry, here: &str, now: u64) -> bool {
+    if !entry.boot_id.is_empty() && entry.boot_id != here {
+        return now.saturating_sub(entry.created_unix) > FOREIGN_ENTRY_HORIZON.as_secs();
+    }
+    !process_alive(entry.pid, entry.pid_start)
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,6 +157,7 @@ impl Journal {
             created_unix: now_unix(),
             pid: std::process::id(),
             pid_start: start_time(std::process::id()),
+            boot_id: boot_id().to_owned(),
             solver: solver.to_owned(),
             options,
             request: request.clone(),
@@ -165,11 +191,15 @@ impl Journal {
         })
     }
 
-    /// Entries left by processes that no longer run.
+    /// Entries left by processes that no longer run. An entry of another
+    /// machine (a shared store) cannot be checked that way: it is taken as
+    /// abandoned once it is older than [`FOREIGN_ENTRY_HORIZON`], long
+    /// after any challenge of a live process has been validated.
     pub fn stale(&self) -> Vec<JournalEntry> {
+        let now = now_unix();
         self.entries()
             .into_iter()
-            .filter(|e| !process_alive(e.pid, e.pid_start))
+            .filter(|e| abandoned(e, boot_id(), now))
             .collect()
     }
 }
@@ -177,6 +207,47 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_of_another_machine_are_left_alone_until_old() {
+        let entry = |boot: &str, created: u64, pid: u32| JournalEntry {
+            id: "x".into(),
+            created_unix: created,
+            pid,
+            pid_start: 0,
+            boot_id: boot.into(),
+            solver: "s".into(),
+            options: BTreeMap::new(),
+            request: req(),
+            presented: None,
+        };
+        let now = 1_000_000;
+        // Another machine's, recent, with a pid that is dead here: kept.
+        assert!(!abandoned(
+            &entry("other-boot", now - 60, u32::MAX - 1),
+            "this-boot",
+            now
+        ));
+        // ... and once past the horizon: abandoned.
+        assert!(abandoned(
+            &entry("other-boot", now - 3 * 3600, 1),
+            "this-boot",
+            now
+        ));
+        // This machine's: by its process (pid u32::MAX - 1 does not run).
+        assert!(abandoned(
+            &entry("this-boot", now, u32::MAX - 1),
+            "this-boot",
+            now
+        ));
+        assert!(!abandoned(
+            &entry("this-boot", now, std::process::id()),
+            "this-boot",
+            now
+        ));
+        // Written before boot ids were recorded: this machine's.
+        assert!(abandoned(&entry("", now, u32::MAX - 1), "this-boot", now));
+    }
     use certsmith_plugin_api::{ChallengeType, DnsTarget};
 
     fn req() -> ChallengeRequest {

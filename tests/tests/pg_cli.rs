@@ -219,3 +219,79 @@ fn the_config_file_names_the_store() {
         run.describe()
     );
 }
+
+#[test]
+fn two_runners_issuing_the_same_new_certificate_at_once_order_it_once() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("race").expect("database");
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        ..PebbleOpts::default()
+    })
+    .expect("pebble");
+    let dir = TempState::new().expect("temp dir");
+    let cfg = config(&pebble, &dir, &dir.path().join("unused"));
+    let before = orders_in_log(&pebble);
+    let runners: Vec<_> = (0..3)
+        .map(|i| {
+            let (cfg, url) = (cfg.clone(), url.clone());
+            let state = dir.path().join(format!("runner-{i}"));
+            std::thread::spawn(move || {
+                certsmith_env(
+                    &[
+                        "issue",
+                        "--config",
+                        p(&cfg),
+                        "--state-dir",
+                        p(&state),
+                        "--solver",
+                        "challtestsrv",
+                        "-d",
+                        "race.example.test",
+                        "--email",
+                        "ops@example.com",
+                        "--output",
+                        "json",
+                    ],
+                    &[
+                        ("CERTSMITH_STORE", url.as_str()),
+                        ("CERTSMITH_STORE_KEY", KEY),
+                    ],
+                )
+            })
+        })
+        .collect();
+    let runs: Vec<_> = runners
+        .into_iter()
+        .map(|t| t.join().expect("runner"))
+        .collect();
+    let actions: Vec<String> = runs
+        .into_iter()
+        .map(|r| {
+            r.ok().about("race.example.test")["action"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "issued").count(),
+        1,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "skipped").count(),
+        2,
+        "{actions:?}"
+    );
+    assert_eq!(
+        orders_in_log(&pebble) - before,
+        1,
+        "the certificate was ordered more than once"
+    );
+    assert_eq!(
+        pg.psql("race", "SELECT count(*) FROM certsmith_versions")
+            .expect("psql"),
+        "1"
+    );
+}

@@ -31,6 +31,52 @@ use crate::plugin::{ConfigSources, PluginHost, SolverInstance};
 use crate::progress::{Progress, ProgressEvent};
 use crate::store::{Lease, Store, StoreError};
 
+/// A certificate lease held by this process ([`Agent::claim_cert`]),
+/// renewed in the background until dropped, then released.
+#[derive(Debug)]
+pub struct HeldCert {
+    lease: Arc<Lease>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl HeldCert {
+    fn hold(lease: Lease, ttl: Duration) -> HeldCert {
+        let lease = Arc::new(lease);
+        let held = lease.clone();
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let l = held.clone();
+                match tokio::task::spawn_blocking(move || l.renew()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        log::warn!("{e}");
+                        return;
+                    }
+                    Err(e) => log::warn!("the lease renewal failed: {e}"),
+                }
+            }
+        });
+        HeldCert { lease, renewer }
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+}
+
+impl Drop for HeldCert {
+    fn drop(&mut self) {
+        // The renewer's copy of the lease goes with its task; the lease is
+        // released when the last copy is dropped.
+        self.renewer.abort();
+    }
+}
+
+/// How long `issue` holds its claim on a certificate between renewals.
+pub const CERT_LEASE_TTL: Duration = Duration::from_secs(120);
+
 /// How long a batch waits for another batch's run lease.
 pub const RUN_LEASE_WAIT: Duration = Duration::from_secs(30 * 60);
 
@@ -181,6 +227,55 @@ impl Agent {
                     source: std::io::Error::other(e.to_string()),
                 })
             })
+    }
+
+    /// Claims the work on certificate `name` ([`crate::store::Storage::cert_lease`]),
+    /// waiting up to `wait` for another worker (a daemon, another CI
+    /// runner) to finish with it, reporting [`ProgressEvent::WaitingForRun`]
+    /// once. The lease is renewed every third of `ttl` until the
+    /// [`HeldCert`] is dropped; plan again once it is held (the other
+    /// worker may have just stored the certificate) and fence the job with
+    /// it ([`Job::fence_with`]).
+    pub async fn claim_cert(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<HeldCert, StoreError> {
+        let start = std::time::Instant::now();
+        let mut reported = false;
+        loop {
+            let (store, n) = (self.store.clone(), name.to_owned());
+            let claimed = tokio::task::spawn_blocking(move || store.cert_lease(&n, ttl))
+                .await
+                .map_err(|e| StoreError::Io {
+                    action: "lock",
+                    path: name.into(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+            if let Some(lease) = claimed {
+                return Ok(HeldCert::hold(lease, ttl));
+            }
+            if start.elapsed() >= wait || self.cancel.is_cancelled() {
+                return Err(StoreError::Locked {
+                    path: format!("{} (certificate '{name}')", self.store.location()).into(),
+                    waited: start.elapsed(),
+                });
+            }
+            if !reported {
+                reported = true;
+                self.progress.emit(ProgressEvent::WaitingForRun {
+                    holder: format!(
+                        "another worker's claim on '{name}' in {}",
+                        self.store.location()
+                    ),
+                });
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 
     /// The instance of solver `code` configured with `table` (plus this

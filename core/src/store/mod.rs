@@ -478,6 +478,11 @@ pub struct JournalEntry {
     pub pid: u32,
     /// That process's start time (clock ticks since boot), to survive pid reuse.
     pub pid_start: u64,
+    /// The boot of the machine it ran on (`/proc/sys/kernel/random/boot_id`):
+    /// a pid means something only on that machine and boot. Empty in
+    /// entries written before it was recorded (taken as this machine's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
     /// The solver code.
     pub solver: String,
     /// The solver's non-secret options, as given.

@@ -530,6 +530,7 @@ fn journal_entries_round_trip_private() {
         created_unix: 1_700_000_000,
         pid: 1,
         pid_start: 0,
+        boot_id: String::new(),
         solver: "webroot".into(),
         options: BTreeMap::new(),
         request: ChallengeRequest::new(
