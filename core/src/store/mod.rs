@@ -30,6 +30,8 @@
 pub mod conformance;
 mod fs;
 mod fsio;
+pub mod migrate;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
