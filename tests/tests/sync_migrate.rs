@@ -204,6 +204,48 @@ fn sync_materialises_is_idempotent_and_switches_after_a_renewal() {
     assert!(!to.join("certs/a.test/versions/1").exists());
     assert!(to.join("certs/a.test/versions/2").is_dir());
 
+    // A certificate ordered with the user's CSR: its CSR, no key; the hook
+    // gets an empty CERTSMITH_PRIVKEY. A failing hook: exit 9, the files
+    // in place.
+    let made = certsmith_core::keys::key_and_csr(
+        certsmith_core::keys::KeyType::EcP256,
+        &["csr.test".to_owned()],
+    )
+    .expect("a CSR");
+    let csr_file = s.dir.file("csr.der");
+    fs::write(&csr_file, &made.csr_der).expect("write CSR");
+    issue(&s.conf, "csr.test", &["--csr", p(&csr_file)]).ok();
+    let fail_hook = format!("{hook}; exit 3");
+    let r = sync(&s.state, &to, &["--deploy-hook", &fail_hook]);
+    assert_eq!(r.code, Some(9), "{}", r.describe());
+    let v = r.about("csr.test");
+    assert_eq!(
+        (
+            &v["action"],
+            &v["deploy_hook"]["status"],
+            &v["error"]["class"]
+        ),
+        (&"updated".into(), &"failed".into(), &"deploy_hook".into()),
+        "{v}"
+    );
+    let csr_dir = to.join("certs/csr.test/current");
+    assert_eq!(
+        fs::read(csr_dir.join("csr.pem")).expect("csr.pem"),
+        fs::read(s.state.join("certs/csr.test/current/csr.pem")).expect("stored csr")
+    );
+    assert!(!csr_dir.join("privkey.pem").exists());
+    assert!(csr_dir.join("fullchain.pem").is_file());
+    assert_eq!(
+        hook_log(&log).last().map(String::as_str),
+        Some(
+            format!(
+                "csr.test 1 {}/certs/csr.test/current/fullchain.pem ",
+                canon.display()
+            )
+            .as_str()
+        )
+    );
+
     // --name: only that certificate.
     let only = s.dir.root().join("only-b");
     let r = sync(&s.state, &only, &["--name", "b.test"]).ok();
@@ -393,6 +435,23 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
         recorded_at: "2026-01-01T00:00:00Z".to_owned(),
     };
     store.record_rate_limit(&limit).expect("rate limit");
+    let entry = certsmith_core::store::JournalEntry {
+        id: "1700000000-00ff".into(),
+        created_unix: 1_700_000_000,
+        pid: 1,
+        pid_start: 0,
+        solver: "challtestsrv".into(),
+        options: BTreeMap::new(),
+        request: certsmith_plugin_api::ChallengeRequest::new(
+            certsmith_plugin_api::ChallengeType::Http01,
+            "j.test",
+            "tok",
+            "tok.x",
+            1,
+        ),
+        presented: None,
+    };
+    store.put_journal_entry(&entry).expect("journal");
     drop(store);
 
     // A → B → C: C holds exactly what A holds.
@@ -407,12 +466,14 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
             &m["versions"],
             &m["pending_orders"],
             &m["rate_limits"],
+            &m["journal_entries"],
             &m["verified"]
         ),
         (
             &1.into(),
             &2.into(),
             &3.into(),
+            &1.into(),
             &1.into(),
             &1.into(),
             &true.into()
@@ -441,6 +502,8 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{rel}");
     }
+    assert_eq!(tree(&c.join("journal")), tree(&s.state.join("journal")));
+    assert_eq!(tree(&c.join("journal")).len(), 1);
     assert_eq!(
         fs::read(c.join("rate-limits.json")).expect("limits"),
         fs::read(s.state.join("rate-limits.json")).expect("limits")
@@ -487,4 +550,81 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
     let r = migrate(&s.state, Path::new("mysql://db/x"));
     assert_eq!(r.code, Some(2), "{}", r.describe());
     assert!(r.stderr.contains("--to"), "{}", r.describe());
+}
+
+#[test]
+fn sync_follow_picks_up_a_renewal_and_stops_on_sigterm_with_exit_0() {
+    let s = setup();
+    issue(&s.conf, "f.test", &[]).ok();
+    let to = s.dir.root().join("web");
+    let log = s.dir.root().join("hook.log");
+    let hook = format!(
+        "echo \"$CERTSMITH_CERT_NAME $CERTSMITH_VERSION\" >> {}",
+        p(&log)
+    );
+    let child = std::process::Command::new(certsmith_tests::certsmith_bin())
+        .args([
+            "sync",
+            "--state-dir",
+            p(&s.state),
+            "--to",
+            p(&to),
+            "--follow",
+            "--interval",
+            "1",
+            "--deploy-hook",
+            &hook,
+            "--output",
+            "json",
+        ])
+        .env_remove("CERTSMITH_STATE_DIR")
+        .env_remove("CERTSMITH_CONFIG")
+        .env_remove("CERTSMITH_OUTPUT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sync --follow");
+    let link = to.join("certs/f.test/current");
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fs::read_link(&link).ok().as_deref() != Some(Path::new(want)) {
+            assert!(Instant::now() < deadline, "current never became {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("versions/1");
+    renew(&s.conf, "f.test");
+    wait_for("versions/2");
+    // Let a pass or two go by with nothing to do.
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().expect("wait");
+    let r = Run::from(out);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "SIGTERM ends --follow with 0: {}",
+        r.describe()
+    );
+    assert_eq!(
+        hook_log(&log),
+        ["f.test 1", "f.test 2"],
+        "the hook ran once per change"
+    );
+    // The first pass, then only the pass that changed something.
+    let lines = sync_lines(&r);
+    let actions: Vec<&str> = lines.iter().filter_map(|v| v["action"].as_str()).collect();
+    assert_eq!(actions, ["updated", "updated"], "{}", r.describe());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|v| v.get("sync_summary").is_some())
+            .count(),
+        2,
+        "{}",
+        r.describe()
+    );
 }

@@ -452,3 +452,141 @@ fn same_entry(a: &JournalEntry, b: &JournalEntry) -> bool {
 fn same_pending(a: Option<&PendingOrder>, b: Option<&PendingOrder>) -> bool {
     a.map(|a| serde_json::to_value(a).ok()) == b.map(|b| serde_json::to_value(b).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use certsmith_plugin_api::{ChallengeRequest, ChallengeType};
+
+    use super::*;
+    use crate::keys::PrivateKeyPem;
+    use crate::store::{AccountKey, Store, VersionRecord};
+
+    fn files(tag: &str) -> CertFiles {
+        CertFiles {
+            cert_pem: format!("CERT {tag}\n"),
+            chain_pem: format!("CHAIN {tag}\n"),
+            fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
+            privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
+            csr_pem: None,
+        }
+    }
+
+    fn commit(store: &Store, name: &str, tag: &str) {
+        let lineage = Lineage {
+            domains: vec![name.to_owned()],
+            solver: "standalone".into(),
+            key_type: "ec-p256".into(),
+            server: "https://ca.test/dir".into(),
+            ..Lineage::default()
+        };
+        let record = VersionRecord {
+            version: 0,
+            serial: "01".into(),
+            not_before: "2025-01-01T00:00:00Z".into(),
+            not_after: "2025-04-01T00:00:00Z".into(),
+            issued_at: "2025-01-01T00:00:01Z".into(),
+        };
+        store
+            .commit_version(name, &files(tag), &lineage, record)
+            .expect("commit");
+    }
+
+    fn entry(id: &str, token: &str) -> JournalEntry {
+        JournalEntry {
+            id: id.into(),
+            created_unix: 1,
+            pid: 1,
+            pid_start: 0,
+            solver: "webroot".into(),
+            options: BTreeMap::new(),
+            request: ChallengeRequest::new(ChallengeType::Http01, "j.test", token, "k", 1),
+            presented: None,
+        }
+    }
+
+    fn key() -> AccountKey {
+        AccountKey {
+            ca_host: "ca.test".into(),
+            id: "acct".into(),
+        }
+    }
+
+    #[test]
+    fn every_conflict_is_named_and_nothing_is_copied() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let from = Store::open(tmp.path().join("from")).expect("open");
+        let to = Store::open(tmp.path().join("to")).expect("open");
+        from.create_account(&key(), b"{\"a\":1}").expect("account");
+        commit(&from, "one.test", "1");
+        commit(&from, "two.test", "2");
+        from.put_journal_entry(&entry("j1", "t1")).expect("journal");
+        from.put_journal_entry(&entry("j2", "t2")).expect("journal");
+        // The destination: another account under the same key, a
+        // certificate of the same name, a different journal entry j1 and
+        // the same j2.
+        to.create_account(&key(), b"{\"a\":2}").expect("account");
+        commit(&to, "two.test", "other");
+        to.put_journal_entry(&entry("j1", "other"))
+            .expect("journal");
+        to.put_journal_entry(&entry("j2", "t2")).expect("journal");
+
+        let e = migrate(&*from, &*to, &mut |_| {}).expect_err("refused");
+        let MigrateError::Conflicts { conflicts, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(
+            conflicts,
+            &[
+                Conflict::Account {
+                    ca_host: "ca.test".into(),
+                    id: "acct".into()
+                },
+                Conflict::Certificate("two.test".into()),
+                Conflict::JournalEntry("j1".into()),
+            ]
+        );
+        assert!(
+            e.to_string().contains("a certificate named 'two.test'"),
+            "{e}"
+        );
+        assert!(to.load_lineage("one.test").expect("read").is_none());
+        assert_eq!(to.journal_entries().expect("read").len(), 2);
+    }
+
+    #[test]
+    fn identical_accounts_and_entries_are_fine_and_the_copy_is_verified() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let from = Store::open(tmp.path().join("from")).expect("open");
+        let to = Store::open(tmp.path().join("to")).expect("open");
+        from.create_account(&key(), b"{\"a\":1}").expect("account");
+        to.create_account(&key(), b"{\"a\":1}").expect("account");
+        commit(&from, "one.test", "1");
+        commit(&from, "one.test", "2");
+        from.put_journal_entry(&entry("j1", "t1")).expect("journal");
+        to.put_journal_entry(&entry("j1", "t1")).expect("journal");
+        let mut events = Vec::new();
+        let report = migrate(&*from, &*to, &mut |e| events.push(format!("{e:?}"))).expect("ok");
+        assert_eq!(
+            (
+                report.accounts,
+                report.accounts_present,
+                report.certificates,
+                report.versions,
+                report.verified
+            ),
+            (0, 1, 1, 2, true)
+        );
+        assert!(events.last().is_some_and(|e| e == "Verified"), "{events:?}");
+        let v1 = to
+            .read_version("one.test", Some(1))
+            .expect("read")
+            .expect("v1");
+        assert_eq!(v1.files.cert_pem, "CERT 1\n");
+        assert_eq!(to.current_version("one.test").expect("read"), Some(2));
+        // The same store on both sides is refused.
+        let e = migrate(&*from, &*from, &mut |_| {}).expect_err("same");
+        assert!(matches!(e, MigrateError::SameStore(_)), "{e}");
+    }
+}
