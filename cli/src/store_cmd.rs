@@ -29,7 +29,7 @@ pub(crate) enum StoreCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct MigrateArgs {
     /// The store to copy from: a state directory or a store URL
-    /// (postgres://…). Only read.
+    /// (postgres://...). Only read.
     #[arg(long, value_name = "LOCATION")]
     from: String,
     /// The store to copy into: a state directory (created if needed) or a
