@@ -154,18 +154,20 @@ async fn run_migrate(global: &GlobalArgs, args: MigrateArgs) -> u8 {
             }
         })),
         OutputFormat::Text => {
+            outln!("migrated {} into {}:", report.from, report.to);
             outln!(
-                "migrated {} into {}: {} account(s) ({} already there, identical), {} certificate(s) with {} version(s), {} pending order(s), {} journal entr(ies), {} rate limit(s)",
-                report.from,
-                report.to,
+                "  accounts:        {} copied, {} already there (identical)",
                 report.accounts,
-                report.accounts_present,
-                report.certificates,
-                report.versions,
-                report.pending_orders,
-                report.journal_entries,
-                report.rate_limits
+                report.accounts_present
             );
+            outln!(
+                "  certificates:    {} with {} version(s)",
+                report.certificates,
+                report.versions
+            );
+            outln!("  pending orders:  {}", report.pending_orders);
+            outln!("  journal entries: {}", report.journal_entries);
+            outln!("  rate limits:     {}", report.rate_limits);
             outln!(
                 "verified: everything read back from {} matches the source",
                 report.to

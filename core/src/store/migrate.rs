@@ -213,9 +213,25 @@ pub fn migrate(
         }
     }
     for name in &names {
-        if to.load_lineage(name).map_err(dst)?.is_some()
-            || to.current_version(name).map_err(dst)?.is_some()
-        {
+        // Versions left without a lineage (a certificate deleted with
+        // --keep-files) would make `restore_cert` refuse midway.
+        let versions = from
+            .load_lineage(name)
+            .map_err(src)?
+            .map(|l| l.versions)
+            .unwrap_or_default();
+        let mut taken = to.load_lineage(name).map_err(dst)?.is_some()
+            || to.current_version(name).map_err(dst)?.is_some();
+        for v in &versions {
+            if taken {
+                break;
+            }
+            taken = to
+                .read_version(name, Some(v.version))
+                .map_err(dst)?
+                .is_some();
+        }
+        if taken {
             conflicts.push(Conflict::Certificate(name.clone()));
         } else if to.pending_order(name).map_err(dst)?.is_some() {
             conflicts.push(Conflict::PendingOrder(name.clone()));

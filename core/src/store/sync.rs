@@ -472,3 +472,99 @@ fn prune(versions: &Path, current: u32, previous: Option<u32>) -> Vec<u32> {
     pruned.sort_unstable();
     pruned
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKeyPem;
+    use crate::store::{Lineage, VersionRecord};
+
+    fn files(tag: &str) -> CertFiles {
+        CertFiles {
+            cert_pem: format!("CERT {tag}\n"),
+            chain_pem: format!("CHAIN {tag}\n"),
+            fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
+            privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
+            csr_pem: None,
+        }
+    }
+
+    fn commit(store: &Store, name: &str, tag: &str) {
+        let lineage = Lineage {
+            domains: vec![name.to_owned()],
+            solver: "standalone".into(),
+            key_type: "ec-p256".into(),
+            server: "https://ca.test/dir".into(),
+            ..Lineage::default()
+        };
+        let record = VersionRecord {
+            version: 0,
+            serial: "01".into(),
+            not_before: "2025-01-01T00:00:00Z".into(),
+            not_after: "2025-04-01T00:00:00Z".into(),
+            issued_at: "2025-01-01T00:00:01Z".into(),
+        };
+        store
+            .commit_version(name, &files(tag), &lineage, record)
+            .expect("commit");
+    }
+
+    fn only(report: &SyncReport) -> &SyncedCert {
+        report.certs[0].result.as_ref().expect("synced")
+    }
+
+    #[test]
+    fn another_store_with_the_same_numbers_replaces_the_files_and_leftovers_go() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = Store::open(tmp.path().join("a")).expect("open");
+        let b = Store::open(tmp.path().join("b")).expect("open");
+        commit(&a, "x.test", "from a");
+        commit(&b, "x.test", "from b");
+        let to = tmp.path().join("web");
+        let r = sync_files(&a, &to, &[]).expect("sync a");
+        assert_eq!(only(&r).action, SyncAction::Updated);
+        // A sync killed midway left a staging directory and a link.
+        let versions = to.join("certs/x.test/versions");
+        fs::create_dir(versions.join(format!("{STAGING_PREFIX}1-1"))).expect("leftover");
+        std::os::unix::fs::symlink("versions/1", to.join("certs/x.test/.current-1-1"))
+            .expect("leftover link");
+        // Store b: version 1 too, other bytes.
+        let r = sync_files(&b, &to, &[]).expect("sync b");
+        let done = only(&r);
+        assert_eq!(
+            (done.action, done.version, done.previous),
+            (SyncAction::Updated, 1, Some(1))
+        );
+        let current = to.join("certs/x.test/current");
+        assert_eq!(
+            fs::read_to_string(current.join(CERT_FILE)).expect("cert"),
+            "CERT from b\n"
+        );
+        assert_eq!(
+            fs::read_link(&current).expect("link"),
+            Path::new("versions/1")
+        );
+        let mut left: Vec<String> = fs::read_dir(to.join("certs/x.test"))
+            .expect("dir")
+            .chain(fs::read_dir(&versions).expect("versions"))
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1", "current", "versions"]);
+        // Then nothing changes.
+        let r = sync_files(&b, &to, &[]).expect("sync b again");
+        assert_eq!(only(&r).action, SyncAction::Unchanged);
+    }
+
+    #[test]
+    fn a_state_directory_and_unknown_names_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let a = Store::open(tmp.path().join("a")).expect("open");
+        commit(&a, "x.test", "1");
+        let e = sync_files(&a, &tmp.path().join("a"), &[]).expect_err("state dir");
+        assert!(matches!(e, SyncError::StateDirectory { .. }), "{e}");
+        let e =
+            sync_files(&a, &tmp.path().join("web"), &["y.test".to_owned()]).expect_err("unknown");
+        assert!(e.to_string().contains("'y.test'"), "{e}");
+    }
+}
