@@ -140,6 +140,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: DoctorArgs) -> u8 {
     let mut report = Report::default();
     let (config, valid) = check_config(global, &mut report);
     check_state_dir(global, config.as_ref(), &mut report);
+    check_store(global, config.as_ref(), &mut report).await;
     if let Some(config) = config.as_ref().filter(|_| valid) {
         let host = setup::plugin_host(global, Some(config));
         let mut solvers = check_plugins(config, &host, &mut report);
@@ -280,6 +281,49 @@ fn check_config(global: &GlobalArgs, report: &mut Report) -> (Option<Config>, bo
     }
     let valid = errors.is_empty();
     (Some(config), valid)
+}
+
+// ----------------------------------------------------------- shared store ---
+
+/// A shared store (`--store`, `[store] url`): it opens (connection, schema,
+/// key) and answers.
+async fn check_store(global: &GlobalArgs, config: Option<&Config>, report: &mut Report) {
+    let Some(url) = setup::store_url(global, config) else {
+        return;
+    };
+    let shown = store::redact_url(&url);
+    let local = setup::state_root(global, config).ok();
+    let opened = tokio::task::spawn_blocking(move || {
+        let s = store::Store::open_url(&url, local)?;
+        s.cert_names().map(|names| names.len())
+    })
+    .await;
+    match opened {
+        Ok(Ok(n)) => report.ok(
+            "store",
+            format!("{shown}: schema current, store key right, {n} certificate(s)"),
+        ),
+        Ok(Err(e)) => {
+            let fix = match &e {
+                store::StoreError::NoStoreKey
+                | store::StoreError::WrongStoreKey { .. }
+                | store::StoreError::StoreKey { .. } => {
+                    "set CERTSMITH_STORE_KEY (or CERTSMITH_STORE_KEY_FILE) to the store's key"
+                }
+                store::StoreError::SchemaTooNew { .. } => "upgrade certsmith on this machine",
+                _ => {
+                    "check the URL (--store, CERTSMITH_STORE or [store] url), that the server runs and that the role may connect"
+                }
+            };
+            report.not_ok(Status::Fail, "store", e.to_string(), fix);
+        }
+        Err(e) => report.not_ok(
+            Status::Fail,
+            "store",
+            format!("the check failed: {e}"),
+            "report this as a bug",
+        ),
+    }
 }
 
 // ------------------------------------------------------------- state dir ---

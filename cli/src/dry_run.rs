@@ -105,7 +105,7 @@ pub(crate) fn planning_store(
     config: Option<&Config>,
 ) -> Result<(Store, Option<Scratch>), Failure> {
     let root = crate::setup::state_root(global, config)?;
-    if root.exists() {
+    if root.exists() || crate::setup::store_url(global, config).is_some() {
         return Ok((crate::setup::open_store_read_only(global, config)?, None));
     }
     let scratch = Scratch::new()?;

@@ -22,6 +22,12 @@ const PREFIX: &str = "CERTSMITH_";
 const OTHER_KNOWN: &[&str] = &[
     // Read by the plugin host (core): directories added to --plugin-dir.
     "CERTSMITH_PLUGIN_PATH",
+    // The shared store's key (core::store::pg), read by the core with its
+    // `_FILE` form, and the new key of `store rotate-key`.
+    "CERTSMITH_STORE_KEY",
+    "CERTSMITH_STORE_KEY_FILE",
+    "CERTSMITH_STORE_NEW_KEY",
+    "CERTSMITH_STORE_NEW_KEY_FILE",
     // Read with their `_FILE` forms (core::envfile).
     "CERTSMITH_EAB_KID_FILE",
     "CERTSMITH_EAB_HMAC_KEY_FILE",

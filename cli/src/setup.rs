@@ -196,8 +196,11 @@ pub(crate) fn state_root(global: &GlobalArgs, config: Option<&Config>) -> Result
 
 /// The shared store's URL, when one is chosen: `--store`/`CERTSMITH_STORE`,
 /// then the config file's `[store] url`.
-pub(crate) fn store_url(global: &GlobalArgs, _config: Option<&Config>) -> Option<String> {
-    global.store.clone()
+pub(crate) fn store_url(global: &GlobalArgs, config: Option<&Config>) -> Option<String> {
+    global
+        .store
+        .clone()
+        .or_else(|| config.and_then(|c| c.defaults.store_url.clone()))
 }
 
 /// The store, created if needed and checked writable: the shared store of

@@ -56,6 +56,7 @@ pub mod moto;
 pub mod nsupdate;
 pub mod pdns;
 mod pebble;
+pub mod postgres;
 mod process;
 pub mod standin;
 pub mod static_server;

@@ -70,6 +70,11 @@ impl Run {
 }
 
 pub(crate) fn certsmith(args: &[&str]) -> Run {
+    certsmith_env(args, &[])
+}
+
+/// [`certsmith`] with variables `env` set.
+pub(crate) fn certsmith_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(certsmith_bin())
         .args(args)
         .env_remove("CERTSMITH_STATE_DIR")
@@ -78,6 +83,9 @@ pub(crate) fn certsmith(args: &[&str]) -> Run {
         .env_remove("CERTSMITH_OUTPUT")
         .env_remove("CERTSMITH_EMAIL")
         .env_remove("CERTSMITH_SERVER")
+        .env_remove("CERTSMITH_STORE")
+        .env_remove("CERTSMITH_STORE_KEY")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("run certsmith");

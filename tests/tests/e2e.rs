@@ -29,6 +29,8 @@ mod lifecycle;
 mod operator;
 mod ops12;
 mod outsiders;
+mod pg_cli;
+mod pg_store;
 mod plugin_host;
 mod progress;
 mod propagation_modes;

@@ -216,7 +216,20 @@ impl Checker<'_, '_> {
 
     fn check(&mut self, raw: RawFile) -> Config {
         let d = raw.defaults;
+        let store_url = raw.store_url.as_ref().and_then(|u| {
+            let ok = u.get_ref().starts_with("postgres://") || u.get_ref().starts_with("postgresql://");
+            if !ok {
+                self.err(
+                    u.span(),
+                    "store.url",
+                    format!("'{}' is not a store URL", crate::store::redact_url(u.get_ref())),
+                    "write postgres://USER@HOST/DATABASE (the password is better in CERTSMITH_STORE, which wins); for a directory use defaults.state_dir",
+                );
+            }
+            ok.then(|| u.get_ref().clone())
+        });
         let mut defaults = Defaults {
+            store_url,
             agree_tos: d.agree_tos,
             follow_cname: d.follow_cname,
             ..Defaults::default()

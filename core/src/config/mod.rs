@@ -149,6 +149,9 @@ pub struct Defaults {
     pub key_type: Option<KeyType>,
     /// The state directory (absolute path).
     pub state_dir: Option<PathBuf>,
+    /// `[store] url`: a shared store (`postgres://…`) instead of the state
+    /// directory.
+    pub store_url: Option<String>,
     /// Extra plugin directories (absolute paths).
     pub plugin_dirs: Vec<PathBuf>,
     /// Bound on concurrent orders.

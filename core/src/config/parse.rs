@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue};
 use super::diagnostics::{Diagnostics, Expected, found, join};
 
 /// The top-level keys.
-const FILE_KEYS: &[&str] = &["defaults", "plugin_dirs", "solvers", "certificate"];
+const FILE_KEYS: &[&str] = &["defaults", "plugin_dirs", "solvers", "certificate", "store"];
 
 /// The keys of `[defaults]`.
 const DEFAULTS_KEYS: &[&str] = &[
@@ -92,6 +92,8 @@ pub(super) struct RawFile {
     /// `[solvers.<code>]`, by code.
     pub(super) solvers: Vec<(String, Spanned<RawOptions>)>,
     pub(super) certificate: Vec<Spanned<RawCert>>,
+    /// `[store] url`.
+    pub(super) store_url: Option<Spanned<String>>,
 }
 
 /// `[defaults]`.
@@ -195,8 +197,13 @@ impl Reader<'_, '_> {
             Some(d) => self.defaults(&d),
             None => RawDefaults::default(),
         };
+        let store_url = match self.subtable(&root, "store", &["url"]) {
+            Some(t) => self.string(&t, "url"),
+            None => None,
+        };
         RawFile {
             defaults,
+            store_url,
             plugin_dirs: self.strings(&root, "plugin_dirs"),
             solvers: self.solvers(&root),
             certificate: self.certificates(&root),

@@ -299,23 +299,52 @@ impl FsStore {
         // caller leaves unset (account, CA bundle, hook, margin) carry
         // over; renewal state and a revocation belonged to the old version.
         let old = self.load_lineage(name).ok().flatten();
-        let mut lineage = lineage.clone();
-        let mut history = Vec::new();
-        if let Some(old) = old {
-            history = old.versions;
-            lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
-            lineage.email = lineage.email.or(old.email);
-            lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
-            lineage.renew_before = lineage.renew_before.or(old.renew_before);
-        }
         record.version = version;
-        history.retain(|v| v.version != version);
-        history.push(record);
-        lineage.versions = history;
+        let lineage = super::lineage_for_commit(old, lineage, record);
         self.write_lineage(name, &lineage)?;
         // The lineage is written first so that a crash in between leaves a
         // stored version the lineage knows, never a `current` it does not.
         switch_current(cert_dir, version)
+    }
+
+    /// Writes version `version` of `name` (unless it is already there:
+    /// versions never change) and makes it current, without a lineage: a
+    /// local copy of a shared store's certificate, where deploy hooks and
+    /// web servers read it.
+    pub(crate) fn place_version(
+        &self,
+        name: &str,
+        version: u32,
+        files: &CertFiles,
+    ) -> Result<SavedVersion, StoreError> {
+        check_cert_name(name)?;
+        let cert_dir = self.cert_dir(name);
+        let versions_dir = cert_dir.join("versions");
+        create_private_dir_all(&versions_dir)
+            .map_err(|e| StoreError::io("create", &versions_dir, e))?;
+        let dir = versions_dir.join(version.to_string());
+        if !dir.is_dir() {
+            let staging = versions_dir.join(format!(
+                "{STAGING_PREFIX}{}-{}",
+                std::process::id(),
+                STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+            let placed = stage_version(&staging, files).and_then(|()| {
+                fs::rename(&staging, &dir).map_err(|e| StoreError::io("rename", &staging, e))
+            });
+            if let Err(e) = placed {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+            fsync_dir(&versions_dir)?;
+        }
+        let _lock = self.lock_for_save()?;
+        let current = switch_current(&cert_dir, version)?;
+        Ok(SavedVersion {
+            version,
+            dir,
+            current,
+        })
     }
 
     /// The lock file of the lease on certificate `name`, which also keeps

@@ -31,6 +31,8 @@ pub mod conformance;
 mod fs;
 mod fsio;
 pub mod migrate;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -139,6 +141,50 @@ pub enum StoreError {
         url: String,
         /// What is wrong and what to write instead.
         reason: String,
+    },
+    /// A database store was opened without its key.
+    #[error(
+        "a database store keeps private keys encrypted: set CERTSMITH_STORE_KEY to the store's key (32 random bytes in base64; for a new store make one with `openssl rand -base64 32`) or CERTSMITH_STORE_KEY_FILE to a file holding it"
+    )]
+    NoStoreKey,
+    /// The store key cannot be used (malformed, or a value did not open).
+    #[error("store key: {reason}")]
+    StoreKey {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The store key given is not the one the store's private keys are
+    /// sealed with (ids are digests, never keys).
+    #[error(
+        "CERTSMITH_STORE_KEY (key id {given}) is not the key this store is encrypted with (key id {sealed_with}); give that key, or the new one if `certsmith store rotate-key` changed it"
+    )]
+    WrongStoreKey {
+        /// The id of the key given.
+        given: String,
+        /// The id of the key the store uses.
+        sealed_with: String,
+    },
+    /// The database's schema is newer than this certsmith.
+    #[error(
+        "{location} has schema version {found}, newer than this certsmith knows ({known}): upgrade certsmith on this machine"
+    )]
+    SchemaTooNew {
+        /// The database, without a password.
+        location: String,
+        /// The schema version found.
+        found: i32,
+        /// The newest this certsmith knows.
+        known: i32,
+    },
+    /// A database request failed.
+    #[error("cannot {action} {location}: {message}")]
+    Database {
+        /// The database, without a password.
+        location: String,
+        /// What was being done, e.g. "connect to".
+        action: &'static str,
+        /// The server's or the client's words.
+        message: String,
     },
     /// Something stored does not parse.
     #[error("{path} is corrupt: {reason}")]
@@ -505,6 +551,9 @@ pub struct RateLimitRecord {
     pub recorded_at: String,
 }
 
+/// How a lease that expires is extended: called with its token.
+pub type LeaseRenewer = Box<dyn Fn(u64) -> Result<(), StoreError> + Send + Sync>;
+
 /// A held lease: exclusive work on a scope (`run` for a whole batch) until
 /// dropped. Its fencing token grows with every lease taken on the scope,
 /// so a backend shared by several machines can refuse a commit from a
@@ -512,7 +561,7 @@ pub struct RateLimitRecord {
 pub struct Lease {
     token: u64,
     holder: String,
-    renewer: Option<Box<dyn Fn(u64) -> Result<(), StoreError> + Send + Sync>>,
+    renewer: Option<LeaseRenewer>,
     _guard: Box<dyn fmt::Debug + Send + Sync>,
 }
 
@@ -558,10 +607,7 @@ impl Lease {
     }
 
     /// Gives the lease a way to renew itself (see [`Lease::renew`]).
-    pub fn with_renewer(
-        mut self,
-        renew: Box<dyn Fn(u64) -> Result<(), StoreError> + Send + Sync>,
-    ) -> Lease {
+    pub fn with_renewer(mut self, renew: LeaseRenewer) -> Lease {
         self.renewer = Some(renew);
         self
     }
@@ -711,6 +757,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
         self.lease(scope, wait)
     }
 
+    /// Requests sent to a database by this process so far, for a backend
+    /// that has one (metrics, benchmarks).
+    fn queries(&self) -> Option<u64> {
+        None
+    }
+
     /// Claims the work on certificate `name` for `ttl` without waiting:
     /// `None` when another worker holds it. The lease's token grows with
     /// every claim of the certificate and is the fence of
@@ -732,6 +784,31 @@ pub trait Storage: Send + Sync + fmt::Debug {
         versions: &[VersionFiles],
         current: Option<u32>,
     ) -> Result<(), StoreError>;
+}
+
+/// The lineage a commit of `record` writes: `lineage` with the stored
+/// history (of `old`) plus `record`; settings `lineage` leaves unset
+/// (account, CA bundle, hook, margin) carry over from `old`, while renewal
+/// state and a revocation belonged to the old version. The same in every
+/// backend.
+pub(crate) fn lineage_for_commit(
+    old: Option<Lineage>,
+    lineage: &Lineage,
+    record: VersionRecord,
+) -> Lineage {
+    let mut lineage = lineage.clone();
+    let mut history = Vec::new();
+    if let Some(old) = old {
+        history = old.versions;
+        lineage.ca_cert = lineage.ca_cert.or(old.ca_cert);
+        lineage.email = lineage.email.or(old.email);
+        lineage.deploy_hook = lineage.deploy_hook.or(old.deploy_hook);
+        lineage.renew_before = lineage.renew_before.or(old.renew_before);
+    }
+    history.retain(|v| v.version != record.version);
+    history.push(record);
+    lineage.versions = history;
+    lineage
 }
 
 /// `url` without a password (`postgres://user:secret@host/db` becomes
@@ -800,12 +877,22 @@ impl Store {
     /// Opens the shared store at `url` (`postgres://…`). `local` is the
     /// directory where the files of the versions this process commits are
     /// also written, for deploy hooks and web servers on this machine.
+    /// The store key comes from `CERTSMITH_STORE_KEY` or
+    /// `CERTSMITH_STORE_KEY_FILE`; without it the store refuses to open.
     pub fn open_url(url: &str, local: Option<PathBuf>) -> Result<Store, StoreError> {
-        let _ = local;
-        Err(StoreError::BadUrl {
-            url: redact_url(url),
-            reason: "only postgres:// URLs are supported".to_owned(),
-        })
+        #[cfg(feature = "postgres")]
+        {
+            let key = pg::StoreKey::from_env(pg::STORE_KEY_VAR, &crate::envfile::process_env)?;
+            pg::PgStore::open(url, key, local).map(Store::new)
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let _ = local;
+            Err(StoreError::BadUrl {
+                url: redact_url(url),
+                reason: "this certsmith was built without the postgres feature".to_owned(),
+            })
+        }
     }
 }
 

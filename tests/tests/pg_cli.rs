@@ -1,0 +1,221 @@
+//! The shared PostgreSQL store through the built binary against a real
+//! Pebble and a real PostgreSQL: what an ephemeral CI runner and a fleet
+//! rely on. A certificate issued by one machine is known to the next
+//! (which orders nothing), its files are written on the machine that
+//! issued it for the deploy hook, nothing runs without the store key, and
+//! `doctor` checks the store.
+
+use std::fs;
+use std::path::Path;
+
+use certsmith_tests::postgres::Postgres;
+use certsmith_tests::{Pebble, PebbleOpts, TempState};
+
+use crate::accounts::{certsmith_env, config, p};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn orders_in_log(pebble: &Pebble) -> usize {
+    fs::read_to_string(pebble.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Added order"))
+        .count()
+}
+
+/// The `store` line of `doctor --output json`.
+fn store_check(run: &crate::accounts::Run) -> Option<serde_json::Value> {
+    run.json()
+        .first()
+        .and_then(|v| v["checks"].as_array().cloned())
+        .and_then(|checks| checks.into_iter().find(|c| c["check"] == "store"))
+}
+
+#[test]
+fn a_certificate_in_the_database_store_is_ordered_once_for_every_machine() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("ci").expect("database");
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        ..PebbleOpts::default()
+    })
+    .expect("pebble");
+    // Two runners: each its own (empty) state directory, one database.
+    let dir = TempState::new().expect("temp dir");
+    let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
+    let cfg_a = config(&pebble, &dir, &state_a);
+    let hook_out = dir.path().join("hook.txt");
+    let hook = format!("cat \"$CERTSMITH_FULLCHAIN\" > {}", p(&hook_out));
+    let env = [
+        ("CERTSMITH_STORE", url.as_str()),
+        ("CERTSMITH_STORE_KEY", KEY),
+    ];
+    let args = |cfg: &Path| -> Vec<String> {
+        [
+            "issue",
+            "--config",
+            p(cfg),
+            "--solver",
+            "challtestsrv",
+            "-d",
+            "ci.example.test",
+            "--email",
+            "ops@example.com",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut first: Vec<String> = args(&cfg_a);
+    first.extend(["--deploy-hook".to_owned(), hook]);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    let run = certsmith_env(&first, &env).ok();
+    assert!(
+        !run.stderr.contains(pg.password()),
+        "the password leaked: {}",
+        run.describe()
+    );
+    // Runner A has the files (for its deploy hook and web server), the
+    // database has the lineage: none on disk.
+    let current = state_a.join("certs/ci.example.test/current");
+    let fullchain = fs::read_to_string(current.join("fullchain.pem")).expect("local copy");
+    assert!(fullchain.contains("BEGIN CERTIFICATE"));
+    assert_eq!(
+        fs::read_to_string(&hook_out).expect("deploy hook ran"),
+        fullchain
+    );
+    assert!(!state_a.join("certs/ci.example.test/lineage.toml").exists());
+    assert_eq!(
+        pg.psql("ci", "SELECT name, current_version FROM certsmith_certs")
+            .expect("psql"),
+        "ci.example.test|1"
+    );
+    let orders = orders_in_log(&pebble);
+
+    // Runner B, from nothing: the same request finds the certificate and
+    // orders nothing; it sees it in `list`.
+    let cfg_b = config(&pebble, &dir, &state_b);
+    let second: Vec<String> = args(&cfg_b);
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let run = certsmith_env(&second, &env).ok();
+    assert!(run.stdout.contains("not due"), "{}", run.describe());
+    assert!(!run.stderr.contains("warning"), "{}", run.describe());
+    // Runner B got the files too, where its web server reads them.
+    let current_b = state_b.join("certs/ci.example.test/current");
+    assert_eq!(
+        fs::read_to_string(current_b.join("fullchain.pem")).expect("copy on B"),
+        fullchain
+    );
+    assert!(current_b.join("privkey.pem").is_file());
+    assert!(
+        run.stdout.contains(p(&current_b.join("privkey.pem"))),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(orders_in_log(&pebble), orders, "runner B ordered again");
+    let list = certsmith_env(&["list", "--config", p(&cfg_b), "--output", "json"], &env).ok();
+    let about = list.about("ci.example.test");
+    assert_eq!(
+        about["domains"][0],
+        "ci.example.test",
+        "{}",
+        list.describe()
+    );
+    // One account for both runners.
+    assert_eq!(
+        pg.psql("ci", "SELECT count(*) FROM certsmith_accounts")
+            .expect("psql"),
+        "1"
+    );
+
+    // Without the key nothing runs, and the error says what to set.
+    let run = certsmith_env(&second, &[("CERTSMITH_STORE", url.as_str())]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("CERTSMITH_STORE_KEY"),
+        "{}",
+        run.describe()
+    );
+    // The wrong key: named by its id, never shown.
+    let wrong = "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let run = certsmith_env(
+        &second,
+        &[
+            ("CERTSMITH_STORE", url.as_str()),
+            ("CERTSMITH_STORE_KEY", wrong),
+        ],
+    );
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr
+            .contains("is not the key this store is encrypted with")
+            && !run.stderr.contains(wrong),
+        "{}",
+        run.describe()
+    );
+
+    // doctor: the store check passes with the key, fails without.
+    let ok = certsmith_env(&["doctor", "--config", p(&cfg_b), "--output", "json"], &env);
+    let store_line = store_check(&ok);
+    assert_eq!(
+        store_line.as_ref().map(|v| v["status"].clone()),
+        Some("ok".into()),
+        "{}",
+        ok.describe()
+    );
+    let bad = certsmith_env(
+        &["doctor", "--config", p(&cfg_b), "--output", "json"],
+        &[("CERTSMITH_STORE", url.as_str())],
+    );
+    let store_line = store_check(&bad);
+    assert_eq!(
+        store_line.map(|v| v["status"].clone()),
+        Some("fail".into()),
+        "{}",
+        bad.describe()
+    );
+}
+
+#[test]
+fn the_config_file_names_the_store() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("cfg").expect("database");
+    let pebble = Pebble::start(PebbleOpts::default()).expect("pebble");
+    let dir = TempState::new().expect("temp dir");
+    let state = dir.path().join("state");
+    let cfg = config(&pebble, &dir, &state);
+    let mut text = fs::read_to_string(&cfg).expect("read");
+    text.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
+    fs::write(&cfg, text).expect("write");
+    certsmith_env(
+        &[
+            "issue",
+            "--config",
+            p(&cfg),
+            "--solver",
+            "challtestsrv",
+            "-d",
+            "cfg.example.test",
+            "--email",
+            "ops@example.com",
+        ],
+        &[("CERTSMITH_STORE_KEY", KEY)],
+    )
+    .ok();
+    assert_eq!(
+        pg.psql("cfg", "SELECT name FROM certsmith_certs")
+            .expect("psql"),
+        "cfg.example.test"
+    );
+    // A bad URL in the file is a config error naming the key.
+    let mut text = fs::read_to_string(&cfg).expect("read");
+    text = text.replace(&url, "mysql://nope/x");
+    fs::write(&cfg, text).expect("write");
+    let run = certsmith_env(&["config", "check", "--config", p(&cfg)], &[]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("store.url") || run.stdout.contains("store.url"),
+        "{}",
+        run.describe()
+    );
+}
