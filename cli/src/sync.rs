@@ -80,6 +80,11 @@ fn open(global: &GlobalArgs) -> Result<Store, Failure> {
                 .or(Some("fix the config file")),
         )
     })?;
+    // A shared store is opened without a local copy of its files: the
+    // sync directory is the only place this command writes.
+    if let Some(url) = setup::store_url(global, config.as_ref()) {
+        return Ok(Store::open_url(&url, None)?);
+    }
     setup::open_store_read_only(global, config.as_ref())
 }
 

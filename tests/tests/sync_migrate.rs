@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use certsmith_core::store::{PendingOrder, RateLimitRecord, Store};
 use certsmith_tests::{Pebble, PebbleOpts, TempState};
 
-use crate::accounts::{Run, certsmith, config, issue, p};
+use crate::accounts::{Run, certsmith, certsmith_env, config, issue, p};
 use crate::json_schema::{migrate_lines, sync_lines};
 
 /// A Pebble, a config on it, and a state directory.
@@ -627,4 +627,109 @@ fn sync_follow_picks_up_a_renewal_and_stops_on_sigterm_with_exit_0() {
         "{}",
         r.describe()
     );
+}
+
+#[test]
+fn migrate_into_postgres_and_back_keeps_everything_and_a_node_syncs_from_it() {
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let pg = certsmith_tests::postgres::Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("fleet").expect("database");
+    let s = setup();
+    issue(&s.conf, "a.test", &[]).ok();
+    renew(&s.conf, "a.test");
+    issue(&s.conf, "b.test", &[]).ok();
+    let env = [("CERTSMITH_STORE_KEY", KEY)];
+    let migrate_env = |from: &str, to: &str| {
+        certsmith_env(
+            &[
+                "store", "migrate", "--from", from, "--to", to, "--output", "json",
+            ],
+            &env,
+        )
+    };
+
+    // The directory into the database.
+    let r = migrate_env(p(&s.state), &url).ok();
+    let m = &migrate_lines(&r)[0]["migrated"];
+    assert_eq!(
+        (&m["certificates"], &m["versions"], &m["verified"]),
+        (&2.into(), &3.into(), &true.into()),
+        "{}",
+        r.describe()
+    );
+    assert!(!r.stdout.contains(pg.password()), "{}", r.describe());
+    assert!(!r.stderr.contains(pg.password()), "{}", r.describe());
+
+    // A web node syncs from the database through a role that may only
+    // read (SELECT): the current files, nothing else, and no local copy
+    // of the store is made.
+    pg.psql(
+        "fleet",
+        "CREATE ROLE web LOGIN PASSWORD 'web-pw'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO web",
+    )
+    .expect("a read-only role");
+    let web_url = url.replacen(
+        &format!("{}:{}@", certsmith_tests::postgres::ROLE, pg.password()),
+        "web:web-pw@",
+        1,
+    );
+    assert_ne!(web_url, url, "the URL names the role");
+    let home = s.dir.root().join("home");
+    fs::create_dir_all(&home).expect("home");
+    let to = s.dir.root().join("web");
+    let r = certsmith_env(
+        &[
+            "sync",
+            "--store",
+            &web_url,
+            "--to",
+            p(&to),
+            "--output",
+            "json",
+        ],
+        &[("CERTSMITH_STORE_KEY", KEY), ("HOME", p(&home))],
+    )
+    .ok();
+    sync_lines(&r);
+    assert_eq!(r.about("a.test")["version"], 2, "{}", r.describe());
+    for (name, v) in [("a.test", 2), ("b.test", 1)] {
+        for file in ["fullchain.pem", "privkey.pem"] {
+            assert_eq!(
+                fs::read(to.join(format!("certs/{name}/current/{file}"))).expect("synced"),
+                fs::read(s.state.join(format!("certs/{name}/versions/{v}/{file}")))
+                    .expect("stored"),
+                "{name} {file}"
+            );
+        }
+    }
+    assert_eq!(
+        fs::read_dir(&home).expect("home").count(),
+        0,
+        "no state directory made"
+    );
+
+    // Back into a fresh directory: byte for byte what the first held.
+    let back = s.dir.root().join("back");
+    let r = migrate_env(&url, p(&back)).ok();
+    assert_eq!(migrate_lines(&r)[0]["migrated"]["verified"], true);
+    assert_eq!(accounts_tree(&back), accounts_tree(&s.state));
+    assert_eq!(certs_tree(&back), certs_tree(&s.state));
+
+    // Into the database again: refused, nothing copied.
+    let count = || {
+        pg.psql("fleet", "SELECT count(*) FROM certsmith_versions")
+            .expect("psql")
+            .trim()
+            .to_owned()
+    };
+    let before = count();
+    let r = migrate_env(p(&s.state), &url);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    assert!(
+        r.stderr.contains("a certificate named 'a.test'")
+            && r.stderr.contains("a certificate named 'b.test'"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(count(), before);
 }
