@@ -58,6 +58,9 @@ fn open(location: &str, flag: &str, create: bool) -> Result<Store, Failure> {
             StoreError::BadUrl { .. } => {
                 format!("{flag} takes a directory or a postgres://USER@HOST/DB URL")
             }
+            StoreError::NoStoreKey | StoreError::WrongStoreKey { .. } => format!(
+                "set CERTSMITH_STORE_KEY (or CERTSMITH_STORE_KEY_FILE) to the key of the store of {flag}"
+            ),
             _ => format!("check {flag}: a directory this user can use, or a store URL"),
         };
         Failure {
