@@ -161,6 +161,41 @@ Examples:
   # One JSON object per certificate, for monitoring
   certsmith list --output json --cert-name example.com";
 
+/// `certsmith sync --help`.
+pub(crate) const SYNC: &str = "\
+Examples:
+  # Once: every certificate of the state directory into /etc/ssl/certsmith
+  certsmith sync --state-dir /var/lib/certsmith --to /etc/ssl/certsmith
+
+  # A web node of a fleet: two certificates from the shared store, nginx
+  # reloaded after each change, a pass every 5 minutes until stopped
+  certsmith sync --store postgres://web@db.internal/certsmith --to /etc/ssl/certsmith \\
+      --name example.com --name api.example.com \\
+      --deploy-hook 'systemctl reload nginx' --follow --interval 5m
+
+Servers read DIR/certs/NAME/current/fullchain.pem and privkey.pem; current is
+switched atomically to a complete version. No account key is copied.";
+
+/// `certsmith store --help`.
+pub(crate) const STORE: &str = "\
+Examples:
+  # A state directory into a fleet's database, and back
+  certsmith store migrate --from /var/lib/certsmith --to postgres://certsmith@db/certsmith
+  certsmith store migrate --from postgres://certsmith@db/certsmith --to /var/lib/certsmith-copy";
+
+/// `certsmith store migrate --help`.
+pub(crate) const STORE_MIGRATE: &str = "\
+Examples:
+  # Copy a state directory into another (created if needed), then verify it
+  certsmith store migrate --from /var/lib/certsmith --to /srv/certsmith-state
+
+  # Into a fleet's database (stop certsmith runs on the source first)
+  certsmith store migrate --from /var/lib/certsmith --to postgres://certsmith@db/certsmith
+
+Nothing in the destination is replaced: a certificate of the same name, a
+different account for the same CA or a different journal entry is refused,
+naming it, before anything is copied.";
+
 /// `certsmith account --help`.
 pub(crate) const ACCOUNT: &str = "\
 Examples:

@@ -36,7 +36,7 @@ pub(crate) struct HookArgs {
     pub(crate) hook_timeout: Option<Duration>,
 }
 
-fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+pub(crate) fn non_empty(flag: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
     move |s: &str| {
         if s.trim().is_empty() {
             Err(format!(

@@ -27,7 +27,9 @@ mod run;
 mod scaffold;
 mod setup;
 mod solvers;
+mod store_cmd;
 mod summary;
+mod sync;
 mod term;
 
 use std::path::PathBuf;
@@ -150,6 +152,13 @@ enum Command {
     /// List stored certificates: expiry, next renewal and why, state.
     #[command(after_help = help::LIST)]
     List(list::ListArgs),
+    /// Copy the store's current certificates into a directory (a web
+    /// node's copy; --follow keeps it up to date).
+    #[command(after_help = help::SYNC)]
+    Sync(sync::SyncArgs),
+    /// Operations on a whole store: migrate it into another.
+    #[command(subcommand, after_help = help::STORE)]
+    Store(store_cmd::StoreCommand),
     /// Show, deactivate or re-key the ACME account.
     #[command(subcommand, after_help = help::ACCOUNT)]
     Account(account::AccountCommand),
@@ -315,6 +324,8 @@ fn main() -> ExitCode {
             Command::List(args) => list::run(&cli.global, args).await,
             Command::Delete(args) => manage::delete(&cli.global, args).await,
             Command::Rename(args) => manage::rename(&cli.global, args).await,
+            Command::Sync(args) => sync::run(&cli.global, args).await,
+            Command::Store(cmd) => store_cmd::run(&cli.global, cmd).await,
             Command::Account(cmd) => account::run(&cli.global, cmd).await,
             Command::Config(cmd) => config_cmd::run(&cli.global, cmd).await,
             Command::Solvers(cmd) => solvers::run_solvers(&cli.global, cmd).await,

@@ -291,6 +291,9 @@ static CANCEL: OnceLock<CancelToken> = OnceLock::new();
 /// Whether a batch that cleans up on cancellation is running; without one,
 /// a signal ends the process at once.
 static BATCH: AtomicBool = AtomicBool::new(false);
+/// Whether a command that repeats until stopped is running: the first
+/// signal cancels the token and the command ends with exit 0.
+static FOLLOW: AtomicBool = AtomicBool::new(false);
 /// `-q`: the signal handler's notice is not printed.
 static QUIET: AtomicBool = AtomicBool::new(false);
 /// `certsmith daemon` runs: the first signal stops it gracefully ([`STOP`]).
@@ -302,6 +305,13 @@ static STOP: OnceLock<CancelToken> = OnceLock::new();
 /// Records `-q` for the signal handler.
 pub(crate) fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::SeqCst);
+}
+
+/// Makes the first SIGINT or SIGTERM cancel [`cancel_token`] instead of
+/// ending the process: for a command that repeats until stopped and then
+/// exits 0 (`sync --follow`). A second signal ends it at once (130).
+pub(crate) fn stop_on_signal() {
+    FOLLOW.store(true, Ordering::SeqCst);
 }
 
 /// The token the first SIGINT or SIGTERM cancels.
@@ -333,6 +343,17 @@ pub(crate) fn install_signal_handlers() -> std::io::Result<JoinHandle<()>> {
         tokio::select! {
             _ = int.recv() => {},
             _ = term.recv() => {},
+        }
+        if FOLLOW.load(Ordering::SeqCst) {
+            // A command that repeats until stopped (`sync --follow`):
+            // stopping is how it ends, not an interruption.
+            token.cancel();
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!("error: interrupted again");
+            std::process::exit(i32::from(exit::INTERRUPTED));
         }
         if DAEMON.load(Ordering::SeqCst) {
             if !QUIET.load(Ordering::SeqCst) {

@@ -503,7 +503,12 @@ fn read_only_commands_create_nothing() {
     let typo = tmp.file("stat-dir");
     let typo_s = p(&typo);
 
-    for cmd in [&["list"][..], &["account", "show"][..]] {
+    let sync_to = tmp.file("web");
+    for cmd in [
+        &["list"][..],
+        &["account", "show"][..],
+        &["sync", "--to", p(&sync_to)][..],
+    ] {
         let args = [cmd, &["--state-dir", typo_s]].concat();
         let r = certsmith(h, &args, &[]).fails(2);
         assert!(
@@ -527,6 +532,10 @@ fn read_only_commands_create_nothing() {
         // The same through the variable and through the config file.
         certsmith(h, cmd, &[("CERTSMITH_STATE_DIR", typo_s)]).fails(2);
     }
+    assert!(
+        !sync_to.exists(),
+        "sync created its --to for a missing store"
+    );
     let conf = tmp.file("certsmith.toml");
     write(
         &conf,

@@ -37,3 +37,4 @@ mod progress;
 mod propagation_modes;
 mod secrets;
 mod store_compat;
+mod sync_migrate;

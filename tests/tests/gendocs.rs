@@ -13,7 +13,7 @@ use certsmith_tests::{TempState, certsmith_bin};
 
 /// The top-level commands every completion script and the man pages must
 /// know (a subset: enough to tell a real script from an empty one).
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 10] = [
     "issue",
     "run",
     "renew",
@@ -22,6 +22,8 @@ const COMMANDS: [&str; 8] = [
     "doctor",
     "completions",
     "man",
+    "sync",
+    "store",
 ];
 
 fn run(cmd: &mut Command) -> Output {

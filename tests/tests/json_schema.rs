@@ -19,6 +19,8 @@ enum Ty {
     Int,
     Bool,
     StrList,
+    /// A list of integers.
+    IntList,
     /// One of these strings.
     OneOf(&'static [&'static str]),
     /// An object checked against this schema.
@@ -281,6 +283,71 @@ pub(crate) fn check_daemon_line(v: &Value) -> Result<(), String> {
 
 /// Checks one line of a `--dry-run` output (tests/tests/cli12.rs runs
 /// them): a certificate's object, or the summary of `run`/`renew`.
+/// `sync`: one object per certificate.
+const SYNC: &Schema = &[
+    ("name", Ty::Str, R),
+    ("domains", Ty::StrList, R),
+    ("action", Ty::OneOf(&["updated", "unchanged", "failed"]), R),
+    ("version", INT_OR_NULL, R),
+    ("previous_version", INT_OR_NULL, R),
+    ("path", STR_OR_NULL, R),
+    ("pruned", Ty::IntList, R),
+    ("deploy_hook", Ty::Null(&Ty::Obj(HOOK)), R),
+    ("error", Ty::Null(&Ty::Obj(ERROR_BODY)), R),
+];
+const SYNC_COUNTS: &Schema = &[
+    ("to", Ty::Str, R),
+    ("total", Ty::Int, R),
+    ("updated", Ty::Int, R),
+    ("unchanged", Ty::Int, R),
+    ("failed", Ty::Int, R),
+];
+/// `sync`: the summary after each pass's certificates.
+const SYNC_SUMMARY: &Schema = &[
+    ("sync_summary", Ty::Obj(SYNC_COUNTS), R),
+    ("exit_code", Ty::Int, R),
+];
+const MIGRATED: &Schema = &[
+    ("from", Ty::Str, R),
+    ("to", Ty::Str, R),
+    ("accounts", Ty::Int, R),
+    ("accounts_present", Ty::Int, R),
+    ("certificates", Ty::Int, R),
+    ("versions", Ty::Int, R),
+    ("pending_orders", Ty::Int, R),
+    ("journal_entries", Ty::Int, R),
+    ("rate_limits", Ty::Int, R),
+    ("verified", Ty::Bool, R),
+];
+/// `store migrate`: one object.
+const MIGRATE: &Schema = &[("migrated", Ty::Obj(MIGRATED), R)];
+
+/// Checks every stdout line of a `sync` run (certificates, summaries,
+/// error lines); returns the lines.
+pub(crate) fn sync_lines(r: &Run) -> Vec<Value> {
+    let values = r.json();
+    assert!(!values.is_empty(), "no JSON on stdout: {}", r.describe());
+    for v in &values {
+        let result = if v.get("sync_summary").is_some() {
+            check(v, SYNC_SUMMARY, "sync summary")
+        } else if v.get("error").is_some() && v.get("domains").is_none() {
+            check(v, ERROR, "error line")
+        } else {
+            check(v, SYNC, "sync line")
+        };
+        if let Err(e) = result {
+            panic!("{e}\n{}", r.describe());
+        }
+    }
+    values
+}
+
+/// Checks the stdout of a `store migrate` run (its object or an error
+/// line); returns the lines.
+pub(crate) fn migrate_lines(r: &Run) -> Vec<Value> {
+    lines(r, MIGRATE, None, false)
+}
+
 pub(crate) fn check_dry_run_line(v: &Value) -> Result<(), String> {
     if v.get("summary").is_some() {
         check(v, SUMMARY, "dry-run summary")
@@ -295,6 +362,9 @@ fn check_ty(v: &Value, ty: Ty, at: &str) -> Result<(), String> {
         Ty::Int => v.is_i64() || v.is_u64(),
         Ty::Bool => v.is_boolean(),
         Ty::StrList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        Ty::IntList => v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|n| n.is_i64() || n.is_u64())),
         Ty::OneOf(words) => v.as_str().is_some_and(|s| words.contains(&s)),
         Ty::Obj(schema) => return check(v, schema, at),
         Ty::ObjList(schema) => {
@@ -518,6 +588,20 @@ fn every_command_output_matches_docs_json_md() {
     );
     let r = json(&["renew", "--config", c, "--cert-name", "csr.test", "--force"]).ok();
     assert!(lines(&r, BATCH, None, true)[0]["privkey_path"].is_null());
+
+    // sync and store migrate (sync_migrate.rs checks what they do).
+    let to = format!("{s}-sync");
+    let r = json(&["sync", "--state-dir", s, "--to", &to]).ok();
+    assert!(sync_lines(&r).len() >= 2, "{}", r.describe());
+    let r = json(&["sync", "--state-dir", s, "--to", &to, "--name", "none.test"]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    sync_lines(&r);
+    let copy = format!("{s}-copy");
+    let r = json(&["store", "migrate", "--from", s, "--to", &copy]).ok();
+    migrate_lines(&r);
+    let r = json(&["store", "migrate", "--from", s, "--to", &copy]);
+    assert_eq!(r.code, Some(2), "{}", r.describe());
+    migrate_lines(&r);
 
     // Usage errors, from clap and after parsing.
     for args in [&["list", "--no-such-flag"][..], &["list", "-q", "-v"][..]] {

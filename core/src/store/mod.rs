@@ -30,8 +30,10 @@
 pub mod conformance;
 mod fs;
 mod fsio;
+pub mod migrate;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 

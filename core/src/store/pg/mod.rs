@@ -551,6 +551,18 @@ impl PgStore {
         let inner = self.inner.clone();
         self.block(async move {
             let mut c = inner.conn().await?;
+            // A schema already at this version needs nothing, and is read
+            // without a write: a role that may only read (a web node's,
+            // for `certsmith sync`) can open the store.
+            let current = c
+                .query_opt("SELECT max(version) FROM certsmith_schema", &[])
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.get::<_, Option<i32>>(0));
+            if current == Some(schema::latest()) {
+                return Ok(());
+            }
             let tx = c
                 .transaction()
                 .await
@@ -614,20 +626,29 @@ impl PgStore {
         let inner = self.inner.clone();
         self.block(async move {
             let c = inner.conn().await?;
-            let check = inner.seal(b"certsmith store key", "meta:key_check")?;
-            inner
-                .execute(
-                    &*c,
-                    "record the store key of",
-                    "INSERT INTO certsmith_meta (key, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING",
-                    &[&check],
-                )
-                .await?;
-            let sealed: Vec<u8> = inner
-                .query_opt(&*c, "read the key check of", "SELECT value FROM certsmith_meta WHERE key = 'key_check'", &[])
-                .await?
-                .map(|r| r.get(0))
-                .unwrap_or_default();
+            let read = || async {
+                inner
+                    .query_opt(&*c, "read the key check of", "SELECT value FROM certsmith_meta WHERE key = 'key_check'", &[])
+                    .await
+                    .map(|row| row.map(|r| r.get::<_, Vec<u8>>(0)))
+            };
+            // Recorded once; read first, so that a role that may only read
+            // opens a store whose key is recorded.
+            let sealed = match read().await? {
+                Some(sealed) => sealed,
+                None => {
+                    let check = inner.seal(b"certsmith store key", "meta:key_check")?;
+                    inner
+                        .execute(
+                            &*c,
+                            "record the store key of",
+                            "INSERT INTO certsmith_meta (key, value) VALUES ('key_check', $1) ON CONFLICT DO NOTHING",
+                            &[&check],
+                        )
+                        .await?;
+                    read().await?.unwrap_or_default()
+                }
+            };
             inner.open(&sealed, "meta:key_check").map(drop)
         })
     }
