@@ -196,6 +196,17 @@ Nothing in the destination is replaced: a certificate of the same name, a
 different account for the same CA or a different journal entry is refused,
 naming it, before anything is copied.";
 
+/// `certsmith store rotate-key --help`.
+pub(crate) const STORE_ROTATE_KEY: &str = "\
+Examples:
+  # New key, then rotate (the old key stays in CERTSMITH_STORE_KEY)
+  export CERTSMITH_STORE_NEW_KEY=$(openssl rand -base64 32)
+  certsmith store rotate-key --store postgres://certsmith@db/certsmith
+
+Everything is re-encrypted in one transaction; writers wait meanwhile.
+Afterwards give every certsmith using the store the new key: a process
+still holding the old one refuses to write, and cannot read private keys.";
+
 /// `certsmith account --help`.
 pub(crate) const ACCOUNT: &str = "\
 Examples:

@@ -1,5 +1,5 @@
 //! `certsmith store …`: operations on a whole store rather than on one
-//! certificate (`store migrate`).
+//! certificate (`store migrate`, `store rotate-key`).
 //!
 //! Why this module exists: to give `certsmith_core::store::migrate` a
 //! command line. A LOCATION is a directory (a state directory) or a store
@@ -23,6 +23,11 @@ pub(crate) enum StoreCommand {
     /// verify the copy. Nothing in the destination is replaced.
     #[command(after_help = crate::help::STORE_MIGRATE)]
     Migrate(MigrateArgs),
+    /// Re-encrypt every private key of a database store (--store) with a
+    /// new key, in one transaction: the old key in CERTSMITH_STORE_KEY, the
+    /// new one in CERTSMITH_STORE_NEW_KEY (or their _FILE forms).
+    #[command(name = "rotate-key", after_help = crate::help::STORE_ROTATE_KEY)]
+    RotateKey,
 }
 
 /// `store migrate`.
@@ -99,7 +104,82 @@ fn failure(e: &MigrateError) -> Failure {
 pub(crate) async fn run(global: &GlobalArgs, cmd: StoreCommand) -> u8 {
     match cmd {
         StoreCommand::Migrate(args) => run_migrate(global, args).await,
+        StoreCommand::RotateKey => run_rotate_key(global).await,
     }
+}
+
+/// The variable holding the new key of `store rotate-key`.
+const NEW_KEY_VAR: &str = "CERTSMITH_STORE_NEW_KEY";
+
+async fn run_rotate_key(global: &GlobalArgs) -> u8 {
+    use certsmith_core::store::pg::{PgStore, STORE_KEY_VAR, StoreKey};
+    let env = certsmith_core::envfile::process_env;
+    let usage = |message: String, hint: &str| Failure {
+        code: exit::USAGE,
+        class: "store",
+        message,
+        hint: Some(hint.to_owned()),
+    };
+    let config = match crate::setup::load_config(global) {
+        Ok(c) => c,
+        Err(e) => return crate::setup::report_config_errors(global, &e),
+    };
+    let Some(url) = crate::setup::store_url(global, config.as_ref()) else {
+        return usage(
+            "store rotate-key needs a database store: there is none to rotate (the state directory's keys are files, 0600)".to_owned(),
+            "pass --store postgres://USER@HOST/DB (or set CERTSMITH_STORE, or [store] url)",
+        )
+        .report(global, None);
+    };
+    let keys = StoreKey::from_env(STORE_KEY_VAR, &env)
+        .and_then(|old| StoreKey::from_env(NEW_KEY_VAR, &env).map(|new| (old, new)));
+    let (old, new) = match keys {
+        Ok((old, Some(new))) => (old, new),
+        Ok((_, None)) => {
+            return usage(
+                format!("{NEW_KEY_VAR} is not set"),
+                "set CERTSMITH_STORE_NEW_KEY (or CERTSMITH_STORE_NEW_KEY_FILE) to the new key: 32 random bytes in base64, e.g. from `openssl rand -base64 32`",
+            )
+            .report(global, None);
+        }
+        Err(e) => return Failure::from(e).report(global, None),
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        let store = PgStore::open(&url, old, None)?;
+        let rotated = store.rotate_key(&new)?;
+        Ok::<_, StoreError>((store, rotated, new.id_hex()))
+    })
+    .await;
+    let (store, rotated, id) = match done {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Failure::from(e).report(global, None),
+        Err(e) => {
+            return Failure::usage(format!("the rotation task failed: {e}"), None)
+                .report(global, None);
+        }
+    };
+    use certsmith_core::store::Storage as _;
+    match global.output {
+        OutputFormat::Json => print_json(&json!({
+            "rotated": {
+                "store": store.location(),
+                "key_id": id,
+                "accounts": rotated.accounts,
+                "private_keys": rotated.keys,
+                "pending_orders": rotated.pending_orders,
+            }
+        })),
+        OutputFormat::Text => {
+            outln!("re-encrypted {} with key {id}:", store.location());
+            outln!("  accounts:       {}", rotated.accounts);
+            outln!("  private keys:   {}", rotated.keys);
+            outln!("  pending orders: {}", rotated.pending_orders);
+            outln!(
+                "now give every certsmith using this store the new key as CERTSMITH_STORE_KEY (processes with the old one refuse to write)"
+            );
+        }
+    }
+    exit::OK
 }
 
 async fn run_migrate(global: &GlobalArgs, args: MigrateArgs) -> u8 {

@@ -440,6 +440,7 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
         created_unix: 1_700_000_000,
         pid: 1,
         pid_start: 0,
+        boot_id: String::new(),
         solver: "challtestsrv".into(),
         options: BTreeMap::new(),
         request: certsmith_plugin_api::ChallengeRequest::new(

@@ -162,7 +162,16 @@ impl Shared {
     /// The text of `/metrics`.
     async fn scrape(&self) -> Result<String, String> {
         let certs = self.survey().await?;
-        Ok(self.metrics.render(&certs))
+        let mut text = self.metrics.render(&certs);
+        if let Some(n) = self.store.queries() {
+            // The database's load per certificate (benchmarks, capacity).
+            text.push_str(
+                "# HELP certsmith_store_queries_total Statements this process sent to the store's database.\n\
+                 # TYPE certsmith_store_queries_total counter\n",
+            );
+            text.push_str(&format!("certsmith_store_queries_total {n}\n"));
+        }
+        Ok(text)
     }
 
     /// `Ok` when the loop ran recently and the store is readable, else why not.

@@ -515,6 +515,7 @@ mod tests {
             created_unix: 1,
             pid: 1,
             pid_start: 0,
+            boot_id: String::new(),
             solver: "webroot".into(),
             options: BTreeMap::new(),
             request: ChallengeRequest::new(ChallengeType::Http01, "j.test", token, "k", 1),
