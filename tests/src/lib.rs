@@ -47,6 +47,7 @@ mod conn_server;
 pub mod digitalocean;
 pub mod dns;
 pub mod fault_proxy;
+pub mod fleet;
 pub mod gcloud;
 pub mod hetzner;
 mod http;

@@ -21,6 +21,7 @@ mod doctor_catalogue;
 mod eab;
 mod ergonomics;
 mod faults;
+mod fleet;
 mod gendocs;
 mod harness;
 mod hints;

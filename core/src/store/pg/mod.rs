@@ -48,8 +48,10 @@ use super::{
 use crate::keys::PrivateKeyPem;
 
 /// How long a `run`, `account` or name lease lives without renewal; the
-/// holder renews it every third of that while it holds it.
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
+/// holder renews it every third of that while it holds it. Short, because
+/// a holder that dies (SIGKILL, a lost machine) blocks its scope this long:
+/// the cleanup of its presented challenges waits for its name leases.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
 
 /// At most this many connections per process.
 const MAX_CONNECTIONS: usize = 8;

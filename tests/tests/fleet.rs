@@ -1,0 +1,161 @@
+//! A fleet: four `certsmith daemon` processes, each with its own state
+//! directory (as on four machines), sharing one PostgreSQL store, issue
+//! 500 certificates from Pebble while one of them is killed with SIGKILL
+//! midway (no cleanup, its leases left to expire). Every certificate ends
+//! with exactly one version, nothing is ordered twice except what the dead
+//! daemon had in flight, and nothing is left behind: no journal entry, no
+//! pending order, no live lease.
+
+use std::time::{Duration, Instant};
+
+use certsmith_tests::fleet::{self, FleetDaemon};
+use certsmith_tests::postgres::Postgres;
+use certsmith_tests::{Pebble, PebbleOpts, TempState};
+
+const CERTS: usize = 500;
+const DAEMONS: usize = 4;
+const CONCURRENCY: usize = 4;
+
+fn orders_at_ca(pebble: &Pebble) -> usize {
+    std::fs::read_to_string(pebble.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Added order"))
+        .count()
+}
+
+fn count(pg: &Postgres, sql: &str) -> usize {
+    pg.psql("fleet", sql)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[test]
+fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("fleet").unwrap_or_else(|e| panic!("{e}"));
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let dir = TempState::new().expect("temp dir");
+    let config = fleet::write_config(&pebble, dir.path(), CERTS, CONCURRENCY).expect("config");
+    let mut daemons: Vec<FleetDaemon> = (0..DAEMONS)
+        .map(|i| {
+            FleetDaemon::start(
+                &config,
+                &url,
+                &dir.path().join(format!("node-{i}")),
+                &["--lease-ttl", "5s"],
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let describe = |daemons: &[FleetDaemon]| -> String {
+        daemons
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("--- node-{i} stderr (tail)\n{}", d.log_tail(30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let start = Instant::now();
+    let deadline = Duration::from_secs(600);
+    // Kill one node once a fifth of the certificates are stored: it has
+    // orders in flight and leases held.
+    while fleet::issued(&pg, "fleet").unwrap_or(0) < CERTS / 5 {
+        assert!(
+            start.elapsed() < deadline,
+            "too slow before the kill\n{}",
+            describe(&daemons)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemons[0].kill9();
+    let killed_at = start.elapsed();
+    loop {
+        let n = fleet::issued(&pg, "fleet").unwrap_or(0);
+        if n == CERTS {
+            break;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{n} of {CERTS} issued after {:?}\n{}",
+            start.elapsed(),
+            describe(&daemons)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "{CERTS} certificates by {DAEMONS} daemons in {took:?} (node-0 killed at {killed_at:?})"
+    );
+
+    // Exactly one version each.
+    assert_eq!(count(&pg, "SELECT count(*) FROM certsmith_versions"), CERTS);
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM certsmith_certs WHERE current_version = 1"
+        ),
+        CERTS
+    );
+    // Ordered once each, but for the orders the dead node had in flight
+    // (at most its concurrency), which the next holder ordered again
+    // after its lease expired, or downloaded when it had been finalized.
+    let orders = orders_at_ca(&pebble);
+    assert!(
+        (CERTS..=CERTS + CONCURRENCY).contains(&orders),
+        "{orders} orders for {CERTS} certificates\n{}",
+        describe(&daemons)
+    );
+    // The survivors ordered everything the dead node did not store.
+    let by_survivors: f64 = daemons[1..]
+        .iter()
+        .map(|d| {
+            d.metric("certsmith_orders_total{result=\"issued\"}")
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(
+        by_survivors >= (CERTS - CERTS / 5 - CONCURRENCY) as f64,
+        "{by_survivors}"
+    );
+    // Nothing left behind once the survivors have swept: the dead node's
+    // presented challenges, its pending orders.
+    let sweep = Instant::now();
+    while count(&pg, "SELECT count(*) FROM certsmith_journal") > 0
+        && sweep.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM certsmith_journal"),
+        0,
+        "{}",
+        describe(&daemons)
+    );
+    assert_eq!(
+        count(&pg, "SELECT count(*) FROM certsmith_pending_orders"),
+        0
+    );
+    for (i, d) in daemons.iter_mut().enumerate().skip(1) {
+        let status = d.terminate(Duration::from_secs(30));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node-{i} did not stop cleanly: {status:?}"
+        );
+    }
+    // Every lease released (the survivors') or expired (the dead node's).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM certsmith_leases WHERE expires_at > now()"
+        ),
+        0
+    );
+}
