@@ -165,6 +165,26 @@ impl FleetDaemon {
         })
     }
 
+    /// CPU seconds (user + system) it has used so far, and its peak RSS in
+    /// KiB, from `/proc` (read before it exits).
+    pub fn usage(&self) -> Option<(f64, u64)> {
+        let pid = self.pid()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime), counted from the state (field 3).
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        Some((ticks / hz, hwm))
+    }
+
     /// Kills it with SIGKILL, as a machine that dies (no cleanup at all).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

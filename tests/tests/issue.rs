@@ -717,7 +717,7 @@ fn concurrent_first_runs_create_one_account() {
 }
 
 #[test]
-fn two_processes_on_one_state_dir_both_succeed() {
+fn two_processes_on_one_state_dir_both_succeed_and_order_a_name_once() {
     let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
     let tmp = TempState::new().expect("temp state");
     let root = root_file(&pebble, &tmp);
@@ -753,62 +753,40 @@ fn two_processes_on_one_state_dir_both_succeed() {
         assert_eq!(lineage_versions(state, name), [1]);
     }
 
-    // The same name twice at once: versions 1 and 2, current at 2.
+    // The same name twice at once: one claims it and orders it; the other
+    // waits for the claim, then finds it stored and not due: one order,
+    // one version, both exit 0.
     let (c, d) = (spawn("same.test"), spawn("same.test"));
-    let (c, d) = (finish(c), finish(d));
-    let mut versions = [c.version, d.version];
-    versions.sort_unstable();
-    assert_eq!(versions, [1, 2]);
-    assert_eq!(current_target(state, "same.test"), Path::new("versions/2"));
-    assert_eq!(versions_listing(state, "same.test"), ["1", "2"]);
-    assert_eq!(lineage_versions(state, "same.test"), [1, 2]);
-    let later = if c.version == 2 { &c } else { &d };
-    check_certificate(later, &pebble, &root, &["same.test"], "ec-p256");
-    // Version 1 is complete too.
-    let earlier = if c.version == 1 { &c } else { &d };
-    let v1 = state.join("certs/same.test/versions/1");
-    let older = Issued {
-        cert: v1.join("cert.pem"),
-        chain: v1.join("chain.pem"),
-        fullchain: v1.join("fullchain.pem"),
-        privkey: v1.join("privkey.pem"),
-        ..earlier.clone()
-    };
-    check_files_of_version(&older, &pebble, &root);
+    let results: Vec<Value> = [c, d]
+        .into_iter()
+        .map(|child| {
+            let r = Run::from_output(child.wait_with_output().expect("wait"));
+            assert_eq!(r.code, Some(0), "{}", r.describe());
+            r.json()
+        })
+        .collect();
+    let mut actions: Vec<&str> = results
+        .iter()
+        .map(|v| v["action"].as_str().unwrap_or_default())
+        .collect();
+    actions.sort_unstable();
+    assert_eq!(actions, ["issued", "skipped"], "{results:?}");
+    let issued = results
+        .iter()
+        .find(|v| v["action"] == "issued")
+        .map(Issued::from_json)
+        .expect("the issued one");
+    assert_eq!(issued.version, 1);
+    check_certificate(&issued, &pebble, &root, &["same.test"], "ec-p256");
+    assert_eq!(current_target(state, "same.test"), Path::new("versions/1"));
+    assert_eq!(versions_listing(state, "same.test"), ["1"]);
+    assert_eq!(lineage_versions(state, "same.test"), [1]);
     assert!(
         walk(state).iter().all(|p| !p
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains(".tmp"))),
         "temporary files left: {:?}",
         walk(state)
-    );
-}
-
-/// [`check_certificate`] for a file set outside `current/`.
-fn check_files_of_version(issued: &Issued, pebble: &Pebble, root: &Path) {
-    let out = openssl(&[
-        "verify",
-        "-CAfile",
-        p(root),
-        "-untrusted",
-        p(&issued.chain),
-        p(&issued.cert),
-    ]);
-    assert!(out.trim_end().ends_with(": OK"), "openssl verify: {out}");
-    let serial = openssl(&["x509", "-in", p(&issued.cert), "-noout", "-serial"]);
-    assert_eq!(
-        norm_serial(serial.trim().trim_start_matches("serial=")),
-        norm_serial(&issued.serial)
-    );
-    assert!(
-        pebble
-            .cert_status_by_serial_blocking(&issued.serial)
-            .expect("Pebble management API")
-            .is_some()
-    );
-    assert_eq!(
-        openssl(&["pkey", "-in", p(&issued.privkey), "-pubout"]),
-        openssl(&["x509", "-in", p(&issued.cert), "-noout", "-pubkey"]),
     );
 }
 

@@ -173,6 +173,7 @@ fn private_keys_are_sealed_and_need_the_store_key() {
         finalized_at: "2026-01-01T00:00:00Z".into(),
         pid: 0,
         pid_start: 0,
+        boot_id: String::new(),
     };
     store
         .put_pending_order("k.example", &order)

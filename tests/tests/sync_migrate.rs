@@ -423,6 +423,7 @@ fn migrate_round_trips_and_refuses_a_taken_name_copying_nothing() {
         finalized_at: "2026-01-01T00:00:00Z".to_owned(),
         pid: 1,
         pid_start: 2,
+        boot_id: String::new(),
     };
     store
         .put_pending_order("b.test", &pending)

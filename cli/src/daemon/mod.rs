@@ -532,6 +532,19 @@ async fn round(ctl: &Ctl<'_>, world: &World, schedule: &mut Schedule) -> Duratio
         .concurrency
         .unwrap_or(certsmith_core::engine::DEFAULT_CONCURRENCY)
         .max(1);
+    // Workers sharing a store start their claims at different places of
+    // the list, so that they do not all contend for the same certificates.
+    if !due.is_empty() {
+        let start = usize::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                ^ std::process::id(),
+        )
+        .unwrap_or(0)
+            % due.len();
+        due.rotate_left(start);
+    }
     let mut queue = due.into_iter();
     loop {
         if ctl.stop.is_cancelled() {

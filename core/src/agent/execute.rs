@@ -12,14 +12,17 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use super::Agent;
-use super::job::{Job, JobError, Outcome};
+use std::time::Duration;
+
+use super::job::{Job, JobError, Outcome, Plan};
+use super::{Agent, CERT_LEASE_TTL, HeldCert};
 use crate::acme::{AccountOptions, AcmeClient};
 use crate::config;
 use crate::engine::{self, CertRequest, Engine, EngineOptions, IssuedCert, RateLimits};
 use crate::error::IssueError;
 use crate::hooks::{HookContext, OrderHooks};
 use crate::renewal;
+use crate::store::StoreError;
 
 impl Agent {
     /// Orders every job planned to be issued or renewed (on one engine:
@@ -33,6 +36,10 @@ impl Agent {
         account: &AccountOptions,
         jobs: &mut [Job],
     ) -> bool {
+        // Every order runs under its certificate's lease, so that a daemon
+        // or another runner sharing the store never orders it at the same
+        // time. A job fenced by its caller (the daemon, `issue`) holds one.
+        let _held = self.claim_unfenced(jobs).await;
         let pending: Vec<usize> = jobs
             .iter()
             .enumerate()
@@ -143,6 +150,52 @@ impl Agent {
             });
         }
         self.cancel.is_cancelled()
+    }
+
+    /// Claims the certificate of each job that orders and is not fenced
+    /// yet, without waiting: one another worker holds is skipped (it is
+    /// ordering it now), and so is one stored since it was planned.
+    async fn claim_unfenced(&self, jobs: &mut [Job]) -> Vec<HeldCert> {
+        let mut held = Vec::new();
+        for job in jobs.iter_mut() {
+            let unfenced = job.plan.as_ref().is_ok_and(|p| p.orders())
+                && job.request.as_ref().is_some_and(|r| r.fence.is_none());
+            if !unfenced || self.dry_run {
+                continue;
+            }
+            match self
+                .claim_cert(&job.name, CERT_LEASE_TTL, Duration::ZERO)
+                .await
+            {
+                Ok(claim) => {
+                    let (store, name) = (self.store.clone(), job.name.clone());
+                    let now =
+                        tokio::task::spawn_blocking(move || renewal::read_current(&store, &name))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten()
+                            .map(|f| f.serial);
+                    if now != job.facts.as_ref().map(|f| f.serial.clone()) {
+                        job.plan = Ok(Plan::Skip(
+                            "another worker stored it since it was planned".to_owned(),
+                        ));
+                        job.request = None;
+                        continue;
+                    }
+                    job.fence_with(claim.lease());
+                    held.push(claim);
+                }
+                Err(StoreError::Locked { .. }) => {
+                    job.plan = Ok(Plan::Skip(
+                        "another worker (a daemon, another run) is ordering it now".to_owned(),
+                    ));
+                    job.request = None;
+                }
+                Err(e) => job.fail(JobError::context(format!("{}: claim", job.name), e)),
+            }
+        }
+        held
     }
 
     /// Records the settings and the next renewal in the lineage after an

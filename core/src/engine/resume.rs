@@ -41,6 +41,7 @@ impl Engine {
             finalized_at: now_rfc3339(),
             pid: std::process::id(),
             pid_start: crate::journal::start_time(std::process::id()),
+            boot_id: crate::journal::boot_id().to_owned(),
         };
         let (store, name) = (self.inner.store.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || store.put_pending_order(&name, &pending))
@@ -96,7 +97,15 @@ impl Engine {
             .map_err(|e| IssueError::Internal(format!("the store reader failed: {e}")))?;
         let pending = match pending {
             // Another process is finalizing this certificate right now: its
-            // order is its own.
+            // order is its own. One of another machine cannot be checked:
+            // it is taken over only by a worker holding the certificate's
+            // lease (then the other worker's lease has passed to it).
+            Ok(Some(p)) if !p.boot_id.is_empty() && p.boot_id != crate::journal::boot_id() => {
+                if req.fence.is_none() {
+                    return Ok(None);
+                }
+                p
+            }
             Ok(Some(p)) if p.pid != 0 && crate::journal::process_alive(p.pid, p.pid_start) => {
                 return Ok(None);
             }

@@ -311,6 +311,7 @@ impl FsStore {
     /// versions never change) and makes it current, without a lineage: a
     /// local copy of a shared store's certificate, where deploy hooks and
     /// web servers read it.
+    #[cfg(feature = "postgres")]
     pub(crate) fn place_version(
         &self,
         name: &str,

@@ -525,6 +525,10 @@ pub struct PendingOrder {
     /// That process's start time (clock ticks since boot).
     #[serde(default)]
     pub pid_start: u64,
+    /// The boot of the machine it ran on (see [`JournalEntry::boot_id`]);
+    /// empty in records written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 impl fmt::Debug for PendingOrder {

@@ -584,6 +584,7 @@ fn a_pending_order_is_kept_private_until_removed() {
         finalized_at: "2026-01-01T00:00:00Z".into(),
         pid: 1,
         pid_start: 0,
+        boot_id: String::new(),
     };
     store.put_pending_order("p.example", &order).expect("put");
     let path = store.root().join("certs/p.example/pending-order.json");
@@ -681,6 +682,7 @@ fn pending_order_writes_and_commits_interleave_safely() {
         finalized_at: "2026-01-01T00:00:00Z".into(),
         pid: 1,
         pid_start: 0,
+        boot_id: String::new(),
     };
     let handles: Vec<_> = (0..4)
         .map(|i| {
