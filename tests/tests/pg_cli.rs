@@ -369,3 +369,67 @@ fn store_rotate_key_re_encrypts_and_the_old_key_stops_working() {
     .ok();
     assert_eq!(listed.about("rot.example.test")["name"], "rot.example.test");
 }
+
+#[test]
+fn run_skips_a_certificate_another_worker_is_ordering() {
+    let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = pg.database("held").expect("database");
+    let pebble = Pebble::start(PebbleOpts::default()).expect("pebble");
+    let dir = TempState::new().expect("temp dir");
+    let cfg = config(&pebble, &dir, &dir.path().join("state"));
+    let mut text = fs::read_to_string(&cfg).expect("read");
+    text = text.replace(
+        "[solvers.challtestsrv]",
+        "solver = \"challtestsrv\"\nemail = \"ops@example.com\"\n\n[solvers.challtestsrv]",
+    );
+    text.push_str("\n[[certificate]]\ndomains = [\"held.example.test\"]\n\n[[certificate]]\ndomains = [\"free.example.test\"]\n");
+    fs::write(&cfg, text).expect("write");
+    // Another worker (a daemon elsewhere) holds the claim on one of them.
+    let other = certsmith_core::store::pg::PgStore::open(
+        &url,
+        Some(certsmith_core::store::pg::StoreKey::parse(KEY, "test").expect("key")),
+        None,
+    )
+    .expect("open");
+    let claim = certsmith_core::store::Storage::cert_lease(
+        &other,
+        "held.example.test",
+        std::time::Duration::from_secs(120),
+    )
+    .expect("claim")
+    .expect("free");
+    let env = [
+        ("CERTSMITH_STORE", url.as_str()),
+        ("CERTSMITH_STORE_KEY", KEY),
+    ];
+    let run = certsmith_env(&["run", "--config", p(&cfg), "--output", "json"], &env).ok();
+    assert_eq!(
+        run.about("free.example.test")["action"],
+        "issued",
+        "{}",
+        run.describe()
+    );
+    let held = run.about("held.example.test");
+    assert_eq!(held["action"], "skipped", "{}", run.describe());
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another worker"),
+        "{held}"
+    );
+    assert_eq!(
+        pg.psql("held", "SELECT name FROM certsmith_certs")
+            .expect("psql"),
+        "free.example.test"
+    );
+    // Released: the next run orders it.
+    drop(claim);
+    let run = certsmith_env(&["run", "--config", p(&cfg), "--output", "json"], &env).ok();
+    assert_eq!(
+        run.about("held.example.test")["action"],
+        "issued",
+        "{}",
+        run.describe()
+    );
+}
