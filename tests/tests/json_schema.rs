@@ -342,6 +342,22 @@ pub(crate) fn sync_lines(r: &Run) -> Vec<Value> {
     values
 }
 
+const ROTATED: &Schema = &[
+    ("store", Ty::Str, R),
+    ("key_id", Ty::Str, R),
+    ("accounts", Ty::Int, R),
+    ("private_keys", Ty::Int, R),
+    ("pending_orders", Ty::Int, R),
+];
+/// `store rotate-key`: one object.
+const ROTATE: &Schema = &[("rotated", Ty::Obj(ROTATED), R)];
+
+/// Checks the stdout of a `store rotate-key` run (its object or an error
+/// line); returns the lines.
+pub(crate) fn rotate_lines(r: &Run) -> Vec<Value> {
+    lines(r, ROTATE, None, false)
+}
+
 /// Checks the stdout of a `store migrate` run (its object or an error
 /// line); returns the lines.
 pub(crate) fn migrate_lines(r: &Run) -> Vec<Value> {

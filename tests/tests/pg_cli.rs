@@ -347,7 +347,7 @@ fn store_rotate_key_re_encrypts_and_the_old_key_stops_working() {
         ],
     )
     .ok();
-    let r = &rotated.json()[0]["rotated"];
+    let r = &crate::json_schema::rotate_lines(&rotated)[0]["rotated"];
     assert_eq!(
         (r["accounts"].as_u64(), r["private_keys"].as_u64()),
         (Some(1), Some(1)),
