@@ -166,7 +166,7 @@ impl Shared {
         if let Some(n) = self.store.queries() {
             // The database's load per certificate (benchmarks, capacity).
             text.push_str(
-                "# HELP certsmith_store_queries_total Statements this process sent to the store's database.\n\
+                "# HELP certsmith_store_queries_total Statements this process sent to the store's database (BEGIN and COMMIT not counted).\n\
                  # TYPE certsmith_store_queries_total counter\n",
             );
             text.push_str(&format!("certsmith_store_queries_total {n}\n"));

@@ -476,18 +476,9 @@ mod tests {
     use certsmith_plugin_api::{ChallengeRequest, ChallengeType};
 
     use super::*;
-    use crate::keys::PrivateKeyPem;
     use crate::store::{AccountKey, Store, VersionRecord};
 
-    fn files(tag: &str) -> CertFiles {
-        CertFiles {
-            cert_pem: format!("CERT {tag}\n"),
-            chain_pem: format!("CHAIN {tag}\n"),
-            fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
-            privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
-            csr_pem: None,
-        }
-    }
+    use crate::store::conformance::files;
 
     fn commit(store: &Store, name: &str, tag: &str) {
         let lineage = Lineage {

@@ -476,18 +476,9 @@ fn prune(versions: &Path, current: u32, previous: Option<u32>) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::PrivateKeyPem;
     use crate::store::{Lineage, VersionRecord};
 
-    fn files(tag: &str) -> CertFiles {
-        CertFiles {
-            cert_pem: format!("CERT {tag}\n"),
-            chain_pem: format!("CHAIN {tag}\n"),
-            fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
-            privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
-            csr_pem: None,
-        }
-    }
+    use crate::store::conformance::files;
 
     fn commit(store: &Store, name: &str, tag: &str) {
         let lineage = Lineage {

@@ -11,38 +11,11 @@ use super::fsio::sanitize;
 use super::*;
 use crate::keys::PrivateKeyPem;
 
-fn files(tag: &str) -> CertFiles {
-    CertFiles {
-        cert_pem: format!("CERT {tag}\n"),
-        chain_pem: format!("CHAIN {tag}\n"),
-        fullchain_pem: format!("CERT {tag}\nCHAIN {tag}\n"),
-        privkey_pem: Some(PrivateKeyPem::new(format!("KEY {tag}\n"))),
-        csr_pem: None,
-    }
-}
+use super::conformance::{files, lineage};
 
-fn lineage() -> Lineage {
-    let mut opts = BTreeMap::new();
-    opts.insert("port".to_owned(), toml::Value::Integer(5002));
-    Lineage {
-        domains: vec!["a.example".into(), "b.example".into()],
-        solver: "standalone".into(),
-        solver_options: opts,
-        key_type: "ec-p256".into(),
-        server: "https://localhost:14000/dir".into(),
-        versions: vec![],
-        ..Lineage::default()
-    }
-}
-
+/// The version record of the tests (serial 01ab).
 fn record() -> VersionRecord {
-    VersionRecord {
-        version: 0,
-        serial: "01ab".into(),
-        not_before: "2025-01-01T00:00:00Z".into(),
-        not_after: "2025-04-01T00:00:00Z".into(),
-        issued_at: "2025-01-01T00:00:01Z".into(),
-    }
+    super::conformance::record("01ab")
 }
 
 fn mode(p: &Path) -> u32 {

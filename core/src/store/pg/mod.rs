@@ -162,6 +162,24 @@ impl Inner {
         }
     }
 
+    async fn begin<'c>(
+        &self,
+        c: &'c mut Client,
+    ) -> Result<tokio_postgres::Transaction<'c>, StoreError> {
+        // BEGIN and COMMIT are not counted in `queries`.
+        c.transaction()
+            .await
+            .map_err(|e| self.err("begin a transaction in", &e))
+    }
+
+    async fn commit(
+        &self,
+        tx: tokio_postgres::Transaction<'_>,
+        action: &'static str,
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(|e| self.err(action, &e))
+    }
+
     fn corrupt(&self, what: &str, reason: impl fmt::Display) -> StoreError {
         StoreError::Corrupt {
             path: PathBuf::from(format!("{}#{what}", self.location)),
@@ -565,10 +583,7 @@ impl PgStore {
             if current == Some(schema::latest()) {
                 return Ok(());
             }
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner
                 .execute(
                     &tx,
@@ -618,9 +633,7 @@ impl PgStore {
                     .await?;
                 log::info!("{}: schema migrated to version {version}", inner.location);
             }
-            tx.commit()
-                .await
-                .map_err(|e| inner.err("migrate the schema of", &e))
+            inner.commit(tx, "migrate the schema of").await
         })
     }
 
@@ -664,10 +677,7 @@ impl PgStore {
         let new = new.clone();
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner
                 .execute(&tx, "lock", "LOCK TABLE certsmith_meta IN EXCLUSIVE MODE", &[])
                 .await?;
@@ -715,7 +725,7 @@ impl PgStore {
             inner
                 .execute(&tx, "record the store key of", "UPDATE certsmith_meta SET value = $1 WHERE key = 'key_check'", &[&check])
                 .await?;
-            tx.commit().await.map_err(|e| inner.err("commit the new key to", &e))?;
+            inner.commit(tx, "commit the new key to").await?;
             Ok(done)
         })
     }
@@ -965,7 +975,7 @@ impl Storage for PgStore {
         let (inner, key, json) = (self.inner.clone(), key.clone(), json.to_vec());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             let sealed = inner.seal(&json, &account_row(&key))?;
             let created = inner
@@ -980,7 +990,7 @@ impl Storage for PgStore {
                     .ok_or_else(|| inner.corrupt("accounts", "an account vanished while it was created"))?;
                 AccountSlot::Existing(inner.account_doc(key, &row.get::<_, Vec<u8>>(0))?)
             };
-            tx.commit().await.map_err(|e| inner.err("store an account in", &e))?;
+            inner.commit(tx, "store an account in").await?;
             Ok(slot)
         })
     }
@@ -993,10 +1003,7 @@ impl Storage for PgStore {
         let (inner, key, json) = (self.inner.clone(), key.clone(), json.to_vec());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             let sealed = inner.seal(&json, &account_row(&key))?;
             inner
@@ -1008,9 +1015,7 @@ impl Storage for PgStore {
                     &[&key.ca_host, &key.id, &sealed],
                 )
                 .await?;
-            tx.commit()
-                .await
-                .map_err(|e| inner.err("store an account in", &e))?;
+            inner.commit(tx, "store an account in").await?;
             Ok(StoredAccountDoc {
                 location: inner.account_location(&key),
                 key,
@@ -1143,7 +1148,7 @@ impl Storage for PgStore {
         let version = self.block(async move {
             let name = n;
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             if let Some(token) = fence {
                 let current = inner
@@ -1181,7 +1186,7 @@ impl Storage for PgStore {
                 .execute(&tx, "make a version current in", "UPDATE certsmith_certs SET lineage = $2, current_version = $3, next_renewal = $4::text::timestamptz, rev = rev + 1 WHERE name = $1",
                     &[&name, &text, &version_param(version), &next_renewal(&merged)])
                 .await?;
-            tx.commit().await.map_err(|e| inner.err("commit a version to", &e))?;
+            inner.commit(tx, "commit a version to").await?;
             Ok(version)
         })?;
         Ok(self.mirror_version(name, version, files))
@@ -1192,10 +1197,7 @@ impl Storage for PgStore {
         let (inner, name) = (self.inner.clone(), name.to_owned());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c
-                .transaction()
-                .await
-                .map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             let existed = inner
                 .execute(
                     &tx,
@@ -1223,9 +1225,7 @@ impl Storage for PgStore {
                     )
                     .await?;
             }
-            tx.commit()
-                .await
-                .map_err(|e| inner.err("remove a certificate from", &e))?;
+            inner.commit(tx, "remove a certificate from").await?;
             Ok(existed)
         })
     }
@@ -1236,7 +1236,7 @@ impl Storage for PgStore {
         let (inner, from, to) = (self.inner.clone(), from.to_owned(), to.to_owned());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             let taken = inner
                 .query_opt(&tx, "check a name in", "SELECT 1 FROM certsmith_certs WHERE name = $1 UNION ALL SELECT 1 FROM certsmith_versions WHERE name = $1 LIMIT 1", &[&to])
@@ -1277,7 +1277,7 @@ impl Storage for PgStore {
                     .execute(&tx, "rename a pending order in", "UPDATE certsmith_pending_orders SET name = $2, doc = $3 WHERE name = $1", &[&from, &to, &doc])
                     .await?;
             }
-            tx.commit().await.map_err(|e| inner.err("rename a certificate in", &e))
+            inner.commit(tx, "rename a certificate in").await
         })
     }
 
@@ -1385,14 +1385,14 @@ impl Storage for PgStore {
         let (inner, name, url) = (self.inner.clone(), name.to_owned(), order.order_url.clone());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             let doc = inner.seal(&json, &pending_row(&name))?;
             inner
                 .execute(&tx, "record a pending order in", "INSERT INTO certsmith_pending_orders (name, order_url, doc) VALUES ($1, $2, $3) \
                   ON CONFLICT (name) DO UPDATE SET order_url = excluded.order_url, doc = excluded.doc", &[&name, &url, &doc])
                 .await?;
-            tx.commit().await.map_err(|e| inner.err("record a pending order in", &e))
+            inner.commit(tx, "record a pending order in").await
         })
     }
 
@@ -1441,14 +1441,14 @@ impl Storage for PgStore {
         let (inner, until) = (self.inner.clone(), record.until.clone());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner
                 .execute(&tx, "forget lifted rate limits in", "DELETE FROM certsmith_rate_limits WHERE until <= now() OR doc = $1", &[&doc])
                 .await?;
             inner
                 .execute(&tx, "record a rate limit in", "INSERT INTO certsmith_rate_limits (until, doc) VALUES ($1::text::timestamptz, $2)", &[&until, &doc])
                 .await?;
-            tx.commit().await.map_err(|e| inner.err("record a rate limit in", &e))
+            inner.commit(tx, "record a rate limit in").await
         })
     }
 
@@ -1579,7 +1579,7 @@ impl Storage for PgStore {
         let (inner, name) = (self.inner.clone(), name.to_owned());
         self.block(async move {
             let mut c = inner.conn().await?;
-            let tx = c.transaction().await.map_err(|e| inner.err("begin a transaction in", &e))?;
+            let tx = inner.begin(&mut c).await?;
             inner.check_key(&tx).await?;
             let taken = inner
                 .query_opt(&tx, "check a name in", "SELECT 1 FROM certsmith_certs WHERE name = $1 UNION ALL SELECT 1 FROM certsmith_versions WHERE name = $1 LIMIT 1", &[&name])
@@ -1601,7 +1601,7 @@ impl Storage for PgStore {
                 .execute(&tx, "store a certificate in", "INSERT INTO certsmith_certs (name, lineage, current_version, next_renewal) VALUES ($1, $2, $3, $4::text::timestamptz)",
                     &[&name, &text, &current.map(version_param), &next])
                 .await?;
-            tx.commit().await.map_err(|e| inner.err("store a certificate in", &e))
+            inner.commit(tx, "store a certificate in").await
         })
     }
 
