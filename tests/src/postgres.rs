@@ -99,12 +99,40 @@ fn postgres_user() -> Result<Option<(u32, u32)>, HarnessError> {
         })
 }
 
+/// The server's directory: a temporary one, which the `postgres` user must
+/// reach when the tests run as root. `scripts/test` gives the tests a
+/// private TMPDIR (mode 0700), which it cannot: then it is made in /tmp.
+fn server_dir(as_root: bool) -> Result<tempfile::TempDir, HarnessError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = crate::temp_dir("certsmith-pg-")?;
+    let reachable = |d: &Path| {
+        d.ancestors()
+            .skip(1)
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    if !as_root || reachable(dir.path()) {
+        return Ok(dir);
+    }
+    let mut dir = tempfile::Builder::new()
+        .prefix("certsmith-pg-")
+        .tempdir_in("/tmp")
+        .map_err(|source| HarnessError::Io {
+            context: "creating a temporary directory in /tmp for PostgreSQL".into(),
+            source,
+        })?;
+    if crate::keep_temp() {
+        dir.disable_cleanup(true);
+        eprintln!("certsmith-tests: keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
 impl Postgres {
     /// Makes a cluster and starts the server.
     pub fn start() -> Result<Postgres, HarnessError> {
         let bin = bin_dir()?;
         let user = postgres_user()?;
-        let dir = crate::temp_dir("certsmith-pg-")?;
+        let dir = server_dir(user.is_some())?;
         let io = |context: String| move |source| HarnessError::Io { context, source };
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
