@@ -294,6 +294,16 @@ fn two_runners_issuing_the_same_new_certificate_at_once_order_it_once() {
             .expect("psql"),
         "1"
     );
+    // Each run released its claim as it ended: none is left to expire, which
+    // would have kept the other runners waiting for its whole TTL (2 min).
+    assert_eq!(
+        pg.psql(
+            "race",
+            "SELECT count(*) FROM certsmith_leases WHERE scope LIKE 'cert:%' AND expires_at > now()"
+        )
+        .expect("psql"),
+        "0"
+    );
 }
 
 #[test]

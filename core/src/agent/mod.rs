@@ -35,6 +35,8 @@ use crate::store::{Lease, Store, StoreError};
 /// renewed in the background until dropped, then released.
 #[derive(Debug)]
 pub struct HeldCert {
+    /// The only strong reference: dropping the `HeldCert` releases the lease
+    /// at once (the renewer holds a weak one).
     lease: Arc<Lease>,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -42,11 +44,15 @@ pub struct HeldCert {
 impl HeldCert {
     fn hold(lease: Lease, ttl: Duration) -> HeldCert {
         let lease = Arc::new(lease);
-        let held = lease.clone();
+        // Weak: an aborted task is dropped only when the runtime next polls
+        // it, and a process that exits right after the drop would never
+        // release a lease the task kept alive; the next claimant would wait
+        // for it to expire.
+        let held = Arc::downgrade(&lease);
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                let l = held.clone();
+                let Some(l) = held.upgrade() else { return };
                 match tokio::task::spawn_blocking(move || l.renew()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -68,8 +74,8 @@ impl HeldCert {
 
 impl Drop for HeldCert {
     fn drop(&mut self) {
-        // The renewer's copy of the lease goes with its task; the lease is
-        // released when the last copy is dropped.
+        // The lease itself is released when `self.lease`, its last strong
+        // reference (unless a renewal is running this instant), drops.
         self.renewer.abort();
     }
 }
