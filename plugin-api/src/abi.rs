@@ -59,7 +59,12 @@ pub const ABI_MAJOR: u16 = 1;
 ///   asked by `certsmith doctor`; a plugin without it answers
 ///   [`STATUS_UNSUPPORTED`] (the SDK's default), and the host does not
 ///   ask plugins built for an older minor at all.
-pub const ABI_MINOR: u16 = 2;
+/// * 1.3: [`HostApi::http`]: the host sends HTTP requests for its plugins
+///   with its own client (connection pool, TLS stack, trust roots), so a
+///   provider plugin carries no HTTP client or TLS library of its own
+///   ([`sdk::HttpRequest`](crate::sdk::HttpRequest)). Plugins built for
+///   1.0-1.2 keep their own clients and keep loading.
+pub const ABI_MINOR: u16 = 3;
 
 /// [`PluginHeader::flags`] bit 0: the plugin was built with `panic = "unwind"`,
 /// so the SDK can turn panics into [`STATUS_PANICKED`]. A plugin built with
@@ -158,6 +163,21 @@ pub struct HostApi {
     /// Log a message. `level` is one of the `LOG_*` constants; `target` and
     /// `msg` are UTF-8 and borrowed for the call. May be called from any thread.
     pub log: unsafe extern "C" fn(level: u32, target: Bytes, msg: Bytes),
+    /// ABI 1.3: sends one HTTP request with the host's client and returns at
+    /// once; `done` is called exactly once, from any thread, when it ends.
+    ///
+    /// `head` is a JSON [`HttpRequestHead`](crate::wire::HttpRequestHead),
+    /// `body` the request body; both are borrowed for the call. On an answer
+    /// (any HTTP status) `done` gets [`STATUS_OK`] and a JSON
+    /// [`HttpResponseHead`](crate::wire::HttpResponseHead), one zero byte
+    /// (JSON text never contains one) and the response body. When no answer
+    /// came (no connection, timeout, a bad URL) it gets [`STATUS_ERROR`] and
+    /// a JSON error body.
+    ///
+    /// Present only when `struct_size` covers it and it is not null. There is
+    /// no cancel: a caller that stops waiting lets `done` arrive later (the
+    /// request's `timeout_ms` bounds how much later) and ignores it.
+    pub http: Option<unsafe extern "C" fn(head: Bytes, body: Bytes, done: Completion)>,
 }
 
 /// What a plugin's entry function returns. Plugin-owned, `'static`.
@@ -230,11 +250,12 @@ const _: () = {
     assert!(offset_of!(Completion, ctx) == 0);
     assert!(offset_of!(Completion, done) == 8);
 
-    assert!(size_of::<HostApi>() == 16);
+    assert!(size_of::<HostApi>() == 24);
     assert!(offset_of!(HostApi, struct_size) == 0);
     assert!(offset_of!(HostApi, abi_minor) == 4);
     assert!(offset_of!(HostApi, reserved) == 6);
     assert!(offset_of!(HostApi, log) == 8);
+    assert!(offset_of!(HostApi, http) == 16);
 
     assert!(size_of::<PluginHeader>() == 48);
     assert!(offset_of!(PluginHeader, magic) == 0);
@@ -267,7 +288,7 @@ pub fn layout_description() -> String {
     let mut out = String::new();
     fields!(out, Bytes, ptr, len);
     fields!(out, Completion, ctx, done);
-    fields!(out, HostApi, struct_size, abi_minor, reserved, log);
+    fields!(out, HostApi, struct_size, abi_minor, reserved, log, http);
     fields!(
         out,
         PluginHeader,

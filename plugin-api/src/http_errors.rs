@@ -107,6 +107,8 @@ impl ErrorBody {
 
 /// A `Retry-After` value in milliseconds: whole seconds (`"7"`), as most
 /// APIs send it. HTTP dates are not understood (`None`).
+// Re-exported as `sdk::parse_retry_after`; unreachable without the SDK.
+#[cfg_attr(not(feature = "sdk"), allow(unreachable_pub))]
 pub fn parse_retry_after(value: &str) -> Option<u64> {
     value
         .trim()

@@ -79,6 +79,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod abi;
+mod http_errors;
 pub mod manifest;
 pub mod wire;
 

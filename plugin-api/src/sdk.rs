@@ -53,16 +53,17 @@ use crate::wire::{
     METHOD_CHECK_CREDENTIALS, METHOD_CLEANUP, METHOD_PRESENT, PluginError, Presented,
 };
 
+pub use crate::http_errors::parse_retry_after;
 pub use async_trait::async_trait;
+pub use client::{HttpRequest, HttpResponse};
 pub use deadline::Deadline;
-pub use http::parse_retry_after;
 pub use locks::{NameGuard, NameLocks};
 pub use names::relative_name;
 pub use retry::{Backoff, retry};
 pub use secret::Secret;
 
+mod client;
 mod deadline;
-mod http;
 mod locks;
 mod names;
 mod retry;
@@ -133,6 +134,16 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 static HOST: AtomicPtr<HostApi> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives this copy of the SDK a host's services without loading the plugin
+/// as a library: [`HttpRequest::send`] then goes through `host`. What
+/// `export_solver!`'s entry point does when certsmith loads the plugin,
+/// minus log forwarding (in one process, log records already reach the
+/// process's logger). For tests that call a [`Solver`] directly; certsmith's
+/// own host is `certsmith_core::plugin::host_api()`.
+pub fn attach_host(host: &'static HostApi) {
+    HOST.store(std::ptr::from_ref(host).cast_mut(), Ordering::Release);
+}
 
 struct HostLogger;
 

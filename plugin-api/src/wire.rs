@@ -441,6 +441,94 @@ impl ErrorBody {
     }
 }
 
+/// ABI 1.3: the head of an HTTP request a plugin asks the host to send
+/// through [`HostApi::http`](crate::abi::HostApi::http). The body travels
+/// beside it as raw bytes.
+///
+/// `Debug` shows header names, never their values (they carry tokens).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HttpRequestHead {
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD` …
+    pub method: String,
+    /// An absolute `http://` or `https://` URL.
+    pub url: String,
+    /// Header names and values, in order; a name may repeat.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The longest the whole exchange may take; the host's default (30 s)
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl HttpRequestHead {
+    /// A request with no headers and the host's default timeout.
+    pub fn new(method: impl Into<String>, url: impl Into<String>) -> Self {
+        HttpRequestHead {
+            method: method.into(),
+            url: url.into(),
+            headers: Vec::new(),
+            timeout_ms: None,
+        }
+    }
+}
+
+impl fmt::Debug for HttpRequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpRequestHead")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("header_names", &names)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// ABI 1.3: the head of the answer to an [`HttpRequestHead`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HttpResponseHead {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Header names (lowercase) and values, in order; values that are not
+    /// UTF-8 are left out.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponseHead {
+    /// A head with `status` and no headers.
+    pub fn new(status: u16) -> Self {
+        HttpResponseHead {
+            status,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Frames an answer for [`HostApi::http`](crate::abi::HostApi::http)'s
+/// completion: the head as JSON, one zero byte, the body.
+pub fn encode_http_response(head: &HttpResponseHead, body: &[u8]) -> Vec<u8> {
+    // A struct of a u16 and strings always serializes.
+    let mut out = serde_json::to_vec(head).unwrap_or_default();
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits what [`encode_http_response`] framed into the head and the body.
+/// The error says what is wrong with the frame.
+pub fn decode_http_response(frame: &[u8]) -> Result<(HttpResponseHead, &[u8]), String> {
+    let split = frame
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or("no zero byte after the head")?;
+    let head = serde_json::from_slice(&frame[..split]).map_err(|e| format!("bad head: {e}"))?;
+    Ok((head, &frame[split + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +604,30 @@ mod tests {
     fn debug_hides_key_authorization() {
         let req = ChallengeRequest::new(ChallengeType::Http01, "a.test", "tok", "tok.SECRETISH", 0);
         assert!(!format!("{req:?}").contains("SECRETISH"));
+    }
+
+    #[test]
+    fn http_frames_round_trip_and_heads_hide_header_values() {
+        let mut head = HttpResponseHead::new(201);
+        head.headers.push(("retry-after".into(), "3".into()));
+        let body = b"{\"a\":0}\0binary\xff";
+        let frame = encode_http_response(&head, body);
+        let (back, rest) = decode_http_response(&frame).expect("decode");
+        assert_eq!(back, head);
+        assert_eq!(rest, body);
+        assert!(decode_http_response(b"{\"status\":200}").is_err());
+        assert!(decode_http_response(b"nope\0").is_err());
+
+        let mut req = HttpRequestHead::new("GET", "https://api.example/zones");
+        req.headers
+            .push(("Authorization".into(), "Bearer s3cret".into()));
+        let dbg = format!("{req:?}");
+        assert!(
+            dbg.contains("Authorization") && !dbg.contains("s3cret"),
+            "{dbg}"
+        );
+        let json = serde_json::to_value(&req).expect("ser");
+        assert_eq!(json["headers"][0][1], "Bearer s3cret");
+        assert!(json.get("timeout_ms").is_none());
     }
 }

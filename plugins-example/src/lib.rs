@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, NameLocks, retry};
+use certsmith_plugin_api::sdk::{Backoff, HttpRequest, NameLocks, retry};
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, Deadline, DnsTarget, ErrorKind, PluginError, Presented,
     Solver, async_trait, log,
@@ -46,8 +46,8 @@ use serde_json::json;
 
 /// How long one HTTP request may take (the call's deadline may cut it shorter).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the plugin calls itself in `User-Agent`.
+const USER_AGENT: &str = concat!("certsmith-challtestsrv/", env!("CARGO_PKG_VERSION"));
 /// Tries per request for answers worth retrying (5xx, 429, timeouts).
 const ATTEMPTS: u32 = 3;
 
@@ -65,7 +65,6 @@ pub struct ChallTestSrvConfig {
 pub struct ChallTestSrv {
     /// The management API without a trailing slash, e.g. `http://127.0.0.1:8055`.
     base: String,
-    client: reqwest::Client,
 }
 
 /// What this process has put at one name on one challtestsrv. A name whose
@@ -150,30 +149,24 @@ impl ChallTestSrv {
         retry(deadline, backoff, |left| {
             let (url, request, body) = (&url, &request, &body);
             async move {
-                let resp = self
-                    .client
-                    .post(url)
+                // Sent by certsmith's own HTTP client (plugin ABI 1.3): this
+                // plugin carries no HTTP or TLS library of its own.
+                let resp = HttpRequest::post(url.as_str())
+                    .header("user-agent", USER_AGENT)
                     .json(body)
                     .timeout(left.min(REQUEST_TIMEOUT))
                     .send()
                     .await
-                    .map_err(|e| transport_error(&self.base, request, &e))?;
-                let status = resp.status();
-                if status.is_success() {
+                    .map_err(|e| transport_error(&self.base, e))?;
+                if resp.is_success() {
                     return Ok(());
                 }
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let text = resp.text().await.unwrap_or_default();
                 Err(status_error(
                     &self.base,
                     request,
-                    status.as_u16(),
-                    &text,
-                    retry_after.as_deref(),
+                    resp.status(),
+                    &resp.text(),
+                    resp.header("retry-after"),
                 ))
             }
         })
@@ -187,21 +180,7 @@ impl Solver for ChallTestSrv {
 
     fn new(config: ChallTestSrvConfig) -> Result<Self, PluginError> {
         let base = normalize_url(&config.url)?;
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            // challtestsrv runs next to the tests: an HTTP(S)_PROXY meant for
-            // the outside world must not capture loopback requests.
-            .no_proxy()
-            .user_agent(concat!(
-                "certsmith-challtestsrv/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .map_err(|e| {
-                PluginError::internal(format!("challtestsrv: cannot build an HTTP client: {e}"))
-            })?;
-        Ok(ChallTestSrv { base, client })
+        Ok(ChallTestSrv { base })
     }
 
     async fn present(&self, req: &ChallengeRequest) -> Result<Presented, PluginError> {
@@ -319,7 +298,7 @@ fn normalize_url(raw: &str) -> Result<String, PluginError> {
              --solver-opt url=http://127.0.0.1:8055 (its -management address)"
         ))
     };
-    let url = reqwest::Url::parse(raw.trim()).map_err(|e| bad(format!("is not a URL ({e})")))?;
+    let url = url::Url::parse(raw.trim()).map_err(|e| bad(format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(format!(
             "has scheme {:?}, not http or https",
@@ -363,11 +342,13 @@ fn status_error(
     }
 }
 
-/// The error for a request that got no answer: the SDK's mapping
-/// ([`PluginError::from_transport`], transient and retryable) with where to
-/// look.
-fn transport_error(base: &str, request: &str, e: &reqwest::Error) -> PluginError {
-    let mut err = PluginError::from_transport(request, e);
+/// The error for a request that got no answer (transient and retryable,
+/// naming the cause, as the host reports it), with where to look.
+fn transport_error(base: &str, mut err: PluginError) -> PluginError {
+    if err.kind != ErrorKind::Transient {
+        // A URL or header the host refused: not a reachability problem.
+        return err;
+    }
     err.message = format!(
         "cannot reach pebble-challtestsrv's management API at {base}: {}. Is \
          pebble-challtestsrv running? The url option must be its -management address \

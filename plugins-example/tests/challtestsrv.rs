@@ -21,7 +21,10 @@ fn challtestsrv() -> certsmith_tests::ChallTestSrv {
     certsmith_tests::ChallTestSrv::start().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The solver, called in this process. Its requests go through certsmith's
+/// HTTP client (plugin ABI 1.3), as they do when certsmith loads the plugin.
 fn solver(url: &str) -> ChallTestSrv {
+    certsmith_tests::attach_plugin_host();
     ChallTestSrv::new(ChallTestSrvConfig {
         url: url.to_owned(),
     })

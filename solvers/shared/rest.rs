@@ -7,19 +7,23 @@
 //! error kinds through the SDK's [`PluginError::from_http_status`], so every
 //! plugin names the same failure the same way.
 //!
+//! The requests go out through the host (the SDK's [`HttpRequest`], plugin
+//! ABI 1.3): certsmith's own HTTP client, connection pool and trust roots,
+//! so these plugins carry no HTTP client or TLS stack. What the SDK leaves
+//! to each plugin is this policy: the retries, the plugin's `User-Agent`,
+//! the provider's message in an error, and `ratelimit-reset`.
+//!
 //! One source for the catalogue's HTTP plugins (digitalocean, hetzner,
 //! gcloud, azure, httpreq, acmedns, pdns), each compiling it in with
-//! `#[path]`: the SDK depends on
-//! no HTTP client, and solvers depend on no crate but the plugin API, so
-//! this is the one copy until the SDK grows an HTTP-client feature.
+//! `#[path]`, because solvers depend on no crate of the workspace but the
+//! plugin API.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use certsmith_plugin_api::sdk::{Backoff, retry};
+use certsmith_plugin_api::sdk::{Backoff, HttpRequest, HttpResponse, retry};
 use certsmith_plugin_api::{Deadline, ErrorKind, PluginError, log};
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::de::DeserializeOwned;
+use url::Url;
 
 /// First back-off after a 5xx or a transport error.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -29,20 +33,13 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 const RESERVE: Duration = Duration::from_secs(1);
 /// Longest single exchange.
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The HTTP client of one solver instance (one connection pool).
+/// How one solver instance sends: the provider's name for messages, and
+/// the plugin's `User-Agent`.
+#[derive(Debug)]
 pub(crate) struct Rest {
-    http: reqwest::Client,
     provider: &'static str,
-}
-
-impl fmt::Debug for Rest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rest")
-            .field("provider", &self.provider)
-            .finish_non_exhaustive()
-    }
+    agent: &'static str,
 }
 
 /// A final answer: success, or a refusal retrying would not change.
@@ -117,16 +114,25 @@ pub(crate) fn snippet(bytes: &[u8]) -> String {
     one_line.trim().to_owned()
 }
 
+/// Whether `value` can be sent as a header value: no control character
+/// but tab (what the host's client accepts), so a credential with a line
+/// break in it is reported by the option that holds it.
+#[allow(dead_code, reason = "httpreq sends its only credential base64-encoded")]
+pub(crate) fn header_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// The wait a 429 asks for, in whole seconds as text for the SDK:
 /// `Retry-After`, else `ratelimit-reset` (a Unix time, as DigitalOcean
 /// sends it, or seconds from now, as some providers do).
-fn retry_after(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+fn retry_after(answer: &HttpResponse) -> Option<String> {
+    if let Some(v) = answer.header("retry-after") {
         return Some(v.trim().to_owned());
     }
-    let reset: u64 = headers
-        .get("ratelimit-reset")
-        .and_then(|v| v.to_str().ok())
+    let reset: u64 = answer
+        .header("ratelimit-reset")
         .and_then(|v| v.trim().parse().ok())?;
     // Values this large are Unix times, not durations.
     if reset > 1_000_000_000 {
@@ -141,29 +147,19 @@ fn retry_after(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Rest {
-    /// A client; `agent` is the User-Agent.
-    pub(crate) fn new(provider: &'static str, agent: &'static str) -> Result<Self, PluginError> {
-        let http = reqwest::Client::builder()
-            .user_agent(agent)
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Rest { http, provider })
+    /// For `provider` (named in messages); `agent` is the User-Agent.
+    pub(crate) const fn new(provider: &'static str, agent: &'static str) -> Self {
+        Rest { provider, agent }
     }
 
-    /// The client, to build requests with.
-    pub(crate) fn client(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    /// Sends the request `build` makes (given the time left for this try),
+    /// Sends the request `build` makes (given the time this try may take,
+    /// for its [`HttpRequest::timeout`]) with the plugin's `User-Agent`,
     /// retried as the module docs say, and returns the final answer.
     pub(crate) async fn send(
         &self,
         deadline: Deadline,
         request: &str,
-        build: impl Fn(Duration) -> reqwest::RequestBuilder,
+        build: impl Fn(Duration) -> HttpRequest,
     ) -> Result<Reply, PluginError> {
         let backoff = Backoff::new(u32::MAX, BACKOFF_START, BACKOFF_CAP)
             .with_reserve(RESERVE)
@@ -171,20 +167,14 @@ impl Rest {
         let mut tries = 0u32;
         let outcome = retry(deadline, backoff, |left| {
             tries += 1;
-            let rb = build(left.min(ATTEMPT_TIMEOUT));
+            let sent = build(left.min(ATTEMPT_TIMEOUT))
+                .header("user-agent", self.agent)
+                .send();
             async move {
-                let resp = rb
-                    .send()
-                    .await
-                    .map_err(|e| PluginError::from_transport(request, &e))?;
-                let status = resp.status().as_u16();
-                let wait = retry_after(resp.headers());
-                let body = resp.bytes().await.map_err(|e| {
-                    PluginError::from_transport(
-                        format_args!("{request} (reading its HTTP {status} answer)"),
-                        &e,
-                    )
-                })?;
+                let answer = sent.await.map_err(|e| no_answer(request, e))?;
+                let status = answer.status();
+                let wait = retry_after(&answer);
+                let body = answer.into_body();
                 log::debug!("{}: {request} → {status}", self.provider);
                 if matches!(status, 408 | 425 | 429 | 500..=599) {
                     let said = provider_message(&body);
@@ -197,7 +187,7 @@ impl Rest {
                 }
                 Ok(Reply {
                     status,
-                    body: body.to_vec(),
+                    body,
                     request: request.to_owned(),
                 })
             }
@@ -236,20 +226,28 @@ impl Rest {
     }
 }
 
+/// The host's error for a request that got no answer, with the request
+/// named as this module names it (`METHOD /path`, the host says the whole
+/// URL): `{request} failed: {why}`. The host's `config` and `internal`
+/// errors (a header or URL it refuses, no host attached) stay as they are.
+fn no_answer(request: &str, mut e: PluginError) -> PluginError {
+    if e.kind == ErrorKind::Transient
+        && let Some((_, why)) = e.message.split_once(" failed: ")
+    {
+        e.message = format!("{request} failed: {why}");
+    }
+    e
+}
+
 /// `base` checked and without a trailing slash; `option` and `default`
 /// name the setting in messages.
-pub(crate) fn base_url(
-    base: &str,
-    option: &str,
-    default: &str,
-) -> Result<reqwest::Url, PluginError> {
+pub(crate) fn base_url(base: &str, option: &str, default: &str) -> Result<Url, PluginError> {
     let err = |why: String| {
         PluginError::config(format!(
             "{option} {base:?} {why}; leave it unset for {default}"
         ))
     };
-    let mut url =
-        reqwest::Url::parse(base.trim()).map_err(|e| err(format!("is not a URL ({e})")))?;
+    let mut url = Url::parse(base.trim()).map_err(|e| err(format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(err("must be an http:// or https:// URL".into()));
     }
@@ -262,7 +260,7 @@ pub(crate) fn base_url(
 }
 
 /// `base` + `segments`, each percent-encoded.
-pub(crate) fn join(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+pub(crate) fn join(base: &Url, segments: &[&str]) -> Url {
     let mut url = base.clone();
     if let Ok(mut path) = url.path_segments_mut() {
         path.pop_if_empty().extend(segments);
@@ -271,7 +269,7 @@ pub(crate) fn join(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
 }
 
 /// `METHOD /path?query`, for messages.
-pub(crate) fn describe(method: &reqwest::Method, url: &reqwest::Url) -> String {
+pub(crate) fn describe(method: &str, url: &Url) -> String {
     match url.query() {
         Some(q) => format!("{method} {}?{q}", url.path()),
         None => format!("{method} {}", url.path()),
@@ -283,8 +281,8 @@ pub(crate) fn normalize(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// `application/x-www-form-urlencoded` of `pairs` (reqwest's `form` is a
-/// feature the workspace does not enable for one call).
+/// `application/x-www-form-urlencoded` of `pairs` (the SDK's request has
+/// no form body).
 #[allow(
     dead_code,
     reason = "only the OAuth plugins (gcloud, azure) post forms"
@@ -313,27 +311,64 @@ pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use certsmith_plugin_api::wire::HttpResponseHead;
+
+    /// A 429 with `headers`.
+    fn answer(headers: &[(&str, &str)]) -> HttpResponse {
+        let mut head = HttpResponseHead::new(429);
+        head.headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        HttpResponse::new(head, Vec::new())
+    }
 
     #[test]
     fn rate_limit_waits_come_from_either_header() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("ratelimit-reset", HeaderValue::from_static("7"));
-        assert_eq!(retry_after(&h).as_deref(), Some("7"));
+        assert_eq!(retry_after(&answer(&[])), None);
+        assert_eq!(
+            retry_after(&answer(&[("ratelimit-reset", "7")])).as_deref(),
+            Some("7")
+        );
         let soon = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
             + 30;
-        h.insert(
-            "ratelimit-reset",
-            HeaderValue::from_str(&soon.to_string()).expect("digits"),
-        );
-        let wait: u64 = retry_after(&h).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let soon = soon.to_string();
+        let wait: u64 = retry_after(&answer(&[("ratelimit-reset", &soon)]))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         assert!((28..=30).contains(&wait), "{wait}");
-        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h).as_deref(), Some("2"));
+        let both = answer(&[("ratelimit-reset", &soon), ("Retry-After", "2")]);
+        assert_eq!(retry_after(&both).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn transport_failures_name_the_request_as_the_plugin_does() {
+        let e = no_answer(
+            "GET /v2/x?page=2",
+            PluginError::transient(
+                "GET http://127.0.0.1:9/v2/x failed: connection refused; is the service running at that address?",
+            ),
+        );
+        assert_eq!(
+            e.message,
+            "GET /v2/x?page=2 failed: connection refused; is the service running at that address?"
+        );
+        let refused = PluginError::config("the value of header authorization cannot be sent");
+        assert_eq!(
+            no_answer("GET /x", refused.clone()).message,
+            refused.message
+        );
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_refused() {
+        assert!(header_safe("Bearer abc.DEF-ghi_~+/= \té"));
+        assert!(!header_safe("abc\ndef"));
+        assert!(!header_safe("abc\r"));
+        assert!(!header_safe("a\u{7f}"));
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub use process::{ServerProcess, spawn_guarded};
 pub use static_server::StaticServer;
 pub use tls::TestCa;
 
+/// Gives the plugin SDK of this test process certsmith's own host services
+/// (its HTTP client, ABI 1.3), so a solver called in-process sends its
+/// requests the way it does when certsmith loads it. Call it before the
+/// first request; calling it again is harmless.
+pub fn attach_plugin_host() {
+    certsmith_plugin_api::sdk::attach_host(certsmith_core::plugin::host_api());
+}
+
 /// Where the Debian package puts Pebble. Override with `PEBBLE_BIN`.
 pub const PEBBLE_BIN: &str = "/usr/bin/pebble";
 /// Where the Debian package puts pebble-challtestsrv. Override with

@@ -163,7 +163,7 @@ fn config_state_dir_keys_plugins_and_ports() {
     assert!(d.expect("config", "ok").contains("1 certificate(s)"));
     assert!(d.expect("state-dir", "ok").contains("mode 0700"));
     d.expect("private-keys", "ok");
-    assert!(d.expect("plugin standalone", "ok").contains("ABI 1.2"));
+    assert!(d.expect("plugin standalone", "ok").contains("ABI 1.3"));
     assert!(
         d.expect("credentials standalone", "skipped")
             .contains("not supported by this plugin")

@@ -200,7 +200,7 @@ fn the_example_builds_outside_the_workspace_from_the_packaged_crate_and_loads() 
     let url = format!("url={}", cts.mgmt_url());
     let out = plugin_check(&lib, &["--solver-opt", &url]);
     assert!(out.contains("plugin check passed"), "{out}");
-    assert!(out.contains("(ABI 1.2)"), "{out}");
+    assert!(out.contains("(ABI 1.3)"), "{out}");
 }
 
 #[test]

@@ -96,7 +96,15 @@ static HOST_API: HostApi = HostApi {
     abi_minor: ABI_MINOR,
     reserved: 0,
     log: host_log,
+    http: Some(super::http::host_http),
 };
+
+/// The services this host gives its plugins: what a test hands
+/// `certsmith_plugin_api::sdk::attach_host` to call a solver in-process
+/// with the host's HTTP client.
+pub fn host_api() -> &'static HostApi {
+    &HOST_API
+}
 
 /// Plugin log records arrive here, from any of the plugin's threads.
 unsafe extern "C" fn host_log(level: u32, target: Bytes, msg: Bytes) {

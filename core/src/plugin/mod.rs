@@ -21,6 +21,7 @@ pub mod check;
 mod config;
 mod discover;
 mod error;
+mod http;
 mod instance;
 mod load;
 
@@ -28,4 +29,4 @@ pub use config::{ConfigSources, Redactor, ResolvedConfig, nearest, parse_solver_
 pub use discover::{PluginHost, Problem, SearchPath};
 pub use error::{CallError, PluginHostError};
 pub use instance::SolverInstance;
-pub use load::{LoadPolicy, LoadedPlugin, load_plugin};
+pub use load::{LoadPolicy, LoadedPlugin, host_api, load_plugin};

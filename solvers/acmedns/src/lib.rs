@@ -40,22 +40,21 @@
 
 use std::fmt;
 
-use certsmith_plugin_api::sdk::NameLocks;
+use certsmith_plugin_api::sdk::{HttpRequest, NameLocks};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, ErrorKind, PluginError, Presented,
     Solver, async_trait, log,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use url::Url;
 
 pub mod storage;
 
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Rest, base_url, describe, join, normalize};
+use rest::{Rest, base_url, describe, header_safe, join, normalize};
 
 use storage::{Account, Storage};
 
@@ -136,27 +135,23 @@ impl Acmedns {
     async fn post(
         &self,
         segment: &str,
-        headers: &[(&'static str, HeaderValue)],
+        headers: &[(&'static str, &str)],
         body: Option<&Value>,
         req: &ChallengeRequest,
     ) -> Result<Value, PluginError> {
         let url = join(&self.base, &[segment]);
-        let request = describe(&Method::POST, &url);
-        let text = body.map(Value::to_string);
+        let request = describe("POST", &url);
         let reply = self
             .rest
             .send(req.deadline(), &request, |left| {
-                let mut rb = self
-                    .rest
-                    .client()
-                    .post(url.clone())
-                    .header(ACCEPT, "application/json")
+                let mut rb = HttpRequest::post(url.as_str())
+                    .header("accept", "application/json")
                     .timeout(left);
                 for (k, v) in headers {
-                    rb = rb.header(*k, v.clone());
+                    rb = rb.header(*k, *v);
                 }
-                match &text {
-                    Some(t) => rb.header(CONTENT_TYPE, "application/json").body(t.clone()),
+                match body {
+                    Some(b) => rb.json(b),
                     None => rb,
                 }
             })
@@ -201,11 +196,11 @@ impl Acmedns {
             covered.push(format!("{zone} ({})", norm(domain)));
         }
         let url = join(&self.base, &["health"]);
-        let request = describe(&Method::GET, &url);
+        let request = describe("GET", &url);
         let reply = self
             .rest
             .send(req.deadline(), &request, |left| {
-                self.rest.client().get(url.clone()).timeout(left)
+                HttpRequest::get(url.as_str()).timeout(left)
             })
             .await
             .map_err(|mut e| {
@@ -244,21 +239,23 @@ impl Acmedns {
         value: &str,
         req: &ChallengeRequest,
     ) -> Result<(), PluginError> {
-        let mut key = HeaderValue::from_str(account.password.expose()).map_err(|_| {
-            PluginError::config(format!(
-                "the acme-dns password stored for {domain} cannot go in an HTTP header; fix {}",
-                self.storage.path().display()
-            ))
-        })?;
-        key.set_sensitive(true);
-        let user = HeaderValue::from_str(&account.username).map_err(|_| {
-            PluginError::config(format!(
-                "the acme-dns username stored for {domain} cannot go in an HTTP header; fix {}",
-                self.storage.path().display()
-            ))
-        })?;
+        for (what, v) in [
+            ("password", account.password.expose()),
+            ("username", account.username.as_str()),
+        ] {
+            if !header_safe(v) {
+                return Err(PluginError::config(format!(
+                    "the acme-dns {what} stored for {domain} cannot go in an HTTP header; fix {}",
+                    self.storage.path().display()
+                )));
+            }
+        }
         let body = json!({ "subdomain": account.subdomain, "txt": value });
-        self.post("update", &[("X-Api-User", user), ("X-Api-Key", key)], Some(&body), req)
+        let headers = [
+            ("X-Api-User", account.username.as_str()),
+            ("X-Api-Key", account.password.expose()),
+        ];
+        self.post("update", &headers, Some(&body), req)
             .await
             .map_err(|mut e| {
                 if e.kind == ErrorKind::Auth {
@@ -337,7 +334,7 @@ impl Solver for Acmedns {
         let rest = Rest::new(
             "acme-dns",
             concat!("certsmith-acmedns/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         Ok(Acmedns {
             rest,
             base,

@@ -20,6 +20,13 @@ fn request(fqdn: &str, value: &str) -> ChallengeRequest {
         .with_dns(Some(DnsTarget::new("auth.test", "x", fqdn, value, 1)))
 }
 
+/// The solver, with certsmith's host attached (its HTTP client sends the
+/// solver's requests, as when certsmith loads the plugin).
+fn solver(config: AcmednsConfig) -> Acmedns {
+    certsmith_tests::attach_plugin_host();
+    Acmedns::new(config).expect("config")
+}
+
 fn v(c: char) -> String {
     std::iter::repeat_n(c, 43).collect()
 }
@@ -30,11 +37,10 @@ async fn register_then_two_values_then_cleanup_rotates_them_out() {
     let acme = AcmeDnsStandIn::start(&bind, "auth.test").expect("stand-in");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("accounts.json");
-    let s = Acmedns::new(AcmednsConfig::new(
+    let s = solver(AcmednsConfig::new(
         acme.api_base(),
         file.display().to_string(),
-    ))
-    .expect("config");
+    ));
 
     // No account, no CNAME: one is registered, and the CNAME is asked for.
     let e = s
@@ -86,11 +92,10 @@ async fn a_refused_account_is_an_auth_error_naming_the_file() {
         serde_json::json!({ "example.test": account }).to_string(),
     )
     .expect("write");
-    let s = Acmedns::new(AcmednsConfig::new(
+    let s = solver(AcmednsConfig::new(
         acme.api_base(),
         file.display().to_string(),
-    ))
-    .expect("config");
+    ));
     let e = s.present(&request(&full, &v('a'))).await.expect_err("401");
     assert_eq!(e.kind, ErrorKind::Auth);
     assert!(e.message.contains("accounts.json"), "{}", e.message);

@@ -26,20 +26,19 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use certsmith_plugin_api::sdk::{NameLocks, Secret, relative_name};
+use certsmith_plugin_api::sdk::{HttpRequest, NameLocks, Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget, ErrorKind,
     PluginError, Presented, Solver, async_trait, log,
 };
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use url::Url;
 
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Reply, Rest, base_url, describe, form, join, normalize};
+use rest::{Reply, Rest, base_url, describe, form, header_safe, join, normalize};
 
 /// The default Resource Manager endpoint.
 pub const DEFAULT_API_BASE: &str = "https://management.azure.com";
@@ -229,15 +228,13 @@ impl Azure {
             ("client_secret", self.client_secret.expose()),
             ("scope", SCOPE),
         ]);
-        let request = describe(&Method::POST, &self.token_url);
+        let request = describe("POST", &self.token_url);
         let reply = self
             .rest
             .send(deadline, &request, |left| {
-                self.rest
-                    .client()
-                    .post(self.token_url.clone())
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body.clone())
+                HttpRequest::post(self.token_url.as_str())
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body.as_bytes())
                     .timeout(left)
             })
             .await?;
@@ -298,7 +295,7 @@ impl Azure {
         zones.dedup();
         if zones.is_empty() {
             let url = self.zones_url(&[]);
-            let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
+            let reply = self.call("GET", &url, &[], None, deadline).await?;
             if !reply.is_success() {
                 // `*`: the hint then reads "the DNS zone * in resource group …".
                 return Err(self.refused(&reply, "*", "list the DNS zones"));
@@ -311,7 +308,7 @@ impl Azure {
         }
         for zone in &zones {
             let url = self.zones_url(&[zone]);
-            let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
+            let reply = self.call("GET", &url, &[], None, deadline).await?;
             if !reply.is_success() {
                 return Err(self.refused(&reply, zone, &format!("read the DNS zone {zone}")));
             }
@@ -327,28 +324,24 @@ impl Azure {
     /// One management call with the token.
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         url: &Url,
         headers: &[(&'static str, String)],
         body: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
         let token = self.access_token(deadline).await?;
-        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+        if !header_safe(&token) {
             return Err(PluginError::internal(
                 "the access token cannot go in an HTTP header",
             ));
-        };
-        auth.set_sensitive(true);
-        let request = describe(&method, url);
+        }
+        let request = describe(method, url);
         let reply = self
             .rest
             .send(deadline, &request, |left| {
-                let mut rb = self
-                    .rest
-                    .client()
-                    .request(method.clone(), url.clone())
-                    .header(AUTHORIZATION, auth.clone())
+                let mut rb = HttpRequest::new(method, url.as_str())
+                    .bearer_auth(&token)
                     .timeout(left);
                 for (k, v) in headers {
                     rb = rb.header(*k, v.as_str());
@@ -389,7 +382,7 @@ impl Azure {
         deadline: Deadline,
     ) -> Result<Option<RecordSet>, PluginError> {
         let url = self.set_url(zone, name);
-        let reply = self.call(Method::GET, &url, &[], None, deadline).await?;
+        let reply = self.call("GET", &url, &[], None, deadline).await?;
         if reply.status == 404 && error_code(&reply.body) == "NotFound" {
             return Ok(None);
         }
@@ -416,7 +409,7 @@ impl Azure {
             None => ("If-None-Match", "*".to_owned()),
         };
         let (method, body) = if values.is_empty() {
-            (Method::DELETE, None)
+            ("DELETE", None)
         } else {
             let mut props = json!({
                 "TTL": current.properties.ttl.unwrap_or(u64::from(self.ttl)),
@@ -425,7 +418,7 @@ impl Azure {
             if let Some(m) = &current.properties.metadata {
                 props["metadata"] = m.clone();
             }
-            (Method::PUT, Some(json!({ "properties": props })))
+            ("PUT", Some(json!({ "properties": props })))
         };
         let reply = self
             .call(method, &url, &[condition], body.as_ref(), deadline)
@@ -558,7 +551,7 @@ impl Solver for Azure {
         let rest = Rest::new(
             PROVIDER,
             concat!("certsmith-azure/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         Ok(Azure {
             rest,
             base,

@@ -5,11 +5,11 @@
 //! `{success, errors: [{code, message, error_chain?}], messages, result, result_info?}`,
 //! also on errors (except from the edge, which may answer 502/503 with an
 //! HTML page). An answer is classified by the SDK's
-//! [`PluginError::from_http_status`] (a transport failure by
-//! [`PluginError::from_transport`]), refined by Cloudflare's error codes
-//! (the token-refused codes make any final refusal `auth`), and the call is
-//! retried by the SDK's [`retry`] inside the deadline of the plugin request
-//! that made it:
+//! [`PluginError::from_http_status`] (a request that got no answer comes
+//! back from the host already classified, as `transient`), refined by
+//! Cloudflare's error codes (the token-refused codes make any final refusal
+//! `auth`), and the call is retried by the SDK's [`retry`] inside the
+//! deadline of the plugin request that made it:
 //!
 //! * 429: after the whole `Retry-After` (Cloudflare sends whole seconds),
 //!   or with the back-off below when it is missing; when the wait would pass
@@ -22,19 +22,20 @@
 //!   there).
 //!
 //! No wait starts that would leave less than [`RESERVE`] for the try after
-//! it. The token travels only in the `Authorization` header (marked
-//! sensitive, so hyper never logs it) and is scrubbed from every message
-//! built from an answer, in case a proxy echoes it back.
+//! it. Requests go out through certsmith's HTTP client ([`HttpRequest`],
+//! plugin ABI 1.3), so this plugin carries no HTTP client or TLS stack of its
+//! own. The token travels only in the `Authorization` header (the host logs
+//! no header) and is scrubbed from every message built from an answer, in
+//! case a proxy echoes it back.
 
 use std::fmt;
 use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, retry};
+use certsmith_plugin_api::sdk::{Backoff, HttpRequest, retry};
 use certsmith_plugin_api::{Deadline, ErrorKind, PluginError, Secret, log};
-use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use url::Url;
 
 /// First back-off after a 5xx or a transport error.
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -43,10 +44,11 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// Time kept free before the deadline for the try after a wait: no wait is
 /// started that would leave less than this.
 pub(crate) const RESERVE: Duration = Duration::from_secs(1);
-/// Longest single HTTP exchange.
+/// Longest single HTTP exchange (the host's client gives up connecting
+/// after 10 s within it).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait between connection attempts.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What every request says it is.
+const USER_AGENT: &str = concat!("certsmith-cloudflare/", env!("CARGO_PKG_VERSION"));
 /// Upper bound on pages walked in one listing, against a server whose
 /// `result_info` never ends.
 const MAX_PAGES: u32 = 200;
@@ -61,6 +63,39 @@ const AUTH_CODES: &[i64] = &[6003, 6111, 9103, 9106, 9109, 10000, 10001];
 /// The API token: the SDK's [`Secret`] (redacted `Debug`/`Display`,
 /// zeroed on drop).
 pub type ApiToken = Secret;
+
+/// The HTTP methods this solver uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether `value` can go in an HTTP header as it is: visible ASCII, spaces
+/// and tabs only (what the host's client accepts; no line break can split
+/// the header).
+fn header_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
 
 /// The retry policy of every call: as many tries as the deadline allows.
 fn backoff() -> Backoff {
@@ -307,9 +342,9 @@ pub(crate) struct Answer<T> {
     pub(crate) info: Option<ResultInfo>,
 }
 
-/// The API client. Cheap to share: one connection pool.
+/// The API client: where the API is and the token for it. The sending is
+/// the host's.
 pub(crate) struct Api {
-    http: reqwest::Client,
     base: Url,
     token: ApiToken,
 }
@@ -319,7 +354,7 @@ impl fmt::Debug for Api {
         f.debug_struct("Api")
             .field("base", &self.base.as_str())
             .field("token", &self.token)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -347,19 +382,12 @@ impl Api {
                 "api_token is empty: set CLOUDFLARE_API_TOKEN (or CLOUDFLARE_API_TOKEN_FILE) to an API token with Zone:DNS:Edit",
             ));
         }
-        if HeaderValue::from_str(&format!("Bearer {}", token.expose().trim())).is_err() {
+        if !header_safe(token.expose().trim()) {
             return Err(PluginError::config(
                 "api_token contains characters that cannot go in an HTTP header (a line break?); paste the token alone",
             ));
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("certsmith-cloudflare/", env!("CARGO_PKG_VERSION")))
-            .tcp_nodelay(true)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| PluginError::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Api {
-            http,
             base: url,
             token: ApiToken::new(token.expose().trim()),
         })
@@ -412,7 +440,7 @@ impl Api {
         let mut tries = 0u32;
         let outcome = retry(deadline, backoff(), |left| {
             tries += 1;
-            self.attempt(&method, &url, body, &request, left)
+            self.attempt(method, &url, body, &request, left)
         })
         .await;
         match outcome {
@@ -425,45 +453,29 @@ impl Api {
     /// in a way worth retrying, else the final answer (success or refusal).
     async fn attempt<T: DeserializeOwned>(
         &self,
-        method: &Method,
+        method: Method,
         url: &Url,
         body: Option<&serde_json::Value>,
         request: &str,
         left: Duration,
     ) -> Result<Result<Answer<T>, ApiError>, PluginError> {
-        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) else {
-            return Ok(Err(ApiError::failed(PluginError::config(
-                "api_token cannot go in an HTTP header",
-            ))));
-        };
-        auth.set_sensitive(true);
-        let mut rb = self
-            .http
-            .request(method.clone(), url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(reqwest::header::ACCEPT, "application/json")
+        // `Api::new` checked that the token fits in a header.
+        let mut http = HttpRequest::new(method.as_str(), url.as_str())
+            .header("user-agent", USER_AGENT)
+            .bearer_auth(self.token.expose())
+            .header("accept", "application/json")
             .timeout(left.min(ATTEMPT_TIMEOUT));
         if let Some(b) = body {
-            rb = rb.json(b);
+            http = http.json(b);
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| self.scrubbed(PluginError::from_transport(request, &e)))?;
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = resp.bytes().await.map_err(|e| {
-            self.scrubbed(PluginError::from_transport(
-                format_args!("{request} (reading its HTTP {status} answer)"),
-                &e,
-            ))
-        })?;
+        // Err: no answer came (transient, with the cause, so retried) or the
+        // host refused the request (config or internal: final).
+        let resp = http.send().await.map_err(|e| self.scrubbed(e))?;
+        let status = resp.status();
+        let retry_after = resp.header("retry-after");
+        let bytes = resp.body();
         log::debug!("cloudflare: {request} → {status}");
-        let envelope: Option<Envelope> = serde_json::from_slice(&bytes).ok();
+        let envelope: Option<Envelope> = serde_json::from_slice(bytes).ok();
         match envelope {
             Some(env) if (200..300).contains(&status) && env.success => {
                 let result = serde_json::from_value(env.result).map_err(|e| {
@@ -479,14 +491,14 @@ impl Api {
             None if (200..300).contains(&status) => {
                 Ok(Err(ApiError::failed(PluginError::internal(format!(
                     "Cloudflare API {request}: HTTP {status} with a body that is not a Cloudflare API answer ({}); is api_base ({}) right?",
-                    self.scrub(&snippet(&bytes)),
+                    self.scrub(&snippet(bytes)),
                     self.base
                 )))))
             }
             env => {
                 let mut errors = env.map(|e| e.errors).unwrap_or_default();
                 self.scrub_all(&mut errors);
-                let error = classify(request, status, &errors, retry_after.as_deref());
+                let error = classify(request, status, &errors, retry_after);
                 if error.retryable {
                     return Err(error);
                 }
@@ -523,7 +535,7 @@ impl Api {
             u.query_pairs_mut()
                 .append_pair("per_page", &per_page.to_string())
                 .append_pair("page", &page.to_string());
-            let answer: Answer<Vec<T>> = self.call(Method::GET, u, None, deadline).await?;
+            let answer: Answer<Vec<T>> = self.call(Method::Get, u, None, deadline).await?;
             let got = answer.result.len();
             all.extend(answer.result);
             let total_pages = answer.info.and_then(|i| i.total_pages).unwrap_or(1);
@@ -680,5 +692,8 @@ mod tests {
         assert!(Api::new("https://x/?a=b", t).is_err());
         assert!(Api::new("https://x", ApiToken::new(" ")).is_err());
         assert!(Api::new("https://x", ApiToken::new("a\nb")).is_err());
+        assert!(Api::new("https://x", ApiToken::new("tök")).is_err());
+        assert!(Api::new("https://x", ApiToken::new("a\u{7f}b")).is_err());
+        assert!(Api::new("https://x", ApiToken::new(" a b\tc ")).is_ok());
     }
 }

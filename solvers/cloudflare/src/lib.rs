@@ -40,14 +40,13 @@ use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
     Presented, Solver, async_trait, log,
 };
-use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
 mod api;
 
 pub use api::ApiToken;
-use api::{Api, ApiError, Record, TokenStatus, Zone};
+use api::{Api, ApiError, Method, Record, TokenStatus, Zone};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com/client/v4";
@@ -238,7 +237,7 @@ impl Cloudflare {
         let url = self.api.url(&["user", "tokens", "verify"]);
         let token: TokenStatus = self
             .api
-            .call(Method::GET, url, None, deadline)
+            .call(Method::Get, url, None, deadline)
             .await
             .map_err(|e| {
                 let e = e.into_plugin("any zone", "verify the API token");
@@ -305,7 +304,7 @@ impl Cloudflare {
         let url = self.api.url(&["zones", zone_id, "dns_records", record_id]);
         match self
             .api
-            .call::<serde_json::Value>(Method::DELETE, url, None, deadline)
+            .call::<serde_json::Value>(Method::Delete, url, None, deadline)
             .await
         {
             Ok(_) => {
@@ -388,7 +387,7 @@ impl Solver for Cloudflare {
         });
         let record_id = match self
             .api
-            .call::<Record>(Method::POST, url, Some(&body), deadline)
+            .call::<Record>(Method::Post, url, Some(&body), deadline)
             .await
         {
             Ok(answer) => {
@@ -480,7 +479,7 @@ impl Solver for Cloudflare {
                 .url(&["zones", &zone_id, "dns_records", &record_id]);
             match self
                 .api
-                .call::<Record>(Method::GET, url, None, deadline)
+                .call::<Record>(Method::Get, url, None, deadline)
                 .await
             {
                 Ok(a) if is_ours(&a.result, &fqdn, &target.value) => {

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use certsmith_cloudflare::Cloudflare;
 use certsmith_plugin_api::{ErrorKind, Presented, Solver};
 use certsmith_tests::cloudflare::{CloudflareOpts, CloudflareStandIn, Failure, ZoneSpec};
-use common::{calls, config, fqdn, request, request_due_in, solver, solver_with_token};
+use common::{
+    calls, config, fqdn, request, request_due_in, solver, solver_with_config, solver_with_token,
+};
 use serde_json::json;
 
 fn stand_in() -> CloudflareStandIn {
@@ -107,7 +108,7 @@ async fn automatic_ttl_reports_what_cloudflare_uses() {
     let cf = stand_in();
     let mut c = config(&cf, cf.token());
     c.ttl = 1;
-    let s = Cloudflare::new(c).expect("valid");
+    let s = solver_with_config(c);
     let p = s.present(&request("cf.test", "v")).await.expect("present");
     assert_eq!(cf.records()[0].ttl, 1);
     assert_eq!(p.ttl, Some(300));
@@ -448,7 +449,7 @@ async fn zone_id_skips_the_lookup() {
     let cf = stand_in();
     let mut c = config(&cf, cf.token());
     c.zone_id = cf.zone_id("cf.test");
-    let s = Cloudflare::new(c).expect("valid");
+    let s = solver_with_config(c);
     let req = request("cf.test", "v");
     let p = s.present(&req).await.expect("present");
     s.cleanup(&req, &p).await.expect("cleanup");

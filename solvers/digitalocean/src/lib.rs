@@ -29,20 +29,19 @@
 
 use std::fmt;
 
-use certsmith_plugin_api::sdk::{Secret, relative_name};
+use certsmith_plugin_api::sdk::{HttpRequest, Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, PluginError, Presented,
     Solver, async_trait, log,
 };
-use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Reply, Rest, base_url, describe, join, normalize};
+use rest::{Reply, Rest, base_url, describe, header_safe, join, normalize};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://api.digitalocean.com";
@@ -169,25 +168,21 @@ impl DigitalOcean {
     /// One call with the token; the final answer.
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         url: Url,
         body: Option<&serde_json::Value>,
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
-        let request = describe(&method, &url);
-        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) else {
+        let request = describe(method, &url);
+        if !header_safe(self.token.expose()) {
             return Err(PluginError::config(
                 "auth_token cannot go in an HTTP header (a line break?); paste the token alone",
             ));
-        };
-        auth.set_sensitive(true);
+        }
         self.rest
             .send(deadline, &request, |left| {
-                let mut rb = self
-                    .rest
-                    .client()
-                    .request(method.clone(), url.clone())
-                    .header(AUTHORIZATION, auth.clone())
+                let mut rb = HttpRequest::new(method, url.as_str())
+                    .bearer_auth(self.token.expose())
                     .timeout(left);
                 if let Some(b) = body {
                     rb = rb.json(b);
@@ -213,7 +208,7 @@ impl DigitalOcean {
             .append_pair("per_page", &PER_PAGE.to_string());
         let mut ours = Vec::new();
         for _ in 0..MAX_PAGES {
-            let reply = self.call(Method::GET, url.clone(), None, deadline).await?;
+            let reply = self.call("GET", url.clone(), None, deadline).await?;
             if reply.status == 404 {
                 return Ok(None);
             }
@@ -252,7 +247,7 @@ impl DigitalOcean {
         let zones: Vec<String> = req.zones.iter().map(|z| normalize(&z.zone)).collect();
         let any = zones.first().map_or("your domains", String::as_str);
         let url = join(&self.base, &["v2", "account"]);
-        let reply = self.call(Method::GET, url, None, deadline).await?;
+        let reply = self.call("GET", url, None, deadline).await?;
         let mut detail = match reply.status {
             s if (200..300).contains(&s) => {
                 let account = reply.json::<AccountReply>(PROVIDER)?.account;
@@ -272,7 +267,7 @@ impl DigitalOcean {
         let mut found = Vec::new();
         for zone in &zones {
             let url = join(&self.base, &["v2", "domains", zone]);
-            let reply = self.call(Method::GET, url, None, deadline).await?;
+            let reply = self.call("GET", url, None, deadline).await?;
             if reply.status == 404 {
                 return Err(no_domain(zone));
             }
@@ -324,7 +319,7 @@ impl Solver for DigitalOcean {
         let rest = Rest::new(
             PROVIDER,
             concat!("certsmith-digitalocean/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         log::debug!("digitalocean: API at {base}, ttl {ttl}");
         Ok(DigitalOcean {
             rest,
@@ -361,7 +356,7 @@ impl Solver for DigitalOcean {
                     "data": target.value,
                     "ttl": self.ttl,
                 });
-                let reply = self.call(Method::POST, url, Some(&body), deadline).await?;
+                let reply = self.call("POST", url, Some(&body), deadline).await?;
                 if !reply.is_success() {
                     return Err(self.refused(
                         &reply,
@@ -404,7 +399,7 @@ impl Solver for DigitalOcean {
         for r in ours {
             let id = r.id.to_string();
             let url = join(&self.base, &["v2", "domains", &zone, "records", &id]);
-            let reply = self.call(Method::DELETE, url, None, deadline).await?;
+            let reply = self.call("DELETE", url, None, deadline).await?;
             match reply.status {
                 s if (200..300).contains(&s) => {
                     log::info!("digitalocean: deleted TXT record {id} at {fqdn}");

@@ -32,22 +32,21 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use certsmith_plugin_api::sdk::{NameLocks, Secret};
+use certsmith_plugin_api::sdk::{HttpRequest, NameLocks, Secret};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, DnsTarget, ErrorKind,
     PluginError, Presented, Solver, async_trait, log,
 };
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use url::Url;
 
 mod jwt;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
 use jwt::ServiceAccount;
-use rest::{Reply, Rest, base_url, describe, form, join, normalize};
+use rest::{Reply, Rest, base_url, describe, form, header_safe, join, normalize};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://dns.googleapis.com/dns/v1";
@@ -244,15 +243,13 @@ impl Gcloud {
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", &assertion),
         ]);
-        let request = describe(&Method::POST, &self.token_url);
+        let request = describe("POST", &self.token_url);
         let reply = self
             .rest
             .send(deadline, &request, |left| {
-                self.rest
-                    .client()
-                    .post(self.token_url.clone())
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body.clone())
+                HttpRequest::post(self.token_url.as_str())
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body.as_bytes())
                     .timeout(left)
             })
             .await?;
@@ -276,27 +273,23 @@ impl Gcloud {
 
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         url: &Url,
         body: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
         let token = self.access_token(deadline).await?;
-        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+        if !header_safe(&token) {
             return Err(PluginError::internal(
                 "the access token cannot go in an HTTP header",
             ));
-        };
-        auth.set_sensitive(true);
-        let request = describe(&method, url);
+        }
+        let request = describe(method, url);
         let reply = self
             .rest
             .send(deadline, &request, |left| {
-                let mut rb = self
-                    .rest
-                    .client()
-                    .request(method.clone(), url.clone())
-                    .header(AUTHORIZATION, auth.clone())
+                let mut rb = HttpRequest::new(method, url.as_str())
+                    .bearer_auth(&token)
                     .timeout(left);
                 if let Some(b) = body {
                     rb = rb.json(b);
@@ -349,7 +342,7 @@ impl Gcloud {
             if let Some(t) = &page_token {
                 url.query_pairs_mut().append_pair("pageToken", t);
             }
-            let reply = self.call(Method::GET, &url, None, deadline).await?;
+            let reply = self.call("GET", &url, None, deadline).await?;
             if !reply.is_success() {
                 return Err(self.refused(
                     &reply,
@@ -409,7 +402,7 @@ impl Gcloud {
         let mut found = Vec::new();
         if let Some(id) = &self.zone_id {
             let reply = self
-                .call(Method::GET, &self.zone_url(id, &[]), None, deadline)
+                .call("GET", &self.zone_url(id, &[]), None, deadline)
                 .await?;
             if reply.status == 404 {
                 return Err(PluginError::not_found(format!(
@@ -424,7 +417,7 @@ impl Gcloud {
         } else if req.zones.is_empty() {
             let mut url = join(&self.base, &["projects", &self.project, "managedZones"]);
             url.query_pairs_mut().append_pair("maxResults", "1");
-            let reply = self.call(Method::GET, &url, None, deadline).await?;
+            let reply = self.call("GET", &url, None, deadline).await?;
             if !reply.is_success() {
                 return Err(self.refused(
                     &reply,
@@ -463,7 +456,7 @@ impl Gcloud {
         url.query_pairs_mut()
             .append_pair("name", &format!("{fqdn}."))
             .append_pair("type", "TXT");
-        let reply = self.call(Method::GET, &url, None, deadline).await?;
+        let reply = self.call("GET", &url, None, deadline).await?;
         if !reply.is_success() {
             return Err(self.refused(&reply, &format!("read the TXT records at {fqdn}")));
         }
@@ -490,7 +483,7 @@ impl Gcloud {
             "additions": addition.into_iter().collect::<Vec<_>>(),
             "deletions": deletion.into_iter().collect::<Vec<_>>(),
         });
-        let reply = self.call(Method::POST, &url, Some(&body), deadline).await?;
+        let reply = self.call("POST", &url, Some(&body), deadline).await?;
         if matches!(reply.status, 409 | 412) {
             return Ok(false);
         }
@@ -515,7 +508,7 @@ impl Gcloud {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(CHANGE_POLL_MAX);
             let url = self.zone_url(zone_id, &["changes", &change.id]);
-            let reply = self.call(Method::GET, &url, None, deadline).await?;
+            let reply = self.call("GET", &url, None, deadline).await?;
             if !reply.is_success() {
                 return Err(self.refused(&reply, &format!("read the change {}", change.id)));
             }
@@ -633,7 +626,7 @@ impl Solver for Gcloud {
         let rest = Rest::new(
             PROVIDER,
             concat!("certsmith-gcloud/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         log::debug!("gcloud: project {project}, API at {base}, ttl {ttl}");
         Ok(Gcloud {
             rest,

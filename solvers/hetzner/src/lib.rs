@@ -29,20 +29,19 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use certsmith_plugin_api::sdk::{Secret, relative_name};
+use certsmith_plugin_api::sdk::{HttpRequest, Secret, relative_name};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
     Presented, Solver, async_trait, log,
 };
-use reqwest::header::HeaderValue;
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Reply, Rest, base_url, describe, join, normalize};
+use rest::{Reply, Rest, base_url, describe, header_safe, join, normalize};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://dns.hetzner.com/api/v1";
@@ -183,25 +182,21 @@ fn valid_id(id: &str) -> bool {
 impl Hetzner {
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         url: Url,
         body: Option<&serde_json::Value>,
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
-        let request = describe(&method, &url);
-        let Ok(mut key) = HeaderValue::from_str(self.token.expose()) else {
+        let request = describe(method, &url);
+        if !header_safe(self.token.expose()) {
             return Err(PluginError::config(
                 "api_key cannot go in an HTTP header (a line break?); paste the token alone",
             ));
-        };
-        key.set_sensitive(true);
+        }
         self.rest
             .send(deadline, &request, |left| {
-                let mut rb = self
-                    .rest
-                    .client()
-                    .request(method.clone(), url.clone())
-                    .header("Auth-API-Token", key.clone())
+                let mut rb = HttpRequest::new(method, url.as_str())
+                    .header("Auth-API-Token", self.token.expose())
                     .timeout(left);
                 if let Some(b) = body {
                     rb = rb.json(b);
@@ -234,7 +229,7 @@ impl Hetzner {
         }
         let mut url = join(&self.base, &["zones"]);
         url.query_pairs_mut().append_pair("name", zone);
-        let reply = self.call(Method::GET, url, None, deadline).await?;
+        let reply = self.call("GET", url, None, deadline).await?;
         if reply.status == 404 {
             return Ok(None);
         }
@@ -268,7 +263,7 @@ impl Hetzner {
             url.query_pairs_mut()
                 .append_pair("page", "1")
                 .append_pair("per_page", "1");
-            let reply = self.call(Method::GET, url, None, deadline).await?;
+            let reply = self.call("GET", url, None, deadline).await?;
             if !reply.is_success() {
                 return Err(self.refused(&reply, "your zones", "list the zones"));
             }
@@ -307,7 +302,7 @@ impl Hetzner {
                 .append_pair("zone_id", zone_id)
                 .append_pair("page", &page.to_string())
                 .append_pair("per_page", &PER_PAGE.to_string());
-            let reply = self.call(Method::GET, url, None, deadline).await?;
+            let reply = self.call("GET", url, None, deadline).await?;
             if reply.status == 404 {
                 return Ok(ours);
             }
@@ -354,7 +349,7 @@ impl Solver for Hetzner {
         let rest = Rest::new(
             PROVIDER,
             concat!("certsmith-hetzner/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         log::debug!("hetzner: API at {base}, ttl {ttl}");
         Ok(Hetzner {
             rest,
@@ -387,7 +382,7 @@ impl Solver for Hetzner {
                     "value": target.value,
                     "ttl": self.ttl,
                 });
-                let reply = self.call(Method::POST, url, Some(&body), deadline).await?;
+                let reply = self.call("POST", url, Some(&body), deadline).await?;
                 if !reply.is_success() {
                     return Err(self.refused(
                         &reply,
@@ -426,7 +421,7 @@ impl Solver for Hetzner {
             .await?
         {
             let url = join(&self.base, &["records", &r.id]);
-            let reply = self.call(Method::DELETE, url, None, deadline).await?;
+            let reply = self.call("DELETE", url, None, deadline).await?;
             match reply.status {
                 s if (200..300).contains(&s) => {
                     log::info!("hetzner: deleted TXT record {} at {fqdn}", r.id);

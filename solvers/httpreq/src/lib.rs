@@ -25,13 +25,15 @@
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use certsmith_plugin_api::sdk::HttpRequest;
 use certsmith_plugin_api::{
     ChallengeRequest, ChallengeType, PluginError, Presented, Secret, Solver, async_trait, log,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
 #[path = "../../shared/rest.rs"]
 #[allow(
@@ -95,6 +97,7 @@ pub struct Httpreq {
     rest: Rest,
     endpoint: Url,
     mode: Mode,
+    /// The user name, and the whole `Authorization: Basic …` value.
     auth: Option<(String, Secret)>,
     attempt_timeout: Duration,
 }
@@ -141,21 +144,18 @@ impl Httpreq {
         req: &ChallengeRequest,
     ) -> Result<(), PluginError> {
         let url = join(&self.endpoint, &[action]);
-        let request = describe(&Method::POST, &url);
+        let request = describe("POST", &url);
         let text = body.to_string();
         let reply = self
             .rest
             .send(req.deadline(), &request, |left| {
-                let rb = self
-                    .rest
-                    .client()
-                    .post(url.clone())
-                    .header(ACCEPT, "application/json")
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(text.clone())
+                let rb = HttpRequest::post(url.as_str())
+                    .header("accept", "application/json")
+                    .header("content-type", "application/json")
+                    .body(text.as_bytes())
                     .timeout(left.min(self.attempt_timeout));
                 match &self.auth {
-                    Some((user, password)) => rb.basic_auth(user, Some(password.expose())),
+                    Some((_, basic)) => rb.header("authorization", basic.expose()),
                     None => rb,
                 }
             })
@@ -210,7 +210,12 @@ impl Solver for Httpreq {
         let user = config.username.filter(|u| !u.is_empty());
         let password = config.password.filter(|p| !p.is_empty());
         let auth = match (user, password) {
-            (Some(u), Some(p)) => Some((u, p)),
+            (Some(u), Some(p)) => {
+                // RFC 7617, as lego (Go's SetBasicAuth) sends it.
+                let pair = Secret::new(format!("{u}:{}", p.expose()));
+                let basic = Secret::new(format!("Basic {}", BASE64.encode(pair.expose())));
+                Some((u, basic))
+            }
             (None, None) => None,
             (Some(_), None) => {
                 return Err(PluginError::config(
@@ -232,7 +237,7 @@ impl Solver for Httpreq {
         let rest = Rest::new(
             "the httpreq endpoint",
             concat!("certsmith-httpreq/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         log::debug!("httpreq: endpoint {endpoint}, mode {mode:?}");
         Ok(Httpreq {
             rest,

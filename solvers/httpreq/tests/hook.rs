@@ -28,18 +28,22 @@ fn request(value: &str, secs: u64) -> ChallengeRequest {
     ))
 }
 
-fn config(hook: &HttpreqHook, password: &str) -> HttpreqConfig {
+/// The solver for `hook` with basic auth `u`/`password`, with certsmith's
+/// host attached (its HTTP client sends the solver's requests, as when
+/// certsmith loads the plugin).
+fn solver(hook: &HttpreqHook, password: &str) -> Httpreq {
+    certsmith_tests::attach_plugin_host();
     let mut c = HttpreqConfig::new(hook.endpoint());
     c.username = Some("u".into());
     c.password = Some(Secret::new(password));
-    c
+    Httpreq::new(c).expect("config")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn values_reach_bind_through_the_hook_after_rate_limits() {
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "/hook", Some(("u", "pw"))).expect("hook");
-    let s = Httpreq::new(config(&hook, "pw")).expect("config");
+    let s = solver(&hook, "pw");
     hook.inject(Throttle {
         status: 429,
         retry_after_secs: 1,
@@ -85,7 +89,7 @@ async fn values_reach_bind_through_the_hook_after_rate_limits() {
 async fn a_retry_after_past_the_deadline_is_not_waited_and_refusals_are_final() {
     let bind = Bind::start(&[ZoneSpec::new("h.test")]).expect("BIND");
     let hook = HttpreqHook::start(&bind, "", Some(("u", "pw"))).expect("hook");
-    let s = Httpreq::new(config(&hook, "pw")).expect("config");
+    let s = solver(&hook, "pw");
     hook.inject(Throttle {
         status: 429,
         retry_after_secs: 600,
@@ -96,7 +100,7 @@ async fn a_retry_after_past_the_deadline_is_not_waited_and_refusals_are_final() 
     assert_eq!(e.retry_after_ms, Some(600_000));
     assert!(started.elapsed() < Duration::from_secs(2));
 
-    let wrong = Httpreq::new(config(&hook, "not-pw")).expect("config");
+    let wrong = solver(&hook, "not-pw");
     let e = wrong.present(&request("v", 5)).await.expect_err("401");
     assert_eq!(e.kind, ErrorKind::Auth);
     assert!(

@@ -25,27 +25,27 @@
 //! own; 429 and 5xx from a proxy in front of it, and transport errors, are
 //! retried inside the call's deadline by `solvers/shared/rest.rs`, the one
 //! HTTP call of the REST plugins (the SDK's `retry` and status mapping). The API
-//! key is a [`Secret`] sent as `X-API-Key` (marked sensitive) and never in
-//! a message, a log line or a `Debug` output.
+//! key is a [`Secret`] sent as `X-API-Key` (the host marks every header of a
+//! plugin's request sensitive) and never in a message, a log line or a
+//! `Debug` output.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use certsmith_plugin_api::sdk::NameLocks;
+use certsmith_plugin_api::sdk::{HttpRequest, NameLocks};
 use certsmith_plugin_api::{
     ChallengeRequest, CredentialsCheck, CredentialsChecked, Deadline, ErrorKind, PluginError,
     Presented, Secret, Solver, async_trait, log,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use url::Url;
 
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Rest, base_url, describe, join, normalize};
+use rest::{Rest, base_url, describe, header_safe, join, normalize};
 
 /// The default of `ttl` (lego's).
 pub const DEFAULT_TTL: u32 = 120;
@@ -193,31 +193,26 @@ impl Pdns {
     /// for an empty body).
     async fn call(
         &self,
-        method: Method,
+        method: &str,
         url: Url,
         body: Option<&Value>,
         deadline: Deadline,
     ) -> Result<Value, PluginError> {
-        let request = describe(&method, &url);
-        let mut key = HeaderValue::from_str(self.key.expose()).map_err(|_| {
-            PluginError::config(
+        let request = describe(method, &url);
+        if !header_safe(self.key.expose()) {
+            return Err(PluginError::config(
                 "api_key cannot go in an HTTP header (a line break?); set PDNS_API_KEY to the key alone",
-            )
-        })?;
-        key.set_sensitive(true);
-        let text = body.map(Value::to_string);
+            ));
+        }
         let reply = self
             .rest
             .send(deadline, &request, |left| {
-                let rb = self
-                    .rest
-                    .client()
-                    .request(method.clone(), url.clone())
-                    .header("X-API-Key", key.clone())
-                    .header(ACCEPT, "application/json")
+                let rb = HttpRequest::new(method, url.as_str())
+                    .header("X-API-Key", self.key.expose())
+                    .header("accept", "application/json")
                     .timeout(left);
-                match &text {
-                    Some(t) => rb.header(CONTENT_TYPE, "application/json").body(t.clone()),
+                match body {
+                    Some(b) => rb.json(b),
                     None => rb,
                 }
             })
@@ -246,7 +241,7 @@ impl Pdns {
         let mut url = self.url(&["zones"]);
         url.query_pairs_mut()
             .append_pair("zone", &format!("{zone}."));
-        let list = self.call(Method::GET, url, None, deadline).await?;
+        let list = self.call("GET", url, None, deadline).await?;
         let zones: Vec<Zone> = serde_json::from_value(list).map_err(|e| {
             PluginError::internal(format!(
                 "PowerDNS's zone list is not what the API documents: {e}"
@@ -269,7 +264,7 @@ impl Pdns {
     /// `check_credentials`: the server, then the zones; GETs only.
     async fn verify(&self, req: &CredentialsCheck) -> Result<CredentialsChecked, PluginError> {
         let deadline = req.deadline();
-        let server = match self.call(Method::GET, self.url(&[]), None, deadline).await {
+        let server = match self.call("GET", self.url(&[]), None, deadline).await {
             Ok(s) => s,
             Err(e) if e.kind == ErrorKind::NotFound => {
                 return Err(PluginError::not_found(format!(
@@ -301,7 +296,7 @@ impl Pdns {
         deadline: Deadline,
     ) -> Result<Option<RrSet>, PluginError> {
         let z = self
-            .call(Method::GET, self.url(&["zones", id]), None, deadline)
+            .call("GET", self.url(&["zones", id]), None, deadline)
             .await?;
         let zone: Zone = serde_json::from_value(z).map_err(|e| {
             PluginError::internal(format!(
@@ -318,16 +313,11 @@ impl Pdns {
         body: &Value,
         deadline: Deadline,
     ) -> Result<(), PluginError> {
-        self.call(
-            Method::PATCH,
-            self.url(&["zones", id]),
-            Some(body),
-            deadline,
-        )
-        .await?;
+        self.call("PATCH", self.url(&["zones", id]), Some(body), deadline)
+            .await?;
         if kind.eq_ignore_ascii_case("Master") || kind.eq_ignore_ascii_case("Primary") {
             let notify = self.url(&["zones", id, "notify"]);
-            if let Err(e) = self.call(Method::PUT, notify, None, deadline).await {
+            if let Err(e) = self.call("PUT", notify, None, deadline).await {
                 log::warn!(
                     "pdns: NOTIFY for zone {id} failed ({e}); secondaries will see the change at their next refresh"
                 );
@@ -384,7 +374,7 @@ impl Solver for Pdns {
         let rest = Rest::new(
             "PowerDNS",
             concat!("certsmith-pdns/", env!("CARGO_PKG_VERSION")),
-        )?;
+        );
         Ok(Pdns {
             rest,
             server: url,

@@ -30,6 +30,14 @@ fn request(value: &str) -> ChallengeRequest {
     ))
 }
 
+/// The solver for the API at `url`, with certsmith's host attached (its
+/// HTTP client sends the solver's requests, as when certsmith loads the
+/// plugin).
+fn solver(url: impl Into<String>, key: impl Into<String>) -> Pdns {
+    certsmith_tests::attach_plugin_host();
+    Pdns::new(PdnsConfig::new(url, key)).expect("config")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_values_land_and_only_ours_are_removed() {
     let server = PdnsServer::start(&["zone.test"]).expect("start PowerDNS");
@@ -41,7 +49,7 @@ async fn concurrent_values_land_and_only_ours_are_removed() {
             &[("\"other\"", false), ("\"parked\"", true)],
         )
         .expect("foreign records");
-    let s = Pdns::new(PdnsConfig::new(server.api_url(), server.api_key())).expect("config");
+    let s = solver(server.api_url(), server.api_key());
     let (a, b) = (request("value-a"), request("value-b"));
     let (pa, pb) = tokio::join!(s.present(&a), s.present(&b));
     let (pa, pb) = (pa.expect("present a"), pb.expect("present b"));
@@ -88,7 +96,7 @@ async fn concurrent_values_land_and_only_ours_are_removed() {
 #[tokio::test]
 async fn a_zone_powerdns_does_not_have_and_a_wrong_key_are_told_apart() {
     let server = PdnsServer::start(&["zone.test"]).expect("start PowerDNS");
-    let s = Pdns::new(PdnsConfig::new(server.api_url(), server.api_key())).expect("config");
+    let s = solver(server.api_url(), server.api_key());
     let mut r = request("v");
     if let Some(d) = r.dns.as_mut() {
         d.zone = "missing.test".into();
@@ -100,7 +108,7 @@ async fn a_zone_powerdns_does_not_have_and_a_wrong_key_are_told_apart() {
         "{}",
         e.message
     );
-    let bad = Pdns::new(PdnsConfig::new(server.api_url(), "wrong-key")).expect("config");
+    let bad = solver(server.api_url(), "wrong-key");
     let e = bad.present(&request("v")).await.expect_err("auth");
     assert_eq!(e.kind, ErrorKind::Auth);
     assert!(!e.message.contains("wrong-key"), "{}", e.message);
@@ -118,7 +126,7 @@ async fn rate_limits_of_a_gateway_in_front_are_waited_out_within_the_deadline() 
         status: 503,
         retry_after_secs: 1,
     });
-    let s = Pdns::new(PdnsConfig::new(proxy.url(), server.api_key())).expect("config");
+    let s = solver(proxy.url(), server.api_key());
     let started = std::time::Instant::now();
     let r = request("value-a");
     let p = s.present(&r).await.expect("present through the throttling");

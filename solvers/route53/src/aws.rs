@@ -1,5 +1,6 @@
-//! The Route53 client: credentials, one retry policy bounded by the call's
-//! deadline, and the translation of AWS errors into certsmith's classes.
+//! The Route53 client: credentials, certsmith's HTTP client (see
+//! [`crate::http`]), one retry policy bounded by the call's deadline, and the
+//! translation of AWS errors into certsmith's classes.
 //!
 //! The SDK's own retries are off. Its standard retry strategy knows nothing
 //! of the deadline the host gave the call, and a change batch that failed
@@ -26,6 +27,7 @@ use certsmith_plugin_api::sdk::{Backoff, retry};
 use certsmith_plugin_api::{Deadline, ErrorKind, PluginError};
 
 use crate::Settings;
+use crate::http::HostHttpClient;
 
 /// What the solver's credentials must allow; part of every auth error.
 pub(crate) const PERMISSIONS: &str = "route53:ChangeResourceRecordSets, \
@@ -38,6 +40,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// No wait starts that would leave less than this before the deadline, so
 /// the caller gets the real reason instead of the SDK's generic timeout.
 pub(crate) const DEADLINE_MARGIN: Duration = Duration::from_millis(750);
+
+/// The SDK's limits on connecting and on one attempt of a request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The policy of every retry here: `attempts` tries at most (`u32::MAX`:
 /// until the deadline), waits from 400 ms doubling to 10 s with equal
@@ -188,13 +194,17 @@ impl Aws {
     /// resolved once here, so that "no credentials anywhere" is reported as
     /// such, not as a failed request.
     pub(crate) async fn connect(s: &Settings) -> Result<Aws, PluginError> {
+        // One client for Route53 and the credential providers (STS, ECS,
+        // EC2 metadata), which take theirs from the loader.
+        let http = HostHttpClient::new(ATTEMPT_TIMEOUT);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http.clone())
             .region(Region::new(s.region.clone()))
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .build(),
             );
         if let Some(p) = &s.profile {
@@ -226,7 +236,7 @@ impl Aws {
         }
         // The endpoint override is Route53's only: STS (web identity) and
         // the metadata services keep theirs.
-        let mut conf = aws_sdk_route53::config::Builder::from(&sdk);
+        let mut conf = aws_sdk_route53::config::Builder::from(&sdk).http_client(http);
         if let Some(url) = &s.endpoint_url {
             conf = conf.endpoint_url(url);
         }
@@ -322,6 +332,11 @@ impl Aws {
             }
             SdkError::TimeoutError(_) => Class::Transient(format!("Route53 {op} timed out")),
             SdkError::DispatchFailure(d) if d.is_user() => Class::Fatal(PluginError::config(
+                format!("Route53 {op} could not be sent: {}", error_chain(err)),
+            )),
+            // The host could not send it at all (none attached, a malformed
+            // answer): retrying will not help.
+            SdkError::DispatchFailure(d) if d.is_other() => Class::Fatal(PluginError::internal(
                 format!("Route53 {op} could not be sent: {}", error_chain(err)),
             )),
             SdkError::DispatchFailure(_) => Class::Transient(format!(
@@ -490,6 +505,34 @@ mod tests {
             .enable_time()
             .build()
             .expect("runtime")
+    }
+
+    /// Without a host to send it (this unit test attaches none), a request
+    /// fails at once as `internal`, saying why, and is not retried.
+    #[test]
+    fn no_host_is_an_internal_error_not_retried() {
+        let settings = crate::Settings::from_config(crate::Route53Config {
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            access_key_id: Some("AKIDTESTING".into()),
+            secret_access_key: Some("testing-secret".into()),
+            ..crate::Route53Config::default()
+        })
+        .expect("valid");
+        let rt = rt();
+        let aws = rt.block_on(Aws::connect(&settings)).expect("static keys");
+        let started = std::time::Instant::now();
+        let r = rt.block_on(aws.call(
+            &Deadline::from_now(Duration::from_secs(20)),
+            "GetChange",
+            || aws.client.get_change().id("C1").send(),
+        ));
+        let Err(Failure::Fatal(e)) = r else {
+            panic!("{r:?}")
+        };
+        eprintln!("{e}");
+        assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+        assert!(e.message.contains("no such host is attached"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5), "retried: {e}");
     }
 
     #[test]

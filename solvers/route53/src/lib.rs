@@ -27,8 +27,11 @@
 //! Credentials come from explicit options or aws-config's standard chain
 //! (environment, shared config/credentials files and `profile`, web
 //! identity tokens, ECS/EC2 metadata); see `plugin.toml` and the README.
+//! Every request, the credential providers' too, is sent by certsmith's HTTP
+//! client (see `http`).
 
 mod aws;
+mod http;
 mod txt;
 
 use std::collections::HashMap;

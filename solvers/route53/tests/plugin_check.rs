@@ -190,3 +190,48 @@ fn certsmith_plugin_check_without_credentials_says_so() {
         0
     );
 }
+
+/// Credentials from a container credentials endpoint (what ECS and EKS pod
+/// identity serve): the credential provider's request goes through
+/// certsmith's HTTP client too, as Route53's do.
+#[test]
+fn certsmith_plugin_check_with_container_credentials() {
+    let moto = start_moto();
+    let zone_id = moto.create_zone("ecs.test", false).expect("zone");
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        root.path().join("creds"),
+        format!(
+            r#"{{"AccessKeyId":"AKIDCONTAINER","SecretAccessKey":"{SECRET_ACCESS_KEY}","Token":"container-token","Expiration":"2099-01-01T00:00:00Z"}}"#
+        ),
+    )
+    .expect("write credentials");
+    let port = certsmith_tests::free_port();
+    let server =
+        certsmith_tests::StaticServer::start(root.path(), port).unwrap_or_else(|e| panic!("{e}"));
+    let uri = format!("http://127.0.0.1:{port}/creds");
+    let out = plugin_check(
+        &[
+            format!("endpoint_url={}", moto.endpoint_url()),
+            format!("hosted_zone_id={zone_id}"),
+        ],
+        &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())],
+        "ecs.test",
+    );
+    let all = text(&out);
+    eprintln!("{all}");
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains(SECRET_ACCESS_KEY),
+        "the secret leaked:\n{all}"
+    );
+    assert!(
+        moto.requests(certsmith_tests::moto::Route53Action::ChangeResourceRecordSets) >= 2,
+        "present and cleanup reached moto"
+    );
+    assert!(
+        server.log().contains("GET /creds"),
+        "the credentials came from the endpoint:\n{}",
+        server.log()
+    );
+}

@@ -15,5 +15,5 @@ raw_plugin!(
 /// kept equal to `certsmith_plugin_api::abi::ABI_MINOR` by the e2e test,
 /// which expects exactly one more.
 const fn certsmith_plugin_api_abi_minor() -> u16 {
-    2
+    3
 }

@@ -15,7 +15,15 @@ pub fn solver(cf: &CloudflareStandIn) -> Cloudflare {
 
 /// A solver talking to `cf` with `token`.
 pub fn solver_with_token(cf: &CloudflareStandIn, token: &str) -> Cloudflare {
-    Cloudflare::new(config(cf, token)).expect("valid config")
+    solver_with_config(config(cf, token))
+}
+
+/// A solver with `config`, whose requests go through certsmith's HTTP
+/// client as when certsmith loads the plugin. Every solver of these tests
+/// is made here: without a host attached, each request fails.
+pub fn solver_with_config(config: CloudflareConfig) -> Cloudflare {
+    certsmith_tests::attach_plugin_host();
+    Cloudflare::new(config).expect("valid config")
 }
 
 /// The configuration for `cf` with `token`.

@@ -25,7 +25,10 @@ pub fn config(moto: &Moto) -> Route53Config {
     }
 }
 
+/// The solver, with certsmith's HTTP client attached (the solver sends its
+/// requests through the host, ABI 1.3).
 pub fn solver(config: Route53Config) -> Route53 {
+    certsmith_tests::attach_plugin_host();
     Route53::new(config).expect("valid config")
 }
 
