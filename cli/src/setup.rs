@@ -230,11 +230,9 @@ pub(crate) fn plugin_host(global: &GlobalArgs, config: Option<&Config>) -> Plugi
     let config_dirs: Vec<PathBuf> = config
         .map(|c| c.defaults.plugin_dirs.clone())
         .unwrap_or_default();
-    let host = PluginHost::discover(&SearchPath::standard(&global.plugin_dirs, &config_dirs));
-    for p in host.problems() {
-        log::info!("plugin {} not loaded: {}", p.path.display(), p.error);
-    }
-    host
+    // Lists the files only: a plugin is loaded when a solver of its code is
+    // asked for (a refused file is logged then, if it comes to that).
+    PluginHost::discover(&SearchPath::standard(&global.plugin_dirs, &config_dirs))
 }
 
 /// DNS options: command-line flags over the config file's `[defaults]`.

