@@ -47,6 +47,19 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// The output of a check that must have passed without printing the
+/// secret access key.
+fn passed_without_leaking(out: &Output) -> String {
+    let all = text(out);
+    eprintln!("{all}");
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains(SECRET_ACCESS_KEY),
+        "the secret leaked:\n{all}"
+    );
+    all
+}
+
 /// `certsmith plugin check <plugin> --domain <zone> --solver-opt ...` with
 /// AWS credentials in the child's environment only. The metadata services
 /// are switched off and HOME points nowhere, so nothing outside loopback is
@@ -104,14 +117,8 @@ fn certsmith_plugin_check_passes() {
         ],
         "check.test",
     );
-    let all = text(&out);
-    eprintln!("{all}");
-    assert!(out.status.success(), "{all}");
+    let all = passed_without_leaking(&out);
     assert!(all.contains("plugin check passed"), "{all}");
-    assert!(
-        !all.contains(SECRET_ACCESS_KEY),
-        "the secret leaked:\n{all}"
-    );
     assert!(
         moto.txt_set(&zone_id, "_acme-challenge.check.test")
             .expect("read")
@@ -148,13 +155,7 @@ fn certsmith_plugin_check_with_a_profile_and_a_zone_lookup() {
         &[("AWS_SHARED_CREDENTIALS_FILE", creds.as_str())],
         "profile.test",
     );
-    let all = text(&out);
-    eprintln!("{all}");
-    assert!(out.status.success(), "{all}");
-    assert!(
-        !all.contains(SECRET_ACCESS_KEY),
-        "the secret leaked:\n{all}"
-    );
+    passed_without_leaking(&out);
     assert!(
         moto.requests(certsmith_tests::moto::Route53Action::ListHostedZonesByName) >= 1,
         "looked the zone up"
@@ -218,13 +219,7 @@ fn certsmith_plugin_check_with_container_credentials() {
         &[("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str())],
         "ecs.test",
     );
-    let all = text(&out);
-    eprintln!("{all}");
-    assert!(out.status.success(), "{all}");
-    assert!(
-        !all.contains(SECRET_ACCESS_KEY),
-        "the secret leaked:\n{all}"
-    );
+    passed_without_leaking(&out);
     assert!(
         moto.requests(certsmith_tests::moto::Route53Action::ChangeResourceRecordSets) >= 2,
         "present and cleanup reached moto"
