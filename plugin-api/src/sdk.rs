@@ -55,7 +55,7 @@ use crate::wire::{
 
 pub use crate::http_errors::parse_retry_after;
 pub use async_trait::async_trait;
-pub use client::{HttpRequest, HttpResponse};
+pub use client::{HttpRequest, HttpResponse, header_value_ok};
 pub use deadline::Deadline;
 pub use locks::{NameGuard, NameLocks};
 pub use names::relative_name;

@@ -460,6 +460,11 @@ pub struct HttpRequestHead {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// How the host names the request when no answer came
+    /// (`"{label} failed: {why}"`); the method and the URL without its query
+    /// or user info when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl HttpRequestHead {
@@ -470,6 +475,7 @@ impl HttpRequestHead {
             url: url.into(),
             headers: Vec::new(),
             timeout_ms: None,
+            label: None,
         }
     }
 }
@@ -482,6 +488,7 @@ impl fmt::Debug for HttpRequestHead {
             .field("url", &self.url)
             .field("header_names", &names)
             .field("timeout_ms", &self.timeout_ms)
+            .field("label", &self.label)
             .finish()
     }
 }

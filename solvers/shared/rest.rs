@@ -114,16 +114,6 @@ pub(crate) fn snippet(bytes: &[u8]) -> String {
     one_line.trim().to_owned()
 }
 
-/// Whether `value` can be sent as a header value: no control character
-/// but tab (what the host's client accepts), so a credential with a line
-/// break in it is reported by the option that holds it.
-#[allow(dead_code, reason = "httpreq sends its only credential base64-encoded")]
-pub(crate) fn header_safe(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
 /// The wait a 429 asks for, in whole seconds as text for the SDK:
 /// `Retry-After`, else `ratelimit-reset` (a Unix time, as DigitalOcean
 /// sends it, or seconds from now, as some providers do).
@@ -169,9 +159,10 @@ impl Rest {
             tries += 1;
             let sent = build(left.min(ATTEMPT_TIMEOUT))
                 .header("user-agent", self.agent)
+                .label(request)
                 .send();
             async move {
-                let answer = sent.await.map_err(|e| no_answer(request, e))?;
+                let answer = sent.await?;
                 let status = answer.status();
                 let wait = retry_after(&answer);
                 let body = answer.into_body();
@@ -224,19 +215,6 @@ impl Rest {
             _ => last,
         }
     }
-}
-
-/// The host's error for a request that got no answer, with the request
-/// named as this module names it (`METHOD /path`, the host says the whole
-/// URL): `{request} failed: {why}`. The host's `config` and `internal`
-/// errors (a header or URL it refuses, no host attached) stay as they are.
-fn no_answer(request: &str, mut e: PluginError) -> PluginError {
-    if e.kind == ErrorKind::Transient
-        && let Some((_, why)) = e.message.split_once(" failed: ")
-    {
-        e.message = format!("{request} failed: {why}");
-    }
-    e
 }
 
 /// `base` checked and without a trailing slash; `option` and `default`
@@ -342,33 +320,6 @@ mod tests {
         assert!((28..=30).contains(&wait), "{wait}");
         let both = answer(&[("ratelimit-reset", &soon), ("Retry-After", "2")]);
         assert_eq!(retry_after(&both).as_deref(), Some("2"));
-    }
-
-    #[test]
-    fn transport_failures_name_the_request_as_the_plugin_does() {
-        let e = no_answer(
-            "GET /v2/x?page=2",
-            PluginError::transient(
-                "GET http://127.0.0.1:9/v2/x failed: connection refused; is the service running at that address?",
-            ),
-        );
-        assert_eq!(
-            e.message,
-            "GET /v2/x?page=2 failed: connection refused; is the service running at that address?"
-        );
-        let refused = PluginError::config("the value of header authorization cannot be sent");
-        assert_eq!(
-            no_answer("GET /x", refused.clone()).message,
-            refused.message
-        );
-    }
-
-    #[test]
-    fn header_values_with_line_breaks_are_refused() {
-        assert!(header_safe("Bearer abc.DEF-ghi_~+/= \té"));
-        assert!(!header_safe("abc\ndef"));
-        assert!(!header_safe("abc\r"));
-        assert!(!header_safe("a\u{7f}"));
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub(crate) unsafe extern "C" fn host_http(head: Bytes, body: Bytes, done: Comple
             Ok(b) => b,
             Err(e) => return done.fail(&e),
         };
-        let what = describe(&request);
+        let what = request.label.clone().unwrap_or_else(|| describe(&request));
         let client = client.clone();
         rt.spawn(async move {
             match exchange(&client, built).await {
@@ -364,6 +364,24 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Transient);
         assert!(e.message.contains("connection refused"), "{}", e.message);
         assert!(!e.message.contains("s3cret"), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with(&format!("GET http://127.0.0.1:{port}/x failed: ")),
+            "{}",
+            e.message
+        );
+
+        // The plugin's own name for the request, when it gives one.
+        let mut head = head;
+        head.label = Some("GET /x?page=2".into());
+        let (_, body) = call(&head, b"");
+        let e: ErrorBody = serde_json::from_slice(&body).expect("error body");
+        assert!(
+            e.message
+                .starts_with("GET /x?page=2 failed: connection refused"),
+            "{}",
+            e.message
+        );
 
         // A server that accepts and never answers: the plugin's timeout.
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

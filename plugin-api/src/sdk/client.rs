@@ -127,6 +127,15 @@ impl HttpRequest {
         self
     }
 
+    /// How a failure without an answer names this request (`"{label}
+    /// failed: connection refused"`), e.g. the `"GET /zones?name=x"` the
+    /// plugin's other messages use. Without it the host says the method and
+    /// the URL without its query or user info.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.head.label = Some(label.into());
+        self
+    }
+
     /// The method.
     pub fn method(&self) -> &str {
         &self.head.method
@@ -275,6 +284,16 @@ impl HttpResponse {
     }
 }
 
+/// Whether `value` can be sent as a header value: no control character but
+/// tab (a line break in a pasted token is the usual culprit). The host
+/// refuses a request with such a header; a plugin checks its credentials
+/// with this up front, to name the setting to fix.
+pub fn header_value_ok(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// The host's `http` function, if the attached host has one.
 fn host_http() -> Option<unsafe extern "C" fn(Bytes, Bytes, Completion)> {
     let host = super::HOST.load(Ordering::Acquire);
@@ -320,6 +339,10 @@ mod tests {
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("authorization"), "{dbg}");
         assert_eq!(req.head.timeout_ms, Some(5000));
+        assert!(header_value_ok("Bearer abc.DEF-ghi_~+/= \té"));
+        for bad in ["abc\ndef", "abc\r", "a\u{7f}", "\0"] {
+            assert!(!header_value_ok(bad), "{bad:?}");
+        }
         assert_eq!(req.body, br#"{"a":1}"#);
 
         let mut head = HttpResponseHead::new(429);

@@ -54,7 +54,8 @@ pub mod storage;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Rest, base_url, describe, header_safe, join, normalize};
+use certsmith_plugin_api::sdk::header_value_ok;
+use rest::{Rest, base_url, describe, join, normalize};
 
 use storage::{Account, Storage};
 
@@ -243,7 +244,7 @@ impl Acmedns {
             ("password", account.password.expose()),
             ("username", account.username.as_str()),
         ] {
-            if !header_safe(v) {
+            if !header_value_ok(v) {
                 return Err(PluginError::config(format!(
                     "the acme-dns {what} stored for {domain} cannot go in an HTTP header; fix {}",
                     self.storage.path().display()

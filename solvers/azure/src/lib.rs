@@ -38,7 +38,8 @@ use url::Url;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Reply, Rest, base_url, describe, form, header_safe, join, normalize};
+use certsmith_plugin_api::sdk::header_value_ok;
+use rest::{Reply, Rest, base_url, describe, form, join, normalize};
 
 /// The default Resource Manager endpoint.
 pub const DEFAULT_API_BASE: &str = "https://management.azure.com";
@@ -331,7 +332,7 @@ impl Azure {
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
         let token = self.access_token(deadline).await?;
-        if !header_safe(&token) {
+        if !header_value_ok(&token) {
             return Err(PluginError::internal(
                 "the access token cannot go in an HTTP header",
             ));

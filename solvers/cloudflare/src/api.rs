@@ -31,7 +31,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use certsmith_plugin_api::sdk::{Backoff, HttpRequest, retry};
+use certsmith_plugin_api::sdk::{Backoff, HttpRequest, header_value_ok, retry};
 use certsmith_plugin_api::{Deadline, ErrorKind, PluginError, Secret, log};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -88,13 +88,11 @@ impl fmt::Display for Method {
     }
 }
 
-/// Whether `value` can go in an HTTP header as it is: visible ASCII, spaces
-/// and tabs only (what the host's client accepts; no line break can split
-/// the header).
+/// Whether `value` can go in an HTTP header as it is ([`header_value_ok`]:
+/// no line break can split the header) and is ASCII, as every Cloudflare
+/// token is: anything else in it was pasted by mistake.
 fn header_safe(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    header_value_ok(value) && value.is_ascii()
 }
 
 /// The retry policy of every call: as many tries as the deadline allows.

@@ -45,8 +45,9 @@ mod jwt;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
+use certsmith_plugin_api::sdk::header_value_ok;
 use jwt::ServiceAccount;
-use rest::{Reply, Rest, base_url, describe, form, header_safe, join, normalize};
+use rest::{Reply, Rest, base_url, describe, form, join, normalize};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://dns.googleapis.com/dns/v1";
@@ -279,7 +280,7 @@ impl Gcloud {
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
         let token = self.access_token(deadline).await?;
-        if !header_safe(&token) {
+        if !header_value_ok(&token) {
             return Err(PluginError::internal(
                 "the access token cannot go in an HTTP header",
             ));

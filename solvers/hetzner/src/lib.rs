@@ -41,7 +41,8 @@ use url::Url;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Reply, Rest, base_url, describe, header_safe, join, normalize};
+use certsmith_plugin_api::sdk::header_value_ok;
+use rest::{Reply, Rest, base_url, describe, join, normalize};
 
 /// The default API base.
 pub const DEFAULT_API_BASE: &str = "https://dns.hetzner.com/api/v1";
@@ -188,7 +189,7 @@ impl Hetzner {
         deadline: Deadline,
     ) -> Result<Reply, PluginError> {
         let request = describe(method, &url);
-        if !header_safe(self.token.expose()) {
+        if !header_value_ok(self.token.expose()) {
             return Err(PluginError::config(
                 "api_key cannot go in an HTTP header (a line break?); paste the token alone",
             ));

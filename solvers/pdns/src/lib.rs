@@ -45,7 +45,8 @@ use url::Url;
 #[path = "../../shared/rest.rs"]
 mod rest;
 
-use rest::{Rest, base_url, describe, header_safe, join, normalize};
+use certsmith_plugin_api::sdk::header_value_ok;
+use rest::{Rest, base_url, describe, join, normalize};
 
 /// The default of `ttl` (lego's).
 pub const DEFAULT_TTL: u32 = 120;
@@ -199,7 +200,7 @@ impl Pdns {
         deadline: Deadline,
     ) -> Result<Value, PluginError> {
         let request = describe(method, &url);
-        if !header_safe(self.key.expose()) {
+        if !header_value_ok(self.key.expose()) {
             return Err(PluginError::config(
                 "api_key cannot go in an HTTP header (a line break?); set PDNS_API_KEY to the key alone",
             ));
