@@ -848,9 +848,9 @@ async fn connect(pebble: &Pebble, state: &Path, progress: Progress) -> Engine {
 
 /// `n` requests for `<prefix><i>.test` and `www.<prefix><i>.test`.
 fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>, CertRequest)> {
-    (0..n)
-        .map(|i| {
-            let names = vec![format!("{prefix}{i}.test"), format!("www.{prefix}{i}.test")];
+    requests_names(prefix, n)
+        .into_iter()
+        .map(|names| {
             let request = CertRequest {
                 name: names[0].clone(),
                 domains: identifiers::parse_domains(&names).expect("valid names"),
@@ -920,6 +920,62 @@ fn twenty_certificates_at_once_from_one_process() {
     let results = issue_through_engine(&pebble, tmp.path(), "c", 20, 8);
     assert_eq!(results.len(), 20);
     check_all(&results, &pebble, &root);
+}
+
+/// `issue_each` streams: a request is taken from the iterator only when an
+/// order slot is free, and each result is handed over as its order ends.
+/// (Spawning every order at once, as `issue_all` once did, held the state
+/// of all of them: memory grew with the number of certificates.)
+#[test]
+fn issue_each_takes_a_request_only_when_a_slot_is_free() {
+    const N: usize = 12;
+    const CONCURRENCY: usize = 3;
+    let pebble = Pebble::start(PebbleOpts::default()).expect("start Pebble");
+    let tmp = TempState::new().expect("temp state");
+    let root = root_file(&pebble, &tmp);
+    let solver = standalone_instance(&pebble);
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (results, taken_at_each) = runtime().block_on(async {
+        let engine = connect(&pebble, tmp.path(), Progress::none()).await;
+        let counter = taken.clone();
+        let requests = requests(&solver, "s", N).into_iter().inspect(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut results: Vec<(Vec<String>, Result<IssuedCert, IssueError>)> = Vec::new();
+        let mut taken_at_each = Vec::new();
+        let mut names_of = requests_names("s", N);
+        engine
+            .issue_each(
+                requests.map(|(_, request)| request),
+                CONCURRENCY,
+                |i, result| {
+                    taken_at_each.push(taken.load(Ordering::SeqCst));
+                    results.push((std::mem::take(&mut names_of[i]), result));
+                },
+            )
+            .await;
+        (results, taken_at_each)
+    });
+    assert_eq!(results.len(), N, "one result per request");
+    for (k, &taken) in taken_at_each.iter().enumerate() {
+        assert!(
+            taken <= k + CONCURRENCY,
+            "when result {} came, {taken} requests had been taken: more than the {CONCURRENCY} slots allow",
+            k + 1
+        );
+    }
+    assert!(
+        results.iter().all(|(names, _)| !names.is_empty()),
+        "every index came once"
+    );
+    check_all(&results, &pebble, &root);
+}
+
+/// The names [`requests`] gives request `i`.
+fn requests_names(prefix: &str, n: usize) -> Vec<Vec<String>> {
+    (0..n)
+        .map(|i| vec![format!("{prefix}{i}.test"), format!("www.{prefix}{i}.test")])
+        .collect()
 }
 
 #[test]

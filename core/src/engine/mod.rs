@@ -5,8 +5,10 @@
 //! ([RFC 8555 §7.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.1)) and
 //! guarantees the things an operator relies on:
 //!
-//! * **Concurrency**: [`Engine::issue_all`] runs orders at once, bounded, on
-//!   one account and one HTTP pool; within an order every challenge is
+//! * **Concurrency**: [`Engine::issue_each`] (and [`Engine::issue_all`])
+//!   runs orders at once, bounded, on one account and one HTTP pool, and
+//!   starts an order only when a slot is free, so memory does not grow with
+//!   the number of certificates; within an order every challenge is
 //!   presented in parallel. One failed order never stops the others.
 //! * **Cleanup, always**: every challenge is put on a cleanup list *before*
 //!   `present` is called, and the list is worked off after validation

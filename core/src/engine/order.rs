@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use certsmith_plugin_api::{ChallengeRequest, ChallengeType};
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::acme::{AccountOptions, AcmeClient, AuthzStatus};
@@ -77,7 +76,9 @@ impl Engine {
 
     /// Obtains and stores every requested certificate, at most
     /// `concurrency` orders at a time. Results are in request order; one
-    /// failure never stops the others.
+    /// failure never stops the others. Holds every result until the last
+    /// order ends: for many certificates, [`Engine::issue_each`] hands each
+    /// one over as it comes instead.
     pub async fn issue_all(
         &self,
         requests: Vec<CertRequest>,
@@ -95,62 +96,88 @@ impl Engine {
         concurrency: usize,
         saved: Option<tokio::sync::mpsc::UnboundedSender<(usize, IssuedCert)>>,
     ) -> Vec<Result<IssuedCert, IssueError>> {
-        let n = requests.len();
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let mut set = JoinSet::new();
-        let mut index_of = HashMap::new();
-        for (i, req) in requests.into_iter().enumerate() {
-            let engine = self.clone();
-            let permits = permits.clone();
-            let saved = saved.clone();
-            let handle = set.spawn(async move {
-                let name = req.name.clone();
-                let cancel = engine.inner.options.cancel.clone();
-                let permit = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => None,
-                    p = permits.acquire_owned() => p.ok(),
-                };
-                let result = match permit {
-                    Some(_permit) => engine.issue(req).await,
-                    None => Err(IssueError::Cancelled),
-                };
-                if let (Some(tx), Ok(cert)) = (&saved, &result) {
-                    // The receiver gone means nobody waits for it.
-                    let _ = tx.send((i, cert.clone()));
-                }
-                if let Err(e) = &result {
-                    engine.inner.progress.emit(ProgressEvent::Failed {
-                        name,
-                        error: e.to_string(),
-                    });
-                }
-                result
-            });
-            index_of.insert(handle.id(), i);
-        }
-        // The tasks hold the only senders now: the receiver ends with them.
-        drop(saved);
         let mut results: Vec<Option<Result<IssuedCert, IssueError>>> =
-            (0..n).map(|_| None).collect();
-        while let Some(joined) = set.join_next_with_id().await {
-            let (id, result) = match joined {
-                Ok((id, r)) => (id, r),
-                Err(e) => (
-                    e.id(),
-                    Err(IssueError::Internal(format!("the order task failed: {e}"))),
-                ),
-            };
-            if let Some(slot) = index_of.get(&id).and_then(|&i| results.get_mut(i)) {
+            (0..requests.len()).map(|_| None).collect();
+        self.issue_each(requests, concurrency, |i, result| {
+            if let (Some(tx), Ok(cert)) = (&saved, &result) {
+                // The receiver gone means nobody waits for it.
+                let _ = tx.send((i, cert.clone()));
+            }
+            if let Some(slot) = results.get_mut(i) {
                 *slot = Some(result);
             }
-        }
+        })
+        .await;
         results
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| Err(IssueError::Internal("an order task vanished".to_owned())))
             })
             .collect()
+    }
+
+    /// Obtains and stores every certificate `requests` yields, at most
+    /// `concurrency` orders at a time, and hands each result to `done`
+    /// (with the request's index) as soon as its order ends. One failure
+    /// never stops the others; once the engine is cancelled, the requests
+    /// not started end as [`IssueError::Cancelled`].
+    ///
+    /// Memory stays flat in the number of certificates: a request is taken
+    /// from the iterator only when an order slot is free, and nothing of a
+    /// finished order is kept (issue #17: 1,000 certificates in the memory
+    /// of a few).
+    pub async fn issue_each<I>(
+        &self,
+        requests: I,
+        concurrency: usize,
+        mut done: impl FnMut(usize, Result<IssuedCert, IssueError>),
+    ) where
+        I: IntoIterator<Item = CertRequest>,
+    {
+        let concurrency = concurrency.max(1);
+        let cancel = self.inner.options.cancel.clone();
+        let mut requests = requests.into_iter().enumerate();
+        let mut set = JoinSet::new();
+        let mut index_of = HashMap::new();
+        let mut end =
+            |engine: &Engine, i: usize, name: String, result: Result<IssuedCert, IssueError>| {
+                if let Err(e) = &result {
+                    engine.inner.progress.emit(ProgressEvent::Failed {
+                        name,
+                        error: e.to_string(),
+                    });
+                }
+                done(i, result);
+            };
+        loop {
+            while set.len() < concurrency && !cancel.is_cancelled() {
+                let Some((i, req)) = requests.next() else {
+                    break;
+                };
+                let engine = self.clone();
+                let name = req.name.clone();
+                let handle = set.spawn(async move { engine.issue(req).await });
+                index_of.insert(handle.id(), (i, name));
+            }
+            if cancel.is_cancelled() {
+                for (i, req) in requests.by_ref() {
+                    end(self, i, req.name, Err(IssueError::Cancelled));
+                }
+            }
+            let Some(joined) = set.join_next_with_id().await else {
+                break;
+            };
+            let (id, result) = match joined {
+                Ok((id, result)) => (id, result),
+                Err(e) => (
+                    e.id(),
+                    Err(IssueError::Internal(format!("the order task failed: {e}"))),
+                ),
+            };
+            if let Some((i, name)) = index_of.remove(&id) {
+                end(self, i, name, result);
+            }
+        }
     }
 
     /// Obtains and stores one certificate (behind the rate-limit gate of
