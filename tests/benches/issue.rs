@@ -51,6 +51,14 @@ use common::{die, flag, median};
 /// Targets from issue 3, shown next to the figures.
 const TARGET_ONE: Duration = Duration::from_millis(300);
 const TARGET_HUNDRED: Duration = Duration::from_secs(3);
+/// How many times a run is made before the bench gives up on it.
+const STALL_ATTEMPTS: usize = 3;
+
+/// The longest a measured run of `n` certificates may take before it is
+/// taken for stalled: ten times what it takes on a 2-core VM, at least 30 s.
+fn run_timeout(n: usize) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(60 * n as u64)
+}
 /// Issue 17: about what both processes' CPU allows on two cores.
 const TARGET_THOUSAND: Duration = Duration::from_secs(5);
 const TARGET_RSS_KIB: u64 = 30 * 1024;
@@ -168,6 +176,42 @@ fn child(args: &[String]) {
     runtime.shutdown_background();
 }
 
+/// The output of `child`, or `None` (and the child killed) if it has not
+/// ended after `limit`.
+fn output_within(mut child: std::process::Child, limit: Duration) -> Option<std::process::Output> {
+    let deadline = Instant::now() + limit;
+    // Read the pipes on threads so that a chatty child never blocks on them.
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    Some(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
 /// User + system CPU time of this process so far (getrusage).
 fn self_cpu() -> Duration {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
@@ -268,21 +312,26 @@ fn driver(args: &[String]) {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let pebble = Pebble::start(PebbleOpts {
-        nonce_reject_percent: Some(0),
-        env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
-        ..PebbleOpts::default()
-    })
-    .unwrap_or_else(|e| die(&format!("{e:?}")));
+    let start_pebble = || {
+        Pebble::start(PebbleOpts {
+            nonce_reject_percent: Some(0),
+            env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
+            ..PebbleOpts::default()
+        })
+        .unwrap_or_else(|e| die(&format!("{e:?}")))
+    };
+    let pebble = start_pebble();
     // The CA's share of the machine: Pebble and its DNS server.
-    let ca_cpu = || proc_cpu(pebble.pid()) + proc_cpu(pebble.challtestsrv().and_then(|c| c.pid()));
+    let ca_cpu = |pebble: &Pebble| {
+        proc_cpu(pebble.pid()) + proc_cpu(pebble.challtestsrv().and_then(|c| c.pid()))
+    };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let tmp = tempfile::tempdir().unwrap_or_else(|e| die(&e.to_string()));
     let listen = format!("127.0.0.1:{}", pebble.http_port());
     let me = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
 
     println!(
-        "certsmith issuance benchmark: Pebble {} (PEBBLE_VA_NOSLEEP=1, PEBBLE_AUTHZREUSE=0, no nonce rejection), {} build, standalone http-01, ec-p256, one name per certificate, {} cores, median of {runs} run(s)",
+        "certsmith issuance benchmark: Pebble {} and a fresh one for each run (PEBBLE_VA_NOSLEEP=1, PEBBLE_AUTHZREUSE=0, no nonce rejection), {} build, standalone http-01, ec-p256, one name per certificate, {} cores, median of {runs} run(s)",
         pebble.directory_url(),
         profile,
         cores,
@@ -304,26 +353,59 @@ fn driver(args: &[String]) {
         "CPU/cores"
     );
     let mut verdicts = Vec::new();
+    let mut stalled = 0usize;
     for &n in &ns {
         let conc = concurrency.unwrap_or(DEFAULT_CONCURRENCY.min(n).max(1));
         let mut samples = Vec::new();
         for run in 0..runs {
-            let state = tmp.path().join(format!("state-{n}-{run}"));
-            let ca_cpu_before = ca_cpu();
-            let out = Command::new(&me)
-                .args(["--child", "--n", &n.to_string()])
-                .args(["--concurrency", &conc.to_string()])
-                .args(["--server", &pebble.directory_url()])
-                .arg("--ca-cert")
-                .arg(pebble.ca_cert_path())
-                .args(["--listen", &listen])
-                .arg("--state")
-                .arg(&state)
-                .args(["--prefix", &format!("n{n}r{run}")])
-                .arg("--plugin-dir")
-                .arg(&plugins)
-                .output()
-                .unwrap_or_else(|e| die(&format!("run the child: {e}")));
+            // A fresh Pebble for every run, so that every run starts from
+            // the same empty CA; and a run Pebble deadlocks in is made again
+            // (Pebble 2.4's in-memory store now and then stops answering
+            // new orders for good when they come in fast, with 8 in flight
+            // too: its log shows requests entering the handler and never
+            // leaving it). How many were made again is printed.
+            let mut attempt = 0;
+            let (pebble, out) = loop {
+                attempt += 1;
+                let state = tmp.path().join(format!("state-{n}-{run}-{attempt}"));
+                let pebble = start_pebble();
+                let ca_cpu_before = ca_cpu(&pebble);
+                let child = Command::new(&me)
+                    .args(["--child", "--n", &n.to_string()])
+                    .args(["--concurrency", &conc.to_string()])
+                    .args(["--server", &pebble.directory_url()])
+                    .arg("--ca-cert")
+                    .arg(pebble.ca_cert_path())
+                    .args(["--listen", &format!("127.0.0.1:{}", pebble.http_port())])
+                    .arg("--state")
+                    .arg(&state)
+                    .args(["--prefix", &format!("n{n}r{run}a{attempt}")])
+                    .arg("--plugin-dir")
+                    .arg(&plugins)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| die(&format!("run the child: {e}")));
+                let limit = run_timeout(n);
+                match output_within(child, limit) {
+                    Some(out) => break ((pebble, ca_cpu_before), out),
+                    None if attempt < STALL_ATTEMPTS => {
+                        stalled += 1;
+                        eprintln!(
+                            "bench: N={n} run {run}: no end within {} s; Pebble's log ({}) ends with: {}; running it again on a fresh Pebble",
+                            limit.as_secs(),
+                            pebble.log_path().display(),
+                            pebble.log_tail(1).trim()
+                        );
+                    }
+                    None => die(&format!(
+                        "the run for N={n} did not end within {} s, {STALL_ATTEMPTS} times: Pebble stopped answering? Its log: {}",
+                        limit.as_secs(),
+                        pebble.log_path().display()
+                    )),
+                }
+            };
+            let (pebble, ca_cpu_before) = pebble;
             let stdout = String::from_utf8_lossy(&out.stdout);
             let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
                 die(&format!(
@@ -338,7 +420,7 @@ fn driver(args: &[String]) {
                     v["failed"], v["first_error"]
                 ));
             }
-            let ca_cpu = ca_cpu().saturating_sub(ca_cpu_before);
+            let ca_cpu = ca_cpu(&pebble).saturating_sub(ca_cpu_before);
             let ms = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1000.0);
             samples.push(Sample {
                 wall: ms("wall_ms"),
@@ -447,6 +529,11 @@ fn driver(args: &[String]) {
     println!();
     for v in verdicts {
         println!("{v}");
+    }
+    if stalled > 0 {
+        println!(
+            "{stalled} run(s) made again on a fresh Pebble after Pebble stopped answering (not counted)"
+        );
     }
     side_by_side(&pebble, runs, (wall, cli_cpu, rss));
 }
