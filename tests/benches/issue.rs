@@ -128,19 +128,9 @@ fn child(args: &[String]) {
         let account_time = started.elapsed();
         let requests = (0..n).map(|i| {
             let name = format!("{prefix}-{i}.bench.test");
-            CertRequest {
-                domains: identifiers::parse_domains(std::slice::from_ref(&name))
-                    .unwrap_or_else(|e| die(&e.to_string())),
-                name,
-                solver: solver.clone(),
-                key_type: KeyType::EcP256,
-                replaces: None,
-                propagation_check: None,
-                order: Default::default(),
-                hooks: Default::default(),
-                fence: None,
-                name_solvers: Default::default(),
-            }
+            let domains = identifiers::parse_domains(std::slice::from_ref(&name))
+                .unwrap_or_else(|e| die(&e.to_string()));
+            CertRequest::new(name, domains, solver.clone(), KeyType::EcP256)
         });
         // Streamed, as `certsmith run` does: a request is made when an
         // order slot frees and nothing of a finished order is kept, so the

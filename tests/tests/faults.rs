@@ -317,19 +317,9 @@ fn five_percent_random_faults_over_fifty_issuances_give_fifty_certificates() {
         let requests = (0..50)
             .map(|i| {
                 let name = format!("rnd{i}.faults.test");
-                CertRequest {
-                    domains: identifiers::parse_domains(std::slice::from_ref(&name))
-                        .expect("valid name"),
-                    name,
-                    solver: solver.clone(),
-                    key_type: KeyType::EcP256,
-                    replaces: None,
-                    propagation_check: None,
-                    order: Default::default(),
-                    hooks: Default::default(),
-                    fence: None,
-                    name_solvers: Default::default(),
-                }
+                let domains =
+                    identifiers::parse_domains(std::slice::from_ref(&name)).expect("valid name");
+                CertRequest::new(name, domains, solver.clone(), KeyType::EcP256)
             })
             .collect();
         (engine.issue_all(requests, 8).await, client.stats())

@@ -851,18 +851,12 @@ fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>
     requests_names(prefix, n)
         .into_iter()
         .map(|names| {
-            let request = CertRequest {
-                name: names[0].clone(),
-                domains: identifiers::parse_domains(&names).expect("valid names"),
-                solver: solver.clone(),
-                key_type: KeyType::EcP256,
-                replaces: None,
-                propagation_check: None,
-                order: Default::default(),
-                hooks: Default::default(),
-                fence: None,
-                name_solvers: Default::default(),
-            };
+            let request = CertRequest::new(
+                names[0].clone(),
+                identifiers::parse_domains(&names).expect("valid names"),
+                solver.clone(),
+                KeyType::EcP256,
+            );
             (names, request)
         })
         .collect()

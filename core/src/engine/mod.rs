@@ -170,6 +170,30 @@ impl OrderOptions {
 }
 
 impl CertRequest {
+    /// A request for `domains` under `name`, answered by `solver`, with a
+    /// new key of `key_type`; everything else as a first issuance asks it:
+    /// no certificate replaced, the engine's propagation check, default
+    /// order options, no hooks, no lease, one solver for every name.
+    pub fn new(
+        name: String,
+        domains: Vec<Identifier>,
+        solver: SolverInstance,
+        key_type: KeyType,
+    ) -> CertRequest {
+        CertRequest {
+            name,
+            domains,
+            solver,
+            name_solvers: Default::default(),
+            key_type,
+            replaces: None,
+            propagation_check: None,
+            order: OrderOptions::default(),
+            hooks: OrderHooks::default(),
+            fence: None,
+        }
+    }
+
     /// The solver that answers the challenge of `identifier` (as ordered,
     /// `*.`-prefixed for a wildcard).
     pub fn solver_for(&self, identifier: &str) -> &SolverInstance {
