@@ -705,6 +705,8 @@ fn renew_from_the_lineage_of_an_issued_certificate() {
     assert!(lineage.contains("email = \"ops@example.com\""), "{lineage}");
     assert!(lineage.contains("ca_cert = "), "{lineage}");
     assert!(!lineage.contains("PRIVATE"), "{lineage}");
+    // Both the settings and the renewal schedule are recorded after the order.
+    assert!(lineage.contains("next_renewal = "), "{lineage}");
 
     // Not due: nothing happens.
     let r = certsmith(

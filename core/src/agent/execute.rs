@@ -199,25 +199,11 @@ impl Agent {
     }
 
     /// Records the settings and the next renewal in the lineage after an
-    /// order (asking the CA's ARI when it offers it).
+    /// order (asking the CA's ARI when it offers it), in one write: each
+    /// rewrite of `lineage.toml` is a new file, two fsyncs and a freed
+    /// inode (issue #17).
     async fn after_issue(&self, client: &AcmeClient, job: &mut Job, cert: &IssuedCert) {
-        let settings = job.settings.clone();
-        let (store, name) = (self.store.clone(), cert.name.clone());
-        let recorded = tokio::task::spawn_blocking(move || {
-            store.update_lineage(&name, &mut |l| {
-                l.ca_cert = settings.ca_cert.as_ref().map(|p| p.display().to_string());
-                l.email = settings.email.clone();
-                l.deploy_hook = settings.deploy_hook.clone();
-                l.pre_hook = settings.pre_hook.clone();
-                l.post_hook = settings.post_hook.clone();
-                l.hook_timeout = settings.hook_timeout.map(config::format_duration);
-                l.renew_before = settings.renew_before.map(config::format_duration);
-            })
-        })
-        .await;
-        if let Ok(Err(e)) = recorded {
-            log::warn!("could not record the settings of '{}': {e}", cert.name);
-        }
+        let mut record = None;
         match renewal::read_current(&self.store, &cert.name) {
             Ok(Some(facts)) => {
                 let lineage = self.store.load_lineage(&cert.name).ok().flatten();
@@ -232,11 +218,35 @@ impl Agent {
                 .await;
                 job.warn_renew_before(&sched, &facts, job.settings.renew_before);
                 job.next = Some((sched.next, sched.reason));
-                self.persist_schedule(&cert.name, sched.record).await;
+                // A dry run records no schedule (as `persist_schedule`).
+                record = (!self.dry_run).then_some(sched.record);
                 job.facts = Some(facts);
             }
             Ok(None) => {}
             Err(e) => log::warn!("cannot read the new certificate of '{}': {e}", cert.name),
+        }
+        let settings = job.settings.clone();
+        let (store, name) = (self.store.clone(), cert.name.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.update_lineage(&name, &mut |l| {
+                l.ca_cert = settings.ca_cert.as_ref().map(|p| p.display().to_string());
+                l.email = settings.email.clone();
+                l.deploy_hook = settings.deploy_hook.clone();
+                l.pre_hook = settings.pre_hook.clone();
+                l.post_hook = settings.post_hook.clone();
+                l.hook_timeout = settings.hook_timeout.map(config::format_duration);
+                l.renew_before = settings.renew_before.map(config::format_duration);
+                if let Some(r) = record.take() {
+                    l.renewal = Some(r);
+                }
+            })
+        })
+        .await;
+        if let Ok(Err(e)) = recorded {
+            log::warn!(
+                "could not record the settings and renewal schedule of '{}': {e}",
+                cert.name
+            );
         }
     }
 
