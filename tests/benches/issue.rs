@@ -51,6 +51,10 @@ use common::{die, flag, median};
 /// Targets from issue 3, shown next to the figures.
 const TARGET_ONE: Duration = Duration::from_millis(300);
 const TARGET_HUNDRED: Duration = Duration::from_secs(3);
+const TARGET_RSS_KIB: u64 = 30 * 1024;
+/// Issue 17: about what both processes' CPU allows on two cores.
+const TARGET_THOUSAND: Duration = Duration::from_secs(5);
+
 /// How many times a run is made before the bench gives up on it.
 const STALL_ATTEMPTS: usize = 3;
 
@@ -59,9 +63,6 @@ const STALL_ATTEMPTS: usize = 3;
 fn run_timeout(n: usize) -> Duration {
     Duration::from_secs(30) + Duration::from_millis(60 * n as u64)
 }
-/// Issue 17: about what both processes' CPU allows on two cores.
-const TARGET_THOUSAND: Duration = Duration::from_secs(5);
-const TARGET_RSS_KIB: u64 = 30 * 1024;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -220,7 +221,7 @@ fn timeval(t: libc::timeval) -> Duration {
 }
 
 /// CPU time (user + system) a running process has used so far, from
-/// /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s).
+/// /proc/<pid>/stat (fields 14 and 15, in clock ticks of `_SC_CLK_TCK`).
 fn proc_cpu(pid: Option<u32>) -> Duration {
     let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
     else {
@@ -355,7 +356,7 @@ fn driver(args: &[String]) {
             // too: its log shows requests entering the handler and never
             // leaving it). How many were made again is printed.
             let mut attempt = 0;
-            let (pebble, out) = loop {
+            let (pebble, ca_cpu_before, out) = loop {
                 attempt += 1;
                 let state = tmp.path().join(format!("state-{n}-{run}-{attempt}"));
                 let pebble = start_pebble();
@@ -378,7 +379,7 @@ fn driver(args: &[String]) {
                     .unwrap_or_else(|e| die(&format!("run the child: {e}")));
                 let limit = run_timeout(n);
                 match output_within(child, limit) {
-                    Some(out) => break ((pebble, ca_cpu_before), out),
+                    Some(out) => break (pebble, ca_cpu_before, out),
                     None if attempt < STALL_ATTEMPTS => {
                         stalled += 1;
                         eprintln!(
@@ -395,7 +396,6 @@ fn driver(args: &[String]) {
                     )),
                 }
             };
-            let (pebble, ca_cpu_before) = pebble;
             let stdout = String::from_utf8_lossy(&out.stdout);
             let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
                 die(&format!(

@@ -848,9 +848,9 @@ async fn connect(pebble: &Pebble, state: &Path, progress: Progress) -> Engine {
 
 /// `n` requests for `<prefix><i>.test` and `www.<prefix><i>.test`.
 fn requests(solver: &SolverInstance, prefix: &str, n: usize) -> Vec<(Vec<String>, CertRequest)> {
-    requests_names(prefix, n)
-        .into_iter()
-        .map(|names| {
+    (0..n)
+        .map(|i| {
+            let names = vec![format!("{prefix}{i}.test"), format!("www.{prefix}{i}.test")];
             let request = CertRequest::new(
                 names[0].clone(),
                 identifiers::parse_domains(&names).expect("valid names"),
@@ -932,21 +932,18 @@ fn issue_each_takes_a_request_only_when_a_slot_is_free() {
     let (results, taken_at_each) = runtime().block_on(async {
         let engine = connect(&pebble, tmp.path(), Progress::none()).await;
         let counter = taken.clone();
-        let requests = requests(&solver, "s", N).into_iter().inspect(move |_| {
+        let (mut names_of, requests): (Vec<_>, Vec<_>) =
+            requests(&solver, "s", N).into_iter().unzip();
+        let requests = requests.into_iter().inspect(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
         });
         let mut results: Vec<(Vec<String>, Result<IssuedCert, IssueError>)> = Vec::new();
         let mut taken_at_each = Vec::new();
-        let mut names_of = requests_names("s", N);
         engine
-            .issue_each(
-                requests.map(|(_, request)| request),
-                CONCURRENCY,
-                |i, result| {
-                    taken_at_each.push(taken.load(Ordering::SeqCst));
-                    results.push((std::mem::take(&mut names_of[i]), result));
-                },
-            )
+            .issue_each(requests, CONCURRENCY, |i, result| {
+                taken_at_each.push(taken.load(Ordering::SeqCst));
+                results.push((std::mem::take(&mut names_of[i]), result));
+            })
             .await;
         (results, taken_at_each)
     });
@@ -963,13 +960,6 @@ fn issue_each_takes_a_request_only_when_a_slot_is_free() {
         "every index came once"
     );
     check_all(&results, &pebble, &root);
-}
-
-/// The names [`requests`] gives request `i`.
-fn requests_names(prefix: &str, n: usize) -> Vec<Vec<String>> {
-    (0..n)
-        .map(|i| vec![format!("{prefix}{i}.test"), format!("www.{prefix}{i}.test")])
-        .collect()
 }
 
 #[test]

@@ -139,16 +139,15 @@ impl Engine {
         let mut requests = requests.into_iter().enumerate();
         let mut set = JoinSet::new();
         let mut index_of = HashMap::new();
-        let mut end =
-            |engine: &Engine, i: usize, name: String, result: Result<IssuedCert, IssueError>| {
-                if let Err(e) = &result {
-                    engine.inner.progress.emit(ProgressEvent::Failed {
-                        name,
-                        error: e.to_string(),
-                    });
-                }
-                done(i, result);
-            };
+        let mut end = |i: usize, name: String, result: Result<IssuedCert, IssueError>| {
+            if let Err(e) = &result {
+                self.inner.progress.emit(ProgressEvent::Failed {
+                    name,
+                    error: e.to_string(),
+                });
+            }
+            done(i, result);
+        };
         loop {
             while set.len() < concurrency && !cancel.is_cancelled() {
                 let Some((i, req)) = requests.next() else {
@@ -161,7 +160,7 @@ impl Engine {
             }
             if cancel.is_cancelled() {
                 for (i, req) in requests.by_ref() {
-                    end(self, i, req.name, Err(IssueError::Cancelled));
+                    end(i, req.name, Err(IssueError::Cancelled));
                 }
             }
             let Some(joined) = set.join_next_with_id().await else {
@@ -175,7 +174,7 @@ impl Engine {
                 ),
             };
             if let Some((i, name)) = index_of.remove(&id) {
-                end(self, i, name, result);
+                end(i, name, result);
             }
         }
     }
