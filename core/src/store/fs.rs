@@ -9,12 +9,14 @@
 //!
 //! * Files are written to a temporary name, fsynced, renamed, and the
 //!   directory fsynced (the rename is what makes them appear atomically).
-//! * A version is written completely into `versions/.staging-*` (outside
-//!   the lock: the fsyncs of concurrent saves overlap), then renamed to
-//!   `versions/<n>` under the lock, and only then does `current` move, by
-//!   renaming a new symlink over it. Leftover staging directories from a
-//!   crash are never mistaken for versions and are removed by a later
-//!   writer once they are old.
+//! * A version is written completely into `versions/.staging-*`, and the
+//!   lineage that will list it into `.lineage.toml.next-*` (outside the
+//!   lock: the fsyncs of concurrent saves overlap), then renamed to
+//!   `versions/<n>` under the lock, the lineage put in place (or written
+//!   anew if another save came in between), and only then does `current`
+//!   move, by renaming a new symlink over it. Leftovers of a crash are
+//!   never mistaken for versions and are removed by a later writer once
+//!   their process is gone or they are old.
 //! * The `lock` file is held (`flock`) only while writing, not during an ACME
 //!   order, so two `certsmith issue` processes on one store both finish.
 //!   `run.lock` is the lease a whole batch holds.
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 use super::fsio::{
     FileLock, create_private_dir_all, fsync_dir, is_stale_temp, lock_file, parent, read_optional,
-    remove_stale_temps, sanitize, write_atomic, write_new,
+    remove_stale_temps, sanitize, write_atomic, write_new, write_new_files,
 };
 use super::{
     AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CSR_FILE, CertFiles, FULLCHAIN_FILE,
@@ -285,23 +287,95 @@ impl FsStore {
         })
     }
 
-    /// Records `version` (already in `versions/`) in the lineage and points
-    /// `current` at it. The caller holds the store lock.
-    fn publish_version(
+    /// Under the store lock: checks the fence, numbers the version staged
+    /// in `staging`, moves it into `versions/` and publishes it.
+    fn number_and_publish(
         &self,
         name: &str,
+        staging: &Path,
+        lineage: &Lineage,
+        record: VersionRecord,
+        fence: Option<u64>,
+        prepared: &PreparedLineage,
+    ) -> Result<SavedVersion, StoreError> {
+        let cert_dir = self.cert_dir(name);
+        let versions_dir = cert_dir.join("versions");
+        let _lock = self.lock_for_save()?;
+        if let Some(token) = fence {
+            self.check_fence(name, token)?;
+        }
+        // We hold the lock: any temp file or directory is a leftover of
+        // a crash (a staging directory once it is old).
+        remove_stale_temps(&versions_dir);
+        remove_stale_temps(&cert_dir);
+        let version = next_version(&versions_dir)?;
+        let dir = versions_dir.join(version.to_string());
+        fs::rename(staging, &dir).map_err(|e| StoreError::io("rename", staging, e))?;
+        fsync_dir(&versions_dir)?;
+        let current = self.publish_version(&cert_dir, version, lineage, record, Some(prepared))?;
+        Ok(SavedVersion {
+            version,
+            dir,
+            current,
+        })
+    }
+
+    /// Writes the lineage the next version will have, for the version
+    /// number and stored lineage seen now, to a temporary file, and makes it
+    /// durable: done outside the store lock, so that under it, if neither
+    /// changed meanwhile, only a rename is left (see [`Self::publish_version`]).
+    fn prepare_lineage(
+        &self,
+        cert_dir: &Path,
+        versions_dir: &Path,
+        lineage: &Lineage,
+        record: &VersionRecord,
+    ) -> Result<PreparedLineage, StoreError> {
+        let path = cert_dir.join("lineage.toml");
+        let seen = read_optional(&path)?;
+        let version = next_version(versions_dir)?;
+        let text = lineage_text(&path, seen.as_deref(), lineage, record.clone(), version)?;
+        let tmp = cert_dir.join(format!(
+            "{LINEAGE_NEXT_PREFIX}{}-{}",
+            std::process::id(),
+            STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        write_new(&tmp, text.as_bytes(), 0o644)?;
+        Ok(PreparedLineage { version, seen, tmp })
+    }
+
+    /// Records `version` (already in `versions/`) in the lineage and points
+    /// `current` at it. The caller holds the store lock. `prepared` is put
+    /// in place when it was made for this version and the lineage stored
+    /// now; otherwise it is removed and the lineage written here.
+    fn publish_version(
+        &self,
         cert_dir: &Path,
         version: u32,
         lineage: &Lineage,
-        mut record: VersionRecord,
+        record: VersionRecord,
+        prepared: Option<&PreparedLineage>,
     ) -> Result<PathBuf, StoreError> {
-        // The lineage: the stored history plus this version. Settings the
-        // caller leaves unset (account, CA bundle, hook, margin) carry
-        // over; renewal state and a revocation belonged to the old version.
-        let old = self.load_lineage(name).ok().flatten();
-        record.version = version;
-        let lineage = super::lineage_for_commit(old, lineage, record);
-        self.write_lineage(name, &lineage)?;
+        let path = cert_dir.join("lineage.toml");
+        let seen = read_optional(&path)?;
+        let placed = match prepared {
+            Some(p) if p.version == version && p.seen == seen => match fs::rename(&p.tmp, &path) {
+                Ok(()) => true,
+                // Swept by an older certsmith that does not know the name.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(StoreError::io("rename", &p.tmp, e)),
+            },
+            _ => false,
+        };
+        if let (false, Some(p)) = (placed, prepared) {
+            let _ = fs::remove_file(&p.tmp);
+        }
+        if placed {
+            fsync_dir(cert_dir)?;
+        } else {
+            let text = lineage_text(&path, seen.as_deref(), lineage, record, version)?;
+            write_atomic(&path, text.as_bytes(), 0o644)?;
+        }
         // The lineage is written first so that a crash in between leaves a
         // stored version the lineage knows, never a `current` it does not.
         switch_current(cert_dir, version)
@@ -387,6 +461,42 @@ fn switch_current(cert_dir: &Path, version: u32) -> Result<PathBuf, StoreError> 
     Ok(current)
 }
 
+/// A lineage written ahead of the store lock by
+/// [`FsStore::prepare_lineage`]: for `version`, over the stored lineage
+/// `seen` (its bytes, `None`: there was none), in the file `tmp`.
+struct PreparedLineage {
+    version: u32,
+    seen: Option<Vec<u8>>,
+    tmp: PathBuf,
+}
+
+/// Lineages written ahead of the store lock, in the certificate's
+/// directory: a leftover only once old, like a staging directory.
+pub(super) const LINEAGE_NEXT_PREFIX: &str = ".lineage.toml.next-";
+
+/// The text of the lineage after committing `record` as version
+/// `version`: the stored history (`seen`, the bytes of `path`) plus this
+/// version. Settings the caller leaves unset (account, CA bundle, hook,
+/// margin) carry over; renewal state and a revocation belonged to the old
+/// version. A stored lineage that does not parse is replaced.
+fn lineage_text(
+    path: &Path,
+    seen: Option<&[u8]>,
+    lineage: &Lineage,
+    mut record: VersionRecord,
+    version: u32,
+) -> Result<String, StoreError> {
+    let old = seen
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| toml::from_str::<Lineage>(t).ok());
+    record.version = version;
+    let lineage = super::lineage_for_commit(old, lineage, record);
+    toml::to_string(&lineage).map_err(|e| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 fn read_pem(path: &Path) -> Result<String, StoreError> {
     fs::read_to_string(path).map_err(|e| StoreError::io("read", path, e))
 }
@@ -405,20 +515,7 @@ fn stage_version(staging: &Path, files: &CertFiles) -> Result<(), StoreError> {
         .mode(0o755)
         .create(staging)
         .map_err(|e| StoreError::io("create", staging, e))?;
-    for (file, data, mode) in [
-        (CERT_FILE, files.cert_pem.as_str(), 0o644),
-        (CHAIN_FILE, files.chain_pem.as_str(), 0o644),
-        (FULLCHAIN_FILE, files.fullchain_pem.as_str(), 0o644),
-    ] {
-        write_new(&staging.join(file), data.as_bytes(), mode)?;
-    }
-    if let Some(key) = &files.privkey_pem {
-        write_new(&staging.join(PRIVKEY_FILE), key.expose().as_bytes(), 0o600)?;
-    }
-    if let Some(csr) = &files.csr_pem {
-        write_new(&staging.join(CSR_FILE), csr.as_bytes(), 0o644)?;
-    }
-    fsync_dir(staging)
+    write_new_files(staging, &super::sync::files_of(files))
 }
 
 /// The next version number: one more than the largest numeric directory.
@@ -596,30 +693,20 @@ impl Storage for FsStore {
             STAGING_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let staged = stage_version(&staging, files);
-        let dir = staged.and_then(|()| {
-            let _lock = self.lock_for_save()?;
-            if let Some(token) = fence {
-                self.check_fence(name, token)?;
-            }
-            // We hold the lock: any temp file or directory is a leftover of
-            // a crash (a staging directory once it is old).
-            remove_stale_temps(&versions_dir);
-            remove_stale_temps(&cert_dir);
-            let version = next_version(&versions_dir)?;
-            let dir = versions_dir.join(version.to_string());
-            fs::rename(&staging, &dir).map_err(|e| StoreError::io("rename", &staging, e))?;
-            fsync_dir(&versions_dir)?;
-            self.publish_version(name, &cert_dir, version, lineage, record)
-                .map(|current| SavedVersion {
-                    version,
-                    dir,
-                    current,
-                })
-        });
-        if dir.is_err() {
+        let saved = staged
+            .and_then(|()| self.prepare_lineage(&cert_dir, &versions_dir, lineage, &record))
+            .and_then(|prepared| {
+                let saved =
+                    self.number_and_publish(name, &staging, lineage, record, fence, &prepared);
+                if saved.is_err() {
+                    let _ = fs::remove_file(&prepared.tmp);
+                }
+                saved
+            });
+        if saved.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }
-        dir
+        saved
     }
 
     fn remove_cert(&self, name: &str, keep_files: bool) -> Result<bool, StoreError> {

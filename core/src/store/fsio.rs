@@ -267,8 +267,9 @@ pub(super) fn is_stale_temp(entry: &fs::DirEntry) -> bool {
         .is_some_and(|age| age >= STALE_TEMP_AGE)
 }
 
-/// Whether a staging directory (`rest`: `<pid>-<n>`, after the prefix) is
-/// a leftover: its process is gone, or it is old (a recycled pid).
+/// Whether a staging directory or prepared lineage (`rest`: `<pid>-<n>`,
+/// after the prefix) is a leftover: its process is gone, or it is old (a
+/// recycled pid).
 fn staging_is_stale(rest: &str, entry: &fs::DirEntry) -> bool {
     let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
     pid.is_none_or(|pid| !crate::journal::process_alive(pid, 0)) || is_stale_temp(entry)
@@ -283,14 +284,18 @@ pub(super) fn remove_stale_temps(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        // The pending-order record and the files of a version (staged) are
-        // written without the store lock (a run must be able to record its
-        // order while another holds the lock; fsyncs of concurrent saves
-        // should overlap): their temp files are leftovers only once old.
+        // The pending-order record, the files of a version (staged) and the
+        // lineage that will list it are written without the store lock (a
+        // run must be able to record its order while another holds the
+        // lock; fsyncs of concurrent saves should overlap): their temp
+        // files are leftovers only once old (or their writer is gone).
         let old_unlocked = (name.starts_with(".pending-order.json.tmp-") && is_stale_temp(&entry))
-            || name
-                .strip_prefix(super::fs::STAGING_PREFIX)
-                .is_some_and(|rest| staging_is_stale(rest, &entry));
+            || [super::fs::STAGING_PREFIX, super::fs::LINEAGE_NEXT_PREFIX]
+                .iter()
+                .any(|prefix| {
+                    name.strip_prefix(prefix)
+                        .is_some_and(|rest| staging_is_stale(rest, &entry))
+                });
         if name.starts_with(".tmp-")
             || name.starts_with(".current-")
             || name.starts_with(".lineage.toml.tmp-")
@@ -310,8 +315,9 @@ pub(super) fn remove_stale_temps(dir: &Path) {
     }
 }
 
-/// Writes a file that does not exist yet, with `mode`, and fsyncs it.
-pub(super) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+/// Creates a file that does not exist yet, with exactly `mode`, and writes
+/// `data` to it, not yet durable.
+fn create_with(path: &Path, data: &[u8], mode: u32) -> Result<File, StoreError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -324,8 +330,54 @@ pub(super) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Store
         .map_err(|e| StoreError::io("chmod", path, e))?;
     f.write_all(data)
         .map_err(|e| StoreError::io("write", path, e))?;
-    f.sync_all().map_err(|e| StoreError::io("fsync", path, e))?;
-    Ok(())
+    Ok(f)
+}
+
+/// Makes a file written by [`create_with`] durable: its data and the size
+/// that reads it back (`fdatasync`; a new file has nothing else to lose).
+fn sync_new(f: &File, path: &Path) -> Result<(), StoreError> {
+    f.sync_data().map_err(|e| StoreError::io("fsync", path, e))
+}
+
+/// Starts writing `f`'s data to the disk without waiting (Linux
+/// `sync_file_range`); elsewhere nothing, and the sync that follows does it.
+fn start_writeback(f: &File) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the fd is valid for the lifetime of `f`; sync_file_range only
+    // schedules writeback of the page cache and touches no memory of ours.
+    // Its result is not needed: the fdatasync after it reports any error.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+}
+
+/// Writes a file that does not exist yet, with `mode`, and fsyncs it.
+pub(super) fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
+    let f = create_with(path, data, mode)?;
+    sync_new(&f, path)
+}
+
+/// Writes new files (name, contents, mode) into the existing directory
+/// `dir` and makes them and their names durable. All are written before
+/// any is synced, and the writeback of all is started at once: one sync
+/// per file then only waits, and the directory, which holds every new
+/// name by then, is written once (a sync of each file as it is written
+/// costs a third more CPU on ext4, measured with a version's four PEMs).
+pub(super) fn write_new_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), StoreError> {
+    let mut written = Vec::with_capacity(files.len());
+    for &(name, data, mode) in files {
+        let path = dir.join(name);
+        written.push((create_with(&path, data, mode)?, path));
+    }
+    for (f, _) in &written {
+        start_writeback(f);
+    }
+    for (f, path) in &written {
+        sync_new(f, path)?;
+    }
+    fsync_dir(dir)
 }
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::fsio::{fsync_dir, lock_file, write_new};
+use super::fsio::{fsync_dir, lock_file, write_new_files};
 use super::{
     CERT_FILE, CHAIN_FILE, CSR_FILE, CertFiles, FULLCHAIN_FILE, PRIVKEY_FILE, Store, StoreError,
     VersionFiles,
@@ -291,7 +291,7 @@ fn refuse_state_dir(to: &Path) -> Result<(), SyncError> {
 }
 
 /// The files a version consists of, with their modes.
-fn files_of(files: &CertFiles) -> Vec<(&'static str, &[u8], u32)> {
+pub(super) fn files_of(files: &CertFiles) -> Vec<(&'static str, &[u8], u32)> {
     let mut out = vec![
         (CERT_FILE, files.cert_pem.as_bytes(), 0o644),
         (CHAIN_FILE, files.chain_pem.as_bytes(), 0o644),
@@ -395,10 +395,7 @@ fn stage(staging: &Path, files: &CertFiles) -> Result<(), SyncError> {
         .mode(0o755)
         .create(staging)
         .map_err(|e| SyncError::write("create", staging, e))?;
-    for (file, data, mode) in files_of(files) {
-        write_new(&staging.join(file), data, mode)?;
-    }
-    fsync_dir(staging)?;
+    write_new_files(staging, &files_of(files))?;
     Ok(())
 }
 

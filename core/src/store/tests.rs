@@ -677,6 +677,70 @@ fn pending_order_writes_and_commits_interleave_safely() {
     }
 }
 
+/// Each commit prepares its lineage before it takes the store lock, for
+/// the version number it sees then. Commits of one certificate racing each
+/// other see the same number: the one that comes second must notice and
+/// write the lineage again, or versions would go missing from it.
+#[test]
+fn racing_commits_of_one_certificate_each_land_in_the_lineage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let start = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let (s, start) = (store.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                (0..10)
+                    .map(|i| {
+                        s.commit_version(
+                            "r.example",
+                            &files(&format!("{t}-{i}")),
+                            &lineage(),
+                            record(),
+                        )
+                        .expect("commit")
+                        .version
+                    })
+                    .collect::<Vec<u32>>()
+            })
+        })
+        .collect();
+    let mut numbers: Vec<u32> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("no writer failed"))
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=40).collect::<Vec<u32>>(),
+        "every commit got its own number"
+    );
+    let listed: Vec<u32> = store
+        .load_lineage("r.example")
+        .expect("read")
+        .expect("a lineage")
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(
+        listed,
+        (1..=40).collect::<Vec<u32>>(),
+        "the lineage lists every version, once, in order"
+    );
+    assert_eq!(store.current_version("r.example").expect("read"), Some(40));
+    let left: Vec<String> = fs::read_dir(store.root().join("certs/r.example"))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(super::fs::LINEAGE_NEXT_PREFIX))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no prepared lineage is left behind: {left:?}"
+    );
+}
+
 #[test]
 fn staging_directories_are_swept_once_old_and_never_become_versions() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -698,10 +762,23 @@ fn staging_directories_are_swept_once_old_and_never_become_versions() {
         fs::create_dir(d).expect("mkdir");
         fs::write(d.join(CERT_FILE), "half").expect("write");
     }
+    // The same for lineages prepared beside the version.
+    let cert_dir = store.root().join("certs/s.example");
+    let next = |owner: String| cert_dir.join(format!("{}{owner}", super::fs::LINEAGE_NEXT_PREFIX));
+    let (old_next, fresh_next, dead_next) = (
+        next(format!("{me}-900")),
+        next(format!("{me}-901")),
+        next(format!("{dead_pid}-0")),
+    );
+    for f in [&old_next, &fresh_next, &dead_next] {
+        fs::write(f, "versions = [").expect("write");
+    }
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    fs::File::open(&old)
-        .and_then(|f| f.set_modified(long_ago))
-        .expect("age it");
+    for aged in [&old, &old_next] {
+        fs::File::open(aged)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("age it");
+    }
     let saved = store
         .commit_version("s.example", &files("two"), &lineage(), record())
         .expect("save");
@@ -712,6 +789,23 @@ fn staging_directories_are_swept_once_old_and_never_become_versions() {
         "the leftover of an exited process is removed"
     );
     assert!(fresh.exists(), "a save that may be staging is left alone");
+    assert!(
+        !old_next.exists() && !dead_next.exists(),
+        "leftover lineages are removed"
+    );
+    assert!(
+        fresh_next.exists(),
+        "a lineage a save may be preparing is left alone"
+    );
+    let listed = store
+        .load_lineage("s.example")
+        .expect("read")
+        .expect("lineage");
+    assert_eq!(
+        listed.versions.len(),
+        2,
+        "a leftover is never taken for the lineage"
+    );
     let mut names: Vec<String> = fs::read_dir(&versions)
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
