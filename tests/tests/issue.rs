@@ -962,6 +962,35 @@ fn issue_each_takes_a_request_only_when_a_slot_is_free() {
     check_all(&results, &pebble, &root);
 }
 
+/// An order's first request (newOrder) is signed with the nonce its
+/// predecessor's certificate download brought, not one from `HEAD
+/// newNonce`, and Pebble accepts it: one order after another, only the
+/// account and the first order ask for a nonce, and no newOrder is signed
+/// twice (a refused nonce would make instant-acme sign it again).
+#[test]
+fn orders_reuse_the_nonce_of_the_previous_download() {
+    const N: usize = 6;
+    let pebble = Pebble::start(PebbleOpts {
+        nonce_reject_percent: Some(0),
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let tmp = TempState::new().expect("temp state");
+    let root = root_file(&pebble, &tmp);
+    let results = issue_through_engine(&pebble, tmp.path(), "nonce", N, 1);
+    check_all(&results, &pebble, &root);
+    assert_eq!(
+        pebble_requests(&pebble, "HEAD /nonce-plz"),
+        2,
+        "the account and the first order ask Pebble for a nonce, the other orders reuse one"
+    );
+    assert_eq!(
+        pebble_requests(&pebble, "POST /order-plz"),
+        N,
+        "every reused nonce was accepted"
+    );
+}
+
 #[test]
 fn ten_certificates_with_half_the_nonces_rejected() {
     let pebble = Pebble::start(PebbleOpts {

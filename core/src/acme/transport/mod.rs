@@ -39,16 +39,21 @@
 //!   bucket shared by every order of a client): Let's Encrypt's published
 //!   per-endpoint limits for its directories, [`DEFAULT_REQUEST_RATE`] for
 //!   other CAs, none for a CA on a loopback address.
-//! * Counters of requests, retries and polls ([`TransportStats`]), and the
-//!   process-wide count of the CA's responses by status ([`crate::metrics`]).
+//! * The nonce of an order's certificate download, which nothing would use,
+//!   answers the next `HEAD newNonce` instead of the CA (`nonces.rs`).
+//! * Counters of requests, retries, polls and reused nonces
+//!   ([`TransportStats`]), and the process-wide count of the CA's responses
+//!   by status ([`crate::metrics`]).
 
 mod kind;
+mod nonces;
 mod rate;
 mod scope;
 #[cfg(test)]
 mod tests;
 
 use kind::*;
+use nonces::SpareNonces;
 pub use rate::*;
 pub use scope::*;
 
@@ -269,6 +274,8 @@ pub(super) struct Shared {
     pub(super) cap: RateCap,
     pub(super) policy: Policy,
     counters: Counters,
+    /// Nonces of finished orders, for the next order's first request.
+    spare_nonces: Mutex<SpareNonces>,
 }
 
 impl Shared {
@@ -285,6 +292,33 @@ impl Shared {
                 backoff_initial: BACKOFF_INITIAL,
             },
             counters: Counters::default(),
+            spare_nonces: Mutex::default(),
+        }
+    }
+
+    /// A spare nonce, if one is young enough (`nonces.rs`); counted.
+    pub(super) fn spare_nonce(&self) -> Option<String> {
+        let nonce = self.spare_nonces.lock().ok()?.take(Instant::now())?;
+        self.counters.nonces_reused.fetch_add(1, Ordering::Relaxed);
+        Some(nonce)
+    }
+
+    /// Keeps the nonce of `answer` when it ends an order: a certificate
+    /// download (`kind` a read, the body a PEM chain), after which nothing
+    /// uses it.
+    fn keep_spare_nonce(&self, kind: Kind, answer: &Answer) {
+        let ends_order = kind == Kind::Fetch
+            && answer.status.is_success()
+            && answer
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/pem-certificate-chain"));
+        if ends_order
+            && let Some(nonce) = nonce_of(&answer.headers)
+            && let Ok(mut spare) = self.spare_nonces.lock()
+        {
+            spare.keep(nonce, Instant::now());
         }
     }
 
@@ -334,6 +368,7 @@ impl Shared {
             requests: self.counters.requests.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
             polls: self.counters.polls.load(Ordering::Relaxed),
+            nonces_reused: self.counters.nonces_reused.load(Ordering::Relaxed),
         }
     }
 
@@ -445,6 +480,7 @@ pub(super) async fn send(
         let next = decide(sent, kind, attempt, policy);
         let (wait, why, give_up) = match next {
             Next::Done(answer) => {
+                shared.keep_spare_nonce(kind, &answer);
                 if matches!(answer.status.as_u16(), 429 | 503)
                     && let Some(at) = retry_after_of(&answer.headers)
                 {
@@ -591,9 +627,13 @@ impl AcmeClient {
         send(&self.http, &self.shared, method, url, headers, body).await
     }
 
-    /// A fresh nonce from `newNonce` (`new_nonce` is its URL)
+    /// A fresh nonce: a spare one (`nonces.rs`), else from `newNonce`
+    /// (`new_nonce` is its URL)
     /// ([RFC 8555 §7.2](https://www.rfc-editor.org/rfc/rfc8555#section-7.2)).
     pub(super) async fn fresh_nonce(&self, new_nonce: &str) -> Result<String, IssueError> {
+        if let Some(nonce) = self.shared.spare_nonce() {
+            return Ok(nonce);
+        }
         let action = "get a nonce";
         let rsp = self
             .send(
@@ -619,6 +659,15 @@ impl ia::HttpClient for HttpShim {
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let url = parts.uri.to_string();
+            if shared.classify(&parts.method, &url, &[]) == Kind::NewNonce
+                && let Some(nonce) = shared.spare_nonce()
+                && let Ok(value) = http::HeaderValue::from_str(&nonce)
+            {
+                log::debug!("{} {url} (a spare nonce)", parts.method);
+                let mut headers = http::HeaderMap::new();
+                headers.insert("replay-nonce", value);
+                return Ok(bytes_response(http::StatusCode::OK, headers, Bytes::new()));
+            }
             if parts.method == http::Method::GET
                 && let Some(cached) = shared.cached(&url)
             {

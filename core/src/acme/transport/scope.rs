@@ -14,6 +14,8 @@ pub struct TransportStats {
     pub retries: u64,
     /// Order polls (waiting for validation or issuance).
     pub polls: u64,
+    /// `newNonce` requests answered with a spare nonce instead of sent.
+    pub nonces_reused: u64,
 }
 
 #[derive(Default)]
@@ -21,6 +23,7 @@ pub(in crate::acme) struct Counters {
     pub(in crate::acme) requests: AtomicU64,
     pub(in crate::acme) retries: AtomicU64,
     pub(in crate::acme) polls: AtomicU64,
+    pub(in crate::acme) nonces_reused: AtomicU64,
 }
 
 /// What one order may still spend on retries, and what its requests

@@ -305,3 +305,94 @@ async fn a_nonce_request_that_cannot_connect_keeps_its_cause() {
         "{text}"
     );
 }
+
+/// The nonce of a certificate download, the last answer of an order,
+/// answers the next `HEAD newNonce` without a request; once: the one after
+/// goes to the CA. Other answers' nonces are not kept (instant-acme signs
+/// the order's next request with them).
+#[tokio::test]
+async fn a_certificate_downloads_nonce_answers_the_next_new_nonce() {
+    use ia::HttpClient as _;
+    const CHAIN: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/pem-certificate-chain\r\nreplay-nonce: spare-1\r\ncontent-length: 4\r\nconnection: close\r\n\r\nPEM\n";
+    const ORDER: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nreplay-nonce: used-by-the-order\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+    const NONCE: &str = "HTTP/1.1 200 OK\r\nreplay-nonce: from-the-ca\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let (base, server) = serve(vec![Some(ORDER), Some(CHAIN), Some(NONCE)]).await;
+    let shared = test_shared(&base, 1);
+    let shim = HttpShim {
+        http: reqwest::Client::new(),
+        shared: shared.clone(),
+    };
+    let post_as_get = |path: &str| {
+        http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("{base}{path}"))
+            .body(ia::BodyWrapper::from(jws("")))
+            .expect("request")
+    };
+    let head_nonce = || {
+        http::Request::builder()
+            .method(http::Method::HEAD)
+            .uri(format!("{base}/nonce"))
+            .body(ia::BodyWrapper::default())
+            .expect("request")
+    };
+    let nonce = |rsp: &ia::BytesResponse| {
+        rsp.parts
+            .headers
+            .get("replay-nonce")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    shim.request(post_as_get("/order/1")).await.expect("order");
+    shim.request(post_as_get("/cert/1")).await.expect("chain");
+    let first = shim.request(head_nonce()).await.expect("spare");
+    assert_eq!(first.parts.status, http::StatusCode::OK);
+    assert_eq!(nonce(&first).as_deref(), Some("spare-1"));
+    assert_eq!(
+        shared.stats().requests,
+        2,
+        "the spare is not asked of the CA"
+    );
+    assert_eq!(shared.stats().nonces_reused, 1);
+    let second = shim.request(head_nonce()).await.expect("from the CA");
+    assert_eq!(
+        nonce(&second).as_deref(),
+        Some("from-the-ca"),
+        "a spare is used once"
+    );
+    assert_eq!(shared.stats().requests, 3);
+    assert_eq!(server.await.expect("server"), 3);
+}
+
+/// Spare nonces are used newest first, only while young, and only so
+/// many are kept.
+#[test]
+fn spare_nonces_are_taken_newest_first_while_young() {
+    use super::nonces::*;
+    let start = Instant::now();
+    let mut spare = SpareNonces::default();
+    spare.keep("old".into(), start);
+    spare.keep("new".into(), start + Duration::from_secs(10));
+    assert_eq!(
+        spare.take(start + Duration::from_secs(11)).as_deref(),
+        Some("new")
+    );
+    assert_eq!(
+        spare.take(start + SPARE_NONCE_AGE + Duration::from_secs(1)),
+        None,
+        "too old to be used"
+    );
+    for i in 0..=SPARE_NONCES {
+        spare.keep(i.to_string(), start);
+    }
+    let mut taken = Vec::new();
+    while let Some(n) = spare.take(start) {
+        taken.push(n);
+    }
+    assert_eq!(
+        taken.len(),
+        SPARE_NONCES,
+        "the oldest is dropped past the limit"
+    );
+    assert_eq!(taken.last().map(String::as_str), Some("1"));
+}
