@@ -312,7 +312,7 @@ impl FsStore {
         let dir = versions_dir.join(version.to_string());
         fs::rename(staging, &dir).map_err(|e| StoreError::io("rename", staging, e))?;
         fsync_dir(&versions_dir)?;
-        let current = self.publish_version(&cert_dir, version, lineage, record, Some(prepared))?;
+        let current = self.publish_version(&cert_dir, version, lineage, record, prepared)?;
         Ok(SavedVersion {
             version,
             dir,
@@ -354,25 +354,24 @@ impl FsStore {
         version: u32,
         lineage: &Lineage,
         record: VersionRecord,
-        prepared: Option<&PreparedLineage>,
+        prepared: &PreparedLineage,
     ) -> Result<PathBuf, StoreError> {
         let path = cert_dir.join("lineage.toml");
         let seen = read_optional(&path)?;
-        let placed = match prepared {
-            Some(p) if p.version == version && p.seen == seen => match fs::rename(&p.tmp, &path) {
+        let placed = if prepared.version == version && prepared.seen == seen {
+            match fs::rename(&prepared.tmp, &path) {
                 Ok(()) => true,
                 // Swept by an older certsmith that does not know the name.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(e) => return Err(StoreError::io("rename", &p.tmp, e)),
-            },
-            _ => false,
+                Err(e) => return Err(StoreError::io("rename", &prepared.tmp, e)),
+            }
+        } else {
+            false
         };
-        if let (false, Some(p)) = (placed, prepared) {
-            let _ = fs::remove_file(&p.tmp);
-        }
         if placed {
             fsync_dir(cert_dir)?;
         } else {
+            let _ = fs::remove_file(&prepared.tmp);
             let text = lineage_text(&path, seen.as_deref(), lineage, record, version)?;
             write_atomic(&path, text.as_bytes(), 0o644)?;
         }
@@ -486,15 +485,23 @@ fn lineage_text(
     mut record: VersionRecord,
     version: u32,
 ) -> Result<String, StoreError> {
-    let old = seen
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| toml::from_str::<Lineage>(t).ok());
+    let old = seen.and_then(|b| parse_lineage(path, b).ok());
     record.version = version;
     let lineage = super::lineage_for_commit(old, lineage, record);
     toml::to_string(&lineage).map_err(|e| StoreError::Corrupt {
         path: path.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// `lineage.toml`'s contents (`bytes`, read from `path`) parsed.
+fn parse_lineage(path: &Path, bytes: &[u8]) -> Result<Lineage, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
+    toml::from_str(text).map_err(|e| corrupt(e.to_string()))
 }
 
 fn read_pem(path: &Path) -> Result<String, StoreError> {
@@ -639,16 +646,7 @@ impl Storage for FsStore {
         let Some(bytes) = read_optional(&path)? else {
             return Ok(None);
         };
-        let text = String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        toml::from_str(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                path,
-                reason: e.to_string(),
-            })
+        parse_lineage(&path, &bytes).map(Some)
     }
 
     fn update_lineage(

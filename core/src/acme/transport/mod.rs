@@ -659,7 +659,8 @@ impl ia::HttpClient for HttpShim {
         Box::pin(async move {
             let (parts, mut body) = req.into_parts();
             let url = parts.uri.to_string();
-            if shared.classify(&parts.method, &url, &[]) == Kind::NewNonce
+            if parts.method != http::Method::POST
+                && shared.classify(&parts.method, &url, &[]) == Kind::NewNonce
                 && let Some(nonce) = shared.spare_nonce()
                 && let Ok(value) = http::HeaderValue::from_str(&nonce)
             {
