@@ -33,6 +33,7 @@ fn passes_the_storage_conformance_checks() {
     let (_, store) = fresh("conformance");
     conformance::cert_leases_fence_commits(&store);
     conformance::restore_keeps_versions(&store);
+    conformance::commit_settles_its_pending_order(&store);
 }
 
 #[test]
@@ -57,6 +58,7 @@ fn an_expired_lease_cannot_publish_and_passes_to_another_worker() {
         &lineage(),
         record("01"),
         Some(first.token()),
+        None,
     );
     assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
     assert!(first.renew().is_err(), "an expired lease was renewed");
@@ -71,6 +73,7 @@ fn an_expired_lease_cannot_publish_and_passes_to_another_worker() {
         &lineage(),
         record("02"),
         Some(first.token()),
+        None,
     );
     assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
     b.commit_version_fenced(
@@ -79,6 +82,7 @@ fn an_expired_lease_cannot_publish_and_passes_to_another_worker() {
         &lineage(),
         record("03"),
         Some(second.token()),
+        None,
     )
     .expect("the holder commits");
     // Renewal keeps a lease alive past its first time to live.

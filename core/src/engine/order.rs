@@ -352,11 +352,7 @@ impl Engine {
         let order_url = order_url.to_owned();
         let fence = req.fence;
         let saved = tokio::task::spawn_blocking(move || {
-            let saved = store.commit_version_fenced(&name, &files, &lineage, record, fence)?;
-            if let Err(e) = store.remove_pending_order(&name, &order_url) {
-                log::warn!("{e}");
-            }
-            Ok::<_, crate::store::StoreError>(saved)
+            store.commit_version_fenced(&name, &files, &lineage, record, fence, Some(&order_url))
         })
         .await
         .map_err(|e| IssueError::Internal(format!("the store writer failed: {e}")))??;

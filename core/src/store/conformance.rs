@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{CertFiles, Lineage, Storage, StoreError, VersionFiles, VersionRecord};
+use super::{CertFiles, Lineage, PendingOrder, Storage, StoreError, VersionFiles, VersionRecord};
 use crate::keys::PrivateKeyPem;
 
 /// The files of a test version tagged `tag`.
@@ -81,6 +81,7 @@ pub fn cert_leases_fence_commits(store: &dyn Storage) {
             &lineage(),
             record("01"),
             Some(old),
+            None,
         )
         .expect("a commit with the current token is accepted");
     drop(first);
@@ -100,6 +101,7 @@ pub fn cert_leases_fence_commits(store: &dyn Storage) {
         &lineage(),
         record("02"),
         Some(old),
+        None,
     );
     assert!(
         matches!(refused, Err(StoreError::Fenced { token, .. }) if token == old),
@@ -192,4 +194,70 @@ pub fn restore_keeps_versions(store: &dyn Storage) {
         .commit_version("restored.example", &files("six"), &lin, record("06"))
         .expect("commit after restore");
     assert_eq!(saved.version, 6);
+}
+
+/// A pending order of `name` at `order_url`.
+pub fn pending_order(name: &str, order_url: &str) -> PendingOrder {
+    PendingOrder {
+        server: "https://ca/dir".into(),
+        order_url: order_url.into(),
+        domains: vec![name.into()],
+        key_type: "ec-p256".into(),
+        privkey_pem: "KEY\n".into(),
+        csr_der_b64: "AAEC".into(),
+        finalized_at: "2026-01-01T00:00:00Z".into(),
+        pid: 1,
+        pid_start: 0,
+        boot_id: String::new(),
+    }
+}
+
+/// A commit that settles an order forgets that order's pending record in
+/// the same step, and only that order's: a record another run made since
+/// (another order URL) stays.
+pub fn commit_settles_its_pending_order(store: &dyn Storage) {
+    let name = "settled.example";
+    store
+        .put_pending_order(name, &pending_order(name, "https://ca/order/1"))
+        .expect("put");
+    store
+        .commit_version_fenced(
+            name,
+            &files("one"),
+            &lineage(),
+            record("01"),
+            None,
+            Some("https://ca/order/1"),
+        )
+        .expect("commit");
+    assert_eq!(
+        store
+            .pending_order(name)
+            .expect("read")
+            .map(|p| p.order_url),
+        None,
+        "the order the version came from is no longer pending"
+    );
+    store
+        .put_pending_order(name, &pending_order(name, "https://ca/order/3"))
+        .expect("put");
+    store
+        .commit_version_fenced(
+            name,
+            &files("two"),
+            &lineage(),
+            record("02"),
+            None,
+            Some("https://ca/order/2"),
+        )
+        .expect("commit");
+    assert_eq!(
+        store
+            .pending_order(name)
+            .expect("read")
+            .map(|p| p.order_url),
+        Some("https://ca/order/3".to_owned()),
+        "another order's record stays"
+    );
+    assert_eq!(store.current_version(name).expect("read"), Some(2));
 }

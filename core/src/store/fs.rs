@@ -288,14 +288,15 @@ impl FsStore {
     }
 
     /// Under the store lock: checks the fence, numbers the version staged
-    /// in `staging`, moves it into `versions/` and publishes it.
+    /// in `staging`, moves it into `versions/`, publishes it and forgets
+    /// the pending order it `settles`.
     fn number_and_publish(
         &self,
         name: &str,
         staging: &Path,
         lineage: &Lineage,
         record: VersionRecord,
-        fence: Option<u64>,
+        (fence, settles): (Option<u64>, Option<&str>),
         prepared: &PreparedLineage,
     ) -> Result<SavedVersion, StoreError> {
         let cert_dir = self.cert_dir(name);
@@ -313,11 +314,33 @@ impl FsStore {
         fs::rename(staging, &dir).map_err(|e| StoreError::io("rename", staging, e))?;
         fsync_dir(&versions_dir)?;
         let current = self.publish_version(&cert_dir, version, lineage, record, prepared)?;
+        if let Some(order_url) = settles {
+            // After the switch: a crash in between leaves the order pending
+            // beside its stored certificate, never forgotten before it.
+            self.settle_pending_order(name, order_url)?;
+        }
         Ok(SavedVersion {
             version,
             dir,
             current,
         })
+    }
+
+    /// Removes the pending order of `name` if it is the one at
+    /// `order_url`. The caller holds the store lock.
+    fn settle_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
+        match self.pending_order(name) {
+            Ok(Some(p)) if p.order_url != order_url => return Ok(()),
+            Ok(None) => return Ok(()),
+            // A record that does not parse is removed all the same.
+            _ => {}
+        }
+        let path = self.cert_dir(name).join(PENDING_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
+        }
     }
 
     /// Writes the lineage the next version will have, for the version
@@ -671,6 +694,7 @@ impl Storage for FsStore {
         lineage: &Lineage,
         record: VersionRecord,
         fence: Option<u64>,
+        settles: Option<&str>,
     ) -> Result<SavedVersion, StoreError> {
         check_cert_name(name)?;
         let cert_dir = self.cert_dir(name);
@@ -694,8 +718,14 @@ impl Storage for FsStore {
         let saved = staged
             .and_then(|()| self.prepare_lineage(&cert_dir, &versions_dir, lineage, &record))
             .and_then(|prepared| {
-                let saved =
-                    self.number_and_publish(name, &staging, lineage, record, fence, &prepared);
+                let saved = self.number_and_publish(
+                    name,
+                    &staging,
+                    lineage,
+                    record,
+                    (fence, settles),
+                    &prepared,
+                );
                 if saved.is_err() {
                     let _ = fs::remove_file(&prepared.tmp);
                 }
@@ -856,18 +886,7 @@ impl Storage for FsStore {
     fn remove_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
         check_cert_name(name)?;
         let _lock = self.lock_for_save()?;
-        match self.pending_order(name) {
-            Ok(Some(p)) if p.order_url != order_url => return Ok(()),
-            Ok(None) => return Ok(()),
-            // A record that does not parse is removed all the same.
-            _ => {}
-        }
-        let path = self.cert_dir(name).join(PENDING_FILE);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io("remove", &path, e)),
-        }
+        self.settle_pending_order(name, order_url)
     }
 
     fn record_rate_limit(&self, record: &RateLimitRecord) -> Result<(), StoreError> {

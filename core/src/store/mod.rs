@@ -680,7 +680,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
         lineage: &Lineage,
         record: VersionRecord,
     ) -> Result<SavedVersion, StoreError> {
-        self.commit_version_fenced(name, files, lineage, record, None)
+        self.commit_version_fenced(name, files, lineage, record, None, None)
     }
 
     /// [`commit_version`](Storage::commit_version), refused with
@@ -688,6 +688,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// current lease on the certificate ([`Storage::cert_lease`]), checked
     /// in the same step as the commit: a worker whose lease expired and
     /// passed to another cannot publish. `None` commits unconditionally.
+    /// `settles`: the URL of the order this version came from; its pending
+    /// order ([`Storage::put_pending_order`]) is forgotten in the same step
+    /// (as [`Storage::remove_pending_order`] does), so that no reader sees
+    /// the version stored and its order still pending, and no crash leaves
+    /// them so (a later order would resume it and store the same
+    /// certificate again).
     fn commit_version_fenced(
         &self,
         name: &str,
@@ -695,6 +701,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
         lineage: &Lineage,
         record: VersionRecord,
         fence: Option<u64>,
+        settles: Option<&str>,
     ) -> Result<SavedVersion, StoreError>;
 
     /// Removes the certificate `name` from the store: its lineage and

@@ -823,6 +823,13 @@ fn conformance_cert_leases_fence_commits() {
 }
 
 #[test]
+fn conformance_commit_settles_its_pending_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    conformance::commit_settles_its_pending_order(&store);
+}
+
+#[test]
 fn conformance_restore_keeps_versions() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = FsStore::open(tmp.path().join("state")).expect("open");

@@ -949,6 +949,11 @@ impl Drop for PgLeaseGuard {
     }
 }
 
+/// Forgets the pending order of a certificate (`$1`) at an order URL
+/// (`$2`): another worker may have recorded its own since.
+const REMOVE_PENDING_ORDER: &str =
+    "DELETE FROM certsmith_pending_orders WHERE name = $1 AND order_url = $2";
+
 impl Storage for PgStore {
     fn location(&self) -> String {
         self.inner.location.clone()
@@ -1130,10 +1135,12 @@ impl Storage for PgStore {
         lineage: &Lineage,
         mut record: VersionRecord,
         fence: Option<u64>,
+        settles: Option<&str>,
     ) -> Result<SavedVersion, StoreError> {
         check_cert_name(name)?;
         let inner = self.inner.clone();
         let n = name.to_owned();
+        let settles = settles.map(str::to_owned);
         let lineage = lineage.clone();
         let f = (
             files.cert_pem.clone(),
@@ -1186,6 +1193,9 @@ impl Storage for PgStore {
                 .execute(&tx, "make a version current in", "UPDATE certsmith_certs SET lineage = $2, current_version = $3, next_renewal = $4::text::timestamptz, rev = rev + 1 WHERE name = $1",
                     &[&name, &text, &version_param(version), &next_renewal(&merged)])
                 .await?;
+            if let Some(url) = &settles {
+                inner.execute(&tx, "remove a pending order from", REMOVE_PENDING_ORDER, &[&name, url]).await?;
+            }
             inner.commit(tx, "commit a version to").await?;
             Ok(version)
         })?;
@@ -1427,7 +1437,7 @@ impl Storage for PgStore {
                 .execute(
                     &*c,
                     "remove a pending order from",
-                    "DELETE FROM certsmith_pending_orders WHERE name = $1 AND order_url = $2",
+                    REMOVE_PENDING_ORDER,
                     &[&name, &url],
                 )
                 .await
