@@ -645,18 +645,7 @@ fn rate_limits_are_remembered_until_they_lift() {
 fn pending_order_writes_and_commits_interleave_safely() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = FsStore::open(tmp.path().join("state")).expect("open");
-    let order = PendingOrder {
-        server: "https://ca/dir".into(),
-        order_url: "https://ca/order/1".into(),
-        domains: vec!["i.example".into()],
-        key_type: "ec-p256".into(),
-        privkey_pem: "KEY\n".into(),
-        csr_der_b64: "AA".into(),
-        finalized_at: "2026-01-01T00:00:00Z".into(),
-        pid: 1,
-        pid_start: 0,
-        boot_id: String::new(),
-    };
+    let order = conformance::pending_order("i.example", "https://ca/order/1");
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let (s, o) = (store.clone(), order.clone());
