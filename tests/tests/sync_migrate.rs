@@ -383,8 +383,13 @@ fn a_reader_never_sees_a_certificate_and_key_of_two_versions() {
 
 /// A certificate's files in a state directory: lineage, current link, every
 /// version's files (and key modes).
+/// The certificates of a state directory, without each version's
+/// `order.json`: the settled record of the order a version came from,
+/// which a migration does not carry (docs/design.md §4.2).
 fn certs_tree(state: &Path) -> BTreeMap<String, Vec<u8>> {
-    tree(&state.join("certs"))
+    let mut all = tree(&state.join("certs"));
+    all.retain(|rel, _| !rel.ends_with("/order.json"));
+    all
 }
 
 fn accounts_tree(state: &Path) -> BTreeMap<String, Vec<u8>> {
