@@ -894,10 +894,45 @@ fn a_settled_order_moves_into_its_version_and_a_refused_one_is_removed() {
         .remove_pending_order(name, "https://ca/order/3")
         .expect("remove");
     assert!(!pending.exists());
-    assert!(!saved.dir.join("pending-order.json").exists());
     assert_eq!(
         fs::read(&settled).expect("settled record"),
         recorded,
         "an earlier version's record is left alone"
+    );
+}
+
+#[test]
+fn the_state_dir_report_lists_every_file_holding_a_key_that_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("state");
+    let version = root.join("certs/k.example/versions/1");
+    fs::create_dir_all(&version).expect("mkdir");
+    let open = |p: &Path, mode: u32| {
+        fs::write(p, "x").expect("write");
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(&version.join("privkey.pem"), 0o644);
+    open(&version.join("order.json"), 0o640);
+    open(&root.join("certs/k.example/pending-order.json"), 0o604);
+    open(&version.join("cert.pem"), 0o644);
+    open(&version.join("chain.pem"), 0o600);
+    let report = inspect_state_dir(&root);
+    let listed: Vec<(String, u32)> = report
+        .readable_keys
+        .iter()
+        .map(|(p, m)| {
+            let rel = p.strip_prefix(&root).expect("under root");
+            (rel.display().to_string(), *m)
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("certs/k.example/pending-order.json".to_owned(), 0o604),
+            ("certs/k.example/versions/1/order.json".to_owned(), 0o640),
+            ("certs/k.example/versions/1/privkey.pem".to_owned(), 0o644),
+        ],
+        "a certificate, public, is not listed"
     );
 }
