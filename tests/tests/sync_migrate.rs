@@ -382,13 +382,9 @@ fn a_reader_never_sees_a_certificate_and_key_of_two_versions() {
 }
 
 /// A certificate's files in a state directory: lineage, current link, every
-/// version's files, without each version's `order.json` (the settled record
-/// of the order it came from, which a migration does not carry:
-/// docs/design.md §4.2).
+/// version's files (and key modes).
 fn certs_tree(state: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut all = tree(&state.join("certs"));
-    all.retain(|rel, _| !rel.ends_with("/order.json"));
-    all
+    tree(&state.join("certs"))
 }
 
 fn accounts_tree(state: &Path) -> BTreeMap<String, Vec<u8>> {

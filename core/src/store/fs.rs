@@ -46,10 +46,6 @@ const RATE_LIMITS_FILE: &str = "rate-limits.json";
 /// `certs/<name>/pending-order.json`: an order finalized and not yet stored.
 const PENDING_FILE: &str = "pending-order.json";
 
-/// `certs/<name>/versions/<n>/order.json`: the pending-order record of the
-/// order version `<n>` came from, moved there by the commit that settles it.
-const SETTLED_ORDER_FILE: &str = "order.json";
-
 /// How long a writer waits for the store lock before giving up.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -153,7 +149,7 @@ pub fn inspect_state_dir(root: &Path) -> StateDirReport {
                 } else if m.is_file()
                     && matches!(
                         path.file_name().and_then(|n| n.to_str()),
-                        Some(PRIVKEY_FILE | "account.json" | PENDING_FILE | SETTLED_ORDER_FILE)
+                        Some(PRIVKEY_FILE | "account.json" | PENDING_FILE)
                     )
                     && m.mode() & 0o077 != 0
                 {
@@ -321,7 +317,7 @@ impl FsStore {
         if let Some(order_url) = settles {
             // After the switch: a crash in between leaves the order pending
             // beside its stored certificate, never forgotten before it.
-            self.settle_pending_order(name, order_url, Some(&dir))?;
+            self.settle_pending_order(name, order_url)?;
         }
         Ok(SavedVersion {
             version,
@@ -330,43 +326,20 @@ impl FsStore {
         })
     }
 
-    /// Forgets the pending order of `name` if it is the one at
-    /// `order_url`: moves its record into `version`, the version it became,
-    /// or removes it when the order came to nothing. The caller holds the
-    /// store lock.
-    ///
-    /// A move rather than a removal, because a removal under the lock costs
-    /// more than the renames around it: freeing the file's block is a
-    /// synchronous discard on a file system mounted with `discard`, and
-    /// without a journal ext4 skips every recently freed inode when it
-    /// allocates the next, so the next saves' files cost more to create.
-    fn settle_pending_order(
-        &self,
-        name: &str,
-        order_url: &str,
-        version: Option<&Path>,
-    ) -> Result<(), StoreError> {
-        let version = match self.pending_order(name) {
+    /// Removes the pending order of `name` if it is the one at
+    /// `order_url`. The caller holds the store lock.
+    fn settle_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
+        match self.pending_order(name) {
             Ok(Some(p)) if p.order_url != order_url => return Ok(()),
             Ok(None) => return Ok(()),
-            Ok(Some(_)) => version,
-            // A record that does not parse is removed, not kept as the
-            // version's order.
-            Err(_) => None,
-        };
+            // A record that does not parse is removed all the same.
+            _ => {}
+        }
         let path = self.cert_dir(name).join(PENDING_FILE);
-        let done = match version {
-            Some(dir) => fs::rename(&path, dir.join(SETTLED_ORDER_FILE)),
-            None => fs::remove_file(&path),
-        };
-        match done {
+        match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                if version.is_some() { "move" } else { "remove" },
-                &path,
-                e,
-            )),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
         }
     }
 
@@ -913,7 +886,7 @@ impl Storage for FsStore {
     fn remove_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
         check_cert_name(name)?;
         let _lock = self.lock_for_save()?;
-        self.settle_pending_order(name, order_url, None)
+        self.settle_pending_order(name, order_url)
     }
 
     fn record_rate_limit(&self, record: &RateLimitRecord) -> Result<(), StoreError> {

@@ -14,7 +14,6 @@
 //! <root>/accounts/<ca-host>/<account-id>/account.json     0600
 //! <root>/certs/<name>/current -> versions/<n>              switched atomically
 //! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem   (csr.pem instead of privkey.pem: the user's CSR)
-//! <root>/certs/<name>/versions/<n>/order.json             0600: the settled pending-order record of the order <n> came from
 //! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
 //! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored
 //! <root>/rate-limits.json                                 rate limits the CA reported, until they lift

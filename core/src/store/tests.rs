@@ -839,69 +839,6 @@ fn store_urls_lose_their_password_in_messages() {
 }
 
 #[test]
-fn a_settled_order_moves_into_its_version_and_a_refused_one_is_removed() {
-    use super::conformance::pending_order;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let store = FsStore::open(tmp.path().join("state")).expect("open");
-    let name = "s.example";
-    let cert_dir = store.root().join("certs").join(name);
-    let pending = cert_dir.join("pending-order.json");
-    let order = pending_order(name, "https://ca/order/1");
-    store.put_pending_order(name, &order).expect("put");
-    let recorded = fs::read(&pending).expect("record");
-    let saved = store
-        .commit_version_fenced(
-            name,
-            &files("one"),
-            &lineage(),
-            record(),
-            None,
-            Some("https://ca/order/1"),
-        )
-        .expect("commit");
-    // The record is the version's now: the same bytes, still private, and
-    // no longer pending.
-    let settled = saved.dir.join("order.json");
-    assert_eq!(fs::read(&settled).expect("settled record"), recorded);
-    assert_eq!(mode(&settled), 0o600);
-    assert!(!pending.exists(), "the order is still pending");
-    assert!(store.pending_order(name).expect("read").is_none());
-    // The version's certificate files are untouched by it.
-    let back = store
-        .read_version(name, Some(saved.version))
-        .expect("read")
-        .expect("the version");
-    assert_eq!(back.files.cert_pem, files("one").cert_pem);
-    // A record that does not parse is removed, not made the version's.
-    fs::write(&pending, "{ not json").expect("corrupt record");
-    let second = store
-        .commit_version_fenced(
-            name,
-            &files("two"),
-            &lineage(),
-            record(),
-            None,
-            Some("https://ca/order/2"),
-        )
-        .expect("commit over a corrupt record");
-    assert!(!pending.exists(), "the corrupt record stayed");
-    assert!(!second.dir.join("order.json").exists());
-    // An order the CA refused is removed: there is no version to keep it.
-    store
-        .put_pending_order(name, &pending_order(name, "https://ca/order/3"))
-        .expect("put");
-    store
-        .remove_pending_order(name, "https://ca/order/3")
-        .expect("remove");
-    assert!(!pending.exists());
-    assert_eq!(
-        fs::read(&settled).expect("settled record"),
-        recorded,
-        "an earlier version's record is left alone"
-    );
-}
-
-#[test]
 fn the_state_dir_report_lists_every_file_holding_a_key_that_others_can_read() {
     use std::os::unix::fs::PermissionsExt as _;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -913,7 +850,6 @@ fn the_state_dir_report_lists_every_file_holding_a_key_that_others_can_read() {
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
     };
     open(&version.join("privkey.pem"), 0o644);
-    open(&version.join("order.json"), 0o640);
     open(&root.join("certs/k.example/pending-order.json"), 0o604);
     open(&version.join("cert.pem"), 0o644);
     open(&version.join("chain.pem"), 0o600);
@@ -930,7 +866,6 @@ fn the_state_dir_report_lists_every_file_holding_a_key_that_others_can_read() {
         listed,
         [
             ("certs/k.example/pending-order.json".to_owned(), 0o604),
-            ("certs/k.example/versions/1/order.json".to_owned(), 0o640),
             ("certs/k.example/versions/1/privkey.pem".to_owned(), 0o644),
         ],
         "a certificate, public, is not listed"
