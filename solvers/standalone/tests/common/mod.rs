@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use certsmith_plugin_api::{ChallengeRequest, ChallengeType, Solver};
@@ -11,10 +12,33 @@ use certsmith_standalone::{Standalone, StandaloneConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A port nobody listens on right now (bound, read, released).
+/// A port nobody listens on right now, taken below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`). The solver binds it only when a
+/// challenge is presented, and a port from that range, once released, can
+/// be given at once to a connection another test opens (nextest runs them
+/// side by side), which failed a present with "Address already in use".
+/// Each test is a process of its own, so the starting point is drawn from
+/// the process id and the clock, and a counter keeps two calls of one
+/// process apart.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    const FIRST: u32 = 10_000;
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(FIRST).max(1);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id()
+        .wrapping_mul(7_919)
+        .wrapping_add(nanos)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(101));
+    (0..span)
+        .filter_map(|i| u16::try_from(FIRST + (start.wrapping_add(i)) % span).ok())
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free TCP port on 127.0.0.1 below the ephemeral range")
 }
 
 /// A solver whose http-01 and tls-alpn-01 listeners use fresh loopback ports.
