@@ -15,7 +15,8 @@
 //!   [`FaultProxy::fault_random`] a share of every request;
 //! * [`Fault::Status500`] and [`Fault::Reset`] forward the request first
 //!   (the CA acted on it; its answer is lost), [`Fault::Status503`] and
-//!   [`Fault::Stall`] do not (the CA never saw it);
+//!   [`Fault::Stall`] do not (the CA never saw it), [`Fault::Delay`]
+//!   forwards it late (a CA acting on a request long after it came);
 //! * every request is counted per kind ([`FaultProxy::count`]), and every
 //!   fault injected is recorded ([`FaultProxy::injected`]).
 //!
@@ -91,6 +92,8 @@ pub enum Fault {
     /// Read it and answer nothing for this long (then close), without
     /// forwarding.
     Stall(Duration),
+    /// Hold it this long, then forward it and answer what the CA answered.
+    Delay(Duration),
     /// Answer HTTP 429 with a `rateLimited` problem saying `detail` and
     /// this `Retry-After` (seconds), without forwarding: the CA's rate
     /// limit.
@@ -386,6 +389,10 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
             .to_string()
             .into_bytes();
             write_response(&mut tls, &rsp)
+        }
+        Some(Fault::Delay(d)) => {
+            std::thread::sleep(d);
+            write_response(&mut tls, &forward()?)
         }
         Some(Fault::Stall(d)) => {
             let until = Instant::now() + d;

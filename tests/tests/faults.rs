@@ -2,11 +2,14 @@
 //! harness's fault-injecting proxy ([`FaultProxy`]). Every ACME step of an
 //! issuance is faulted once with each kind of fault — HTTP 500, 503 with
 //! `Retry-After`, a reset connection, a stalled one — and `certsmith issue`
-//! must still end with a certificate; 5 % random faults over 50 issuances
-//! must still give 50 certificates; a CA whose directory answers 503 is
+//! must still end with a certificate; a challenge-ready request sent again
+//! after a lost answer and refused because the first one was taken is no
+//! failure; 5 % random faults over 50 issuances must still give 50
+//! certificates; a CA whose directory answers 503 is
 //! reported as unavailable, not as a wrong URL.
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -154,6 +157,87 @@ fn each_step_stalled_30s_once_still_issues() {
 
 /// A 500 on the certificate download (twice in a row) does not lose the
 /// certificate: the download is sent again, and no second order is placed.
+/// The answer to the challenge's ready request is lost (a 500 after the CA
+/// took it). Pebble 2.4 shows a challenge pending while it validates, so the
+/// authorization read right after still says pending and certsmith sends the
+/// request again; that resend reaches the CA late, when the challenge is
+/// already valid, and is refused as "only status pending". The refusal of a
+/// resend must be read as the first request having been taken: the run
+/// issues. Pebble's validation is held for 1 s by a relay in front of the
+/// solver, and the resend for 3 s, so this order of events is certain.
+#[test]
+fn a_resent_challenge_ready_refused_because_the_first_was_taken_still_issues() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let tmp = TempState::new().expect("temp dir");
+    let solver_port = certsmith_tests::free_port();
+    let relay = TcpListener::bind((Ipv4Addr::LOCALHOST, pebble.http_port())).expect("relay port");
+    std::thread::spawn(move || {
+        for client in relay.incoming().flatten() {
+            std::thread::spawn(move || relay_late(client, solver_port, Duration::from_secs(1)));
+        }
+    });
+    proxy.fault_nth(RequestKind::Challenge, 1, Fault::Status500);
+    proxy.fault_nth(
+        RequestKind::Challenge,
+        2,
+        Fault::Delay(Duration::from_secs(3)),
+    );
+    let domain = "resent-ready.faults.test";
+    let mut cmd = Command::new(certsmith_bin());
+    cmd.args(["issue", "--server", &proxy.directory_url(), "--ca-cert"])
+        .arg(proxy.ca_bundle_path())
+        .args(["--agree-tos", "--output", "json", "-d", domain])
+        .args(["--solver", "standalone", "--solver-opt"])
+        .arg(format!("listen=127.0.0.1:{solver_port}"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .env_remove("CERTSMITH_STATE_DIR")
+        .env_remove("CERTSMITH_PLUGIN_PATH")
+        .env_remove(ATTEMPT_TIMEOUT_ENV)
+        .env("CERTSMITH_VERBOSE", "1")
+        .stdin(Stdio::null());
+    let o = cmd.output().expect("run certsmith");
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    stored_cert(&o, domain);
+    assert_eq!(
+        proxy.injected(),
+        [
+            (RequestKind::Challenge, Fault::Status500),
+            (RequestKind::Challenge, Fault::Delay(Duration::from_secs(3)))
+        ],
+        "both faults, and only they, were injected"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(
+            "the resent challenge ready request was refused because the first one had been taken"
+        ),
+        "the resend was not refused, so this test did not show what it is for: {}",
+        describe(&o)
+    );
+}
+
+/// Copies one connection to `127.0.0.1:port` both ways after `delay`: a
+/// challenge server that is slow to answer the CA.
+fn relay_late(client: TcpStream, port: u16, delay: Duration) {
+    std::thread::sleep(delay);
+    let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return;
+    };
+    let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_in, &mut s_out);
+        let _ = s_out.shutdown(Shutdown::Write);
+    });
+    let (mut s_in, mut c_out) = (server, client);
+    let _ = std::io::copy(&mut s_in, &mut c_out);
+    let _ = c_out.shutdown(Shutdown::Write);
+    let _ = up.join();
+}
+
 #[test]
 fn a_500_on_the_download_keeps_the_certificate_of_the_same_order() {
     let pebble = pebble();

@@ -415,6 +415,10 @@ impl Order {
     /// ([RFC 8555 §7.5.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.5.1)).
     /// When the answer is lost, the authorization is read again: a
     /// challenge no longer pending was taken; a pending one is sent again.
+    /// A CA may still show the challenge pending while it validates (Pebble
+    /// does), so a resent request can find it done and be refused as no
+    /// longer pending: a refusal of a resend is checked against the
+    /// challenge's status the same way before it counts as a failure.
     pub async fn set_ready(
         &mut self,
         authz_url: &str,
@@ -424,6 +428,7 @@ impl Order {
         let ty = challenge_type_to_ia(challenge_type);
         let result = ORDER_SCOPE
             .scope(scope.clone(), async {
+                let mut resent = false;
                 loop {
                     match retry_bad_nonce!(set_ready_once(&mut self.inner, authz_url, &ty).await) {
                         Err(e) if is_unsettled(&e) && scope.take_retry(Duration::ZERO) => {
@@ -436,6 +441,19 @@ impl Order {
                             if status != ia::ChallengeStatus::Pending {
                                 return Ok(());
                             }
+                            resent = true;
+                        }
+                        Err(e) if resent && matches!(e, ia::Error::Api(_)) => {
+                            let status = retry_bad_nonce!(
+                                challenge_status(&mut self.inner, authz_url, &ty).await
+                            )?;
+                            if status == ia::ChallengeStatus::Pending {
+                                return Err(e);
+                            }
+                            log::info!(
+                                "the resent challenge ready request was refused because the first one had been taken ({status:?})"
+                            );
+                            return Ok(());
                         }
                         other => return other,
                     }
