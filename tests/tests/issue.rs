@@ -668,13 +668,20 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     check_certificate(&second, &pebble, &root, &[name], "ec-p256");
     assert_eq!(read_version_files(&v1_dir), v1_files, "version 1 unchanged");
     assert_eq!(lineage_versions(state, name), [1, 2]);
-    // Nothing else left over in the certificate's directory.
+    // Nothing else left over in the certificate's directory: the settled
+    // order's record stays as an empty file, to be written into by the
+    // next order (docs/design.md §4.1).
     let mut entries: Vec<String> = fs::read_dir(&cert_dir)
         .expect("read")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     entries.sort();
-    assert_eq!(entries, ["current", "lineage.toml", "versions"]);
+    assert_eq!(
+        entries,
+        ["current", "lineage.toml", "pending-order.json", "versions"]
+    );
+    let pending = fs::metadata(cert_dir.join("pending-order.json")).expect("record");
+    assert_eq!(pending.len(), 0, "the settled record is empty");
 }
 
 /// Eight first runs at once on an empty state directory: one account is

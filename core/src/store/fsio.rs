@@ -380,6 +380,49 @@ pub(super) fn write_new_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Resul
     fsync_dir(dir)
 }
 
+/// Opens the existing file `path` for a change in place, holding an
+/// exclusive `flock` on it (on the file, not the name: a file renamed over
+/// it meanwhile is another). `None` when there is no such file.
+pub(super) fn open_locked(path: &Path) -> Result<Option<File>, StoreError> {
+    let f = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("open", path, e)),
+    };
+    flock(&f, libc::LOCK_EX).map_err(|e| StoreError::io("lock", path, e))?;
+    Ok(Some(f))
+}
+
+/// Writes `data` into `path` when it is an empty file (a record emptied
+/// once done with, see `fs.rs`), in place, and makes it durable: no new
+/// file is created and none freed. `Ok(false)` when `path` is missing or
+/// not empty; the caller then writes it atomically.
+pub(super) fn write_into_empty(path: &Path, data: &[u8], mode: u32) -> Result<bool, StoreError> {
+    let Some(mut f) = open_locked(path)? else {
+        return Ok(false);
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| StoreError::io("read", path, e))?
+        .len();
+    if len != 0 {
+        return Ok(false);
+    }
+    // Torn by a crash, the record does not parse and is ordered anew:
+    // it is written before the order is finalized, so nothing is lost.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| StoreError::io("chmod", path, e))?;
+    f.write_all(data)
+        .map_err(|e| StoreError::io("write", path, e))?;
+    sync_new(&f, path)?;
+    Ok(true)
+}
+
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = parent(path)?;

@@ -15,7 +15,7 @@
 //! <root>/certs/<name>/current -> versions/<n>              switched atomically
 //! <root>/certs/<name>/versions/<n>/{cert,chain,fullchain,privkey}.pem   (csr.pem instead of privkey.pem: the user's CSR)
 //! <root>/certs/<name>/lineage.toml                         domains, solver, key type, server, versions
-//! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored
+//! <root>/certs/<name>/pending-order.json                   0600: an order finalized, its certificate not yet stored (empty once it is)
 //! <root>/rate-limits.json                                 rate limits the CA reported, until they lift
 //! <root>/journal/<id>.json                                 presented challenges not yet cleaned up
 //! <root>/lock                                              one writer at a time

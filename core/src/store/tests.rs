@@ -818,6 +818,70 @@ fn conformance_commit_settles_its_pending_order() {
     conformance::commit_settles_its_pending_order(&store);
 }
 
+/// A settled record is emptied, not removed, and the next record goes
+/// into that file in place: a first issuance frees no inode (docs/design.md
+/// §4.1). A record that is not empty is replaced atomically, and an empty
+/// file is no pending order.
+#[test]
+fn a_settled_pending_order_is_emptied_and_the_next_is_written_into_it() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = FsStore::open(tmp.path().join("state")).expect("open");
+    let name = "e.example";
+    let path = store.root().join("certs/e.example/pending-order.json");
+    let first = conformance::pending_order(name, "https://ca/order/1");
+    store.put_pending_order(name, &first).expect("put");
+    let ino = fs::metadata(&path).expect("record").ino();
+    store
+        .commit_version_fenced(
+            name,
+            &files("one"),
+            &lineage(),
+            record(),
+            None,
+            Some("https://ca/order/1"),
+        )
+        .expect("commit");
+    let meta = fs::metadata(&path).expect("the settled record stays");
+    assert_eq!((meta.ino(), meta.len()), (ino, 0), "emptied in place");
+    assert!(store.pending_order(name).expect("read").is_none());
+    // Settling again, or another order, leaves the empty file as it is.
+    store
+        .remove_pending_order(name, "https://ca/order/1")
+        .expect("settle an empty record");
+    assert_eq!(fs::metadata(&path).expect("still there").len(), 0);
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let second = conformance::pending_order(name, "https://ca/order/2");
+    store
+        .put_pending_order(name, &second)
+        .expect("put into the empty file");
+    assert_eq!(fs::metadata(&path).expect("record").ino(), ino, "in place");
+    assert_eq!(mode(&path), 0o600, "the key is private again");
+    let back = store.pending_order(name).expect("read").expect("there");
+    assert_eq!(back.order_url, "https://ca/order/2");
+    assert_eq!(back.privkey_pem, second.privkey_pem);
+
+    // Over a record that is not empty: a new file, never a mix of both.
+    let third = conformance::pending_order(name, "https://ca/order/3");
+    store
+        .put_pending_order(name, &third)
+        .expect("put over a record");
+    assert_ne!(
+        fs::metadata(&path).expect("record").ino(),
+        ino,
+        "renamed over"
+    );
+    let back = store.pending_order(name).expect("read").expect("there");
+    assert_eq!(back.order_url, "https://ca/order/3");
+    // A record that does not parse is emptied by the settle all the same.
+    fs::write(&path, "{ torn").expect("tear");
+    store
+        .remove_pending_order(name, "https://ca/order/3")
+        .expect("settle a torn record");
+    assert_eq!(fs::metadata(&path).expect("still there").len(), 0);
+}
+
 #[test]
 fn conformance_restore_keeps_versions() {
     let tmp = tempfile::tempdir().expect("tempdir");
