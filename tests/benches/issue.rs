@@ -31,6 +31,13 @@
 //! the run (/proc/<pid>/stat), `CPU/cores` = both over the machine's cores:
 //! the wall time below which the machine, not certsmith's waiting, is the
 //! limit. The median of `--runs` runs is shown, and the fastest wall time.
+//!
+//! Above the table: the CPU it takes to create a file where the runs keep
+//! their state (`$TMPDIR`). On ext4 without a journal it grows with the
+//! files deleted nearby in the last 12 hours (an earlier bench run's state
+//! directories, deleted when it ended), from about 0.02 ms in a fresh
+//! block group to 0.3–0.5 ms, and a certificate writes about ten files: a
+//! figure far from 0.02 ms says the runs below paid for that.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,6 +229,35 @@ fn timeval(t: libc::timeval) -> Duration {
 
 /// CPU time (user + system) a running process has used so far, from
 /// /proc/<pid>/stat (fields 14 and 15, in clock ticks of `_SC_CLK_TCK`).
+/// The CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// The CPU time creating one empty file in a new directory under `dir`
+/// takes, averaged over 200 (left in place: deleting them would make the
+/// next creations dearer, which is what is measured).
+fn file_creation_cpu(dir: &Path) -> Duration {
+    const FILES: u32 = 200;
+    let probe = dir.join("fs-probe");
+    std::fs::create_dir(&probe).unwrap_or_else(|e| die(&format!("{}: {e}", probe.display())));
+    let start = thread_cpu();
+    for i in 0..FILES {
+        let path = probe.join(i.to_string());
+        std::fs::File::create(&path).unwrap_or_else(|e| die(&format!("{}: {e}", path.display())));
+    }
+    thread_cpu().saturating_sub(start) / FILES
+}
+
 fn proc_cpu(pid: Option<u32>) -> Duration {
     let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
     else {
@@ -326,6 +362,11 @@ fn driver(args: &[String]) {
         pebble.directory_url(),
         profile,
         cores,
+    );
+    println!(
+        "file system: creating a file in {} takes {:.3} ms of CPU (about 0.02 ms in a fresh ext4 block group; more where files were deleted nearby lately, and the store's CPU below rises with it)",
+        tmp.path().display(),
+        file_creation_cpu(tmp.path()).as_secs_f64() * 1000.0
     );
     println!();
     println!(

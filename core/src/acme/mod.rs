@@ -48,8 +48,9 @@ pub use account::{Account, AccountOptions, Eab};
 pub use chains::top_issuer_cn;
 pub use lifecycle::{RenewalInfo, RevocationReason};
 pub use order::{
-    AuthzInfo, AuthzStatus, ChallengeInfo, FINALIZE_POLL_INITIAL_DELAY, Order, POLL_EARLY_MAX,
-    POLL_EARLY_WINDOW, POLL_GROWTH, POLL_INITIAL_DELAY, POLL_MAX_DELAY,
+    AuthzInfo, AuthzStatus, ChallengeInfo, FINALIZE_POLL_INITIAL_DELAY, FIRST_POLL_MAX,
+    FIRST_POLL_MIN, Order, POLL_EARLY_MAX, POLL_EARLY_WINDOW, POLL_GROWTH, POLL_INITIAL_DELAY,
+    POLL_MAX_DELAY,
 };
 pub use resume::Resumable;
 pub use stored::{AccountSummary, account_id, legacy_account_id, stored_accounts};

@@ -276,6 +276,8 @@ pub(super) struct Shared {
     counters: Counters,
     /// Nonces of finished orders, for the next order's first request.
     spare_nonces: Mutex<SpareNonces>,
+    /// The first wait of order polls, learned from this CA.
+    pub(super) first_polls: super::order::FirstPolls,
 }
 
 impl Shared {
@@ -293,6 +295,7 @@ impl Shared {
             },
             counters: Counters::default(),
             spare_nonces: Mutex::default(),
+            first_polls: super::order::FirstPolls::default(),
         }
     }
 
