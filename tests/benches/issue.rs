@@ -34,7 +34,7 @@
 //!
 //! Above the table: the CPU it takes to create a file where the runs keep
 //! their state (`$TMPDIR`). On ext4 without a journal it grows with the
-//! files deleted nearby in the last 12 hours (an earlier bench run's state
+//! files deleted nearby in the last minutes (an earlier bench run's state
 //! directories, deleted when it ended), from about 0.02 ms in a fresh
 //! block group to 0.3–0.5 ms, and a certificate writes about ten files: a
 //! figure far from 0.02 ms says the runs below paid for that.
@@ -227,8 +227,6 @@ fn timeval(t: libc::timeval) -> Duration {
         + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
-/// CPU time (user + system) a running process has used so far, from
-/// /proc/<pid>/stat (fields 14 and 15, in clock ticks of `_SC_CLK_TCK`).
 /// The CPU time of the calling thread.
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -258,6 +256,8 @@ fn file_creation_cpu(dir: &Path) -> Duration {
     thread_cpu().saturating_sub(start) / FILES
 }
 
+/// CPU time (user + system) a running process has used so far, from
+/// /proc/<pid>/stat (fields 14 and 15, in clock ticks of `_SC_CLK_TCK`).
 fn proc_cpu(pid: Option<u32>) -> Duration {
     let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
     else {

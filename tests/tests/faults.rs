@@ -155,8 +155,6 @@ fn each_step_stalled_30s_once_still_issues() {
     );
 }
 
-/// A 500 on the certificate download (twice in a row) does not lose the
-/// certificate: the download is sent again, and no second order is placed.
 /// The answer to the challenge's ready request is lost (a 500 after the CA
 /// took it). Pebble 2.4 shows a challenge pending while it validates, so the
 /// authorization read right after still says pending and certsmith sends the
@@ -238,6 +236,8 @@ fn relay_late(client: TcpStream, port: u16, delay: Duration) {
     let _ = up.join();
 }
 
+/// A 500 on the certificate download (twice in a row) does not lose the
+/// certificate: the download is sent again, and no second order is placed.
 #[test]
 fn a_500_on_the_download_keeps_the_certificate_of_the_same_order() {
     let pebble = pebble();

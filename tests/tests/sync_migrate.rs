@@ -381,11 +381,10 @@ fn a_reader_never_sees_a_certificate_and_key_of_two_versions() {
     assert_eq!(kept.len(), 2, "{kept:?}");
 }
 
-/// A certificate's files in a state directory: lineage, current link, every
-/// version's files (and key modes).
-/// The files under `certs/`, but for the empty `pending-order.json` a
-/// settled order leaves (no pending order, and nothing for a migration to
-/// carry: docs/design.md §4.1).
+/// The files under `certs/` of a state directory (lineage, current link,
+/// every version's files, pending orders), but for the empty
+/// `pending-order.json` a settled order leaves: no pending order, and
+/// nothing for a migration to carry (docs/design.md §4.1).
 fn certs_tree(state: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = tree(&state.join("certs"));
     files.retain(|path, bytes| !(path.ends_with("/pending-order.json") && bytes.is_empty()));

@@ -89,14 +89,19 @@ impl FirstPolls {
         Duration::from_micros(self.slot(kind).load(Ordering::Relaxed))
     }
 
-    /// Learns from a poll loop of `kind` whose first poll found the order
-    /// `done` (or not).
-    pub(super) fn learn(&self, kind: PollKind, done: bool) {
-        let _ = self
-            .slot(kind)
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |us| {
-                Some(next_first_poll(us, done))
-            });
+    /// Learns from a poll loop of `kind` that started with the first wait
+    /// `used` and whose first poll found the order `done` (or not). Only
+    /// while the wait is still `used`: orders in flight together that all
+    /// waited the same time say one thing, not one each (a dozen misses
+    /// on one slow moment would otherwise lengthen it 1.5¹²-fold).
+    pub(super) fn learn(&self, kind: PollKind, used: Duration, done: bool) {
+        let used = micros(used);
+        let _ = self.slot(kind).compare_exchange(
+            used,
+            next_first_poll(used, done),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -583,8 +588,9 @@ impl Order {
         done: impl Fn(ia::OrderStatus) -> bool,
     ) -> Result<ia::OrderStatus, PollEnd> {
         let first_polls = &self.client.shared.first_polls;
+        let first = first_polls.get(kind);
         let mut schedule = PollSchedule {
-            delay: first_polls.get(kind),
+            delay: first,
             deadline: Instant::now() + timeout,
             started: self.scope.started,
         };
@@ -612,7 +618,7 @@ impl Order {
                 || status == ia::OrderStatus::Invalid
                 || self.inner.state().error.is_some();
             if learning == Some(true) {
-                first_polls.learn(kind, finished);
+                first_polls.learn(kind, first, finished);
                 learning = Some(false);
             }
             if finished {
@@ -831,9 +837,11 @@ mod tests {
         let polls = FirstPolls::default();
         let mut hits = Vec::new();
         for i in 0..orders {
-            let wait = jitter(polls.get(PollKind::Ready), 0.75, 1.25);
-            let done = wait >= ca(i);
-            polls.learn(PollKind::Ready, done);
+            let first = polls.get(PollKind::Ready);
+            // The ±25 % jitter `poll` adds, from a fixed sequence.
+            let u = (i.wrapping_mul(0xD1B5_4A32_D192_ED03) >> 44) as f64 / f64::from(1u32 << 20);
+            let done = first.mul_f64(0.75 + 0.5 * u) >= ca(i);
+            polls.learn(PollKind::Ready, first, done);
             hits.push(done);
         }
         (polls.get(PollKind::Ready), hits)
@@ -874,6 +882,20 @@ mod tests {
         // A CA that never finishes in time: capped.
         let (learned, _) = learn_from(|_| Duration::from_secs(60), 100);
         assert_eq!(learned, FIRST_POLL_MAX);
+    }
+
+    /// Orders in flight together that started with the same first wait
+    /// move it once, not once each.
+    #[test]
+    fn concurrent_orders_that_waited_alike_teach_the_first_wait_once() {
+        let polls = FirstPolls::default();
+        let first = polls.get(PollKind::Ready);
+        for _ in 0..12 {
+            polls.learn(PollKind::Ready, first, false);
+        }
+        assert_eq!(polls.get(PollKind::Ready), first.mul_f64(1.5));
+        let issued = polls.get(PollKind::Issued);
+        assert_eq!(issued, FINALIZE_POLL_INITIAL_DELAY, "the kinds are apart");
     }
 
     /// Simulates a poll loop that never sees its final state: the waits

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use super::fsio::{
     FileLock, create_private_dir_all, fsync_dir, is_stale_temp, lock_file, open_locked, parent,
-    read_optional, remove_stale_temps, sanitize, write_atomic, write_into_empty, write_new,
-    write_new_files,
+    read_locked, read_optional, remove_stale_temps, sanitize, write_atomic, write_into_empty,
+    write_new, write_new_files,
 };
 use super::{
     AccountKey, AccountSlot, CERT_FILE, CHAIN_FILE, CSR_FILE, CertFiles, FULLCHAIN_FILE,
@@ -149,6 +149,8 @@ pub fn inspect_state_dir(root: &Path) -> StateDirReport {
                 if m.is_dir() {
                     todo.push(path);
                 } else if m.is_file()
+                    // An empty pending-order record (settled) holds nothing.
+                    && m.len() > 0
                     && matches!(
                         path.file_name().and_then(|n| n.to_str()),
                         Some(PRIVKEY_FILE | "account.json" | PENDING_FILE)
@@ -334,15 +336,19 @@ impl FsStore {
     /// The record is emptied, not removed, and the next one is written
     /// into the empty file ([`write_into_empty`]): a first issuance then
     /// frees no inode at all. ext4 without a journal skips every inode
-    /// freed in the last `vm.dirtytime_expire_seconds` (12 hours) each
-    /// time it creates a file in that block group, so one freed per
+    /// freed in the last minute (six while its inode table block is dirty)
+    /// each time it creates a file in that block group, so one freed per
     /// certificate made every later file of a batch slower to create.
     /// The file is read and emptied under its own `flock`, through one
     /// descriptor: a record renamed over it meanwhile is not touched.
     fn settle_pending_order(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
         let path = self.cert_dir(name).join(PENDING_FILE);
-        let Some(mut f) = open_locked(&path)? else {
-            return Ok(());
+        let mut f = match open_locked(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            // Not writable in place (its mode or owner changed by hand, a
+            // link): removed, which needs only the directory.
+            Err(_) => return self.remove_pending_file(name, order_url),
         };
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes)
@@ -356,6 +362,22 @@ impl FsStore {
             _ => f
                 .set_len(0)
                 .map_err(|e| StoreError::io("truncate", &path, e)),
+        }
+    }
+
+    /// Removes the pending-order record of `name` if it is the one at
+    /// `order_url` (or does not parse).
+    fn remove_pending_file(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
+        match self.pending_order(name) {
+            Ok(Some(p)) if p.order_url != order_url => return Ok(()),
+            Ok(None) => return Ok(()),
+            _ => {}
+        }
+        let path = self.cert_dir(name).join(PENDING_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove", &path, e)),
         }
     }
 
@@ -892,7 +914,7 @@ impl Storage for FsStore {
     fn pending_order(&self, name: &str) -> Result<Option<PendingOrder>, StoreError> {
         check_cert_name(name)?;
         let path = self.cert_dir(name).join(PENDING_FILE);
-        let Some(bytes) = read_optional(&path)? else {
+        let Some(bytes) = read_locked(&path)? else {
             return Ok(None);
         };
         // Empty: settled (see `settle_pending_order`).

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, mpsc};
@@ -381,9 +381,10 @@ pub(super) fn write_new_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Resul
 }
 
 /// Opens the existing file `path` for a change in place, holding an
-/// exclusive `flock` on it (on the file, not the name: a file renamed over
-/// it meanwhile is another). `None` when there is no such file.
-pub(super) fn open_locked(path: &Path) -> Result<Option<File>, StoreError> {
+/// exclusive `flock` on it (on the file, not the name). `None` when there
+/// is no such file, or when, once locked, the name no longer points at it
+/// (renamed over or removed meanwhile: a change to it would be lost).
+pub(super) fn open_locked(path: &Path) -> io::Result<Option<File>> {
     let f = match OpenOptions::new()
         .read(true)
         .write(true)
@@ -392,18 +393,40 @@ pub(super) fn open_locked(path: &Path) -> Result<Option<File>, StoreError> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io("open", path, e)),
+        Err(e) => return Err(e),
     };
-    flock(&f, libc::LOCK_EX).map_err(|e| StoreError::io("lock", path, e))?;
-    Ok(Some(f))
+    flock(&f, libc::LOCK_EX)?;
+    let held = f.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(named) if (named.dev(), named.ino()) == (held.dev(), held.ino()) => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `path` under a shared `flock` (`None`: no such file): never
+/// while [`open_locked`]'s holder changes it in place.
+pub(super) fn read_locked(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("read", path, e)),
+    };
+    flock(&f, libc::LOCK_SH).map_err(|e| StoreError::io("lock", path, e))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io("read", path, e))?;
+    Ok(Some(bytes))
 }
 
 /// Writes `data` into `path` when it is an empty file (a record emptied
 /// once done with, see `fs.rs`), in place, and makes it durable: no new
-/// file is created and none freed. `Ok(false)` when `path` is missing or
-/// not empty; the caller then writes it atomically.
+/// file is created and none freed. `Ok(false)` when `path` is missing, not
+/// empty or cannot be changed in place; the caller then writes it
+/// atomically.
 pub(super) fn write_into_empty(path: &Path, data: &[u8], mode: u32) -> Result<bool, StoreError> {
-    let Some(mut f) = open_locked(path)? else {
+    let Ok(Some(mut f)) = open_locked(path) else {
         return Ok(false);
     };
     let len = f

@@ -880,6 +880,33 @@ fn a_settled_pending_order_is_emptied_and_the_next_is_written_into_it() {
         .remove_pending_order(name, "https://ca/order/3")
         .expect("settle a torn record");
     assert_eq!(fs::metadata(&path).expect("still there").len(), 0);
+
+    // A record that cannot be changed in place (here a link, put there by
+    // hand) is replaced and removed by name, as before.
+    let elsewhere = tmp.path().join("elsewhere.json");
+    fs::write(&elsewhere, "").expect("write");
+    fs::remove_file(&path).expect("remove");
+    std::os::unix::fs::symlink(&elsewhere, &path).expect("link");
+    store
+        .put_pending_order(name, &third)
+        .expect("put over a link");
+    assert!(!fs::symlink_metadata(&path).expect("record").is_symlink());
+    assert_eq!(
+        fs::read(&elsewhere).expect("read").len(),
+        0,
+        "not written through"
+    );
+    fs::remove_file(&path).expect("remove");
+    fs::write(&elsewhere, serde_json::to_vec(&third).expect("json")).expect("write");
+    std::os::unix::fs::symlink(&elsewhere, &path).expect("link");
+    store
+        .remove_pending_order(name, "https://ca/order/3")
+        .expect("settle a linked record");
+    assert!(fs::symlink_metadata(&path).is_err(), "the link is removed");
+    assert!(
+        !fs::read(&elsewhere).expect("read").is_empty(),
+        "its target is not touched"
+    );
 }
 
 #[test]
@@ -917,6 +944,15 @@ fn the_state_dir_report_lists_every_file_holding_a_key_that_others_can_read() {
     open(&root.join("certs/k.example/pending-order.json"), 0o604);
     open(&version.join("cert.pem"), 0o644);
     open(&version.join("chain.pem"), 0o600);
+    // A settled (empty) record holds no key, whatever its mode.
+    let settled = root.join("certs/s.example");
+    fs::create_dir_all(&settled).expect("mkdir");
+    fs::write(settled.join("pending-order.json"), "").expect("write");
+    fs::set_permissions(
+        settled.join("pending-order.json"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
     let report = inspect_state_dir(&root);
     let listed: Vec<(String, u32)> = report
         .readable_keys
