@@ -212,10 +212,15 @@ fn output_within(mut child: std::process::Child, limit: Duration) -> Option<std:
 
 /// User + system CPU time of this process so far (getrusage).
 fn self_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU time of `who` (`RUSAGE_SELF`, `RUSAGE_THREAD`) so far.
+fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is valid for writes for the duration of the call.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
         return Duration::ZERO;
     }
     timeval(usage.ru_utime) + timeval(usage.ru_stime)
@@ -227,20 +232,6 @@ fn timeval(t: libc::timeval) -> Duration {
         + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
-/// The CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
-}
-
 /// The CPU time creating one empty file in a new directory under `dir`
 /// takes, averaged over 200 (left in place: deleting them would make the
 /// next creations dearer, which is what is measured).
@@ -248,12 +239,12 @@ fn file_creation_cpu(dir: &Path) -> Duration {
     const FILES: u32 = 200;
     let probe = dir.join("fs-probe");
     std::fs::create_dir(&probe).unwrap_or_else(|e| die(&format!("{}: {e}", probe.display())));
-    let start = thread_cpu();
+    let start = rusage_cpu(libc::RUSAGE_THREAD);
     for i in 0..FILES {
         let path = probe.join(i.to_string());
         std::fs::File::create(&path).unwrap_or_else(|e| die(&format!("{}: {e}", path.display())));
     }
-    thread_cpu().saturating_sub(start) / FILES
+    rusage_cpu(libc::RUSAGE_THREAD).saturating_sub(start) / FILES
 }
 
 /// CPU time (user + system) a running process has used so far, from

@@ -49,12 +49,23 @@ fn issue(
     domain: &str,
     env: &[(&str, &str)],
 ) -> Output {
+    issue_listening(pebble.http_port(), proxy, state, domain, env)
+}
+
+/// [`issue`] with the standalone solver on `127.0.0.1:port`.
+fn issue_listening(
+    port: u16,
+    proxy: &FaultProxy,
+    state: &Path,
+    domain: &str,
+    env: &[(&str, &str)],
+) -> Output {
     let mut cmd = Command::new(certsmith_bin());
     cmd.args(["issue", "--server", &proxy.directory_url(), "--ca-cert"])
         .arg(proxy.ca_bundle_path())
         .args(["--agree-tos", "--output", "json", "-d", domain])
         .args(["--solver", "standalone", "--solver-opt"])
-        .arg(format!("listen=127.0.0.1:{}", pebble.http_port()))
+        .arg(format!("listen=127.0.0.1:{port}"))
         .arg("--state-dir")
         .arg(state)
         .env_remove("CERTSMITH_STATE_DIR")
@@ -182,20 +193,13 @@ fn a_resent_challenge_ready_refused_because_the_first_was_taken_still_issues() {
         Fault::Delay(Duration::from_secs(3)),
     );
     let domain = "resent-ready.faults.test";
-    let mut cmd = Command::new(certsmith_bin());
-    cmd.args(["issue", "--server", &proxy.directory_url(), "--ca-cert"])
-        .arg(proxy.ca_bundle_path())
-        .args(["--agree-tos", "--output", "json", "-d", domain])
-        .args(["--solver", "standalone", "--solver-opt"])
-        .arg(format!("listen=127.0.0.1:{solver_port}"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .env_remove("CERTSMITH_STATE_DIR")
-        .env_remove("CERTSMITH_PLUGIN_PATH")
-        .env_remove(ATTEMPT_TIMEOUT_ENV)
-        .env("CERTSMITH_VERBOSE", "1")
-        .stdin(Stdio::null());
-    let o = cmd.output().expect("run certsmith");
+    let o = issue_listening(
+        solver_port,
+        &proxy,
+        &tmp.path().join("state"),
+        domain,
+        &[("CERTSMITH_VERBOSE", "1")],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     stored_cert(&o, domain);
     assert_eq!(

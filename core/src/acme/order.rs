@@ -594,21 +594,19 @@ impl Order {
             deadline: Instant::now() + timeout,
             started: self.scope.started,
         };
-        // Whether the first poll came after the learned first wait (not a
-        // `Retry-After`, nor a wait stretched to the early window's end):
-        // only then does what it finds say something about that wait.
-        let mut learning = None;
+        let mut first_poll = true;
         loop {
             let polls = self.scope.polls.load(Ordering::Relaxed);
             let retry_after = self
                 .scope
                 .take_retry_after()
                 .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
-            let planned = schedule.delay;
             let (wait, last) = schedule.next(Instant::now(), polls, retry_after);
-            if learning.is_none() {
-                learning = Some(retry_after.is_none() && wait <= planned.mul_f64(1.25) && !last);
-            }
+            // Only a first poll after the learned wait (not a `Retry-After`,
+            // nor one stretched to the early window's end or cut to the
+            // deadline) says something about that wait.
+            let learn = first_poll && retry_after.is_none() && wait <= first.mul_f64(1.25) && !last;
+            first_poll = false;
             tokio::time::sleep(wait).await;
             self.scope.polls.fetch_add(1, Ordering::Relaxed);
             self.client.shared.count_poll();
@@ -617,9 +615,8 @@ impl Order {
             let finished = done(status)
                 || status == ia::OrderStatus::Invalid
                 || self.inner.state().error.is_some();
-            if learning == Some(true) {
+            if learn {
                 first_polls.learn(kind, first, finished);
-                learning = Some(false);
             }
             if finished {
                 return Ok(status);

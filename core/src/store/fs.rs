@@ -353,27 +353,22 @@ impl FsStore {
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes)
             .map_err(|e| StoreError::io("read", &path, e))?;
-        if bytes.is_empty() {
+        if !settled_by(&bytes, order_url) {
             return Ok(());
         }
-        match serde_json::from_slice::<PendingOrder>(&bytes) {
-            Ok(p) if p.order_url != order_url => Ok(()),
-            // A record that does not parse is emptied all the same.
-            _ => f
-                .set_len(0)
-                .map_err(|e| StoreError::io("truncate", &path, e)),
-        }
+        f.set_len(0)
+            .map_err(|e| StoreError::io("truncate", &path, e))
     }
 
-    /// Removes the pending-order record of `name` if it is the one at
-    /// `order_url` (or does not parse).
+    /// Removes the pending-order record of `name` if a commit of the order
+    /// at `order_url` settles it (or it cannot be read).
     fn remove_pending_file(&self, name: &str, order_url: &str) -> Result<(), StoreError> {
-        match self.pending_order(name) {
-            Ok(Some(p)) if p.order_url != order_url => return Ok(()),
+        let path = self.cert_dir(name).join(PENDING_FILE);
+        match read_locked(&path) {
             Ok(None) => return Ok(()),
+            Ok(Some(bytes)) if !settled_by(&bytes, order_url) => return Ok(()),
             _ => {}
         }
-        let path = self.cert_dir(name).join(PENDING_FILE);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -506,6 +501,14 @@ impl FsStore {
             })
         }
     }
+}
+
+/// Whether the pending-order record `bytes` is one a commit of the order
+/// at `order_url` settles: not empty (settled already), and that order's
+/// or not parseable (a damaged record goes all the same).
+fn settled_by(bytes: &[u8], order_url: &str) -> bool {
+    !bytes.is_empty()
+        && serde_json::from_slice::<PendingOrder>(bytes).map_or(true, |p| p.order_url == order_url)
 }
 
 /// Points `cert_dir/current` at `versions/<version>`, atomically: a new
