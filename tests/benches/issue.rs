@@ -30,7 +30,10 @@
 //! process (getrusage), `CA CPU` = Pebble and pebble-challtestsrv during
 //! the run (/proc/<pid>/stat), `CPU/cores` = both over the machine's cores:
 //! the wall time below which the machine, not certsmith's waiting, is the
-//! limit. The median of `--runs` runs is shown, and the fastest wall time.
+//! limit; `steal` = the CPU time the hypervisor gave to other guests while
+//! the run waited for it (`/proc/stat`, summed over the cores): on a shared
+//! VM, the part of a slow run that no program in it caused. The median of
+//! `--runs` runs is shown, and the fastest wall time.
 //!
 //! Above the table: the CPU it takes to create a file where the runs keep
 //! their state (`$TMPDIR`). On ext4 without a journal it grows with the
@@ -215,6 +218,22 @@ fn self_cpu() -> Duration {
     rusage_cpu(libc::RUSAGE_SELF)
 }
 
+/// The machine's steal time so far: what the hypervisor ran elsewhere
+/// while this VM's CPUs were ready (the `cpu` line of `/proc/stat`, in
+/// clock ticks; zero where it cannot be read).
+fn steal_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64)
+}
+
 /// User + system CPU time of `who` (`RUSAGE_SELF`, `RUSAGE_THREAD`) so far.
 fn rusage_cpu(who: libc::c_int) -> Duration {
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
@@ -299,6 +318,8 @@ struct Sample {
     cpu: Duration,
     /// CPU time Pebble and pebble-challtestsrv used during the run.
     ca_cpu: Duration,
+    /// Steal time of the machine during the run.
+    steal: Duration,
 }
 
 fn driver(args: &[String]) {
@@ -361,7 +382,7 @@ fn driver(args: &[String]) {
     );
     println!();
     println!(
-        "{:>5} {:>5} {:>11} {:>11} {:>11} {:>10} {:>11} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "{:>5} {:>5} {:>11} {:>11} {:>11} {:>10} {:>11} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "N",
         "conc",
         "wall",
@@ -373,7 +394,8 @@ fn driver(args: &[String]) {
         "polls/cert",
         "CPU",
         "CA CPU",
-        "CPU/cores"
+        "CPU/cores",
+        "steal"
     );
     let mut verdicts = Vec::new();
     let mut stalled = 0usize;
@@ -388,11 +410,12 @@ fn driver(args: &[String]) {
             // too: its log shows requests entering the handler and never
             // leaving it). How many were made again is printed.
             let mut attempt = 0;
-            let (pebble, ca_cpu_before, out) = loop {
+            let (pebble, ca_cpu_before, steal_before, out) = loop {
                 attempt += 1;
                 let state = tmp.path().join(format!("state-{n}-{run}-{attempt}"));
                 let pebble = start_pebble();
                 let ca_cpu_before = ca_cpu(&pebble);
+                let steal_before = steal_time();
                 let child = Command::new(&me)
                     .args(["--child", "--n", &n.to_string()])
                     .args(["--concurrency", &conc.to_string()])
@@ -411,7 +434,7 @@ fn driver(args: &[String]) {
                     .unwrap_or_else(|e| die(&format!("run the child: {e}")));
                 let limit = run_timeout(n);
                 match output_within(child, limit) {
-                    Some(out) => break (pebble, ca_cpu_before, out),
+                    Some(out) => break (pebble, ca_cpu_before, steal_before, out),
                     None if attempt < STALL_ATTEMPTS => {
                         stalled += 1;
                         eprintln!(
@@ -443,6 +466,7 @@ fn driver(args: &[String]) {
                 ));
             }
             let ca_cpu = ca_cpu(&pebble).saturating_sub(ca_cpu_before);
+            let steal = steal_time().saturating_sub(steal_before);
             let ms = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1000.0);
             samples.push(Sample {
                 wall: ms("wall_ms"),
@@ -452,6 +476,7 @@ fn driver(args: &[String]) {
                 polls: v["polls"].as_f64().unwrap_or(0.0) / n as f64,
                 cpu: ms("cpu_ms"),
                 ca_cpu,
+                steal,
             });
         }
         let wall = median(samples.iter().map(|s| s.wall.as_secs_f64()).collect());
@@ -465,8 +490,9 @@ fn driver(args: &[String]) {
         let polls = median(samples.iter().map(|s| s.polls).collect());
         let cpu = median(samples.iter().map(|s| s.cpu.as_secs_f64()).collect());
         let ca = median(samples.iter().map(|s| s.ca_cpu.as_secs_f64()).collect());
+        let steal = median(samples.iter().map(|s| s.steal.as_secs_f64()).collect());
         println!(
-            "{:>5} {:>5} {:>9.3} s {:>9.3} s {:>8.1} ms {:>7.1} ms {:>7.1} MiB {:>9.1} {:>10.2} {:>7.2} s {:>7.2} s {:>7.2} s",
+            "{:>5} {:>5} {:>9.3} s {:>9.3} s {:>8.1} ms {:>7.1} ms {:>7.1} MiB {:>9.1} {:>10.2} {:>7.2} s {:>7.2} s {:>7.2} s {:>7.2} s",
             n,
             conc,
             wall,
@@ -479,6 +505,7 @@ fn driver(args: &[String]) {
             cpu,
             ca,
             (cpu + ca) / cores as f64,
+            steal,
         );
         let target = match n {
             1 => Some(TARGET_ONE),
