@@ -53,7 +53,7 @@ use certsmith_core::keys::KeyType;
 use certsmith_core::plugin::{ConfigSources, PluginHost, SearchPath};
 use certsmith_core::progress::Progress;
 use certsmith_core::store::Store;
-use certsmith_tests::{Pebble, PebbleOpts, certsmith_bin};
+use certsmith_tests::{Pebble, PebbleOpts, certsmith_bin, clock_ticks};
 
 mod common;
 use common::{die, flag, median};
@@ -223,15 +223,13 @@ fn self_cpu() -> Duration {
 /// clock ticks; zero where it cannot be read).
 fn steal_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: u64 = stat
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(8))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64)
+    clock_ticks(
+        stat.lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(8))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// User + system CPU time of `who` (`RUSAGE_SELF`, `RUSAGE_THREAD`) so far.
@@ -278,10 +276,6 @@ fn proc_cpu(pid: Option<u32>) -> Duration {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
     let ticks = |i: usize| {
         fields
             .get(i)
@@ -289,7 +283,7 @@ fn proc_cpu(pid: Option<u32>) -> Duration {
             .unwrap_or(0)
     };
     // After ')': field 3 is index 0, so utime (14) is 11 and stime (15) 12.
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+    clock_ticks(ticks(11) + ticks(12))
 }
 
 /// Peak resident set size of this process, from /proc/self/status.

@@ -172,17 +172,14 @@ impl FleetDaemon {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         // Fields 14 and 15 (utime, stime), counted from the state (field 3).
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let hwm = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        Some((ticks / hz, hwm))
+        Some((crate::clock_ticks(ticks).as_secs_f64(), hwm))
     }
 
     /// Kills it with SIGKILL, as a machine that dies (no cleanup at all).

@@ -208,6 +208,16 @@ fn claim(port: u16) -> bool {
     guard.get_or_insert_with(HashSet::new).insert(port)
 }
 
+/// `ticks` clock ticks (`_SC_CLK_TCK`, the unit of the CPU and steal times
+/// in `/proc`) as a duration.
+pub fn clock_ticks(ticks: u64) -> std::time::Duration {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    std::time::Duration::from_millis(ticks * 1000 / hz)
+}
+
 /// A TCP port on 127.0.0.1 that is free right now (bind port 0, read it,
 /// close). Another process can still take it before it is used: servers
 /// started by this crate retry on collision. Never returns the same port
