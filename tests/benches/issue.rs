@@ -35,6 +35,15 @@
 //! VM, the part of a slow run that no program in it caused. The median of
 //! `--runs` runs is shown, and the fastest wall time.
 //!
+//! Under it, where the CPU of one issuance goes: by step (process start-up,
+//! plugin loading, client set-up, account, order, validation, finalize,
+//! storing) and per operation (TLS handshake, a request, building the HTTPS
+//! client, key and CSR, a JWS signature, JSON), see `issue/breakdown.rs`.
+//!
+//! A run Pebble deadlocks in (a Pebble 2.4 bug: see [`pebble_deadlocked`])
+//! is noticed once Pebble has logged nothing for five seconds, and made
+//! again on a fresh Pebble; the bench says so and why.
+//!
 //! Above the table: the CPU it takes to create a file where the runs keep
 //! their state (`$TMPDIR`). On ext4 without a journal it grows with the
 //! files deleted nearby in the last minutes (an earlier bench run's state
@@ -57,6 +66,8 @@ use certsmith_tests::{Pebble, PebbleOpts, certsmith_bin, clock_ticks};
 
 mod common;
 use common::{die, flag, median};
+#[path = "issue/breakdown.rs"]
+mod breakdown;
 
 /// Targets from issue 3, shown next to the figures.
 const TARGET_ONE: Duration = Duration::from_millis(300);
@@ -78,6 +89,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--child") {
         child(&args);
+    } else if args.iter().any(|a| a == "--breakdown") {
+        breakdown::child(&args);
     } else {
         driver(&args);
     }
@@ -177,9 +190,27 @@ fn child(args: &[String]) {
     runtime.shutdown_background();
 }
 
-/// The output of `child`, or `None` (and the child killed) if it has not
-/// ended after `limit`.
-fn output_within(mut child: std::process::Child, limit: Duration) -> Option<std::process::Output> {
+/// Why a run was given up on.
+enum Stall {
+    /// It did not end within the time allowed.
+    Timeout,
+    /// Pebble wrote nothing to its log (it logs every request) for
+    /// [`PEBBLE_SILENCE`] while the run waited on it; `deadlock`: its
+    /// goroutine dump shows Pebble 2.4's lock cycle (see [`pebble_deadlocked`]).
+    Silent { deadlock: bool },
+}
+
+/// How long Pebble may log nothing while a run is in flight before the run
+/// is taken for stalled: a run's requests reach it every few milliseconds.
+const PEBBLE_SILENCE: Duration = Duration::from_secs(5);
+
+/// The output of `child`, or why it was given up on (and the child killed):
+/// it has not ended after `limit`, or `pebble` has stopped answering.
+fn output_within(
+    mut child: std::process::Child,
+    limit: Duration,
+    pebble: &Pebble,
+) -> Result<std::process::Output, Stall> {
     let deadline = Instant::now() + limit;
     // Read the pipes on threads so that a chatty child never blocks on them.
     fn drain(
@@ -195,22 +226,70 @@ fn output_within(mut child: std::process::Child, limit: Duration) -> Option<std:
     }
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
+    let log_len = || std::fs::metadata(pebble.log_path()).map_or(0, |m| m.len());
+    let (mut logged, mut logged_at) = (log_len(), Instant::now());
     let status = loop {
-        match child.try_wait() {
+        let given_up = match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
+            Ok(None) if Instant::now() >= deadline => Stall::Timeout,
+            Ok(None) => {
+                std::thread::sleep(Duration::from_millis(50));
+                let len = log_len();
+                if len != logged {
+                    (logged, logged_at) = (len, Instant::now());
+                }
+                if logged_at.elapsed() < PEBBLE_SILENCE {
+                    continue;
+                }
+                Stall::Silent {
+                    deadlock: pebble_deadlocked(pebble),
+                }
             }
-        }
+            Err(_) => Stall::Timeout,
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(given_up);
     };
-    Some(std::process::Output {
+    Ok(std::process::Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })
+}
+
+/// Whether `pebble`, silent while orders wait on it, is in Pebble 2.4's
+/// deadlock (read from its source, v2.4.0, and seen in its goroutine dumps
+/// here): the authorization handler write-locks an authorization and then
+/// looks the account up under the in-memory store's read lock; a new
+/// order's `FindValidAuthorization` holds that read lock while it
+/// read-locks every authorization in turn; and a store writer queued
+/// between them (a certificate being added) keeps the first from getting
+/// the read lock. Asks Pebble for its goroutine dump (SIGQUIT: a Go
+/// program prints every goroutine's stack and exits), which ends it.
+fn pebble_deadlocked(pebble: &Pebble) -> bool {
+    let Some(pid) = pebble.pid().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return false;
+    };
+    // SAFETY: kill has no memory-safety preconditions; `pid` is the
+    // harness's own child, alive until the harness drops it.
+    if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
+        return false;
+    }
+    let dumped = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(pebble.log_path()).unwrap_or_default();
+        let dump = log.rsplit_once("SIGQUIT").map_or("", |(_, d)| d);
+        if dump.contains("(*MemoryStore).FindValidAuthorization")
+            && dump.contains("(*WebFrontEndImpl).Authz")
+        {
+            return true;
+        }
+        if dumped.elapsed() > Duration::from_secs(2) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// User + system CPU time of this process so far (getrusage).
@@ -398,11 +477,11 @@ fn driver(args: &[String]) {
         let mut samples = Vec::new();
         for run in 0..runs {
             // A fresh Pebble for every run, so that every run starts from
-            // the same empty CA; and a run Pebble deadlocks in is made again
-            // (Pebble 2.4's in-memory store now and then stops answering
-            // new orders for good when they come in fast, with 8 in flight
-            // too: its log shows requests entering the handler and never
-            // leaving it). How many were made again is printed.
+            // the same empty CA; and a run Pebble deadlocks in (see
+            // `pebble_deadlocked`: more likely the more orders are in
+            // flight and the more authorizations it holds) is made again,
+            // as soon as Pebble has been silent for `PEBBLE_SILENCE`. How
+            // many were made again is printed.
             let mut attempt = 0;
             let (pebble, ca_cpu_before, steal_before, out) = loop {
                 attempt += 1;
@@ -427,19 +506,27 @@ fn driver(args: &[String]) {
                     .spawn()
                     .unwrap_or_else(|e| die(&format!("run the child: {e}")));
                 let limit = run_timeout(n);
-                match output_within(child, limit) {
-                    Some(out) => break (pebble, ca_cpu_before, steal_before, out),
-                    None if attempt < STALL_ATTEMPTS => {
+                match output_within(child, limit, &pebble) {
+                    Ok(out) => break (pebble, ca_cpu_before, steal_before, out),
+                    Err(why) if attempt < STALL_ATTEMPTS => {
                         stalled += 1;
+                        let why = match why {
+                            Stall::Timeout => format!("no end within {} s", limit.as_secs()),
+                            Stall::Silent { deadlock: true } => format!(
+                                "Pebble silent for {} s, deadlocked (its goroutine dump shows Pebble 2.4's lock cycle between the authorization handler and FindValidAuthorization)",
+                                PEBBLE_SILENCE.as_secs()
+                            ),
+                            Stall::Silent { deadlock: false } => {
+                                format!("Pebble silent for {} s", PEBBLE_SILENCE.as_secs())
+                            }
+                        };
                         eprintln!(
-                            "bench: N={n} run {run}: no end within {} s; Pebble's log ({}) ends with: {}; running it again on a fresh Pebble",
-                            limit.as_secs(),
+                            "bench: N={n} run {run}: {why}; its log: {}; running it again on a fresh Pebble",
                             pebble.log_path().display(),
-                            pebble.log_tail(1).trim()
                         );
                     }
-                    None => die(&format!(
-                        "the run for N={n} did not end within {} s, {STALL_ATTEMPTS} times: Pebble stopped answering? Its log: {}",
+                    Err(_) => die(&format!(
+                        "the run for N={n} was given up on {STALL_ATTEMPTS} times (no end within {} s, or Pebble stopped answering); its last log: {}",
                         limit.as_secs(),
                         pebble.log_path().display()
                     )),
@@ -579,6 +666,7 @@ fn driver(args: &[String]) {
         );
     }
     side_by_side(&pebble, runs, (wall, cli_cpu, rss));
+    breakdown::report(&bin, &plugins, &pebble, runs, cli_cpu);
 }
 
 /// One certificate from a fresh state by each client as its user runs it
