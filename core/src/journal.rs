@@ -168,11 +168,21 @@ impl Journal {
     }
 
     /// Stores what `present` returned (the handle cleanup needs).
+    ///
+    /// A `present` that returned nothing (the default: no handle, no TTL,
+    /// as standalone and webroot do) leaves the entry as recorded: a later
+    /// cleanup takes an entry without one as the default
+    /// ([`clean_stale`]), so writing it would change nothing it reads and
+    /// cost an atomic write per challenge (two syncs, a file created and
+    /// one freed).
     pub fn set_presented(
         &self,
         entry: &mut JournalEntry,
         presented: &Presented,
     ) -> Result<(), StoreError> {
+        if entry.presented.is_none() && *presented == Presented::default() {
+            return Ok(());
+        }
         entry.presented = Some(presented.clone());
         self.write(entry)
     }
@@ -283,6 +293,47 @@ mod tests {
         j.remove(&e.id).expect("remove");
         j.remove(&e.id).expect("removing twice is fine");
         assert!(j.entries().is_empty());
+    }
+
+    #[test]
+    fn a_present_that_returned_nothing_leaves_the_entry_as_recorded() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::new(Store::open(dir.path()).expect("open"));
+        let mut e = j
+            .record("standalone", BTreeMap::new(), &req())
+            .expect("record");
+        let path = dir.path().join("journal").join(format!("{}.json", e.id));
+        let ino = |p: &std::path::Path| std::fs::metadata(p).expect("entry").ino();
+        let (before, bytes) = (ino(&path), std::fs::read(&path).expect("read"));
+
+        j.set_presented(&mut e, &Presented::default())
+            .expect("update");
+        // Not written again: the same file, the same bytes.
+        assert_eq!(ino(&path), before);
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        assert_eq!(e.presented, None);
+        // What a later cleanup hands the plugin is the same either way.
+        let back = j.entries().remove(0);
+        assert_eq!(
+            back.presented.clone().unwrap_or_default(),
+            Presented::default()
+        );
+
+        // A handle is written (atomically: a new file).
+        j.set_presented(&mut e, &Presented::new(serde_json::json!({"id": 7})))
+            .expect("update");
+        assert_ne!(ino(&path), before);
+        // And once one was stored, even a default one replaces it.
+        let with_handle = ino(&path);
+        j.set_presented(&mut e, &Presented::default())
+            .expect("update");
+        assert_ne!(ino(&path), with_handle);
+        assert_eq!(
+            j.entries()[0].presented,
+            Some(Presented::default()),
+            "a stored handle is overwritten, not kept"
+        );
     }
 
     #[test]

@@ -1,23 +1,27 @@
 //! Where the CPU of one issuance goes (issue 17: "find where it goes …
 //! and say it in the benchmark output").
 //!
-//! Two views, printed under the `certsmith issue` row:
+//! Two views, printed after the side by side with lego and certbot:
 //!
-//! * **Phases.** A child process (this executable with `--breakdown`)
-//!   issues one certificate from an empty state directory the way
-//!   `certsmith issue` does (plugin host, client, `Engine::connect`, one
-//!   order), and reads its own CPU time (getrusage, every thread: the
-//!   runtime's workers, the blocking pool, the plugin's server) when it
-//!   starts each part and at each progress event the engine reports. One
-//!   certificate at a time leaves the process idle between the CA's
-//!   answers, so an event's CPU reading lags it by microseconds. Process
-//!   start-up is `certsmith --version` (exec, dynamic linking, argument
-//!   parsing), timed by `wait4`.
+//! * **Steps.** A child process (this executable with `--breakdown`)
+//!   issues one certificate from an empty state directory as `certsmith
+//!   issue` sets the engine up (plugin host, client, store, the cleanup
+//!   journal, `Engine::connect`, one order; without the CLI's own work:
+//!   arguments, configuration, the run lease, the summary), and reads its
+//!   own CPU time (getrusage: every thread, the runtime's workers, the
+//!   blocking pool and the plugin's server) at the end of each of its own
+//!   steps and at each progress event the engine reports. The reading is
+//!   taken by a thread that waits for the events, so it lags each event by
+//!   the microseconds that thread takes to wake: a little of the next
+//!   step's CPU can land in the one before. Process start-up is `certsmith
+//!   --version` (exec, dynamic linking, argument parsing), timed by
+//!   `wait4`.
 //! * **Operations.** The ingredients every issuance repeats, each run
 //!   many times on one thread (`RUSAGE_THREAD`) for its CPU per
 //!   operation: a TLS handshake with Pebble, a request on an open
-//!   connection, building an HTTPS client, a P-256 key and its CSR, an
-//!   ES256 signature (one per request: a JWS), parsing an order (JSON).
+//!   connection, building certsmith's HTTPS client, a P-256 key and its
+//!   CSR, an ES256 signature (one per request: a JWS), parsing an order
+//!   (JSON).
 //!
 //! Medians of `--runs`.
 
@@ -26,21 +30,23 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certsmith_core::acme::{AccountOptions, AcmeClient};
-use certsmith_core::engine::{CertRequest, Engine, EngineOptions};
+use certsmith_core::acme::AcmeClient;
+use certsmith_core::engine::CertRequest;
 use certsmith_core::identifiers;
 use certsmith_core::keys::{self, KeyType};
-use certsmith_core::plugin::{ConfigSources, PluginHost, SearchPath};
 use certsmith_core::progress::{Progress, ProgressEvent};
 use certsmith_core::store::Store;
 use certsmith_tests::Pebble;
 
 use super::common::{die, flag, median};
-use super::{rusage_cpu, self_cpu, wait_with_rusage};
+use super::{
+    child_command, connect, output_within, run_timeout, rusage_cpu, self_cpu, standalone,
+    wait_with_rusage,
+};
 
-/// The parts of one issuance, each named by the event (or step) that ends
-/// it, with what it holds; printed in the order a run reports them.
-const PHASES: &[(&str, &str)] = &[
+/// The steps of one issuance, each named by the event (or step of the
+/// child's own) that ends it, with what it holds, in the order they end.
+const STEPS: &[(&str, &str)] = &[
     (
         "plugin",
         "loading the standalone plugin, starting its HTTP server",
@@ -48,36 +54,43 @@ const PHASES: &[(&str, &str)] = &[
     ("runtime", "async runtime (two worker threads)"),
     (
         "client",
-        "HTTP client (TLS configuration: the system's root certificates and Pebble's)",
+        "HTTP client (TLS configuration: the system's root certificates and Pebble's), store opened",
     ),
     (
         "account_ready",
         "directory (TLS handshake), account key, newAccount, account stored",
     ),
-    ("order_created", "newOrder"),
+    (
+        "order_created",
+        "pending order looked up, newOrder, its authorization fetched; the certificate key and CSR made meanwhile",
+    ),
     (
         "challenge_presented",
-        "its authorization, key authorization, challenge presented",
+        "key authorization, challenge journaled (store), name lock, challenge presented",
     ),
     ("validating", "challenge ready"),
     (
         "valid",
-        "validation: polls, the plugin answering Pebble's GETs, the certificate key and CSR (made meanwhile)",
+        "validation: polls, the plugin answering Pebble's GETs",
     ),
-    ("finalizing", "finalize (the CSR sent)"),
+    (
+        "after_valid",
+        "pending order recorded (store) and, at the same time, challenge removed and its journal entry",
+    ),
     (
         "saved",
-        "polls, certificate download, chain checked, stored (files written and synced)",
+        "finalize, polls, certificate download, chain checked, stored (files written and synced)",
     ),
-    ("cleaned_up", "challenge removed"),
     (
         "end",
         "the rest: results returned, plugin and runtime stopped",
     ),
 ];
 
-/// The step a progress event ends, by its name in [`PHASES`]; `None` for
-/// events that end none.
+/// The step a progress event ends, by its name in [`STEPS`]; `None` for
+/// events that end none. The pending order is recorded (`Finalizing`) while
+/// the challenge is removed (`CleanedUp`), in either order: the step ends
+/// at the later of the two.
 fn step_of(event: &ProgressEvent) -> Option<&'static str> {
     Some(match event {
         ProgressEvent::AccountReady { .. } => "account_ready",
@@ -85,39 +98,36 @@ fn step_of(event: &ProgressEvent) -> Option<&'static str> {
         ProgressEvent::ChallengePresented { .. } => "challenge_presented",
         ProgressEvent::Validating { .. } => "validating",
         ProgressEvent::Valid { .. } => "valid",
-        ProgressEvent::Finalizing { .. } => "finalizing",
+        ProgressEvent::Finalizing { .. }
+        | ProgressEvent::CleanedUp { .. }
+        | ProgressEvent::CleanupFailed { .. } => "after_valid",
         ProgressEvent::Saved { .. } => "saved",
-        ProgressEvent::CleanedUp { .. } => "cleaned_up",
         _ => return None,
     })
 }
 
-/// `--breakdown`: issues one certificate as `certsmith issue` does and
-/// prints, as a JSON array of `[step, ms]` in the order they ended, the
-/// process CPU at the end of each step of [`PHASES`], counted from this
-/// function's start.
+/// Records that `step` ended at `at` (process CPU): a step that ends twice
+/// (see [`step_of`]) keeps the later reading.
+fn record(marks: &Mutex<Vec<(&'static str, Duration)>>, step: &'static str, at: Duration) {
+    if let Ok(mut m) = marks.lock() {
+        match m.iter_mut().find(|(s, _)| *s == step) {
+            Some(mark) => mark.1 = at,
+            None => m.push((step, at)),
+        }
+    }
+}
+
+/// `--breakdown`: issues one certificate as `certsmith issue` sets the
+/// engine up and prints, as a JSON array of `[step, ms]` in the order they
+/// ended, the process CPU at the end of each step of [`STEPS`], counted
+/// from this function's start.
 pub(super) fn child(args: &[String]) {
     let get = |name: &str| flag(args, name).unwrap_or_else(|| die(&format!("{name} missing")));
     let start = self_cpu();
     let marks: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
-    let mark = |step: &'static str| {
-        if let Ok(mut m) = marks.lock() {
-            m.push((step, self_cpu().saturating_sub(start)));
-        }
-    };
+    let mark = |step: &'static str| record(&marks, step, self_cpu().saturating_sub(start));
 
-    let host = PluginHost::discover(&SearchPath {
-        dirs: vec![get("--plugin-dir").into()],
-        ..SearchPath::default()
-    });
-    let solver = host
-        .get("standalone")
-        .unwrap_or_else(|e| die(&e.to_string()))
-        .instantiate(&ConfigSources {
-            cli: &[("listen".to_owned(), get("--listen").to_owned())],
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| die(&e.to_string()));
+    let (host, solver) = standalone(get("--plugin-dir").into(), get("--listen"));
     mark("plugin");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -138,26 +148,15 @@ pub(super) fn child(args: &[String]) {
         let marks = Arc::clone(&marks);
         std::thread::spawn(move || {
             while let Some(event) = rx.blocking_recv() {
-                if let (Some(step), Ok(mut m)) = (step_of(&event), marks.lock()) {
-                    m.push((step, self_cpu().saturating_sub(start)));
+                if let Some(step) = step_of(&event) {
+                    record(&marks, step, self_cpu().saturating_sub(start));
                 }
             }
         })
     };
     let name = get("--name");
     runtime.block_on(async {
-        let engine = Engine::connect(
-            client,
-            store,
-            AccountOptions {
-                agree_tos: true,
-                ..Default::default()
-            },
-            Progress::new(tx),
-            EngineOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| die(&format!("connect: {e}")));
+        let engine = connect(client, store, Progress::new(tx)).await;
         let domains =
             identifiers::parse_domains(&[name.to_owned()]).unwrap_or_else(|e| die(&e.to_string()));
         let req = CertRequest::new(name.to_owned(), domains, solver, KeyType::EcP256);
@@ -184,26 +183,28 @@ pub(super) fn child(args: &[String]) {
 /// Runs `--breakdown` `runs` times against `pebble`, times
 /// `certsmith --version`, measures the operations, and prints both views.
 pub(super) fn report(bin: &Path, plugins: &Path, pebble: &Pebble, runs: usize, issue_cpu: f64) {
-    let me = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
     let tmp = tempfile::tempdir().unwrap_or_else(|e| die(&e.to_string()));
-    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
-    // The steps in the order the first run reported them (the engine's
-    // order, e.g. the challenge is removed before finalize).
-    let mut order = Vec::new();
+    let mut per_step: Vec<Vec<f64>> = vec![Vec::new(); STEPS.len()];
+    // The steps in the order the first run reported them; every run must
+    // report the same, or the medians would mix different steps.
+    let mut order: Vec<usize> = Vec::new();
     for run in 0..runs {
-        let out = Command::new(&me)
-            .arg("--breakdown")
-            .args(["--server", &pebble.directory_url()])
-            .arg("--ca-cert")
-            .arg(pebble.ca_cert_path())
-            .args(["--listen", &format!("127.0.0.1:{}", pebble.http_port())])
-            .arg("--state")
-            .arg(tmp.path().join(format!("state-{run}")))
-            .args(["--name", &format!("parts{run}.bench.test")])
-            .arg("--plugin-dir")
-            .arg(plugins)
-            .output()
-            .unwrap_or_else(|e| die(&format!("run the breakdown child: {e}")));
+        let child = child_command(
+            "--breakdown",
+            pebble,
+            &tmp.path().join(format!("state-{run}")),
+            plugins,
+        )
+        .args(["--name", &format!("steps{run}.bench.test")])
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("run the breakdown child: {e}")));
+        let out = output_within(child, run_timeout(1), pebble).unwrap_or_else(|stall| {
+            die(&format!(
+                "the breakdown run did not end (Pebble's log: {}): {}",
+                pebble.log_path().display(),
+                stall.stderr
+            ))
+        });
         let stdout = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
             die(&format!(
@@ -211,23 +212,31 @@ pub(super) fn report(bin: &Path, plugins: &Path, pebble: &Pebble, runs: usize, i
                 String::from_utf8_lossy(&out.stderr)
             ))
         });
-        // Each step's own CPU: its mark minus the one before it, in the
-        // order the steps ended.
+        // Each step's own CPU: its reading minus the one before it.
+        let mut seen = Vec::new();
         let mut before = 0.0;
         for mark in v.as_array().map(Vec::as_slice).unwrap_or_default() {
             let (Some(step), Some(at)) = (mark[0].as_str(), mark[1].as_f64()) else {
                 continue;
             };
-            let Some(i) = PHASES.iter().position(|(s, _)| *s == step) else {
-                continue;
+            let Some(i) = STEPS.iter().position(|(s, _)| *s == step) else {
+                die(&format!(
+                    "the breakdown run reported an unknown step {step}"
+                ));
             };
-            if run == 0 {
-                order.push(i);
-            }
+            seen.push(i);
             per_step[i].push((at - before).max(0.0));
             before = at;
         }
+        if run == 0 {
+            order = seen;
+        } else if seen != order {
+            die(&format!(
+                "the breakdown runs reported their steps in different orders ({order:?}, then {seen:?}): their medians would mix different steps"
+            ));
+        }
     }
+
     let mut startup = Vec::new();
     for _ in 0..runs {
         let child = Command::new(bin)
@@ -256,10 +265,10 @@ pub(super) fn report(bin: &Path, plugins: &Path, pebble: &Pebble, runs: usize, i
     for i in order {
         let ms = median(std::mem::take(&mut per_step[i]));
         total += ms;
-        line(PHASES[i].1, ms);
+        line(STEPS[i].1, ms);
     }
     println!(
-        "  {total:>7.3} ms  in all after start-up (the engine API, as `certsmith issue` uses it)"
+        "  {total:>7.3} ms  in all after start-up (the engine, set up as `certsmith issue` sets it up)"
     );
 
     let ops = operations(pebble);
@@ -324,7 +333,7 @@ fn operations(pebble: &Pebble) -> Vec<(String, f64)> {
     let url = pebble.directory_url();
     let client = || {
         reqwest::Client::builder()
-            .add_root_certificate(ca.clone())
+            .tls_certs_merge([ca.clone()])
             .build()
             .unwrap_or_else(|e| die(&format!("HTTP client: {e}")))
     };
@@ -349,8 +358,13 @@ fn operations(pebble: &Pebble) -> Vec<(String, f64)> {
     let warm_client = client();
     get(&warm_client);
     let warm = per_op(20, || get(&warm_client));
+    // As certsmith builds its client: Pebble's CA read from its file and
+    // merged into the system's roots, timeouts, no redirects.
+    let server = pebble.directory_url();
     let built = per_op(10, || {
-        std::hint::black_box(client());
+        let c = AcmeClient::new(&server, Some(pebble.ca_cert_path()))
+            .unwrap_or_else(|e| die(&e.to_string()));
+        std::hint::black_box(c);
     });
 
     vec![
@@ -360,7 +374,7 @@ fn operations(pebble: &Pebble) -> Vec<(String, f64)> {
         ),
         ("an HTTPS request on an open connection (GET)".to_owned(), warm),
         (
-            "building an HTTPS client (it loads the system's root certificates)".to_owned(),
+            "building certsmith's HTTPS client (it loads the system's root certificates)".to_owned(),
             built,
         ),
         ("P-256 certificate key and its CSR".to_owned(), key_and_csr),
