@@ -170,7 +170,7 @@ impl Journal {
     /// Stores what `present` returned (the handle cleanup needs).
     ///
     /// A `present` that returned nothing (the default: no handle, no TTL,
-    /// as standalone and webroot do) leaves the entry as recorded: a later
+    /// as the standalone solver does) leaves the entry as recorded: a later
     /// cleanup takes an entry without one as the default
     /// ([`clean_stale`]), so writing it would change nothing it reads and
     /// cost an atomic write per challenge (two syncs, a file created and
