@@ -118,12 +118,7 @@ fn child(args: &[String]) {
         get("--prefix"),
         PathBuf::from(get("--plugin-dir")),
     );
-    // As the CLI does: a multi-threaded runtime with two workers.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| die(&format!("runtime: {e}")));
+    let runtime = cli_runtime();
     let started = Instant::now();
     let (_host, solver) = standalone(plugins, listen);
     let (account_time, failures, first_error, stats) = runtime.block_on(async {
@@ -171,6 +166,15 @@ fn child(args: &[String]) {
     );
     // Leave without waiting for plugin threads, as the CLI does.
     runtime.shutdown_background();
+}
+
+/// The async runtime the CLI runs on: multi-threaded, two workers.
+fn cli_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(&format!("runtime: {e}")))
 }
 
 /// The standalone solver from the plugins in `plugins`, answering http-01

@@ -8,7 +8,7 @@
 //!   issue` sets the engine up (plugin host, client, store, the cleanup
 //!   journal, `Engine::connect`, one order; without the CLI's own work:
 //!   arguments, configuration, the run lease, the summary), and reads its
-//!   own CPU time (getrusage: every thread, the runtime's workers, the
+//!   own CPU time (`CLOCK_PROCESS_CPUTIME_ID`: every thread, the runtime's workers, the
 //!   blocking pool and the plugin's server) at the end of each of its own
 //!   steps and at each progress event the engine reports. The reading is
 //!   taken by a thread that waits for the events, so it lags each event by
@@ -17,7 +17,7 @@
 //!   --version` (exec, dynamic linking, argument parsing), timed by
 //!   `wait4`.
 //! * **Operations.** The ingredients every issuance repeats, each run
-//!   many times on one thread (`RUSAGE_THREAD`) for its CPU per
+//!   many times on one thread (`CLOCK_THREAD_CPUTIME_ID`) for its CPU per
 //!   operation: a TLS handshake with Pebble, a request on an open
 //!   connection, building certsmith's HTTPS client, a P-256 key and its
 //!   CSR, an ES256 signature (one per request: a JWS), parsing an order
@@ -40,8 +40,7 @@ use certsmith_tests::Pebble;
 
 use super::common::{die, flag, median};
 use super::{
-    child_command, connect, output_within, run_timeout, rusage_cpu, self_cpu, standalone,
-    wait_with_rusage,
+    child_command, cli_runtime, connect, output_within, run_timeout, standalone, wait_with_rusage,
 };
 
 /// The steps of one issuance, each named by the event (or step of the
@@ -123,18 +122,14 @@ fn record(marks: &Mutex<Vec<(&'static str, Duration)>>, step: &'static str, at: 
 /// from this function's start.
 pub(super) fn child(args: &[String]) {
     let get = |name: &str| flag(args, name).unwrap_or_else(|| die(&format!("{name} missing")));
-    let start = self_cpu();
+    let start = process_cpu();
     let marks: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
-    let mark = |step: &'static str| record(&marks, step, self_cpu().saturating_sub(start));
+    let mark = |step: &'static str| record(&marks, step, process_cpu().saturating_sub(start));
 
     let (host, solver) = standalone(get("--plugin-dir").into(), get("--listen"));
     mark("plugin");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| die(&format!("runtime: {e}")));
+    let runtime = cli_runtime();
     mark("runtime");
     let client = AcmeClient::new(get("--server"), Some(Path::new(get("--ca-cert"))))
         .unwrap_or_else(|e| die(&e.to_string()));
@@ -149,7 +144,7 @@ pub(super) fn child(args: &[String]) {
         std::thread::spawn(move || {
             while let Some(event) = rx.blocking_recv() {
                 if let Some(step) = step_of(&event) {
-                    record(&marks, step, self_cpu().saturating_sub(start));
+                    record(&marks, step, process_cpu().saturating_sub(start));
                 }
             }
         })
@@ -278,16 +273,44 @@ pub(super) fn report(bin: &Path, plugins: &Path, pebble: &Pebble, runs: usize, i
     }
 }
 
+/// CPU time so far on `clock` (`CLOCK_THREAD_CPUTIME_ID`: this thread's,
+/// `CLOCK_PROCESS_CPUTIME_ID`: every thread's), to the nanosecond. Not
+/// getrusage: the kernel splits that into user and system time and never
+/// lets either go back, so a short interval can read as nothing at all.
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for writes for the duration of the call, and
+    // `clock` is one of the two constant clock ids every Linux has.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        die("clock_gettime of a CPU clock failed");
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Every thread's CPU time so far (see [`cpu_clock`]).
+fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
 /// The CPU of one `op` on this thread: `n` runs, the median of five
 /// rounds.
 fn per_op(n: u32, mut op: impl FnMut()) -> f64 {
     let rounds = (0..5)
         .map(|_| {
-            let before = rusage_cpu(libc::RUSAGE_THREAD);
+            let before = cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
             for _ in 0..n {
                 op();
             }
-            (rusage_cpu(libc::RUSAGE_THREAD).saturating_sub(before)).as_secs_f64() * 1000.0
+            cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+                .saturating_sub(before)
+                .as_secs_f64()
+                * 1000.0
                 / f64::from(n)
         })
         .collect();
