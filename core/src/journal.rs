@@ -63,10 +63,26 @@ pub(crate) fn start_time(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's start time ([`start_time`]), read once: every journal
+/// entry and pending-order record it writes carries it. (Kept with the
+/// pid it was read for: a forked child reads its own.)
+pub(crate) fn own_start_time() -> u64 {
+    static START: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
+    let pid = std::process::id();
+    match START.get_or_init(|| (pid, start_time(pid))) {
+        &(read_for, start) if read_for == pid => start,
+        _ => start_time(pid),
+    }
+}
+
 /// Whether the process that wrote an entry still runs: it exists, is not
 /// a zombie (dead, only not yet reaped by its parent), and started when
 /// the entry says (so a recycled pid is not mistaken for it).
 pub(crate) fn process_alive(pid: u32, recorded_start: u64) -> bool {
+    if pid == std::process::id() {
+        // This process: running, so only its start time can differ.
+        return recorded_start == 0 || recorded_start == own_start_time();
+    }
     let Ok(pid_t) = libc::pid_t::try_from(pid) else {
         return false;
     };
@@ -156,7 +172,7 @@ impl Journal {
             id,
             created_unix: now_unix(),
             pid: std::process::id(),
-            pid_start: start_time(std::process::id()),
+            pid_start: own_start_time(),
             boot_id: boot_id().to_owned(),
             solver: solver.to_owned(),
             options,
@@ -350,6 +366,16 @@ mod tests {
         e.pid_start = 1;
         j.write(&e).expect("write");
         assert_eq!(j.stale().len(), 1);
+    }
+
+    #[test]
+    fn this_process_is_alive_at_its_own_start_time_only() {
+        let (pid, start) = (std::process::id(), own_start_time());
+        assert_ne!(start, 0, "read from /proc");
+        assert_eq!(start, start_time(pid), "the cached start is the real one");
+        assert!(process_alive(pid, 0));
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1), "a recycled pid");
     }
 
     #[test]

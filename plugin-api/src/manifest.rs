@@ -31,6 +31,16 @@ pub struct Manifest {
     pub url: Option<String>,
     /// The challenge types it can answer.
     pub challenge_types: Vec<ChallengeType>,
+    /// `true` when what `present` sets up lives in the certsmith process
+    /// alone (a listener of the plugin's own, answering from memory) and
+    /// ends with it: a crash or `kill -9` leaves nothing anywhere to clean
+    /// up, and no other process can be writing it. The host then writes no
+    /// cleanup journal entry for its challenges and takes no lock on their
+    /// names (docs/design.md §3). Default `false`: every plugin that writes
+    /// anything outside the process (a DNS record, a file) must leave it so.
+    /// A host older than this key ignores it and journals as for any plugin.
+    #[serde(default)]
+    pub in_process: bool,
     /// Its configuration keys, by name.
     #[serde(default)]
     pub config: BTreeMap<String, ConfigKey>,
@@ -446,6 +456,12 @@ impl Manifest {
         if let Some(url) = &self.url {
             let _ = writeln!(s, "- Reference: <{url}>");
         }
+        if self.in_process {
+            let _ = writeln!(
+                s,
+                "- Its challenges live in the certsmith process only and end with it: no cleanup journal entry, no lock on their names"
+            );
+        }
         let _ = writeln!(s, "\n## Options\n");
         if self.config.is_empty() {
             let _ = writeln!(s, "This solver takes no options.");
@@ -566,6 +582,12 @@ propagation_timeout_s = 300
             m.defaults.polling_interval_s, 2,
             "unset defaults keep theirs"
         );
+        assert!(!m.in_process, "a plugin that says nothing is journaled");
+        let own = SAMPLE.replace(
+            "challenge_types = [\"dns-01\"]",
+            "challenge_types = [\"dns-01\"]\nin_process = true",
+        );
+        assert!(Manifest::parse(&own).expect("valid").in_process);
     }
 
     #[test]

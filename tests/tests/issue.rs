@@ -684,6 +684,127 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     assert_eq!(pending.len(), 0, "the settled record is empty");
 }
 
+/// The `*.json` entries of the cleanup journal (none when it was never
+/// written to).
+fn journal_entries(state: &Path) -> usize {
+    fs::read_dir(state.join("journal")).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    })
+}
+
+/// The name lock files of `solver` under `<state>/locks`.
+fn name_locks(state: &Path, solver: &str) -> usize {
+    let prefix = format!("name-{solver}-");
+    fs::read_dir(state.join("locks")).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .count()
+    })
+}
+
+/// Waits until `ready` holds while `child` runs; panics with its stderr if
+/// it ended first, or after 30 s.
+fn wait_while_running(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        if child.try_wait().expect("wait").is_some() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("certsmith ended before {what}: {err}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("certsmith never got to {what} in 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A challenge that lives in the certsmith process alone (the standalone
+/// solver's manifest says `in_process = true`) gets no cleanup journal entry
+/// and no name lock: killed while it is presented, the run leaves nothing
+/// for a later run to clean. A webroot challenge (a file outside the
+/// process) is journaled before `present` and survives the kill in the
+/// journal. Pebble's VA connects to a listener that never answers, so each
+/// run stays between `present` and cleanup (Pebble waits 15 s) until killed.
+#[test]
+fn a_killed_run_journals_a_webroot_challenge_but_not_a_standalone_one() {
+    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let http_port = silent.local_addr().expect("addr").port();
+    let pebble = Pebble::start(PebbleOpts {
+        http_port,
+        ..PebbleOpts::default()
+    })
+    .expect("start Pebble");
+    let tmp = TempState::new().expect("temp state");
+    let state = tmp.path();
+
+    // Standalone: presented once its listener (opened by the first
+    // http-01 `present`, after the journal would have been written) answers.
+    let listen = free_port();
+    let args = with(
+        issue_args(&pebble, state, &["memory.test"]),
+        vec![
+            "--solver".into(),
+            "standalone".into(),
+            "--solver-opt".into(),
+            format!("listen=127.0.0.1:{listen}"),
+        ],
+    );
+    let mut child = command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn certsmith");
+    wait_while_running(&mut child, "presenting the standalone challenge", || {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, listen)).is_ok()
+    });
+    assert_eq!(
+        journal_entries(state),
+        0,
+        "a standalone challenge was journaled"
+    );
+    assert_eq!(
+        name_locks(state, "standalone"),
+        0,
+        "a standalone name was locked"
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert_eq!(journal_entries(state), 0);
+
+    // Webroot: presented once the token file is in the document root.
+    let docroot = tmp.file("www");
+    fs::create_dir(&docroot).expect("mkdir www");
+    let tokens = docroot.join(".well-known/acme-challenge");
+    let mut child = command(&with(
+        issue_args(&pebble, state, &["disk.test"]),
+        webroot(&docroot),
+    ))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn certsmith");
+    wait_while_running(&mut child, "presenting the webroot challenge", || {
+        fs::read_dir(&tokens).is_ok_and(|mut d| d.next().is_some())
+    });
+    assert_eq!(
+        journal_entries(state),
+        1,
+        "the webroot challenge is journaled"
+    );
+    assert_eq!(name_locks(state, "webroot"), 1, "its name was locked");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    assert_eq!(journal_entries(state), 1, "the entry outlives the kill");
+    drop(silent);
+}
+
 /// Eight first runs at once on an empty state directory: one account is
 /// created at the CA and stored, and every run uses it.
 #[test]

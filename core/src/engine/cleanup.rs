@@ -51,7 +51,9 @@ impl CleanupList {
 
     /// Adds a challenge about to be presented and writes its journal entry
     /// (docs/design.md §3.5: before `present`, so a crash during or after it
-    /// leaves a trace the next run cleans up); returns its slot.
+    /// leaves a trace the next run cleans up); returns its slot. A solver
+    /// whose challenges live in this process alone (`in_process`) gets no
+    /// entry: a crash ends them with it.
     pub(super) fn register(
         &self,
         solver: &SolverInstance,
@@ -59,13 +61,13 @@ impl CleanupList {
         domain: String,
     ) -> Result<usize, IssueError> {
         let journal_entry = match &self.journal {
-            Some(j) => Some(
+            Some(j) if !solver.manifest().in_process => Some(
                 j.record(solver.code(), solver.public_options(), &request)
                     .map_err(|e| {
                         IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
                     })?,
             ),
-            None => None,
+            _ => None,
         };
         let mut entries = self.lock();
         entries.push(Some(CleanupEntry {
@@ -117,7 +119,7 @@ pub(super) async fn clean_entries(
         entry.request.deadline_unix_ms = call_deadline(solver.manifest());
         let challenge = entry.request.challenge_type;
         let lease = match journal {
-            Some(j) => {
+            Some(j) if !solver.manifest().in_process => {
                 super::namelock::lock(
                     j.store(),
                     solver.code(),
@@ -126,7 +128,7 @@ pub(super) async fn clean_entries(
                 )
                 .await
             }
-            None => None,
+            _ => None,
         };
         let outcome = solver.cleanup(&entry.request, &entry.presented).await;
         drop(lease);

@@ -683,13 +683,18 @@ impl Engine {
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
             let slot = cleanup.register(w.solver, w.request.clone(), w.domain.clone())?;
-            let lease = namelock::lock(
-                &inner.store,
-                w.solver.code(),
-                &w.request,
-                call_timeout(w.solver.manifest()),
-            )
-            .await;
+            // No other process can write what lives in this one.
+            let lease = if w.solver.manifest().in_process {
+                None
+            } else {
+                namelock::lock(
+                    &inner.store,
+                    w.solver.code(),
+                    &w.request,
+                    call_timeout(w.solver.manifest()),
+                )
+                .await
+            };
             let outcome = w.solver.present(&w.request).await;
             drop(lease);
             match outcome {

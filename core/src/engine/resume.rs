@@ -40,7 +40,7 @@ impl Engine {
             csr_der_b64: URL_SAFE_NO_PAD.encode(&key.csr_der),
             finalized_at: now_rfc3339(),
             pid: std::process::id(),
-            pid_start: crate::journal::start_time(std::process::id()),
+            pid_start: crate::journal::own_start_time(),
             boot_id: crate::journal::boot_id().to_owned(),
         };
         let (store, name) = (self.inner.store.clone(), name.to_owned());

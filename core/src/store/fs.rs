@@ -516,9 +516,16 @@ fn settled_by(bytes: &[u8], order_url: &str) -> bool {
 fn switch_current(cert_dir: &Path, version: u32) -> Result<PathBuf, StoreError> {
     let current = cert_dir.join("current");
     let tmp_link = cert_dir.join(format!(".current-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp_link);
-    std::os::unix::fs::symlink(Path::new("versions").join(version.to_string()), &tmp_link)
-        .map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
+    let target = Path::new("versions").join(version.to_string());
+    let linked = match std::os::unix::fs::symlink(&target, &tmp_link) {
+        // The leftover of a killed process that had this pid.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&tmp_link);
+            std::os::unix::fs::symlink(&target, &tmp_link)
+        }
+        linked => linked,
+    };
+    linked.map_err(|e| StoreError::io("create symlink", &tmp_link, e))?;
     fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &tmp_link, e))?;
     fsync_dir(cert_dir)?;
     Ok(current)

@@ -458,8 +458,14 @@ pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), St
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    write_new(&tmp, data, mode)?;
+    match write_new(&tmp, data, mode) {
+        // The leftover of a killed process that had this pid.
+        Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&tmp);
+            write_new(&tmp, data, mode)?;
+        }
+        written => written?,
+    }
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         StoreError::io("rename", &tmp, e)
