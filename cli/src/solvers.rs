@@ -222,6 +222,7 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                             .collect::<serde_json::Map<_, _>>()
                     );
                     v["defaults"] = json!(m.defaults);
+                    v["in_process"] = json!(m.in_process);
                     print_json(&v);
                 }
                 OutputFormat::Text => {
@@ -234,6 +235,11 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                     }
                     let types: Vec<&str> = m.challenge_types.iter().map(|t| t.as_str()).collect();
                     println!("challenges: {}", types.join(", "));
+                    if m.in_process {
+                        println!(
+                            "lifetime:   its challenges live in this process and end with it (no cleanup journal entry, no name lock)"
+                        );
+                    }
                     println!("library:    {}", p.path().display());
                     println!("abi:        {}", p.abi_version());
                     println!("sha256:     {}", p.sha256());

@@ -2,8 +2,10 @@
 //! N certificates (default N = 1, 20, 100) issued concurrently from one
 //! process against a local Pebble (`PEBBLE_VA_NOSLEEP=1`, authorization
 //! reuse off, no nonce rejection), through the engine API set up as
-//! `certsmith run` sets it up (the cleanup journal kept in the store) and
-//! the standalone plugin, on a release build. Plus one `certsmith issue` run
+//! `certsmith run` sets it up (the cleanup journal kept in the store; the
+//! standalone plugin's challenges, which live in the process, are not
+//! journaled: docs/design.md §3) and the standalone plugin, on a release
+//! build. Plus one `certsmith issue` run
 //! of the built binary, as a user runs it. dns-01 (a wildcard + apex
 //! certificate through each DNS plugin) is the `solvers` bench.
 //!
@@ -199,7 +201,8 @@ fn standalone(plugins: PathBuf, listen: &str) -> (PluginHost, SolverInstance) {
 /// The engine on `store` through `client` as `certsmith issue` and
 /// `certsmith run` set it up: the account made if there is none (terms
 /// agreed), and every presented challenge journaled in the store until it
-/// is removed (docs/design.md §4.5).
+/// is removed (docs/design.md §4.5), unless its plugin is `in_process`, as
+/// the standalone one is (§3).
 async fn connect(client: AcmeClient, store: Store, progress: Progress) -> Engine {
     let options = EngineOptions {
         journal: Some(Journal::new(store.clone())),

@@ -217,6 +217,7 @@ const SOLVERS_INFO: &Schema = &[
     ("url", STR_OR_NULL, R),
     ("config", Ty::Map(OPTION), R),
     ("defaults", Ty::Any, R),
+    ("in_process", Ty::Bool, R),
 ];
 const CONFIG_CERT: &Schema = &[
     ("name", Ty::Str, R),

@@ -132,11 +132,25 @@ fn solvers_info_describes_options() {
     assert_eq!(v["code"], "webroot");
     assert_eq!(v["config"]["path"]["required"], true);
     assert_eq!(v["config"]["path"]["type"], "string");
+    assert_eq!(
+        v["in_process"], false,
+        "a webroot file outlives the process"
+    );
     assert!(
         v["path"]
             .as_str()
             .expect("path")
             .ends_with("libcertsmith_webroot.so")
+    );
+
+    let o = certsmith(&["solvers", "info", "standalone", "--output", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["in_process"], true, "its listeners are in the process");
+    let o = certsmith(&["solvers", "info", "standalone"], &[]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("lifetime:   its challenges live in this process"),
+        "{out}"
     );
 
     let o = certsmith(&["solvers", "info", "standalon"], &[]);

@@ -65,7 +65,7 @@ const STEPS: &[(&str, &str)] = &[
     ),
     (
         "challenge_presented",
-        "key authorization, challenge journaled (store), name lock, challenge presented",
+        "key authorization, challenge presented (standalone is in_process: no journal entry, no name lock)",
     ),
     ("validating", "challenge ready"),
     (
@@ -74,7 +74,7 @@ const STEPS: &[(&str, &str)] = &[
     ),
     (
         "after_valid",
-        "pending order recorded (store) and, at the same time, challenge removed and its journal entry",
+        "pending order recorded (store) and, at the same time, challenge removed",
     ),
     (
         "saved",
