@@ -16,7 +16,9 @@
 //! * [`Fault::Status500`] and [`Fault::Reset`] forward the request first
 //!   (the CA acted on it; its answer is lost), [`Fault::Status503`] and
 //!   [`Fault::Stall`] do not (the CA never saw it), [`Fault::Delay`]
-//!   forwards it late (a CA acting on a request long after it came);
+//!   forwards it late (a CA acting on a request long after it came),
+//!   [`Fault::ValidatedBeforeAnswer`] answers a challenge's ready request
+//!   as a CA that had already failed the validation;
 //! * every request is counted per kind ([`FaultProxy::count`]), and every
 //!   fault injected is recorded ([`FaultProxy::injected`]).
 //!
@@ -94,6 +96,15 @@ pub enum Fault {
     Stall(Duration),
     /// Hold it this long, then forward it and answer what the CA answered.
     Delay(Duration),
+    /// Forward it, wait this long (the CA's validation, started by a
+    /// challenge's ready request, fails meanwhile), then answer what the CA
+    /// answered with the challenge made `invalid` and given an
+    /// `unauthorized` problem: the answer of a CA that validated before it
+    /// answered. Pebble 2.4 gives it when its VA wins a race against its
+    /// own handler (the handler starts the validation, then reads the
+    /// challenge to answer); this makes the race's outcome certain. For
+    /// [`RequestKind::Challenge`], with a validation bound to fail.
+    ValidatedBeforeAnswer(Duration),
     /// Answer HTTP 429 with a `rateLimited` problem saying `detail` and
     /// this `Retry-After` (seconds), without forwarding: the CA's rate
     /// limit.
@@ -393,6 +404,22 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
         Some(Fault::Delay(d)) => {
             std::thread::sleep(d);
             write_response(&mut tls, &forward()?)
+        }
+        Some(Fault::ValidatedBeforeAnswer(d)) => {
+            let mut rsp = forward()?;
+            std::thread::sleep(d);
+            if rsp.status == 200
+                && let Ok(mut challenge) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
+            {
+                challenge["status"] = "invalid".into();
+                challenge["error"] = serde_json::json!({
+                    "type": "urn:ietf:params:acme:error:unauthorized",
+                    "detail": "the validation failed before the CA answered (answer rewritten by the test proxy)",
+                    "status": 403,
+                });
+                rsp.body = challenge.to_string().into_bytes();
+            }
+            write_response(&mut tls, &rsp)
         }
         Some(Fault::Stall(d)) => {
             let until = Instant::now() + d;

@@ -4,7 +4,8 @@
 //! `Retry-After`, a reset connection, a stalled one — and `certsmith issue`
 //! must still end with a certificate; a challenge-ready request sent again
 //! after a lost answer and refused because the first one was taken is no
-//! failure; 5 % random faults over 50 issuances must still give 50
+//! failure, nor is a challenge whose ready request the CA answered after
+//! failing its validation a refusal; 5 % random faults over 50 issuances must still give 50
 //! certificates; a CA whose directory answers 503 is
 //! reported as unavailable, not as a wrong URL.
 
@@ -164,6 +165,49 @@ fn each_step_stalled_30s_once_still_issues() {
         "stall-",
         &[(ATTEMPT_TIMEOUT_ENV, STALL_ATTEMPT_TIMEOUT_MS)],
     );
+}
+
+/// A CA that validates before it answers a challenge's ready request
+/// answers with the challenge already `invalid` and the validation's
+/// problem (Pebble 2.4 does when its VA wins a race against its own
+/// handler; the proxy makes the race's outcome certain). That is a failed
+/// validation and is reported as one, with the name, the challenge type,
+/// the CA's problem and the hint, not as a refusal to start it.
+#[test]
+fn a_challenge_answered_after_its_validation_failed_is_a_failed_validation() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let fault = Fault::ValidatedBeforeAnswer(Duration::from_millis(500));
+    proxy.fault_nth(RequestKind::Challenge, 1, fault);
+    let tmp = TempState::new().expect("temp dir");
+    // The solver listens where Pebble's VA does not connect: the validation
+    // fails at once.
+    let unheard = certsmith_tests::free_port();
+    let domain = "unheard.faults.test";
+    let o = issue_listening(unheard, &proxy, &tmp.path().join("state"), domain, &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("the CA did not validate {domain} (http-01)")),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        !err.contains("refused to start the validation"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        err.contains("hint: the CA must reach the name over the Internet"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(
+        proxy.injected(),
+        [(RequestKind::Challenge, fault)],
+        "the ready request's answer was rewritten, and nothing else"
+    );
+    assert!(proxy.errors().is_empty(), "{:?}", proxy.errors());
 }
 
 /// The answer to the challenge's ready request is lost (a 500 after the CA

@@ -499,8 +499,13 @@ impl Order {
     /// challenge no longer pending was taken; a pending one is sent again.
     /// A CA may still show the challenge pending while it validates (Pebble
     /// does), so a resent request can find it done and be refused as no
-    /// longer pending: a refusal of a resend is checked against the
-    /// challenge's status the same way before it counts as a failure.
+    /// longer pending; and a CA may validate before it answers, and answer
+    /// with the challenge already `invalid` and its problem (Pebble does
+    /// when its validation wins a race against its own handler), which
+    /// instant-acme reports as an error. So any refusal is checked against
+    /// the challenge's status before it counts as one: a challenge no
+    /// longer pending was taken, and how its validation ended is the
+    /// authorization's to say ([`Self::poll_ready`]).
     pub async fn set_ready(
         &mut self,
         authz_url: &str,
@@ -525,16 +530,23 @@ impl Order {
                             }
                             resent = true;
                         }
-                        Err(e) if resent && matches!(e, ia::Error::Api(_)) => {
-                            let status = retry_bad_nonce!(
+                        Err(e) if matches!(e, ia::Error::Api(_)) => {
+                            // A read that fails leaves the refusal as it was.
+                            let status = match retry_bad_nonce!(
                                 challenge_status(&mut self.inner, authz_url, &ty).await
-                            )?;
-                            if status == ia::ChallengeStatus::Pending {
-                                return Err(e);
+                            ) {
+                                Ok(ia::ChallengeStatus::Pending) | Err(_) => return Err(e),
+                                Ok(status) => status,
+                            };
+                            if resent {
+                                log::info!(
+                                    "the resent challenge ready request was refused because the first one had been taken ({status:?})"
+                                );
+                            } else {
+                                log::info!(
+                                    "the challenge ready request was answered after the validation ended ({status:?}): {e}"
+                                );
                             }
-                            log::info!(
-                                "the resent challenge ready request was refused because the first one had been taken ({status:?})"
-                            );
                             return Ok(());
                         }
                         other => return other,
