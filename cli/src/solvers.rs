@@ -237,7 +237,7 @@ pub(crate) async fn run_solvers(global: &GlobalArgs, cmd: SolversCommand) -> u8 
                     println!("challenges: {}", types.join(", "));
                     if m.in_process {
                         println!(
-                            "lifetime:   its challenges live in this process and end with it (no cleanup journal entry, no name lock)"
+                            "lifetime:   its challenges live in the certsmith process that presents them and end with it (no cleanup journal entry, no name lock)"
                         );
                     }
                     println!("library:    {}", p.path().display());

@@ -64,15 +64,22 @@ pub(crate) fn start_time(pid: u32) -> u64 {
 }
 
 /// This process's start time ([`start_time`]), read once: every journal
-/// entry and pending-order record it writes carries it. (Kept with the
-/// pid it was read for: a forked child reads its own.)
+/// entry and pending-order record it writes carries it. Kept with the pid
+/// it was read for (a forked child reads its own), and only once read: a
+/// read that failed (0) is tried again next time.
 pub(crate) fn own_start_time() -> u64 {
     static START: std::sync::OnceLock<(u32, u64)> = std::sync::OnceLock::new();
     let pid = std::process::id();
-    match START.get_or_init(|| (pid, start_time(pid))) {
-        &(read_for, start) if read_for == pid => start,
-        _ => start_time(pid),
+    if let Some(&(read_for, start)) = START.get()
+        && read_for == pid
+    {
+        return start;
     }
+    let start = start_time(pid);
+    if start != 0 {
+        let _ = START.set((pid, start));
+    }
+    start
 }
 
 /// Whether the process that wrote an entry still runs: it exists, is not

@@ -408,16 +408,27 @@ fn serve(tcp: TcpStream, inner: &Inner) -> io::Result<()> {
         Some(Fault::ValidatedBeforeAnswer(d)) => {
             let mut rsp = forward()?;
             std::thread::sleep(d);
-            if rsp.status == 200
-                && let Ok(mut challenge) = serde_json::from_slice::<serde_json::Value>(&rsp.body)
-            {
-                challenge["status"] = "invalid".into();
-                challenge["error"] = serde_json::json!({
-                    "type": "urn:ietf:params:acme:error:unauthorized",
-                    "detail": "the validation failed before the CA answered (answer rewritten by the test proxy)",
-                    "status": 403,
-                });
-                rsp.body = challenge.to_string().into_bytes();
+            let mut challenge = serde_json::from_slice::<serde_json::Value>(&rsp.body).ok();
+            match challenge.as_mut().and_then(|c| c.as_object_mut()) {
+                Some(c) if rsp.status == 200 => {
+                    c.insert("status".into(), "invalid".into());
+                    c.insert(
+                        "error".into(),
+                        serde_json::json!({
+                            "type": "urn:ietf:params:acme:error:unauthorized",
+                            "detail": "the validation failed before the CA answered (answer rewritten by the test proxy)",
+                            "status": 403,
+                        }),
+                    );
+                    rsp.body = serde_json::Value::Object(c.clone())
+                        .to_string()
+                        .into_bytes();
+                }
+                // Nothing to rewrite: the test would not show what it is for.
+                _ => inner.state().errors.push(format!(
+                    "ValidatedBeforeAnswer: the CA answered HTTP {}, not a challenge",
+                    rsp.status
+                )),
             }
             write_response(&mut tls, &rsp)
         }

@@ -4,8 +4,10 @@
 //! `Retry-After`, a reset connection, a stalled one — and `certsmith issue`
 //! must still end with a certificate; a challenge-ready request sent again
 //! after a lost answer and refused because the first one was taken is no
-//! failure, nor is a challenge whose ready request the CA answered after
-//! failing its validation a refusal; 5 % random faults over 50 issuances must still give 50
+//! failure; a challenge-ready request the CA answered only after the
+//! validation had failed is reported as a failed validation, while one it
+//! refused with the challenge still pending stays a refusal; 5 % random
+//! faults over 50 issuances must still give 50
 //! certificates; a CA whose directory answers 503 is
 //! reported as unavailable, not as a wrong URL.
 
@@ -177,14 +179,22 @@ fn each_step_stalled_30s_once_still_issues() {
 fn a_challenge_answered_after_its_validation_failed_is_a_failed_validation() {
     let pebble = pebble();
     let proxy = FaultProxy::start(&pebble).expect("fault proxy");
-    let fault = Fault::ValidatedBeforeAnswer(Duration::from_millis(500));
+    // Pebble's VA is done within milliseconds (the connection is refused);
+    // two seconds leave room for a busy machine.
+    let fault = Fault::ValidatedBeforeAnswer(Duration::from_secs(2));
     proxy.fault_nth(RequestKind::Challenge, 1, fault);
     let tmp = TempState::new().expect("temp dir");
     // The solver listens where Pebble's VA does not connect: the validation
     // fails at once.
     let unheard = certsmith_tests::free_port();
     let domain = "unheard.faults.test";
-    let o = issue_listening(unheard, &proxy, &tmp.path().join("state"), domain, &[]);
+    let o = issue_listening(
+        unheard,
+        &proxy,
+        &tmp.path().join("state"),
+        domain,
+        &[("CERTSMITH_VERBOSE", "1")],
+    );
     assert_eq!(o.status.code(), Some(4), "{}", describe(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -202,12 +212,52 @@ fn a_challenge_answered_after_its_validation_failed_is_a_failed_validation() {
         "{}",
         describe(&o)
     );
+    assert!(
+        err.contains(
+            "the CA refused the challenge ready request, but the challenge is already Invalid"
+        ),
+        "the refusal was not settled by reading the challenge, so this test did not show what it is for: {}",
+        describe(&o)
+    );
     assert_eq!(
         proxy.injected(),
         [(RequestKind::Challenge, fault)],
         "the ready request's answer was rewritten, and nothing else"
     );
     assert!(proxy.errors().is_empty(), "{:?}", proxy.errors());
+}
+
+/// A challenge-ready request the CA refuses while the challenge stays
+/// pending (here a rate limit, answered by the proxy without forwarding)
+/// is a refusal, reported as one: reading the challenge does not turn it
+/// into a success.
+#[test]
+fn a_challenge_ready_request_refused_with_the_challenge_pending_stays_refused() {
+    let pebble = pebble();
+    let proxy = FaultProxy::start(&pebble).expect("fault proxy");
+    let fault = Fault::RateLimited {
+        retry_after_secs: 3600,
+        detail: "too many challenge updates (fault injected by the test proxy)",
+    };
+    proxy.fault_every(RequestKind::Challenge, fault);
+    let tmp = TempState::new().expect("temp dir");
+    let domain = "refused.faults.test";
+    let o = issue(&pebble, &proxy, &tmp.path().join("state"), domain, &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("too many challenge updates"),
+        "the CA's refusal is what is reported: {}",
+        describe(&o)
+    );
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}", describe(&o)));
+    assert_eq!(v["error"]["class"], "rate_limited", "{v}");
+    assert_eq!(
+        proxy.count(RequestKind::Challenge),
+        1,
+        "a state change the CA refused for its rate is not sent again"
+    );
 }
 
 /// The answer to the challenge's ready request is lost (a 500 after the CA

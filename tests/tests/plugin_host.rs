@@ -149,7 +149,7 @@ fn solvers_info_describes_options() {
     let o = certsmith(&["solvers", "info", "standalone"], &[]);
     let (out, _) = text(&o);
     assert!(
-        out.contains("lifetime:   its challenges live in this process"),
+        out.contains("lifetime:   its challenges live in the certsmith process that presents them"),
         "{out}"
     );
 

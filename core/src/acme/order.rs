@@ -538,13 +538,16 @@ impl Order {
                                 Ok(ia::ChallengeStatus::Pending) | Err(_) => return Err(e),
                                 Ok(status) => status,
                             };
+                            // A Retry-After the refusal came with is not
+                            // the next error's.
+                            let _ = self.client.shared.take_retry_after();
                             if resent {
                                 log::info!(
                                     "the resent challenge ready request was refused because the first one had been taken ({status:?})"
                                 );
                             } else {
                                 log::info!(
-                                    "the challenge ready request was answered after the validation ended ({status:?}): {e}"
+                                    "the CA refused the challenge ready request, but the challenge is already {status:?}, so the request was taken: {e}"
                                 );
                             }
                             return Ok(());
