@@ -46,7 +46,7 @@
 //! storing) and per operation (TLS handshake, a request, building the HTTPS
 //! client, key and CSR, a JWS signature, JSON), see `issue/breakdown.rs`.
 //!
-//! A run Pebble deadlocks in (a Pebble 2.4 bug: see [`pebble_deadlocked`])
+//! A run Pebble deadlocks in (a Pebble 2.4 bug: see `Pebble::deadlocked`)
 //! is noticed once Pebble has logged nothing for 15 s, and made
 //! again on a fresh Pebble; the bench says so and why.
 //!
@@ -253,7 +253,7 @@ enum StallKind {
     Timeout,
     /// Pebble logged nothing (it logs every request) for
     /// [`PEBBLE_SILENCE`] while the run was in flight, and its goroutine
-    /// dump shows Pebble 2.4's lock cycle (see [`pebble_deadlocked`]).
+    /// dump shows Pebble 2.4's lock cycle (see `Pebble::deadlocked`).
     Deadlock,
     /// The same silence, with no deadlock in Pebble's dump: the run may be
     /// stuck on certsmith's side.
@@ -304,7 +304,7 @@ fn output_within(
                 if logged_at.elapsed() < PEBBLE_SILENCE {
                     continue;
                 }
-                if pebble_deadlocked(pebble) {
+                if pebble.deadlocked() {
                     StallKind::Deadlock
                 } else {
                     StallKind::Silent
@@ -324,42 +324,6 @@ fn output_within(
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     })
-}
-
-/// Whether `pebble`, silent while orders wait on it, is in Pebble 2.4's
-/// deadlock (read from its source, v2.4.0, and seen in its goroutine dumps
-/// here): the authorization handler write-locks an authorization and then
-/// looks the account up under the in-memory store's read lock; a new
-/// order's `FindValidAuthorization` holds that read lock while it
-/// read-locks every authorization in turn; and a store writer queued
-/// between them (a certificate being added) keeps the first from getting
-/// the read lock. Asks Pebble for its goroutine dump (SIGQUIT: a Go
-/// program prints every goroutine's stack and exits), which ends it.
-fn pebble_deadlocked(pebble: &Pebble) -> bool {
-    let Some(pid) = pebble.pid().and_then(|p| libc::pid_t::try_from(p).ok()) else {
-        return false;
-    };
-    // SAFETY: kill has no memory-safety preconditions. `pid` names Pebble
-    // and no other process: it is the harness's own child, which nothing
-    // reaps before the harness kills it (on drop), so its pid is not reused.
-    if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
-        return false;
-    }
-    let dumped = Instant::now();
-    loop {
-        let log = String::from_utf8_lossy(&std::fs::read(pebble.log_path()).unwrap_or_default())
-            .into_owned();
-        let dump = log.rsplit_once("SIGQUIT").map_or("", |(_, d)| d);
-        if dump.contains("(*MemoryStore).FindValidAuthorization")
-            && dump.contains("(*WebFrontEndImpl).Authz")
-        {
-            return true;
-        }
-        if dumped.elapsed() > Duration::from_secs(2) {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// User + system CPU time of this process so far (getrusage).
@@ -547,7 +511,7 @@ fn driver(args: &[String]) {
         for run in 0..runs {
             // A fresh Pebble for every run, so that every run starts from
             // the same empty CA; and a run Pebble deadlocks in (see
-            // `pebble_deadlocked`: more likely the more orders are in
+            // `Pebble::deadlocked`: more likely the more orders are in
             // flight and the more authorizations it holds) is made again,
             // as soon as Pebble has been silent for `PEBBLE_SILENCE`. How
             // many were made again is printed.

@@ -289,6 +289,46 @@ impl Pebble {
         self.child.pid()
     }
 
+    /// Whether Pebble, silent while orders wait on it, is in Pebble 2.4's
+    /// deadlock (read from its source, v2.4.0, and seen in its goroutine
+    /// dumps here): the authorization handler write-locks an authorization
+    /// and then looks the account up under the in-memory store's read lock;
+    /// a new order's `FindValidAuthorization` holds that read lock while it
+    /// read-locks every authorization in turn; and a store writer queued
+    /// between them (a certificate being added) keeps the first from
+    /// getting the read lock. It is likelier the more orders are in flight
+    /// and the more authorizations Pebble holds. Asks Pebble for its
+    /// goroutine dump (SIGQUIT: a Go program prints every goroutine's stack
+    /// and exits), which ends it either way: call it only once Pebble is
+    /// taken for stuck.
+    pub fn deadlocked(&self) -> bool {
+        let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+            return false;
+        };
+        // SAFETY: kill has no memory-safety preconditions. `pid` names
+        // Pebble and no other process: it is the harness's own child, which
+        // nothing reaps before the harness kills it (on drop), so its pid
+        // is not reused.
+        if unsafe { libc::kill(pid, libc::SIGQUIT) } != 0 {
+            return false;
+        }
+        let dumped = Instant::now();
+        loop {
+            let log = String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default())
+                .into_owned();
+            let dump = log.rsplit_once("SIGQUIT").map_or("", |(_, d)| d);
+            if dump.contains("(*MemoryStore).FindValidAuthorization")
+                && dump.contains("(*WebFrontEndImpl).Authz")
+            {
+                return true;
+            }
+            if dumped.elapsed() > Duration::from_secs(2) {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kill Pebble now (its challtestsrv keeps running), e.g. to test a CA
     /// that has become unreachable.
     pub fn stop(&mut self) {

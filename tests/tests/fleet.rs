@@ -6,6 +6,12 @@
 //! daemon had in flight (and a new order its own holder sent again when
 //! Pebble's answer was lost), and nothing is left behind: no journal
 //! entry, no pending order, no live lease.
+//!
+//! Sixteen orders in flight over 500 authorizations now and then meet
+//! Pebble 2.4's own deadlock (docs/design.md §6). When no certificate has
+//! been stored for a minute, Pebble's goroutine dump is read: the run is
+//! made once more, on a fresh Pebble and database, only when the dump
+//! shows that lock cycle; anything else fails the test.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +22,12 @@ use certsmith_tests::{Pebble, PebbleOpts, TempState};
 const CERTS: usize = 500;
 const DAEMONS: usize = 4;
 const CONCURRENCY: usize = 4;
+/// How long the count of stored certificates may stand still before Pebble
+/// is taken for stuck (a whole run takes about 45 s).
+const STALL: Duration = Duration::from_secs(60);
+
+/// An attempt Pebble 2.4's deadlock stopped, with what the daemons said.
+struct PebbleDeadlocked(String);
 
 fn orders_at_ca(pebble: &Pebble) -> usize {
     std::fs::read_to_string(pebble.log_path())
@@ -25,8 +37,8 @@ fn orders_at_ca(pebble: &Pebble) -> usize {
         .count()
 }
 
-fn count(pg: &Postgres, sql: &str) -> usize {
-    pg.psql("fleet", sql)
+fn count(pg: &Postgres, db: &str, sql: &str) -> usize {
+    pg.psql(db, sql)
         .unwrap_or_else(|e| panic!("{e}"))
         .parse()
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -35,7 +47,47 @@ fn count(pg: &Postgres, sql: &str) -> usize {
 #[test]
 fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     let pg = Postgres::start().unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.database("fleet").unwrap_or_else(|e| panic!("{e}"));
+    for attempt in 1..=2 {
+        match fleet_run(&pg, &format!("fleet{attempt}")) {
+            Ok(()) => return,
+            Err(PebbleDeadlocked(said)) if attempt == 1 => eprintln!(
+                "Pebble 2.4 deadlocked (its goroutine dump shows the lock cycle of docs/design.md §6); once more on a fresh Pebble and database\n{said}"
+            ),
+            Err(PebbleDeadlocked(said)) => {
+                panic!("Pebble 2.4 deadlocked in both attempts\n{said}")
+            }
+        }
+    }
+}
+
+/// Whether the count of stored certificates `n` has stood still for
+/// [`STALL`] (`progress`: the last count and when it changed); if so,
+/// whether Pebble is in its deadlock (`Err`), else the test fails here.
+fn check_progress(
+    n: usize,
+    progress: &mut (usize, Instant),
+    pebble: &Pebble,
+    said: impl Fn() -> String,
+) -> Result<(), PebbleDeadlocked> {
+    if n != progress.0 {
+        *progress = (n, Instant::now());
+        return Ok(());
+    }
+    if progress.1.elapsed() < STALL {
+        return Ok(());
+    }
+    if pebble.deadlocked() {
+        return Err(PebbleDeadlocked(said()));
+    }
+    panic!(
+        "no certificate stored for {STALL:?} ({n} of {CERTS}), and Pebble is not deadlocked\n{}",
+        said()
+    )
+}
+
+/// One run of the fleet on a fresh Pebble and the database `db`.
+fn fleet_run(pg: &Postgres, db: &str) -> Result<(), PebbleDeadlocked> {
+    let url = pg.database(db).unwrap_or_else(|e| panic!("{e}"));
     let pebble = Pebble::start(PebbleOpts {
         nonce_reject_percent: Some(0),
         env: vec![("PEBBLE_AUTHZREUSE".into(), "0".into())],
@@ -65,9 +117,15 @@ fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     };
     let start = Instant::now();
     let deadline = Duration::from_secs(600);
+    let mut progress = (0, Instant::now());
     // Kill one node once a fifth of the certificates are stored: it has
     // orders in flight and leases held.
-    while fleet::issued(&pg, "fleet").unwrap_or(0) < CERTS / 5 {
+    loop {
+        let n = fleet::issued(pg, db).unwrap_or(0);
+        if n >= CERTS / 5 {
+            break;
+        }
+        check_progress(n, &mut progress, &pebble, || describe(&daemons))?;
         assert!(
             start.elapsed() < deadline,
             "too slow before the kill\n{}",
@@ -81,12 +139,13 @@ fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     daemons[0].kill9();
     let killed_at = start.elapsed();
     // Everything stored so far, the dead node's included (it stores no more).
-    let stored_at_kill = fleet::issued(&pg, "fleet").unwrap_or(0);
+    let stored_at_kill = fleet::issued(pg, db).unwrap_or(0);
     loop {
-        let n = fleet::issued(&pg, "fleet").unwrap_or(0);
+        let n = fleet::issued(pg, db).unwrap_or(0);
         if n == CERTS {
             break;
         }
+        check_progress(n, &mut progress, &pebble, || describe(&daemons))?;
         assert!(
             start.elapsed() < deadline,
             "{n} of {CERTS} issued after {:?}\n{}",
@@ -101,10 +160,14 @@ fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     );
 
     // Exactly one version each.
-    assert_eq!(count(&pg, "SELECT count(*) FROM certsmith_versions"), CERTS);
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM certsmith_versions"),
+        CERTS
+    );
     assert_eq!(
         count(
-            &pg,
+            pg,
+            db,
             "SELECT count(*) FROM certsmith_certs WHERE current_version = 1"
         ),
         CERTS
@@ -160,19 +223,19 @@ fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     // Nothing left behind once the survivors have swept: the dead node's
     // presented challenges, its pending orders.
     let sweep = Instant::now();
-    while count(&pg, "SELECT count(*) FROM certsmith_journal") > 0
+    while count(pg, db, "SELECT count(*) FROM certsmith_journal") > 0
         && sweep.elapsed() < Duration::from_secs(30)
     {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM certsmith_journal"),
+        count(pg, db, "SELECT count(*) FROM certsmith_journal"),
         0,
         "{}",
         describe(&daemons)
     );
     assert_eq!(
-        count(&pg, "SELECT count(*) FROM certsmith_pending_orders"),
+        count(pg, db, "SELECT count(*) FROM certsmith_pending_orders"),
         0
     );
     for (i, d) in daemons.iter_mut().enumerate().skip(1) {
@@ -186,14 +249,15 @@ fn four_daemons_issue_500_certificates_once_each_though_one_is_killed() {
     // within their time to live).
     let live = "SELECT count(*) FROM certsmith_leases WHERE expires_at > now()";
     let wait = Instant::now();
-    while count(&pg, live) > 0 && wait.elapsed() < Duration::from_secs(30) {
+    while count(pg, db, live) > 0 && wait.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(250));
     }
     let held = "SELECT scope, holder, expires_at FROM certsmith_leases WHERE expires_at > now()";
     assert_eq!(
-        count(&pg, live),
+        count(pg, db, live),
         0,
         "{}",
-        pg.psql("fleet", held).unwrap_or_default()
+        pg.psql(db, held).unwrap_or_default()
     );
+    Ok(())
 }
