@@ -500,13 +500,7 @@ async fn clean_one(
             .call_timeout_s
             .saturating_mul(1000);
     let presented = entry.presented.clone().unwrap_or_default();
-    let lease = crate::engine::namelock::lock(
-        &journal.store,
-        instance.code(),
-        &req,
-        std::time::Duration::from_secs(instance.manifest().defaults.call_timeout_s),
-    )
-    .await;
+    let lease = crate::engine::namelock::lock(&journal.store, &instance, &req).await;
     let cleaned = instance.cleanup(&req, &presented).await;
     drop(lease);
     cleaned.map_err(|e| e.to_string())?;

@@ -218,6 +218,16 @@ pub fn clock_ticks(ticks: u64) -> std::time::Duration {
     std::time::Duration::from_millis(ticks * 1000 / hz)
 }
 
+/// The cleanup journal's entries (`*.json`) in the state directory
+/// `state`: none when the journal was never written to.
+pub fn journal_entries(state: &Path) -> usize {
+    std::fs::read_dir(state.join("journal")).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    })
+}
+
 /// A TCP port on 127.0.0.1 that is free right now (bind port 0, read it,
 /// close). Another process can still take it before it is used: servers
 /// started by this crate retry on collision. Never returns the same port

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use certsmith_tests::postgres::Postgres;
-use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, free_port};
+use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, free_port, journal_entries};
 use serde_json::Value;
 
 use crate::accounts::{certsmith, p};
@@ -250,14 +250,6 @@ fn issued(lines: &[Value]) -> BTreeSet<String> {
         .filter(|v| v["action"] == "issued")
         .filter_map(|v| v["name"].as_str().map(str::to_owned))
         .collect()
-}
-
-fn journal_entries(state: &Path) -> usize {
-    fs::read_dir(state.join("journal")).map_or(0, |d| {
-        d.flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .count()
-    })
 }
 
 /// `list --output json` of the state directory, by name.

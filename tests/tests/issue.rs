@@ -31,6 +31,7 @@ use certsmith_core::progress::{Progress, ProgressEvent};
 use certsmith_core::store::Store;
 use certsmith_tests::{
     Pebble, PebbleOpts, ServerProcess, StaticServer, TempState, TestCa, certsmith_bin, free_port,
+    journal_entries,
 };
 use serde_json::Value;
 
@@ -124,11 +125,16 @@ fn issue_args(pebble: &Pebble, state: &Path, domains: &[&str]) -> Vec<String> {
 /// `--solver standalone` listening where Pebble's VA connects for http-01
 /// (challtestsrv resolves every name to 127.0.0.1).
 fn standalone(pebble: &Pebble) -> Vec<String> {
+    standalone_on(pebble.http_port())
+}
+
+/// `--solver standalone` listening on `127.0.0.1:port`.
+fn standalone_on(port: u16) -> Vec<String> {
     vec![
         "--solver".into(),
         "standalone".into(),
         "--solver-opt".into(),
-        format!("listen=127.0.0.1:{}", pebble.http_port()),
+        format!("listen=127.0.0.1:{port}"),
     ]
 }
 
@@ -684,16 +690,6 @@ fn reissue_makes_version_2_and_a_killed_run_leaves_version_1_intact() {
     assert_eq!(pending.len(), 0, "the settled record is empty");
 }
 
-/// The `*.json` entries of the cleanup journal (none when it was never
-/// written to).
-fn journal_entries(state: &Path) -> usize {
-    fs::read_dir(state.join("journal")).map_or(0, |dir| {
-        dir.flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .count()
-    })
-}
-
 /// The name lock files of `solver` under `<state>/locks`.
 fn name_locks(state: &Path, solver: &str) -> usize {
     let prefix = format!("name-{solver}-");
@@ -749,12 +745,7 @@ fn a_killed_run_journals_a_webroot_challenge_but_not_a_standalone_one() {
     let listen = free_port();
     let args = with(
         issue_args(&pebble, state, &["memory.test"]),
-        vec![
-            "--solver".into(),
-            "standalone".into(),
-            "--solver-opt".into(),
-            format!("listen=127.0.0.1:{listen}"),
-        ],
+        standalone_on(listen),
     );
     let mut child = command(&args)
         .stdout(Stdio::null())

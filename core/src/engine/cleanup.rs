@@ -119,16 +119,8 @@ pub(super) async fn clean_entries(
         entry.request.deadline_unix_ms = call_deadline(solver.manifest());
         let challenge = entry.request.challenge_type;
         let lease = match journal {
-            Some(j) if !solver.manifest().in_process => {
-                super::namelock::lock(
-                    j.store(),
-                    solver.code(),
-                    &entry.request,
-                    super::challenge::call_timeout(solver.manifest()),
-                )
-                .await
-            }
-            _ => None,
+            Some(j) => super::namelock::lock(j.store(), &solver, &entry.request).await,
+            None => None,
         };
         let outcome = solver.cleanup(&entry.request, &entry.presented).await;
         drop(lease);

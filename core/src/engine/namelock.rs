@@ -8,10 +8,9 @@
 //! the length of one call, so calls at one name take turns; calls at other
 //! names, and other solvers, do not wait.
 
-use std::time::Duration;
-
 use certsmith_plugin_api::ChallengeRequest;
 
+use crate::plugin::SolverInstance;
 use crate::store::{Lease, Store};
 
 /// The name a request writes at: the dns-01 record's fqdn, else the
@@ -35,16 +34,22 @@ pub(crate) fn scope(solver: &str, name: &str) -> String {
     format!("name-{solver}-{hex}")
 }
 
-/// Takes the lock of `req`'s name for `solver`, waiting up to `wait` (the
-/// call's own timeout). `None` when it could not be had: the call then goes
-/// ahead unserialized, with a warning, rather than failing the order over a
-/// lock (the holder is likely hung; its own deadline ends it).
+/// Takes the lock of `req`'s name for `solver`, waiting up to the call's
+/// own timeout. `None` when it could not be had: the call then goes ahead
+/// unserialized, with a warning, rather than failing the order over a lock
+/// (the holder is likely hung; its own deadline ends it). Also `None`,
+/// without asking, for a solver whose challenges live in its process alone
+/// (`in_process`): no other process can write there.
 pub(crate) async fn lock(
     store: &Store,
-    solver: &str,
+    solver: &SolverInstance,
     req: &ChallengeRequest,
-    wait: Duration,
 ) -> Option<Lease> {
+    if solver.manifest().in_process {
+        return None;
+    }
+    let wait = super::challenge::call_timeout(solver.manifest());
+    let solver = solver.code();
     let name = lock_name(req);
     let scope = scope(solver, &name);
     let store = store.clone();
@@ -68,6 +73,7 @@ pub(crate) async fn lock(
 mod tests {
     use super::*;
     use certsmith_plugin_api::{ChallengeType, DnsTarget};
+    use std::time::Duration;
 
     #[test]
     fn names_and_scopes() {

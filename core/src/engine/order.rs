@@ -18,7 +18,7 @@ use crate::store::{self, CertFiles, Lineage, Store, VersionRecord};
 use crate::timefmt::rfc3339;
 
 use super::chain::parse_chain;
-use super::challenge::{call_timeout, challenge_request, choose_challenge};
+use super::challenge::{challenge_request, choose_challenge};
 use super::cleanup::CleanupList;
 use super::namelock;
 use super::{CancelToken, CertRequest, Engine, EngineOptions, Inner, IssuedCert};
@@ -683,18 +683,7 @@ impl Engine {
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
             let slot = cleanup.register(w.solver, w.request.clone(), w.domain.clone())?;
-            // No other process can write what lives in this one.
-            let lease = if w.solver.manifest().in_process {
-                None
-            } else {
-                namelock::lock(
-                    &inner.store,
-                    w.solver.code(),
-                    &w.request,
-                    call_timeout(w.solver.manifest()),
-                )
-                .await
-            };
+            let lease = namelock::lock(&inner.store, w.solver, &w.request).await;
             let outcome = w.solver.present(&w.request).await;
             drop(lease);
             match outcome {
