@@ -39,7 +39,8 @@
 //! machine's interrupt and softirq time during the run: the kernel's work
 //! for the packets over loopback (each is received in a softirq) and the
 //! disk's completions, which no process's CPU time includes; `idle` = the
-//! cores idle (or waiting for the disk with nothing else to run). The
+//! cores idle (or waiting for the disk with nothing else to run), the
+//! child's start and exit around its measured wall time included. The
 //! median of `--runs` runs is shown, and the fastest wall time. Under the
 //! table, for N ≥ 100, the wall time over `CPU/cores`: how much
 //! certsmith's waiting adds to what the machine allows, whatever the
