@@ -203,7 +203,7 @@ impl Journal {
         entry: &mut JournalEntry,
         presented: &Presented,
     ) -> Result<(), StoreError> {
-        if entry.presented.is_none() && *presented == Presented::default() {
+        if !presented_changes(entry, presented) {
             return Ok(());
         }
         entry.presented = Some(presented.clone());
@@ -213,6 +213,16 @@ impl Journal {
     /// Removes an entry after a successful cleanup.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         self.store.remove_journal_entry(id)
+    }
+
+    /// [`Self::remove`] on a blocking thread, for async code (the store's
+    /// methods do I/O: docs/design.md §4.2).
+    pub(crate) async fn remove_async(&self, id: String) -> Result<(), String> {
+        let j = self.clone();
+        tokio::task::spawn_blocking(move || j.remove(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Every entry, oldest first. Unreadable entries are skipped with a
@@ -235,6 +245,24 @@ impl Journal {
             .filter(|e| abandoned(e, boot_id(), now))
             .collect()
     }
+
+    /// [`Self::stale`] on a blocking thread, for async code.
+    pub(crate) async fn stale_async(&self) -> Vec<JournalEntry> {
+        let j = self.clone();
+        tokio::task::spawn_blocking(move || j.stale())
+            .await
+            .unwrap_or_else(|e| {
+                log::warn!("cannot read the cleanup journal: {e}");
+                Vec::new()
+            })
+    }
+}
+
+/// Whether storing `presented` in `entry` changes what a cleanup reads:
+/// not for a `present` that returned nothing into an entry without one
+/// (see [`Journal::set_presented`]).
+pub(crate) fn presented_changes(entry: &JournalEntry, presented: &Presented) -> bool {
+    entry.presented.is_some() || *presented != Presented::default()
 }
 
 #[cfg(test)]
@@ -441,7 +469,7 @@ pub async fn clean_stale(
     sources: CleanupSources<'_>,
 ) -> Vec<StaleCleanup> {
     let mut out = Vec::new();
-    for entry in journal.stale() {
+    for entry in journal.stale_async().await {
         let result = clean_one(journal, host, sources, &entry).await;
         match &result {
             Ok(()) => log::debug!("removed a leftover challenge: {}", entry.describe()),
@@ -504,5 +532,5 @@ async fn clean_one(
     let cleaned = instance.cleanup(&req, &presented).await;
     drop(lease);
     cleaned.map_err(|e| e.to_string())?;
-    journal.remove(&entry.id).map_err(|e| e.to_string())
+    journal.remove_async(entry.id.clone()).await
 }

@@ -3,11 +3,12 @@
 //! service that cannot run here), which mirrors records into the
 //! pebble-challtestsrv Pebble's VA asks.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use certsmith_tests::cloudflare::{CloudflareOpts, CloudflareStandIn, Failure};
-use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns};
+use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns, journal_entries};
 
 /// `certsmith issue --solver cloudflare` against Pebble and the stand-in,
 /// with no token in its environment yet.
@@ -133,6 +134,82 @@ fn a_wildcard_certificate_through_cloudflare() {
     )
     .expect("query");
     assert_eq!(served, vec!["someone-elses-value"]);
+}
+
+/// The cleanup journal's one entry in `state`, parsed; `None` while there
+/// is none.
+fn journal_entry(state: &Path) -> Option<serde_json::Value> {
+    std::fs::read_dir(state.join("journal"))
+        .ok()?
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .and_then(|e| std::fs::read(e.path()).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+#[test]
+fn a_killed_run_journals_the_record_id_and_the_next_run_deletes_that_record() {
+    let (pebble, cf, state) = setup();
+    // A propagation server that never answers keeps the run after present.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent = silent.local_addr().expect("addr").to_string();
+    let mut child = issue_cmd(&pebble, &cf, &state, &["cf.test"])
+        .args(["--propagation-server", &silent])
+        .args(["--propagation-timeout", "600"])
+        .env("CLOUDFLARE_API_TOKEN", cf.token())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn certsmith");
+    // What present returned reaches the journal before the run waits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        if let Some(e) = journal_entry(state.path()).filter(|e| !e["presented"].is_null()) {
+            break e;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no journal entry with what present returned: {:?}",
+                journal_entry(state.path())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let record = cf
+        .records()
+        .into_iter()
+        .find(|r| r.name == "_acme-challenge.cf.test")
+        .expect("the killed run's record");
+    assert_eq!(
+        entry["presented"]["handle"]["record_id"],
+        record.id.as_str()
+    );
+    assert_eq!(
+        entry["presented"]["handle"]["zone_id"],
+        record.zone_id.as_str()
+    );
+
+    // The next run removes that record by its id, and the entry with it.
+    let o = issue(&pebble, &cf, &state, &["other.test"], cf.token());
+    let (out, err) = texts(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("1 challenge(s) left by an earlier run"),
+        "{err}"
+    );
+    assert!(
+        cf.requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path.ends_with(&record.id) && r.status == 200),
+        "{:?}",
+        cf.requests()
+    );
+    assert!(cf.txt_values("_acme-challenge.cf.test").is_empty());
+    assert_eq!(journal_entries(state.path()), 0);
 }
 
 #[test]

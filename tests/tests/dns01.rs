@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use certsmith_tests::bind::{Bind, ZoneSpec};
-use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns};
+use certsmith_tests::{Pebble, PebbleOpts, TempState, certsmith_bin, dns, journal_entries};
 
 pub(crate) fn run(args: &[String], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(certsmith_bin());
@@ -390,16 +390,6 @@ fn a_leftover_presented_with_a_flag_given_secret_is_cleaned_with_this_runs_flags
     assert!(!err.contains("needs option"), "{err}");
     assert_no_challenge_txt(&bind, &["_acme-challenge.example.test"]);
     assert_eq!(journal_entries(state.path()), 0);
-}
-
-/// Journal entries (`*.json`; a kill may leave a temp file of a write in
-/// progress, which is not an entry).
-fn journal_entries(state: &Path) -> usize {
-    std::fs::read_dir(state.join("journal"))
-        .expect("journal dir")
-        .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .count()
 }
 
 #[test]

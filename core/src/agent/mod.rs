@@ -322,7 +322,7 @@ impl Agent {
     /// Cleans up what an earlier run that died left presented, reporting
     /// each removal (or why not) as progress.
     pub async fn sweep_journal(&self) {
-        let stale = self.journal.stale();
+        let stale = self.journal.stale_async().await;
         if stale.is_empty() {
             return;
         }

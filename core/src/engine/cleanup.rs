@@ -53,20 +53,32 @@ impl CleanupList {
     /// (docs/design.md §3.5: before `present`, so a crash during or after it
     /// leaves a trace the next run cleans up); returns its slot. A solver
     /// whose challenges live in this process alone (`in_process`) gets no
-    /// entry: a crash ends them with it.
-    pub(super) fn register(
+    /// entry: a crash ends them with it. The entry is written on a blocking
+    /// thread, like every store call of async code (docs/design.md §4.2).
+    /// An order cancelled while it is written leaves it as a crash would:
+    /// the next run's sweep cleans it up (a cleanup of nothing succeeds).
+    pub(super) async fn register(
         &self,
         solver: &SolverInstance,
         request: ChallengeRequest,
         domain: String,
     ) -> Result<usize, IssueError> {
         let journal_entry = match &self.journal {
-            Some(j) if !solver.manifest().in_process => Some(
-                j.record(solver.code(), solver.public_options(), &request)
-                    .map_err(|e| {
-                        IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
-                    })?,
-            ),
+            Some(j) if !solver.manifest().in_process => {
+                let (j, code, options, req) = (
+                    j.clone(),
+                    solver.code().to_owned(),
+                    solver.public_options(),
+                    request.clone(),
+                );
+                let recorded = tokio::task::spawn_blocking(move || j.record(&code, options, &req))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                Some(recorded.map_err(|e| {
+                    IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
+                })?)
+            }
             _ => None,
         };
         let mut entries = self.lock();
@@ -80,17 +92,38 @@ impl CleanupList {
         Ok(entries.len() - 1)
     }
 
-    /// Records what `present` returned for a slot (also in the journal, as
-    /// cleanup may need the handle).
-    pub(super) fn presented(&self, slot: usize, presented: Presented) {
-        let mut entries = self.lock();
-        if let Some(Some(entry)) = entries.get_mut(slot) {
-            if let (Some(j), Some(je)) = (&self.journal, entry.journal_entry.as_mut())
-                && let Err(e) = j.set_presented(je, &presented)
-            {
-                log::warn!("cannot update the cleanup journal: {e}");
+    /// Records what `present` returned for a slot: in the list at once (a
+    /// cleanup from here on gets it), then in the journal, on a blocking
+    /// thread, as a cleanup after a crash may need the handle. An order
+    /// cancelled meanwhile may have its entry removed before this write
+    /// lands: it then stays for the next run's sweep, whose cleanup finds
+    /// nothing left to remove.
+    pub(super) async fn presented(&self, slot: usize, presented: Presented) {
+        let journal_entry = {
+            let mut entries = self.lock();
+            let Some(Some(entry)) = entries.get_mut(slot) else {
+                return;
+            };
+            entry.presented = presented.clone();
+            entry.journal_entry.clone()
+        };
+        let (Some(j), Some(mut je)) = (self.journal.clone(), journal_entry) else {
+            return;
+        };
+        if !crate::journal::presented_changes(&je, &presented) {
+            return;
+        }
+        let written =
+            tokio::task::spawn_blocking(move || j.set_presented(&mut je, &presented).map(|()| je))
+                .await;
+        match written {
+            Ok(Ok(je)) => {
+                if let Some(Some(entry)) = self.lock().get_mut(slot) {
+                    entry.journal_entry = Some(je);
+                }
             }
-            entry.presented = presented;
+            Ok(Err(e)) => log::warn!("cannot update the cleanup journal: {e}"),
+            Err(e) => log::warn!("cannot update the cleanup journal: {e}"),
         }
     }
 
@@ -126,8 +159,8 @@ pub(super) async fn clean_entries(
         drop(lease);
         match outcome {
             Ok(()) => {
-                if let (Some(j), Some(je)) = (journal, &entry.journal_entry)
-                    && let Err(e) = j.remove(&je.id)
+                if let (Some(j), Some(je)) = (journal, entry.journal_entry.take())
+                    && let Err(e) = j.remove_async(je.id).await
                 {
                     log::warn!("cannot update the cleanup journal: {e}");
                 }

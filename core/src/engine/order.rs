@@ -682,13 +682,15 @@ impl Engine {
         // Present everything, in parallel, before marking anything ready
         // (docs/design.md §3.4: values sharing a DNS name must all be there).
         let presents = work.iter().map(|w| async move {
-            let slot = cleanup.register(w.solver, w.request.clone(), w.domain.clone())?;
+            let slot = cleanup
+                .register(w.solver, w.request.clone(), w.domain.clone())
+                .await?;
             let lease = namelock::lock(&inner.store, w.solver, &w.request).await;
             let outcome = w.solver.present(&w.request).await;
             drop(lease);
             match outcome {
                 Ok(presented) => {
-                    cleanup.presented(slot, presented);
+                    cleanup.presented(slot, presented).await;
                     progress.emit(ProgressEvent::ChallengePresented {
                         name: name.clone(),
                         domain: w.domain.clone(),
