@@ -13,6 +13,7 @@
 //! pid *and* its start time, so a recycled pid is not mistaken for it.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use certsmith_plugin_api::{ChallengeRequest, Presented};
 
@@ -216,7 +217,7 @@ impl Journal {
     }
 
     /// [`Self::remove`] on a blocking thread, for async code (the store's
-    /// methods do I/O: docs/design.md §4.2).
+    /// methods do I/O: docs/design.md §4.2); the error as text.
     pub(crate) async fn remove_async(&self, id: String) -> Result<(), String> {
         let j = self.clone();
         tokio::task::spawn_blocking(move || j.remove(&id))
@@ -246,7 +247,8 @@ impl Journal {
             .collect()
     }
 
-    /// [`Self::stale`] on a blocking thread, for async code.
+    /// [`Self::stale`] on a blocking thread, for async code (none, with a
+    /// warning, if that thread failed).
     pub(crate) async fn stale_async(&self) -> Vec<JournalEntry> {
         let j = self.clone();
         tokio::task::spawn_blocking(move || j.stale())
@@ -261,8 +263,56 @@ impl Journal {
 /// Whether storing `presented` in `entry` changes what a cleanup reads:
 /// not for a `present` that returned nothing into an entry without one
 /// (see [`Journal::set_presented`]).
-pub(crate) fn presented_changes(entry: &JournalEntry, presented: &Presented) -> bool {
+fn presented_changes(entry: &JournalEntry, presented: &Presented) -> bool {
     entry.presented.is_some() || *presented != Presented::default()
+}
+
+/// The entry of a challenge in flight, shared by the writes made to it on
+/// blocking threads, which may run in any order when the order is dropped
+/// (what `present` returned, and the removal by the cleanup that follows
+/// at once): once removed (`None`), it is not written again.
+#[derive(Clone, Debug)]
+pub(crate) struct LiveEntry(Arc<Mutex<Option<JournalEntry>>>);
+
+impl LiveEntry {
+    pub(crate) fn new(entry: JournalEntry) -> Self {
+        LiveEntry(Arc::new(Mutex::new(Some(entry))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<JournalEntry>> {
+        // An entry stays valid through a panic elsewhere.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether storing `presented` would write anything.
+    pub(crate) fn changed_by(&self, presented: &Presented) -> bool {
+        self.lock()
+            .as_ref()
+            .is_some_and(|e| presented_changes(e, presented))
+    }
+}
+
+impl Journal {
+    /// [`Self::set_presented`] for a live entry; nothing once it was
+    /// removed. Blocking.
+    pub(crate) fn set_presented_live(
+        &self,
+        live: &LiveEntry,
+        presented: &Presented,
+    ) -> Result<(), StoreError> {
+        match live.lock().as_mut() {
+            Some(entry) => self.set_presented(entry, presented),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes a live entry; later writes to it do nothing. Blocking.
+    pub(crate) fn remove_live(&self, live: &LiveEntry) -> Result<(), StoreError> {
+        match live.lock().take() {
+            Some(entry) => self.remove(&entry.id),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +371,27 @@ mod tests {
                 60,
             ),
         ))
+    }
+
+    #[test]
+    fn a_live_entry_once_removed_is_not_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::new(Store::open(dir.path()).expect("open"));
+        let handle = Presented::new(serde_json::json!({"id": 7}));
+        // Written while live: the handle reaches the journal.
+        let live = LiveEntry::new(j.record("s", BTreeMap::new(), &req()).expect("record"));
+        assert!(!live.changed_by(&Presented::default()));
+        assert!(live.changed_by(&handle));
+        j.set_presented_live(&live, &handle).expect("write");
+        assert_eq!(j.entries()[0].presented.as_ref(), Some(&handle));
+        j.remove_live(&live).expect("remove");
+        assert!(j.entries().is_empty());
+        // A write that runs after the removal (an order dropped while both
+        // were on blocking threads) leaves the entry removed.
+        assert!(!live.changed_by(&handle));
+        j.set_presented_live(&live, &handle).expect("late write");
+        assert!(j.entries().is_empty());
+        j.remove_live(&live).expect("removed twice");
     }
 
     #[test]

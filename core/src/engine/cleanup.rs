@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use certsmith_plugin_api::{ChallengeRequest, Presented};
 
 use crate::error::IssueError;
-use crate::journal::Journal;
+use crate::journal::{Journal, LiveEntry};
 use crate::plugin::SolverInstance;
 use crate::progress::{Progress, ProgressEvent};
 
@@ -19,7 +19,7 @@ pub(super) struct CleanupEntry {
     domain: String,
     presented: Presented,
     /// The journal entry recording it, removed once cleaned up.
-    journal_entry: Option<crate::journal::JournalEntry>,
+    journal_entry: Option<LiveEntry>,
 }
 
 /// The challenges of one order that need `cleanup`. Entries are added before
@@ -54,9 +54,9 @@ impl CleanupList {
     /// leaves a trace the next run cleans up); returns its slot. A solver
     /// whose challenges live in this process alone (`in_process`) gets no
     /// entry: a crash ends them with it. The entry is written on a blocking
-    /// thread, like every store call of async code (docs/design.md §4.2).
-    /// An order cancelled while it is written leaves it as a crash would:
-    /// the next run's sweep cleans it up (a cleanup of nothing succeeds).
+    /// thread, like every store write of async code (docs/design.md §4.2).
+    /// An order dropped while it is written leaves it as a crash would: the
+    /// next process's sweep cleans it up (a cleanup of nothing succeeds).
     pub(super) async fn register(
         &self,
         solver: &SolverInstance,
@@ -75,9 +75,9 @@ impl CleanupList {
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
-                Some(recorded.map_err(|e| {
+                Some(LiveEntry::new(recorded.map_err(|e| {
                     IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
-                })?)
+                })?))
             }
             _ => None,
         };
@@ -94,12 +94,11 @@ impl CleanupList {
 
     /// Records what `present` returned for a slot: in the list at once (a
     /// cleanup from here on gets it), then in the journal, on a blocking
-    /// thread, as a cleanup after a crash may need the handle. An order
-    /// cancelled meanwhile may have its entry removed before this write
-    /// lands: it then stays for the next run's sweep, whose cleanup finds
-    /// nothing left to remove.
+    /// thread, as a cleanup after a crash may need the handle. If the
+    /// order is dropped meanwhile and its cleanup removes the entry first,
+    /// nothing is written ([`LiveEntry`]).
     pub(super) async fn presented(&self, slot: usize, presented: Presented) {
-        let journal_entry = {
+        let live = {
             let mut entries = self.lock();
             let Some(Some(entry)) = entries.get_mut(slot) else {
                 return;
@@ -107,21 +106,16 @@ impl CleanupList {
             entry.presented = presented.clone();
             entry.journal_entry.clone()
         };
-        let (Some(j), Some(mut je)) = (self.journal.clone(), journal_entry) else {
+        let (Some(j), Some(live)) = (self.journal.clone(), live) else {
             return;
         };
-        if !crate::journal::presented_changes(&je, &presented) {
+        if !live.changed_by(&presented) {
             return;
         }
         let written =
-            tokio::task::spawn_blocking(move || j.set_presented(&mut je, &presented).map(|()| je))
-                .await;
+            tokio::task::spawn_blocking(move || j.set_presented_live(&live, &presented)).await;
         match written {
-            Ok(Ok(je)) => {
-                if let Some(Some(entry)) = self.lock().get_mut(slot) {
-                    entry.journal_entry = Some(je);
-                }
-            }
+            Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("cannot update the cleanup journal: {e}"),
             Err(e) => log::warn!("cannot update the cleanup journal: {e}"),
         }
@@ -159,10 +153,14 @@ pub(super) async fn clean_entries(
         drop(lease);
         match outcome {
             Ok(()) => {
-                if let (Some(j), Some(je)) = (journal, entry.journal_entry.take())
-                    && let Err(e) = j.remove_async(je.id).await
-                {
-                    log::warn!("cannot update the cleanup journal: {e}");
+                if let (Some(j), Some(live)) = (journal, entry.journal_entry.take()) {
+                    let j = j.clone();
+                    let removed = tokio::task::spawn_blocking(move || j.remove_live(&live)).await;
+                    match removed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::warn!("cannot update the cleanup journal: {e}"),
+                        Err(e) => log::warn!("cannot update the cleanup journal: {e}"),
+                    }
                 }
                 progress.emit(ProgressEvent::CleanedUp {
                     name: name.to_owned(),
