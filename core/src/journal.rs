@@ -268,9 +268,10 @@ fn presented_changes(entry: &JournalEntry, presented: &Presented) -> bool {
 }
 
 /// The entry of a challenge in flight, shared by the writes made to it on
-/// blocking threads, which may run in any order when the order is dropped
-/// (what `present` returned, and the removal by the cleanup that follows
-/// at once): once removed (`None`), it is not written again.
+/// blocking threads, which may run in any order when the order is
+/// cancelled or dropped while `present` returns (what it returned, and the
+/// removal by the cleanup that follows): once removed (`None`), it is not
+/// written again.
 #[derive(Clone, Debug)]
 pub(crate) struct LiveEntry(Arc<Mutex<Option<JournalEntry>>>);
 
@@ -282,13 +283,6 @@ impl LiveEntry {
     fn lock(&self) -> MutexGuard<'_, Option<JournalEntry>> {
         // An entry stays valid through a panic elsewhere.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether storing `presented` would write anything.
-    pub(crate) fn changed_by(&self, presented: &Presented) -> bool {
-        self.lock()
-            .as_ref()
-            .is_some_and(|e| presented_changes(e, presented))
     }
 }
 
@@ -380,15 +374,12 @@ mod tests {
         let handle = Presented::new(serde_json::json!({"id": 7}));
         // Written while live: the handle reaches the journal.
         let live = LiveEntry::new(j.record("s", BTreeMap::new(), &req()).expect("record"));
-        assert!(!live.changed_by(&Presented::default()));
-        assert!(live.changed_by(&handle));
         j.set_presented_live(&live, &handle).expect("write");
         assert_eq!(j.entries()[0].presented.as_ref(), Some(&handle));
         j.remove_live(&live).expect("remove");
         assert!(j.entries().is_empty());
         // A write that runs after the removal (an order dropped while both
         // were on blocking threads) leaves the entry removed.
-        assert!(!live.changed_by(&handle));
         j.set_presented_live(&live, &handle).expect("late write");
         assert!(j.entries().is_empty());
         j.remove_live(&live).expect("removed twice");

@@ -55,8 +55,9 @@ impl CleanupList {
     /// whose challenges live in this process alone (`in_process`) gets no
     /// entry: a crash ends them with it. The entry is written on a blocking
     /// thread, like every store write of async code (docs/design.md §4.2).
-    /// An order dropped while it is written leaves it as a crash would: the
-    /// next process's sweep cleans it up (a cleanup of nothing succeeds).
+    /// An order cancelled or dropped while it is written leaves it as a
+    /// crash would: the next process's sweep cleans it up (a cleanup of
+    /// nothing succeeds).
     pub(super) async fn register(
         &self,
         solver: &SolverInstance,
@@ -95,8 +96,8 @@ impl CleanupList {
     /// Records what `present` returned for a slot: in the list at once (a
     /// cleanup from here on gets it), then in the journal, on a blocking
     /// thread, as a cleanup after a crash may need the handle. If the
-    /// order is dropped meanwhile and its cleanup removes the entry first,
-    /// nothing is written ([`LiveEntry`]).
+    /// order is cancelled or dropped meanwhile and its cleanup removes the
+    /// entry first, nothing is written ([`LiveEntry`]).
     pub(super) async fn presented(&self, slot: usize, presented: Presented) {
         let live = {
             let mut entries = self.lock();
@@ -109,7 +110,9 @@ impl CleanupList {
         let (Some(j), Some(live)) = (self.journal.clone(), live) else {
             return;
         };
-        if !live.changed_by(&presented) {
+        // A `present` that returned nothing leaves the entry as recorded
+        // (`Journal::set_presented`): no write, and no hand-off for one.
+        if presented == Presented::default() {
             return;
         }
         let written =
