@@ -204,7 +204,7 @@ impl Journal {
         entry: &mut JournalEntry,
         presented: &Presented,
     ) -> Result<(), StoreError> {
-        if !presented_changes(entry, presented) {
+        if entry.presented.is_none() && *presented == Presented::default() {
             return Ok(());
         }
         entry.presented = Some(presented.clone());
@@ -216,11 +216,14 @@ impl Journal {
         self.store.remove_journal_entry(id)
     }
 
-    /// [`Self::remove`] on a blocking thread, for async code (the store's
-    /// methods do I/O: docs/design.md §4.2); the error as text.
-    pub(crate) async fn remove_async(&self, id: String) -> Result<(), String> {
+    /// Runs `f` on this journal on a blocking thread, for async code (the
+    /// store's methods do I/O: docs/design.md §4.2); the error as text.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
         let j = self.clone();
-        tokio::task::spawn_blocking(move || j.remove(&id))
+        tokio::task::spawn_blocking(move || f(&j))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
@@ -250,21 +253,11 @@ impl Journal {
     /// [`Self::stale`] on a blocking thread, for async code (none, with a
     /// warning, if that thread failed).
     pub(crate) async fn stale_async(&self) -> Vec<JournalEntry> {
-        let j = self.clone();
-        tokio::task::spawn_blocking(move || j.stale())
-            .await
-            .unwrap_or_else(|e| {
-                log::warn!("cannot read the cleanup journal: {e}");
-                Vec::new()
-            })
+        self.blocking(|j| Ok(j.stale())).await.unwrap_or_else(|e| {
+            log::warn!("cannot read the cleanup journal: {e}");
+            Vec::new()
+        })
     }
-}
-
-/// Whether storing `presented` in `entry` changes what a cleanup reads:
-/// not for a `present` that returned nothing into an entry without one
-/// (see [`Journal::set_presented`]).
-fn presented_changes(entry: &JournalEntry, presented: &Presented) -> bool {
-    entry.presented.is_some() || *presented != Presented::default()
 }
 
 /// The entry of a challenge in flight, shared by the writes made to it on
@@ -594,5 +587,6 @@ async fn clean_one(
     let cleaned = instance.cleanup(&req, &presented).await;
     drop(lease);
     cleaned.map_err(|e| e.to_string())?;
-    journal.remove_async(entry.id.clone()).await
+    let id = entry.id.clone();
+    journal.blocking(move |j| j.remove(&id)).await
 }

@@ -66,19 +66,18 @@ impl CleanupList {
     ) -> Result<usize, IssueError> {
         let journal_entry = match &self.journal {
             Some(j) if !solver.manifest().in_process => {
-                let (j, code, options, req) = (
-                    j.clone(),
+                let (code, options, req) = (
                     solver.code().to_owned(),
                     solver.public_options(),
                     request.clone(),
                 );
-                let recorded = tokio::task::spawn_blocking(move || j.record(&code, options, &req))
+                let recorded = j
+                    .blocking(move |j| j.record(&code, options, &req))
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                Some(LiveEntry::new(recorded.map_err(|e| {
-                    IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
-                })?))
+                    .map_err(|e| {
+                        IssueError::Internal(format!("cannot write the cleanup journal: {e}"))
+                    })?;
+                Some(LiveEntry::new(recorded))
             }
             _ => None,
         };
@@ -107,7 +106,7 @@ impl CleanupList {
             entry.presented = presented.clone();
             entry.journal_entry.clone()
         };
-        let (Some(j), Some(live)) = (self.journal.clone(), live) else {
+        let (Some(j), Some(live)) = (self.journal.as_ref(), live) else {
             return;
         };
         // A `present` that returned nothing leaves the entry as recorded
@@ -115,12 +114,11 @@ impl CleanupList {
         if presented == Presented::default() {
             return;
         }
-        let written =
-            tokio::task::spawn_blocking(move || j.set_presented_live(&live, &presented)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("cannot update the cleanup journal: {e}"),
-            Err(e) => log::warn!("cannot update the cleanup journal: {e}"),
+        if let Err(e) = j
+            .blocking(move |j| j.set_presented_live(&live, &presented))
+            .await
+        {
+            log::warn!("cannot update the cleanup journal: {e}");
         }
     }
 
@@ -156,14 +154,10 @@ pub(super) async fn clean_entries(
         drop(lease);
         match outcome {
             Ok(()) => {
-                if let (Some(j), Some(live)) = (journal, entry.journal_entry.take()) {
-                    let j = j.clone();
-                    let removed = tokio::task::spawn_blocking(move || j.remove_live(&live)).await;
-                    match removed {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => log::warn!("cannot update the cleanup journal: {e}"),
-                        Err(e) => log::warn!("cannot update the cleanup journal: {e}"),
-                    }
+                if let (Some(j), Some(live)) = (journal, entry.journal_entry.take())
+                    && let Err(e) = j.blocking(move |j| j.remove_live(&live)).await
+                {
+                    log::warn!("cannot update the cleanup journal: {e}");
                 }
                 progress.emit(ProgressEvent::CleanedUp {
                     name: name.to_owned(),
