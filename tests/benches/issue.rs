@@ -695,30 +695,24 @@ fn driver(args: &[String]) {
         // time over both processes' CPU of that run spread on every core
         // (issue 17 sets its 1,000 target at about the latter).
         if n >= 100 && floor > 0.0 {
-            let ratios: Vec<f64> = samples
-                .iter()
-                .map(|s| {
-                    s.wall.as_secs_f64() * cores as f64
-                        / (s.cpu + s.ca_cpu).as_secs_f64().max(f64::EPSILON)
-                })
-                .collect();
+            // Each run's wall time over `busy` (CPU time) spread on every core.
+            let wall_over = |busy: fn(&Sample) -> Duration| -> Vec<f64> {
+                samples
+                    .iter()
+                    .map(|s| {
+                        s.wall.as_secs_f64() * cores as f64
+                            / busy(s).as_secs_f64().max(f64::EPSILON)
+                    })
+                    .collect()
+            };
+            let ratios = wall_over(|s| s.cpu + s.ca_cpu);
             let (low, high) = ratios
                 .iter()
                 .fold((f64::INFINITY, 0.0_f64), |(l, h), r| (l.min(*r), h.max(*r)));
             let ratio = median(ratios);
             // The same with the kernel's interrupt work counted: what the
             // machine did besides the two processes and being idle.
-            let with_irq = median(
-                samples
-                    .iter()
-                    .map(|s| {
-                        s.wall.as_secs_f64() * cores as f64
-                            / (s.cpu + s.ca_cpu + s.machine.irq)
-                                .as_secs_f64()
-                                .max(f64::EPSILON)
-                    })
-                    .collect(),
-            );
+            let with_irq = median(wall_over(|s| s.cpu + s.ca_cpu + s.machine.irq));
             verdicts.push(format!(
                 "N={n}: wall time {ratio:.2} × what the CPU of both allows on {cores} cores (runs {low:.2}–{high:.2}; median floor {floor:.2} s, Pebble's and its DNS server's part {:.2} s); {with_irq:.2} × with the kernel's interrupt work too ({irq:.2} s of CPU, for packets over loopback and disk completions, in neither process's time), the cores idle {idle:.2} s",
                 ca / cores as f64,
